@@ -1,0 +1,120 @@
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use crate::error::{Error, Result};
+use crate::iter::{KvIter, Order, is_empty_range, merge};
+use crate::key::StoreKey;
+use crate::kv::KvStore;
+use crate::multistore::check_store;
+
+/// A cache layer: a transaction over a parent ([`MultiStore`](crate::MultiStore)
+/// or another `Cache`).
+///
+/// Its writes stay in memory, visible to reads through it, until
+/// [`write`](Cache::write) flushes them into the parent (the last write per
+/// key, by store name then key). Dropping it discards them: the parent and
+/// the write listeners never see them.
+pub struct Cache<'p> {
+    parent: &'p mut dyn KvStore,
+    writes: BTreeMap<StoreKey, BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
+}
+
+impl std::fmt::Debug for Cache<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field(
+                "pending",
+                &self.writes.values().map(BTreeMap::len).sum::<usize>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'p> Cache<'p> {
+    /// A cache over `parent`.
+    pub fn new(parent: &'p mut dyn KvStore) -> Cache<'p> {
+        Cache {
+            parent,
+            writes: BTreeMap::new(),
+        }
+    }
+
+    /// A nested cache over this one.
+    pub fn cache(&mut self) -> Cache<'_> {
+        Cache::new(self)
+    }
+
+    /// Flushes the writes into the parent, by store name then key.
+    pub fn write(self) -> Result<()> {
+        for (store, writes) in self.writes {
+            for (key, value) in writes {
+                match value {
+                    Some(v) => self.parent.set(&store, &key, &v)?,
+                    None => self.parent.delete(&store, &key)?,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Discards the writes (the same as dropping the cache).
+    pub fn discard(self) {}
+
+    fn record(&mut self, store: &StoreKey, key: &[u8], value: Option<&[u8]>) -> Result<()> {
+        check_store(self.parent.stores(), store)?;
+        if key.is_empty() {
+            return Err(Error::EmptyKey {
+                store: store.name().to_string(),
+            });
+        }
+        self.writes
+            .entry(store.clone())
+            .or_default()
+            .insert(key.to_vec(), value.map(<[u8]>::to_vec));
+        Ok(())
+    }
+}
+
+impl KvStore for Cache<'_> {
+    fn stores(&self) -> &[StoreKey] {
+        self.parent.stores()
+    }
+
+    fn get(&self, store: &StoreKey, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if let Some(v) = self.writes.get(store).and_then(|w| w.get(key)) {
+            return Ok(v.clone());
+        }
+        self.parent.get(store, key)
+    }
+
+    fn set(&mut self, store: &StoreKey, key: &[u8], value: &[u8]) -> Result<()> {
+        self.record(store, key, Some(value))
+    }
+
+    fn delete(&mut self, store: &StoreKey, key: &[u8]) -> Result<()> {
+        self.record(store, key, None)
+    }
+
+    fn range(
+        &self,
+        store: &StoreKey,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+        order: Order,
+    ) -> Result<KvIter<'_>> {
+        let base = self.parent.range(store, start, end, order)?;
+        let Some(own) = self.writes.get(store) else {
+            return Ok(base);
+        };
+        if is_empty_range(start, end) {
+            return Ok(KvIter::empty());
+        }
+        let own = own
+            .range::<[u8], _>((start, end))
+            .map(|(k, v)| (k.as_slice(), v.as_deref()));
+        Ok(match order {
+            Order::Ascending => merge(own, base, order),
+            Order::Descending => merge(own.rev(), base, order),
+        })
+    }
+}

@@ -1,0 +1,220 @@
+//! The change log: every committed block's change set, written in the same
+//! engine transaction as the state, so a committed block always has its
+//! changes on disk. Streamers that fall behind read it back.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+use crate::changeset::{ChangeSet, StoreChanges};
+use crate::error::{Error, Result};
+use crate::hash::Hash;
+use crate::key::StoreKey;
+use crate::record::{Records, get_uvarint, put_uvarint};
+
+pub(crate) const CHANGELOG: TableDefinition<'static, u64, &'static [u8]> =
+    TableDefinition::new("changelog");
+
+/// Version byte in front of every change log entry.
+const ENTRY_FORMAT: u8 = 1;
+
+/// Encodes a change set as a change log entry:
+/// `format u8 | app_hash [32] | uvarint len | app_meta | uvarint n |
+/// n × (uvarint len | name | hash [32] | uvarint count | uvarint len | records)`.
+pub(crate) fn encode_entry(cs: &ChangeSet, out: &mut Vec<u8>) {
+    out.clear();
+    out.push(ENTRY_FORMAT);
+    out.extend_from_slice(&cs.app_hash);
+    put_uvarint(out, cs.app_meta.len() as u64);
+    out.extend_from_slice(&cs.app_meta);
+    put_uvarint(out, cs.stores.len() as u64);
+    for s in &cs.stores {
+        let name = s.store.name().as_bytes();
+        put_uvarint(out, name.len() as u64);
+        out.extend_from_slice(name);
+        out.extend_from_slice(&s.hash);
+        put_uvarint(out, s.count as u64);
+        put_uvarint(out, s.encoded.len() as u64);
+        out.extend_from_slice(&s.encoded);
+    }
+}
+
+pub(crate) fn decode_entry(height: u64, buf: &[u8]) -> std::result::Result<ChangeSet, String> {
+    let mut pos = 0usize;
+    let take = |pos: &mut usize, n: usize| -> std::result::Result<&[u8], String> {
+        let end = pos
+            .checked_add(n)
+            .filter(|&e| e <= buf.len())
+            .ok_or_else(|| format!("change log entry {height} is truncated at byte {pos}"))?;
+        let s = &buf[*pos..end];
+        *pos = end;
+        Ok(s)
+    };
+    let uvarint = |pos: &mut usize| -> std::result::Result<usize, String> {
+        get_uvarint(buf, pos)
+            .and_then(|v| usize::try_from(v).ok())
+            .ok_or_else(|| format!("change log entry {height} has a bad length at byte {pos}"))
+    };
+    let format = take(&mut pos, 1)?[0];
+    if format != ENTRY_FORMAT {
+        return Err(format!(
+            "change log entry {height} has unknown format {format}"
+        ));
+    }
+    let app_hash: Hash = take(&mut pos, 32)?
+        .try_into()
+        .map_err(|_| "hash".to_string())?;
+    let n = uvarint(&mut pos)?;
+    let app_meta = take(&mut pos, n)?.to_vec();
+    let stores_n = uvarint(&mut pos)?;
+    let mut stores = Vec::with_capacity(stores_n.min(1024));
+    for _ in 0..stores_n {
+        let n = uvarint(&mut pos)?;
+        let name = std::str::from_utf8(take(&mut pos, n)?)
+            .map_err(|_| format!("change log entry {height}: store name is not UTF-8"))?;
+        let store = StoreKey::new(name).map_err(|e| format!("change log entry {height}: {e}"))?;
+        let hash: Hash = take(&mut pos, 32)?
+            .try_into()
+            .map_err(|_| "hash".to_string())?;
+        let count = uvarint(&mut pos)?;
+        let n = uvarint(&mut pos)?;
+        let encoded = take(&mut pos, n)?.to_vec();
+        let mut seen = 0usize;
+        for r in Records::new(&encoded) {
+            let r = r.map_err(|e| format!("change log entry {height}, store {name}: {e}"))?;
+            if r.store != name {
+                return Err(format!(
+                    "change log entry {height}: record of store {} filed under {name}",
+                    r.store
+                ));
+            }
+            seen += 1;
+        }
+        if seen != count {
+            return Err(format!(
+                "change log entry {height}, store {name}: {seen} records, header says {count}"
+            ));
+        }
+        stores.push(StoreChanges {
+            store,
+            hash,
+            encoded,
+            count,
+        });
+    }
+    if pos != buf.len() {
+        return Err(format!(
+            "change log entry {height} has {} trailing bytes",
+            buf.len() - pos
+        ));
+    }
+    Ok(ChangeSet {
+        height,
+        app_hash,
+        app_meta,
+        stores,
+    })
+}
+
+/// A read handle on the change log. Cheap to clone and `Send + Sync`: the
+/// delivery workers of streamers read it from their own threads while the
+/// node keeps committing (reads see a consistent snapshot and never block
+/// commits).
+#[derive(Clone)]
+pub struct ChangeLog {
+    pub(crate) db: Arc<Database>,
+    pub(crate) path: Arc<PathBuf>,
+}
+
+impl std::fmt::Debug for ChangeLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChangeLog")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl ChangeLog {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The change set of block `height`, or `None` if it was never committed
+    /// or has been pruned.
+    pub fn get(&self, height: u64) -> Result<Option<ChangeSet>> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| Error::engine(self.path(), "reading the change log", e))?;
+        let table = txn
+            .open_table(CHANGELOG)
+            .map_err(|e| Error::engine(self.path(), "reading the change log", e))?;
+        let Some(v) = table
+            .get(height)
+            .map_err(|e| Error::engine(self.path(), "reading the change log", e))?
+        else {
+            return Ok(None);
+        };
+        decode_entry(height, v.value())
+            .map(Some)
+            .map_err(|what| Error::Corrupt {
+                path: self.path.to_path_buf(),
+                what,
+            })
+    }
+
+    /// The change set of block `height`; an error if it is not kept.
+    pub fn read(&self, height: u64) -> Result<ChangeSet> {
+        match self.get(height)? {
+            Some(cs) => Ok(cs),
+            None => Err(Error::NotInChangeLog {
+                height,
+                kept: match self.bounds()? {
+                    Some((lo, hi)) => format!("{lo}..={hi}"),
+                    None => "nothing".to_string(),
+                },
+            }),
+        }
+    }
+
+    /// The lowest and highest heights kept, `None` when empty.
+    pub fn bounds(&self) -> Result<Option<(u64, u64)>> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| Error::engine(self.path(), "reading the change log", e))?;
+        let table = txn
+            .open_table(CHANGELOG)
+            .map_err(|e| Error::engine(self.path(), "reading the change log", e))?;
+        let first = table
+            .first()
+            .map_err(|e| Error::engine(self.path(), "reading the change log", e))?;
+        let last = table
+            .last()
+            .map_err(|e| Error::engine(self.path(), "reading the change log", e))?;
+        Ok(match (first, last) {
+            (Some(f), Some(l)) => Some((f.0.value(), l.0.value())),
+            _ => None,
+        })
+    }
+
+    /// Number of blocks kept.
+    pub fn len(&self) -> Result<u64> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| Error::engine(self.path(), "reading the change log", e))?;
+        let table = txn
+            .open_table(CHANGELOG)
+            .map_err(|e| Error::engine(self.path(), "reading the change log", e))?;
+        table
+            .len()
+            .map_err(|e| Error::engine(self.path(), "reading the change log", e))
+    }
+
+    /// Whether the change log holds no block.
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+}

@@ -1,0 +1,74 @@
+use std::path::PathBuf;
+
+/// Errors of the store. Every variant carries the context needed to act on
+/// it; an I/O failure or a corrupt database is an error, never a panic.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A store name failed validation.
+    #[error("invalid store key \"{name}\": {reason}")]
+    InvalidStoreKey { name: String, reason: &'static str },
+
+    /// The same store name was given twice when opening.
+    #[error("store key \"{0}\" is given more than once")]
+    DuplicateStoreKey(String),
+
+    /// An operation named a store that this multi-store does not hold.
+    #[error("unknown store \"{store}\" (known stores: {known})")]
+    UnknownStore { store: String, known: String },
+
+    /// Keys must be non-empty (as in Cosmos, an empty key is a caller bug).
+    #[error("empty key in store \"{store}\"")]
+    EmptyKey { store: String },
+
+    /// The database was created with another set of stores.
+    #[error("database at {path} holds stores [{found}] but was opened with [{given}]")]
+    StoreSetMismatch {
+        path: PathBuf,
+        found: String,
+        given: String,
+    },
+
+    /// A previous commit failed half-way; the in-memory state may no longer
+    /// match the database, so the handle refuses further work.
+    #[error("the store is unusable after a failed commit at height {height}; reopen it")]
+    Poisoned { height: u64 },
+
+    /// The embedded engine (redb) failed: I/O, locking, or internal error.
+    #[error("database error at {path} while {action}: {source}")]
+    Engine {
+        path: PathBuf,
+        action: &'static str,
+        #[source]
+        source: redb::Error,
+    },
+
+    /// Bytes read back from the database do not decode.
+    #[error("corrupt database at {path}: {what}")]
+    Corrupt { path: PathBuf, what: String },
+
+    /// A change log entry was asked for that is not (or no longer) kept.
+    #[error("height {height} is not in the change log (kept: {kept})")]
+    NotInChangeLog { height: u64, kept: String },
+
+    /// A record of the canonical record encoding did not decode.
+    #[error("bad record at byte {offset}: {reason}")]
+    BadRecord { offset: usize, reason: &'static str },
+}
+
+/// Result type of the store.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn engine(
+        path: &std::path::Path,
+        action: &'static str,
+        source: impl Into<redb::Error>,
+    ) -> Error {
+        Error::Engine {
+            path: path.to_path_buf(),
+            action,
+            source: source.into(),
+        }
+    }
+}

@@ -1,0 +1,661 @@
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{
+    Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, TableDefinition,
+    backends::InMemoryBackend,
+};
+
+use crate::cache::Cache;
+use crate::changelog::{CHANGELOG, ChangeLog, encode_entry};
+use crate::changeset::{ChangeSet, CommitInfo, StoreChanges};
+use crate::error::{Error, Result};
+use crate::hash::{Hash, ZERO_HASH, app_hash, chain_store_hash};
+use crate::iter::{KvIter, Order, is_empty_range, merge};
+use crate::key::StoreKey;
+use crate::kv::KvStore;
+use crate::listener::{ChangeSetBuilder, WriteListener};
+
+const META: TableDefinition<'static, &'static str, &'static [u8]> = TableDefinition::new("meta");
+const STORE_HASHES: TableDefinition<'static, &'static str, &'static [u8]> =
+    TableDefinition::new("store_hashes");
+const CURSORS: TableDefinition<'static, &'static str, u64> = TableDefinition::new("cursors");
+
+const META_VERSION: &str = "version";
+const META_STORES: &str = "stores";
+const META_FORMAT: &str = "format";
+const DB_FORMAT: &[u8] = b"statestream-store/1";
+
+/// With `fsync` off, one commit in this many is made durable anyway: redb
+/// cannot reuse pages freed by non-durable commits, so a node that never
+/// made a durable commit would grow its file without bound.
+const DURABLE_EVERY: u64 = 128;
+
+fn state_def(name: &str) -> TableDefinition<'_, &'static [u8], &'static [u8]> {
+    TableDefinition::new(name)
+}
+
+fn state_table_name(store: &StoreKey) -> String {
+    format!("state/{}", store.name())
+}
+
+/// How a [`MultiStore`] persists its commits.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// `true` (the default): every commit is fsynced before `commit`
+    /// returns; a crash (even of the machine) never loses a committed block.
+    ///
+    /// `false`: commits are written without fsync (redb's
+    /// `Durability::None`), and one in every 128 commits, plus the commit
+    /// done by [`MultiStore::close`], is made durable. A crash of the process
+    /// rolls the store back to the last durable commit: the node re-executes
+    /// the blocks after it, which for a deterministic state machine gives the
+    /// same blocks again. Streamers must accept such re-delivery (they do:
+    /// delivery is idempotent per height).
+    pub fsync: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions { fsync: true }
+    }
+}
+
+/// What to commit besides the state: the application's opaque block
+/// metadata (kept in the change log with the block), cursor updates, and
+/// pruning of the change log. All of it lands in the block's single engine
+/// transaction.
+#[derive(Debug, Default, Clone)]
+pub struct CommitInput {
+    app_meta: Vec<u8>,
+    cursors: Vec<(String, u64)>,
+    prune_below: Option<u64>,
+}
+
+impl CommitInput {
+    /// An input with nothing but the state.
+    pub fn new() -> CommitInput {
+        CommitInput::default()
+    }
+
+    /// Opaque block metadata, stored in the change log with the block and
+    /// returned by [`ChangeSet::app_meta`].
+    pub fn app_meta(mut self, meta: Vec<u8>) -> CommitInput {
+        self.app_meta = meta;
+        self
+    }
+
+    /// Persists a cursor (a named height) with the block.
+    pub fn cursor(mut self, name: impl Into<String>, height: u64) -> CommitInput {
+        self.cursors.push((name.into(), height));
+        self
+    }
+
+    /// Removes change log entries below `height` in the same transaction.
+    pub fn prune_below(mut self, height: u64) -> CommitInput {
+        self.prune_below = Some(height);
+        self
+    }
+}
+
+struct Snapshot {
+    tables: Vec<ReadOnlyTable<&'static [u8], &'static [u8]>>,
+}
+
+/// A set of named key/value stores committed together, block by block.
+///
+/// Writes go to the root (the multi-store itself) or through [`Cache`]
+/// layers. Until `commit`, the root's writes are held in memory, where they
+/// form the block's change set; `commit` persists state, change set (in the
+/// change log) and per-store hashes in one transaction of the embedded
+/// engine (redb).
+///
+/// ```
+/// use statestream_store::{KvStore, MultiStore, StoreKey};
+///
+/// let bank = StoreKey::new("bank")?;
+/// let mut store = MultiStore::in_memory(&[bank.clone()])?;
+/// let mut tx = store.cache();
+/// tx.set(&bank, b"alice", b"10")?;
+/// tx.write()?;
+/// let info = store.commit()?;
+/// assert_eq!(info.version, 1);
+/// assert_eq!(store.get(&bank, b"alice")?, Some(b"10".to_vec()));
+/// let block = store.change_log().read(1)?;
+/// assert_eq!(block.len(), 1);
+/// # Ok::<(), statestream_store::Error>(())
+/// ```
+pub struct MultiStore {
+    db: Arc<Database>,
+    path: Arc<PathBuf>,
+    stores: Vec<StoreKey>,
+    options: StoreOptions,
+    version: u64,
+    app_hash: Hash,
+    hashes: Vec<Hash>,
+    pending: ChangeSetBuilder,
+    snapshot: Snapshot,
+    listeners: Vec<(Vec<bool>, Box<dyn WriteListener>)>,
+    poisoned: Option<u64>,
+    entry_buf: Vec<u8>,
+}
+
+impl std::fmt::Debug for MultiStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MultiStore")
+            .field("path", &self.path)
+            .field("stores", &self.stores)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+fn sorted_stores(stores: &[StoreKey]) -> Result<Vec<StoreKey>> {
+    let mut v = stores.to_vec();
+    v.sort();
+    for w in v.windows(2) {
+        if w[0] == w[1] {
+            return Err(Error::DuplicateStoreKey(w[0].name().to_string()));
+        }
+    }
+    Ok(v)
+}
+
+impl MultiStore {
+    /// Opens (or creates) the database file at `path` with the given stores.
+    /// The set of stores is fixed when the database is created; reopening
+    /// with another set is an error.
+    pub fn open(path: &Path, stores: &[StoreKey], options: StoreOptions) -> Result<MultiStore> {
+        let db = Database::create(path).map_err(|e| Error::engine(path, "opening", e))?;
+        Self::from_db(db, path.to_path_buf(), stores, options)
+    }
+
+    /// A store on redb's in-memory backend: the same code path as on disk,
+    /// for tests and benchmarks.
+    pub fn in_memory(stores: &[StoreKey]) -> Result<MultiStore> {
+        let path = PathBuf::from("<memory>");
+        let db = Database::builder()
+            .create_with_backend(InMemoryBackend::new())
+            .map_err(|e| Error::engine(&path, "creating in memory", e))?;
+        Self::from_db(db, path, stores, StoreOptions::default())
+    }
+
+    fn from_db(
+        db: Database,
+        path: PathBuf,
+        stores: &[StoreKey],
+        options: StoreOptions,
+    ) -> Result<MultiStore> {
+        let stores = sorted_stores(stores)?;
+        let path = Arc::new(path);
+        let err = |action| {
+            let path = Arc::clone(&path);
+            move |e: redb::Error| Error::engine(&path, action, e)
+        };
+        let names = stores
+            .iter()
+            .map(StoreKey::name)
+            .collect::<Vec<_>>()
+            .join(",");
+        let txn = db
+            .begin_write()
+            .map_err(|e| err("initialising")(e.into()))?;
+        let (version, hashes, app_hash) = {
+            let mut meta = txn
+                .open_table(META)
+                .map_err(|e| err("initialising")(e.into()))?;
+            let existing = meta
+                .get(META_STORES)
+                .map_err(|e| err("initialising")(e.into()))?
+                .map(|v| v.value().to_vec());
+            match existing {
+                Some(found) => {
+                    if found != names.as_bytes() {
+                        return Err(Error::StoreSetMismatch {
+                            path: path.to_path_buf(),
+                            found: String::from_utf8_lossy(&found).into_owned(),
+                            given: names,
+                        });
+                    }
+                    let format = meta
+                        .get(META_FORMAT)
+                        .map_err(|e| err("initialising")(e.into()))?
+                        .map(|v| v.value().to_vec());
+                    if format.as_deref() != Some(DB_FORMAT) {
+                        return Err(Error::Corrupt {
+                            path: path.to_path_buf(),
+                            what: "missing or unknown format marker".into(),
+                        });
+                    }
+                }
+                None => {
+                    meta.insert(META_STORES, names.as_bytes())
+                        .map_err(|e| err("initialising")(e.into()))?;
+                    meta.insert(META_FORMAT, DB_FORMAT)
+                        .map_err(|e| err("initialising")(e.into()))?;
+                    meta.insert(META_VERSION, &0u64.to_be_bytes()[..])
+                        .map_err(|e| err("initialising")(e.into()))?;
+                }
+            }
+            let version = match meta
+                .get(META_VERSION)
+                .map_err(|e| err("initialising")(e.into()))?
+            {
+                Some(v) => {
+                    u64::from_be_bytes(v.value().try_into().map_err(|_| Error::Corrupt {
+                        path: path.to_path_buf(),
+                        what: "version is not 8 bytes".into(),
+                    })?)
+                }
+                None => 0,
+            };
+            let mut hashes_t = txn
+                .open_table(STORE_HASHES)
+                .map_err(|e| err("initialising")(e.into()))?;
+            let mut hashes = Vec::with_capacity(stores.len());
+            for s in &stores {
+                let h = hashes_t
+                    .get(s.name())
+                    .map_err(|e| err("initialising")(e.into()))?
+                    .map(|v| v.value().to_vec());
+                let h: Hash = match h {
+                    Some(h) => h.as_slice().try_into().map_err(|_| Error::Corrupt {
+                        path: path.to_path_buf(),
+                        what: format!("hash of store {s} is not 32 bytes"),
+                    })?,
+                    None => {
+                        if version != 0 {
+                            return Err(Error::Corrupt {
+                                path: path.to_path_buf(),
+                                what: format!("no hash for store {s} at version {version}"),
+                            });
+                        }
+                        hashes_t
+                            .insert(s.name(), &ZERO_HASH[..])
+                            .map_err(|e| err("initialising")(e.into()))?;
+                        ZERO_HASH
+                    }
+                };
+                hashes.push(h);
+            }
+            for s in &stores {
+                let name = state_table_name(s);
+                txn.open_table(state_def(&name))
+                    .map_err(|e| err("initialising")(e.into()))?;
+            }
+            txn.open_table(CHANGELOG)
+                .map_err(|e| err("initialising")(e.into()))?;
+            txn.open_table(CURSORS)
+                .map_err(|e| err("initialising")(e.into()))?;
+            let app_hash = app_hash(stores.iter().map(StoreKey::name).zip(hashes.iter()));
+            (version, hashes, app_hash)
+        };
+        txn.commit().map_err(|e| err("initialising")(e.into()))?;
+        let db = Arc::new(db);
+        let snapshot = open_snapshot(&db, &path, &stores)?;
+        Ok(MultiStore {
+            db,
+            path,
+            pending: ChangeSetBuilder::new(stores.len()),
+            stores,
+            options,
+            version,
+            app_hash: if version == 0 { ZERO_HASH } else { app_hash },
+            hashes,
+            snapshot,
+            listeners: Vec::new(),
+            poisoned: None,
+            entry_buf: Vec::new(),
+        })
+    }
+
+    /// Where the database lives (`<memory>` for an in-memory store).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The last committed version (block height); 0 before the first commit.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The last commit's info (version 0 and a zero hash before the first).
+    pub fn last_commit(&self) -> CommitInfo {
+        CommitInfo {
+            version: self.version,
+            app_hash: self.app_hash,
+        }
+    }
+
+    /// The chained hash of one store after the last commit.
+    pub fn store_hash(&self, store: &StoreKey) -> Result<Hash> {
+        Ok(self.hashes[self.index(store)?])
+    }
+
+    /// A handle on the change log, usable from other threads.
+    pub fn change_log(&self) -> ChangeLog {
+        ChangeLog {
+            db: Arc::clone(&self.db),
+            path: Arc::clone(&self.path),
+        }
+    }
+
+    /// Attaches a listener to the given stores. It observes every write that
+    /// reaches the root from now on (see [`WriteListener`] for the contract).
+    pub fn add_listener(
+        &mut self,
+        stores: &[StoreKey],
+        listener: Box<dyn WriteListener>,
+    ) -> Result<()> {
+        let mut mask = vec![false; self.stores.len()];
+        for s in stores {
+            mask[self.index(s)?] = true;
+        }
+        self.listeners.push((mask, listener));
+        Ok(())
+    }
+
+    /// A cache layer (a transaction) over the root: its writes reach the
+    /// root, and the listeners, only when it is written back.
+    pub fn cache(&mut self) -> Cache<'_> {
+        Cache::new(self)
+    }
+
+    pub(crate) fn index(&self, store: &StoreKey) -> Result<usize> {
+        self.stores
+            .binary_search(store)
+            .map_err(|_| unknown_store(store, &self.stores))
+    }
+
+    fn check_usable(&self) -> Result<()> {
+        match self.poisoned {
+            Some(height) => Err(Error::Poisoned { height }),
+            None => Ok(()),
+        }
+    }
+
+    fn write(&mut self, store: &StoreKey, key: &[u8], value: Option<&[u8]>) -> Result<()> {
+        self.check_usable()?;
+        let index = self.index(store)?;
+        if key.is_empty() {
+            return Err(Error::EmptyKey {
+                store: store.name().to_string(),
+            });
+        }
+        self.pending.record(index, key, value);
+        for (mask, listener) in &mut self.listeners {
+            if mask[index] {
+                listener.on_write(store, key, value);
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits the block: persists the pending writes, the change set and
+    /// the hashes in one engine transaction. Returns the new version and app
+    /// hash. An empty block commits too (the hashes still advance).
+    pub fn commit(&mut self) -> Result<CommitInfo> {
+        Ok(self.commit_block(CommitInput::new())?.commit_info())
+    }
+
+    /// Like [`commit`](MultiStore::commit), with metadata, cursors and
+    /// pruning in the same transaction, and returns the block's change set
+    /// (built once; share it with `Arc`).
+    pub fn commit_block(&mut self, input: CommitInput) -> Result<Arc<ChangeSet>> {
+        self.check_usable()?;
+        let height = self.version + 1;
+        let pending = self.pending.take();
+        // From here on a failure leaves memory and disk out of step (the
+        // pending writes are consumed): poison the handle until it succeeds.
+        self.poisoned = Some(height);
+        let (cs, hashes) = self.persist(height, pending, input)?;
+        self.poisoned = None;
+        self.version = height;
+        self.app_hash = cs.app_hash;
+        self.hashes = hashes;
+        self.snapshot = open_snapshot(&self.db, &self.path, &self.stores)?;
+        let info = cs.commit_info();
+        for (_, l) in &mut self.listeners {
+            l.on_commit(&info);
+        }
+        Ok(Arc::new(cs))
+    }
+
+    fn persist(
+        &mut self,
+        height: u64,
+        pending: Vec<BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
+        input: CommitInput,
+    ) -> Result<(ChangeSet, Vec<Hash>)> {
+        let path = Arc::clone(&self.path);
+        let err = |e: redb::Error| Error::engine(&path, "committing", e);
+        let mut txn = self.db.begin_write().map_err(|e| err(e.into()))?;
+        let durable = self.options.fsync || height % DURABLE_EVERY == 0;
+        if !durable {
+            txn.set_durability(Durability::None)
+                .map_err(|e| err(redb::Error::from(e)))?;
+        }
+        let mut stores = Vec::with_capacity(self.stores.len());
+        let mut hashes = Vec::with_capacity(self.stores.len());
+        for (i, (store, writes)) in self.stores.iter().zip(pending).enumerate() {
+            let mut changes = StoreChanges::empty(store.clone());
+            let name = state_table_name(store);
+            let mut table = txn
+                .open_table(state_def(&name))
+                .map_err(|e| err(e.into()))?;
+            for (key, value) in &writes {
+                match value {
+                    Some(v) => {
+                        table
+                            .insert(key.as_slice(), v.as_slice())
+                            .map_err(|e| err(e.into()))?;
+                    }
+                    None => {
+                        table.remove(key.as_slice()).map_err(|e| err(e.into()))?;
+                    }
+                }
+                changes.push(key, value.as_deref());
+            }
+            changes.hash = chain_store_hash(&self.hashes[i], &changes.encoded);
+            hashes.push(changes.hash);
+            stores.push(changes);
+        }
+        let app_hash = app_hash(stores.iter().map(|s| (s.store.name(), &s.hash)));
+        let cs = ChangeSet {
+            height,
+            app_hash,
+            app_meta: input.app_meta,
+            stores,
+        };
+        {
+            encode_entry(&cs, &mut self.entry_buf);
+            let mut log = txn.open_table(CHANGELOG).map_err(|e| err(e.into()))?;
+            log.insert(height, self.entry_buf.as_slice())
+                .map_err(|e| err(e.into()))?;
+            if let Some(below) = input.prune_below {
+                log.retain_in(..below, |_, _| false)
+                    .map_err(|e| err(e.into()))?;
+            }
+            let mut meta = txn.open_table(META).map_err(|e| err(e.into()))?;
+            meta.insert(META_VERSION, &height.to_be_bytes()[..])
+                .map_err(|e| err(e.into()))?;
+            let mut hash_t = txn.open_table(STORE_HASHES).map_err(|e| err(e.into()))?;
+            for s in &cs.stores {
+                hash_t
+                    .insert(s.store.name(), &s.hash[..])
+                    .map_err(|e| err(e.into()))?;
+            }
+            let mut cursors = txn.open_table(CURSORS).map_err(|e| err(e.into()))?;
+            for (name, h) in &input.cursors {
+                cursors
+                    .insert(name.as_str(), *h)
+                    .map_err(|e| err(e.into()))?;
+            }
+        }
+        txn.commit().map_err(|e| err(e.into()))?;
+        Ok((cs, hashes))
+    }
+
+    /// The persisted cursor `name`, if any.
+    pub fn cursor(&self, name: &str) -> Result<Option<u64>> {
+        let err = |e: redb::Error| Error::engine(&self.path, "reading cursors", e);
+        let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
+        let t = txn.open_table(CURSORS).map_err(|e| err(e.into()))?;
+        Ok(t.get(name).map_err(|e| err(e.into()))?.map(|v| v.value()))
+    }
+
+    /// All persisted cursors, by name.
+    pub fn cursors(&self) -> Result<Vec<(String, u64)>> {
+        let err = |e: redb::Error| Error::engine(&self.path, "reading cursors", e);
+        let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
+        let t = txn.open_table(CURSORS).map_err(|e| err(e.into()))?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(|e| err(e.into()))? {
+            let (k, v) = item.map_err(|e| err(e.into()))?;
+            out.push((k.value().to_string(), v.value()));
+        }
+        Ok(out)
+    }
+
+    /// Persists cursors now, in their own durable transaction (used at
+    /// shutdown; during operation cursors ride along with commits).
+    pub fn save_cursors(&mut self, cursors: &[(&str, u64)]) -> Result<()> {
+        self.check_usable()?;
+        let err = |e: redb::Error| Error::engine(&self.path, "saving cursors", e);
+        let txn = self.db.begin_write().map_err(|e| err(e.into()))?;
+        {
+            let mut t = txn.open_table(CURSORS).map_err(|e| err(e.into()))?;
+            for (name, h) in cursors {
+                t.insert(*name, *h).map_err(|e| err(e.into()))?;
+            }
+        }
+        txn.commit().map_err(|e| err(e.into()))
+    }
+
+    /// Removes change log entries below `height`; returns how many. Callers
+    /// that stream must pass the lowest cursor + 1 of their streamers.
+    pub fn prune_change_log(&mut self, below: u64) -> Result<u64> {
+        self.check_usable()?;
+        let err = |e: redb::Error| Error::engine(&self.path, "pruning the change log", e);
+        let txn = self.db.begin_write().map_err(|e| err(e.into()))?;
+        let removed = {
+            let mut t = txn.open_table(CHANGELOG).map_err(|e| err(e.into()))?;
+            let before = redb::ReadableTableMetadata::len(&t).map_err(|e| err(e.into()))?;
+            t.retain_in(..below, |_, _| false)
+                .map_err(|e| err(e.into()))?;
+            before - redb::ReadableTableMetadata::len(&t).map_err(|e| err(e.into()))?
+        };
+        txn.commit().map_err(|e| err(e.into()))?;
+        Ok(removed)
+    }
+
+    /// Makes every commit so far durable (a no-op with `fsync` on) and
+    /// closes the store. Pending (uncommitted) writes are discarded.
+    pub fn close(self) -> Result<()> {
+        if self.poisoned.is_none() && !self.options.fsync {
+            let err = |e: redb::Error| Error::engine(&self.path, "closing", e);
+            let txn = self.db.begin_write().map_err(|e| err(e.into()))?;
+            txn.commit().map_err(|e| err(e.into()))?;
+        }
+        Ok(())
+    }
+}
+
+fn unknown_store(store: &StoreKey, stores: &[StoreKey]) -> Error {
+    Error::UnknownStore {
+        store: store.name().to_string(),
+        known: stores
+            .iter()
+            .map(StoreKey::name)
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
+pub(crate) fn check_store(stores: &[StoreKey], store: &StoreKey) -> Result<()> {
+    stores
+        .binary_search(store)
+        .map(|_| ())
+        .map_err(|_| unknown_store(store, stores))
+}
+
+fn open_snapshot(db: &Database, path: &Path, stores: &[StoreKey]) -> Result<Snapshot> {
+    let err = |e: redb::Error| Error::engine(path, "opening a read snapshot", e);
+    let txn = db.begin_read().map_err(|e| err(e.into()))?;
+    let mut tables = Vec::with_capacity(stores.len());
+    for s in stores {
+        let name = state_table_name(s);
+        tables.push(
+            txn.open_table(state_def(&name))
+                .map_err(|e| err(e.into()))?,
+        );
+    }
+    Ok(Snapshot { tables })
+}
+
+impl KvStore for MultiStore {
+    fn stores(&self) -> &[StoreKey] {
+        &self.stores
+    }
+
+    fn get(&self, store: &StoreKey, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.check_usable()?;
+        let i = self.index(store)?;
+        if let Some(v) = self.pending.per_store[i].get(key) {
+            return Ok(v.clone());
+        }
+        let got = self.snapshot.tables[i]
+            .get(key)
+            .map_err(|e| Error::engine(&self.path, "reading", e))?;
+        Ok(got.map(|v| v.value().to_vec()))
+    }
+
+    fn set(&mut self, store: &StoreKey, key: &[u8], value: &[u8]) -> Result<()> {
+        self.write(store, key, Some(value))
+    }
+
+    fn delete(&mut self, store: &StoreKey, key: &[u8]) -> Result<()> {
+        self.write(store, key, None)
+    }
+
+    fn range(
+        &self,
+        store: &StoreKey,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+        order: Order,
+    ) -> Result<KvIter<'_>> {
+        self.check_usable()?;
+        let i = self.index(store)?;
+        if is_empty_range(start, end) {
+            return Ok(KvIter::empty());
+        }
+        let path = Arc::clone(&self.path);
+        let committed = self.snapshot.tables[i]
+            .range::<&[u8]>((start, end))
+            .map_err(|e| Error::engine(&path, "iterating", e))?;
+        let map_item = move |item: std::result::Result<
+            (
+                redb::AccessGuard<'_, &'static [u8]>,
+                redb::AccessGuard<'_, &'static [u8]>,
+            ),
+            redb::StorageError,
+        >| {
+            item.map(|(k, v)| (k.value().to_vec(), v.value().to_vec()))
+                .map_err(|e| Error::engine(&path, "iterating", e))
+        };
+        let pending = self.pending.per_store[i]
+            .range::<[u8], _>((start, end))
+            .map(|(k, v)| (k.as_slice(), v.as_deref()));
+        Ok(match order {
+            Order::Ascending => merge(pending, KvIter::new(committed.map(map_item)), order),
+            Order::Descending => merge(
+                pending.rev(),
+                KvIter::new(committed.rev().map(map_item)),
+                order,
+            ),
+        })
+    }
+}

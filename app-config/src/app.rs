@@ -1,0 +1,530 @@
+//! The `app.toml` model: `[store] streamers` and the `[streamers.<name>]` tables.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+
+use crate::error::ConfigError;
+use crate::options::{Spelling, StreamerOptions};
+use crate::text::{LineIndex, check_name, describe, normalise_key, normalise_value};
+
+/// Blocks buffered in memory per asynchronous streamer when `queue` is not set.
+pub const DEFAULT_QUEUE: usize = 64;
+
+/// The largest accepted `queue`: a bound on the memory one streamer may hold.
+pub const MAX_QUEUE: usize = 1_000_000;
+
+/// How blocks reach a streamer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Delivery {
+    /// Inside commit: the commit waits for the streamer (`delivery = "sync"`).
+    Sync,
+    /// On the streamer's own thread, through a bounded queue; a slow streamer
+    /// falls behind and catches up from the change log (`delivery = "async"`,
+    /// the default).
+    #[default]
+    Async,
+}
+
+impl Delivery {
+    /// The spelling used in `app.toml`: `"sync"` or `"async"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Delivery::Sync => "sync",
+            Delivery::Async => "async",
+        }
+    }
+}
+
+impl fmt::Display for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One enabled streamer, resolved against the node's stores: everything the
+/// registry needs to build it and the delivery manager needs to run it.
+#[derive(Debug, Clone)]
+pub struct StreamerSpec {
+    /// The table name: `file` for `[streamers.file]`. Unique; names the cursor.
+    pub name: String,
+    /// The streamer type (`type`), defaulting to the table name.
+    pub type_name: String,
+    /// The stores the streamer sees: sorted, without duplicates, never empty.
+    pub stores: Vec<String>,
+    /// `delivery`, default [`Delivery::Async`].
+    pub delivery: Delivery,
+    /// `queue`: blocks buffered in memory when asynchronous, default [`DEFAULT_QUEUE`].
+    pub queue: usize,
+    /// `stop-node-on-error`, default `true`.
+    pub stop_node_on_error: bool,
+    /// Every other key of the table, for the streamer to parse.
+    pub options: StreamerOptions,
+}
+
+/// The streaming part of a node's `app.toml`, validated.
+///
+/// Only `[store] streamers` and the `[streamers.<name>]` tables are read;
+/// every other table and every other key of `[store]` belongs to the rest of
+/// the node and is ignored.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    origin: PathBuf,
+    /// The streamers listed in `[store] streamers`, in list order.
+    streamers: Vec<Entry>,
+}
+
+/// One listed streamer, before resolution against the node's stores.
+#[derive(Debug, Clone)]
+struct Entry {
+    name: String,
+    type_name: String,
+    keys: Keys,
+    keys_line: Option<usize>,
+    delivery: Delivery,
+    queue: usize,
+    stop_node_on_error: bool,
+    options: StreamerOptions,
+}
+
+/// The value of `keys`.
+#[derive(Debug, Clone)]
+enum Keys {
+    /// `["*"]`: every store of the node.
+    All,
+    /// `[]`: the streamer is off.
+    Off,
+    /// Named stores, checked for syntax and duplicates, not yet for existence.
+    Names(Vec<String>),
+}
+
+impl AppConfig {
+    /// Reads and validates the file at `path`.
+    pub fn from_file(path: &Path) -> Result<AppConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        AppConfig::parse(&text, path)
+    }
+
+    /// Validates `text`; `origin` is the file name used in errors (any
+    /// descriptive path, such as `<built-in>`, for text that is not in a file).
+    pub fn parse(text: &str, origin: &Path) -> Result<AppConfig, ConfigError> {
+        Parser {
+            origin,
+            index: LineIndex::new(text),
+        }
+        .parse(text)
+    }
+
+    /// The names of the streamers listed in `[store] streamers`, in list
+    /// order. This includes streamers turned off with `keys = []`, which
+    /// [`AppConfig::resolve`] leaves out.
+    pub fn streamer_names(&self) -> Vec<&str> {
+        self.streamers.iter().map(|entry| entry.name.as_str()).collect()
+    }
+
+    /// Resolves `keys` against the node's stores and returns the streamers to
+    /// run, in `[store] streamers` order. `["*"]` becomes every store; a
+    /// streamer with `keys = []` is off, left out and logged; a store name
+    /// that is not in `stores` is an error listing the known stores.
+    pub fn resolve(&self, stores: &[&str]) -> Result<Vec<StreamerSpec>, ConfigError> {
+        let mut known: Vec<&str> = stores.to_vec();
+        known.sort_unstable();
+        known.dedup();
+        let mut specs = Vec::with_capacity(self.streamers.len());
+        for entry in &self.streamers {
+            let stores = match &entry.keys {
+                Keys::Off => {
+                    tracing::info!(
+                        streamer = %entry.name,
+                        file = %self.origin.display(),
+                        "streamer is off: its `keys` is empty"
+                    );
+                    continue;
+                }
+                Keys::All if known.is_empty() => {
+                    return Err(self.keys_error(entry, "`*` matches no store: the node has none"));
+                }
+                Keys::All => known.iter().map(|store| (*store).to_owned()).collect(),
+                Keys::Names(names) => {
+                    if let Some(unknown) = names.iter().find(|name| {
+                        known.binary_search(&name.as_str()).is_err()
+                    }) {
+                        let message = format!(
+                            "unknown store `{unknown}`; the node's stores are: {}",
+                            if known.is_empty() {
+                                "(none)".to_owned()
+                            } else {
+                                known.join(", ")
+                            }
+                        );
+                        return Err(self.keys_error(entry, message));
+                    }
+                    let mut names = names.clone();
+                    names.sort_unstable();
+                    names
+                }
+            };
+            specs.push(StreamerSpec {
+                name: entry.name.clone(),
+                type_name: entry.type_name.clone(),
+                stores,
+                delivery: entry.delivery,
+                queue: entry.queue,
+                stop_node_on_error: entry.stop_node_on_error,
+                options: entry.options.clone(),
+            });
+        }
+        Ok(specs)
+    }
+
+    /// The file this configuration was read from (or the `origin` given to
+    /// [`AppConfig::parse`]).
+    pub fn origin(&self) -> &Path {
+        &self.origin
+    }
+
+    fn keys_error(&self, entry: &Entry, message: impl Into<String>) -> ConfigError {
+        ConfigError::Key {
+            path: self.origin.clone(),
+            table: streamer_table(&entry.name),
+            key: "keys".to_owned(),
+            line: entry.keys_line,
+            message: message.into(),
+        }
+    }
+}
+
+/// How a streamer's table is named in errors.
+fn streamer_table(name: &str) -> String {
+    format!("[streamers.{name}]")
+}
+
+type Key<'i> = Spanned<std::borrow::Cow<'i, str>>;
+type Value<'i> = Spanned<DeValue<'i>>;
+
+/// The state of one parse: the file name and the text's line index.
+struct Parser<'a> {
+    origin: &'a Path,
+    index: LineIndex<'a>,
+}
+
+impl Parser<'_> {
+    fn parse(&self, text: &str) -> Result<AppConfig, ConfigError> {
+        let root = DeTable::parse(text).map_err(|error| {
+            let offset = error.span().map_or(text.len(), |span| span.start);
+            let (line, column) = self.index.line_column(offset);
+            ConfigError::Syntax {
+                path: self.origin.to_owned(),
+                line,
+                column,
+                message: error.message().to_owned(),
+            }
+        })?;
+        let root = root.get_ref();
+
+        let listed = match find(root, "store") {
+            None => Vec::new(),
+            Some((key, value)) => match value.get_ref() {
+                DeValue::Table(store) => self.listed_streamers(store)?,
+                _ => return Err(self.not_a_table("[store]", key, value)),
+            },
+        };
+
+        let tables: Vec<(&Key<'_>, &Value<'_>)> = match find(root, "streamers") {
+            None => Vec::new(),
+            Some((key, value)) => match value.get_ref() {
+                DeValue::Table(tables) => tables.iter().collect(),
+                _ => return Err(self.not_a_table("[streamers]", key, value)),
+            },
+        };
+
+        for (key, _) in &tables {
+            let name = key.get_ref();
+            if !listed.iter().any(|(listed, _)| listed == name) {
+                tracing::info!(
+                    streamer = %name,
+                    file = %self.origin.display(),
+                    "streamer is disabled: [streamers.{name}] is not listed in [store] streamers"
+                );
+            }
+        }
+
+        let mut streamers = Vec::with_capacity(listed.len());
+        for (name, list_span) in &listed {
+            let Some((key, value)) = tables.iter().find(|(key, _)| key.get_ref() == name) else {
+                return Err(self.key_error(
+                    "[store]",
+                    "streamers",
+                    list_span.clone(),
+                    format!("streamer `{name}` is listed but there is no [streamers.{name}] table"),
+                ));
+            };
+            let DeValue::Table(table) = value.get_ref() else {
+                return Err(self.key_error(
+                    "[streamers]",
+                    name,
+                    key.span(),
+                    format!("expected a table, got {}", self.describe(value)),
+                ));
+            };
+            streamers.push(self.streamer(name, key.span(), table)?);
+        }
+
+        Ok(AppConfig {
+            origin: self.origin.to_owned(),
+            streamers,
+        })
+    }
+
+    /// Reads `[store] streamers`: the names, each with the span of the `streamers` key.
+    fn listed_streamers(
+        &self,
+        store: &DeTable<'_>,
+    ) -> Result<Vec<(String, Range<usize>)>, ConfigError> {
+        let Some((key, value)) = find(store, "streamers") else {
+            return Ok(Vec::new());
+        };
+        let error = |message: String| self.key_error("[store]", "streamers", key.span(), message);
+        let DeValue::Array(items) = value.get_ref() else {
+            return Err(error(format!(
+                "expected an array of streamer names such as [\"file\"], got {}",
+                self.describe(value)
+            )));
+        };
+        let mut names: Vec<(String, Range<usize>)> = Vec::new();
+        for item in items.iter() {
+            let Some(name) = item.get_ref().as_str() else {
+                return Err(error(format!(
+                    "expected an array of streamer names (strings), got {} in the array",
+                    self.describe(item)
+                )));
+            };
+            check_name(name).map_err(|reason| error(format!("streamer name: {reason}")))?;
+            if names.iter().any(|(listed, _)| listed == name) {
+                return Err(error(format!("streamer `{name}` is listed twice")));
+            }
+            names.push((name.to_owned(), key.span()));
+        }
+        Ok(names)
+    }
+
+    /// Reads one listed `[streamers.<name>]` table.
+    fn streamer(
+        &self,
+        name: &str,
+        name_span: Range<usize>,
+        table: &DeTable<'_>,
+    ) -> Result<Entry, ConfigError> {
+        let table_name = streamer_table(name);
+        let table_line = Some(self.index.line(name_span.start));
+
+        let mut type_name = None;
+        let mut keys = None;
+        let mut delivery = Delivery::default();
+        let mut queue = DEFAULT_QUEUE;
+        let mut stop_node_on_error = true;
+        let mut values = toml::Table::new();
+        let mut spellings: BTreeMap<String, Spelling> = BTreeMap::new();
+
+        // Source order, so that a second spelling of a key is the one blamed.
+        let mut entries: Vec<(&Key<'_>, &Value<'_>)> = table.iter().collect();
+        entries.sort_by_key(|(key, _)| key.span().start);
+
+        for (key, value) in entries {
+            let spelled = key.get_ref().as_ref();
+            let canonical = normalise_key(spelled);
+            let line = self.index.line(key.span().start);
+            let error = |message: String| self.key_error(&table_name, spelled, key.span(), message);
+            if let Some(first) = spellings.get(&canonical) {
+                let first_line = first.line.map_or(String::new(), |l| format!(" (line {l})"));
+                return Err(error(format!(
+                    "`{}`{first_line} and `{spelled}` are two spellings of the same key; keep one",
+                    first.spelled
+                )));
+            }
+            spellings.insert(
+                canonical.clone(),
+                Spelling {
+                    spelled: spelled.to_owned(),
+                    line: Some(line),
+                },
+            );
+            match canonical.as_str() {
+                "type" => match value.get_ref().as_str() {
+                    Some(type_str) if !type_str.trim().is_empty() => {
+                        type_name = Some(type_str.to_owned());
+                    }
+                    _ => {
+                        return Err(error(format!(
+                            "expected a non-empty string naming the streamer type, got {}",
+                            self.describe(value)
+                        )));
+                    }
+                },
+                "keys" => keys = Some((self.keys(value).map_err(error)?, Some(line))),
+                "delivery" => {
+                    delivery = match value.get_ref().as_str() {
+                        Some("sync") => Delivery::Sync,
+                        Some("async") => Delivery::Async,
+                        _ => {
+                            return Err(error(format!(
+                                "expected one of \"sync\", \"async\", got {}",
+                                self.describe(value)
+                            )));
+                        }
+                    }
+                }
+                "queue" => queue = self.queue(value).map_err(error)?,
+                "stop_node_on_error" => match value.get_ref().as_bool() {
+                    Some(flag) => stop_node_on_error = flag,
+                    None => {
+                        return Err(error(format!(
+                            "expected a boolean (true or false), got {}",
+                            self.describe(value)
+                        )));
+                    }
+                },
+                _ => {
+                    let converted = toml::Value::deserialize(ValueDeserializer::from(value.clone()))
+                        .map_err(|e| error(format!("invalid value: {}", e.message())))?;
+                    let normalised = normalise_value(converted).map_err(|(first, second)| {
+                        error(format!(
+                            "nested keys `{first}` and `{second}` are two spellings of the same key; keep one"
+                        ))
+                    })?;
+                    values.insert(canonical, normalised);
+                }
+            }
+        }
+
+        let Some((keys, keys_line)) = keys else {
+            return Err(ConfigError::Key {
+                path: self.origin.to_owned(),
+                table: table_name,
+                key: "keys".to_owned(),
+                line: table_line,
+                message: "missing: every streamer needs `keys`: store names, [\"*\"] for all \
+                          stores, or [] to turn it off"
+                    .to_owned(),
+            });
+        };
+
+        // Only the type-specific keys are the streamer's to report on.
+        spellings.retain(|canonical, _| values.contains_key(canonical));
+        let options = StreamerOptions::from_parts(
+            self.origin.to_owned(),
+            name.to_owned(),
+            table_line,
+            values,
+            spellings,
+        );
+        Ok(Entry {
+            name: name.to_owned(),
+            type_name: type_name.unwrap_or_else(|| name.to_owned()),
+            keys,
+            keys_line,
+            delivery,
+            queue,
+            stop_node_on_error,
+            options,
+        })
+    }
+
+    /// Reads `keys`; the error is the message only.
+    fn keys(&self, value: &Value<'_>) -> Result<Keys, String> {
+        let DeValue::Array(items) = value.get_ref() else {
+            return Err(format!(
+                "expected an array of store names such as [\"*\"] or [\"bank\", \"acc\"], got {}",
+                self.describe(value)
+            ));
+        };
+        let mut names: Vec<String> = Vec::new();
+        for item in items.iter() {
+            let Some(name) = item.get_ref().as_str() else {
+                return Err(format!(
+                    "expected an array of store names (strings), got {} in the array",
+                    self.describe(item)
+                ));
+            };
+            if names.iter().any(|listed| listed == name) {
+                return Err(format!("store `{name}` is listed twice"));
+            }
+            if name != "*" {
+                check_name(name).map_err(|reason| format!("store name: {reason}"))?;
+            }
+            names.push(name.to_owned());
+        }
+        Ok(match names.as_slice() {
+            [] => Keys::Off,
+            [all] if all == "*" => Keys::All,
+            _ if names.iter().any(|name| name == "*") => {
+                return Err("`*` (every store) cannot be combined with store names".to_owned());
+            }
+            _ => Keys::Names(names),
+        })
+    }
+
+    /// Reads `queue`; the error is the message only.
+    fn queue(&self, value: &Value<'_>) -> Result<usize, String> {
+        let DeValue::Integer(_) = value.get_ref() else {
+            return Err(format!(
+                "expected a positive integer, got {}",
+                self.describe(value)
+            ));
+        };
+        let described = self.describe(value);
+        let number = toml::Value::deserialize(ValueDeserializer::from(value.clone()))
+            .ok()
+            .and_then(|converted| converted.as_integer())
+            .ok_or_else(|| format!("expected a positive integer, got {described}"))?;
+        match usize::try_from(number) {
+            Ok(0) | Err(_) if number < 1 => Err(format!(
+                "expected a positive integer (at least 1), got {described}"
+            )),
+            Ok(queue) if queue <= MAX_QUEUE => Ok(queue),
+            _ => Err(format!("must be at most {MAX_QUEUE}, got {described}")),
+        }
+    }
+
+    fn describe(&self, value: &Value<'_>) -> String {
+        describe(value.get_ref().type_str(), &self.index.excerpt(value.span()))
+    }
+
+    fn key_error(
+        &self,
+        table: &str,
+        key: &str,
+        span: Range<usize>,
+        message: String,
+    ) -> ConfigError {
+        ConfigError::Key {
+            path: self.origin.to_owned(),
+            table: table.to_owned(),
+            key: key.to_owned(),
+            line: Some(self.index.line(span.start)),
+            message,
+        }
+    }
+
+    fn not_a_table(&self, table: &str, key: &Key<'_>, value: &Value<'_>) -> ConfigError {
+        ConfigError::Table {
+            path: self.origin.to_owned(),
+            table: table.to_owned(),
+            line: Some(self.index.line(key.span().start)),
+            message: format!("expected a table, got {}", self.describe(value)),
+        }
+    }
+}
+
+/// The entry of `table` whose key is exactly `name`.
+fn find<'t, 'i>(table: &'t DeTable<'i>, name: &str) -> Option<(&'t Key<'i>, &'t Value<'i>)> {
+    table.iter().find(|(key, _)| key.get_ref() == name)
+}

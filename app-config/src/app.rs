@@ -11,7 +11,7 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use crate::error::ConfigError;
 use crate::options::{Spelling, StreamerOptions};
-use crate::text::{LineIndex, check_name, describe, normalise_key, normalise_value};
+use crate::text::{LineIndex, check_name, describe, normalise_key};
 
 /// Blocks buffered in memory per asynchronous streamer when `queue` is not set.
 pub const DEFAULT_QUEUE: usize = 64;
@@ -127,7 +127,10 @@ impl AppConfig {
     /// order. This includes streamers turned off with `keys = []`, which
     /// [`AppConfig::resolve`] leaves out.
     pub fn streamer_names(&self) -> Vec<&str> {
-        self.streamers.iter().map(|entry| entry.name.as_str()).collect()
+        self.streamers
+            .iter()
+            .map(|entry| entry.name.as_str())
+            .collect()
     }
 
     /// Resolves `keys` against the node's stores and returns the streamers to
@@ -154,9 +157,10 @@ impl AppConfig {
                 }
                 Keys::All => known.iter().map(|store| (*store).to_owned()).collect(),
                 Keys::Names(names) => {
-                    if let Some(unknown) = names.iter().find(|name| {
-                        known.binary_search(&name.as_str()).is_err()
-                    }) {
+                    if let Some(unknown) = names
+                        .iter()
+                        .find(|name| known.binary_search(&name.as_str()).is_err())
+                    {
                         let message = format!(
                             "unknown store `{unknown}`; the node's stores are: {}",
                             if known.is_empty() {
@@ -338,25 +342,39 @@ impl Parser<'_> {
         let mut entries: Vec<(&Key<'_>, &Value<'_>)> = table.iter().collect();
         entries.sort_by_key(|(key, _)| key.span().start);
 
+        // Spelling conflicts first, so that they are reported before any
+        // problem with the values of the two spellings.
+        for (key, _) in &entries {
+            let spelled = key.get_ref().as_ref();
+            let canonical = normalise_key(spelled);
+            if let Some(first) = spellings.get(&canonical) {
+                let first_line = first.line.map_or(String::new(), |l| format!(" (line {l})"));
+                return Err(self.key_error(
+                    &table_name,
+                    spelled,
+                    key.span(),
+                    format!(
+                        "`{}`{first_line} and `{spelled}` are two spellings of the same key; \
+                         keep one",
+                        first.spelled
+                    ),
+                ));
+            }
+            let line = Some(self.index.line(key.span().start));
+            spellings.insert(
+                canonical,
+                Spelling {
+                    spelled: spelled.to_owned(),
+                    line,
+                },
+            );
+        }
+
         for (key, value) in entries {
             let spelled = key.get_ref().as_ref();
             let canonical = normalise_key(spelled);
             let line = self.index.line(key.span().start);
             let error = |message: String| self.key_error(&table_name, spelled, key.span(), message);
-            if let Some(first) = spellings.get(&canonical) {
-                let first_line = first.line.map_or(String::new(), |l| format!(" (line {l})"));
-                return Err(error(format!(
-                    "`{}`{first_line} and `{spelled}` are two spellings of the same key; keep one",
-                    first.spelled
-                )));
-            }
-            spellings.insert(
-                canonical.clone(),
-                Spelling {
-                    spelled: spelled.to_owned(),
-                    line: Some(line),
-                },
-            );
             match canonical.as_str() {
                 "type" => match value.get_ref().as_str() {
                     Some(type_str) if !type_str.trim().is_empty() => {
@@ -393,14 +411,12 @@ impl Parser<'_> {
                     }
                 },
                 _ => {
-                    let converted = toml::Value::deserialize(ValueDeserializer::from(value.clone()))
-                        .map_err(|e| error(format!("invalid value: {}", e.message())))?;
-                    let normalised = normalise_value(converted).map_err(|(first, second)| {
-                        error(format!(
-                            "nested keys `{first}` and `{second}` are two spellings of the same key; keep one"
-                        ))
-                    })?;
-                    values.insert(canonical, normalised);
+                    // Only the top-level key is normalised: nested tables may be
+                    // data (environment variables, headers) whose keys must stay.
+                    let converted =
+                        toml::Value::deserialize(ValueDeserializer::from(value.clone()))
+                            .map_err(|e| error(format!("invalid value: {}", e.message())))?;
+                    values.insert(canonical, converted);
                 }
             }
         }
@@ -495,7 +511,10 @@ impl Parser<'_> {
     }
 
     fn describe(&self, value: &Value<'_>) -> String {
-        describe(value.get_ref().type_str(), &self.index.excerpt(value.span()))
+        describe(
+            value.get_ref().type_str(),
+            &self.index.excerpt(value.span()),
+        )
     }
 
     fn key_error(

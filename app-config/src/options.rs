@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::de::{self, DeserializeOwned, DeserializeSeed, IntoDeserializer, MapAccess, Visitor};
 
 use crate::error::ConfigError;
-use crate::text::{normalise_key, normalise_value};
+use crate::text::normalise_key;
 
 /// Origin shown for options built in code rather than read from a file.
 const INLINE_ORIGIN: &str = "<inline>";
@@ -20,9 +20,11 @@ const INLINE_NAME: &str = "inline";
 ///
 /// This crate does not know these keys. Each streamer parses them into its own
 /// config type with [`StreamerOptions::parse`], which should use
-/// `#[serde(deny_unknown_fields)]` and snake_case field names: keys are
-/// normalised to snake_case (`output-metadata` becomes `output_metadata`)
-/// before they reach serde, and errors are reported with the key as the user
+/// `#[serde(deny_unknown_fields)]` and snake_case field names: the table's
+/// keys are normalised to snake_case (`output-metadata` becomes
+/// `output_metadata`) before they reach serde, while the keys of nested
+/// tables are left as written (they may be data, such as environment
+/// variable names), and errors are reported with the key as the user
 /// spelled it, its table, its file and its line.
 #[derive(Debug, Clone)]
 pub struct StreamerOptions {
@@ -51,8 +53,8 @@ impl Default for StreamerOptions {
 
 impl StreamerOptions {
     /// Builds options in code, for applications without an `app.toml` and for
-    /// tests. Keys are normalised to snake_case; when a table holds both
-    /// spellings of a key, the first in the table's iteration order wins. The
+    /// tests. Top-level keys are normalised to snake_case; when the table
+    /// holds both spellings of a key, the first in its iteration order wins. The
     /// origin is `<inline>` and the table name `inline` (see
     /// [`StreamerOptions::with_name`]).
     pub fn from_table(table: toml::Table) -> Self {
@@ -63,9 +65,6 @@ impl StreamerOptions {
             if values.contains_key(&canonical) {
                 continue;
             }
-            // A nested table holding both spellings of a key is kept as given,
-            // so that the streamer's own parsing reports it.
-            let value = normalise_value(value.clone()).unwrap_or(value);
             values.insert(canonical.clone(), value);
             spellings.insert(
                 canonical,
@@ -256,10 +255,9 @@ impl<'de> MapAccess<'de> for TrackingMap<'_> {
         // An unknown key fails here, in the field identifier's visitor.
         let deserializer: de::value::StrDeserializer<'_, toml::de::Error> =
             key.as_str().into_deserializer();
-        seed.deserialize(deserializer).map(Some).map_err(|error| {
-            self.blame(key);
-            error
-        })
+        seed.deserialize(deserializer)
+            .map(Some)
+            .inspect_err(|_| self.blame(key))
     }
 
     fn next_value_seed<V: DeserializeSeed<'de>>(
@@ -269,10 +267,8 @@ impl<'de> MapAccess<'de> for TrackingMap<'_> {
         let Some((key, value)) = self.current.take() else {
             return Err(de::Error::custom("a value was requested before its key"));
         };
-        seed.deserialize(value.clone()).map_err(|error| {
-            self.blame(key);
-            error
-        })
+        seed.deserialize(value.clone())
+            .inspect_err(|_| self.blame(key))
     }
 
     fn size_hint(&self) -> Option<usize> {

@@ -84,35 +84,6 @@ pub(crate) fn normalise_key(key: &str) -> String {
     key.replace('-', "_")
 }
 
-/// Normalises the keys of every table nested in `value`. Returns the two
-/// spellings of a key when a table holds both.
-pub(crate) fn normalise_value(value: toml::Value) -> Result<toml::Value, (String, String)> {
-    match value {
-        toml::Value::Table(table) => normalise_table(table).map(toml::Value::Table),
-        toml::Value::Array(items) => items
-            .into_iter()
-            .map(normalise_value)
-            .collect::<Result<Vec<_>, _>>()
-            .map(toml::Value::Array),
-        other => Ok(other),
-    }
-}
-
-/// Normalises the keys of `table` and of every table nested in it.
-pub(crate) fn normalise_table(table: toml::Table) -> Result<toml::Table, (String, String)> {
-    let mut out = toml::Table::new();
-    let mut spelled: Vec<(String, String)> = Vec::new();
-    for (key, value) in table {
-        let canonical = normalise_key(&key);
-        if let Some((_, first)) = spelled.iter().find(|(c, _)| *c == canonical) {
-            return Err((first.clone(), key));
-        }
-        out.insert(canonical.clone(), normalise_value(value)?);
-        spelled.push((canonical, key));
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,14 +106,5 @@ mod tests {
         assert!(check_name("").is_err());
         assert!(check_name("a b").is_err());
         assert!(check_name("é").is_err());
-    }
-
-    #[test]
-    fn text_normalise_nested_conflict() {
-        let table: toml::Table = toml::from_str("[t]\na-b = 1\na_b = 2\n").expect("valid toml");
-        assert_eq!(
-            normalise_table(table).err(),
-            Some(("a-b".to_owned(), "a_b".to_owned()))
-        );
     }
 }

@@ -40,7 +40,7 @@ pub enum Error {
         path: PathBuf,
         action: &'static str,
         #[source]
-        source: redb::Error,
+        source: Box<redb::Error>,
     },
 
     /// Bytes read back from the database do not decode.
@@ -68,7 +68,7 @@ impl Error {
         Error::Engine {
             path: path.to_path_buf(),
             action,
-            source: source.into(),
+            source: Box::new(source.into()),
         }
     }
 }

@@ -1,0 +1,103 @@
+use crate::block::Block;
+use crate::error::StreamError;
+
+/// A destination for committed blocks.
+///
+/// # Contract
+///
+/// - **Call order.** `on_start` once, then `on_block` once per committed
+///   block in strictly increasing, contiguous height order, then `on_close`
+///   once at clean shutdown. `on_start` is told the first height it will
+///   receive.
+/// - **Threading.** A streamer is moved to its own worker thread for
+///   `delivery = "async"`, or called on the committing thread for
+///   `delivery = "sync"`; it is never called from two threads at once, hence
+///   `Send` but not `Sync`.
+/// - **Durability.** Returning `Ok` from `on_block` means the block is
+///   delivered as durably as the streamer promises (for the file streamer:
+///   the files are in place under their final names). The node then advances
+///   the streamer's cursor; it never asks for that height again unless the
+///   node crashes before persisting the cursor.
+/// - **Idempotency per height.** After a crash the same height may be
+///   delivered again, with the same content; the streamer must give the same
+///   result (e.g. overwrite a file with identical bytes, or let the
+///   destination deduplicate).
+/// - **Errors.** An `Err` from `on_block` means the block was not
+///   delivered. The cursor does not advance. With `stop-node-on-error =
+///   true` the node stops committing; otherwise the error is logged and the
+///   block is delivered again later (async: after a backoff; sync: at the
+///   next commit), from the change log, so nothing is skipped.
+pub trait Streamer: Send {
+    /// Delivers one committed block.
+    fn on_block(&mut self, block: &Block) -> Result<(), StreamError>;
+
+    /// Called once before the first block; `next_height` is the first
+    /// height this streamer will receive.
+    fn on_start(&mut self, next_height: u64) -> Result<(), StreamError> {
+        let _ = next_height;
+        Ok(())
+    }
+
+    /// Called once at clean shutdown, after the last block.
+    fn on_close(&mut self) -> Result<(), StreamError> {
+        Ok(())
+    }
+}
+
+impl<S: Streamer + ?Sized> Streamer for Box<S> {
+    fn on_block(&mut self, block: &Block) -> Result<(), StreamError> {
+        (**self).on_block(block)
+    }
+    fn on_start(&mut self, next_height: u64) -> Result<(), StreamError> {
+        (**self).on_start(next_height)
+    }
+    fn on_close(&mut self) -> Result<(), StreamError> {
+        (**self).on_close()
+    }
+}
+
+/// Every streamer of the list, in order; the first error stops the block
+/// (streamers before it have delivered it: they must be idempotent).
+impl<S: Streamer> Streamer for Vec<S> {
+    fn on_block(&mut self, block: &Block) -> Result<(), StreamError> {
+        self.iter_mut().try_for_each(|s| s.on_block(block))
+    }
+    fn on_start(&mut self, next_height: u64) -> Result<(), StreamError> {
+        self.iter_mut().try_for_each(|s| s.on_start(next_height))
+    }
+    fn on_close(&mut self) -> Result<(), StreamError> {
+        // Close every streamer even if one fails; report the first error.
+        let mut first = Ok(());
+        for s in self.iter_mut() {
+            if let Err(e) = s.on_close()
+                && first.is_ok()
+            {
+                first = Err(e);
+            }
+        }
+        first
+    }
+}
+
+/// A streamer that may be switched off at runtime: `None` accepts every
+/// block and does nothing.
+impl<S: Streamer> Streamer for Option<S> {
+    fn on_block(&mut self, block: &Block) -> Result<(), StreamError> {
+        match self {
+            Some(s) => s.on_block(block),
+            None => Ok(()),
+        }
+    }
+    fn on_start(&mut self, next_height: u64) -> Result<(), StreamError> {
+        match self {
+            Some(s) => s.on_start(next_height),
+            None => Ok(()),
+        }
+    }
+    fn on_close(&mut self) -> Result<(), StreamError> {
+        match self {
+            Some(s) => s.on_close(),
+            None => Ok(()),
+        }
+    }
+}

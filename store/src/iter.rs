@@ -16,7 +16,9 @@ pub enum Order {
 /// An iterator over `(key, value)` pairs of one store, in the requested
 /// order, with the pending writes of every layer merged over the committed
 /// state.
-pub struct KvIter<'a>(Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + 'a>);
+pub struct KvIter<'a>(BoxedPairs<'a>);
+
+type BoxedPairs<'a> = Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + 'a>;
 
 impl std::fmt::Debug for KvIter<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -97,11 +99,9 @@ pub(crate) fn merge<'a>(
                 }
                 Ordering::Less => {}
             }
-            if let Some((k, v)) = overlay.next() {
-                if let Some(v) = v {
-                    return Some(Ok((k.to_vec(), v.to_vec())));
-                }
-                // A pending delete hides the base entry; look further.
+            // A pending delete (`None`) hides the base entry; look further.
+            if let Some((k, Some(v))) = overlay.next() {
+                return Some(Ok((k.to_vec(), v.to_vec())));
             }
         }
     }))

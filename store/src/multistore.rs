@@ -432,7 +432,7 @@ impl MultiStore {
         let path = Arc::clone(&self.path);
         let err = |e: redb::Error| Error::engine(&path, "committing", e);
         let mut txn = self.db.begin_write().map_err(|e| err(e.into()))?;
-        let durable = self.options.fsync || height % DURABLE_EVERY == 0;
+        let durable = self.options.fsync || height.is_multiple_of(DURABLE_EVERY);
         if !durable {
             txn.set_durability(Durability::None)
                 .map_err(|e| err(redb::Error::from(e)))?;
@@ -581,6 +581,15 @@ pub(crate) fn check_store(stores: &[StoreKey], store: &StoreKey) -> Result<()> {
         .map_err(|_| unknown_store(store, stores))
 }
 
+/// One entry of a redb range over a state table.
+type RawEntry<'a> = std::result::Result<
+    (
+        redb::AccessGuard<'a, &'static [u8]>,
+        redb::AccessGuard<'a, &'static [u8]>,
+    ),
+    redb::StorageError,
+>;
+
 fn open_snapshot(db: &Database, path: &Path, stores: &[StoreKey]) -> Result<Snapshot> {
     let err = |e: redb::Error| Error::engine(path, "opening a read snapshot", e);
     let txn = db.begin_read().map_err(|e| err(e.into()))?;
@@ -636,13 +645,7 @@ impl KvStore for MultiStore {
         let committed = self.snapshot.tables[i]
             .range::<&[u8]>((start, end))
             .map_err(|e| Error::engine(&path, "iterating", e))?;
-        let map_item = move |item: std::result::Result<
-            (
-                redb::AccessGuard<'_, &'static [u8]>,
-                redb::AccessGuard<'_, &'static [u8]>,
-            ),
-            redb::StorageError,
-        >| {
+        let map_item = move |item: RawEntry<'_>| {
             item.map(|(k, v)| (k.value().to_vec(), v.value().to_vec()))
                 .map_err(|e| Error::engine(&path, "iterating", e))
         };

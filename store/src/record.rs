@@ -38,7 +38,7 @@ const TAG_VALUE: u8 = 4 << 3 | 2;
 /// Length in bytes of `v` as a uvarint.
 pub fn uvarint_len(v: u64) -> usize {
     // 1 byte per 7 bits, at least one.
-    ((64 - (v | 1).leading_zeros() as usize) + 6) / 7
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 /// Appends `v` as a uvarint (LEB128, as protobuf).

@@ -1,0 +1,319 @@
+//! Commit, close and reopen on disk; the change log; cursors; pruning.
+
+use std::path::Path;
+
+use statestream_store::{
+    ChangeSet, CommitInput, Error, KvStore, MultiStore, Order, StoreOptions, ZERO_HASH, app_hash,
+    chain_store_hash,
+};
+
+use crate::util::{collect, key, keys, rec, records};
+
+const STORES: [&str; 3] = ["bank", "acc", "gov"];
+
+fn open(path: &Path, options: StoreOptions) -> MultiStore {
+    MultiStore::open(path, &keys(&STORES), options).expect("open")
+}
+
+/// Commits `blocks` blocks of a few writes each, with metadata; returns
+/// the change sets.
+fn commit_blocks(store: &mut MultiStore, blocks: u64) -> Vec<ChangeSet> {
+    let (acc, bank, gov) = (key("acc"), key("bank"), key("gov"));
+    let mut out = Vec::new();
+    for _ in 0..blocks {
+        let h = store.version() + 1;
+        let b = h.to_be_bytes();
+        {
+            let mut tx = store.cache();
+            tx.set(&bank, &b, format!("bank-{h}").as_bytes())
+                .expect("set");
+            tx.set(&acc, b"counter", &b).expect("set");
+            if h > 1 {
+                tx.delete(&bank, &(h - 1).to_be_bytes()).expect("delete");
+            }
+            if h.is_multiple_of(3) {
+                tx.set(&gov, b"third", &b).expect("set");
+            }
+            tx.write().expect("write");
+        }
+        let meta = format!("meta of block {h}").into_bytes();
+        let cs = store
+            .commit_block(CommitInput::new().app_meta(meta.clone()))
+            .expect("commit");
+        assert_eq!(cs.app_meta(), meta.as_slice());
+        out.push((*cs).clone());
+    }
+    out
+}
+
+/// Every store's pairs, by store name.
+type State = Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>;
+
+fn state(store: &MultiStore) -> State {
+    store
+        .stores()
+        .iter()
+        .map(|s| {
+            (
+                s.name().to_string(),
+                collect(store.iter(s, Order::Ascending).expect("iter")),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn persist_commit_and_reopen_round_trip() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state.redb");
+    let mut store = open(&path, StoreOptions::default());
+    let committed = commit_blocks(&mut store, 5);
+    // Uncommitted writes are not persisted.
+    store.set(&key("gov"), b"pending", b"x").expect("set");
+    let info = store.last_commit();
+    let hashes: Vec<_> = store
+        .stores()
+        .iter()
+        .map(|s| store.store_hash(s).expect("hash"))
+        .collect();
+    store.delete(&key("gov"), b"pending").expect("delete");
+    let before = state(&store);
+    drop(store);
+
+    let mut store = open(&path, StoreOptions::default());
+    assert_eq!(store.version(), 5);
+    assert_eq!(store.last_commit(), info);
+    let reopened: Vec<_> = store
+        .stores()
+        .iter()
+        .map(|s| store.store_hash(s).expect("hash"))
+        .collect();
+    assert_eq!(reopened, hashes);
+    assert_eq!(state(&store), before);
+    assert_eq!(store.get(&key("gov"), b"pending").expect("get"), None);
+    assert_eq!(
+        store.get(&key("bank"), &5u64.to_be_bytes()).expect("get"),
+        Some(b"bank-5".to_vec())
+    );
+    let log = store.change_log();
+    assert_eq!(log.bounds().expect("bounds"), Some((1, 5)));
+    for cs in &committed {
+        let logged = log.read(cs.height()).expect("read");
+        assert_eq!(&logged, cs);
+        assert_eq!(
+            logged.app_meta(),
+            format!("meta of block {}", cs.height()).as_bytes()
+        );
+    }
+
+    // The chain continues where it left off: same hashes as a store that
+    // never closed.
+    let mut memory = MultiStore::in_memory(&keys(&STORES)).expect("open");
+    let mut expected = commit_blocks(&mut memory, 7);
+    let more = commit_blocks(&mut store, 2);
+    assert_eq!(more, expected.split_off(5));
+}
+
+#[test]
+fn persist_no_fsync_round_trips_after_close() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state.redb");
+    let options = StoreOptions { fsync: false };
+    let mut store = open(&path, options.clone());
+    // Crosses the periodic durable commit (every 128 blocks).
+    let committed = commit_blocks(&mut store, 130);
+    let info = store.last_commit();
+    let before = state(&store);
+    store.close().expect("close");
+
+    let store = open(&path, options);
+    assert_eq!(store.version(), 130);
+    assert_eq!(store.last_commit(), info);
+    assert_eq!(state(&store), before);
+    let log = store.change_log();
+    assert_eq!(log.len().expect("len"), 130);
+    for cs in &committed {
+        assert_eq!(&log.read(cs.height()).expect("read"), cs);
+    }
+}
+
+#[test]
+fn persist_reopen_with_other_store_set_is_an_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state.redb");
+    let mut store = open(&path, StoreOptions::default());
+    commit_blocks(&mut store, 1);
+    drop(store);
+    for other in [
+        &["bank", "acc"][..],
+        &["bank", "acc", "gov", "extra"],
+        &["bank", "acc", "gov2"],
+    ] {
+        let err = MultiStore::open(&path, &keys(other), StoreOptions::default())
+            .expect_err("other store set");
+        assert!(matches!(err, Error::StoreSetMismatch { .. }), "{err}");
+    }
+    // The same set in another order is the same set.
+    let store = MultiStore::open(
+        &path,
+        &keys(&["gov", "bank", "acc"]),
+        StoreOptions::default(),
+    )
+    .expect("same set");
+    assert_eq!(store.version(), 1);
+}
+
+#[test]
+fn persist_empty_block_commits_and_versions_start_at_one() {
+    let mut store = MultiStore::in_memory(&keys(&STORES)).expect("open");
+    assert_eq!(store.version(), 0);
+    assert_eq!(store.last_commit().version, 0);
+    assert_eq!(store.last_commit().app_hash, ZERO_HASH);
+    assert!(store.change_log().is_empty().expect("is_empty"));
+    let cs = store.commit_block(CommitInput::new()).expect("commit");
+    assert_eq!(cs.height(), 1);
+    assert!(cs.is_empty());
+    assert_eq!(cs.stores().len(), 3);
+    // An empty block still advances every chain.
+    let h = chain_store_hash(&ZERO_HASH, &[]);
+    assert!(cs.stores().iter().all(|s| *s.hash() == h));
+    let names = ["acc", "bank", "gov"];
+    let want = app_hash(names.iter().map(|n| (*n, &h)));
+    assert_eq!(cs.commit_info().app_hash, want);
+    let second = store.commit().expect("commit");
+    assert_eq!(second.version, 2);
+    assert_ne!(second.app_hash, want);
+    assert_eq!(store.change_log().bounds().expect("bounds"), Some((1, 2)));
+}
+
+#[test]
+fn persist_prune_removes_exactly_the_entries_below() {
+    let mut store = MultiStore::in_memory(&keys(&STORES)).expect("open");
+    let committed = commit_blocks(&mut store, 10);
+    let log = store.change_log();
+    assert_eq!(store.prune_change_log(4).expect("prune"), 3);
+    assert_eq!(log.bounds().expect("bounds"), Some((4, 10)));
+    for h in 1..4 {
+        assert_eq!(log.get(h).expect("get"), None);
+        let err = log.read(h).expect_err("pruned");
+        assert!(
+            matches!(err, Error::NotInChangeLog { height, .. } if height == h),
+            "{err}"
+        );
+    }
+    for cs in &committed[3..] {
+        assert_eq!(&log.read(cs.height()).expect("read"), cs);
+    }
+    // Pruning again below the same height removes nothing.
+    assert_eq!(store.prune_change_log(4).expect("prune"), 0);
+    // Pruning within a commit, in the same transaction.
+    let cs = store
+        .commit_block(CommitInput::new().prune_below(7))
+        .expect("commit");
+    assert_eq!(cs.height(), 11);
+    assert_eq!(log.bounds().expect("bounds"), Some((7, 11)));
+    assert_eq!(log.len().expect("len"), 5);
+    assert_eq!(&log.read(7).expect("read"), &committed[6]);
+    assert_eq!(log.get(6).expect("get"), None);
+    // The state is untouched by pruning.
+    assert_eq!(
+        store.get(&key("acc"), b"counter").expect("get"),
+        Some(10u64.to_be_bytes().to_vec())
+    );
+}
+
+#[test]
+fn persist_cursors_survive_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state.redb");
+    let mut store = open(&path, StoreOptions::default());
+    assert_eq!(store.cursor("file").expect("cursor"), None);
+    assert!(store.cursors().expect("cursors").is_empty());
+    store
+        .commit_block(CommitInput::new().cursor("file", 1).cursor("kafka", 0))
+        .expect("commit");
+    store
+        .commit_block(CommitInput::new().cursor("file", 2))
+        .expect("commit");
+    store
+        .save_cursors(&[("kafka", 2), ("grpc", 1)])
+        .expect("save");
+    assert_eq!(store.cursor("file").expect("cursor"), Some(2));
+    drop(store);
+
+    let store = open(&path, StoreOptions::default());
+    assert_eq!(store.cursor("file").expect("cursor"), Some(2));
+    assert_eq!(store.cursor("kafka").expect("cursor"), Some(2));
+    assert_eq!(store.cursor("missing").expect("cursor"), None);
+    assert_eq!(
+        store.cursors().expect("cursors"),
+        vec![
+            ("file".to_string(), 2),
+            ("grpc".to_string(), 1),
+            ("kafka".to_string(), 2)
+        ]
+    );
+}
+
+#[test]
+fn persist_garbage_file_is_an_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("garbage.redb");
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let garbage: Vec<u8> = (0..64 * 1024)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1);
+            (state >> 56) as u8
+        })
+        .collect();
+    std::fs::write(&path, &garbage).expect("write garbage");
+    let err =
+        MultiStore::open(&path, &keys(&STORES), StoreOptions::default()).expect_err("garbage file");
+    assert!(
+        matches!(err, Error::Engine { .. } | Error::Corrupt { .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn persist_overwritten_header_is_an_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state.redb");
+    let mut store = open(&path, StoreOptions::default());
+    commit_blocks(&mut store, 3);
+    drop(store);
+    let mut bytes = std::fs::read(&path).expect("read");
+    for b in bytes.iter_mut().take(512) {
+        *b = 0xa5;
+    }
+    std::fs::write(&path, &bytes).expect("write");
+    let err = MultiStore::open(&path, &keys(&STORES), StoreOptions::default())
+        .expect_err("corrupt header");
+    assert!(
+        matches!(err, Error::Engine { .. } | Error::Corrupt { .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn persist_change_log_handle_reads_from_another_thread() {
+    let mut store = MultiStore::in_memory(&keys(&STORES)).expect("open");
+    let committed = commit_blocks(&mut store, 3);
+    let log = store.change_log();
+    let read = std::thread::spawn(move || {
+        (1..=3)
+            .map(|h| log.read(h).map(|cs| records(&cs)))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .join()
+    .expect("thread")
+    .expect("read");
+    let want: Vec<_> = committed.iter().map(records).collect();
+    assert_eq!(read, want);
+    assert_eq!(
+        read[0][0],
+        rec("acc", b"counter", Some(&1u64.to_be_bytes()))
+    );
+}

@@ -1,0 +1,13 @@
+//! statestream's cross-crate integration tests: one test binary, one module
+//! per area. Shared helpers (the recording streamer, a temp home, the store
+//! workload) are in the `statestream_tests` library (`tests/src/lib.rs`).
+
+mod config;
+mod delivery;
+mod errors;
+mod filters;
+mod pruning;
+mod registry;
+mod restart;
+mod streamer;
+mod wire;

@@ -1,7 +1,12 @@
 use std::path::PathBuf;
 
 /// Errors of the store. Every variant carries the context needed to act on
-/// it; an I/O failure or a corrupt database is an error, never a panic.
+/// it. An I/O failure, a file that is not a database, a damaged header or an
+/// undecodable change log entry is an error, never a panic of this crate.
+///
+/// Known limit: redb verifies page checksums only when it repairs a file
+/// after an unclean shutdown, so bytes damaged inside the b-tree pages of a
+/// cleanly closed file can go unnoticed or make redb itself panic on read.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {

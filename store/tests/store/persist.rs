@@ -317,3 +317,16 @@ fn persist_change_log_handle_reads_from_another_thread() {
         rec("acc", b"counter", Some(&1u64.to_be_bytes()))
     );
 }
+
+#[test]
+fn persist_second_open_of_the_same_file_is_an_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state.redb");
+    let store = open(&path, StoreOptions::default());
+    let err =
+        MultiStore::open(&path, &keys(&STORES), StoreOptions::default()).expect_err("already open");
+    assert!(matches!(err, Error::Engine { .. }), "{err}");
+    drop(store);
+    let store = open(&path, StoreOptions::default());
+    assert_eq!(store.version(), 0);
+}

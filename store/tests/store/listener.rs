@@ -264,12 +264,15 @@ fn listener_blocks_in_a_row_have_only_their_own_changes() {
         let names: Vec<_> = cs.stores().iter().map(|s| s.store().name()).collect();
         assert_eq!(names, ["acc", "bank", "gov"]);
     }
-    let commits = log
+    let commits: Vec<u64> = log
         .events()
         .into_iter()
-        .filter(|e| matches!(e, Event::Commit(_)))
-        .count();
-    assert_eq!(commits, 4);
+        .filter_map(|e| match e {
+            Event::Commit(info) => Some(info.version),
+            Event::Write(_) => None,
+        })
+        .collect();
+    assert_eq!(commits, [1, 2, 3, 4]);
 }
 
 #[test]

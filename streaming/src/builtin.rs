@@ -15,6 +15,7 @@ pub(crate) fn register(registry: &mut Registry) {
             every: opts.every.max(1),
         }))
     });
+    crate::process::register(registry);
 }
 
 /// Options of `type = "log"`.

@@ -10,6 +10,9 @@
 //! - [`DeliveryManager`]: commits blocks and delivers them, sync or async,
 //!   with persisted cursors, catch-up from the store's change log, and the
 //!   `stop-node-on-error` policy.
+//! - [`ProcessStreamer`] (`type = "process"`): a streamer that is a separate
+//!   program in any language; [`plugin`] holds the protocol's framing and a
+//!   helper for writing plugins in Rust (`docs/plugin-protocol.md`).
 //! - [`proto`]: the wire schema (`proto/statestream/v1/*.proto`).
 //!
 //! ```
@@ -46,6 +49,8 @@ mod block;
 mod builtin;
 mod error;
 mod manager;
+pub mod plugin;
+mod process;
 pub mod proto;
 mod registry;
 mod streamer;
@@ -53,6 +58,7 @@ mod streamer;
 pub use block::{Block, BlockMeta, StoreSelection, Tx, crc32c_append};
 pub use error::{BoxError, Error, Result, StreamError};
 pub use manager::{DeliveryManager, StreamerSetup, StreamerStats};
+pub use process::{ProcessError, ProcessStreamer, ProcessStreamerConfig};
 pub use registry::{Registry, StreamerContext};
 pub use statestream_config::Delivery;
 pub use streamer::Streamer;

@@ -1,0 +1,131 @@
+//! `statestream`: the demo node and the offline tools that read, verify and
+//! replay the block files a file streamer writes.
+//!
+//! Every subcommand lives in its own module; this file parses the command
+//! line, sets up logging and turns every error into one line on stderr and a
+//! non-zero exit code (2 for usage errors, 1 for everything else).
+
+mod blocks;
+mod dump;
+mod logging;
+mod node;
+mod replay;
+mod stats;
+mod tail;
+mod verify;
+mod workload;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Streams the state changes of a key/value store, block by block; reads,
+/// verifies and replays the block files.
+#[derive(Debug, Parser)]
+#[command(name = "statestream", version, propagate_version = true)]
+struct Cli {
+    /// Only log errors (RUST_LOG, when set, still decides) and print no
+    /// progress bar or human summary.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the demo node: a deterministic workload on the real store,
+    /// streamed per app.toml.
+    Node(node::NodeArgs),
+    /// Print the records of block files.
+    Dump(dump::DumpArgs),
+    /// Check block files: contiguous heights, complete files, records,
+    /// CRCs and per-store hash chains.
+    Verify(verify::VerifyArgs),
+    /// Rebuild the state from block files into a new store.
+    Replay(replay::ReplayArgs),
+    /// Print one line per block, optionally waiting for new ones.
+    Tail(tail::TailArgs),
+    /// Per-store counts and a per-block size histogram.
+    Stats(stats::StatsArgs),
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        // A closed pipe (`statestream dump DIR | head`) is not a failure.
+        Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
+        Err(error) => {
+            report(&format!("{error:#}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<ExitCode> {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return Ok(usage_error(e)),
+    };
+    let default_level = match cli.command {
+        Command::Node(_) => "info",
+        _ => "warn",
+    };
+    logging::init(default_level, cli.quiet);
+    match cli.command {
+        Command::Node(args) => node::run(args, cli.quiet),
+        Command::Dump(args) => dump::run(args),
+        Command::Verify(args) => verify::run(args, cli.quiet),
+        Command::Replay(args) => replay::run(args, cli.quiet),
+        Command::Tail(args) => tail::run(args),
+        Command::Stats(args) => stats::run(args),
+    }
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Prints one error line on stderr. Messages that span lines (a few library
+/// errors do) are folded into one.
+fn report(message: &str) {
+    let line = message.split_whitespace().collect::<Vec<_>>().join(" ");
+    let _ = writeln!(std::io::stderr().lock(), "statestream: error: {line}");
+}
+
+/// Help and version go to stdout with exit 0; a usage error becomes one line
+/// on stderr and exit 2.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+            ExitCode::from(2)
+        } else {
+            ExitCode::SUCCESS
+        };
+    }
+    // clap renders "error: ...", then indented details, then a usage block:
+    // keep what comes before the usage, on one line.
+    let rendered = e.render().to_string();
+    let message = rendered
+        .lines()
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let message = message.strip_prefix("error: ").unwrap_or(&message);
+    report(&format!("{message} (see `statestream --help`)"));
+    ExitCode::from(2)
+}

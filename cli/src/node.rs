@@ -1,0 +1,300 @@
+//! `statestream node`: the demo node.
+
+use std::collections::BTreeSet;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use statestream::{DeliveryManager, Registry};
+use statestream_config::AppConfig;
+use statestream_store::{CommitInfo, MultiStore, StoreKey, StoreOptions, WriteListener, to_hex};
+
+use crate::workload::{self, STORE_NAMES, Stores};
+
+/// The configuration used without `--config`: one file streamer, every
+/// store, `HOME/data/streaming`, with metadata files.
+pub const DEFAULT_APP_TOML: &str = r#"# statestream demo node: built-in default configuration
+[store]
+streamers = ["file"]
+
+[streamers.file]
+keys = ["*"]
+write_dir = "data/streaming"
+prefix = ""
+output-metadata = true
+fsync = false
+delivery = "async"
+stop-node-on-error = true
+"#;
+
+/// The file in HOME that keeps the workload's seed, so that a node resumed
+/// without `--seed` runs the same workload.
+const SEED_FILE: &str = "demo-seed";
+
+/// Where the store lives under HOME.
+const STORE_PATH: &str = "data/store.redb";
+
+#[derive(Debug, clap::Args)]
+pub struct NodeArgs {
+    /// The node's home: the store is HOME/data/store.redb, relative paths
+    /// of app.toml are under it. Created when missing.
+    #[arg(long, value_name = "DIR")]
+    home: PathBuf,
+
+    /// An app.toml to read instead of the built-in default (one file
+    /// streamer on every store writing to HOME/data/streaming).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// How many blocks to commit in this run (after the last committed one).
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    blocks: u64,
+
+    /// Writes the transactions of one block make (at least; a block also
+    /// has a few writes of its own).
+    #[arg(long, value_name = "K", default_value_t = 16)]
+    writes_per_block: usize,
+
+    /// Seed of the workload. Kept in HOME/demo-seed on the first run; a
+    /// later run must use the same seed (or none).
+    #[arg(long, value_name = "S")]
+    seed: Option<u64>,
+
+    /// Print one JSON object (height, app_hash, blocks, records, ...) as
+    /// the last line of stdout.
+    #[arg(long)]
+    json: bool,
+
+    /// Do not fsync every commit (faster; a crash rolls the store back to
+    /// its last durable commit and the node re-executes the blocks after
+    /// it, identically). The default fsyncs every commit.
+    #[arg(long)]
+    no_fsync: bool,
+}
+
+type StoreAndKey = (String, Vec<u8>);
+
+/// Counts a block's records: the distinct (store, key) pairs written to the
+/// root between two commits, which is the size of the block's change set.
+#[derive(Clone, Default)]
+struct RecordCounter {
+    keys: Arc<Mutex<BTreeSet<StoreAndKey>>>,
+    total: Arc<AtomicU64>,
+}
+
+impl WriteListener for RecordCounter {
+    fn on_write(&mut self, store: &StoreKey, key: &[u8], _value: Option<&[u8]>) {
+        if let Ok(mut keys) = self.keys.lock() {
+            keys.insert((store.name().to_string(), key.to_vec()));
+        }
+    }
+
+    fn on_commit(&mut self, _info: &CommitInfo) {
+        if let Ok(mut keys) = self.keys.lock() {
+            self.total.fetch_add(keys.len() as u64, Ordering::Relaxed);
+            keys.clear();
+        }
+    }
+}
+
+pub fn run(args: NodeArgs, quiet: bool) -> Result<ExitCode> {
+    let started = Instant::now();
+    let config = match &args.config {
+        Some(path) => AppConfig::from_file(path)?,
+        None => AppConfig::parse(DEFAULT_APP_TOML, Path::new("<built-in default>"))?,
+    };
+    let specs = config.resolve(&STORE_NAMES)?;
+
+    std::fs::create_dir_all(args.home.join("data"))
+        .with_context(|| format!("cannot create the home directory {}", args.home.display()))?;
+    let seed = resolve_seed(&args.home, args.seed)?;
+
+    let stores = Stores::new()?;
+    let store_path = args.home.join(STORE_PATH);
+    let mut store = MultiStore::open(
+        &store_path,
+        &stores.all(),
+        StoreOptions {
+            fsync: !args.no_fsync,
+        },
+    )
+    .with_context(|| format!("cannot open the store {}", store_path.display()))?;
+    let counter = RecordCounter::default();
+    store.add_listener(&stores.all(), Box::new(counter.clone()))?;
+
+    let mut registry = Registry::with_builtins();
+    statestream_file::register(&mut registry);
+    let mut manager = DeliveryManager::start(&mut store, &specs, &registry, &args.home)?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = Arc::clone(&stop);
+        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
+            .context("cannot install the Ctrl-C handler")?;
+    }
+
+    let first = store.version() + 1;
+    tracing::info!(
+        home = %args.home.display(),
+        config = %config.origin().display(),
+        streamers = specs.len(),
+        seed,
+        from = first,
+        blocks = args.blocks,
+        "node started"
+    );
+    let progress = progress_bar(args.blocks, quiet);
+    let mut committed = 0u64;
+    let mut result = Ok(());
+    for _ in 0..args.blocks {
+        if stop.load(Ordering::SeqCst) {
+            tracing::info!(
+                height = store.version(),
+                "interrupted: stopping after the last block"
+            );
+            break;
+        }
+        let height = store.version() + 1;
+        let step = workload::run_block(&mut store, &stores, seed, height, args.writes_per_block)
+            .and_then(|meta| Ok(manager.commit(&mut store, meta)?));
+        match step {
+            Ok(info) => {
+                committed += 1;
+                tracing::debug!(height = info.version, app_hash = %to_hex(&info.app_hash), "committed");
+                if let Some(p) = &progress {
+                    p.inc(1);
+                }
+            }
+            Err(e) => {
+                result = Err(e.context(format!("block {height}")));
+                break;
+            }
+        }
+    }
+    if let Some(p) = progress {
+        p.finish_and_clear();
+    }
+
+    let stats = manager.stats();
+    let closed = manager.close(&mut store);
+    let info = store.last_commit();
+    let cursors = store.cursors().unwrap_or_default();
+    let store_closed = store.close();
+    // The first error wins: a failed block explains a failed close.
+    result?;
+    closed?;
+    store_closed?;
+
+    let records = counter.total.load(Ordering::Relaxed);
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    let hash = to_hex(&info.app_hash);
+    let mut out = std::io::stdout().lock();
+    if !quiet || args.json {
+        if committed > 0 {
+            writeln!(
+                out,
+                "committed {committed} blocks ({first}..={}), {records} records; height {}, app hash {hash}",
+                info.version, info.version
+            )?;
+        } else {
+            writeln!(
+                out,
+                "committed no block; height {}, app hash {hash}",
+                info.version
+            )?;
+        }
+        for s in &stats {
+            let delivered = cursors
+                .iter()
+                .find(|(n, _)| *n == s.name)
+                .map_or(s.delivered_height, |(_, h)| *h);
+            writeln!(
+                out,
+                "streamer {}: delivered up to {delivered}, {} errors",
+                s.name, s.errors
+            )?;
+        }
+    }
+    if args.json {
+        let streamers: Vec<_> = stats
+            .iter()
+            .map(|s| {
+                let delivered = cursors
+                    .iter()
+                    .find(|(n, _)| *n == s.name)
+                    .map_or(s.delivered_height, |(_, h)| *h);
+                serde_json::json!({
+                    "name": s.name,
+                    "delivery": s.delivery.as_str(),
+                    "delivered_height": delivered,
+                    "errors": s.errors,
+                    "fell_behind": s.fell_behind,
+                    "caught_up": s.caught_up,
+                    "last_error": s.last_error,
+                })
+            })
+            .collect();
+        let summary = serde_json::json!({
+            "height": info.version,
+            "app_hash": hash,
+            "blocks": committed,
+            "first_height": if committed > 0 { first } else { info.version },
+            "records": records,
+            "elapsed_ms": elapsed_ms,
+            "seed": seed,
+            "streamers": streamers,
+        });
+        writeln!(out, "{summary}")?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The seed of this home: the one stored in HOME/demo-seed, or `given`
+/// (default 0) for a new home, which is then stored. A `given` seed that
+/// differs from the stored one is an error: the blocks already committed
+/// came from the stored one.
+fn resolve_seed(home: &Path, given: Option<u64>) -> Result<u64> {
+    let path = home.join(SEED_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let stored: u64 = text
+                .trim()
+                .parse()
+                .with_context(|| format!("{}: not a seed (a decimal u64)", path.display()))?;
+            if let Some(g) = given
+                && g != stored
+            {
+                bail!(
+                    "this home was created with --seed {stored} (kept in {}); run with the same seed, or use a new --home",
+                    path.display()
+                );
+            }
+            Ok(stored)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let seed = given.unwrap_or(0);
+            std::fs::write(&path, format!("{seed}\n"))
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            Ok(seed)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+fn progress_bar(len: u64, quiet: bool) -> Option<ProgressBar> {
+    if quiet || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = ProgressBar::new(len);
+    if let Ok(style) =
+        ProgressStyle::with_template("{bar:40} {pos}/{len} blocks {per_sec} eta {eta}")
+    {
+        bar.set_style(style);
+    }
+    Some(bar)
+}

@@ -58,7 +58,7 @@ fn main() -> ExitCode {
         // A closed pipe (`statestream dump DIR | head`) is not a failure.
         Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
-            report(&format!("{error:#}"));
+            report(&chain(&error));
             ExitCode::FAILURE
         }
     }
@@ -82,6 +82,22 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Tail(args) => tail::run(args),
         Command::Stats(args) => stats::run(args),
     }
+}
+
+/// The error and its causes joined by ": ", leaving out a cause whose text
+/// its parent already shows (several library errors print their source).
+fn chain(error: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
 }
 
 fn is_broken_pipe(error: &anyhow::Error) -> bool {

@@ -1,0 +1,604 @@
+//! End-to-end tests of the `statestream` binary: every subcommand, its
+//! output and its error paths (exit codes and the one-line messages).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_statestream");
+
+/// What one run of the binary gave.
+#[derive(Debug)]
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn ok(self) -> Run {
+        assert_eq!(self.code, 0, "expected success, got {self:#?}");
+        self
+    }
+
+    fn fails(self, code: i32, message: &str) -> Run {
+        assert_eq!(self.code, code, "expected exit {code}, got {self:#?}");
+        assert!(
+            self.stderr.contains(message),
+            "stderr lacks {message:?}: {self:#?}"
+        );
+        let error_lines: Vec<_> = self
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("statestream: error: "))
+            .collect();
+        assert_eq!(error_lines.len(), 1, "expected one error line: {self:#?}");
+        self
+    }
+
+    /// The last line of stdout, as JSON.
+    fn json(&self) -> Value {
+        let line = self.stdout.lines().last().expect("stdout has a line");
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?} is not JSON: {e}"))
+    }
+}
+
+fn statestream<I, S>(args: I) -> Run
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let out = Command::new(BIN)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("the binary runs");
+    let run = Run {
+        code: out.status.code().expect("exited, not killed"),
+        stdout: String::from_utf8(out.stdout).expect("stdout is UTF-8"),
+        stderr: String::from_utf8(out.stderr).expect("stderr is UTF-8"),
+    };
+    assert!(!run.stderr.contains("panicked"), "a panic: {run:#?}");
+    assert!(!run.stderr.contains("RUST_BACKTRACE"), "a panic: {run:#?}");
+    run
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().expect("temp paths are UTF-8")
+}
+
+/// A home with `blocks` committed blocks of the default configuration.
+fn node_home(blocks: u64) -> (tempfile::TempDir, PathBuf, Value) {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let home = tmp.path().join("home");
+    let run = statestream([
+        "node",
+        "--home",
+        p(&home),
+        "--blocks",
+        &blocks.to_string(),
+        "--json",
+    ])
+    .ok();
+    let summary = run.json();
+    let streaming = home.join("data/streaming");
+    (tmp, streaming, summary)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create copy");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("dir entry");
+        std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy file");
+    }
+}
+
+#[test]
+fn node_default_config_then_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let first = statestream(["node", "--home", p(&home), "--blocks", "3", "--json"]).ok();
+    let j = first.json();
+    assert_eq!(j["height"], 3);
+    assert_eq!(j["blocks"], 3);
+    assert!(j["records"].as_u64().unwrap() > 0);
+    let hash = j["app_hash"].as_str().unwrap();
+    assert_eq!(hash.len(), 64);
+    assert!(hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+    assert_eq!(j["streamers"][0]["name"], "file");
+    assert_eq!(j["streamers"][0]["delivered_height"], 3);
+
+    let second = statestream(["node", "--home", p(&home), "--blocks", "2", "--json"]).ok();
+    let j = second.json();
+    assert_eq!(j["height"], 5);
+    assert_eq!(j["first_height"], 4);
+    assert_eq!(j["seed"], 0);
+    for h in 1..=5 {
+        for kind in ["data", "meta"] {
+            let f = home.join(format!("data/streaming/block-{h}-{kind}"));
+            assert!(f.is_file(), "{} is missing", f.display());
+        }
+    }
+    statestream(["verify", p(&home.join("data/streaming"))]).ok();
+}
+
+#[test]
+fn node_is_deterministic_per_seed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |name: &str, seed: &str| {
+        let home = tmp.path().join(name);
+        statestream(["node", "--home", p(&home), "--blocks", "6", "--seed", seed, "--json"])
+            .ok()
+            .json()["app_hash"]
+            .clone()
+    };
+    assert_eq!(run("a", "7"), run("b", "7"));
+    assert_ne!(run("c", "7"), run("d", "8"));
+}
+
+#[test]
+fn node_without_fsync_gives_the_same_blocks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = statestream(["node", "--home", p(&tmp.path().join("a")), "--blocks", "4", "--json"])
+        .ok()
+        .json();
+    let b = statestream([
+        "node",
+        "--home",
+        p(&tmp.path().join("b")),
+        "--blocks",
+        "4",
+        "--no-fsync",
+        "--json",
+    ])
+    .ok()
+    .json();
+    assert_eq!(a["app_hash"], b["app_hash"]);
+}
+
+#[test]
+fn node_seed_mismatch_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    statestream(["node", "--home", p(&home), "--blocks", "1", "--seed", "3"]).ok();
+    statestream(["node", "--home", p(&home), "--blocks", "1", "--seed", "4"])
+        .fails(1, "created with --seed 3");
+    // Without --seed the stored one is used.
+    let j = statestream(["node", "--home", p(&home), "--blocks", "1", "--json"])
+        .ok()
+        .json();
+    assert_eq!(j["seed"], 3);
+    assert_eq!(j["height"], 2);
+}
+
+#[test]
+fn node_with_config_two_file_streamers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let config = tmp.path().join("app.toml");
+    std::fs::write(
+        &config,
+        r#"
+[store]
+streamers = ["everything", "money"]
+
+[streamers.everything]
+type = "file"
+keys = ["*"]
+write_dir = "out"
+prefix = "all"
+
+[streamers.money]
+type = "file"
+keys = ["bank", "acc"]
+write-dir = "out"
+prefix = "money"
+output_metadata = true
+delivery = "sync"
+"#,
+    )
+    .unwrap();
+    let node = statestream([
+        "node",
+        "--home",
+        p(&home),
+        "--config",
+        p(&config),
+        "--blocks",
+        "5",
+        "--json",
+    ])
+    .ok()
+    .json();
+    assert_eq!(node["streamers"].as_array().unwrap().len(), 2);
+    let out = home.join("out");
+    assert!(out.join("all-block-5-data").is_file());
+    assert!(out.join("money-block-5-meta").is_file());
+    assert!(!home.join("data/streaming").exists());
+
+    for prefix in ["all", "money"] {
+        let v = statestream(["verify", p(&out), "--prefix", prefix]).ok();
+        assert!(v.stdout.contains("ok: 5 blocks"), "{v:#?}");
+    }
+    let dump = statestream(["dump", p(&out), "--prefix", "money", "--json"]).ok();
+    let stores: std::collections::BTreeSet<String> = dump
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["store"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(stores, ["acc", "bank"].map(String::from).into());
+
+    // The unfiltered stream rebuilds the node's state exactly.
+    let replay = statestream([
+        "replay",
+        p(&out),
+        "--prefix",
+        "all",
+        "--into",
+        p(&tmp.path().join("r1")),
+        "--json",
+    ])
+    .ok()
+    .json();
+    assert_eq!(replay["app_hash"], node["app_hash"]);
+    // The filtered one rebuilds its stores, checked against the meta files.
+    let replay = statestream([
+        "replay",
+        p(&out),
+        "--prefix",
+        "money",
+        "--into",
+        p(&tmp.path().join("r2")),
+        "--json",
+    ])
+    .ok()
+    .json();
+    assert_eq!(replay["height"], 5);
+    assert_eq!(replay["app_hashes_checked"], 0);
+    assert_eq!(replay["store_hashes_checked"], 10);
+}
+
+#[test]
+fn node_bad_config_names_file_key_and_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("app.toml");
+    std::fs::write(
+        &config,
+        "[store]\nstreamers = [\"file\"]\n\n[streamers.file]\nkeys = [\"*\"]\nwirte_dir = \"x\"\n",
+    )
+    .unwrap();
+    let home = tmp.path().join("home");
+    let run = statestream(["node", "--home", p(&home), "--config", p(&config)])
+        .fails(1, "key `wirte_dir` (line 6)");
+    assert!(run.stderr.contains(p(&config)), "{run:#?}");
+    assert!(run.stderr.contains("[streamers.file]"), "{run:#?}");
+}
+
+#[test]
+fn node_config_unknown_store_and_syntax_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let config = tmp.path().join("app.toml");
+    std::fs::write(&config, "[store]\nstreamers = [\"file\"]\n[streamers.file]\nkeys = [\"nope\"]\n")
+        .unwrap();
+    statestream(["node", "--home", p(&home), "--config", p(&config)])
+        .fails(1, "unknown store `nope`");
+    std::fs::write(&config, "[store]\nstreamers = [\"file\"\n").unwrap();
+    statestream(["node", "--home", p(&home), "--config", p(&config)])
+        .fails(1, "invalid toml at line");
+    std::fs::write(&config, "[store]\nstreamers = [\"x\"]\n[streamers.x]\nkeys = [\"*\"]\n")
+        .unwrap();
+    statestream(["node", "--home", p(&home), "--config", p(&config)])
+        .fails(1, "unknown type");
+    statestream(["node", "--home", p(&home), "--config", p(&tmp.path().join("missing.toml"))])
+        .fails(1, "cannot read the config file");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    statestream(["node"]).fails(2, "--home");
+    statestream(["node", "--home"]).fails(2, "--home");
+    statestream(["node", "--home", "x", "--blocks", "many"]).fails(2, "--blocks");
+    statestream(["dump", "--bogus", "x"]).fails(2, "--bogus");
+    statestream(["verify"]).fails(2, "DIR");
+    statestream(["replay", "somewhere"]).fails(2, "--into");
+    statestream(["frobnicate"]).fails(2, "frobnicate");
+    let help = statestream(["--help"]).ok();
+    assert!(help.stdout.contains("verify"));
+    statestream(["--version"]).ok();
+}
+
+#[test]
+fn dump_text_json_and_filters() {
+    let (_tmp, dir, _) = node_home(4);
+    let all = statestream(["dump", p(&dir), "--json"]).ok();
+    let records: Vec<Value> = all
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!records.is_empty());
+    for r in &records {
+        let delete = r["delete"].as_bool().unwrap();
+        assert!(r["height"].as_u64().unwrap() >= 1);
+        assert!(r["key"].as_str().unwrap().bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(r["value"].is_null(), delete);
+    }
+    assert!(records.iter().any(|r| r["delete"] == true));
+    assert!(records.iter().any(|r| r["key_utf8"] == "chain_id"));
+    assert!(records.iter().any(|r| r["value_utf8"] == "statestream-demo"));
+
+    let bank = statestream(["dump", p(&dir), "--json", "--store", "bank"]).ok();
+    assert!(bank.stdout.lines().count() > 0);
+    assert!(bank.stdout.lines().all(|l| l.contains(r#""store":"bank""#)));
+
+    let window = statestream(["dump", p(&dir), "--json", "--from", "2", "--to", "3"]).ok();
+    let heights: std::collections::BTreeSet<u64> = window
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["height"].as_u64().unwrap())
+        .collect();
+    assert_eq!(heights, [2, 3].into());
+
+    let text = statestream(["dump", p(&dir), "--to", "1"]).ok();
+    assert!(text.stdout.contains(r#"1 params set "chain_id" = "statestream-demo""#), "{text:#?}");
+    assert_eq!(text.stdout.lines().count(), records.iter().filter(|r| r["height"] == 1).count());
+}
+
+#[test]
+fn dump_missing_dir_and_empty_dir() {
+    let tmp = tempfile::tempdir().unwrap();
+    statestream(["dump", p(&tmp.path().join("nope"))]).fails(1, "cannot open the block directory");
+    statestream(["dump", p(tmp.path())]).fails(1, "no block files");
+}
+
+#[test]
+fn verify_ok() {
+    let (_tmp, dir, _) = node_home(6);
+    let run = statestream(["verify", p(&dir)]).ok();
+    assert!(run.stdout.starts_with("ok: 6 blocks"), "{run:#?}");
+    assert!(run.stdout.contains("24 store hash links"), "{run:#?}");
+    // --quiet prints nothing on success.
+    let quiet = statestream(["--quiet", "verify", p(&dir)]).ok();
+    assert_eq!(quiet.stdout, "");
+}
+
+#[test]
+fn verify_starting_later_anchors_the_chain() {
+    let (tmp, dir, _) = node_home(5);
+    let copy = tmp.path().join("later");
+    copy_dir(&dir, &copy);
+    for kind in ["data", "meta"] {
+        std::fs::remove_file(copy.join(format!("block-1-{kind}"))).unwrap();
+        std::fs::remove_file(copy.join(format!("block-2-{kind}"))).unwrap();
+    }
+    let run = statestream(["verify", p(&copy)]).ok();
+    assert!(run.stdout.contains("ok: 3 blocks"), "{run:#?}");
+    assert!(run.stdout.contains("8 store hash links"), "{run:#?}");
+    // Replay needs block 1.
+    statestream(["replay", p(&copy), "--into", p(&tmp.path().join("r"))])
+        .fails(1, "from height 1");
+}
+
+#[test]
+fn verify_missing_middle_block() {
+    let (tmp, dir, _) = node_home(5);
+    let copy = tmp.path().join("gap");
+    copy_dir(&dir, &copy);
+    std::fs::remove_file(copy.join("block-3-data")).unwrap();
+    std::fs::remove_file(copy.join("block-3-meta")).unwrap();
+    let run = statestream(["verify", p(&copy)]).fails(1, "block 3 is missing");
+    assert!(run.stderr.contains("block-3-data"), "{run:#?}");
+}
+
+#[test]
+fn verify_truncated_data_file() {
+    let (tmp, dir, _) = node_home(4);
+    let copy = tmp.path().join("trunc");
+    copy_dir(&dir, &copy);
+    let f = copy.join("block-2-data");
+    let len = std::fs::metadata(&f).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_len(len - 5)
+        .unwrap();
+    let run = statestream(["verify", p(&copy)]).fails(1, "length mismatch");
+    assert!(run.stderr.contains("block-2-data"), "{run:#?}");
+    // A file shorter than its header.
+    std::fs::write(copy.join("block-2-data"), [0u8; 3]).unwrap();
+    statestream(["verify", p(&copy)]).fails(1, "truncated header");
+}
+
+#[test]
+fn verify_flipped_byte_fails_the_crc() {
+    let (tmp, dir, _) = node_home(4);
+    let copy = tmp.path().join("flip");
+    copy_dir(&dir, &copy);
+    let f = copy.join("block-3-data");
+    let mut bytes = std::fs::read(&f).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::write(&f, bytes).unwrap();
+    let run = statestream(["verify", p(&copy)]).fails(1, "crc mismatch");
+    assert!(run.stderr.contains("block-3-data"), "{run:#?}");
+}
+
+#[test]
+fn verify_without_meta_files_checks_records_only() {
+    let (tmp, dir, _) = node_home(3);
+    let copy = tmp.path().join("nometa");
+    copy_dir(&dir, &copy);
+    std::fs::remove_file(copy.join("block-2-meta")).unwrap();
+    let run = statestream(["verify", p(&copy)]).ok();
+    assert!(run.stdout.contains("1 blocks have no meta file"), "{run:#?}");
+    // Garbage records in a block without meta are still caught.
+    let f = copy.join("block-2-data");
+    let mut bytes = std::fs::read(&f).unwrap();
+    bytes[8] = 0xff;
+    bytes[9] = 0xff;
+    std::fs::write(&f, bytes).unwrap();
+    statestream(["verify", p(&copy)]).fails(1, "block-2-data");
+}
+
+#[test]
+fn verify_missing_dir_is_exit_1() {
+    let tmp = tempfile::tempdir().unwrap();
+    statestream(["verify", p(&tmp.path().join("nope"))])
+        .fails(1, "cannot open the block directory");
+    statestream(["verify", p(tmp.path())]).fails(1, "no block files");
+    statestream(["verify", p(tmp.path()), "--prefix", "x"]).fails(1, "with prefix \"x\"");
+}
+
+#[test]
+fn replay_matches_node_app_hash() {
+    let (tmp, dir, node) = node_home(8);
+    let into = tmp.path().join("rebuilt");
+    let replay = statestream(["replay", p(&dir), "--into", p(&into), "--json"])
+        .ok()
+        .json();
+    assert_eq!(replay["height"], 8);
+    assert_eq!(replay["app_hash"], node["app_hash"]);
+    assert_eq!(replay["app_hashes_checked"], 8);
+    assert!(into.join("data/store.redb").is_file());
+    // A store that already holds blocks is refused.
+    statestream(["replay", p(&dir), "--into", p(&into)]).fails(1, "already holds 8 blocks");
+}
+
+#[test]
+fn replay_detects_a_gap() {
+    let (tmp, dir, _) = node_home(4);
+    let copy = tmp.path().join("gap");
+    copy_dir(&dir, &copy);
+    std::fs::remove_file(copy.join("block-2-data")).unwrap();
+    statestream(["replay", p(&copy), "--into", p(&tmp.path().join("r"))])
+        .fails(1, "block 2 is missing");
+}
+
+#[test]
+fn stats_text_and_json() {
+    let (_tmp, dir, _) = node_home(5);
+    let json = statestream(["stats", p(&dir), "--json"]).ok().json();
+    assert_eq!(json["blocks"], 5);
+    let stores: Vec<&str> = json["stores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["store"].as_str().unwrap())
+        .collect();
+    assert_eq!(stores, ["acc", "bank", "params", "tmp"]);
+    let per_store: u64 = json["stores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["records"].as_u64().unwrap())
+        .sum();
+    assert_eq!(per_store, json["records"].as_u64().unwrap());
+    let dumped = statestream(["dump", p(&dir)]).ok().stdout.lines().count() as u64;
+    assert_eq!(per_store, dumped);
+    let histogram: u64 = json["histogram"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["blocks"].as_u64().unwrap())
+        .sum();
+    assert_eq!(histogram, 5);
+
+    let text = statestream(["stats", p(&dir)]).ok();
+    assert!(text.stdout.starts_with("5 blocks (1..=5)"), "{text:#?}");
+    assert!(text.stdout.contains("block payload sizes:"), "{text:#?}");
+    statestream(["stats", "/nonexistent/statestream"]).fails(1, "cannot open the block directory");
+}
+
+#[test]
+fn tail_prints_one_line_per_block() {
+    let (_tmp, dir, node) = node_home(12);
+    let last10 = statestream(["tail", p(&dir)]).ok();
+    let lines: Vec<&str> = last10.stdout.lines().collect();
+    assert_eq!(lines.len(), 10);
+    assert!(lines[0].starts_with("height=3 "), "{lines:?}");
+    let hash = node["app_hash"].as_str().unwrap();
+    assert!(lines[9].starts_with("height=12 "), "{lines:?}");
+    assert!(lines[9].ends_with(&format!("app_hash={hash}")), "{lines:?}");
+    let all = statestream(["tail", p(&dir), "--from", "1"]).ok();
+    assert_eq!(all.stdout.lines().count(), 12);
+    statestream(["tail", "/nonexistent/statestream"]).fails(1, "cannot open the block directory");
+}
+
+#[test]
+fn tail_follow_sees_new_blocks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    statestream(["node", "--home", p(&home), "--blocks", "2"]).ok();
+    let dir = home.join("data/streaming");
+    let mut child = Command::new(BIN)
+        .args(["tail", p(&dir), "--follow", "--from", "1", "--poll-ms", "20"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next = || lines.next().expect("a line").expect("readable");
+    assert!(next().starts_with("height=1 "));
+    assert!(next().starts_with("height=2 "));
+    statestream(["node", "--home", p(&home), "--blocks", "2"]).ok();
+    assert!(next().starts_with("height=3 "));
+    assert!(next().starts_with("height=4 "));
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn verify_detects_a_block_from_another_chain() {
+    // Block 3 of another node is complete and consistent on its own (its
+    // CRC and app hash match), but does not follow block 2 of this one.
+    let (tmp, dir, _) = node_home(4);
+    let other = tmp.path().join("other");
+    statestream(["node", "--home", p(&other), "--blocks", "4", "--seed", "99"]).ok();
+    let copy = tmp.path().join("mixed");
+    copy_dir(&dir, &copy);
+    for kind in ["data", "meta"] {
+        let name = format!("block-3-{kind}");
+        std::fs::copy(other.join("data/streaming").join(&name), copy.join(&name)).unwrap();
+    }
+    let run = statestream(["verify", p(&copy)]).fails(1, "hash chain broken");
+    assert!(run.stderr.contains("block-3-data"), "{run:#?}");
+}
+
+#[cfg(unix)]
+#[test]
+fn node_stops_cleanly_on_ctrl_c() {
+    use std::time::{Duration, Instant};
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let child = Command::new(BIN)
+        .args(["node", "--home", p(&home), "--blocks", "100000000", "--no-fsync", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let dir = home.join("data/streaming");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !dir.join("block-5-data").exists() {
+        assert!(Instant::now() < deadline, "the node wrote no blocks");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    // SAFETY: kill(2) on the child we spawned, which has not been waited for.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let j: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let height = j["height"].as_u64().unwrap();
+    assert!(height >= 5);
+    // Every committed block was delivered before the exit.
+    assert_eq!(j["streamers"][0]["delivered_height"], height);
+    let v = statestream(["verify", p(&dir)]).ok();
+    assert!(v.stdout.contains(&format!("ok: {height} blocks")), "{v:#?}");
+}

@@ -106,7 +106,10 @@ fn node_default_config_then_resume() {
     assert!(j["records"].as_u64().unwrap() > 0);
     let hash = j["app_hash"].as_str().unwrap();
     assert_eq!(hash.len(), 64);
-    assert!(hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+    assert!(
+        hash.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    );
     assert_eq!(j["streamers"][0]["name"], "file");
     assert_eq!(j["streamers"][0]["delivered_height"], 3);
 
@@ -129,9 +132,18 @@ fn node_is_deterministic_per_seed() {
     let tmp = tempfile::tempdir().unwrap();
     let run = |name: &str, seed: &str| {
         let home = tmp.path().join(name);
-        statestream(["node", "--home", p(&home), "--blocks", "6", "--seed", seed, "--json"])
-            .ok()
-            .json()["app_hash"]
+        statestream([
+            "node",
+            "--home",
+            p(&home),
+            "--blocks",
+            "6",
+            "--seed",
+            seed,
+            "--json",
+        ])
+        .ok()
+        .json()["app_hash"]
             .clone()
     };
     assert_eq!(run("a", "7"), run("b", "7"));
@@ -141,9 +153,16 @@ fn node_is_deterministic_per_seed() {
 #[test]
 fn node_without_fsync_gives_the_same_blocks() {
     let tmp = tempfile::tempdir().unwrap();
-    let a = statestream(["node", "--home", p(&tmp.path().join("a")), "--blocks", "4", "--json"])
-        .ok()
-        .json();
+    let a = statestream([
+        "node",
+        "--home",
+        p(&tmp.path().join("a")),
+        "--blocks",
+        "4",
+        "--json",
+    ])
+    .ok()
+    .json();
     let b = statestream([
         "node",
         "--home",
@@ -226,7 +245,12 @@ delivery = "sync"
     let stores: std::collections::BTreeSet<String> = dump
         .stdout
         .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap()["store"].as_str().unwrap().to_string())
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["store"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     assert_eq!(stores, ["acc", "bank"].map(String::from).into());
 
@@ -281,19 +305,30 @@ fn node_config_unknown_store_and_syntax_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path().join("home");
     let config = tmp.path().join("app.toml");
-    std::fs::write(&config, "[store]\nstreamers = [\"file\"]\n[streamers.file]\nkeys = [\"nope\"]\n")
-        .unwrap();
+    std::fs::write(
+        &config,
+        "[store]\nstreamers = [\"file\"]\n[streamers.file]\nkeys = [\"nope\"]\n",
+    )
+    .unwrap();
     statestream(["node", "--home", p(&home), "--config", p(&config)])
         .fails(1, "unknown store `nope`");
     std::fs::write(&config, "[store]\nstreamers = [\"file\"\n").unwrap();
     statestream(["node", "--home", p(&home), "--config", p(&config)])
         .fails(1, "invalid toml at line");
-    std::fs::write(&config, "[store]\nstreamers = [\"x\"]\n[streamers.x]\nkeys = [\"*\"]\n")
-        .unwrap();
-    statestream(["node", "--home", p(&home), "--config", p(&config)])
-        .fails(1, "unknown type");
-    statestream(["node", "--home", p(&home), "--config", p(&tmp.path().join("missing.toml"))])
-        .fails(1, "cannot read the config file");
+    std::fs::write(
+        &config,
+        "[store]\nstreamers = [\"x\"]\n[streamers.x]\nkeys = [\"*\"]\n",
+    )
+    .unwrap();
+    statestream(["node", "--home", p(&home), "--config", p(&config)]).fails(1, "unknown type");
+    statestream([
+        "node",
+        "--home",
+        p(&home),
+        "--config",
+        p(&tmp.path().join("missing.toml")),
+    ])
+    .fails(1, "cannot read the config file");
 }
 
 #[test]
@@ -323,12 +358,22 @@ fn dump_text_json_and_filters() {
     for r in &records {
         let delete = r["delete"].as_bool().unwrap();
         assert!(r["height"].as_u64().unwrap() >= 1);
-        assert!(r["key"].as_str().unwrap().bytes().all(|b| b.is_ascii_hexdigit()));
+        assert!(
+            r["key"]
+                .as_str()
+                .unwrap()
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit())
+        );
         assert_eq!(r["value"].is_null(), delete);
     }
     assert!(records.iter().any(|r| r["delete"] == true));
     assert!(records.iter().any(|r| r["key_utf8"] == "chain_id"));
-    assert!(records.iter().any(|r| r["value_utf8"] == "statestream-demo"));
+    assert!(
+        records
+            .iter()
+            .any(|r| r["value_utf8"] == "statestream-demo")
+    );
 
     let bank = statestream(["dump", p(&dir), "--json", "--store", "bank"]).ok();
     assert!(bank.stdout.lines().count() > 0);
@@ -338,13 +383,24 @@ fn dump_text_json_and_filters() {
     let heights: std::collections::BTreeSet<u64> = window
         .stdout
         .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap()["height"].as_u64().unwrap())
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["height"]
+                .as_u64()
+                .unwrap()
+        })
         .collect();
     assert_eq!(heights, [2, 3].into());
 
     let text = statestream(["dump", p(&dir), "--to", "1"]).ok();
-    assert!(text.stdout.contains(r#"1 params set "chain_id" = "statestream-demo""#), "{text:#?}");
-    assert_eq!(text.stdout.lines().count(), records.iter().filter(|r| r["height"] == 1).count());
+    assert!(
+        text.stdout
+            .contains(r#"1 params set "chain_id" = "statestream-demo""#),
+        "{text:#?}"
+    );
+    assert_eq!(
+        text.stdout.lines().count(),
+        records.iter().filter(|r| r["height"] == 1).count()
+    );
 }
 
 #[test]
@@ -378,8 +434,7 @@ fn verify_starting_later_anchors_the_chain() {
     assert!(run.stdout.contains("ok: 3 blocks"), "{run:#?}");
     assert!(run.stdout.contains("8 store hash links"), "{run:#?}");
     // Replay needs block 1.
-    statestream(["replay", p(&copy), "--into", p(&tmp.path().join("r"))])
-        .fails(1, "from height 1");
+    statestream(["replay", p(&copy), "--into", p(&tmp.path().join("r"))]).fails(1, "from height 1");
 }
 
 #[test]
@@ -434,7 +489,10 @@ fn verify_without_meta_files_checks_records_only() {
     copy_dir(&dir, &copy);
     std::fs::remove_file(copy.join("block-2-meta")).unwrap();
     let run = statestream(["verify", p(&copy)]).ok();
-    assert!(run.stdout.contains("1 blocks have no meta file"), "{run:#?}");
+    assert!(
+        run.stdout.contains("1 blocks have no meta file"),
+        "{run:#?}"
+    );
     // Garbage records in a block without meta are still caught.
     let f = copy.join("block-2-data");
     let mut bytes = std::fs::read(&f).unwrap();
@@ -535,7 +593,15 @@ fn tail_follow_sees_new_blocks() {
     statestream(["node", "--home", p(&home), "--blocks", "2"]).ok();
     let dir = home.join("data/streaming");
     let mut child = Command::new(BIN)
-        .args(["tail", p(&dir), "--follow", "--from", "1", "--poll-ms", "20"])
+        .args([
+            "tail",
+            p(&dir),
+            "--follow",
+            "--from",
+            "1",
+            "--poll-ms",
+            "20",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -575,7 +641,15 @@ fn node_stops_cleanly_on_ctrl_c() {
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path().join("home");
     let child = Command::new(BIN)
-        .args(["node", "--home", p(&home), "--blocks", "100000000", "--no-fsync", "--json"])
+        .args([
+            "node",
+            "--home",
+            p(&home),
+            "--blocks",
+            "100000000",
+            "--no-fsync",
+            "--json",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -1,0 +1,116 @@
+use std::time::Duration;
+
+/// Errors of the NATS client, the streamer and the replay.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NatsError {
+    /// A server address does not parse.
+    #[error("invalid NATS url {url:?}: {reason}")]
+    BadUrl { url: String, reason: String },
+
+    /// No server of the list accepted a connection.
+    #[error("cannot connect to {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The connection failed while reading or writing.
+    #[error("{url}: connection lost: {source}")]
+    Io {
+        url: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The server did not answer in time.
+    #[error("{url}: no answer to {what} within {} ms", timeout.as_millis())]
+    Timeout {
+        url: String,
+        what: String,
+        timeout: Duration,
+    },
+
+    /// The server sent something this client does not understand.
+    #[error("{url}: protocol error: {message}")]
+    Protocol { url: String, message: String },
+
+    /// The server refused the connection or an operation (`-ERR`), e.g. bad
+    /// credentials or a payload over `max_payload`.
+    #[error("{url}: server error: {message}")]
+    Server { url: String, message: String },
+
+    /// The server needs something this client does not do (TLS, headers).
+    #[error("{url}: {message}")]
+    Unsupported { url: String, message: String },
+
+    /// Nobody listens on a subject: JetStream is not enabled on the server,
+    /// or no stream captures the subject.
+    #[error("{url}: no responders on {subject}: {hint}")]
+    NoResponders {
+        url: String,
+        subject: String,
+        hint: String,
+    },
+
+    /// A JetStream API call or a publish was refused.
+    #[error("JetStream {api} failed: {description} (code {code}, err_code {err_code})")]
+    JetStream {
+        api: String,
+        code: u32,
+        err_code: u32,
+        description: String,
+    },
+
+    /// The stream does not exist and the streamer may not create it.
+    #[error("JetStream stream {stream:?} does not exist and create_stream = false")]
+    MissingStream { stream: String },
+
+    /// A block was stored by another stream than the configured one (two
+    /// streams' subjects overlap).
+    #[error(
+        "block {height} was stored in stream {got:?}, not in the configured stream {want:?}: \
+         check the streams' subjects"
+    )]
+    WrongStream {
+        height: u64,
+        got: String,
+        want: String,
+    },
+
+    /// A JSON answer of the server does not decode.
+    #[error("{what}: unexpected answer from the server: {reason}")]
+    BadAnswer { what: String, reason: String },
+
+    /// A stored message is not a valid block message, or the stream's
+    /// blocks are not contiguous.
+    #[error("stream {stream:?}, message {seq}: {reason}")]
+    BadMessage {
+        stream: String,
+        seq: u64,
+        reason: String,
+    },
+
+    /// Rebuilding the state from the stream failed a check.
+    #[error("replay of stream {stream:?}, block {height}: {reason}")]
+    Replay {
+        stream: String,
+        height: u64,
+        reason: String,
+    },
+
+    /// The store used by the replay failed.
+    #[error(transparent)]
+    Store(#[from] statestream_store::Error),
+}
+
+impl NatsError {
+    /// Whether this error is a timeout.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, NatsError::Timeout { .. })
+    }
+}
+
+/// Result type of this crate.
+pub type Result<T, E = NatsError> = std::result::Result<T, E>;

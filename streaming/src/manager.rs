@@ -253,6 +253,26 @@ impl DeliveryManager {
         let all = statestream_store::KvStore::stores(store).to_vec();
         let mut built = Vec::with_capacity(specs.len());
         for spec in specs {
+            // An unknown type is a configuration error: name the file, the
+            // table, the key and the line, as for every other bad key (the
+            // registry's own error knows none of them).
+            if !registry.contains(&spec.type_name) {
+                let known = registry.types();
+                return Err(Error::Config(
+                    spec.options.clone().with_name(spec.name.clone()).error(
+                        "type",
+                        format!(
+                            "unknown type \"{}\" (known types: {})",
+                            spec.type_name,
+                            if known.is_empty() {
+                                "none registered".to_string()
+                            } else {
+                                known.join(", ")
+                            }
+                        ),
+                    ),
+                ));
+            }
             let stores = spec
                 .stores
                 .iter()

@@ -312,10 +312,19 @@ impl Streamer for Recorder {
             height: h,
             commit: block.commit_info(),
             meta: block.meta().clone(),
-            stores: block.stores().map(|s| s.store().name().to_string()).collect(),
+            stores: block
+                .stores()
+                .map(|s| s.store().name().to_string())
+                .collect(),
             records: block
                 .records()
-                .map(|r| (r.store.to_string(), r.key.to_vec(), r.value.map(<[u8]>::to_vec)))
+                .map(|r| {
+                    (
+                        r.store.to_string(),
+                        r.key.to_vec(),
+                        r.value.map(<[u8]>::to_vec),
+                    )
+                })
                 .collect(),
         };
         state.delivered.push(delivered);
@@ -327,7 +336,10 @@ impl Streamer for Recorder {
         let mut state = lock(&self.state);
         self.note(&mut state, Call::Start(next_height));
         if state.fail_start {
-            return Err(StreamError::msg(format!("injected start failure of {}", self.name)));
+            return Err(StreamError::msg(format!(
+                "injected start failure of {}",
+                self.name
+            )));
         }
         Ok(())
     }
@@ -340,6 +352,13 @@ impl Streamer for Recorder {
 }
 
 impl RecorderHandle {
+    /// Adds expectations known only once the test has run its workload
+    /// (the records and metadata of the blocks written).
+    pub fn with_expect(mut self, more: impl FnOnce(Expect) -> Expect) -> RecorderHandle {
+        self.expect = more(self.expect);
+        self
+    }
+
     /// Every call received, in order.
     pub fn calls(&self) -> Vec<Call> {
         lock(&self.state).calls.clone()
@@ -347,7 +366,11 @@ impl RecorderHandle {
 
     /// The heights delivered successfully, in order.
     pub fn heights(&self) -> Vec<u64> {
-        lock(&self.state).delivered.iter().map(|d| d.height).collect()
+        lock(&self.state)
+            .delivered
+            .iter()
+            .map(|d| d.height)
+            .collect()
     }
 
     /// The last height delivered successfully (0 if none).
@@ -387,7 +410,11 @@ impl RecorderHandle {
             let n = state.calls.len().max(self.expect.calls.len());
             let mut marked = false;
             for i in 0..n {
-                let e = self.expect.calls.get(i).map_or("-".to_string(), Call::to_string);
+                let e = self
+                    .expect
+                    .calls
+                    .get(i)
+                    .map_or("-".to_string(), Call::to_string);
                 let g = state.calls.get(i).map_or("-".to_string(), Call::to_string);
                 let mark = if e != g && !marked {
                     marked = true;
@@ -557,7 +584,11 @@ pub fn start_from_config(
     home: &Path,
 ) -> statestream::Result<DeliveryManager> {
     let config = AppConfig::parse(text, &home.join("config/app.toml"))?;
-    let names: Vec<String> = store.stores().iter().map(|s| s.name().to_string()).collect();
+    let names: Vec<String> = store
+        .stores()
+        .iter()
+        .map(|s| s.name().to_string())
+        .collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let specs = config.resolve(&names)?;
     DeliveryManager::start(store, &specs, registry, home)

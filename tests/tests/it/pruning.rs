@@ -1,0 +1,110 @@
+//! Change log pruning: nothing is kept below the lowest cursor, and a
+//! lagging streamer's blocks are kept.
+
+use statestream::{Delivery, DeliveryManager, StreamerSetup};
+use statestream_store::MultiStore;
+use statestream_tests::{
+    Expect, Fail, STORES, commit_workload, keys, memory_store, recorder, wait_until,
+};
+
+/// The lowest persisted cursor of `names`.
+fn lowest_cursor(store: &MultiStore, names: &[&str]) -> u64 {
+    names
+        .iter()
+        .map(|n| store.cursor(n).unwrap().expect("the cursor is persisted"))
+        .min()
+        .unwrap()
+}
+
+#[test]
+fn pruning_keeps_nothing_below_the_lowest_cursor_and_everything_a_lagging_streamer_needs() {
+    let mut store = memory_store();
+    let all = keys(&STORES);
+    let (fast, fast_handle) = recorder("fast", Expect::new().start(1).blocks(1..=9).close());
+    let (slow, slow_handle) = recorder(
+        "slow",
+        Expect::new()
+            .start(1)
+            .blocks(1..=9)
+            .close()
+            .failed_attempts(&[3, 3, 3, 3, 3]),
+    );
+    let slow = slow.fail(3, Fail::Always);
+    let mut manager = DeliveryManager::with_streamers(
+        &mut store,
+        vec![
+            (
+                StreamerSetup::new("fast", &all).delivery(Delivery::Sync),
+                Box::new(fast),
+            ),
+            (
+                StreamerSetup::new("slow", &all)
+                    .delivery(Delivery::Sync)
+                    .stop_node_on_error(false),
+                Box::new(slow),
+            ),
+        ],
+    )
+    .unwrap();
+    let log = store.change_log();
+    let mut written = commit_workload(&mut manager, &mut store, 1..=2);
+    for h in 3..=7 {
+        written.extend(commit_workload(&mut manager, &mut store, h..=h));
+        let low = lowest_cursor(&store, &["fast", "slow"]);
+        let (lo, hi) = log.bounds().unwrap().unwrap();
+        assert_eq!(hi, h);
+        assert_eq!(
+            lo,
+            low + 1,
+            "after block {h}: nothing below the lowest cursor {low}"
+        );
+        // Everything the lagging streamer still needs is there.
+        for needed in 3..=h {
+            assert!(log.get(needed).unwrap().is_some(), "block {needed} kept");
+        }
+    }
+    assert_eq!(slow_handle.heights(), [1, 2]);
+    assert_eq!(fast_handle.last_height(), 7);
+
+    // The lagging streamer recovers: it catches up, and the log is pruned.
+    slow_handle.heal();
+    written.extend(commit_workload(&mut manager, &mut store, 8..=9));
+    assert_eq!(slow_handle.last_height(), 9);
+    assert_eq!(log.bounds().unwrap(), Some((9, 9)));
+    assert_eq!(lowest_cursor(&store, &["fast", "slow"]), 8);
+    manager.close(&mut store).unwrap();
+    fast_handle
+        .with_expect(|e| e.written(&written, &STORES))
+        .verify();
+    slow_handle
+        .with_expect(|e| e.written(&written, &STORES))
+        .verify();
+}
+
+#[test]
+fn pruning_follows_an_async_streamer() {
+    let mut store = memory_store();
+    let all = keys(&STORES);
+    let (rec, handle) = recorder("rec", Expect::new().start(1).blocks(1..=8).close());
+    let mut manager = DeliveryManager::with_streamers(
+        &mut store,
+        vec![(
+            StreamerSetup::new("rec", &all).delivery(Delivery::Async),
+            Box::new(rec),
+        )],
+    )
+    .unwrap();
+    let log = store.change_log();
+    let mut written = commit_workload(&mut manager, &mut store, 1..=6);
+    wait_until("block 6 delivered", || handle.last_height() == 6);
+    // The next commits carry the cursor: the log is pruned below it.
+    written.extend(commit_workload(&mut manager, &mut store, 7..=8));
+    let low = lowest_cursor(&store, &["rec"]);
+    assert!(low >= 6, "cursor {low}");
+    let (lo, hi) = log.bounds().unwrap().unwrap();
+    assert_eq!((lo, hi), (low + 1, 8));
+    manager.close(&mut store).unwrap();
+    handle
+        .with_expect(|e| e.written(&written, &STORES))
+        .verify();
+}

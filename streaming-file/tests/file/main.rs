@@ -1,0 +1,9 @@
+//! Tests of the file streamer and the block-file reader (one test binary, a
+//! module per area).
+
+mod config;
+mod fixtures;
+mod python;
+mod reader;
+mod util;
+mod writer;

@@ -1,0 +1,665 @@
+//! End-to-end tests of `type = "process"` with the Rust example plugin
+//! (`examples/echo_plugin.rs`) and the Python one
+//! (`examples/plugins/indexer.py`, skipped with a notice when the `protobuf`
+//! package is missing).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use statestream::{BlockMeta, DeliveryManager, Error, Registry};
+use statestream_config::AppConfig;
+use statestream_store::{KvStore, MultiStore, StoreKey};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// The echo plugin binary, built if `cargo test` did not build it already.
+fn echo_plugin() -> &'static Path {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let exe = std::env::current_exe().expect("the test binary has a path");
+        // target/<profile>/deps/process-<hash> -> target/<profile>/examples
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("the test binary is in target/<profile>/deps")
+            .join("examples");
+        let path = dir.join(format!("echo_plugin{}", std::env::consts::EXE_SUFFIX));
+        if !path.is_file() {
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "--example", "echo_plugin", "-p", "statestream"])
+                .status()
+                .expect("cargo runs");
+            assert!(status.success(), "building the echo_plugin example failed");
+        }
+        assert!(path.is_file(), "{} not found", path.display());
+        path
+    })
+}
+
+fn indexer_py() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/plugins/indexer.py")
+}
+
+/// Whether python3 with the protobuf package is available; prints a notice
+/// when it is not.
+fn python_ready(test: &str) -> bool {
+    let ok = Command::new("python3")
+        .args(["-c", "import google.protobuf"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok {
+        eprintln!("SKIPPED {test}: python3 with the protobuf package is not available");
+    }
+    ok
+}
+
+fn toml_str(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// A node with stores `bank` and `other`, one `process` streamer named
+/// `plug` on `bank`, configured by `extra` (TOML lines of its table).
+struct Node {
+    _home: tempfile::TempDir,
+    out: PathBuf,
+    store: MultiStore,
+    manager: Option<DeliveryManager>,
+    bank: StoreKey,
+    other: StoreKey,
+    height: u64,
+}
+
+impl Node {
+    fn start(command: &[String], extra: &str) -> Result<Node, Box<dyn std::error::Error>> {
+        let home = tempfile::tempdir()?;
+        let out = home.path().join("out.jsonl");
+        let bank = StoreKey::new("bank")?;
+        let other = StoreKey::new("other")?;
+        let mut store = MultiStore::in_memory(&[bank.clone(), other.clone()])?;
+        let mut argv: Vec<String> = command.iter().map(|a| toml_str(a)).collect();
+        argv.push(toml_str(&out.to_string_lossy()));
+        let text = format!(
+            "[store]\nstreamers = [\"plug\"]\n\n[streamers.plug]\ntype = \"process\"\n\
+             keys = [\"bank\"]\ncommand = [{}]\nrestart_backoff_ms = 10\n\
+             restart_backoff_max_ms = 200\n{extra}\n",
+            argv.join(", ")
+        );
+        let config = AppConfig::parse(&text, Path::new("app.toml"))?;
+        let specs = config.resolve(&["bank", "other"])?;
+        let manager =
+            DeliveryManager::start(&mut store, &specs, &Registry::with_builtins(), home.path())?;
+        Ok(Node {
+            _home: home,
+            out,
+            store,
+            manager: Some(manager),
+            bank,
+            other,
+            height: 0,
+        })
+    }
+
+    fn manager(&self) -> &DeliveryManager {
+        self.manager.as_ref().expect("not closed")
+    }
+
+    /// Commits one block: two changes in `bank` (one of them a delete from
+    /// the second block on) and one in `other`, which the plugin must not
+    /// see.
+    fn commit(&mut self) -> Result<u64, Error> {
+        let h = self.height + 1;
+        self.store.set(
+            &self.bank,
+            format!("k{h}").as_bytes(),
+            format!("v{h}").as_bytes(),
+        )?;
+        if h > 1 {
+            self.store
+                .delete(&self.bank, format!("k{}", h - 1).as_bytes())?;
+        }
+        self.store
+            .set(&self.other, b"x", format!("{h}").as_bytes())?;
+        let manager = self.manager.as_mut().expect("not closed");
+        let info = manager.commit(&mut self.store, BlockMeta::default());
+        // A halted commit commits nothing when the halt came from an
+        // earlier async failure; the store's version tells.
+        self.height = self.store.version();
+        info.map(|i| i.version)
+    }
+
+    fn commit_n(&mut self, n: u64) -> Result<(), Error> {
+        for _ in 0..n {
+            self.commit()?;
+        }
+        Ok(())
+    }
+
+    fn delivered(&self) -> u64 {
+        self.manager().stats()[0].delivered_height
+    }
+
+    fn last_error(&self) -> String {
+        self.manager().stats()[0]
+            .last_error
+            .clone()
+            .unwrap_or_default()
+    }
+
+    /// Waits until the streamer delivered `height` (async delivery).
+    fn wait_delivered(&self, height: u64) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.delivered() < height {
+            assert!(
+                Instant::now() < deadline,
+                "height {height} not delivered in time: {:?}",
+                self.manager().stats()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn close(&mut self) -> Result<(), Error> {
+        match self.manager.take() {
+            Some(m) => m.close(&mut self.store),
+            None => Ok(()),
+        }
+    }
+
+    /// The heights of the output file's lines, in file order.
+    fn out_heights(&self) -> Vec<u64> {
+        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+        text.lines().map(line_height).collect()
+    }
+
+    fn out_lines(&self) -> Vec<String> {
+        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+        text.lines().map(str::to_owned).collect()
+    }
+
+    /// The resume heights of the echo plugin's starts.
+    fn starts(&self) -> Vec<u64> {
+        let mut p = self.out.clone().into_os_string();
+        p.push(".starts");
+        std::fs::read_to_string(PathBuf::from(p))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.trim().parse().expect("a height"))
+            .collect()
+    }
+
+    fn echo_pid(&self) -> u32 {
+        let mut p = self.out.clone().into_os_string();
+        p.push(".pid");
+        std::fs::read_to_string(PathBuf::from(p))
+            .expect("the echo plugin wrote its pid")
+            .trim()
+            .parse()
+            .expect("a pid")
+    }
+}
+
+fn line_height(line: &str) -> u64 {
+    let rest = &line[line.find("\"height\":").expect("a height field") + 9..];
+    let digits: String = rest
+        .trim_start()
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().expect("a height")
+}
+
+/// What the echo plugin writes for blocks `1..=n` of [`Node::commit`].
+fn echo_expected(n: u64) -> Vec<String> {
+    let hex = |s: String| s.bytes().map(|b| format!("{b:02x}")).collect::<String>();
+    let mut lines = Vec::new();
+    for h in 1..=n {
+        // Records are ordered by key: k<h-1> (delete) and k<h> (set).
+        let mut recs = vec![(
+            format!("k{h}"),
+            format!(",\"value\":\"{}\"}}", hex(format!("v{h}"))),
+        )];
+        if h > 1 {
+            recs.push((format!("k{}", h - 1), ",\"delete\":true}".to_string()));
+        }
+        recs.sort();
+        for (k, tail) in recs {
+            lines.push(format!(
+                "{{\"height\":{h},\"store\":\"bank\",\"key\":\"{}\"{tail}",
+                hex(k)
+            ));
+        }
+    }
+    lines
+}
+
+/// Every height of `1..=n` is present, in order; a height may repeat (the
+/// block in flight when the plugin failed), none is missing.
+fn assert_at_least_once(heights: &[u64], n: u64) {
+    assert!(
+        heights.windows(2).all(|w| w[0] <= w[1]),
+        "heights out of order: {heights:?}"
+    );
+    let mut distinct = heights.to_vec();
+    distinct.dedup();
+    assert_eq!(
+        distinct,
+        (1..=n).collect::<Vec<_>>(),
+        "heights: {heights:?}"
+    );
+}
+
+/// The process `pid` is gone: exited and reaped, not a zombie.
+fn assert_reaped(pid: u32) {
+    if Path::new("/proc/self").exists() {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Path::new(&format!("/proc/{pid}")).exists() {
+            assert!(Instant::now() < deadline, "process {pid} was not reaped");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// The pids of this test process's children whose command line mentions
+/// `needle` (Linux only; empty elsewhere).
+fn child_pids(needle: &str) -> Vec<u32> {
+    let me = std::process::id();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            ppid == Some(me) && String::from_utf8_lossy(&cmdline).contains(needle)
+        })
+        .collect()
+}
+
+fn kill9(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -9 {pid} failed");
+}
+
+fn echo_cmd() -> Vec<String> {
+    vec![echo_plugin().to_string_lossy().into_owned()]
+}
+
+fn python_cmd() -> Vec<String> {
+    vec![
+        "python3".to_string(),
+        indexer_py().to_string_lossy().into_owned(),
+    ]
+}
+
+// ---------------------------------------------------------------------------
+// Rust plugin: delivery
+
+#[test]
+fn process_echo_delivers_all_blocks_async() -> TestResult {
+    let mut node = Node::start(&echo_cmd(), "delivery = \"async\"")?;
+    node.commit_n(8)?;
+    node.wait_delivered(8);
+    let pid = node.echo_pid();
+    node.close()?;
+    assert_eq!(node.out_lines(), echo_expected(8));
+    assert_eq!(node.starts(), [1]);
+    assert_reaped(pid);
+    Ok(())
+}
+
+#[test]
+fn process_echo_delivers_all_blocks_sync() -> TestResult {
+    let mut node = Node::start(&echo_cmd(), "delivery = \"sync\"")?;
+    node.commit_n(6)?;
+    // Sync: each commit returned after the plugin acknowledged its block.
+    assert_eq!(node.delivered(), 6);
+    let pid = node.echo_pid();
+    node.close()?;
+    assert_eq!(node.out_lines(), echo_expected(6));
+    assert_reaped(pid);
+    Ok(())
+}
+
+#[test]
+fn process_echo_resumes_after_node_restart() -> TestResult {
+    // The streamer's cursor lives in the store: a second manager on the same
+    // store starts the plugin again at the next height.
+    let mut node = Node::start(&echo_cmd(), "delivery = \"sync\"")?;
+    node.commit_n(3)?;
+    let m = node.manager.take().expect("running");
+    m.close(&mut node.store)?;
+    let text = format!(
+        "[store]\nstreamers = [\"plug\"]\n[streamers.plug]\ntype = \"process\"\nkeys = [\"bank\"]\n\
+         delivery = \"sync\"\ncommand = [{}, {}]\n",
+        toml_str(&echo_cmd()[0]),
+        toml_str(&node.out.to_string_lossy())
+    );
+    let specs = AppConfig::parse(&text, Path::new("app.toml"))?.resolve(&["bank", "other"])?;
+    node.manager = Some(DeliveryManager::start(
+        &mut node.store,
+        &specs,
+        &Registry::with_builtins(),
+        Path::new("."),
+    )?);
+    node.commit_n(2)?;
+    node.close()?;
+    assert_eq!(node.out_lines(), echo_expected(5));
+    assert_eq!(node.starts(), [1, 4]);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Rust plugin: killed mid-run
+
+#[test]
+fn process_echo_killed_is_restarted_and_gets_every_block() -> TestResult {
+    let mut node = Node::start(
+        &echo_cmd(),
+        "delivery = \"async\"\nstop-node-on-error = false",
+    )?;
+    node.commit_n(3)?;
+    node.wait_delivered(3);
+    let first = node.echo_pid();
+    kill9(first);
+    node.commit_n(5)?;
+    node.wait_delivered(8);
+    let error = node.last_error();
+    assert!(
+        error.contains("plugin \"echo\"") && error.contains("signal: 9"),
+        "{error}"
+    );
+    let second = node.echo_pid();
+    assert_ne!(first, second);
+    assert_reaped(first);
+    node.close()?;
+    assert_at_least_once(&node.out_heights(), 8);
+    // Restarted at the first block it had not acknowledged.
+    assert_eq!(node.starts(), [1, 4]);
+    assert_reaped(second);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Rust plugin: failure modes
+
+struct Mode {
+    env: &'static str,
+    timeout_ms: u64,
+    /// Parts the error message must contain (height 3 fails).
+    expect: &'static [&'static str],
+    /// Whether the plugin is killed (and restarted at height 3).
+    restarts: bool,
+}
+
+const MODES: &[Mode] = &[
+    Mode {
+        env: "ECHO_PLUGIN_CRASH_AT",
+        timeout_ms: 10_000,
+        expect: &["exited (exit status: 3)", "ack of height 3"],
+        restarts: true,
+    },
+    Mode {
+        env: "ECHO_PLUGIN_HANG_AT",
+        timeout_ms: 1_000,
+        expect: &["timed out", "ack of height 3", "1000 ms", "killed"],
+        restarts: true,
+    },
+    Mode {
+        env: "ECHO_PLUGIN_GARBAGE_AT",
+        timeout_ms: 10_000,
+        expect: &["wrote garbage", "ack of height 3", "does not decode as Ack"],
+        restarts: true,
+    },
+    Mode {
+        env: "ECHO_PLUGIN_WRONG_ACK_AT",
+        timeout_ms: 10_000,
+        expect: &["acknowledged height 1003 but height 3 was sent"],
+        restarts: true,
+    },
+    Mode {
+        env: "ECHO_PLUGIN_ERROR_AT",
+        timeout_ms: 10_000,
+        expect: &["failed to handle height 3: simulated failure: disk full"],
+        restarts: false,
+    },
+];
+
+fn mode_config(mode: &Mode, delivery: &str, stop: bool) -> String {
+    format!(
+        "delivery = \"{delivery}\"\nstop-node-on-error = {stop}\ntimeout_ms = {}\nenv = {{ {} = \"3\" }}",
+        mode.timeout_ms, mode.env
+    )
+}
+
+fn assert_message(mode: &Mode, message: &str) {
+    assert!(
+        message.contains("plugin \"echo\""),
+        "{}: {message}",
+        mode.env
+    );
+    for part in mode.expect {
+        assert!(message.contains(part), "{}: {message}", mode.env);
+    }
+}
+
+/// With stop-node-on-error: the commit of the failing block halts the node
+/// with a clear message, and the cursor stays before it.
+#[test]
+fn process_failure_modes_halt_the_node() -> TestResult {
+    for mode in MODES {
+        let mut node = Node::start(&echo_cmd(), &mode_config(mode, "sync", true))?;
+        node.commit_n(2)?;
+        match node.commit() {
+            Err(Error::Halted {
+                streamer,
+                height,
+                message,
+            }) => {
+                assert_eq!((streamer.as_str(), height), ("plug", 3), "{}", mode.env);
+                assert_message(mode, &message);
+            }
+            other => panic!("{}: expected a halt, got {other:?}", mode.env),
+        }
+        assert_eq!(node.delivered(), 2, "{}", mode.env);
+        assert!(
+            matches!(node.commit(), Err(Error::Halted { height: 3, .. })),
+            "{}",
+            mode.env
+        );
+        node.close()?;
+    }
+    Ok(())
+}
+
+/// Without stop-node-on-error (async): the error is recorded, the plugin is
+/// restarted (or, after an error ack, sent the block again) and the stream
+/// completes.
+#[test]
+fn process_failure_modes_recover_async() -> TestResult {
+    for mode in MODES {
+        let mut node = Node::start(&echo_cmd(), &mode_config(mode, "async", false))?;
+        node.commit_n(6)?;
+        node.wait_delivered(6);
+        assert_message(mode, &node.last_error());
+        assert!(node.manager().stats()[0].errors >= 1, "{}", mode.env);
+        node.close()?;
+        assert_at_least_once(&node.out_heights(), 6);
+        let starts = node.starts();
+        if mode.restarts {
+            assert_eq!(starts, [1, 3], "{}", mode.env);
+        } else {
+            assert_eq!(starts, [1], "{}", mode.env);
+        }
+    }
+    Ok(())
+}
+
+/// Without stop-node-on-error (sync): the failing block is delivered again
+/// at the next commit.
+#[test]
+fn process_failure_recovers_sync() -> TestResult {
+    let mode = &MODES[0];
+    let mut node = Node::start(&echo_cmd(), &mode_config(mode, "sync", false))?;
+    node.commit_n(3)?;
+    assert_eq!(node.delivered(), 2);
+    assert_message(mode, &node.last_error());
+    node.commit_n(3)?;
+    assert_eq!(node.delivered(), 6);
+    node.close()?;
+    assert_at_least_once(&node.out_heights(), 6);
+    assert_eq!(node.starts(), [1, 3]);
+    Ok(())
+}
+
+#[test]
+fn process_version_mismatch_is_clear() -> TestResult {
+    let extra = "delivery = \"sync\"\nenv = { ECHO_PLUGIN_PROTOCOL_VERSION = \"2\" }";
+    let mut node = Node::start(&echo_cmd(), extra)?;
+    match node.commit() {
+        Err(Error::Halted { message, .. }) => assert!(
+            message.contains("plugin \"echo\"")
+                && message.contains("speaks plugin protocol version 2, the node speaks version 1"),
+            "{message}"
+        ),
+        other => panic!("expected a halt, got {other:?}"),
+    }
+    node.close()?;
+    Ok(())
+}
+
+#[test]
+fn process_missing_program_is_named() -> TestResult {
+    let missing = vec!["/no/such/dir/plugin-xyz".to_string()];
+    let err = Node::start(&missing, "").err().expect("start fails");
+    let text = err.to_string();
+    assert!(
+        text.contains("/no/such/dir/plugin-xyz")
+            && text.contains("not found")
+            && text.contains("command"),
+        "{text}"
+    );
+    let err = Node::start(&["no-such-plugin-xyz".to_string()], "")
+        .err()
+        .expect("start fails");
+    assert!(err.to_string().contains("no-such-plugin-xyz"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn process_program_removed_before_start_is_named() -> TestResult {
+    // The program exists when the streamer is built, not when it starts.
+    let dir = tempfile::tempdir()?;
+    let copy = dir.path().join("vanishing_plugin");
+    std::fs::copy(echo_plugin(), &copy)?;
+    let mut node = Node::start(
+        &[copy.to_string_lossy().into_owned()],
+        "delivery = \"sync\"",
+    )?;
+    std::fs::remove_file(&copy)?;
+    match node.commit() {
+        Err(Error::Halted { message, .. }) => assert!(
+            message.contains("cannot start plugin program") && message.contains("vanishing_plugin"),
+            "{message}"
+        ),
+        other => panic!("expected a halt, got {other:?}"),
+    }
+    node.close()?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Python plugin
+
+fn python_expected(n: u64) -> Vec<String> {
+    let hex = |s: String| s.bytes().map(|b| format!("{b:02x}")).collect::<String>();
+    let mut lines = Vec::new();
+    for h in 1..=n {
+        let mut recs = vec![(
+            format!("k{h}"),
+            format!("\"delete\":false,\"value\":\"{}\"}}", hex(format!("v{h}"))),
+        )];
+        if h > 1 {
+            recs.push((format!("k{}", h - 1), "\"delete\":true}".to_string()));
+        }
+        recs.sort();
+        for (k, tail) in recs {
+            lines.push(format!(
+                "{{\"height\":{h},\"store\":\"bank\",\"key\":\"{}\",{tail}",
+                hex(k)
+            ));
+        }
+    }
+    lines
+}
+
+#[test]
+fn process_python_delivers_all_blocks_async() -> TestResult {
+    if !python_ready("process_python_delivers_all_blocks_async") {
+        return Ok(());
+    }
+    let mut node = Node::start(&python_cmd(), "delivery = \"async\"")?;
+    node.commit_n(7)?;
+    node.wait_delivered(7);
+    node.close()?;
+    assert_eq!(node.out_lines(), python_expected(7));
+    Ok(())
+}
+
+#[test]
+fn process_python_delivers_all_blocks_sync() -> TestResult {
+    if !python_ready("process_python_delivers_all_blocks_sync") {
+        return Ok(());
+    }
+    let mut node = Node::start(&python_cmd(), "delivery = \"sync\"")?;
+    node.commit_n(5)?;
+    assert_eq!(node.delivered(), 5);
+    node.close()?;
+    assert_eq!(node.out_lines(), python_expected(5));
+    Ok(())
+}
+
+#[test]
+fn process_python_killed_is_restarted_and_gets_every_block() -> TestResult {
+    if !python_ready("process_python_killed_is_restarted_and_gets_every_block") {
+        return Ok(());
+    }
+    if !Path::new("/proc/self").exists() {
+        eprintln!("SKIPPED process_python_killed_is_restarted: needs /proc to find the plugin");
+        return Ok(());
+    }
+    let mut node = Node::start(
+        &python_cmd(),
+        "delivery = \"async\"\nstop-node-on-error = false",
+    )?;
+    node.commit_n(3)?;
+    node.wait_delivered(3);
+    let needle = node.out.to_string_lossy().into_owned();
+    let pids = child_pids(&needle);
+    assert_eq!(pids.len(), 1, "one plugin process: {pids:?}");
+    kill9(pids[0]);
+    node.commit_n(4)?;
+    node.wait_delivered(7);
+    let error = node.last_error();
+    assert!(
+        error.contains("plugin \"indexer.py\"") && error.contains("signal: 9"),
+        "{error}"
+    );
+    assert_reaped(pids[0]);
+    node.close()?;
+    assert_at_least_once(&node.out_heights(), 7);
+    let mut distinct = node.out_lines();
+    distinct.dedup();
+    assert_eq!(distinct, python_expected(7));
+    Ok(())
+}

@@ -5,6 +5,7 @@
 //! line, sets up logging and turns every error into one line on stderr and a
 //! non-zero exit code (2 for usage errors, 1 for everything else).
 
+mod bench;
 mod blocks;
 mod dump;
 mod logging;
@@ -50,6 +51,9 @@ enum Command {
     Tail(tail::TailArgs),
     /// Per-store counts and a per-block size histogram.
     Stats(stats::StatsArgs),
+    /// Measure how fast the demo node commits and streams, and how fast
+    /// the blocks read back.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -81,6 +85,7 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Replay(args) => replay::run(args, cli.quiet),
         Command::Tail(args) => tail::run(args),
         Command::Stats(args) => stats::run(args),
+        Command::Bench(args) => bench::run(args, cli.quiet),
     }
 }
 

@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use statestream::{DeliveryManager, Registry};
+use statestream::{DeliveryManager, Registry, StreamerStats};
 use statestream_config::AppConfig;
 use statestream_store::{CommitInfo, MultiStore, StoreKey, StoreOptions, WriteListener, to_hex};
 
@@ -102,7 +102,48 @@ impl WriteListener for RecordCounter {
     }
 }
 
+/// What a run of the node did.
+pub struct Summary {
+    pub first: u64,
+    pub committed: u64,
+    pub info: CommitInfo,
+    pub records: u64,
+    pub elapsed: Duration,
+    pub seed: u64,
+    stats: Vec<StreamerStats>,
+    cursors: Vec<(String, u64)>,
+}
+
 pub fn run(args: NodeArgs, quiet: bool) -> Result<ExitCode> {
+    let summary = execute(&args, quiet)?;
+    print_summary(&summary, quiet, args.json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+impl NodeArgs {
+    /// The arguments of a benchmark run in `home`.
+    pub fn bench(
+        home: PathBuf,
+        config: Option<PathBuf>,
+        blocks: u64,
+        writes_per_block: usize,
+        fsync: bool,
+    ) -> NodeArgs {
+        NodeArgs {
+            home,
+            config,
+            blocks,
+            writes_per_block,
+            seed: None,
+            json: false,
+            no_fsync: !fsync,
+        }
+    }
+}
+
+/// Runs the node: commits `args.blocks` blocks (fewer on Ctrl-C), closes
+/// the streamers and the store.
+pub fn execute(args: &NodeArgs, quiet: bool) -> Result<Summary> {
     let started = Instant::now();
     let config = match &args.config {
         Some(path) => AppConfig::from_file(path)?,
@@ -190,11 +231,34 @@ pub fn run(args: NodeArgs, quiet: bool) -> Result<ExitCode> {
     closed?;
     store_closed?;
 
-    let records = counter.total.load(Ordering::Relaxed);
-    let elapsed_ms = started.elapsed().as_millis() as u64;
+    Ok(Summary {
+        first,
+        committed,
+        info,
+        records: counter.total.load(Ordering::Relaxed),
+        elapsed: started.elapsed(),
+        seed,
+        stats,
+        cursors,
+    })
+}
+
+fn print_summary(summary: &Summary, quiet: bool, json: bool) -> Result<()> {
+    let Summary {
+        first,
+        committed,
+        info,
+        records,
+        elapsed,
+        seed,
+        stats,
+        cursors,
+    } = summary;
+    let (first, committed, records, seed) = (*first, *committed, *records, *seed);
+    let elapsed_ms = elapsed.as_millis() as u64;
     let hash = to_hex(&info.app_hash);
     let mut out = std::io::stdout().lock();
-    if !quiet || args.json {
+    if !quiet || json {
         if committed > 0 {
             writeln!(
                 out,
@@ -208,7 +272,7 @@ pub fn run(args: NodeArgs, quiet: bool) -> Result<ExitCode> {
                 info.version
             )?;
         }
-        for s in &stats {
+        for s in stats {
             let delivered = cursors
                 .iter()
                 .find(|(n, _)| *n == s.name)
@@ -220,7 +284,7 @@ pub fn run(args: NodeArgs, quiet: bool) -> Result<ExitCode> {
             )?;
         }
     }
-    if args.json {
+    if json {
         let streamers: Vec<_> = stats
             .iter()
             .map(|s| {
@@ -251,7 +315,7 @@ pub fn run(args: NodeArgs, quiet: bool) -> Result<ExitCode> {
         });
         writeln!(out, "{summary}")?;
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// The seed of this home: the one stored in HOME/demo-seed, or `given`

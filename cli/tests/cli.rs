@@ -676,3 +676,30 @@ fn node_stops_cleanly_on_ctrl_c() {
     let v = statestream(["verify", p(&dir)]).ok();
     assert!(v.stdout.contains(&format!("ok: {height} blocks")), "{v:#?}");
 }
+
+#[test]
+fn bench_reports_throughput() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("bench");
+    let run = statestream([
+        "bench",
+        "--blocks",
+        "20",
+        "--writes-per-block",
+        "8",
+        "--home",
+        p(&home),
+        "--json",
+    ])
+    .ok();
+    assert!(
+        run.stdout.starts_with("commit+stream: 20 blocks"),
+        "{run:#?}"
+    );
+    let j = run.json();
+    assert_eq!(j["height"], 20);
+    assert_eq!(j["read_blocks"], 20);
+    statestream(["bench", "--blocks", "1", "--home", p(&home)]).fails(1, "already holds a store");
+    // Without --home it runs in a temporary directory.
+    statestream(["bench", "--blocks", "3"]).ok();
+}

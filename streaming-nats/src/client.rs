@@ -254,10 +254,11 @@ pub(crate) fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Op
         .map(|(_, v)| v.as_str())
 }
 
+/// A header block: the status code of a status message, and the headers.
+pub(crate) type Headers = (Option<u16>, Vec<(String, String)>);
+
 /// Parses a header block (`NATS/1.0[ status[ description]]\r\nKey: Value\r\n...\r\n`).
-pub(crate) fn parse_headers(
-    block: &[u8],
-) -> std::result::Result<(Option<u16>, Vec<(String, String)>), String> {
+pub(crate) fn parse_headers(block: &[u8]) -> std::result::Result<Headers, String> {
     let text = std::str::from_utf8(block).map_err(|_| "headers are not UTF-8".to_string())?;
     let mut lines = text.split("\r\n");
     let first = lines.next().unwrap_or_default();

@@ -1,0 +1,233 @@
+//! The server killed and restarted mid-run; the server down with
+//! stop-node-on-error; configuration the server refuses.
+
+use std::net::TcpListener;
+
+use statestream::Error;
+use statestream_nats::replay_stream;
+
+use crate::{
+    app_toml, assert_exactly_once, commit_block, manager, memory_store, server, wait_delivered,
+};
+
+#[test]
+fn faults_async_server_restart_loses_and_duplicates_nothing() -> anyhow::Result<()> {
+    let Some(mut server) =
+        server::start("faults_async_server_restart_loses_and_duplicates_nothing")
+    else {
+        return Ok(());
+    };
+    let mut store = memory_store();
+    let toml = app_toml(&server.url(), "stop-node-on-error = false");
+    let mut m = manager(&mut store, &toml)?;
+    for b in 1..=10 {
+        commit_block(&mut m, &mut store, b)?;
+    }
+    wait_delivered(&m, 10);
+
+    server.kill();
+    // Commits go on while the server is down; the streamer retries with
+    // backoff and the blocks wait in the change log.
+    for b in 11..=20 {
+        commit_block(&mut m, &mut store, b)?;
+    }
+    crate::wait_for(
+        "a failed delivery",
+        std::time::Duration::from_secs(60),
+        || m.stats()[0].errors > 0,
+    );
+    assert!(m.stats()[0].delivered_height < 20);
+
+    server.restart();
+    for b in 21..=25 {
+        commit_block(&mut m, &mut store, b)?;
+    }
+    wait_delivered(&m, 25);
+    m.close(&mut store)?;
+
+    let mut client = server.client();
+    assert_exactly_once(&mut client, "statestream", 25);
+    let replay = replay_stream(&mut client, "statestream", "statestream")?;
+    assert_eq!(replay.height, 25);
+    assert_eq!(replay.app_hash, store.last_commit().app_hash);
+    Ok(())
+}
+
+#[test]
+fn faults_sync_server_restart_catches_up_at_next_commit() -> anyhow::Result<()> {
+    let Some(mut server) = server::start("faults_sync_server_restart_catches_up_at_next_commit")
+    else {
+        return Ok(());
+    };
+    let mut store = memory_store();
+    let toml = app_toml(
+        &server.url(),
+        "delivery = \"sync\"\nstop-node-on-error = false",
+    );
+    let mut m = manager(&mut store, &toml)?;
+    for b in 1..=8 {
+        commit_block(&mut m, &mut store, b)?;
+    }
+    assert_eq!(m.stats()[0].delivered_height, 8);
+    server.kill();
+    for b in 9..=14 {
+        commit_block(&mut m, &mut store, b)?;
+    }
+    let stats = &m.stats()[0];
+    assert_eq!(stats.delivered_height, 8);
+    assert!(stats.errors >= 6, "{stats:?}");
+    let message = stats.last_error.clone().unwrap_or_default();
+    assert!(message.contains("cannot publish block 9"), "{message}");
+    assert!(
+        message.contains("cannot connect to nats://127.0.0.1"),
+        "{message}"
+    );
+
+    server.restart();
+    for b in 15..=22 {
+        commit_block(&mut m, &mut store, b)?;
+    }
+    assert_eq!(m.stats()[0].delivered_height, 22);
+    m.close(&mut store)?;
+
+    let mut client = server.client();
+    assert_exactly_once(&mut client, "statestream", 22);
+    let replay = replay_stream(&mut client, "statestream", "statestream")?;
+    assert_eq!(replay.app_hash, store.last_commit().app_hash);
+    Ok(())
+}
+
+/// A loopback address where nothing listens.
+fn dead_url() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    drop(l);
+    format!("nats://127.0.0.1:{port}")
+}
+
+#[test]
+fn faults_sync_stop_node_on_error_halts_when_server_down() -> anyhow::Result<()> {
+    // Needs no nats-server: nothing listens.
+    let url = dead_url();
+    let mut store = memory_store();
+    let toml = app_toml(&url, "delivery = \"sync\"\nstop-node-on-error = true");
+    let mut m = manager(&mut store, &toml)?;
+    let err = commit_block(&mut m, &mut store, 1).expect_err("the node halts");
+    assert!(matches!(err, Error::Halted { height: 1, .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("streamer \"nats\" failed at height 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("cannot publish block 1 to JetStream stream \"statestream\""),
+        "{text}"
+    );
+    assert!(text.contains(&format!("cannot connect to {url}")), "{text}");
+    assert!(text.contains("stop-node-on-error = true"), "{text}");
+    // And it stays halted.
+    let again = commit_block(&mut m, &mut store, 2).expect_err("still halted");
+    assert!(matches!(again, Error::Halted { height: 1, .. }), "{again}");
+    Ok(())
+}
+
+#[test]
+fn faults_async_stop_node_on_error_halts_after_server_dies() -> anyhow::Result<()> {
+    let Some(mut server) = server::start("faults_async_stop_node_on_error_halts_after_server_dies")
+    else {
+        return Ok(());
+    };
+    let mut store = memory_store();
+    let mut m = manager(&mut store, &app_toml(&server.url(), ""))?;
+    for b in 1..=5 {
+        commit_block(&mut m, &mut store, b)?;
+    }
+    wait_delivered(&m, 5);
+    server.kill();
+    // The worker fails on the next block; the first commit after that
+    // returns Halted.
+    let mut halted = None;
+    let mut b = 6;
+    crate::wait_for(
+        "the node to halt",
+        std::time::Duration::from_secs(60),
+        || match commit_block(&mut m, &mut store, b) {
+            Ok(_) => {
+                b += 1;
+                false
+            }
+            Err(e) => {
+                halted = Some(e);
+                true
+            }
+        },
+    );
+    let err = halted.expect("halted");
+    assert!(matches!(err, Error::Halted { height: 6, .. }), "{err}");
+    assert!(err.to_string().contains("cannot connect to"), "{err}");
+    assert_eq!(m.stats()[0].delivered_height, 5);
+    Ok(())
+}
+
+#[test]
+fn faults_missing_stream_without_create_stream() -> anyhow::Result<()> {
+    let Some(server) = server::start("faults_missing_stream_without_create_stream") else {
+        return Ok(());
+    };
+    let mut store = memory_store();
+    let toml = app_toml(
+        &server.url(),
+        "delivery = \"sync\"\ncreate_stream = false\nstream = \"absent\"",
+    );
+    let mut m = manager(&mut store, &toml)?;
+    let err = commit_block(&mut m, &mut store, 1).expect_err("no stream");
+    let text = err.to_string();
+    assert!(
+        text.contains("stream \"absent\" does not exist and create_stream = false"),
+        "{text}"
+    );
+    assert!(server.client().stream_info("absent")?.is_none());
+    Ok(())
+}
+
+#[test]
+fn faults_server_without_jetstream_is_a_clear_error() -> anyhow::Result<()> {
+    let Some(binary) = server::nats_server_binary() else {
+        eprintln!(
+            "faults_server_without_jetstream_is_a_clear_error: skipped: nats-server is not installed"
+        );
+        return Ok(());
+    };
+    // A plain server without -js, killed on drop.
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    let port = l.local_addr()?.port();
+    drop(l);
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _child = Kill(
+        std::process::Command::new(binary)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?,
+    );
+    let url = format!("nats://127.0.0.1:{port}");
+    crate::wait_for(
+        "the plain server",
+        std::time::Duration::from_secs(30),
+        || statestream_nats::Client::connect(&statestream_nats::ConnectOptions::new(&url)).is_ok(),
+    );
+    let mut store = memory_store();
+    let mut m = manager(&mut store, &app_toml(&url, "delivery = \"sync\""))?;
+    let err = commit_block(&mut m, &mut store, 1).expect_err("no JetStream");
+    assert!(
+        err.to_string().contains("JetStream is not enabled"),
+        "{err}"
+    );
+    Ok(())
+}

@@ -1,0 +1,179 @@
+//! Tests of the NATS JetStream streamer against a real `nats-server -js`.
+
+mod config;
+mod delivery;
+mod faults;
+mod server;
+mod split;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use statestream::{BlockMeta, DeliveryManager, Registry};
+use statestream_config::AppConfig;
+use statestream_nats::{Client, HEADER_HEIGHT, HEADER_MSG_ID, HEADER_PART};
+use statestream_store::{KvStore, MultiStore, StoreKey};
+
+pub const STORES: [&str; 3] = ["acc", "bank", "gov"];
+
+pub fn store_keys() -> Vec<StoreKey> {
+    STORES
+        .iter()
+        .map(|s| StoreKey::new(s).expect("valid store name"))
+        .collect()
+}
+
+pub fn memory_store() -> MultiStore {
+    MultiStore::in_memory(&store_keys()).expect("in-memory store")
+}
+
+pub fn registry() -> Registry {
+    let mut r = Registry::with_builtins();
+    statestream_nats::register(&mut r);
+    r
+}
+
+/// An app.toml with one nats streamer; `extra` lines go in its table.
+pub fn app_toml(url: &str, extra: &str) -> String {
+    format!(
+        "[store]\nstreamers = [\"nats\"]\n\n[streamers.nats]\ntype = \"nats\"\nkeys = [\"*\"]\n\
+         url = \"{url}\"\nconnect_timeout_ms = 1000\nrequest_timeout_ms = 3000\n{extra}\n"
+    )
+}
+
+pub fn manager(store: &mut MultiStore, toml: &str) -> anyhow::Result<DeliveryManager> {
+    let config = AppConfig::parse(toml, Path::new("app.toml"))?;
+    let specs = config.resolve(&STORES)?;
+    Ok(DeliveryManager::start(
+        store,
+        &specs,
+        &registry(),
+        Path::new("."),
+    )?)
+}
+
+/// Writes block `b`'s changes: sets and deletes over the three stores,
+/// some through (nested) cache layers, values of varied sizes.
+pub fn write_block(store: &mut MultiStore, b: u64) -> anyhow::Result<()> {
+    let keys = store_keys();
+    let (acc, bank, gov) = (&keys[0], &keys[1], &keys[2]);
+    store.set(bank, format!("acct-{}", b % 7).as_bytes(), &b.to_be_bytes())?;
+    store.set(
+        acc,
+        format!("k{b:04}").as_bytes(),
+        &vec![b as u8; (b as usize * 37) % 300 + 1],
+    )?;
+    if b.is_multiple_of(3) {
+        store.delete(bank, format!("acct-{}", (b + 3) % 7).as_bytes())?;
+        store.delete(acc, format!("k{:04}", b / 2).as_bytes())?;
+    }
+    if b.is_multiple_of(2) {
+        let mut tx = store.cache();
+        tx.set(gov, format!("prop-{}", b % 5).as_bytes(), b"vote")?;
+        {
+            let mut inner = tx.cache();
+            inner.set(gov, b"params", &b.to_le_bytes())?;
+            inner.write()?;
+        }
+        tx.write()?;
+    }
+    if b.is_multiple_of(5) {
+        // A dropped cache is never seen.
+        let mut tx = store.cache();
+        tx.set(bank, b"never", b"seen")?;
+        drop(tx);
+    }
+    Ok(())
+}
+
+pub fn commit_block(
+    manager: &mut DeliveryManager,
+    store: &mut MultiStore,
+    b: u64,
+) -> statestream::Result<statestream_store::CommitInfo> {
+    write_block(store, b).map_err(|e| statestream::Error::Worker {
+        streamer: "test".into(),
+        what: e.to_string(),
+    })?;
+    manager.commit(
+        store,
+        BlockMeta {
+            time_seconds: 1_700_000_000 + b as i64,
+            ..BlockMeta::default()
+        },
+    )
+}
+
+/// Polls `cond` every 20 ms until it holds, or panics after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until the manager's only streamer delivered `height`.
+pub fn wait_delivered(manager: &DeliveryManager, height: u64) {
+    wait_for(
+        &format!("delivery of block {height}"),
+        Duration::from_secs(90),
+        || manager.stats()[0].delivered_height >= height,
+    );
+}
+
+/// One stored message, as the tests look at it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Raw {
+    pub seq: u64,
+    pub height: u64,
+    pub msg_id: String,
+    pub part: Option<String>,
+    pub len: usize,
+}
+
+/// Every message of the stream on `<subject>.blocks`, in stream order.
+pub fn raw_messages(client: &mut Client, stream: &str, subject: &str) -> Vec<Raw> {
+    let subject = format!("{subject}.blocks");
+    let mut out = Vec::new();
+    let mut seq = 1;
+    while let Some(m) = client
+        .get_message(stream, seq, Some(&subject))
+        .expect("read a stored message")
+    {
+        seq = m.seq + 1;
+        out.push(Raw {
+            seq: m.seq,
+            height: m
+                .header(HEADER_HEIGHT)
+                .expect("height header")
+                .parse()
+                .expect("numeric height"),
+            msg_id: m.header(HEADER_MSG_ID).expect("msg id header").to_string(),
+            part: m.header(HEADER_PART).map(str::to_string),
+            len: m.payload.len(),
+        });
+    }
+    out
+}
+
+/// Checks that the stream holds exactly one message per block 1..=n, in
+/// order, and nothing else.
+pub fn assert_exactly_once(client: &mut Client, stream: &str, n: u64) {
+    let raw = raw_messages(client, stream, "statestream");
+    let heights: Vec<u64> = raw.iter().map(|r| r.height).collect();
+    assert_eq!(
+        heights,
+        (1..=n).collect::<Vec<_>>(),
+        "heights in the stream"
+    );
+    for r in &raw {
+        assert_eq!(r.msg_id, format!("{stream}-{}", r.height));
+        assert_eq!(r.part, None);
+    }
+    let info = client
+        .stream_info(stream)
+        .expect("stream info")
+        .expect("the stream exists");
+    assert_eq!(info.state.messages, n, "JetStream's message count");
+}

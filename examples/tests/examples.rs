@@ -13,7 +13,10 @@ fn examples_custom_streamer_writes_json_lines() {
     // Only the bank store: alice and bob per block, bob deleted at height 2.
     assert_eq!(records.len(), 6);
     assert!(records.iter().all(|r| r["store"] == "bank"));
-    let heights: Vec<u64> = records.iter().map(|r| r["height"].as_u64().unwrap()).collect();
+    let heights: Vec<u64> = records
+        .iter()
+        .map(|r| r["height"].as_u64().unwrap())
+        .collect();
     assert_eq!(heights, [1, 1, 2, 2, 3, 3]);
     let bob_2 = &records[3];
     assert_eq!(bob_2["key"], "626f62");

@@ -291,3 +291,42 @@ fn errors_start_failure_of_async_streamer_halts() {
     manager.close(&mut store).unwrap();
     handle.verify();
 }
+
+#[test]
+fn errors_async_without_stop_failing_streamer_does_not_hold_up_close() {
+    let mut store = memory_store();
+    let all = keys(&STORES);
+    let (rec, handle) = recorder("rec", Expect::new().start(1).blocks(1..=2).close());
+    let rec = rec.fail(3, Fail::Always);
+    let setup = || {
+        StreamerSetup::new("rec", &all)
+            .delivery(Delivery::Async)
+            .stop_node_on_error(false)
+    };
+    let mut manager =
+        DeliveryManager::with_streamers(&mut store, vec![(setup(), Box::new(rec))]).unwrap();
+    let mut written = commit_workload(&mut manager, &mut store, 1..=5);
+    wait_until("block 3 to fail twice", || {
+        handle.failed_attempts().len() >= 2
+    });
+    // Commits go on while it fails.
+    written.extend(commit_workload(&mut manager, &mut store, 6..=7));
+    let s = manager.stats().remove(0);
+    assert_eq!(s.delivered_height, 2, "{s:?}");
+    assert!(s.errors >= 2, "{s:?}");
+    // Shutdown gives up on the failing block instead of retrying forever.
+    manager.close(&mut store).unwrap();
+    handle.verify();
+    assert!(handle.failed_attempts().iter().all(|&h| h == 3));
+    assert_eq!(store.cursor("rec").unwrap(), Some(2));
+
+    // Nothing was skipped: after a restart it resumes at 3.
+    let (rec, handle) = recorder("rec", Expect::new().start(3).blocks(3..=8).close());
+    let mut manager =
+        DeliveryManager::with_streamers(&mut store, vec![(setup(), Box::new(rec))]).unwrap();
+    written.extend(commit_workload(&mut manager, &mut store, 8..=8));
+    manager.close(&mut store).unwrap();
+    handle
+        .with_expect(|e| e.written(&written, &STORES))
+        .verify();
+}

@@ -133,3 +133,64 @@ fn streamer_option_some_forwards_errors() {
     drop(manager);
     handle.verify();
 }
+
+/// The recorder's own check must catch what is wrong, or every test above
+/// would pass vacuously.
+#[test]
+fn streamer_recorder_verify_reports_a_clear_diff() {
+    let verify_message = |expect: Expect, run_it: &dyn Fn(Recorder)| -> Option<String> {
+        let (rec, handle) = recorder("probe", expect);
+        run_it(rec);
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handle.verify()))
+            .err()
+            .map(|p| {
+                p.downcast_ref::<String>()
+                    .cloned()
+                    .unwrap_or_else(|| "non-string panic".into())
+            })
+    };
+    let three = |rec: Recorder| run(rec, Delivery::Sync, 3);
+
+    // Right expectations: no panic.
+    assert_eq!(
+        verify_message(Expect::new().start(1).blocks(1..=3).close(), &three),
+        None
+    );
+
+    // A missing block.
+    let msg = verify_message(Expect::new().start(1).blocks(1..=4).close(), &three).unwrap();
+    assert!(msg.contains("recorder \"probe\""), "{msg}");
+    assert!(
+        msg.contains("> block(4)") && msg.contains("| close"),
+        "{msg}"
+    );
+
+    // Wrong records.
+    let msg = verify_message(
+        Expect::new()
+            .start(1)
+            .blocks(1..=3)
+            .close()
+            .records(2, vec![("bank".into(), b"k".to_vec(), None)]),
+        &three,
+    )
+    .unwrap();
+    assert!(msg.contains("block 2: records differ"), "{msg}");
+    assert!(msg.contains("expected bank/k deleted"), "{msg}");
+
+    // Wrong stores, wrong metadata, unexpected failures.
+    let msg = verify_message(
+        Expect::new()
+            .start(1)
+            .blocks(1..=3)
+            .close()
+            .stores(&["bank"])
+            .meta(1, statestream::BlockMeta::default())
+            .failed_attempts(&[2]),
+        &three,
+    )
+    .unwrap();
+    assert!(msg.contains("stores differ"), "{msg}");
+    assert!(msg.contains("block 1: metadata differs"), "{msg}");
+    assert!(msg.contains("failed attempts differ"), "{msg}");
+}

@@ -37,7 +37,43 @@ fn delivery_async_blocks_arrive_in_order_exactly_once() -> anyhow::Result<()> {
     assert_eq!(replay.blocks, 25);
     assert_eq!(replay.duplicates, 0);
     assert_eq!(replay.app_hash, store.last_commit().app_hash);
+
+    // The example consumer prints the same app hash.
+    let example = example_binary("nats_replay");
+    if !example.is_file() {
+        // `cargo test --test it` alone does not build the examples.
+        eprintln!("{} is not built: example check skipped", example.display());
+        return Ok(());
+    }
+    let out = std::process::Command::new(&example)
+        .args(["--url", &server.url(), "--json"])
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        example.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(printed["height"], 25);
+    assert_eq!(
+        printed["app_hash"],
+        statestream_store::to_hex(&store.last_commit().app_hash)
+    );
     Ok(())
+}
+
+/// An example of this package; `cargo test` builds the examples next to
+/// the test binaries' directory.
+fn example_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps");
+    profile_dir
+        .join("examples")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
 }
 
 #[test]

@@ -362,3 +362,32 @@ fn progress_bar(len: u64, quiet: bool) -> Option<ProgressBar> {
     }
     Some(bar)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The ```toml blocks of docs/config.md that hold a `[store]` table.
+    fn documented_configs() -> Vec<String> {
+        let doc = include_str!("../../docs/config.md");
+        doc.split("```toml\n")
+            .skip(1)
+            .filter_map(|rest| rest.split("```").next())
+            .filter(|block| block.contains("[store]"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn node_documented_configs_parse_and_build() {
+        let configs = documented_configs();
+        assert!(configs.len() >= 2);
+        for text in configs.iter().map(String::as_str).chain([DEFAULT_APP_TOML]) {
+            let config = AppConfig::parse(text, Path::new("docs/config.md")).unwrap();
+            let specs = config.resolve(&STORE_NAMES).unwrap();
+            assert_eq!(specs.len(), 1);
+            let file: statestream_file::FileStreamerConfig = specs[0].options.parse().unwrap();
+            assert_eq!(file, statestream_file::FileStreamerConfig::default());
+        }
+    }
+}

@@ -538,9 +538,10 @@ fn replay_detects_a_gap() {
 
 #[test]
 fn stats_text_and_json() {
-    let (_tmp, dir, _) = node_home(5);
+    let (_tmp, dir, node) = node_home(5);
     let json = statestream(["stats", p(&dir), "--json"]).ok().json();
     assert_eq!(json["blocks"], 5);
+    assert_eq!(json["records"], node["records"]);
     let stores: Vec<&str> = json["stores"]
         .as_array()
         .unwrap()

@@ -356,7 +356,7 @@ impl Machine<'_> {
         index: usize,
     ) -> Result<(String, TxOutcome, usize)> {
         let expiry = self.height + rng.below(4);
-        let key = format!("lock/{expiry:020}/{:020}/{index}", self.height);
+        let key = format!("lock/{expiry:010}/{:010}/{index}", self.height);
         let request = format!("lock key={key}");
         tx.set(
             &self.s.tmp,
@@ -365,7 +365,7 @@ impl Machine<'_> {
         )?;
         // A scratch key set and deleted in the same transaction: the block
         // records only its delete.
-        let scratch = format!("scratch/{:020}/{index}", self.height);
+        let scratch = format!("scratch/{}/{index}", self.height);
         tx.set(&self.s.tmp, scratch.as_bytes(), b"x")?;
         tx.delete(&self.s.tmp, scratch.as_bytes())?;
         Ok((request, Ok(format!("expires={expiry}")), 3))
@@ -373,7 +373,7 @@ impl Machine<'_> {
 
     /// Deletes the locks whose expiry is at or before this height.
     fn expire_locks(&self, kv: &mut Cache<'_>) -> Result<usize> {
-        let end = format!("lock/{:020}0", self.height);
+        let end = format!("lock/{:010}0", self.height);
         let expired: Vec<Vec<u8>> = kv
             .range(
                 &self.s.tmp,

@@ -37,6 +37,14 @@ pub struct StreamConfigInfo {
     /// The deduplication window, in nanoseconds.
     #[serde(default)]
     pub duplicate_window: u64,
+    /// The largest message the stream accepts (-1: no limit but the
+    /// server's `max_payload`).
+    #[serde(default = "no_limit")]
+    pub max_msg_size: i64,
+}
+
+fn no_limit() -> i64 {
+    -1
 }
 
 /// A stream's content.

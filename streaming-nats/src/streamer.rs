@@ -50,6 +50,9 @@ pub struct NatsStreamer {
     /// The last height whose every part the stream holds, as found when
     /// connecting, then advanced by each publish.
     last_in_stream: u64,
+    /// The stream's `max_msg_size` when it has one (then messages are
+    /// split to fit it as well as the server's `max_payload`).
+    stream_max_msg: Option<usize>,
     frame: Vec<u8>,
 }
 
@@ -74,6 +77,7 @@ impl NatsStreamer {
             config,
             client: None,
             last_in_stream: 0,
+            stream_max_msg: None,
             frame: Vec::new(),
         }
     }
@@ -83,8 +87,10 @@ impl NatsStreamer {
     fn connect(&mut self) -> Result<Client> {
         let mut client = Client::connect(&self.config.connect_options())?;
         let stream = &self.config.stream;
+        self.stream_max_msg = None;
         match client.stream_info(stream)? {
             Some(info) => {
+                self.stream_max_msg = usize::try_from(info.config.max_msg_size).ok();
                 if !info
                     .config
                     .subjects
@@ -174,7 +180,10 @@ impl NatsStreamer {
             (HEADER_MSG_ID, single_id.as_str()),
             (HEADER_HEIGHT, height_text.as_str()),
         ];
-        let max = client.max_payload();
+        let max = match self.stream_max_msg {
+            Some(m) => m.min(client.max_payload()),
+            None => client.max_payload(),
+        };
         let single_len = self.frame.len() + crate::client::encode_headers(&single_headers).len();
         let mut acks = Vec::new();
         if single_len <= max {
@@ -186,7 +195,7 @@ impl NatsStreamer {
                 .ok_or_else(|| NatsError::Unsupported {
                     url: client.url().to_string(),
                     message: format!(
-                        "the server's max_payload ({max} bytes) is too small to split blocks into"
+                        "the largest message the server and the stream accept ({max} bytes) is too small to split blocks into"
                     ),
                 })?;
             let parts = self.frame.len().div_ceil(chunk);

@@ -3,6 +3,7 @@
 mod config;
 mod delivery;
 mod faults;
+mod reader;
 mod server;
 mod split;
 

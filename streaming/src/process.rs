@@ -449,21 +449,38 @@ impl Plugin {
 
     /// The next frame from the plugin, within `timeout`.
     fn recv(&mut self, timeout: Duration, waiting: &str) -> Result<Vec<u8>, ProcessError> {
-        match self.events.recv_timeout(timeout) {
-            Ok(Event::Frame(payload)) => Ok(payload),
-            Ok(Event::ReadFailed(source)) => Err(ProcessError::BadFrame {
-                plugin: self.label.clone(),
-                waiting: waiting.to_string(),
-                source,
-            }),
-            Ok(Event::Eof | Event::WriteFailed(_)) | Err(RecvTimeoutError::Disconnected) => {
-                Err(self.gone(waiting))
+        let mut deadline = Instant::now() + timeout;
+        let mut write_failed = false;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(Event::Frame(payload)) => return Ok(payload),
+                Ok(Event::ReadFailed(source)) => {
+                    return Err(ProcessError::BadFrame {
+                        plugin: self.label.clone(),
+                        waiting: waiting.to_string(),
+                        source,
+                    });
+                }
+                // The plugin closed its stdin, most likely by exiting: what
+                // it wrote before (garbage, say) tells more than the broken
+                // pipe, so read on for a short while.
+                Ok(Event::WriteFailed(_)) => {
+                    write_failed = true;
+                    deadline = deadline.min(Instant::now() + EXIT_GRACE);
+                }
+                Ok(Event::Eof) | Err(RecvTimeoutError::Disconnected) => {
+                    return Err(self.gone(waiting));
+                }
+                Err(RecvTimeoutError::Timeout) if write_failed => return Err(self.gone(waiting)),
+                Err(RecvTimeoutError::Timeout) => {
+                    return Err(ProcessError::Timeout {
+                        plugin: self.label.clone(),
+                        waiting: waiting.to_string(),
+                        timeout_ms: timeout.as_millis(),
+                    });
+                }
             }
-            Err(RecvTimeoutError::Timeout) => Err(ProcessError::Timeout {
-                plugin: self.label.clone(),
-                waiting: waiting.to_string(),
-                timeout_ms: timeout.as_millis(),
-            }),
         }
     }
 }

@@ -411,8 +411,8 @@ const MODES: &[Mode] = &[
     },
     Mode {
         env: "ECHO_PLUGIN_HANG_AT",
-        timeout_ms: 1_000,
-        expect: &["timed out", "ack of height 3", "1000 ms", "killed"],
+        timeout_ms: 2_000,
+        expect: &["timed out", "ack of height 3", "2000 ms", "killed"],
         restarts: true,
     },
     Mode {
@@ -535,6 +535,57 @@ fn process_version_mismatch_is_clear() -> TestResult {
         other => panic!("expected a halt, got {other:?}"),
     }
     node.close()?;
+    Ok(())
+}
+
+/// Programs that do not speak the protocol: each fails the handshake with a
+/// clear error (the node's output file path is their last argument, `$1`).
+#[test]
+fn process_non_plugins_fail_the_handshake() -> TestResult {
+    let cases: [(&str, &str, &[&str]); 4] = [
+        (
+            "exec sleep 30",
+            "handshake_timeout_ms = 500",
+            &["timed out: no HelloAck within 500 ms; it was killed"],
+        ),
+        (
+            "exit 0",
+            "",
+            &["exited (exit status: 0) instead of sending the HelloAck"],
+        ),
+        (
+            "echo hello from a script",
+            "",
+            &[
+                "wrote garbage instead of the HelloAck",
+                "the stream ended inside a frame",
+            ],
+        ),
+        (
+            "printf '\\003\\377\\377\\377'; exec sleep 30",
+            "",
+            &[
+                "wrote garbage instead of the HelloAck",
+                "does not decode as HelloAck",
+                "killed",
+            ],
+        ),
+    ];
+    for (script, extra, expect) in cases {
+        let command = ["sh", "-c", script, "sh"].map(str::to_string);
+        let mut node = Node::start(&command, &format!("delivery = \"sync\"\n{extra}"))?;
+        match node.commit() {
+            Err(Error::Halted { height, message, .. }) => {
+                assert_eq!(height, 1);
+                assert!(message.contains("plugin program \"sh\" (pid "), "{message}");
+                for part in expect {
+                    assert!(message.contains(part), "{script}: {message}");
+                }
+            }
+            other => panic!("{script}: expected a halt, got {other:?}"),
+        }
+        node.close()?;
+    }
     Ok(())
 }
 

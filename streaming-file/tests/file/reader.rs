@@ -349,3 +349,38 @@ fn reader_empty_file_is_truncated_header_even_mapped() {
         "{err:?}"
     );
 }
+
+#[test]
+fn reader_hash_chains_recomputed_from_segments() {
+    let bd = open("good");
+    let mut chains: std::collections::BTreeMap<String, statestream_store::Hash> =
+        Default::default();
+    for h in bd.heights().unwrap() {
+        let file = bd.open_block(h).unwrap();
+        let segments = file.store_segments().unwrap();
+        let meta = file.meta().unwrap();
+        for sh in &meta.store_hashes {
+            let records = segments
+                .iter()
+                .find(|(s, _)| *s == sh.store_key)
+                .map_or(&[][..], |(_, r)| &file.payload()[r.clone()]);
+            let prev = chains
+                .get(&sh.store_key)
+                .copied()
+                .unwrap_or(statestream_store::ZERO_HASH);
+            let next = statestream_store::chain_store_hash(&prev, records);
+            assert_eq!(
+                next.as_slice(),
+                sh.hash.as_slice(),
+                "height {h} store {}",
+                sh.store_key
+            );
+            chains.insert(sh.store_key.clone(), next);
+        }
+        let app = statestream_store::app_hash(chains.iter().map(|(s, h)| (s.as_str(), h)));
+        assert_eq!(
+            app.as_slice(),
+            meta.commit.as_ref().unwrap().app_hash.as_slice()
+        );
+    }
+}

@@ -575,7 +575,9 @@ fn process_non_plugins_fail_the_handshake() -> TestResult {
         let command = ["sh", "-c", script, "sh"].map(str::to_string);
         let mut node = Node::start(&command, &format!("delivery = \"sync\"\n{extra}"))?;
         match node.commit() {
-            Err(Error::Halted { height, message, .. }) => {
+            Err(Error::Halted {
+                height, message, ..
+            }) => {
                 assert_eq!(height, 1);
                 assert!(message.contains("plugin program \"sh\" (pid "), "{message}");
                 for part in expect {

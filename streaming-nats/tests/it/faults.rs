@@ -231,3 +231,68 @@ fn faults_server_without_jetstream_is_a_clear_error() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn faults_token_and_password_authentication() -> anyhow::Result<()> {
+    use crate::server::Auth;
+    let Some(server) = server::start_conf(
+        "faults_token_and_password_authentication",
+        "authorization {\n  token: \"s3cret-token\"\n}\n",
+        Some(Auth::Token("s3cret-token".into())),
+    ) else {
+        return Ok(());
+    };
+    // The right token.
+    let mut store = memory_store();
+    let toml = app_toml(
+        &server.url(),
+        "delivery = \"sync\"\ntoken = \"s3cret-token\"",
+    );
+    let mut m = manager(&mut store, &toml)?;
+    for b in 1..=3 {
+        commit_block(&mut m, &mut store, b)?;
+    }
+    m.close(&mut store)?;
+    assert_exactly_once(&mut server.client(), "statestream", 3);
+
+    // A wrong token: a clear error, the node stops.
+    let mut store = memory_store();
+    let toml = app_toml(&server.url(), "delivery = \"sync\"\ntoken = \"wrong\"");
+    let mut m = manager(&mut store, &toml)?;
+    let err = commit_block(&mut m, &mut store, 1).expect_err("refused");
+    assert!(err.to_string().contains("Authorization Violation"), "{err}");
+    assert!(!err.to_string().contains("wrong"), "the token leaks: {err}");
+
+    // User and password, in the options or in the URL.
+    let Some(server) = server::start_conf(
+        "faults_token_and_password_authentication",
+        "authorization {\n  user: alice\n  password: \"pa55\"\n}\n",
+        Some(Auth::User("alice".into(), "pa55".into())),
+    ) else {
+        return Ok(());
+    };
+    let url_with_creds = server.url().replace("nats://", "nats://alice:pa55@");
+    for (url, extra) in [
+        (server.url(), "user = \"alice\"\npassword = \"pa55\""),
+        (url_with_creds, ""),
+    ] {
+        let mut store = memory_store();
+        let toml = app_toml(&url, &format!("delivery = \"sync\"\n{extra}"));
+        let mut m = manager(&mut store, &toml)?;
+        for b in 1..=2 {
+            commit_block(&mut m, &mut store, b)?;
+        }
+        m.close(&mut store)?;
+    }
+    // Both runs published blocks 1 and 2: the second was deduplicated.
+    assert_exactly_once(&mut server.client(), "statestream", 2);
+    let mut store = memory_store();
+    let toml = app_toml(
+        &server.url(),
+        "delivery = \"sync\"\nuser = \"alice\"\npassword = \"nope\"",
+    );
+    let mut m = manager(&mut store, &toml)?;
+    let err = commit_block(&mut m, &mut store, 1).expect_err("refused");
+    assert!(err.to_string().contains("Authorization Violation"), "{err}");
+    Ok(())
+}

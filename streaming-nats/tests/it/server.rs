@@ -33,6 +33,13 @@ pub fn start(test: &str) -> Option<NatsServer> {
 
 /// Like [`start`], with a `max_payload` in the server's configuration.
 pub fn start_with(test: &str, max_payload: Option<usize>) -> Option<NatsServer> {
+    let extra = max_payload.map(|m| format!("max_payload: {m}\n"));
+    start_conf(test, &extra.unwrap_or_default(), None)
+}
+
+/// Like [`start`], with `extra` lines in the server's configuration, and
+/// the credentials the harness connects with.
+pub fn start_conf(test: &str, extra: &str, auth: Option<Auth>) -> Option<NatsServer> {
     let Some(binary) = nats_server_binary() else {
         eprintln!("{test}: skipped: nats-server is not installed (apt-get install -y nats-server)");
         return None;
@@ -45,9 +52,7 @@ pub fn start_with(test: &str, max_payload: Option<usize>) -> Option<NatsServer> 
         "listen: \"127.0.0.1:{port}\"\njetstream {{\n  store_dir: \"{}\"\n}}\n",
         store_dir.display()
     );
-    if let Some(m) = max_payload {
-        text.push_str(&format!("max_payload: {m}\n"));
-    }
+    text.push_str(extra);
     std::fs::write(&conf, text).expect("write nats.conf");
     let mut server = NatsServer {
         binary,
@@ -55,6 +60,7 @@ pub fn start_with(test: &str, max_payload: Option<usize>) -> Option<NatsServer> 
         port,
         conf,
         dir,
+        auth,
     };
     server.launch();
     Some(server)
@@ -71,6 +77,14 @@ pub struct NatsServer {
     port: u16,
     conf: PathBuf,
     dir: tempfile::TempDir,
+    auth: Option<Auth>,
+}
+
+/// How the harness authenticates.
+#[derive(Debug, Clone)]
+pub enum Auth {
+    Token(String),
+    User(String, String),
 }
 
 impl NatsServer {
@@ -112,7 +126,7 @@ impl NatsServer {
             {
                 panic!("nats-server exited with {status}; its log:\n{}", self.log());
             }
-            let mut opts = ConnectOptions::new(&self.url());
+            let mut opts = self.options();
             opts.connect_timeout = Duration::from_secs(1);
             opts.request_timeout = Duration::from_secs(2);
             match Client::connect(&opts).and_then(|mut c| c.stream_info("readiness-probe")) {
@@ -145,8 +159,21 @@ impl NatsServer {
         self.launch();
     }
 
+    fn options(&self) -> ConnectOptions {
+        let mut opts = ConnectOptions::new(&self.url());
+        match &self.auth {
+            Some(Auth::Token(t)) => opts.token = Some(t.clone()),
+            Some(Auth::User(u, p)) => {
+                opts.user = Some(u.clone());
+                opts.password = Some(p.clone());
+            }
+            None => {}
+        }
+        opts
+    }
+
     pub fn client(&self) -> Client {
-        Client::connect(&ConnectOptions::new(&self.url())).expect("connect to the test server")
+        Client::connect(&self.options()).expect("connect to the test server")
     }
 
     #[allow(dead_code)]

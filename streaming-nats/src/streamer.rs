@@ -152,9 +152,13 @@ impl NatsStreamer {
         match self.publish_frame(height) {
             Ok(()) => Ok(()),
             // A reused connection may have been closed by the server while
-            // idle (it answers no PING between blocks): connect again once,
-            // at once. Publishing again is safe: JetStream deduplicates.
-            Err(e @ (NatsError::Io { .. } | NatsError::Protocol { .. })) if !fresh => {
+            // idle (it answers no PING between blocks, so the server may
+            // drop it as stale): connect again once, at once. Publishing
+            // again is safe: the stream is checked on connecting, and
+            // JetStream deduplicates.
+            Err(
+                e @ (NatsError::Io { .. } | NatsError::Protocol { .. } | NatsError::Server { .. }),
+            ) if !fresh => {
                 debug!(streamer = %self.name, height, error = %e, "reconnecting");
                 self.client = Some(self.connect()?);
                 if height <= self.last_in_stream {

@@ -296,3 +296,35 @@ fn faults_token_and_password_authentication() -> anyhow::Result<()> {
     assert!(err.to_string().contains("Authorization Violation"), "{err}");
     Ok(())
 }
+
+#[test]
+fn faults_idle_connection_closed_by_the_server_is_reopened() -> anyhow::Result<()> {
+    // The server pings every 100 ms and drops a client that misses one
+    // PONG; the streamer answers PINGs only while it publishes.
+    let Some(server) = server::start_conf(
+        "faults_idle_connection_closed_by_the_server_is_reopened",
+        "ping_interval: \"100ms\"\nping_max: 1\ndebug: true\n",
+        None,
+    ) else {
+        return Ok(());
+    };
+    let mut store = memory_store();
+    let toml = app_toml(
+        &server.url(),
+        "delivery = \"sync\"\nstop-node-on-error = true",
+    );
+    let mut m = manager(&mut store, &toml)?;
+    commit_block(&mut m, &mut store, 1)?;
+    crate::wait_for(
+        "the server to drop the idle client",
+        std::time::Duration::from_secs(30),
+        || server.log().contains("Stale Client Connection"),
+    );
+    for b in 2..=4 {
+        commit_block(&mut m, &mut store, b)?;
+    }
+    assert_eq!(m.stats()[0].errors, 0);
+    m.close(&mut store)?;
+    assert_exactly_once(&mut server.client(), "statestream", 4);
+    Ok(())
+}

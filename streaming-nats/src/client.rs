@@ -323,6 +323,8 @@ pub struct Client {
     inbox: String,
     next_reply: u64,
     request_timeout: Duration,
+    /// The timeout of the wait in progress (for its error message).
+    waiting: Duration,
     /// Set after an I/O error, a timeout or a protocol error: the stream's
     /// position is unknown, so the connection is not used again.
     broken: bool,
@@ -404,6 +406,7 @@ impl Client {
             inbox: format!("_INBOX.{}", nuid()),
             next_reply: 0,
             request_timeout: opts.request_timeout,
+            waiting: opts.connect_timeout,
             broken: false,
         };
         let deadline = Instant::now() + opts.connect_timeout;
@@ -563,6 +566,7 @@ impl Client {
         out.extend_from_slice(b"\r\n");
         self.write(&out)?;
         let deadline = Instant::now() + self.request_timeout;
+        self.waiting = self.request_timeout;
         let what = format!("the request on {subject}");
         loop {
             let line = self.read_line(deadline, &what)?;
@@ -631,11 +635,11 @@ impl Client {
             return Err(NatsError::Timeout {
                 url: self.url.clone(),
                 what: what.to_string(),
-                timeout: self.request_timeout,
+                timeout: self.waiting,
             });
         }
         let r = self.reader.get_ref().set_read_timeout(Some(left));
-        r.map_err(|e| self.io_error(e, what, self.request_timeout))
+        r.map_err(|e| self.io_error(e, what, self.waiting))
     }
 
     /// Reads one control line (without its CRLF).
@@ -666,7 +670,7 @@ impl Client {
                 String::from_utf8(buf)
                     .map_err(|_| self.protocol("a control line is not UTF-8".into()))
             }
-            Err(e) => Err(self.io_error(e, what, self.request_timeout)),
+            Err(e) => Err(self.io_error(e, what, self.waiting)),
         }
     }
 
@@ -752,7 +756,7 @@ impl Client {
                 }
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(self.io_error(e, what, self.request_timeout)),
+                Err(e) => return Err(self.io_error(e, what, self.waiting)),
             }
         }
         if !body.ends_with(b"\r\n") {

@@ -328,3 +328,30 @@ fn faults_idle_connection_closed_by_the_server_is_reopened() -> anyhow::Result<(
     assert_exactly_once(&mut server.client(), "statestream", 4);
     Ok(())
 }
+
+#[test]
+fn faults_silent_server_times_out() -> anyhow::Result<()> {
+    // Needs no nats-server: a listener that accepts and never speaks.
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let url = format!("nats://{}", listener.local_addr()?);
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in listener.incoming() {
+            held.push(s);
+        }
+    });
+    let mut store = memory_store();
+    let toml = format!(
+        "[store]\nstreamers = [\"nats\"]\n\n[streamers.nats]\ntype = \"nats\"\nkeys = [\"*\"]\n\
+         url = \"{url}\"\nconnect_timeout_ms = 300\ndelivery = \"sync\"\n"
+    );
+    let mut m = manager(&mut store, &toml)?;
+    let err = commit_block(&mut m, &mut store, 1).expect_err("timeout");
+    assert!(matches!(err, Error::Halted { height: 1, .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("no answer to the server's INFO within 300 ms"),
+        "{err}"
+    );
+    Ok(())
+}

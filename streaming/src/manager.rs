@@ -389,7 +389,7 @@ impl DeliveryManager {
                     Mode::Sync { streamer }
                 }
                 Delivery::Async => {
-                    let (tx, rx) = crossbeam_channel::bounded(setup.queue);
+                    let (tx, rx) = crossbeam_channel::bounded(setup.queue.max(1));
                     let worker = Worker {
                         streamer,
                         rx,
@@ -634,6 +634,11 @@ impl DeliveryManager {
     /// Clean shutdown: async workers deliver everything committed (unless a
     /// delivery is failing: then they stop after the current attempt), every
     /// streamer's `on_close` runs, and the cursors are persisted.
+    ///
+    /// Returns [`Error::Halted`] when a streamer with `stop-node-on-error`
+    /// failed (during the run or while draining), so a node that shuts down
+    /// after such a failure does not report success; the cursors are
+    /// persisted first either way.
     pub fn close(mut self, store: &mut MultiStore) -> Result<()> {
         let mut first_err: Option<Error> = None;
         for inst in &mut self.instances {
@@ -648,12 +653,10 @@ impl DeliveryManager {
                         && h.join().is_err()
                         && first_err.is_none()
                     {
-                        {
-                            first_err = Some(Error::Worker {
-                                streamer: inst.setup.name.clone(),
-                                what: "its worker thread panicked".into(),
-                            });
-                        }
+                        first_err = Some(Error::Worker {
+                            streamer: inst.setup.name.clone(),
+                            what: "its worker thread panicked".into(),
+                        });
                     }
                 }
                 Mode::Sync { streamer } => {
@@ -682,8 +685,9 @@ impl DeliveryManager {
                 errors = s.errors, fell_behind = s.fell_behind, caught_up = s.caught_up,
                 "streamer closed");
         }
+        let halted = self.check_halted().err();
         self.instances.clear();
-        match first_err {
+        match halted.or(first_err) {
             Some(e) => Err(e),
             None => Ok(()),
         }

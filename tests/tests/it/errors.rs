@@ -54,7 +54,9 @@ fn errors_sync_stop_node_on_error_halts_at_the_failing_block() {
     let stats = manager.stats();
     assert_eq!(stats[0].delivered_height, 2);
     assert_eq!(stats[0].errors, 1);
-    manager.close(&mut store).unwrap();
+    // close() reports the halt (after persisting the cursors).
+    let closed = manager.close(&mut store);
+    assert!(matches!(closed, Err(Error::Halted { .. })), "{closed:?}");
     handle.verify();
     assert_eq!(store.cursor("rec").unwrap(), Some(2));
 
@@ -181,7 +183,9 @@ fn errors_async_stop_node_on_error_halts_a_later_commit() {
     );
     assert_eq!(store.version(), committed);
     assert_eq!(manager.stats()[0].errors, 1);
-    manager.close(&mut store).unwrap();
+    // close() reports the halt (after persisting the cursors).
+    let closed = manager.close(&mut store);
+    assert!(matches!(closed, Err(Error::Halted { .. })), "{closed:?}");
     handle.verify();
     assert_eq!(store.cursor("rec").unwrap(), Some(2));
 
@@ -288,7 +292,9 @@ fn errors_start_failure_of_async_streamer_halts() {
     });
     let err = err.unwrap();
     assert!(matches!(err, Error::Halted { height: 4, .. }), "{err:?}");
-    manager.close(&mut store).unwrap();
+    // close() reports the halt (after persisting the cursors).
+    let closed = manager.close(&mut store);
+    assert!(matches!(closed, Err(Error::Halted { .. })), "{closed:?}");
     handle.verify();
 }
 

@@ -57,8 +57,11 @@ impl FileStreamer {
         {
             return Err(Error::WriteDir {
                 path: dir,
-                what: "exists and is not a directory",
-                source: io::Error::from(io::ErrorKind::NotADirectory),
+                what: "cannot write to it",
+                source: io::Error::new(
+                    io::ErrorKind::NotADirectory,
+                    "it exists and is not a directory",
+                ),
             });
         }
         fs::create_dir_all(&dir).map_err(|source| Error::WriteDir {

@@ -168,8 +168,11 @@ pub fn execute(args: &NodeArgs, quiet: bool) -> Result<Summary> {
     let counter = RecordCounter::default();
     store.add_listener(&stores.all(), Box::new(counter.clone()))?;
 
+    // Built-ins of statestream (`log`, `process`), plus the types that live
+    // in their own crates because they depend on statestream.
     let mut registry = Registry::with_builtins();
     statestream_file::register(&mut registry);
+    statestream_nats::register(&mut registry);
     let mut manager = DeliveryManager::start(&mut store, &specs, &registry, &args.home)?;
 
     let stop = Arc::new(AtomicBool::new(false));

@@ -3,7 +3,8 @@
 //!
 //! Every subcommand lives in its own module; this file parses the command
 //! line, sets up logging and turns every error into one line on stderr and a
-//! non-zero exit code (2 for usage errors, 1 for everything else).
+//! non-zero exit code (2 for usage errors, 1 for everything else). A panic,
+//! too, becomes one line and exit 1 (see `install_panic_hook`).
 
 mod bench;
 mod blocks;
@@ -57,6 +58,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    install_panic_hook();
     match run() {
         Ok(code) => code,
         // A closed pipe (`statestream dump DIR | head`) is not a failure.
@@ -66,6 +68,28 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A panic is a bug (ours, or of a library such as redb on a corrupt
+/// database file), but the user still gets one line on stderr and exit 1, not
+/// a backtrace. The process exits from the hook, whichever thread panicked:
+/// everything committed is in the store, which is crash safe, so stopping
+/// here is no worse than a crash (a restart resumes from the cursors).
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("a panic without a message");
+        let location = info
+            .location()
+            .map(|l| format!(" (at {}:{})", l.file(), l.line()))
+            .unwrap_or_default();
+        report(&format!("internal error: {message}{location}"));
+        std::process::exit(1);
+    }));
 }
 
 fn run() -> anyhow::Result<ExitCode> {

@@ -433,8 +433,10 @@ impl Parser<'_> {
             });
         };
 
-        // Only the type-specific keys are the streamer's to report on.
-        spellings.retain(|canonical, _| values.contains_key(canonical));
+        // Only the type-specific keys are the streamer's to report on, and
+        // `type`: an unknown type is found later, by the registry, and its
+        // error must point at the key's own line, not the table's.
+        spellings.retain(|canonical, _| values.contains_key(canonical) || canonical == "type");
         let options = StreamerOptions::from_parts(
             self.origin.to_owned(),
             name.to_owned(),

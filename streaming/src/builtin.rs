@@ -10,9 +10,15 @@ use crate::streamer::Streamer;
 pub(crate) fn register(registry: &mut Registry) {
     registry.register("log", |ctx| {
         let opts: LogConfig = ctx.options.parse()?;
+        if opts.every == 0 {
+            return Err(ctx
+                .options
+                .error("every", "expected a positive integer (at least 1), got 0")
+                .into());
+        }
         Ok(Box::new(LogStreamer {
             name: ctx.name.to_string(),
-            every: opts.every.max(1),
+            every: opts.every,
         }))
     });
     crate::process::register(registry);

@@ -170,7 +170,7 @@ fn config_bad_configurations_name_the_key_and_line() {
             "unknown streamer type",
             one("type = \"nosuch\"\nkeys = [\"*\"]\n"),
             "type",
-            4,
+            5,
             "unknown type \"nosuch\" (known types: ",
         ),
         bad(

@@ -80,14 +80,15 @@ fn registry_unknown_type_from_config_names_the_file_and_key() {
         start_from_config(text, &mut store, &Slots::new().registry(), home.path()).unwrap_err();
     let msg = err.to_string();
     assert!(
-        matches!(&err, Error::Config(statestream_config::ConfigError::Key { key, line: Some(4), .. }) if key == "type"),
+        matches!(&err, Error::Config(statestream_config::ConfigError::Key { key, line: Some(5), .. }) if key == "type"),
         "{err:?}"
     );
     for needle in [
         "app.toml",
         "[streamers.mine]",
         "`type`",
-        "(line 4)",
+        // The key's own line, not the table's.
+        "(line 5)",
         "nosuch",
         "log",
         "record",

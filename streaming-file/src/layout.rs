@@ -36,6 +36,11 @@ const TEMP_END: &str = ".tmp";
 /// The write probe's stem, after the prefix.
 const PROBE_WORD: &str = "statestream-probe-";
 
+/// The permission bits block files are created with (less the process's
+/// umask): readable by all, writable by the node's user only.
+#[cfg(unix)]
+pub(crate) const FILE_MODE: u32 = 0o644;
+
 /// The longest file-name prefix accepted, in bytes: keeps every name well under the
 /// usual 255-byte file-name limit.
 pub const MAX_PREFIX_LEN: usize = 128;

@@ -218,12 +218,31 @@ fn write_temp(temp: &Path, parts: &[&[u8]], fsync: bool) -> Result<(), Error> {
             source,
         }
     };
-    let mut file = File::create(temp).map_err(io_err("cannot create"))?;
+    let mut file = create_file(temp).map_err(io_err("cannot create"))?;
     write_all_vectored(&mut file, parts).map_err(io_err("cannot write"))?;
     if fsync {
         file.sync_all().map_err(io_err("cannot fsync"))?;
     }
     Ok(())
+}
+
+/// Creates (or truncates) a block file with mode `0o644` (less the umask):
+/// block files are for readers, any user may read them, only the node's
+/// user may change them, whatever umask the node runs under.
+#[cfg(unix)]
+fn create_file(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(layout::FILE_MODE)
+        .open(path)
+}
+
+#[cfg(not(unix))]
+fn create_file(path: &Path) -> io::Result<File> {
+    File::create(path)
 }
 
 /// `write_all` over several slices, in as few system calls as the OS allows.

@@ -3,6 +3,7 @@
 
 mod config;
 mod fixtures;
+mod paths;
 mod python;
 mod reader;
 mod util;

@@ -722,3 +722,52 @@ fn process_python_killed_is_restarted_and_gets_every_block() -> TestResult {
     assert_eq!(distinct, python_expected(7));
     Ok(())
 }
+
+/// The program is started with the exact argv of `command`: no shell, no
+/// word splitting, no expansion of `$`, `;`, `*` or backquotes. The echo
+/// plugin writes to the file its first argument names, so that file must
+/// exist under its literal name; and a command given as one string with
+/// spaces is one program name, which does not exist.
+#[test]
+fn process_command_is_the_exact_argv_no_shell() -> TestResult {
+    let home = tempfile::tempdir()?;
+    let literal = home.path().join("out $HOME;`touch pwned` *.jsonl");
+    let text = format!(
+        "[store]\nstreamers = [\"plug\"]\n\n[streamers.plug]\ntype = \"process\"\n\
+         keys = [\"bank\"]\ndelivery = \"sync\"\ncommand = [{}, {}]\n",
+        toml_str(&echo_plugin().to_string_lossy()),
+        toml_str(&literal.to_string_lossy()),
+    );
+    let bank = StoreKey::new("bank")?;
+    let mut store = MultiStore::in_memory(std::slice::from_ref(&bank))?;
+    let specs = AppConfig::parse(&text, Path::new("app.toml"))?.resolve(&["bank"])?;
+    let mut manager =
+        DeliveryManager::start(&mut store, &specs, &Registry::with_builtins(), home.path())?;
+    store.set(&bank, b"k", b"v")?;
+    manager.commit(&mut store, BlockMeta::default())?;
+    manager.close(&mut store)?;
+    assert!(literal.is_file(), "{} was not written", literal.display());
+    let mut names: Vec<String> = std::fs::read_dir(home.path())?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()?;
+    names.sort();
+    assert!(!names.iter().any(|n| n == "pwned"), "{names:?}");
+
+    let text = text.replace(
+        &format!(
+            "command = [{}, ",
+            toml_str(&echo_plugin().to_string_lossy())
+        ),
+        "command = [\"sh -c true\", ",
+    );
+    let specs = AppConfig::parse(&text, Path::new("app.toml"))?.resolve(&["bank"])?;
+    let mut store = MultiStore::in_memory(std::slice::from_ref(&bank))?;
+    let err = DeliveryManager::start(&mut store, &specs, &Registry::with_builtins(), home.path())
+        .err()
+        .expect("\"sh -c true\" is not a program");
+    assert!(
+        err.to_string().contains("program \"sh -c true\" not found"),
+        "{err}"
+    );
+    Ok(())
+}

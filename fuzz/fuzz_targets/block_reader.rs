@@ -6,7 +6,8 @@
 //! little-endian u16 giving the meta file's length, the meta file's bytes,
 //! then the data file's bytes.
 //!
-//! `cargo +nightly fuzz run block_reader`
+//! `RUSTC_BOOTSTRAP=1 cargo fuzz run block_reader` (or `cargo +nightly fuzz
+//! run block_reader`).
 
 #![no_main]
 

@@ -1,134 +1,632 @@
-//! `statestream bench`: how fast the demo node commits and streams.
+//! `statestream bench`: what streaming costs, measured against the store
+//! alone and against raw I/O, side by side in one run.
 //!
-//! Runs the demo workload in a fresh home (a temporary directory unless
-//! `--home` is given), then reads the written blocks back, and reports
-//! blocks, records and bytes per second for both.
+//! Every comparison runs its two variants in the same process, alternating
+//! round by round (and swapping which goes first every other round, so
+//! neither always runs on a warmer cache), and reports the median over the
+//! rounds of the per-round ratio. One warm-up round of each is not counted.
+//! `--json` prints one object per line: `name`, `value`, `unit`, and for
+//! comparisons `ratio` (this variant's time or cost over the baseline's:
+//! for throughputs, this variant's throughput over the baseline's) and
+//! `baseline` (the baseline's value, in the same unit). `docs/performance.md`
+//! has the figures and what each measures.
 
+use std::hint::black_box;
 use std::io::Write;
-use std::path::PathBuf;
-use std::process::ExitCode;
-use std::time::Instant;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
-use statestream_file::{BlockDir, ReadOptions};
-use statestream_store::to_hex;
+use anyhow::{Context, Result, bail};
+use statestream::{
+    Block, BlockMeta, Delivery, DeliveryManager, StoreSelection, StreamerContext, StreamerSetup,
+};
+use statestream_config::StreamerOptions;
+use statestream_file::{BlockDir, FileStreamer, FileStreamerConfig, ReadOptions};
+use statestream_store::{CommitInput, KvStore, MultiStore, StoreKey, StoreOptions};
 
-use crate::node::{self, NodeArgs};
+use crate::blocks::DirArgs;
+use crate::{replay, verify};
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Blocks to commit.
-    #[arg(long, value_name = "N", default_value_t = 1000)]
-    blocks: u64,
-
-    /// Writes the transactions of one block make.
-    #[arg(long, value_name = "K", default_value_t = 64)]
-    writes_per_block: usize,
-
-    /// An app.toml (default: the node's built-in one, a file streamer).
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-
-    /// Where to run (must not hold a store yet); default: a temporary
-    /// directory, removed afterwards.
-    #[arg(long, value_name = "DIR")]
-    home: Option<PathBuf>,
-
-    /// fsync every commit, as the node does by default (the benchmark
-    /// does not, unless told).
-    #[arg(long)]
-    fsync: bool,
-
-    /// One JSON object on the last line of stdout.
+    /// Print one JSON object per figure: name, value, unit, and for
+    /// comparisons ratio and baseline.
     #[arg(long)]
     json: bool,
+
+    /// Small sizes and few rounds: checks that every workload runs, in
+    /// seconds; the figures mean little.
+    #[arg(long)]
+    quick: bool,
 }
 
-pub fn run(args: BenchArgs, quiet: bool) -> Result<ExitCode> {
-    let tmp;
-    let home = match &args.home {
-        Some(h) => {
-            if h.join("data/store.redb").exists() {
-                bail!(
-                    "{}: already holds a store; bench needs a new home",
-                    h.display()
-                );
-            }
-            h.clone()
-        }
-        None => {
-            tmp = tempfile_dir()?;
-            tmp.path().to_path_buf()
-        }
-    };
-    let node_args = NodeArgs::bench(
-        home.clone(),
-        args.config.clone(),
-        args.blocks,
-        args.writes_per_block,
-        args.fsync,
-    );
-    let summary = node::execute(&node_args, quiet)?;
-    let commit_secs = summary.elapsed.as_secs_f64().max(1e-9);
+const KEY_LEN: usize = 32;
+const VALUE_LEN: usize = 100;
+const STORE_NAMES: [&str; 4] = ["acc", "bank", "gov", "staking"];
 
-    // Read back what the default file streamer wrote (when it is there).
-    let dir = home.join("data/streaming");
-    let read = if dir.is_dir() {
-        let started = Instant::now();
-        let blocks = BlockDir::open(&dir, "", ReadOptions::default())?;
-        let (mut n, mut bytes, mut records) = (0u64, 0u64, 0u64);
-        for h in blocks.heights()? {
-            let b = blocks.open_block(h)?;
-            bytes += b.payload().len() as u64;
-            for r in b.records() {
-                r?;
-                records += 1;
-            }
-            n += 1;
-        }
-        Some((n, records, bytes, started.elapsed().as_secs_f64().max(1e-9)))
-    } else {
-        None
-    };
+/// How much each workload does.
+struct Sizes {
+    /// Counted rounds of every comparison (odd: the median is a round's).
+    rounds: usize,
+    /// Writes per block (1,000 in the full run).
+    writes: usize,
+    /// Blocks per variant per round of the commit comparisons.
+    commit_blocks: u64,
+    /// Blocks of the corpus the writer, reader, verify and replay read.
+    corpus_blocks: u64,
+    /// Rounds of replay (slow: it commits every block again).
+    replay_rounds: usize,
+    /// The node runs of the memory figure: fewer and more blocks.
+    rss_blocks: (u64, u64),
+}
 
-    let mut out = std::io::stdout().lock();
-    let blocks = summary.committed;
-    writeln!(
-        out,
-        "commit+stream: {blocks} blocks, {} records in {:.3} s: {:.0} blocks/s, {:.0} records/s",
-        summary.records,
-        commit_secs,
-        blocks as f64 / commit_secs,
-        summary.records as f64 / commit_secs
-    )?;
-    if let Some((n, records, bytes, secs)) = read {
-        writeln!(
-            out,
-            "read back: {n} blocks, {records} records, {bytes} bytes in {secs:.3} s: {:.0} blocks/s, {:.1} MiB/s",
-            n as f64 / secs,
-            bytes as f64 / secs / (1024.0 * 1024.0)
-        )?;
+const FULL: Sizes = Sizes {
+    rounds: 9,
+    writes: 1_000,
+    commit_blocks: 32,
+    corpus_blocks: 200,
+    replay_rounds: 3,
+    rss_blocks: (2_000, 10_000),
+};
+
+const QUICK: Sizes = Sizes {
+    rounds: 3,
+    writes: 200,
+    commit_blocks: 2,
+    corpus_blocks: 6,
+    replay_rounds: 1,
+    rss_blocks: (40, 120),
+};
+
+/// The slow streamer of the memory figure: this long per block, with a
+/// queue of this many blocks (the node commits a block much faster).
+const SLOW_MS: u64 = 1;
+const SLOW_QUEUE: usize = 2;
+
+/// One line of the report.
+struct Figure {
+    name: &'static str,
+    value: f64,
+    unit: &'static str,
+    /// This variant's time or cost over the baseline's; for throughputs,
+    /// this variant's throughput over the baseline's.
+    ratio: Option<f64>,
+    baseline: Option<f64>,
+}
+
+impl Figure {
+    fn print(&self, json: bool) -> Result<()> {
+        let mut out = std::io::stdout().lock();
+        if json {
+            let mut v = serde_json::json!({
+                "name": self.name,
+                "value": round3(self.value),
+                "unit": self.unit,
+            });
+            if let Some(r) = self.ratio {
+                v["ratio"] = serde_json::json!(round3(r));
+            }
+            if let Some(b) = self.baseline {
+                v["baseline"] = serde_json::json!(round3(b));
+            }
+            writeln!(out, "{v}")?;
+        } else {
+            write!(out, "{:<24} {:>10.3} {}", self.name, self.value, self.unit)?;
+            if let (Some(r), Some(b)) = (self.ratio, self.baseline) {
+                write!(out, " (baseline {b:.3} {}, ratio {r:.3})", self.unit)?;
+            }
+            writeln!(out)?;
+        }
+        out.flush()?;
+        Ok(())
     }
-    if args.json {
-        let v = serde_json::json!({
-            "height": summary.info.version,
-            "app_hash": to_hex(&summary.info.app_hash),
-            "blocks": blocks,
-            "records": summary.records,
-            "commit_ms": summary.elapsed.as_millis() as u64,
-            "blocks_per_sec": blocks as f64 / commit_secs,
-            "records_per_sec": summary.records as f64 / commit_secs,
-            "read_blocks": read.map(|r| r.0),
-            "read_bytes": read.map(|r| r.2),
-            "read_ms": read.map(|r| (r.3 * 1000.0) as u64),
-        });
-        writeln!(out, "{v}")?;
+}
+
+fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+pub fn run(args: BenchArgs, _quiet: bool) -> Result<ExitCode> {
+    let sizes = if args.quick { &QUICK } else { &FULL };
+    let tmp = tempfile::Builder::new()
+        .prefix("statestream-bench-")
+        .tempdir()
+        .context("cannot create a temporary directory")?;
+    let tmp = tmp.path();
+    let stores = bench_stores()?;
+
+    for delivery in [Delivery::Async, Delivery::Sync] {
+        commit_overhead(sizes, &stores, delivery, tmp)?.print(args.json)?;
     }
+
+    let corpus = Corpus::build(sizes, &stores, &tmp.join("corpus"))?;
+    writer_vs_raw(sizes, &corpus, &tmp.join("writer"))?.print(args.json)?;
+    reader_vs_raw(sizes, &corpus)?.print(args.json)?;
+    verify_mb_s(sizes, &corpus)?.print(args.json)?;
+    replay_mb_s(sizes, &corpus, &tmp.join("replay"))?.print(args.json)?;
+    node_peak_rss(sizes, &tmp.join("node"))?.print(args.json)?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn tempfile_dir() -> Result<tempfile::TempDir> {
-    Ok(tempfile::Builder::new()
-        .prefix("statestream-bench-")
-        .tempdir()?)
+fn bench_stores() -> Result<Vec<StoreKey>> {
+    STORE_NAMES
+        .iter()
+        .map(|n| StoreKey::new(n).with_context(|| format!("store name {n:?}")))
+        .collect()
+}
+
+/// splitmix64: keys land all over the btree, as real hashed keys do.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let bytes = self.next().to_be_bytes();
+            chunk.copy_from_slice(&bytes[..chunk.len()]);
+        }
+    }
+}
+
+/// Writes one block of `writes` random sets, spread over the stores,
+/// through a cache layer (as a transaction does); the caller commits.
+fn write_block(
+    store: &mut MultiStore,
+    stores: &[StoreKey],
+    rng: &mut SplitMix64,
+    writes: usize,
+) -> Result<()> {
+    let mut key = [0u8; KEY_LEN];
+    let mut value = [0u8; VALUE_LEN];
+    let mut tx = store.cache();
+    for i in 0..writes {
+        rng.fill(&mut key);
+        rng.fill(&mut value);
+        tx.set(&stores[i % stores.len()], &key, &value)?;
+    }
+    tx.write()?;
+    Ok(())
+}
+
+fn file_streamer(dir: &Path, stores: &[StoreKey]) -> Result<FileStreamer> {
+    let options = StreamerOptions::default();
+    let config = FileStreamerConfig {
+        write_dir: dir.to_path_buf(),
+        ..FileStreamerConfig::default()
+    };
+    let ctx = StreamerContext {
+        name: "file",
+        stores,
+        options: &options,
+        home: dir,
+    };
+    Ok(config.build(&ctx)?)
+}
+
+/// The median of `v` (not empty).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Runs `a` (the variant) and `b` (the baseline) alternately, one warm-up
+/// round and `rounds` counted ones; each returns the seconds it measured.
+/// Returns the medians of `a`'s and `b`'s seconds and of the per-round
+/// ratio `a / b`.
+fn alternate(
+    rounds: usize,
+    mut a: impl FnMut(usize) -> Result<f64>,
+    mut b: impl FnMut(usize) -> Result<f64>,
+) -> Result<(f64, f64, f64)> {
+    let (mut ta, mut tb, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..=rounds {
+        let (sa, sb) = if round % 2 == 0 {
+            let sa = a(round)?;
+            (sa, b(round)?)
+        } else {
+            let sb = b(round)?;
+            (a(round)?, sb)
+        };
+        if round > 0 {
+            ta.push(sa);
+            tb.push(sb);
+            ratios.push(sa / sb.max(1e-12));
+        }
+    }
+    Ok((median(ta), median(tb), median(ratios)))
+}
+
+/// `commit_overhead_async` / `commit_overhead_sync`: the time of the commit
+/// call with one file streamer (through the delivery manager) over the
+/// store's own commit (pruning the change log as a node without streamers
+/// does), both on disk without fsync, same blocks. The writes
+/// of a block are not timed (they are the same either way). After every
+/// round of the streamed variant the async streamer is let catch up,
+/// untimed, so that its worker does not run into the baseline's round.
+fn commit_overhead(
+    sizes: &Sizes,
+    stores: &[StoreKey],
+    delivery: Delivery,
+    tmp: &Path,
+) -> Result<Figure> {
+    let (name, label) = match delivery {
+        Delivery::Sync => ("commit_overhead_sync", "sync"),
+        _ => ("commit_overhead_async", "async"),
+    };
+    let alone_dir = tmp.join(format!("commit-{label}-alone"));
+    let streamed_dir = tmp.join(format!("commit-{label}-streamed"));
+    for d in [&alone_dir, &streamed_dir] {
+        std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+    }
+    let options = StoreOptions { fsync: false };
+    let mut alone = MultiStore::open(&alone_dir.join("store.redb"), stores, options.clone())?;
+    let mut streamed = MultiStore::open(&streamed_dir.join("store.redb"), stores, options)?;
+    let streamer = file_streamer(&streamed_dir.join("streaming"), stores)?;
+    let setup = StreamerSetup::new("file", stores).delivery(delivery);
+    let mut manager =
+        DeliveryManager::with_streamers(&mut streamed, vec![(setup, Box::new(streamer))])?;
+    // Both stores get the same blocks.
+    let (mut rng_alone, mut rng_streamed) = (SplitMix64(7), SplitMix64(7));
+    let meta = BlockMeta::default();
+    let blocks = sizes.commit_blocks;
+
+    let (with, without, ratio) = alternate(
+        sizes.rounds,
+        |_| {
+            let mut secs = 0.0;
+            for _ in 0..blocks {
+                write_block(&mut streamed, stores, &mut rng_streamed, sizes.writes)?;
+                let started = Instant::now();
+                manager.commit(&mut streamed, meta.clone())?;
+                secs += started.elapsed().as_secs_f64();
+            }
+            wait_delivered(&manager, streamed.version())?;
+            Ok(secs)
+        },
+        |_| {
+            let mut secs = 0.0;
+            for _ in 0..blocks {
+                write_block(&mut alone, stores, &mut rng_alone, sizes.writes)?;
+                let started = Instant::now();
+                // Pruned as the delivery manager prunes with no streamer
+                // behind: the change log keeps the last block only.
+                let input = CommitInput::new()
+                    .app_meta(meta.encode_app_meta())
+                    .prune_below(alone.version() + 1);
+                alone.commit_block(input)?;
+                secs += started.elapsed().as_secs_f64();
+            }
+            Ok(secs)
+        },
+    )?;
+    manager.close(&mut streamed)?;
+    streamed.close()?;
+    alone.close()?;
+    let per_block_ms = |secs: f64| secs * 1000.0 / blocks as f64;
+    Ok(Figure {
+        name,
+        value: per_block_ms(with),
+        unit: "ms/block",
+        ratio: Some(ratio),
+        baseline: Some(per_block_ms(without)),
+    })
+}
+
+/// Waits until every streamer of `manager` delivered `height`.
+fn wait_delivered(manager: &DeliveryManager, height: u64) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while manager.stats().iter().any(|s| s.delivered_height < height) {
+        if Instant::now() > deadline {
+            bail!("the streamer did not deliver block {height} within a minute");
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    Ok(())
+}
+
+/// The blocks the file workloads write and read: committed on an in-memory
+/// store (so their hashes chain from height 1), and written once by a file
+/// streamer to `dir`.
+struct Corpus {
+    stores: Vec<StoreKey>,
+    blocks: Vec<Block>,
+    dir: PathBuf,
+    /// Every file the streamer wrote (name, bytes), in name order.
+    files: Vec<(String, Vec<u8>)>,
+    /// Bytes of all files (data and meta).
+    file_bytes: u64,
+    /// Payload bytes of the data files.
+    payload_bytes: u64,
+}
+
+impl Corpus {
+    fn build(sizes: &Sizes, stores: &[StoreKey], dir: &Path) -> Result<Corpus> {
+        let mut store = MultiStore::in_memory(stores)?;
+        let selection = StoreSelection::all(stores);
+        let meta = Arc::new(BlockMeta::default());
+        let mut rng = SplitMix64(11);
+        let mut blocks = Vec::new();
+        for _ in 0..sizes.corpus_blocks {
+            write_block(&mut store, stores, &mut rng, sizes.writes)?;
+            let changes =
+                store.commit_block(CommitInput::new().app_meta(meta.encode_app_meta()))?;
+            blocks.push(Block::new(changes, Arc::clone(&meta), &selection));
+        }
+        let mut streamer = file_streamer(dir, stores)?;
+        for b in &blocks {
+            statestream::Streamer::on_block(&mut streamer, b)?;
+        }
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            files.push((name, std::fs::read(entry.path())?));
+        }
+        files.sort();
+        let file_bytes = files.iter().map(|(_, b)| b.len() as u64).sum();
+        let payload_bytes = blocks.iter().map(|b| b.encoded_len() as u64).sum();
+        Ok(Corpus {
+            stores: stores.to_vec(),
+            blocks,
+            dir: dir.to_path_buf(),
+            files,
+            file_bytes,
+            payload_bytes,
+        })
+    }
+
+    fn dir_args(&self) -> DirArgs {
+        DirArgs {
+            dir: self.dir.clone(),
+            prefix: String::new(),
+            mmap: false,
+        }
+    }
+}
+
+fn mb_s(bytes: u64, secs: f64) -> f64 {
+    bytes as f64 / 1e6 / secs.max(1e-12)
+}
+
+/// `writer_vs_raw`: the file streamer writing the corpus (data and meta
+/// files, through temporary names and renames, fsync off) against
+/// `fs::write` of the same bytes to files of the same names. Each round
+/// writes into a new directory; removing it is not timed.
+fn writer_vs_raw(sizes: &Sizes, corpus: &Corpus, tmp: &Path) -> Result<Figure> {
+    let round_dir = |round: usize, what: &str| tmp.join(format!("{what}-{round}"));
+    let (streamer_secs, raw_secs, time_ratio) = alternate(
+        sizes.rounds,
+        |round| {
+            let dir = round_dir(round, "streamer");
+            let mut streamer = file_streamer(&dir, &corpus.stores)?;
+            let started = Instant::now();
+            for b in &corpus.blocks {
+                statestream::Streamer::on_block(&mut streamer, b)?;
+            }
+            let secs = started.elapsed().as_secs_f64();
+            std::fs::remove_dir_all(&dir)?;
+            Ok(secs)
+        },
+        |round| {
+            let dir = round_dir(round, "raw");
+            std::fs::create_dir_all(&dir)?;
+            let started = Instant::now();
+            for (name, bytes) in &corpus.files {
+                std::fs::write(dir.join(name), bytes)?;
+            }
+            let secs = started.elapsed().as_secs_f64();
+            std::fs::remove_dir_all(&dir)?;
+            Ok(secs)
+        },
+    )?;
+    Ok(Figure {
+        name: "writer_vs_raw",
+        value: mb_s(corpus.file_bytes, streamer_secs),
+        unit: "MB/s",
+        ratio: Some(1.0 / time_ratio),
+        baseline: Some(mb_s(corpus.file_bytes, raw_secs)),
+    })
+}
+
+/// `reader_vs_raw`: the reader (list the directory, open every block: read
+/// the data and meta files, check lengths and CRC, decode the metadata;
+/// decode every record) against listing the directory and reading every
+/// file with `fs::read`, both from the page cache (the corpus was just
+/// written and read). Throughput is payload bytes per second for both.
+fn reader_vs_raw(sizes: &Sizes, corpus: &Corpus) -> Result<Figure> {
+    let (reader_secs, raw_secs, time_ratio) = alternate(
+        sizes.rounds,
+        |_| {
+            let started = Instant::now();
+            let dir = BlockDir::open(&corpus.dir, "", ReadOptions::default())?;
+            let mut bytes = 0u64;
+            for h in dir.heights()? {
+                let block = dir.open_block(h)?;
+                for r in block.records() {
+                    black_box(r?);
+                }
+                bytes += block.payload().len() as u64;
+            }
+            let secs = started.elapsed().as_secs_f64();
+            if bytes != corpus.payload_bytes {
+                bail!(
+                    "the reader read {bytes} payload bytes, the corpus has {}",
+                    corpus.payload_bytes
+                );
+            }
+            Ok(secs)
+        },
+        |_| {
+            let started = Instant::now();
+            let mut bytes = 0u64;
+            for entry in std::fs::read_dir(&corpus.dir)? {
+                bytes += black_box(std::fs::read(entry?.path())?).len() as u64;
+            }
+            let secs = started.elapsed().as_secs_f64();
+            if bytes != corpus.file_bytes {
+                bail!("read {bytes} bytes, the corpus has {}", corpus.file_bytes);
+            }
+            Ok(secs)
+        },
+    )?;
+    Ok(Figure {
+        name: "reader_vs_raw",
+        value: mb_s(corpus.payload_bytes, reader_secs),
+        unit: "MB/s",
+        ratio: Some(1.0 / time_ratio),
+        baseline: Some(mb_s(corpus.payload_bytes, raw_secs)),
+    })
+}
+
+/// `verify_mb_s`: `statestream verify` over the corpus, payload bytes per
+/// second, median of the rounds.
+fn verify_mb_s(sizes: &Sizes, corpus: &Corpus) -> Result<Figure> {
+    let args = corpus.dir_args();
+    let mut rates = Vec::new();
+    for round in 0..=sizes.rounds {
+        let started = Instant::now();
+        let totals = verify::verify(&args, true)?;
+        let secs = started.elapsed().as_secs_f64();
+        if round > 0 {
+            rates.push(mb_s(totals.bytes, secs));
+        }
+    }
+    Ok(Figure {
+        name: "verify_mb_s",
+        value: median(rates),
+        unit: "MB/s",
+        ratio: None,
+        baseline: None,
+    })
+}
+
+/// `replay_mb_s`: `statestream replay` of the corpus into a new store (on
+/// disk, fsync off, as replay does), payload bytes per second, median of
+/// the rounds.
+fn replay_mb_s(sizes: &Sizes, corpus: &Corpus, tmp: &Path) -> Result<Figure> {
+    let args = corpus.dir_args();
+    let mut rates = Vec::new();
+    for round in 0..sizes.replay_rounds {
+        let into = tmp.join(format!("home-{round}"));
+        let started = Instant::now();
+        let replayed = replay::replay(&args, &into, true)?;
+        let secs = started.elapsed().as_secs_f64();
+        if replayed.blocks as u64 != sizes.corpus_blocks {
+            bail!(
+                "replayed {} blocks of {}",
+                replayed.blocks,
+                sizes.corpus_blocks
+            );
+        }
+        rates.push(mb_s(replayed.bytes, secs));
+        std::fs::remove_dir_all(&into)?;
+    }
+    Ok(Figure {
+        name: "replay_mb_s",
+        value: median(rates),
+        unit: "MB/s",
+        ratio: None,
+        baseline: None,
+    })
+}
+
+/// `node_peak_rss_mb`: the peak resident memory (VmHWM) of `statestream
+/// node` with one async streamer much slower than the node (a sleep per
+/// block, a queue of two), over the larger number of blocks; the ratio is
+/// the peak over the larger number over the peak over the smaller one (1.0:
+/// memory does not grow with the number of blocks).
+fn node_peak_rss(sizes: &Sizes, tmp: &Path) -> Result<Figure> {
+    std::fs::create_dir_all(tmp)?;
+    let config = tmp.join("app.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\nstreamers = [\"slow\"]\n\n[streamers.slow]\ntype = \"slow\"\nkeys = [\"*\"]\n\
+             delivery = \"async\"\nqueue = {SLOW_QUEUE}\nstop-node-on-error = true\n"
+        ),
+    )?;
+    let exe = std::env::current_exe().context("cannot find the statestream binary")?;
+    let (small, large) = sizes.rss_blocks;
+    let mut peaks = [0u64; 2];
+    // One run each, smaller first: a peak is a count of pages, not a
+    // timing, and varies little from run to run.
+    for (i, blocks) in [small, large].into_iter().enumerate() {
+        let home = tmp.join(format!("home-{blocks}"));
+        peaks[i] = node_peak_kb(&exe, &home, &config, blocks)?;
+        std::fs::remove_dir_all(&home)?;
+    }
+    let mb = |kb: u64| kb as f64 * 1024.0 / 1e6;
+    Ok(Figure {
+        name: "node_peak_rss_mb",
+        value: mb(peaks[1]),
+        unit: "MB",
+        ratio: Some(peaks[1] as f64 / peaks[0].max(1) as f64),
+        baseline: Some(mb(peaks[0])),
+    })
+}
+
+/// Runs the node for `blocks` blocks and returns its peak VmHWM in kB,
+/// read from /proc while it runs (the peak only grows, so the last reading
+/// before it exits is its peak up to then).
+fn node_peak_kb(exe: &Path, home: &Path, config: &Path, blocks: u64) -> Result<u64> {
+    let mut child = Command::new(exe)
+        .arg("--quiet")
+        .arg("node")
+        .arg("--home")
+        .arg(home)
+        .arg("--config")
+        .arg(config)
+        .args(["--blocks", &blocks.to_string()])
+        .args(["--writes-per-block", "64", "--no-fsync"])
+        .args(["--slow-streamer-ms", &SLOW_MS.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot start statestream node")?;
+    let status_path = format!("/proc/{}/status", child.id());
+    let mut peak = 0u64;
+    let status = loop {
+        if let Ok(text) = std::fs::read_to_string(&status_path)
+            && let Some(kb) = vm_hwm_kb(&text)
+        {
+            peak = peak.max(kb);
+        }
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    if !status.success() {
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        }
+        bail!("statestream node failed ({status}): {}", err.trim());
+    }
+    if peak == 0 {
+        bail!("could not read VmHWM of statestream node from {status_path}");
+    }
+    Ok(peak)
+}
+
+fn vm_hwm_kb(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use statestream::{DeliveryManager, Registry, StreamerStats};
+use statestream::{Block, DeliveryManager, Registry, StreamError, Streamer, StreamerStats};
 use statestream_config::AppConfig;
 use statestream_store::{CommitInfo, MultiStore, StoreKey, StoreOptions, WriteListener, to_hex};
 
@@ -75,9 +75,31 @@ pub struct NodeArgs {
     /// it, identically). The default fsyncs every commit.
     #[arg(long)]
     no_fsync: bool,
+
+    /// Registers a streamer type `slow` that sleeps this many milliseconds
+    /// per block and writes nothing: `statestream bench` runs the node with
+    /// it to show that a streamer slower than the node does not make the
+    /// node's memory grow.
+    #[arg(long, value_name = "MS", hide = true)]
+    slow_streamer_ms: Option<u64>,
 }
 
 type StoreAndKey = (String, Vec<u8>);
+
+/// The streamer type `--slow-streamer-ms` registers.
+const SLOW_TYPE: &str = "slow";
+
+/// A streamer that only takes its time: it sleeps for `pause` per block.
+struct SlowStreamer {
+    pause: Duration,
+}
+
+impl Streamer for SlowStreamer {
+    fn on_block(&mut self, _block: &Block) -> std::result::Result<(), StreamError> {
+        std::thread::sleep(self.pause);
+        Ok(())
+    }
+}
 
 /// Counts a block's records: the distinct (store, key) pairs written to the
 /// root between two commits, which is the size of the block's change set.
@@ -120,27 +142,6 @@ pub fn run(args: NodeArgs, quiet: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-impl NodeArgs {
-    /// The arguments of a benchmark run in `home`.
-    pub fn bench(
-        home: PathBuf,
-        config: Option<PathBuf>,
-        blocks: u64,
-        writes_per_block: usize,
-        fsync: bool,
-    ) -> NodeArgs {
-        NodeArgs {
-            home,
-            config,
-            blocks,
-            writes_per_block,
-            seed: None,
-            json: false,
-            no_fsync: !fsync,
-        }
-    }
-}
-
 /// Runs the node: commits `args.blocks` blocks (fewer on Ctrl-C), closes
 /// the streamers and the store.
 pub fn execute(args: &NodeArgs, quiet: bool) -> Result<Summary> {
@@ -172,6 +173,10 @@ pub fn execute(args: &NodeArgs, quiet: bool) -> Result<Summary> {
     // in their own crates because they depend on statestream.
     let mut registry = Registry::with_builtins();
     statestream_file::register(&mut registry);
+    if let Some(ms) = args.slow_streamer_ms {
+        let pause = Duration::from_millis(ms);
+        registry.register(SLOW_TYPE, move |_| Ok(Box::new(SlowStreamer { pause })));
+    }
     statestream_nats::register(&mut registry);
     let mut manager = DeliveryManager::start(&mut store, &specs, &registry, &args.home)?;
 

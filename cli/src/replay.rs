@@ -9,13 +9,13 @@
 
 use std::collections::BTreeSet;
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use statestream_store::{KvStore, MultiStore, StoreKey, StoreOptions, to_hex};
+use statestream_store::{CommitInfo, KvStore, MultiStore, StoreKey, StoreOptions, to_hex};
 
 use crate::blocks::DirArgs;
 
@@ -36,14 +36,59 @@ pub struct ReplayArgs {
     json: bool,
 }
 
+/// What a replay did.
+pub(crate) struct Replayed {
+    pub(crate) blocks: usize,
+    pub(crate) records: u64,
+    /// Payload bytes of the data files replayed.
+    pub(crate) bytes: u64,
+    path: PathBuf,
+    info: CommitInfo,
+    names: Vec<String>,
+    hashes_checked: u64,
+    app_hash_checked: u64,
+}
+
 pub fn run(args: ReplayArgs, quiet: bool) -> Result<ExitCode> {
     let started = Instant::now();
-    let dir = args.dir.open()?;
-    let heights = args.dir.heights(&dir)?;
+    let r = replay(&args.dir, &args.into, quiet)?;
+    let hash = to_hex(&r.info.app_hash);
+    if !quiet || args.json {
+        println!(
+            "replayed {} blocks, {} records into {}; height {}, app hash {hash}",
+            r.blocks,
+            r.records,
+            r.path.display(),
+            r.info.version
+        );
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "height": r.info.version,
+                "app_hash": hash,
+                "blocks": r.blocks,
+                "records": r.records,
+                "stores": r.names,
+                "store_hashes_checked": r.hashes_checked,
+                "app_hashes_checked": r.app_hash_checked,
+                "elapsed_ms": started.elapsed().as_millis() as u64,
+            })
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Replays the blocks of `args` into a new store in `into`, checking the
+/// hashes; `quiet` hides the progress bar.
+pub(crate) fn replay(args: &DirArgs, into: &Path, quiet: bool) -> Result<Replayed> {
+    let dir = args.open()?;
+    let heights = args.heights(&dir)?;
     if heights[0] != 1 {
         bail!(
             "{}: replay needs every block from height 1, the first block here is {}",
-            args.dir.dir.display(),
+            args.dir.display(),
             heights[0]
         );
     }
@@ -77,16 +122,16 @@ pub fn run(args: ReplayArgs, quiet: bool) -> Result<ExitCode> {
         }
     };
     if names.is_empty() {
-        bail!("{}: the blocks name no store", args.dir.dir.display());
+        bail!("{}: the blocks name no store", args.dir.display());
     }
     let keys = names
         .iter()
         .map(|n| StoreKey::new(n).with_context(|| format!("store name {n:?}")))
         .collect::<Result<Vec<_>>>()?;
 
-    std::fs::create_dir_all(args.into.join("data"))
-        .with_context(|| format!("cannot create {}", args.into.display()))?;
-    let path = args.into.join(STORE_PATH);
+    std::fs::create_dir_all(into.join("data"))
+        .with_context(|| format!("cannot create {}", into.display()))?;
+    let path = into.join(STORE_PATH);
     let mut store = MultiStore::open(&path, &keys, StoreOptions { fsync: false })
         .with_context(|| format!("cannot open the store {}", path.display()))?;
     if store.version() != 0 {
@@ -105,10 +150,12 @@ pub fn run(args: ReplayArgs, quiet: bool) -> Result<ExitCode> {
         bar
     });
     let mut records = 0u64;
+    let mut bytes = 0u64;
     let mut hashes_checked = 0u64;
     let mut app_hash_checked = 0u64;
     for &height in &heights {
         let block = dir.open_block(height)?;
+        bytes += block.payload().len() as u64;
         for r in block.records() {
             let r = r?;
             let key = keys.iter().find(|k| k.name() == r.store).with_context(|| {
@@ -166,30 +213,14 @@ pub fn run(args: ReplayArgs, quiet: bool) -> Result<ExitCode> {
     }
     let info = store.last_commit();
     store.close()?;
-
-    let hash = to_hex(&info.app_hash);
-    if !quiet || args.json {
-        println!(
-            "replayed {} blocks, {records} records into {}; height {}, app hash {hash}",
-            heights.len(),
-            path.display(),
-            info.version
-        );
-    }
-    if args.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "height": info.version,
-                "app_hash": hash,
-                "blocks": heights.len(),
-                "records": records,
-                "stores": names,
-                "store_hashes_checked": hashes_checked,
-                "app_hashes_checked": app_hash_checked,
-                "elapsed_ms": started.elapsed().as_millis() as u64,
-            })
-        );
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(Replayed {
+        blocks: heights.len(),
+        records,
+        bytes,
+        path,
+        info,
+        names,
+        hashes_checked,
+        app_hash_checked,
+    })
 }

@@ -36,10 +36,11 @@ pub struct VerifyArgs {
 }
 
 #[derive(Debug, Default)]
-struct Totals {
+pub(crate) struct Totals {
     blocks: u64,
     records: u64,
-    bytes: u64,
+    /// Payload bytes of the data files.
+    pub(crate) bytes: u64,
     without_meta: u64,
     chained_links: u64,
 }
@@ -62,7 +63,8 @@ pub fn run(args: VerifyArgs, quiet: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn verify(args: &DirArgs, quiet: bool) -> Result<Totals> {
+/// Verifies the directory; `quiet` hides the progress bar.
+pub(crate) fn verify(args: &DirArgs, quiet: bool) -> Result<Totals> {
     let dir = args.open()?;
     let heights = args.heights(&dir)?;
     let progress = (!quiet && heights.len() >= PROGRESS_FROM && std::io::stderr().is_terminal())

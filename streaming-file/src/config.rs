@@ -51,9 +51,10 @@ pub struct FileStreamerConfig {
     #[serde(default = "yes")]
     pub output_metadata: bool,
     /// fsync every file before renaming it into place, and the directory
-    /// after. Default `false` (the rename keeps files whole, but the last
-    /// blocks may vanish in a power loss; the node then writes them again
-    /// from its change log, as the cursor is only saved after delivery).
+    /// after. Default `false`: the rename keeps files whole through a
+    /// process crash, but a power loss may lose the last files although the
+    /// cursor already moved past them (it is saved with a later commit), and
+    /// they are not written again; `statestream verify` finds the gap.
     #[serde(default)]
     pub fsync: bool,
 }

@@ -93,7 +93,7 @@ fn bad_input_app_toml_files() {
         ),
         (
             "streamer listed twice",
-            format!("[store]\nstreamers = [\"f\", \"f\"]\n[streamers.f]\nkeys = [\"*\"]\n"),
+            "[store]\nstreamers = [\"f\", \"f\"]\n[streamers.f]\nkeys = [\"*\"]\n".into(),
             vec!["key `streamers` (line 2)", "listed twice"],
         ),
         (

@@ -763,8 +763,7 @@ fn process_command_is_the_exact_argv_no_shell() -> TestResult {
     let specs = AppConfig::parse(&text, Path::new("app.toml"))?.resolve(&["bank"])?;
     let mut store = MultiStore::in_memory(std::slice::from_ref(&bank))?;
     let err = DeliveryManager::start(&mut store, &specs, &Registry::with_builtins(), home.path())
-        .err()
-        .expect("\"sh -c true\" is not a program");
+        .expect_err("\"sh -c true\" is not a program");
     assert!(
         err.to_string().contains("program \"sh -c true\" not found"),
         "{err}"

@@ -46,12 +46,11 @@ impl<'p> Cache<'p> {
 
     /// Flushes the writes into the parent, by store name then key.
     pub fn write(self) -> Result<()> {
+        // The keys and values move into the parent: a write-back copies no
+        // key or value bytes.
         for (store, writes) in self.writes {
             for (key, value) in writes {
-                match value {
-                    Some(v) => self.parent.set(&store, &key, &v)?,
-                    None => self.parent.delete(&store, &key)?,
-                }
+                self.parent.write_owned(&store, key, value)?;
             }
         }
         Ok(())
@@ -60,17 +59,23 @@ impl<'p> Cache<'p> {
     /// Discards the writes (the same as dropping the cache).
     pub fn discard(self) {}
 
-    fn record(&mut self, store: &StoreKey, key: &[u8], value: Option<&[u8]>) -> Result<()> {
+    fn record(&mut self, store: &StoreKey, key: Vec<u8>, value: Option<Vec<u8>>) -> Result<()> {
         check_store(self.parent.stores(), store)?;
         if key.is_empty() {
             return Err(Error::EmptyKey {
                 store: store.name().to_string(),
             });
         }
-        self.writes
-            .entry(store.clone())
-            .or_default()
-            .insert(key.to_vec(), value.map(<[u8]>::to_vec));
+        // Look the store up by reference first: cloning the key (an `Arc`
+        // bump) only for a store's first write.
+        match self.writes.get_mut(store) {
+            Some(w) => w.insert(key, value),
+            None => self
+                .writes
+                .entry(store.clone())
+                .or_default()
+                .insert(key, value),
+        };
         Ok(())
     }
 }
@@ -88,11 +93,20 @@ impl KvStore for Cache<'_> {
     }
 
     fn set(&mut self, store: &StoreKey, key: &[u8], value: &[u8]) -> Result<()> {
-        self.record(store, key, Some(value))
+        self.record(store, key.to_vec(), Some(value.to_vec()))
     }
 
     fn delete(&mut self, store: &StoreKey, key: &[u8]) -> Result<()> {
-        self.record(store, key, None)
+        self.record(store, key.to_vec(), None)
+    }
+
+    fn write_owned(
+        &mut self,
+        store: &StoreKey,
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+    ) -> Result<()> {
+        self.record(store, key, value)
     }
 
     fn range(

@@ -23,6 +23,23 @@ pub trait KvStore {
     /// as in Cosmos).
     fn delete(&mut self, store: &StoreKey, key: &[u8]) -> Result<()>;
 
+    /// Sets (`Some`) or deletes (`None`) `key`, taking ownership of the
+    /// bytes: a layer that keeps its writes (a cache, the root's pending
+    /// block) moves them in instead of copying them. This is how a cache
+    /// writes back into its parent. The default copies through
+    /// [`set`](KvStore::set) and [`delete`](KvStore::delete).
+    fn write_owned(
+        &mut self,
+        store: &StoreKey,
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+    ) -> Result<()> {
+        match value {
+            Some(v) => self.set(store, &key, &v),
+            None => self.delete(store, &key),
+        }
+    }
+
     /// Iterates the keys in `(start, end)`, in `order`.
     fn range(
         &self,

@@ -66,6 +66,11 @@ impl ChangeSetBuilder {
         }
     }
 
+    /// Like [`record`](ChangeSetBuilder::record), taking the bytes.
+    pub(crate) fn record_owned(&mut self, index: usize, key: Vec<u8>, value: Option<Vec<u8>>) {
+        self.per_store[index].insert(key, value);
+    }
+
     pub(crate) fn take(&mut self) -> Vec<BTreeMap<Vec<u8>, Option<Vec<u8>>>> {
         let n = self.per_store.len();
         std::mem::replace(

@@ -377,6 +377,14 @@ impl MultiStore {
     }
 
     fn write(&mut self, store: &StoreKey, key: &[u8], value: Option<&[u8]>) -> Result<()> {
+        let index = self.check_write(store, key)?;
+        self.notify(index, store, key, value);
+        self.pending.record(index, key, value);
+        Ok(())
+    }
+
+    /// The store's index, if the handle is usable and the key not empty.
+    fn check_write(&self, store: &StoreKey, key: &[u8]) -> Result<usize> {
         self.check_usable()?;
         let index = self.index(store)?;
         if key.is_empty() {
@@ -384,13 +392,15 @@ impl MultiStore {
                 store: store.name().to_string(),
             });
         }
-        self.pending.record(index, key, value);
+        Ok(index)
+    }
+
+    fn notify(&mut self, index: usize, store: &StoreKey, key: &[u8], value: Option<&[u8]>) {
         for (mask, listener) in &mut self.listeners {
             if mask[index] {
                 listener.on_write(store, key, value);
             }
         }
-        Ok(())
     }
 
     /// Commits the block: persists the pending writes, the change set and
@@ -627,6 +637,18 @@ impl KvStore for MultiStore {
 
     fn delete(&mut self, store: &StoreKey, key: &[u8]) -> Result<()> {
         self.write(store, key, None)
+    }
+
+    fn write_owned(
+        &mut self,
+        store: &StoreKey,
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+    ) -> Result<()> {
+        let index = self.check_write(store, &key)?;
+        self.notify(index, store, &key, value.as_deref());
+        self.pending.record_owned(index, key, value);
+        Ok(())
     }
 
     fn range(

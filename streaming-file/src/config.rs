@@ -51,10 +51,9 @@ pub struct FileStreamerConfig {
     #[serde(default = "yes")]
     pub output_metadata: bool,
     /// fsync every file before renaming it into place, and the directory
-    /// after. Default `false`: the rename keeps files whole through a
-    /// process crash, but a power loss may lose the last files although the
-    /// cursor already moved past them (it is saved with a later commit), and
-    /// they are not written again; `statestream verify` finds the gap.
+    /// after. Default `false`: files are synced in batches by `on_flush`, and
+    /// the node's cursor only covers flushed blocks, so files lost in a power
+    /// loss are written again at the next start.
     #[serde(default)]
     pub fsync: bool,
 }

@@ -28,6 +28,9 @@ pub struct FileStreamer {
     fsync: bool,
     /// The meta file's bytes (header + message), reused from block to block.
     meta_buf: Vec<u8>,
+    /// With `fsync = false`: files renamed into place since the last
+    /// `on_flush`, which syncs them (and the directory) in one batch.
+    unsynced: Vec<PathBuf>,
 }
 
 impl std::fmt::Debug for FileStreamer {
@@ -91,6 +94,7 @@ impl FileStreamer {
             output_metadata,
             fsync,
             meta_buf: Vec::new(),
+            unsynced: Vec::new(),
         };
         streamer.remove_stale_temps()?;
         Ok(streamer)
@@ -155,6 +159,9 @@ impl FileStreamer {
         parts.extend(block.encoded());
         let data_name = layout::file_name(&self.prefix, height, FileKind::Data);
         write_atomically(&self.dir, &data_name, &parts, self.fsync)?;
+        if !self.fsync {
+            self.unsynced.push(self.dir.join(&data_name));
+        }
         if self.output_metadata {
             let crc = block.encoded().fold(0, crc32c_append);
             let meta = block.metadata(len, crc);
@@ -166,7 +173,29 @@ impl FileStreamer {
             self.meta_buf[..HEADER_LEN].copy_from_slice(&layout::encode_header(meta_len));
             let meta_name = layout::file_name(&self.prefix, height, FileKind::Meta);
             write_atomically(&self.dir, &meta_name, &[&self.meta_buf], self.fsync)?;
+            if !self.fsync {
+                self.unsynced.push(self.dir.join(&meta_name));
+            }
         }
+        Ok(())
+    }
+
+    /// Syncs the files written since the last flush, then the directory.
+    fn sync_written(&mut self) -> Result<(), Error> {
+        if self.unsynced.is_empty() {
+            return Ok(());
+        }
+        for path in &self.unsynced {
+            File::open(path)
+                .and_then(|f| f.sync_all())
+                .map_err(|source| Error::Io {
+                    path: path.clone(),
+                    what: "cannot fsync",
+                    source,
+                })?;
+        }
+        sync_dir(&self.dir)?;
+        self.unsynced.clear();
         Ok(())
     }
 }
@@ -174,6 +203,15 @@ impl FileStreamer {
 impl Streamer for FileStreamer {
     fn on_block(&mut self, block: &Block) -> Result<(), StreamError> {
         self.write_block(block).map_err(StreamError::new)
+    }
+
+    /// With `fsync = true` every block is durable when `on_block` returns
+    /// and this does nothing. With `fsync = false` it syncs, in one batch,
+    /// the files written since the last flush: the node persists a cursor
+    /// only for flushed blocks, so a power loss makes it write the lost
+    /// files again instead of skipping them.
+    fn on_flush(&mut self) -> Result<(), StreamError> {
+        self.sync_written().map_err(StreamError::new)
     }
 }
 

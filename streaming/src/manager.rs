@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use statestream_config::{Delivery, StreamerSpec};
@@ -25,6 +25,10 @@ const POLL: Duration = Duration::from_millis(50);
 /// First and longest pause between attempts after a failed delivery.
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// While blocks flow, a streamer is flushed at most this often (it is also
+/// flushed whenever it goes idle, and at shutdown). This bounds how many
+/// blocks a power loss can make a non-fsyncing streamer deliver again.
+const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
 /// Stats are logged every this many blocks.
 const LOG_EVERY: u64 = 1000;
 
@@ -84,8 +88,10 @@ pub struct StreamerStats {
     pub name: String,
     /// Delivery mode.
     pub delivery: Delivery,
-    /// The last height delivered (the cursor).
+    /// The last height delivered.
     pub delivered_height: u64,
+    /// The last height flushed: the cursor that is persisted.
+    pub durable_height: u64,
     /// Committed height minus delivered height.
     pub lag: u64,
     /// Async: blocks waiting in the queue.
@@ -106,6 +112,8 @@ struct Shared {
     name: String,
     stop_node_on_error: bool,
     delivered: AtomicU64,
+    /// The last height covered by a successful `on_flush`: the cursor.
+    durable: AtomicU64,
     errors: AtomicU64,
     fell_behind: AtomicU64,
     caught_up: AtomicU64,
@@ -124,6 +132,7 @@ impl Shared {
             name: setup.name.clone(),
             stop_node_on_error: setup.stop_node_on_error,
             delivered: AtomicU64::new(delivered),
+            durable: AtomicU64::new(delivered),
             errors: AtomicU64::new(0),
             fell_behind: AtomicU64::new(0),
             caught_up: AtomicU64::new(0),
@@ -136,6 +145,36 @@ impl Shared {
 
     fn delivered(&self) -> u64 {
         self.delivered.load(Ordering::Acquire)
+    }
+
+    fn durable(&self) -> u64 {
+        self.durable.load(Ordering::Acquire)
+    }
+
+    /// Flushes `streamer` when it delivered blocks since its last flush, and
+    /// `force` is set or [`FLUSH_INTERVAL`] has passed. A failed flush is a
+    /// delivery error: `delivered` falls back to the durable height, so the
+    /// unflushed blocks are delivered again (from the change log, which
+    /// keeps everything above the durable height). Returns whether the
+    /// streamer is in good standing.
+    fn flush(&self, streamer: &mut dyn Streamer, last_flush: &mut Instant, force: bool) -> bool {
+        let delivered = self.delivered();
+        let durable = self.durable();
+        if delivered == durable || (!force && last_flush.elapsed() < FLUSH_INTERVAL) {
+            return true;
+        }
+        *last_flush = Instant::now();
+        match streamer.on_flush() {
+            Ok(()) => {
+                self.durable.store(delivered, Ordering::Release);
+                true
+            }
+            Err(e) => {
+                self.delivered.store(durable, Ordering::Release);
+                self.failed(durable + 1, &format_args!("flush failed: {e}"));
+                false
+            }
+        }
     }
 
     fn halted(&self) -> Option<(u64, String)> {
@@ -183,6 +222,8 @@ struct Instance {
     mode: Mode,
     /// The cursor value last written to the store.
     persisted: u64,
+    /// When a sync streamer was last flushed.
+    last_flush: Instant,
 }
 
 /// Delivers committed blocks to streamers.
@@ -397,6 +438,7 @@ impl DeliveryManager {
                         change_log: change_log.clone(),
                         selection: selection.clone(),
                         committed: Arc::clone(&committed),
+                        last_flush: Instant::now(),
                     };
                     let handle = std::thread::Builder::new()
                         .name(format!("stream-{}", setup.name))
@@ -420,6 +462,7 @@ impl DeliveryManager {
                 shared,
                 mode,
                 persisted: cursor,
+                last_flush: Instant::now(),
             });
         }
         let mut manager = DeliveryManager {
@@ -478,7 +521,9 @@ impl DeliveryManager {
         let mut low = store.version();
         let mut cursor_updates = Vec::new();
         for (i, inst) in self.instances.iter().enumerate() {
-            let d = inst.shared.delivered();
+            // Only flushed heights are persisted, and the change log keeps
+            // everything above the lowest of them.
+            let d = inst.shared.durable();
             low = low.min(d);
             if d != inst.persisted {
                 input = input.cursor(inst.setup.name.clone(), d);
@@ -501,8 +546,8 @@ impl DeliveryManager {
             let block = Block::new(Arc::clone(&changes), Arc::clone(&meta), &inst.selection);
             match &inst.mode {
                 Mode::Sync { .. } => {
-                    if self.catch_up_sync(i, height - 1) {
-                        self.deliver_sync(i, &block);
+                    if self.catch_up_sync(i, height - 1) && self.deliver_sync(i, &block) {
+                        self.flush_sync(i, false);
                     }
                 }
                 Mode::Async { tx, .. } => {
@@ -596,6 +641,22 @@ impl DeliveryManager {
         }
     }
 
+    /// Flushes sync streamer `i` (see [`Shared::flush`]).
+    fn flush_sync(&mut self, i: usize, force: bool) {
+        let inst = &mut self.instances[i];
+        let Mode::Sync { streamer } = &mut inst.mode else {
+            return;
+        };
+        if !inst
+            .shared
+            .flush(streamer.as_mut(), &mut inst.last_flush, force)
+            && self.halted.is_none()
+            && let Some((h, m)) = inst.shared.halted()
+        {
+            self.halted = Some((inst.setup.name.clone(), h, m));
+        }
+    }
+
     fn sync_failed(&mut self, i: usize, height: u64, e: &dyn std::fmt::Display) {
         let inst = &self.instances[i];
         if inst.shared.failed(height, e)
@@ -617,6 +678,7 @@ impl DeliveryManager {
                     name: inst.setup.name.clone(),
                     delivery: inst.setup.delivery,
                     delivered_height: delivered,
+                    durable_height: inst.shared.durable(),
                     lag: committed.saturating_sub(delivered),
                     queue_depth: match &inst.mode {
                         Mode::Async { tx: Some(tx), .. } => tx.len(),
@@ -640,6 +702,11 @@ impl DeliveryManager {
     /// after such a failure does not report success; the cursors are
     /// persisted first either way.
     pub fn close(mut self, store: &mut MultiStore) -> Result<()> {
+        for i in 0..self.instances.len() {
+            if matches!(self.instances[i].mode, Mode::Sync { .. }) {
+                self.flush_sync(i, true);
+            }
+        }
         let mut first_err: Option<Error> = None;
         for inst in &mut self.instances {
             match &mut inst.mode {
@@ -676,7 +743,7 @@ impl DeliveryManager {
         let cursors: Vec<(String, u64)> = self
             .instances
             .iter()
-            .map(|i| (i.setup.name.clone(), i.shared.delivered()))
+            .map(|i| (i.setup.name.clone(), i.shared.durable()))
             .collect();
         let refs: Vec<(&str, u64)> = cursors.iter().map(|(n, h)| (n.as_str(), *h)).collect();
         store.save_cursors(&refs)?;
@@ -715,6 +782,7 @@ struct Worker {
     change_log: ChangeLog,
     selection: StoreSelection,
     committed: Arc<AtomicU64>,
+    last_flush: Instant,
 }
 
 impl Worker {
@@ -747,6 +815,9 @@ impl Worker {
                     self.deliver(&block, false);
                 }
                 Err(RecvTimeoutError::Timeout) => {
+                    // Idle: make what was delivered durable, then look for
+                    // blocks that could not be queued.
+                    self.flush(true);
                     let c = self.committed.load(Ordering::Acquire);
                     self.catch_up(c);
                 }
@@ -757,9 +828,15 @@ impl Worker {
                 }
             }
         }
+        self.flush(true);
         if let Err(e) = self.streamer.on_close() {
             warn!(streamer = %name, error = %e, "close failed");
         }
+    }
+
+    fn flush(&mut self, force: bool) -> bool {
+        self.shared
+            .flush(self.streamer.as_mut(), &mut self.last_flush, force)
     }
 
     /// Delivers `delivered+1..=upto` from the change log. Returns whether
@@ -806,7 +883,7 @@ impl Worker {
                     if from_log {
                         self.shared.caught_up.fetch_add(1, Ordering::Relaxed);
                     }
-                    return true;
+                    return self.flush(false);
                 }
                 Err(e) => {
                     if self.shared.failed(block.height(), &e) {

@@ -6,22 +6,28 @@ use crate::error::StreamError;
 /// # Contract
 ///
 /// - **Call order.** `on_start` once, then `on_block` once per committed
-///   block in strictly increasing, contiguous height order, then `on_close`
-///   once at clean shutdown. `on_start` is told the first height it will
+///   block in strictly increasing, contiguous height order, with `on_flush`
+///   between blocks from time to time, then `on_flush` and `on_close` once
+///   at clean shutdown. `on_start` is told the first height it will
 ///   receive.
 /// - **Threading.** A streamer is moved to its own worker thread for
 ///   `delivery = "async"`, or called on the committing thread for
 ///   `delivery = "sync"`; it is never called from two threads at once, hence
 ///   `Send` but not `Sync`.
 /// - **Durability.** Returning `Ok` from `on_block` means the block is
-///   delivered as durably as the streamer promises (for the file streamer:
-///   the files are in place under their final names). The node then advances
-///   the streamer's cursor; it never asks for that height again unless the
-///   node crashes before persisting the cursor.
-/// - **Idempotency per height.** After a crash the same height may be
-///   delivered again, with the same content; the streamer must give the same
-///   result (e.g. overwrite a file with identical bytes, or let the
-///   destination deduplicate).
+///   delivered (for the file streamer: the files are in place under their
+///   final names). Returning `Ok` from `on_flush` means every block delivered
+///   so far survives a crash of the machine. The persisted cursor only ever
+///   covers flushed blocks, and the change log keeps every block above it, so
+///   a power loss cannot skip a block: whatever was delivered but not flushed
+///   is delivered again at the next start. The node calls `on_flush` at most
+///   every 200 ms while blocks flow, whenever the streamer goes idle, and at
+///   clean shutdown. A streamer whose `on_block` is already durable (it
+///   fsyncs, or waits for a server's acknowledgement) keeps the default no-op.
+/// - **Idempotency per height.** After a crash, or after a failed
+///   `on_flush`, the same height may be delivered again, with the same
+///   content; the streamer must give the same result (e.g. overwrite a file
+///   with identical bytes, or let the destination deduplicate).
 /// - **Errors.** An `Err` from `on_block` means the block was not
 ///   delivered. The cursor does not advance. With `stop-node-on-error =
 ///   true` the node stops committing; otherwise the error is logged and the
@@ -38,7 +44,15 @@ pub trait Streamer: Send {
         Ok(())
     }
 
-    /// Called once at clean shutdown, after the last block.
+    /// Makes every block delivered so far durable. An error counts as a
+    /// delivery error: the blocks since the last successful flush are
+    /// delivered again.
+    fn on_flush(&mut self) -> Result<(), StreamError> {
+        Ok(())
+    }
+
+    /// Called once at clean shutdown, after the last block (and the last
+    /// flush).
     fn on_close(&mut self) -> Result<(), StreamError> {
         Ok(())
     }
@@ -50,6 +64,9 @@ impl<S: Streamer + ?Sized> Streamer for Box<S> {
     }
     fn on_start(&mut self, next_height: u64) -> Result<(), StreamError> {
         (**self).on_start(next_height)
+    }
+    fn on_flush(&mut self) -> Result<(), StreamError> {
+        (**self).on_flush()
     }
     fn on_close(&mut self) -> Result<(), StreamError> {
         (**self).on_close()
@@ -64,6 +81,9 @@ impl<S: Streamer> Streamer for Vec<S> {
     }
     fn on_start(&mut self, next_height: u64) -> Result<(), StreamError> {
         self.iter_mut().try_for_each(|s| s.on_start(next_height))
+    }
+    fn on_flush(&mut self) -> Result<(), StreamError> {
+        self.iter_mut().try_for_each(|s| s.on_flush())
     }
     fn on_close(&mut self) -> Result<(), StreamError> {
         // Close every streamer even if one fails; report the first error.
@@ -91,6 +111,12 @@ impl<S: Streamer> Streamer for Option<S> {
     fn on_start(&mut self, next_height: u64) -> Result<(), StreamError> {
         match self {
             Some(s) => s.on_start(next_height),
+            None => Ok(()),
+        }
+    }
+    fn on_flush(&mut self) -> Result<(), StreamError> {
+        match self {
+            Some(s) => s.on_flush(),
             None => Ok(()),
         }
     }

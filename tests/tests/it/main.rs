@@ -6,6 +6,7 @@ mod config;
 mod delivery;
 mod errors;
 mod filters;
+mod flush;
 mod pruning;
 mod registry;
 mod restart;

@@ -76,6 +76,11 @@ pub struct NodeArgs {
     #[arg(long)]
     no_fsync: bool,
 
+    /// Megabytes of the store's page cache. It bounds the node's memory
+    /// when a streamer lags and the change log grows.
+    #[arg(long, value_name = "MB", default_value_t = 64)]
+    cache_mb: usize,
+
     /// Registers a streamer type `slow` that sleeps this many milliseconds
     /// per block and writes nothing: `statestream bench` runs the node with
     /// it to show that a streamer slower than the node does not make the
@@ -163,6 +168,7 @@ pub fn execute(args: &NodeArgs, quiet: bool) -> Result<Summary> {
         &stores.all(),
         StoreOptions {
             fsync: !args.no_fsync,
+            cache_size: args.cache_mb.max(1) << 20,
         },
     )
     .with_context(|| format!("cannot open the store {}", store_path.display()))?;

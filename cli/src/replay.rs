@@ -132,8 +132,15 @@ pub(crate) fn replay(args: &DirArgs, into: &Path, quiet: bool) -> Result<Replaye
     std::fs::create_dir_all(into.join("data"))
         .with_context(|| format!("cannot create {}", into.display()))?;
     let path = into.join(STORE_PATH);
-    let mut store = MultiStore::open(&path, &keys, StoreOptions { fsync: false })
-        .with_context(|| format!("cannot open the store {}", path.display()))?;
+    let mut store = MultiStore::open(
+        &path,
+        &keys,
+        StoreOptions {
+            fsync: false,
+            ..StoreOptions::default()
+        },
+    )
+    .with_context(|| format!("cannot open the store {}", path.display()))?;
     if store.version() != 0 {
         bail!(
             "{}: the store already holds {} blocks; replay into a new home",

@@ -76,7 +76,10 @@ fn bench_commit(c: &mut Criterion) {
         let mut store = MultiStore::open(
             &dir.path().join("bench.redb"),
             &stores,
-            StoreOptions { fsync },
+            StoreOptions {
+                fsync,
+                ..StoreOptions::default()
+            },
         )
         .expect("open on disk");
         let mut rng = SplitMix64(2);

@@ -66,7 +66,7 @@ pub use iter::{KvIter, Order};
 pub use key::{MAX_STORE_KEY_LEN, StoreKey};
 pub use kv::KvStore;
 pub use listener::WriteListener;
-pub use multistore::{CommitInput, MultiStore, StoreOptions};
+pub use multistore::{CommitInput, DEFAULT_CACHE_SIZE, MultiStore, StoreOptions};
 pub use record::{
     Record, Records, decode_message, encode_record, get_uvarint, put_uvarint, uvarint_len,
 };

@@ -118,7 +118,10 @@ fn persist_commit_and_reopen_round_trip() {
 fn persist_no_fsync_round_trips_after_close() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("state.redb");
-    let options = StoreOptions { fsync: false };
+    let options = StoreOptions {
+        fsync: false,
+        ..StoreOptions::default()
+    };
     let mut store = open(&path, options.clone());
     // Crosses the periodic durable commit (every 128 blocks).
     let committed = commit_blocks(&mut store, 130);

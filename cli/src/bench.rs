@@ -27,6 +27,7 @@ use statestream_file::{BlockDir, FileStreamer, FileStreamerConfig, ReadOptions};
 use statestream_store::{CommitInput, KvStore, MultiStore, StoreKey, StoreOptions};
 
 use crate::blocks::DirArgs;
+use crate::workload::Rng;
 use crate::{replay, verify};
 
 #[derive(Debug, clap::Args)]
@@ -157,32 +158,12 @@ fn bench_stores() -> Result<Vec<StoreKey>> {
         .collect()
 }
 
-/// splitmix64: keys land all over the btree, as real hashed keys do.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            let bytes = self.next().to_be_bytes();
-            chunk.copy_from_slice(&bytes[..chunk.len()]);
-        }
-    }
-}
-
 /// Writes one block of `writes` random sets, spread over the stores,
 /// through a cache layer (as a transaction does); the caller commits.
 fn write_block(
     store: &mut MultiStore,
     stores: &[StoreKey],
-    rng: &mut SplitMix64,
+    rng: &mut Rng,
     writes: usize,
 ) -> Result<()> {
     let mut key = [0u8; KEY_LEN];
@@ -283,7 +264,7 @@ fn commit_overhead(
     let mut manager =
         DeliveryManager::with_streamers(&mut streamed, vec![(setup, Box::new(streamer))])?;
     // Both stores get the same blocks.
-    let (mut rng_alone, mut rng_streamed) = (SplitMix64(7), SplitMix64(7));
+    let (mut rng_alone, mut rng_streamed) = (Rng::new(7), Rng::new(7));
     let meta = BlockMeta::default();
     let blocks = sizes.commit_blocks;
 
@@ -361,7 +342,7 @@ impl Corpus {
         let mut store = MultiStore::in_memory(stores)?;
         let selection = StoreSelection::all(stores);
         let meta = Arc::new(BlockMeta::default());
-        let mut rng = SplitMix64(11);
+        let mut rng = Rng::new(11);
         let mut blocks = Vec::new();
         for _ in 0..sizes.corpus_blocks {
             write_block(&mut store, stores, &mut rng, sizes.writes)?;

@@ -68,22 +68,37 @@ impl Stores {
 }
 
 /// A splitmix64 generator: tiny, fast and fully specified, so a seed means
-/// the same workload on every platform and version of its dependencies.
-struct Rng(u64);
+/// the same workload on every platform and version of its dependencies
+/// (`bench` uses it too: its keys land all over the btree, as real hashed
+/// keys do).
+pub struct Rng(u64);
 
 impl Rng {
+    /// A generator started at `seed`.
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
     fn for_block(seed: u64, height: u64) -> Rng {
         let mut r = Rng(seed ^ 0x5157_4553_5452_4541);
         let mixed = r.next() ^ height.wrapping_mul(0x9e37_79b9_7f4a_7c15);
         Rng(mixed)
     }
 
-    fn next(&mut self) -> u64 {
+    pub fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
+    }
+
+    /// Fills `buf` with random bytes.
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let bytes = self.next().to_be_bytes();
+            chunk.copy_from_slice(&bytes[..chunk.len()]);
+        }
     }
 
     /// A number in `0..n` (`n > 0`).

@@ -453,7 +453,7 @@ impl DeliveryManager {
                     }
                 }
             };
-            info!(streamer = %setup.name, delivery = ?setup.delivery,
+            info!(streamer = %setup.name, delivery = %setup.delivery,
                 stores = ?setup.stores.iter().map(StoreKey::name).collect::<Vec<_>>(),
                 next = cursor + 1, "streamer started");
             instances.push(Instance {

@@ -394,15 +394,13 @@ impl DeliveryManager {
                     return Err(Error::Worker {
                         streamer: setup.name,
                         what: format!(
-                            "its cursor is at height {cursor} but the change log starts at {}: \
-                             blocks {}..{} are no longer available to it",
-                            if first_kept == u64::MAX {
-                                committed_height + 1
-                            } else {
-                                first_kept
-                            },
+                            "its cursor is at height {cursor} but blocks {}..={} are no longer \
+                             in the change log (it is pruned below the lowest cursor of the \
+                             configured streamers, and this one was left out of the \
+                             configuration meanwhile); to start it with the next block \
+                             instead, give its [streamers.<name>] table a new name",
                             cursor + 1,
-                            first_kept.min(committed_height + 1)
+                            first_kept.min(committed_height + 1) - 1
                         ),
                     });
                 }

@@ -182,6 +182,11 @@ fn restart_streamer_left_out_of_the_config_loses_pruned_blocks_with_a_clear_erro
         matches!(&err, Error::Worker { streamer, .. } if streamer == "rec"),
         "{err:?}"
     );
-    assert!(err.to_string().contains("no longer available"), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("no longer in the change log"), "{msg}");
+    assert!(
+        msg.contains("new name"),
+        "the message says what to do: {msg}"
+    );
     handle.verify();
 }

@@ -167,7 +167,7 @@ pub(crate) fn replay(args: &DirArgs, into: &Path, quiet: bool) -> Result<Replaye
             let r = r?;
             let key = keys.iter().find(|k| k.name() == r.store).with_context(|| {
                 format!(
-                    "{}: store {} is not among the stores of block 1 ({})",
+                    "{}: store {:?} is not among the stores of block 1 ({})",
                     block.data_path().display(),
                     r.store,
                     names.join(", ")

@@ -22,7 +22,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use statestream_file::BlockFile;
-use statestream_store::{Hash, ZERO_HASH, app_hash, chain_store_hash, to_hex};
+use statestream_store::{Hash, StoreKey, ZERO_HASH, app_hash, chain_store_hash, to_hex};
 
 use crate::blocks::{DirArgs, show};
 
@@ -117,15 +117,29 @@ pub(crate) fn verify(args: &DirArgs, quiet: bool) -> Result<Totals> {
     Ok(totals)
 }
 
-/// Decodes every record and checks the (store, key) order; returns how many.
+/// Decodes every record and checks that it could have come from a store
+/// (a valid store name, a non-empty key) and the (store, key) order; returns
+/// how many.
 fn check_records(block: &BlockFile) -> Result<u64> {
     let path = block.data_path();
-    let mut last: Option<(String, Vec<u8>)> = None;
+    let mut last: Option<(&str, &[u8])> = None;
     let mut n = 0u64;
     for record in block.records() {
         let r = record?;
-        if let Some((store, key)) = &last {
-            let ord = (store.as_str(), key.as_slice()).cmp(&(r.store, r.key));
+        if last.is_none_or(|(store, _)| store != r.store)
+            && let Err(e) = StoreKey::new(r.store)
+        {
+            bail!("{}: record {n}: {e}", path.display());
+        }
+        if r.key.is_empty() {
+            bail!(
+                "{}: record {n} (store {}) has an empty key",
+                path.display(),
+                r.store
+            );
+        }
+        if let Some((store, key)) = last {
+            let ord = (store, key).cmp(&(r.store, r.key));
             if ord != std::cmp::Ordering::Less {
                 bail!(
                     "{}: record {n} ({} {}) {} the record before it ({store} {})",
@@ -141,7 +155,7 @@ fn check_records(block: &BlockFile) -> Result<u64> {
                 );
             }
         }
-        last = Some((r.store.to_string(), r.key.to_vec()));
+        last = Some((r.store, r.key));
         n += 1;
     }
     Ok(n)

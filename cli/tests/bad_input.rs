@@ -698,6 +698,34 @@ fn bad_input_missing_block_is_named_by_verify_and_replay() {
     );
 }
 
+/// Records that no store could have written (an invalid store name, an
+/// empty key) are caught by `verify` even without a meta file, and named.
+#[test]
+fn bad_input_records_no_store_could_write() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = blocks_dir(tmp.path());
+    let named = dir.join("block-3-data");
+    // One StoreKVPair each, uvarint-delimited: store "", key "k", value "v";
+    // then store "bank", empty key, value "v".
+    let cases: [(&[u8], &str); 2] = [
+        (
+            &[6, 0x1a, 1, b'k', 0x22, 1, b'v'],
+            "record 0: invalid store key \"\": it is empty",
+        ),
+        (
+            &[9, 0x0a, 4, b'b', b'a', b'n', b'k', 0x22, 1, b'v'],
+            "record 0 (store bank) has an empty key",
+        ),
+    ];
+    for (payload, reason) in cases {
+        let _ = std::fs::remove_file(dir.join("block-3-meta"));
+        let mut data = header(payload.len() as u64);
+        data.extend_from_slice(payload);
+        std::fs::write(&named, &data).unwrap();
+        statestream(["verify", p(&dir)]).fails(reason, 1, &[p(&named), reason]);
+    }
+}
+
 /// redb itself panics on some corrupt database files (an index out of range,
 /// an `unwrap` on bad UTF-8, "Malformed allocator state"). The binary must
 /// still answer with one line and exit 1. The store of a sync node is

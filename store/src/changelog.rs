@@ -2,7 +2,7 @@
 //! engine transaction as the state, so a committed block always has its
 //! changes on disk. Streamers that fall behind read it back.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -136,23 +136,24 @@ impl std::fmt::Debug for ChangeLog {
 }
 
 impl ChangeLog {
-    fn path(&self) -> &Path {
-        &self.path
+    fn err(&self) -> impl Fn(redb::Error) -> Error + '_ {
+        |e| Error::engine(&self.path, "reading the change log", e)
+    }
+
+    /// The change log table in a fresh read snapshot.
+    fn table(&self) -> Result<redb::ReadOnlyTable<u64, &'static [u8]>> {
+        let err = self.err();
+        let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
+        txn.open_table(CHANGELOG).map_err(|e| err(e.into()))
     }
 
     /// The change set of block `height`, or `None` if it was never committed
     /// or has been pruned.
     pub fn get(&self, height: u64) -> Result<Option<ChangeSet>> {
-        let txn = self
-            .db
-            .begin_read()
-            .map_err(|e| Error::engine(self.path(), "reading the change log", e))?;
-        let table = txn
-            .open_table(CHANGELOG)
-            .map_err(|e| Error::engine(self.path(), "reading the change log", e))?;
-        let Some(v) = table
+        let Some(v) = self
+            .table()?
             .get(height)
-            .map_err(|e| Error::engine(self.path(), "reading the change log", e))?
+            .map_err(|e| self.err()(e.into()))?
         else {
             return Ok(None);
         };
@@ -180,19 +181,9 @@ impl ChangeLog {
 
     /// The lowest and highest heights kept, `None` when empty.
     pub fn bounds(&self) -> Result<Option<(u64, u64)>> {
-        let txn = self
-            .db
-            .begin_read()
-            .map_err(|e| Error::engine(self.path(), "reading the change log", e))?;
-        let table = txn
-            .open_table(CHANGELOG)
-            .map_err(|e| Error::engine(self.path(), "reading the change log", e))?;
-        let first = table
-            .first()
-            .map_err(|e| Error::engine(self.path(), "reading the change log", e))?;
-        let last = table
-            .last()
-            .map_err(|e| Error::engine(self.path(), "reading the change log", e))?;
+        let table = self.table()?;
+        let first = table.first().map_err(|e| self.err()(e.into()))?;
+        let last = table.last().map_err(|e| self.err()(e.into()))?;
         Ok(match (first, last) {
             (Some(f), Some(l)) => Some((f.0.value(), l.0.value())),
             _ => None,
@@ -201,16 +192,7 @@ impl ChangeLog {
 
     /// Number of blocks kept.
     pub fn len(&self) -> Result<u64> {
-        let txn = self
-            .db
-            .begin_read()
-            .map_err(|e| Error::engine(self.path(), "reading the change log", e))?;
-        let table = txn
-            .open_table(CHANGELOG)
-            .map_err(|e| Error::engine(self.path(), "reading the change log", e))?;
-        table
-            .len()
-            .map_err(|e| Error::engine(self.path(), "reading the change log", e))
+        self.table()?.len().map_err(|e| self.err()(e.into()))
     }
 
     /// Whether the change log holds no block.

@@ -116,16 +116,53 @@ pub fn encode_record(out: &mut Vec<u8>, store: &str, key: &[u8], value: Option<&
 /// Decoding accepts any valid protobuf encoding of `StoreKVPair` (fields in
 /// any order, repeated fields last-wins, unknown fields skipped), so records
 /// written by other protobuf runtimes read back too.
+///
+/// Records in the canonical encoding (the one [`encode_record`] writes, with
+/// lengths under 2^14 for the record and 2^7 for each field) take a fast
+/// path that decodes to exactly what the general decoder would; anything
+/// else goes through the general decoder.
 #[derive(Debug, Clone)]
 pub struct Records<'a> {
     buf: &'a [u8],
     pos: usize,
+    /// The previous record's store name, already checked to be UTF-8: the
+    /// records of a store come in runs, so its bytes are compared instead of
+    /// validated again.
+    last_store: &'a str,
 }
 
 impl<'a> Records<'a> {
     /// Iterates `buf`, which holds whole uvarint-delimited records.
     pub fn new(buf: &'a [u8]) -> Records<'a> {
-        Records { buf, pos: 0 }
+        Records {
+            buf,
+            pos: 0,
+            last_store: "",
+        }
+    }
+
+    /// The fast path: decodes the record at `start` when it is in the
+    /// canonical form with short lengths, returning it and the offset after
+    /// it; `None` sends the record to the general decoder (which also
+    /// reports any error).
+    #[inline(always)]
+    fn next_canonical(&mut self, start: usize) -> Option<(Record<'a>, usize)> {
+        let rest = self.buf.get(start..)?;
+        let (len, len_bytes) = match *rest {
+            [b0, ..] if b0 < 0x80 => (usize::from(b0), 1),
+            [b0, b1, ..] if b1 < 0x80 => (usize::from(b0 & 0x7f) | usize::from(b1) << 7, 2),
+            _ => return None,
+        };
+        let msg = rest.get(len_bytes..len_bytes + len)?;
+        let (store, key, value) = split_canonical(msg)?;
+        let store = if store == self.last_store.as_bytes() {
+            self.last_store
+        } else {
+            let s = std::str::from_utf8(store).ok()?;
+            self.last_store = s;
+            s
+        };
+        Some((Record { store, key, value }, start + len_bytes + len))
     }
 
     /// Byte offset of the next record in the buffer.
@@ -137,17 +174,38 @@ impl<'a> Records<'a> {
 impl<'a> Iterator for Records<'a> {
     type Item = Result<Record<'a>>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         if self.pos >= self.buf.len() {
             return None;
         }
         let start = self.pos;
+        // The record is taken out of both paths before it is wrapped, which
+        // lets it stay in registers on the fast path.
+        let record = match self.next_canonical(start) {
+            Some((record, end)) => {
+                self.pos = end;
+                record
+            }
+            None => match self.next_general(start) {
+                Ok(record) => record,
+                Err(e) => return Some(Err(e)),
+            },
+        };
+        Some(Ok(record))
+    }
+}
+
+impl<'a> Records<'a> {
+    /// The general path of [`Records::next`], from `start` (not at the end).
+    #[inline(never)]
+    fn next_general(&mut self, start: usize) -> Result<Record<'a>> {
         let fail = |this: &mut Self, reason| {
             this.pos = this.buf.len();
-            Some(Err(Error::BadRecord {
+            Err(Error::BadRecord {
                 offset: start,
                 reason,
-            }))
+            })
         };
         let Some(len) = get_uvarint(self.buf, &mut self.pos) else {
             return fail(self, "truncated record length");
@@ -161,15 +219,64 @@ impl<'a> Iterator for Records<'a> {
         };
         let msg = &self.buf[self.pos..end];
         self.pos = end;
-        match decode_message(msg) {
-            Ok(r) => Some(Ok(r)),
+        match decode_general(msg) {
+            Ok(r) => Ok(r),
             Err(reason) => fail(self, reason),
         }
     }
 }
 
+/// One length-delimited field `tag` with a one-byte length at the front of
+/// `m`: the field's bytes and the rest.
+#[inline(always)]
+fn split_short_field(m: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+    match m {
+        [t, l, rest @ ..] if *t == tag && *l < 0x80 && usize::from(*l) <= rest.len() => {
+            Some(rest.split_at(usize::from(*l)))
+        }
+        _ => None,
+    }
+}
+
+/// Store bytes, key and value (`None`: delete) of a canonical message.
+type CanonicalParts<'a> = (&'a [u8], &'a [u8], Option<&'a [u8]>);
+
+/// Splits a message in the canonical form (store, then `delete = true` or
+/// nothing, then key, then value unless deleted or empty; every field with
+/// a one-byte length) into store bytes, key and value. `None` when the
+/// message is in any other form: the general decoder then decides. What
+/// this accepts, the general decoder decodes to the same record.
+#[inline(always)]
+fn split_canonical(msg: &[u8]) -> Option<CanonicalParts<'_>> {
+    let (store, m) = split_short_field(msg, TAG_STORE)?;
+    let (delete, m) = match m {
+        [TAG_DELETE, 1, rest @ ..] => (true, rest),
+        _ => (false, m),
+    };
+    let (key, m) = split_short_field(m, TAG_KEY)?;
+    if m.is_empty() {
+        // A delete, or a set of an empty value (which protobuf omits).
+        return Some((store, key, if delete { None } else { Some(m) }));
+    }
+    if delete {
+        return None;
+    }
+    let (value, rest) = split_short_field(m, TAG_VALUE)?;
+    rest.is_empty().then_some((store, key, Some(value)))
+}
+
 /// Decodes one `StoreKVPair` message (without its length prefix).
 pub fn decode_message(msg: &[u8]) -> std::result::Result<Record<'_>, &'static str> {
+    if let Some((store, key, value)) = split_canonical(msg)
+        && let Ok(store) = std::str::from_utf8(store)
+    {
+        return Ok(Record { store, key, value });
+    }
+    decode_general(msg)
+}
+
+/// Decodes any valid protobuf encoding of a `StoreKVPair` message.
+fn decode_general(msg: &[u8]) -> std::result::Result<Record<'_>, &'static str> {
     let mut pos = 0;
     let mut store: &[u8] = b"";
     let mut delete = false;
@@ -288,6 +395,105 @@ mod tests {
         for cut in 1..buf.len() {
             let r: Result<Vec<_>> = Records::new(&buf[..cut]).collect();
             assert!(r.is_err(), "cut at {cut}");
+        }
+    }
+
+    /// The records of `buf` as the general decoder alone reads them.
+    fn general_only(buf: &[u8]) -> Vec<std::result::Result<Record<'_>, (usize, &'static str)>> {
+        let mut it = Records::new(buf);
+        let mut out = Vec::new();
+        while it.pos < buf.len() {
+            let start = it.pos;
+            match it.next_general(start) {
+                Ok(r) => out.push(Ok(r)),
+                Err(Error::BadRecord { offset, reason }) => out.push(Err((offset, reason))),
+                Err(e) => panic!("unexpected {e}"),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn fast_path_agrees_with_general_decoder() {
+        let mut buf = Vec::new();
+        encode_record(&mut buf, "bank", b"alice", Some(b"10"));
+        encode_record(&mut buf, "bank", b"bob", None);
+        encode_record(&mut buf, "bank", b"carol", Some(b""));
+        encode_record(&mut buf, "acc", &[1; 127], Some(&[2; 127]));
+        encode_record(&mut buf, "acc", &[3; 128], Some(&[4; 5]));
+        encode_record(&mut buf, "gov", b"k", Some(&[5; 300]));
+        // Every one-byte change (a sample of values at every position) reads
+        // the same, records and errors, through the fast path as through
+        // the general decoder alone.
+        for i in 0..buf.len() {
+            for v in [
+                0u8, 1, 2, 0x08, 0x0a, 0x10, 0x12, 0x1a, 0x22, 0x7f, 0x80, 0xff,
+            ] {
+                let mut b = buf.clone();
+                b[i] = v;
+                let fast: Vec<_> = Records::new(&b)
+                    .map(|r| {
+                        r.map_err(|e| match e {
+                            Error::BadRecord { offset, reason } => (offset, reason),
+                            e => panic!("unexpected {e}"),
+                        })
+                    })
+                    .collect();
+                assert_eq!(fast, general_only(&b), "byte {i} set to {v:#x}");
+                let mut pos = 0;
+                while pos < b.len() {
+                    let Some(len) = get_uvarint(&b, &mut pos) else {
+                        break;
+                    };
+                    let Some(msg) = b.get(pos..pos + len as usize) else {
+                        break;
+                    };
+                    assert_eq!(decode_message(msg), decode_general(msg));
+                    pos += len as usize;
+                }
+            }
+        }
+        // Non-canonical encodings (field order, repeated fields, long
+        // lengths) fall back and decode as protobuf says.
+        let cases: [(&[u8], Record<'_>); 4] = [
+            (
+                &[0x1a, 1, b'k', 0x0a, 1, b's', 0x22, 1, b'v'],
+                Record {
+                    store: "s",
+                    key: b"k",
+                    value: Some(b"v"),
+                },
+            ),
+            (
+                &[0x0a, 1, b's', 0x1a, 1, b'k', 0x22, 1, b'v', 0x10, 1],
+                Record {
+                    store: "s",
+                    key: b"k",
+                    value: None,
+                },
+            ),
+            (
+                &[0x0a, 0x81, 0, b's', 0x1a, 1, b'k'],
+                Record {
+                    store: "s",
+                    key: b"k",
+                    value: Some(b""),
+                },
+            ),
+            (
+                &[0x0a, 1, b's', 0x10, 1, 0x1a, 1, b'k', 0x10, 0],
+                Record {
+                    store: "s",
+                    key: b"k",
+                    value: Some(b""),
+                },
+            ),
+        ];
+        for (msg, want) in cases {
+            assert_eq!(decode_message(msg), Ok(want));
+            let mut b = vec![msg.len() as u8];
+            b.extend_from_slice(msg);
+            assert_eq!(Records::new(&b).next().map(|r| r.ok()), Some(Some(want)));
         }
     }
 

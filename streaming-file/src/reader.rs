@@ -434,22 +434,31 @@ impl RecordIter<'_> {
 impl<'a> Iterator for RecordIter<'a> {
     type Item = Result<Record<'a>, Error>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         let start = self.inner.offset();
-        Some(self.inner.next()?.map_err(|e| {
-            let (offset, reason) = match e {
-                statestream_store::Error::BadRecord { offset, reason } => {
-                    (offset, reason.to_string())
-                }
-                other => (start, other.to_string()),
-            };
-            Error::BadRecord {
-                path: self.block.data_path.clone(),
-                height: self.block.height,
-                offset: (HEADER_LEN + offset) as u64,
-                reason,
-            }
-        }))
+        match self.inner.next()? {
+            Ok(record) => Some(Ok(record)),
+            Err(e) => Some(Err(self.record_error(start, e))),
+        }
+    }
+}
+
+impl RecordIter<'_> {
+    /// The error for a record at payload offset `start` that did not decode.
+    #[cold]
+    #[inline(never)]
+    fn record_error(&self, start: usize, e: statestream_store::Error) -> Error {
+        let (offset, reason) = match e {
+            statestream_store::Error::BadRecord { offset, reason } => (offset, reason.to_string()),
+            other => (start, other.to_string()),
+        };
+        Error::BadRecord {
+            path: self.block.data_path.clone(),
+            height: self.block.height,
+            offset: (HEADER_LEN + offset) as u64,
+            reason,
+        }
     }
 }
 

@@ -439,27 +439,29 @@ impl<'a> Iterator for RecordIter<'a> {
         let start = self.inner.offset();
         match self.inner.next()? {
             Ok(record) => Some(Ok(record)),
-            Err(e) => Some(Err(self.record_error(start, e))),
+            Err(e) => {
+                let (offset, reason) = record_error(start, e);
+                Some(Err(Error::BadRecord {
+                    path: self.block.data_path.clone(),
+                    height: self.block.height,
+                    offset,
+                    reason,
+                }))
+            }
         }
     }
 }
 
-impl RecordIter<'_> {
-    /// The error for a record at payload offset `start` that did not decode.
-    #[cold]
-    #[inline(never)]
-    fn record_error(&self, start: usize, e: statestream_store::Error) -> Error {
-        let (offset, reason) = match e {
-            statestream_store::Error::BadRecord { offset, reason } => (offset, reason.to_string()),
-            other => (start, other.to_string()),
-        };
-        Error::BadRecord {
-            path: self.block.data_path.clone(),
-            height: self.block.height,
-            offset: (HEADER_LEN + offset) as u64,
-            reason,
-        }
-    }
+/// File offset and reason of a record at payload offset `start` that did
+/// not decode.
+#[cold]
+#[inline(never)]
+fn record_error(start: usize, e: statestream_store::Error) -> (u64, String) {
+    let (offset, reason) = match e {
+        statestream_store::Error::BadRecord { offset, reason } => (offset, reason.to_string()),
+        other => (start, other.to_string()),
+    };
+    ((HEADER_LEN + offset) as u64, reason)
 }
 
 /// Blocks of a directory as they are written: see [`BlockDir::follow`].

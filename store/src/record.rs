@@ -155,7 +155,7 @@ impl<'a> Records<'a> {
         };
         let msg = rest.get(len_bytes..len_bytes + len)?;
         let (store, key, value) = split_canonical(msg)?;
-        let store = if store == self.last_store.as_bytes() {
+        let store = if same_bytes(store, self.last_store.as_bytes()) {
             self.last_store
         } else {
             let s = std::str::from_utf8(store).ok()?;
@@ -224,6 +224,13 @@ impl<'a> Records<'a> {
             Err(reason) => fail(self, reason),
         }
     }
+}
+
+/// Whether `a` and `b` are equal; inline, without a call to `bcmp` (store
+/// names are short).
+#[inline(always)]
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// One length-delimited field `tag` with a one-byte length at the front of

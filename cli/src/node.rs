@@ -78,7 +78,7 @@ pub struct NodeArgs {
 
     /// Megabytes of the store's page cache. It bounds the node's memory
     /// when a streamer lags and the change log grows.
-    #[arg(long, value_name = "MB", default_value_t = 64)]
+    #[arg(long, value_name = "MB", default_value_t = 256)]
     cache_mb: usize,
 
     /// Registers a streamer type `slow` that sleeps this many milliseconds

@@ -31,6 +31,16 @@ pub struct DumpArgs {
 }
 
 pub fn run(args: DumpArgs) -> Result<ExitCode> {
+    if let (Some(from), Some(to)) = (args.from, args.to)
+        && from > to
+    {
+        // A usage error (exit 2), like clap's own.
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "statestream: error: --from {from} is above --to {to}: the range selects no block"
+        );
+        return Ok(ExitCode::from(2));
+    }
     let dir = args.dir.open()?;
     let heights = args.dir.heights(&dir)?;
     let from = args.from.unwrap_or(0);

@@ -340,6 +340,8 @@ fn usage_errors_exit_2() {
     statestream(["verify"]).fails(2, "DIR");
     statestream(["replay", "somewhere"]).fails(2, "--into");
     statestream(["frobnicate"]).fails(2, "frobnicate");
+    statestream(["dump", "anywhere", "--from", "5", "--to", "3"])
+        .fails(2, "--from 5 is above --to 3");
     let help = statestream(["--help"]).ok();
     assert!(help.stdout.contains("verify"));
     statestream(["--version"]).ok();

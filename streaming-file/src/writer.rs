@@ -4,7 +4,6 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, IoSlice, Write};
 use std::path::{Path, PathBuf};
 
-use prost::Message;
 use statestream::{Block, StreamError, Streamer, crc32c_append};
 
 use crate::error::Error;
@@ -164,11 +163,9 @@ impl FileStreamer {
         }
         if self.output_metadata {
             let crc = block.encoded().fold(0, crc32c_append);
-            let meta = block.metadata(len, crc);
             self.meta_buf.clear();
             self.meta_buf.extend_from_slice(&[0; HEADER_LEN]);
-            meta.encode(&mut self.meta_buf)
-                .expect("a Vec grows as needed, so encoding cannot run out of space");
+            block.encode_metadata(len, crc, &mut self.meta_buf);
             let meta_len = (self.meta_buf.len() - HEADER_LEN) as u64;
             self.meta_buf[..HEADER_LEN].copy_from_slice(&layout::encode_header(meta_len));
             let meta_name = layout::file_name(&self.prefix, height, FileKind::Meta);

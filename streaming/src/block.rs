@@ -13,6 +13,21 @@ pub struct Tx {
     pub response: Vec<u8>,
 }
 
+impl Tx {
+    /// Length of its `TxRecord` encoding.
+    fn encoded_len(&self) -> usize {
+        use prost::encoding::bytes;
+        let field = |tag, b: &Vec<u8>| {
+            if b.is_empty() {
+                0
+            } else {
+                bytes::encoded_len(tag, b)
+            }
+        };
+        field(1, &self.request) + field(2, &self.response)
+    }
+}
+
 /// What the application tells about a block besides its state changes.
 /// Kept in the change log with the block, so a block delivered again after a
 /// crash carries the same metadata.
@@ -35,7 +50,68 @@ impl BlockMeta {
     /// The bytes stored in the change log: a `BlockMetadata` message with
     /// only the application's fields set.
     pub fn encode_app_meta(&self) -> Vec<u8> {
-        self.to_proto(0).encode_to_vec()
+        let mut out = Vec::with_capacity(self.app_fields_len(0));
+        self.encode_app_fields(0, &mut out);
+        out
+    }
+
+    /// Encodes fields 1 to 6 of `BlockMetadata` (the height and the
+    /// application's fields) straight from `self`, in field order and without
+    /// default values, as prost would, but without first copying the
+    /// transactions into a `proto::BlockMetadata`.
+    fn encode_app_fields(&self, height: u64, out: &mut Vec<u8>) {
+        use prost::encoding::{WireType, bytes, encode_key, encode_varint, int64, uint32, uint64};
+        if height != 0 {
+            uint64::encode(1, &height, out);
+        }
+        if self.time_seconds != 0 {
+            int64::encode(2, &self.time_seconds, out);
+        }
+        if self.time_nanos != 0 {
+            uint32::encode(3, &self.time_nanos, out);
+        }
+        if !self.begin_block.is_empty() {
+            bytes::encode(4, &self.begin_block, out);
+        }
+        if !self.end_block.is_empty() {
+            bytes::encode(5, &self.end_block, out);
+        }
+        for tx in &self.txs {
+            encode_key(6, WireType::LengthDelimited, out);
+            encode_varint(tx.encoded_len() as u64, out);
+            if !tx.request.is_empty() {
+                bytes::encode(1, &tx.request, out);
+            }
+            if !tx.response.is_empty() {
+                bytes::encode(2, &tx.response, out);
+            }
+        }
+    }
+
+    /// Length of [`encode_app_fields`](BlockMeta::encode_app_fields)'s bytes.
+    fn app_fields_len(&self, height: u64) -> usize {
+        use prost::encoding::{bytes, encoded_len_varint, int64, key_len, uint32, uint64};
+        let mut len = 0;
+        if height != 0 {
+            len += uint64::encoded_len(1, &height);
+        }
+        if self.time_seconds != 0 {
+            len += int64::encoded_len(2, &self.time_seconds);
+        }
+        if self.time_nanos != 0 {
+            len += uint32::encoded_len(3, &self.time_nanos);
+        }
+        if !self.begin_block.is_empty() {
+            len += bytes::encoded_len(4, &self.begin_block);
+        }
+        if !self.end_block.is_empty() {
+            len += bytes::encoded_len(5, &self.end_block);
+        }
+        for tx in &self.txs {
+            let l = tx.encoded_len();
+            len += key_len(6) + encoded_len_varint(l as u64) + l;
+        }
+        len
     }
 
     /// Decodes [`encode_app_meta`](BlockMeta::encode_app_meta)'s bytes.
@@ -202,55 +278,84 @@ impl Block {
     }
 
     /// The `BlockMetadata` message for this block, with the payload's length
-    /// and CRC-32C as given.
+    /// and CRC-32C as given. [`encode_metadata`](Block::encode_metadata)
+    /// writes the same message's bytes without building it.
     pub fn metadata(&self, data_length: u64, data_crc32c: u32) -> proto::BlockMetadata {
-        let info = self.commit_info();
         let mut m = self.meta.to_proto(self.height());
-        m.commit = Some(proto::CommitInfo {
-            version: info.version,
-            app_hash: info.app_hash.to_vec(),
-        });
-        m.store_hashes = self
-            .changes
-            .stores()
-            .iter()
-            .map(|s| proto::StoreHash {
-                store_key: s.store().name().to_string(),
-                hash: s.hash().to_vec(),
-            })
-            .collect();
-        m.streamed_stores = self
-            .stores()
-            .map(|s| s.store().name().to_string())
-            .collect();
-        m.data_length = data_length;
-        m.data_crc32c = data_crc32c;
+        let system = self.system_fields(data_length, data_crc32c);
+        m.commit = system.commit;
+        m.store_hashes = system.store_hashes;
+        m.streamed_stores = system.streamed_stores;
+        m.data_length = system.data_length;
+        m.data_crc32c = system.data_crc32c;
         m
     }
 
-    /// The block as one protobuf `BlockFrame` (the plugin protocol's block
-    /// frame), without its length prefix. The records field is written
-    /// straight from the shared change set.
-    pub fn encode_frame(&self, out: &mut Vec<u8>) {
-        let len = self.encoded_len();
-        let mut crc = 0u32;
-        for seg in self.encoded() {
-            crc = crc32c_append(crc, seg);
+    /// Appends the `BlockMetadata` message's bytes to `out`: the same bytes
+    /// as `metadata(..).encode_to_vec()`, but the application's payloads
+    /// and transactions are written straight from the block, not copied into
+    /// a message first. Fields 1-6 come from the application's metadata,
+    /// 7-11 from the commit; both parts are in field order, so their
+    /// concatenation is the canonical encoding.
+    pub fn encode_metadata(&self, data_length: u64, data_crc32c: u32, out: &mut Vec<u8>) {
+        self.meta.encode_app_fields(self.height(), out);
+        self.system_fields(data_length, data_crc32c)
+            .encode(out)
+            .expect("a Vec grows as needed, so encoding cannot run out of space");
+    }
+
+    /// Fields 7-11 of `BlockMetadata` (all others default).
+    fn system_fields(&self, data_length: u64, data_crc32c: u32) -> proto::BlockMetadata {
+        let info = self.commit_info();
+        proto::BlockMetadata {
+            commit: Some(proto::CommitInfo {
+                version: info.version,
+                app_hash: info.app_hash.to_vec(),
+            }),
+            store_hashes: self
+                .changes
+                .stores()
+                .iter()
+                .map(|s| proto::StoreHash {
+                    store_key: s.store().name().to_string(),
+                    hash: s.hash().to_vec(),
+                })
+                .collect(),
+            streamed_stores: self
+                .stores()
+                .map(|s| s.store().name().to_string())
+                .collect(),
+            data_length,
+            data_crc32c,
+            ..Default::default()
         }
-        let meta = self.metadata(len as u64, crc);
-        let frame_head = proto::BlockFrame {
-            height: self.height(),
-            meta: Some(meta),
-            records: Vec::new(),
-        };
+    }
+
+    /// The block as one protobuf `BlockFrame` (the plugin protocol's block
+    /// frame), without its length prefix. The metadata and the records field
+    /// are written straight from the block and the shared change set.
+    pub fn encode_frame(&self, out: &mut Vec<u8>) {
+        use prost::encoding::{WireType, encode_key, encode_varint, uint64};
+        let len = self.encoded_len();
+        let crc = self.encoded().fold(0, crc32c_append);
+        let height = self.height();
+        let system = self.system_fields(len as u64, crc);
         out.clear();
-        frame_head
+        if height != 0 {
+            uint64::encode(1, &height, out);
+        }
+        encode_key(2, WireType::LengthDelimited, out);
+        encode_varint(
+            (self.meta.app_fields_len(height) + system.encoded_len()) as u64,
+            out,
+        );
+        self.meta.encode_app_fields(height, out);
+        system
             .encode(out)
             .expect("a Vec grows as needed, so encoding cannot run out of space");
         if len > 0 {
-            // Field 3, wire type 2 (length-delimited).
-            out.push(3 << 3 | 2);
-            prost::encoding::encode_varint(len as u64, out);
+            encode_key(3, WireType::LengthDelimited, out);
+            encode_varint(len as u64, out);
             for seg in self.encoded() {
                 out.extend_from_slice(seg);
             }
@@ -262,4 +367,79 @@ impl Block {
 /// payloads in meta files and frames.
 pub fn crc32c_append(crc: u32, data: &[u8]) -> u32 {
     crc32c::crc32c_append(crc, data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use statestream_store::{CommitInput, KvStore, MultiStore};
+
+    fn block(meta: BlockMeta) -> Block {
+        let a = StoreKey::new("a").unwrap();
+        let b = StoreKey::new("b").unwrap();
+        let mut store = MultiStore::in_memory(&[a.clone(), b.clone()]).unwrap();
+        store.set(&a, b"k", b"v").unwrap();
+        store.delete(&b, b"gone").unwrap();
+        for _ in 0..2 {
+            store.commit().unwrap();
+        }
+        let cs = store
+            .commit_block(CommitInput::new().app_meta(meta.encode_app_meta()))
+            .unwrap();
+        Block::from_change_set(cs, &StoreSelection::new(&[a.clone(), b], &[a])).unwrap()
+    }
+
+    fn metas() -> Vec<BlockMeta> {
+        vec![
+            BlockMeta::default(),
+            BlockMeta {
+                time_seconds: -5,
+                time_nanos: 7,
+                begin_block: vec![1; 300],
+                end_block: vec![],
+                txs: vec![
+                    Tx::default(),
+                    Tx {
+                        request: b"req".to_vec(),
+                        response: vec![],
+                    },
+                    Tx {
+                        request: vec![9; 200],
+                        response: b"ok".to_vec(),
+                    },
+                ],
+            },
+        ]
+    }
+
+    #[test]
+    fn block_encodings_equal_prost() {
+        for meta in metas() {
+            assert_eq!(
+                meta.encode_app_meta(),
+                meta.to_proto(0).encode_to_vec(),
+                "{meta:?}"
+            );
+            assert_eq!(
+                meta.app_fields_len(3),
+                meta.to_proto(3).encode_to_vec().len()
+            );
+            let b = block(meta.clone());
+            let mut out = Vec::new();
+            b.encode_metadata(11, 22, &mut out);
+            assert_eq!(out, b.metadata(11, 22).encode_to_vec());
+            b.encode_frame(&mut out);
+            let crc = b.encoded().fold(0, crc32c_append);
+            let expected = proto::BlockFrame {
+                height: b.height(),
+                meta: Some(b.metadata(b.encoded_len() as u64, crc)),
+                records: b.encoded().flatten().copied().collect(),
+            };
+            assert_eq!(out, expected.encode_to_vec());
+            assert_eq!(
+                BlockMeta::decode_app_meta(3, &meta.encode_app_meta()).unwrap(),
+                meta
+            );
+        }
+    }
 }

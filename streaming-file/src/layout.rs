@@ -76,6 +76,16 @@ pub(crate) fn file_name(prefix: &str, height: u64, kind: FileKind) -> String {
     format!("{}{height}{}", stem(prefix), kind.suffix())
 }
 
+/// The path of block `height`'s file of `kind` in `dir`.
+pub(crate) fn block_path(
+    dir: &std::path::Path,
+    prefix: &str,
+    height: u64,
+    kind: FileKind,
+) -> std::path::PathBuf {
+    dir.join(file_name(prefix, height, kind))
+}
+
 /// The temporary name a file is written under before it is renamed to
 /// `final_name`.
 pub(crate) fn temp_name(final_name: &str) -> String {

@@ -120,14 +120,12 @@ impl BlockDir {
 
     /// Path of block `height`'s data file.
     pub fn data_path(&self, height: u64) -> PathBuf {
-        self.dir
-            .join(layout::file_name(&self.prefix, height, FileKind::Data))
+        layout::block_path(&self.dir, &self.prefix, height, FileKind::Data)
     }
 
     /// Path of block `height`'s meta file.
     pub fn meta_path(&self, height: u64) -> PathBuf {
-        self.dir
-            .join(layout::file_name(&self.prefix, height, FileKind::Meta))
+        layout::block_path(&self.dir, &self.prefix, height, FileKind::Meta)
     }
 
     /// Opens block `height`: reads (or maps) its data file and checks its

@@ -11,7 +11,7 @@ use crate::changeset::{ChangeSet, StoreChanges};
 use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::key::StoreKey;
-use crate::record::{Records, get_uvarint, put_uvarint};
+use crate::record::{Records, get_uvarint};
 
 pub(crate) const CHANGELOG: TableDefinition<'static, u64, &'static [u8]> =
     TableDefinition::new("changelog");
@@ -19,25 +19,92 @@ pub(crate) const CHANGELOG: TableDefinition<'static, u64, &'static [u8]> =
 /// Version byte in front of every change log entry.
 const ENTRY_FORMAT: u8 = 1;
 
+/// Where an entry is encoded: a `Vec`, or a slice of exactly the entry's
+/// length (the page space redb reserves for it, so the records are copied
+/// into the database once, not first into a buffer).
+trait EntrySink {
+    fn put(&mut self, bytes: &[u8]);
+
+    fn put_uvarint(&mut self, v: u64) {
+        let mut buf = [0u8; 10];
+        let mut n = 0;
+        let mut v = v;
+        while v >= 0x80 {
+            buf[n] = (v as u8) | 0x80;
+            v >>= 7;
+            n += 1;
+        }
+        buf[n] = v as u8;
+        self.put(&buf[..=n]);
+    }
+}
+
+impl EntrySink for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+/// Counts the bytes instead of writing them.
+struct Len(usize);
+
+impl EntrySink for Len {
+    fn put(&mut self, bytes: &[u8]) {
+        self.0 += bytes.len();
+    }
+}
+
+/// Fills a slice front to back.
+struct Fill<'a>(&'a mut [u8]);
+
+impl EntrySink for Fill<'_> {
+    fn put(&mut self, bytes: &[u8]) {
+        let (head, tail) = std::mem::take(&mut self.0).split_at_mut(bytes.len());
+        head.copy_from_slice(bytes);
+        self.0 = tail;
+    }
+}
+
 /// Encodes a change set as a change log entry:
 /// `format u8 | app_hash [32] | uvarint len | app_meta | uvarint n |
 /// n × (uvarint len | name | hash [32] | uvarint count | uvarint len | records)`.
-pub(crate) fn encode_entry(cs: &ChangeSet, out: &mut Vec<u8>) {
-    out.clear();
-    out.push(ENTRY_FORMAT);
-    out.extend_from_slice(&cs.app_hash);
-    put_uvarint(out, cs.app_meta.len() as u64);
-    out.extend_from_slice(&cs.app_meta);
-    put_uvarint(out, cs.stores.len() as u64);
+fn encode_entry(cs: &ChangeSet, out: &mut impl EntrySink) {
+    out.put(&[ENTRY_FORMAT]);
+    out.put(&cs.app_hash);
+    out.put_uvarint(cs.app_meta.len() as u64);
+    out.put(&cs.app_meta);
+    out.put_uvarint(cs.stores.len() as u64);
     for s in &cs.stores {
         let name = s.store.name().as_bytes();
-        put_uvarint(out, name.len() as u64);
-        out.extend_from_slice(name);
-        out.extend_from_slice(&s.hash);
-        put_uvarint(out, s.count as u64);
-        put_uvarint(out, s.encoded.len() as u64);
-        out.extend_from_slice(&s.encoded);
+        out.put_uvarint(name.len() as u64);
+        out.put(name);
+        out.put(&s.hash);
+        out.put_uvarint(s.count as u64);
+        out.put_uvarint(s.encoded.len() as u64);
+        out.put(&s.encoded);
     }
+}
+
+/// Length of the change log entry of `cs`.
+pub(crate) fn entry_len(cs: &ChangeSet) -> usize {
+    let mut len = Len(0);
+    encode_entry(cs, &mut len);
+    len.0
+}
+
+/// Writes the change log entry of `cs` into `out`, which must be exactly
+/// [`entry_len`] bytes long.
+pub(crate) fn write_entry(cs: &ChangeSet, out: &mut [u8]) {
+    debug_assert_eq!(out.len(), entry_len(cs));
+    encode_entry(cs, &mut Fill(out));
+}
+
+/// The change log entry of `cs` in a new `Vec` (for tests).
+#[cfg(test)]
+pub(crate) fn entry_bytes(cs: &ChangeSet) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_entry(cs, &mut out);
+    out
 }
 
 pub(crate) fn decode_entry(height: u64, buf: &[u8]) -> std::result::Result<ChangeSet, String> {
@@ -198,5 +265,38 @@ impl ChangeLog {
     /// Whether the change log holds no block.
     pub fn is_empty(&self) -> Result<bool> {
         Ok(self.len()? == 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change_set() -> ChangeSet {
+        let mut a = StoreChanges::empty(StoreKey::new("a").expect("valid"));
+        a.push(b"k1", Some(&[7; 300]));
+        a.push(b"k2", None);
+        a.hash = [3; 32];
+        let b = StoreChanges::empty(StoreKey::new("b").expect("valid"));
+        ChangeSet {
+            height: 9,
+            app_hash: [5; 32],
+            app_meta: vec![1, 2, 3],
+            stores: vec![a, b],
+        }
+    }
+
+    #[test]
+    fn changelog_entry_in_place_equals_vec_and_round_trips() {
+        let cs = change_set();
+        let bytes = entry_bytes(&cs);
+        assert_eq!(bytes.len(), entry_len(&cs));
+        let mut in_place = vec![0xAA; entry_len(&cs)];
+        write_entry(&cs, &mut in_place);
+        assert_eq!(in_place, bytes);
+        assert_eq!(decode_entry(9, &bytes).expect("decodes"), cs);
+        for cut in 0..bytes.len() {
+            assert!(decode_entry(9, &bytes[..cut]).is_err(), "cut at {cut}");
+        }
     }
 }

@@ -9,7 +9,7 @@ use redb::{
 };
 
 use crate::cache::Cache;
-use crate::changelog::{CHANGELOG, ChangeLog, encode_entry};
+use crate::changelog::{CHANGELOG, ChangeLog, entry_len, write_entry};
 use crate::changeset::{ChangeSet, CommitInfo, StoreChanges};
 use crate::error::{Error, Result};
 use crate::hash::{Hash, ZERO_HASH, app_hash, chain_store_hash};
@@ -154,7 +154,6 @@ pub struct MultiStore {
     snapshot: Snapshot,
     listeners: Vec<(Vec<bool>, Box<dyn WriteListener>)>,
     poisoned: Option<u64>,
-    entry_buf: Vec<u8>,
 }
 
 impl std::fmt::Debug for MultiStore {
@@ -325,7 +324,6 @@ impl MultiStore {
             snapshot,
             listeners: Vec::new(),
             poisoned: None,
-            entry_buf: Vec::new(),
         })
     }
 
@@ -498,10 +496,15 @@ impl MultiStore {
             stores,
         };
         {
-            encode_entry(&cs, &mut self.entry_buf);
             let mut log = txn.open_table(CHANGELOG).map_err(|e| err(e.into()))?;
-            log.insert(height, self.entry_buf.as_slice())
-                .map_err(|e| err(e.into()))?;
+            // Encoded straight into the page space redb reserves for the
+            // entry: the records are copied once, from the change set.
+            write_entry(
+                &cs,
+                log.insert_reserve(height, entry_len(&cs))
+                    .map_err(|e| err(e.into()))?
+                    .as_mut(),
+            );
             if let Some(below) = input.prune_below {
                 log.retain_in(..below, |_, _| false)
                     .map_err(|e| err(e.into()))?;

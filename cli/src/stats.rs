@@ -69,6 +69,8 @@ pub fn run(args: StatsArgs) -> Result<ExitCode> {
         }
     }
     let (first, last) = (heights[0], heights[heights.len() - 1]);
+    // Heights absent between the first and the last (verify names them).
+    let missing = (last - first + 1) - heights.len() as u64;
     let label = |i: usize| match i {
         0 => "0 B".to_string(),
         _ if i == BUCKETS.len() => format!(">= {}", human(BUCKETS[i - 1])),
@@ -81,6 +83,7 @@ pub fn run(args: StatsArgs) -> Result<ExitCode> {
             "blocks": heights.len(),
             "first_height": first,
             "last_height": last,
+            "missing_heights": missing,
             "records": records,
             "bytes": bytes,
             "largest_block": {"height": largest.0, "bytes": largest.1},
@@ -108,6 +111,12 @@ pub fn run(args: StatsArgs) -> Result<ExitCode> {
         largest.0,
         largest.1
     )?;
+    if missing > 0 {
+        writeln!(
+            out,
+            "warning: {missing} heights between {first} and {last} have no block file (statestream verify names the first)"
+        )?;
+    }
     writeln!(
         out,
         "{:<16} {:>10} {:>10} {:>10} {:>12} {:>8}",

@@ -571,7 +571,21 @@ fn stats_text_and_json() {
     let text = statestream(["stats", p(&dir)]).ok();
     assert!(text.stdout.starts_with("5 blocks (1..=5)"), "{text:#?}");
     assert!(text.stdout.contains("block payload sizes:"), "{text:#?}");
+    assert!(!text.stdout.contains("warning"), "{text:#?}");
+    assert_eq!(json["missing_heights"], 0);
     statestream(["stats", "/nonexistent/statestream"]).fails(1, "cannot open the block directory");
+
+    // A gap is reported, not hidden.
+    std::fs::remove_file(dir.join("block-3-data")).unwrap();
+    std::fs::remove_file(dir.join("block-3-meta")).unwrap();
+    let json = statestream(["stats", p(&dir), "--json"]).ok().json();
+    assert_eq!(json["missing_heights"], 1);
+    let text = statestream(["stats", p(&dir)]).ok();
+    assert!(
+        text.stdout
+            .contains("warning: 1 heights between 1 and 5 have no block file"),
+        "{text:#?}"
+    );
 }
 
 #[test]

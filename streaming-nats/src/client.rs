@@ -24,6 +24,10 @@ pub const DEFAULT_PORT: u16 = 4222;
 /// The longest control line accepted from the server (INFO lines of big
 /// clusters are the longest).
 const MAX_LINE: u64 = 1024 * 1024;
+/// The longest message body (headers + payload) accepted from the server:
+/// a server's `max_payload` is at most 64 MiB, and a MSG.GET reply carries
+/// such a message in base64 (4/3 of it) inside JSON.
+const MAX_MESSAGE: usize = 128 * 1024 * 1024;
 /// `max_payload` when the server does not announce one (its default).
 const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
 
@@ -314,10 +318,22 @@ fn nuid() -> String {
     out
 }
 
+/// The byte stream under a [`Client`]: a TCP connection, or an in-memory
+/// server script (tests and the `fuzzing` feature, [`connect_script`]).
+trait Transport: Read + Write + Send {
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()>;
+}
+
+impl Transport for TcpStream {
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()> {
+        TcpStream::set_read_timeout(self, timeout)
+    }
+}
+
 /// A connection to one NATS server.
 pub struct Client {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
+    reader: BufReader<Box<dyn Transport>>,
+    writer: Box<dyn Transport>,
     url: String,
     info: ServerInfo,
     inbox: String,
@@ -390,8 +406,28 @@ impl Client {
             .set_write_timeout(Some(opts.connect_timeout))
             .map_err(conn_err)?;
         let writer = stream.try_clone().map_err(conn_err)?;
+        Client::handshake(
+            Box::new(stream),
+            Box::new(writer),
+            url,
+            format!("_INBOX.{}", nuid()),
+            addr,
+            opts,
+        )
+    }
+
+    /// Reads the server's INFO from `reader`, then sends CONNECT (with
+    /// `addr`'s or `opts`' credentials) and subscribes to `inbox`.
+    fn handshake(
+        reader: Box<dyn Transport>,
+        writer: Box<dyn Transport>,
+        url: String,
+        inbox: String,
+        addr: &ServerAddr,
+        opts: &ConnectOptions,
+    ) -> Result<Client> {
         let mut client = Client {
-            reader: BufReader::with_capacity(64 * 1024, stream),
+            reader: BufReader::with_capacity(64 * 1024, reader),
             writer,
             url: url.clone(),
             info: ServerInfo {
@@ -403,7 +439,7 @@ impl Client {
                 auth_required: false,
                 tls_required: false,
             },
-            inbox: format!("_INBOX.{}", nuid()),
+            inbox,
             next_reply: 0,
             request_timeout: opts.request_timeout,
             waiting: opts.connect_timeout,
@@ -718,6 +754,10 @@ impl Client {
                     }
                 };
                 match parsed {
+                    Ok((_, total_len)) if total_len > MAX_MESSAGE => Err(self.protocol(format!(
+                        "{} announces {total_len} bytes, more than the limit of {MAX_MESSAGE}",
+                        truncate(line)
+                    ))),
                     Ok((header_len, total_len)) if header_len <= total_len => Ok(Control::Msg {
                         subject: args[0].to_string(),
                         header_len,
@@ -739,12 +779,14 @@ impl Client {
         deadline: Instant,
         what: &str,
     ) -> Result<Message> {
-        let mut body = vec![0u8; total_len + 2];
-        let mut filled = 0;
-        while filled < body.len() {
+        // The buffer grows as bytes arrive: an announced length is not an
+        // allocation (`control` bounds it by MAX_MESSAGE).
+        let want = total_len + 2;
+        let mut body = Vec::with_capacity(want.min(64 * 1024));
+        while body.len() < want {
             self.set_deadline(deadline, what)?;
-            match self.reader.read(&mut body[filled..]) {
-                Ok(0) => {
+            match self.reader.fill_buf() {
+                Ok([]) => {
                     self.broken = true;
                     return Err(NatsError::Io {
                         url: self.url.clone(),
@@ -754,7 +796,11 @@ impl Client {
                         ),
                     });
                 }
-                Ok(n) => filled += n,
+                Ok(bytes) => {
+                    let n = bytes.len().min(want - body.len());
+                    body.extend_from_slice(&bytes[..n]);
+                    self.reader.consume(n);
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(self.io_error(e, what, self.waiting)),
             }
@@ -779,6 +825,53 @@ impl Client {
             payload,
         })
     }
+}
+
+/// A scripted server: reads return `server`'s bytes then end of stream;
+/// writes are dropped.
+#[cfg(any(test, feature = "fuzzing"))]
+struct Script(std::io::Cursor<Vec<u8>>);
+
+#[cfg(any(test, feature = "fuzzing"))]
+impl Read for Script {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+#[cfg(any(test, feature = "fuzzing"))]
+impl Write for Script {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(any(test, feature = "fuzzing"))]
+impl Transport for Script {
+    fn set_read_timeout(&self, _: Option<Duration>) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A client whose server is the byte string `server` (its INFO line, the
+/// handshake's PONG, then the replies), for tests and fuzzing: every byte
+/// goes through the same parsing as a TCP server's. The inbox is
+/// `_INBOX.fuzz`, so the n-th request's reply subject is `_INBOX.fuzz.<n>`.
+#[cfg(any(test, feature = "fuzzing"))]
+pub fn connect_script(server: Vec<u8>, opts: &ConnectOptions) -> Result<Client> {
+    let addr = ServerAddr::parse(opts.servers.first().map_or("fuzz", String::as_str))?;
+    Client::handshake(
+        Box::new(Script(std::io::Cursor::new(server))),
+        Box::new(Script(std::io::Cursor::new(Vec::new()))),
+        addr.display(),
+        "_INBOX.fuzz".to_string(),
+        &addr,
+        opts,
+    )
 }
 
 enum Control {
@@ -835,6 +928,49 @@ mod tests {
         let (status, headers) = parse_headers(b"NATS/1.0 503\r\n\r\n").unwrap();
         assert_eq!(status, Some(503));
         assert!(headers.is_empty());
+    }
+
+    /// The server bytes of a fuzz finding (`fuzz/fuzz_targets/nats_protocol.rs`,
+    /// without its first byte): a MSG announcing 227,777,777,777 bytes was
+    /// allocated before any of them arrived.
+    const HUGE_MSG: &[u8] = b"INFO {\"server_id\":\"x\",\"version\":\"2.10\",\"max_payload\":1048576,\"headers\":true,\"jetstream\":true}\r\n+OK\r\nPONG\r\nPING\r\nMSG _INBOX.fuzz.1 1 227777777777\r\n{\"stream\":\"s\",\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\xe6\"seq\":2}\r\nM.fuzz.3 1 53\r\n{\"cot_seq\":pt";
+
+    const HANDSHAKE: &str = "INFO {\"headers\":true}\r\nPONG\r\n";
+
+    fn scripted(server: &[u8]) -> Client {
+        connect_script(server.to_vec(), &ConnectOptions::new("nats://fuzz")).unwrap()
+    }
+
+    #[test]
+    fn client_huge_announced_length_is_refused() {
+        let mut c = scripted(HUGE_MSG);
+        let err = c
+            .publish("x.blocks", &[("Nats-Msg-Id", "s-1")], b"payload")
+            .unwrap_err();
+        assert!(
+            matches!(&err, NatsError::Protocol { message, .. } if message.contains("limit")),
+            "{err}"
+        );
+        assert!(c.is_broken());
+        // usize::MAX used to overflow `total_len + 2`.
+        let mut c =
+            scripted(format!("{HANDSHAKE}MSG _INBOX.fuzz.1 1 {}\r\n", usize::MAX).as_bytes());
+        let err = c.request("x", &[], b"").unwrap_err();
+        assert!(matches!(err, NatsError::Protocol { .. }), "{err}");
+    }
+
+    #[test]
+    fn client_message_cut_short_is_an_error() {
+        // Within the limit, but the bytes never come: end of stream, not an
+        // allocation of the announced length.
+        let mut c =
+            scripted(format!("{HANDSHAKE}MSG _INBOX.fuzz.1 1 {MAX_MESSAGE}\r\nabc").as_bytes());
+        let err = c.request("x", &[], b"").unwrap_err();
+        assert!(matches!(err, NatsError::Io { .. }), "{err}");
+        let mut c =
+            scripted(format!("{HANDSHAKE}PING\r\nMSG _INBOX.fuzz.1 1 2\r\nhi\r\n").as_bytes());
+        let m = c.request("x", &[], b"").unwrap();
+        assert_eq!(m.payload, b"hi");
     }
 
     #[test]

@@ -61,6 +61,16 @@ mod jetstream;
 mod replay;
 mod streamer;
 
+/// Fuzzing seam, compiled only with the `fuzzing` feature (which `fuzz/`
+/// enables for `fuzz_targets/nats_protocol.rs`): [`connect_script`](fuzzing::connect_script)
+/// gives a [`Client`] whose server is a byte string, so everything the
+/// client parses from a server runs on arbitrary bytes. Not part of the API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::client::connect_script;
+}
+
 pub use client::{Client, ConnectOptions, DEFAULT_PORT, Message, ServerInfo};
 pub use config::{NATS_TYPE, NatsStreamerConfig, register};
 pub use error::{NatsError, Result};

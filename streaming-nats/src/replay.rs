@@ -85,7 +85,21 @@ impl<'a> StreamReader<'a> {
             .client
             .get_message(&self.stream, self.next_seq, Some(&self.subject))?;
         if let Some(m) = &m {
-            self.next_seq = m.seq + 1;
+            // The server answers with the first message at or after the
+            // sequence asked for; anything else is a broken answer, not a
+            // reason to read backwards or to overflow.
+            if m.seq < self.next_seq {
+                return Err(self.bad(
+                    m.seq,
+                    format!(
+                        "the server returned sequence {} when asked for {} or later",
+                        m.seq, self.next_seq
+                    ),
+                ));
+            }
+            self.next_seq = m.seq.checked_add(1).ok_or_else(|| {
+                self.bad(m.seq, "the sequence number is the largest possible".into())
+            })?;
         }
         Ok(m)
     }
@@ -398,4 +412,41 @@ pub fn replay_stream(client: &mut Client, stream: &str, subject: &str) -> Result
         records,
         duplicates,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::{ConnectOptions, connect_script};
+
+    /// A server that answers the reader's first MSG.GET with `seq`.
+    fn reader_error(seq: u64) -> String {
+        let json = format!(r#"{{"message":{{"subject":"s.blocks","seq":{seq},"data":""}}}}"#);
+        let script = format!(
+            "INFO {{\"headers\":true}}\r\nPONG\r\nMSG _INBOX.fuzz.1 1 {}\r\n{json}\r\n",
+            json.len()
+        );
+        let mut client =
+            connect_script(script.into_bytes(), &ConnectOptions::new("nats://fuzz")).unwrap();
+        let mut reader = StreamReader::new(&mut client, "s", "s");
+        match reader.next_message() {
+            Err(e) => e.to_string(),
+            Ok(m) => panic!("expected an error, got {m:?}"),
+        }
+    }
+
+    #[test]
+    fn replay_sequence_going_backwards_is_an_error() {
+        let err = reader_error(0);
+        assert!(
+            err.contains("returned sequence 0 when asked for 1"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn replay_largest_sequence_does_not_overflow() {
+        let err = reader_error(u64::MAX);
+        assert!(err.contains("largest possible"), "{err}");
+    }
 }

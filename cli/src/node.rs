@@ -81,6 +81,12 @@ pub struct NodeArgs {
     #[arg(long, value_name = "MB", default_value_t = 256)]
     cache_mb: usize,
 
+    /// Check every page checksum of the store when opening it (reads the
+    /// whole file): a damaged store is then reported as such instead of
+    /// possibly crashing the storage engine.
+    #[arg(long)]
+    verify_store: bool,
+
     /// Registers a streamer type `slow` that sleeps this many milliseconds
     /// per block and writes nothing: `statestream bench` runs the node with
     /// it to show that a streamer slower than the node does not make the
@@ -169,6 +175,7 @@ pub fn execute(args: &NodeArgs, quiet: bool) -> Result<Summary> {
         StoreOptions {
             fsync: !args.no_fsync,
             cache_size: args.cache_mb.max(1) << 20,
+            verify_on_open: args.verify_store,
         },
     )
     .with_context(|| format!("cannot open the store {}", store_path.display()))?;

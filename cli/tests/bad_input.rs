@@ -781,6 +781,23 @@ fn bad_input_corrupt_store_is_one_line_never_a_panic() {
         } else {
             assert!(line.contains("store.redb"), "{line}");
         }
+        // With --verify-store the damage is found by the checksums at open:
+        // an error about the store, never the engine's panic.
+        std::fs::write(home.join("data/store.redb"), &bytes).unwrap();
+        let _ = std::fs::remove_dir_all(home.join("data/streaming"));
+        let verified = statestream([
+            "node",
+            "--home",
+            p(&home),
+            "--config",
+            p(&config),
+            "--blocks",
+            "1",
+            "-q",
+            "--verify-store",
+        ]);
+        let line = verified.fails(&format!("flip at {offset}, verified"), 1, &["store.redb"]);
+        assert!(!line.contains("internal error"), "{line}");
     }
     assert!(
         internal > 0,

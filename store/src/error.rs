@@ -6,7 +6,10 @@ use std::path::PathBuf;
 ///
 /// Known limit: redb verifies page checksums only when it repairs a file
 /// after an unclean shutdown, so bytes damaged inside the b-tree pages of a
-/// cleanly closed file can go unnoticed or make redb itself panic on read.
+/// cleanly closed file can go unnoticed or make redb itself panic on read,
+/// unless the store is opened with
+/// [`StoreOptions::verify_on_open`](crate::StoreOptions::verify_on_open),
+/// which checks every page first and reports the damage as an error.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {

@@ -64,6 +64,15 @@ pub struct StoreOptions {
     /// 1,000 random-key writes per block, 64 MiB made commits ~28% slower
     /// than 256 MiB or 1 GiB on a state of a few hundred MB.
     pub cache_size: usize,
+
+    /// Check the whole file's page checksums when opening (default
+    /// `false`). redb verifies checksums only when it repairs after an
+    /// unclean shutdown, so a file damaged after a clean close is otherwise
+    /// trusted, and a damaged page can make the engine panic instead of
+    /// failing. With the check a damaged file is an [`Error::Engine`] at
+    /// open. It reads the whole file, so it costs time proportional to the
+    /// store's size.
+    pub verify_on_open: bool,
 }
 
 /// The default [`StoreOptions::cache_size`].
@@ -74,6 +83,7 @@ impl Default for StoreOptions {
         StoreOptions {
             fsync: true,
             cache_size: DEFAULT_CACHE_SIZE,
+            verify_on_open: false,
         }
     }
 }
@@ -184,6 +194,7 @@ impl MultiStore {
     pub fn open(path: &Path, stores: &[StoreKey], options: StoreOptions) -> Result<MultiStore> {
         let db = Database::builder()
             .set_cache_size(options.cache_size)
+            .set_check_integrity_on_open(options.verify_on_open)
             .create(path)
             .map_err(|e| Error::engine(path, "opening", e))?;
         Self::from_db(db, path.to_path_buf(), stores, options)

@@ -310,10 +310,12 @@ fn commit_overhead(
     })
 }
 
-/// Waits until every streamer of `manager` delivered `height`.
+/// Waits until every streamer of `manager` delivered and flushed `height`
+/// (an idle worker flushes at once), so that none of its work, the batched
+/// file sync included, runs into the next round.
 fn wait_delivered(manager: &DeliveryManager, height: u64) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
-    while manager.stats().iter().any(|s| s.delivered_height < height) {
+    while manager.stats().iter().any(|s| s.durable_height < height) {
         if Instant::now() > deadline {
             bail!("the streamer did not deliver block {height} within a minute");
         }

@@ -310,12 +310,16 @@ fn commit_overhead(
     })
 }
 
-/// Waits until every streamer of `manager` delivered and flushed `height`
-/// (an idle worker flushes at once), so that none of its work, the batched
-/// file sync included, runs into the next round.
+/// Waits until every streamer of `manager` delivered `height`, and an async
+/// one also flushed it (its idle worker flushes at once), so that none of
+/// its work, the batched file sync included, runs into the next round. (A
+/// sync streamer is flushed inside `commit`, timed.)
 fn wait_delivered(manager: &DeliveryManager, height: u64) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
-    while manager.stats().iter().any(|s| s.durable_height < height) {
+    let behind = |s: &statestream::StreamerStats| {
+        s.delivered_height < height || (s.delivery == Delivery::Async && s.durable_height < height)
+    };
+    while manager.stats().iter().any(behind) {
         if Instant::now() > deadline {
             bail!("the streamer did not deliver block {height} within a minute");
         }

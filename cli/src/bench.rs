@@ -4,7 +4,8 @@
 //! Every comparison runs its two variants in the same process, alternating
 //! round by round (and swapping which goes first every other round, so
 //! neither always runs on a warmer cache), and reports the median over the
-//! rounds of the per-round ratio. One warm-up round of each is not counted.
+//! rounds of the per-round ratio. The first [`WARM_UP`] rounds are not
+//! counted.
 //! `--json` prints one object per line: `name`, `value`, `unit`, and for
 //! comparisons `ratio` (this variant's time or cost over the baseline's:
 //! for throughputs, this variant's throughput over the baseline's) and
@@ -41,7 +42,24 @@ pub struct BenchArgs {
     /// seconds; the figures mean little.
     #[arg(long)]
     quick: bool,
+
+    /// Run only these figures (comma-separated names, as printed), e.g.
+    /// `--only reader_vs_raw,verify_mb_s`.
+    #[arg(long, value_delimiter = ',', value_name = "NAMES",
+          value_parser = clap::builder::PossibleValuesParser::new(FIGURES))]
+    only: Vec<String>,
 }
+
+/// Every figure, in the order they run.
+const FIGURES: [&str; 7] = [
+    "commit_overhead_async",
+    "commit_overhead_sync",
+    "writer_vs_raw",
+    "reader_vs_raw",
+    "verify_mb_s",
+    "replay_mb_s",
+    "node_peak_rss_mb",
+];
 
 const KEY_LEN: usize = 32;
 const VALUE_LEN: usize = 100;
@@ -64,7 +82,7 @@ struct Sizes {
 }
 
 const FULL: Sizes = Sizes {
-    rounds: 9,
+    rounds: 21,
     writes: 1_000,
     commit_blocks: 32,
     corpus_blocks: 200,
@@ -131,6 +149,7 @@ fn round3(v: f64) -> f64 {
 
 pub fn run(args: BenchArgs, _quiet: bool) -> Result<ExitCode> {
     let sizes = if args.quick { &QUICK } else { &FULL };
+    let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|n| n == name);
     let tmp = tempfile::Builder::new()
         .prefix("statestream-bench-")
         .tempdir()
@@ -138,16 +157,41 @@ pub fn run(args: BenchArgs, _quiet: bool) -> Result<ExitCode> {
     let tmp = tmp.path();
     let stores = bench_stores()?;
 
-    for delivery in [Delivery::Async, Delivery::Sync] {
-        commit_overhead(sizes, &stores, delivery, tmp)?.print(args.json)?;
+    for (delivery, name) in [
+        (Delivery::Async, "commit_overhead_async"),
+        (Delivery::Sync, "commit_overhead_sync"),
+    ] {
+        if wanted(name) {
+            commit_overhead(sizes, &stores, delivery, tmp)?.print(args.json)?;
+        }
     }
 
-    let corpus = Corpus::build(sizes, &stores, &tmp.join("corpus"))?;
-    writer_vs_raw(sizes, &corpus, &tmp.join("writer"))?.print(args.json)?;
-    reader_vs_raw(sizes, &corpus)?.print(args.json)?;
-    verify_mb_s(sizes, &corpus)?.print(args.json)?;
-    replay_mb_s(sizes, &corpus, &tmp.join("replay"))?.print(args.json)?;
-    node_peak_rss(sizes, &tmp.join("node"))?.print(args.json)?;
+    if [
+        "writer_vs_raw",
+        "reader_vs_raw",
+        "verify_mb_s",
+        "replay_mb_s",
+    ]
+    .iter()
+    .any(|n| wanted(n))
+    {
+        let corpus = Corpus::build(sizes, &stores, &tmp.join("corpus"))?;
+        if wanted("writer_vs_raw") {
+            writer_vs_raw(sizes, &corpus, &tmp.join("writer"))?.print(args.json)?;
+        }
+        if wanted("reader_vs_raw") {
+            reader_vs_raw(sizes, &corpus)?.print(args.json)?;
+        }
+        if wanted("verify_mb_s") {
+            verify_mb_s(sizes, &corpus)?.print(args.json)?;
+        }
+        if wanted("replay_mb_s") {
+            replay_mb_s(sizes, &corpus, &tmp.join("replay"))?.print(args.json)?;
+        }
+    }
+    if wanted("node_peak_rss_mb") {
+        node_peak_rss(sizes, &tmp.join("node"))?.print(args.json)?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -204,8 +248,12 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// Runs `a` (the variant) and `b` (the baseline) alternately, one warm-up
-/// round and `rounds` counted ones; each returns the seconds it measured.
+/// Rounds of a comparison that are run but not counted: the first rounds
+/// on a new store grow its file, which later rounds do not.
+const WARM_UP: usize = 2;
+
+/// Runs `a` (the variant) and `b` (the baseline) alternately, [`WARM_UP`]
+/// rounds and `rounds` counted ones; each returns the seconds it measured.
 /// Returns the medians of `a`'s and `b`'s seconds and of the per-round
 /// ratio `a / b`.
 fn alternate(
@@ -214,7 +262,7 @@ fn alternate(
     mut b: impl FnMut(usize) -> Result<f64>,
 ) -> Result<(f64, f64, f64)> {
     let (mut ta, mut tb, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-    for round in 0..=rounds {
+    for round in 0..WARM_UP + rounds {
         let (sa, sb) = if round % 2 == 0 {
             let sa = a(round)?;
             (sa, b(round)?)
@@ -222,7 +270,7 @@ fn alternate(
             let sb = b(round)?;
             (a(round)?, sb)
         };
-        if round > 0 {
+        if round >= WARM_UP {
             ta.push(sa);
             tb.push(sb);
             ratios.push(sa / sb.max(1e-12));

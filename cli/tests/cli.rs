@@ -695,6 +695,48 @@ fn node_stops_cleanly_on_ctrl_c() {
 }
 
 #[test]
+fn bench_only_runs_the_named_figures() {
+    let run = statestream([
+        "bench",
+        "--json",
+        "--quick",
+        "--only",
+        "verify_mb_s,commit_overhead_sync",
+    ])
+    .ok();
+    let names: Vec<String> = run
+        .stdout
+        .lines()
+        .map(|l| {
+            let j: Value = serde_json::from_str(l).unwrap();
+            j["name"].as_str().unwrap().to_string()
+        })
+        .collect();
+    // In the order they always run, not the order asked.
+    assert_eq!(names, ["commit_overhead_sync", "verify_mb_s"], "{run:#?}");
+}
+
+#[test]
+fn bench_only_refuses_an_unknown_figure() {
+    // A usage error: exit 2, naming the value and listing the figures.
+    let run = statestream(["bench", "--quick", "--only", "reader_vs_raw,reader"]);
+    assert_eq!(run.code, 2, "{run:#?}");
+    assert!(
+        run.stderr
+            .contains("invalid value 'reader' for '--only <NAMES>'"),
+        "{run:#?}"
+    );
+    assert!(
+        run.stderr.contains(
+            "[possible values: commit_overhead_async, commit_overhead_sync, writer_vs_raw, \
+             reader_vs_raw, verify_mb_s, replay_mb_s, node_peak_rss_mb]"
+        ),
+        "{run:#?}"
+    );
+    assert!(run.stdout.is_empty(), "{run:#?}");
+}
+
+#[test]
 fn bench_quick_json_reports_every_figure() {
     let run = statestream(["bench", "--json", "--quick"]).ok();
     let lines: Vec<Value> = run

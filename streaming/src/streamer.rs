@@ -21,7 +21,7 @@ use crate::error::StreamError;
 ///   covers flushed blocks, and the change log keeps every block above it, so
 ///   a power loss cannot skip a block: whatever was delivered but not flushed
 ///   is delivered again at the next start. The node calls `on_flush` at most
-///   every 200 ms while blocks flow, whenever the streamer goes idle, and at
+///   every 50 ms while blocks flow, whenever the streamer goes idle, and at
 ///   clean shutdown. A streamer whose `on_block` is already durable (it
 ///   fsyncs, or waits for a server's acknowledgement) keeps the default no-op.
 /// - **Idempotency per height.** After a crash, or after a failed

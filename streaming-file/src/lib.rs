@@ -58,6 +58,7 @@ mod config;
 mod error;
 mod layout;
 mod reader;
+mod syncer;
 mod writer;
 
 pub use config::{FILE_TYPE, FileStreamerConfig, register};

@@ -8,6 +8,7 @@ use statestream::{Block, StreamError, Streamer, crc32c_append};
 
 use crate::error::Error;
 use crate::layout::{self, FileKind, HEADER_LEN};
+use crate::syncer::Syncer;
 
 /// `type = "file"`: writes each block's records for the streamer's stores
 /// to `[P-]block-N-data` and, with `output-metadata`, its
@@ -18,7 +19,10 @@ use crate::layout::{self, FileKind, HEADER_LEN};
 /// the meta file: a reader never sees a partial file under a final name, and
 /// a meta file is only there once its data file is. Delivering a height again
 /// rewrites the same bytes the same way, so the streamer is idempotent per
-/// height. Built by [`FileStreamerConfig::build`](crate::FileStreamerConfig::build).
+/// height. With `fsync = false`, a background thread syncs the renamed files
+/// (and the directory) as soon as the streamer pauses, and `on_flush` waits
+/// for the ones it has not synced yet. Built by
+/// [`FileStreamerConfig::build`](crate::FileStreamerConfig::build).
 pub struct FileStreamer {
     name: String,
     dir: PathBuf,
@@ -27,9 +31,9 @@ pub struct FileStreamer {
     fsync: bool,
     /// The meta file's bytes (header + message), reused from block to block.
     meta_buf: Vec<u8>,
-    /// With `fsync = false`: files renamed into place since the last
-    /// `on_flush`, which syncs them (and the directory) in one batch.
-    unsynced: Vec<PathBuf>,
+    /// With `fsync = false`: syncs the files renamed into place, in the
+    /// background; `on_flush` waits for it.
+    syncer: Option<Syncer>,
 }
 
 impl std::fmt::Debug for FileStreamer {
@@ -86,6 +90,11 @@ impl FileStreamer {
                 what: "not writable",
                 source,
             })?;
+        let syncer = if fsync {
+            None
+        } else {
+            Some(Syncer::start(&dir, name)?)
+        };
         let streamer = FileStreamer {
             name: name.to_string(),
             dir,
@@ -93,7 +102,7 @@ impl FileStreamer {
             output_metadata,
             fsync,
             meta_buf: Vec::new(),
-            unsynced: Vec::new(),
+            syncer,
         };
         streamer.remove_stale_temps()?;
         Ok(streamer)
@@ -156,8 +165,8 @@ impl FileStreamer {
         parts.extend(block.encoded());
         let data_name = layout::file_name(&self.prefix, height, FileKind::Data);
         write_atomically(&self.dir, &data_name, &parts, self.fsync)?;
-        if !self.fsync {
-            self.unsynced.push(self.dir.join(&data_name));
+        if let Some(syncer) = &self.syncer {
+            syncer.add(self.dir.join(&data_name));
         }
         if self.output_metadata {
             let crc = block.encoded().fold(0, crc32c_append);
@@ -168,29 +177,10 @@ impl FileStreamer {
             self.meta_buf[..HEADER_LEN].copy_from_slice(&layout::encode_header(meta_len));
             let meta_name = layout::file_name(&self.prefix, height, FileKind::Meta);
             write_atomically(&self.dir, &meta_name, &[&self.meta_buf], self.fsync)?;
-            if !self.fsync {
-                self.unsynced.push(self.dir.join(&meta_name));
+            if let Some(syncer) = &self.syncer {
+                syncer.add(self.dir.join(&meta_name));
             }
         }
-        Ok(())
-    }
-
-    /// Syncs the files written since the last flush, then the directory.
-    fn sync_written(&mut self) -> Result<(), Error> {
-        if self.unsynced.is_empty() {
-            return Ok(());
-        }
-        for path in &self.unsynced {
-            File::open(path)
-                .and_then(|f| f.sync_all())
-                .map_err(|source| Error::Io {
-                    path: path.clone(),
-                    what: "cannot fsync",
-                    source,
-                })?;
-        }
-        sync_dir(&self.dir)?;
-        self.unsynced.clear();
         Ok(())
     }
 }
@@ -201,12 +191,17 @@ impl Streamer for FileStreamer {
     }
 
     /// With `fsync = true` every block is durable when `on_block` returns
-    /// and this does nothing. With `fsync = false` it syncs, in one batch,
-    /// the files written since the last flush: the node persists a cursor
-    /// only for flushed blocks, so a power loss makes it write the lost
-    /// files again instead of skipping them.
+    /// and this does nothing. With `fsync = false` it waits until the
+    /// background thread has synced every file written so far, and the
+    /// directory: the node persists a cursor only for flushed blocks, so a
+    /// power loss makes it write the lost files again instead of skipping
+    /// them. A failed sync is returned here (and the node delivers the
+    /// unflushed blocks again).
     fn on_flush(&mut self) -> Result<(), StreamError> {
-        self.sync_written().map_err(StreamError::new)
+        match &self.syncer {
+            Some(syncer) => syncer.wait().map_err(StreamError::new),
+            None => Ok(()),
+        }
     }
 }
 
@@ -297,9 +292,20 @@ fn write_all_vectored(file: &mut File, parts: &[&[u8]]) -> io::Result<()> {
     Ok(())
 }
 
+/// Makes a file that was renamed into place durable (its data and inode).
+pub(crate) fn sync_file(path: &Path) -> Result<(), Error> {
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            what: "cannot fsync",
+            source,
+        })
+}
+
 /// Makes the directory's entries (our renames) durable.
 #[cfg(unix)]
-fn sync_dir(dir: &Path) -> Result<(), Error> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), Error> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|source| Error::Io {
@@ -312,6 +318,6 @@ fn sync_dir(dir: &Path) -> Result<(), Error> {
 /// Directories cannot be opened for syncing here; renames are made durable
 /// by the file system's own journal.
 #[cfg(not(unix))]
-fn sync_dir(_dir: &Path) -> Result<(), Error> {
+pub(crate) fn sync_dir(_dir: &Path) -> Result<(), Error> {
     Ok(())
 }

@@ -95,10 +95,17 @@ impl Syncer {
     /// Hands over `path`, a file just renamed into place, to be synced.
     pub(crate) fn add(&self, path: PathBuf) {
         let mut state = self.shared.lock();
+        let was_idle = state.pending.is_empty();
         state.pending.push(path);
         state.queued += 1;
         drop(state);
-        self.shared.changed.notify_all();
+        // With files already pending the thread is timing a pause and looks
+        // at `queued` when the pause is over: waking it for every file
+        // would cost a system call on the writing thread and a wake-up of
+        // the other, per file.
+        if was_idle {
+            self.shared.changed.notify_all();
+        }
     }
 
     /// Waits until every file handed over so far is synced, and the

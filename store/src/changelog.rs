@@ -8,6 +8,7 @@ use std::sync::Arc;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use crate::changeset::{ChangeSet, StoreChanges};
+use crate::checksum::crc32c_append;
 use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::key::StoreKey;
@@ -163,10 +164,12 @@ pub(crate) fn decode_entry(height: u64, buf: &[u8]) -> std::result::Result<Chang
                 "change log entry {height}, store {name}: {seen} records, header says {count}"
             ));
         }
+        let crc32c = crc32c_append(0, &encoded);
         stores.push(StoreChanges {
             store,
             hash,
             encoded,
+            crc32c,
             count,
         });
     }
@@ -277,6 +280,8 @@ mod tests {
         a.push(b"k1", Some(&[7; 300]));
         a.push(b"k2", None);
         a.hash = [3; 32];
+        // As commit sets it; decoding the entry must compute the same.
+        a.crc32c = crc32c_append(0, &a.encoded);
         let b = StoreChanges::empty(StoreKey::new("b").expect("valid"));
         ChangeSet {
             height: 9,

@@ -24,12 +24,15 @@ impl fmt::Debug for CommitInfo {
 }
 
 /// One store's part of a block: its records in key order, in the canonical
-/// record encoding, and its chained hash after the block.
+/// record encoding, their CRC-32C, and the store's chained hash after the
+/// block.
 #[derive(Clone, PartialEq, Eq)]
 pub struct StoreChanges {
     pub(crate) store: StoreKey,
     pub(crate) hash: Hash,
     pub(crate) encoded: Vec<u8>,
+    /// CRC-32C of `encoded`, set when `encoded` is complete.
+    pub(crate) crc32c: u32,
     pub(crate) count: usize,
 }
 
@@ -39,6 +42,7 @@ impl StoreChanges {
             store,
             hash: crate::hash::ZERO_HASH,
             encoded: Vec::new(),
+            crc32c: 0,
             count: 0,
         }
     }
@@ -62,6 +66,12 @@ impl StoreChanges {
     /// bytes a data file holds for this store.
     pub fn encoded(&self) -> &[u8] {
         &self.encoded
+    }
+
+    /// CRC-32C of [`encoded`](StoreChanges::encoded), computed once when the
+    /// block was committed (or read back from the change log).
+    pub fn crc32c(&self) -> u32 {
+        self.crc32c
     }
 
     /// Iterates the records, in key order.

@@ -48,6 +48,7 @@
 mod cache;
 mod changelog;
 mod changeset;
+mod checksum;
 mod error;
 mod hash;
 mod iter;
@@ -60,6 +61,7 @@ mod record;
 pub use cache::Cache;
 pub use changelog::ChangeLog;
 pub use changeset::{ChangeSet, CommitInfo, StoreChanges};
+pub use checksum::{crc32c_append, crc32c_combine};
 pub use error::{Error, Result};
 pub use hash::{Hash, ZERO_HASH, app_hash, chain_store_hash, to_hex};
 pub use iter::{KvIter, Order};

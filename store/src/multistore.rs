@@ -11,6 +11,7 @@ use redb::{
 use crate::cache::Cache;
 use crate::changelog::{CHANGELOG, ChangeLog, entry_len, write_entry};
 use crate::changeset::{ChangeSet, CommitInfo, StoreChanges};
+use crate::checksum::crc32c_append;
 use crate::error::{Error, Result};
 use crate::hash::{Hash, ZERO_HASH, app_hash, chain_store_hash};
 use crate::iter::{KvIter, Order, is_empty_range, merge};
@@ -496,6 +497,7 @@ impl MultiStore {
                 changes.push(key, value.as_deref());
             }
             changes.hash = chain_store_hash(&self.hashes[i], &changes.encoded);
+            changes.crc32c = crc32c_append(0, &changes.encoded);
             hashes.push(changes.hash);
             stores.push(changes);
         }

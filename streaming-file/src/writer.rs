@@ -4,7 +4,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, IoSlice, Write};
 use std::path::{Path, PathBuf};
 
-use statestream::{Block, StreamError, Streamer, crc32c_append};
+use statestream::{Block, StreamError, Streamer};
 
 use crate::error::Error;
 use crate::layout::{self, FileKind, HEADER_LEN};
@@ -169,7 +169,7 @@ impl FileStreamer {
             syncer.add(self.dir.join(&data_name));
         }
         if self.output_metadata {
-            let crc = block.encoded().fold(0, crc32c_append);
+            let crc = block.payload_crc32c();
             self.meta_buf.clear();
             self.meta_buf.extend_from_slice(&[0; HEADER_LEN]);
             block.encode_metadata(len, crc, &mut self.meta_buf);

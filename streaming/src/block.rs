@@ -277,6 +277,15 @@ impl Block {
         self.stores().map(|s| s.encoded().len()).sum()
     }
 
+    /// CRC-32C of the concatenated encoded records (a data file's payload),
+    /// combined from the per-store checksums the store computed at commit:
+    /// the records are not read again.
+    pub fn payload_crc32c(&self) -> u32 {
+        self.stores().fold(0, |crc, s| {
+            statestream_store::crc32c_combine(crc, s.crc32c(), s.encoded().len())
+        })
+    }
+
     /// The `BlockMetadata` message for this block, with the payload's length
     /// and CRC-32C as given. [`encode_metadata`](Block::encode_metadata)
     /// writes the same message's bytes without building it.
@@ -337,7 +346,7 @@ impl Block {
     pub fn encode_frame(&self, out: &mut Vec<u8>) {
         use prost::encoding::{WireType, encode_key, encode_varint, uint64};
         let len = self.encoded_len();
-        let crc = self.encoded().fold(0, crc32c_append);
+        let crc = self.payload_crc32c();
         let height = self.height();
         let system = self.system_fields(len as u64, crc);
         out.clear();
@@ -363,63 +372,38 @@ impl Block {
     }
 }
 
-/// CRC-32C (Castagnoli) continued over `data`: the checksum of data-file
-/// payloads in meta files and frames. `crc` is the checksum of the bytes
-/// before `data` (0 for none), so `crc32c_append(crc32c_append(0, a), b)`
-/// is the checksum of `a` followed by `b`.
-///
-/// Computed by `crc-fast`, which picks at run time the widest carry-less
-/// multiply the CPU has (AVX-512 VPCLMULQDQ, else PCLMULQDQ with the SSE4.2
-/// `crc32` instruction, else tables): on the benchmark machine ~4x the
-/// `crc32c` crate's SSE4.2 loop for a 145 KB block (docs/performance.md).
-#[inline]
-pub fn crc32c_append(crc: u32, data: &[u8]) -> u32 {
-    // crc-fast's state is the register before the final xor (CRC-32C's
-    // xorout is all ones), so continuing a finished checksum starts from
-    // its complement.
-    let mut digest =
-        crc_fast::Digest::new_with_init_state(crc_fast::CrcAlgorithm::Crc32Iscsi, u64::from(!crc));
-    digest.update(data);
-    digest.finalize() as u32
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use statestream_store::{CommitInput, KvStore, MultiStore};
 
-    /// The CRC-32C check values of RFC 3720 (iSCSI), appendix B.4, and the
-    /// catalogue's "123456789".
+    /// The payload checksum combined from the stores' equals one pass over
+    /// the payload, whichever stores are selected, empty ones included.
     #[test]
-    fn crc32c_known_values() {
-        let inc: Vec<u8> = (0..32).collect();
-        let dec: Vec<u8> = (0..32).rev().collect();
-        assert_eq!(crc32c_append(0, b""), 0);
-        assert_eq!(crc32c_append(0, b"123456789"), 0xe306_9283);
-        assert_eq!(crc32c_append(0, &[0; 32]), 0x8a91_36aa);
-        assert_eq!(crc32c_append(0, &[0xff; 32]), 0x62a8_ab43);
-        assert_eq!(crc32c_append(0, &inc), 0x46dd_794e);
-        assert_eq!(crc32c_append(0, &dec), 0x113f_db5c);
-    }
-
-    proptest::proptest! {
-        /// Same checksum as the `crc32c` crate (the implementation this
-        /// replaced, so files written before still verify), whatever the
-        /// length and alignment, and appending in two pieces is the same
-        /// as one pass.
-        #[test]
-        fn crc32c_matches_reference(
-            data in proptest::collection::vec(proptest::num::u8::ANY, 0..5000),
-            skip in 0usize..64,
-            split in 0usize..5000,
-            start in proptest::num::u32::ANY,
-        ) {
-            let data = &data[skip.min(data.len())..];
-            let split = split.min(data.len());
-            let (a, b) = data.split_at(split);
-            proptest::prop_assert_eq!(crc32c_append(0, data), crc32c::crc32c(data));
-            proptest::prop_assert_eq!(crc32c_append(crc32c_append(0, a), b), crc32c::crc32c(data));
-            proptest::prop_assert_eq!(crc32c_append(start, data), crc32c::crc32c_append(start, data));
+    fn payload_crc32c_is_the_checksum_of_the_payload() {
+        let names = ["a", "b", "c", "d"];
+        let keys: Vec<StoreKey> = names.iter().map(|n| StoreKey::new(n).unwrap()).collect();
+        let mut store = MultiStore::in_memory(&keys).unwrap();
+        for (i, k) in keys.iter().enumerate().take(3) {
+            for j in 0..(i + 1) * 7 {
+                store
+                    .set(k, format!("key-{j}").as_bytes(), &[j as u8; 33])
+                    .unwrap();
+            }
+        }
+        store.delete(&keys[1], b"key-3").unwrap();
+        let cs = store.commit_block(CommitInput::new()).unwrap();
+        let selections: [&[usize]; 5] = [&[0, 1, 2, 3], &[1], &[3], &[0, 2], &[2, 3]];
+        for sel in selections {
+            let chosen: Vec<StoreKey> = sel.iter().map(|&i| keys[i].clone()).collect();
+            let b = Block::from_change_set(Arc::clone(&cs), &StoreSelection::new(&keys, &chosen))
+                .unwrap();
+            let payload: Vec<u8> = b.encoded().flatten().copied().collect();
+            assert_eq!(
+                b.payload_crc32c(),
+                statestream_store::crc32c_append(0, &payload),
+                "stores {sel:?}"
+            );
         }
     }
 
@@ -478,7 +462,8 @@ mod tests {
             b.encode_metadata(11, 22, &mut out);
             assert_eq!(out, b.metadata(11, 22).encode_to_vec());
             b.encode_frame(&mut out);
-            let crc = b.encoded().fold(0, crc32c_append);
+            let records: Vec<u8> = b.encoded().flatten().copied().collect();
+            let crc = statestream_store::crc32c_append(0, &records);
             let expected = proto::BlockFrame {
                 height: b.height(),
                 meta: Some(b.metadata(b.encoded_len() as u64, crc)),

@@ -55,10 +55,11 @@ pub mod proto;
 mod registry;
 mod streamer;
 
-pub use block::{Block, BlockMeta, StoreSelection, Tx, crc32c_append};
+pub use block::{Block, BlockMeta, StoreSelection, Tx};
 pub use error::{BoxError, Error, Result, StreamError};
 pub use manager::{DeliveryManager, StreamerSetup, StreamerStats};
 pub use process::{ProcessError, ProcessStreamer, ProcessStreamerConfig};
 pub use registry::{Registry, StreamerContext};
 pub use statestream_config::Delivery;
+pub use statestream_store::crc32c_append;
 pub use streamer::Streamer;

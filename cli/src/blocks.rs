@@ -61,6 +61,47 @@ impl DirArgs {
     }
 }
 
+/// The heights missing between the first and the last of `heights`
+/// (sorted), as inclusive ranges.
+pub fn gaps(heights: &[u64]) -> Vec<(u64, u64)> {
+    heights
+        .windows(2)
+        .filter(|w| w[1] > w[0] + 1)
+        .map(|w| (w[0] + 1, w[1] - 1))
+        .collect()
+}
+
+/// Warns on stderr, in one line, about the heights missing between the
+/// first and the last of `heights` (sorted): a tool that prints what is
+/// there must not let a hole pass for a complete range. `then` says what
+/// the tool does about it.
+pub fn warn_gaps(heights: &[u64], then: &str) {
+    let gaps = gaps(heights);
+    if gaps.is_empty() {
+        return;
+    }
+    const SHOWN: usize = 5;
+    let missing: u64 = gaps.iter().map(|(a, b)| b - a + 1).sum();
+    let mut ranges: Vec<String> = gaps
+        .iter()
+        .take(SHOWN)
+        .map(|&(a, b)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}-{b}")
+            }
+        })
+        .collect();
+    if gaps.len() > SHOWN {
+        ranges.push(format!("and {} more ranges", gaps.len() - SHOWN));
+    }
+    eprintln!(
+        "statestream: warning: {missing} heights have no block file: {}; {then}",
+        ranges.join(", ")
+    );
+}
+
 /// `bytes` as text when they are UTF-8 without control characters.
 pub fn printable(bytes: &[u8]) -> Option<&str> {
     let s = std::str::from_utf8(bytes).ok()?;

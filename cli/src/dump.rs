@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
-use crate::blocks::{DirArgs, record_json, show};
+use crate::blocks::{DirArgs, record_json, show, warn_gaps};
 
 #[derive(Debug, clap::Args)]
 pub struct DumpArgs {
@@ -45,8 +45,14 @@ pub fn run(args: DumpArgs) -> Result<ExitCode> {
     let heights = args.dir.heights(&dir)?;
     let from = args.from.unwrap_or(0);
     let to = args.to.unwrap_or(u64::MAX);
+    let selected: Vec<u64> = heights
+        .iter()
+        .copied()
+        .filter(|&h| h >= from && h <= to)
+        .collect();
+    warn_gaps(&selected, "the other blocks are printed");
     let mut out = BufWriter::new(std::io::stdout().lock());
-    for &height in heights.iter().filter(|&&h| h >= from && h <= to) {
+    for &height in &selected {
         let block = dir.open_block(height)?;
         for record in block.records() {
             let record = record?;

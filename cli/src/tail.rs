@@ -8,7 +8,7 @@ use anyhow::Result;
 use statestream_file::BlockFile;
 use statestream_store::to_hex;
 
-use crate::blocks::DirArgs;
+use crate::blocks::{DirArgs, warn_gaps};
 
 /// Without `--from`, start this many blocks before the last one.
 const LAST_BLOCKS: u64 = 10;
@@ -40,7 +40,19 @@ pub fn run(args: TailArgs) -> Result<ExitCode> {
         (None, None) => 1,
     };
     let mut out = std::io::stdout().lock();
+    let from_on: Vec<u64> = heights.iter().copied().filter(|&h| h >= from).collect();
     if args.follow {
+        // Following waits for each height in turn: say so when one that is
+        // missing already has later blocks after it (`from` itself
+        // included).
+        let mut probe = from_on.clone();
+        if from > 0 && from_on.first().is_some_and(|&first| first > from) {
+            probe.insert(0, from - 1);
+        }
+        warn_gaps(
+            &probe,
+            "--follow waits at the first of them until it appears",
+        );
         for block in dir.follow(from, Duration::from_millis(args.poll_ms.max(1))) {
             print_block(&mut out, &block?)?;
             out.flush()?;
@@ -49,7 +61,8 @@ pub fn run(args: TailArgs) -> Result<ExitCode> {
         if heights.is_empty() {
             args.dir.heights(&dir)?;
         }
-        for &h in heights.iter().filter(|&&h| h >= from) {
+        warn_gaps(&from_on, "the other blocks are printed");
+        for &h in &from_on {
             print_block(&mut out, &dir.open_block(h)?)?;
         }
     }

@@ -589,6 +589,42 @@ fn stats_text_and_json() {
 }
 
 #[test]
+fn dump_and_tail_warn_about_missing_heights() {
+    let (_tmp, dir, _node) = node_home(9);
+    let full = statestream(["dump", p(&dir)]).ok();
+    assert!(!full.stderr.contains("warning"), "{full:#?}");
+    for h in [3, 6, 7] {
+        std::fs::remove_file(dir.join(format!("block-{h}-data"))).unwrap();
+        std::fs::remove_file(dir.join(format!("block-{h}-meta"))).unwrap();
+    }
+    let dump = statestream(["dump", p(&dir)]).ok();
+    assert!(
+        dump.stderr.contains(
+            "statestream: warning: 3 heights have no block file: 3, 6-7; the other blocks are printed"
+        ),
+        "{dump:#?}"
+    );
+    // The blocks that are there are all printed.
+    let heights: std::collections::BTreeSet<u64> = dump
+        .stdout
+        .lines()
+        .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(heights.into_iter().collect::<Vec<_>>(), [1, 2, 4, 5, 8, 9]);
+    // Outside the range asked for, a hole is not reported.
+    let part = statestream(["dump", p(&dir), "--from", "8"]).ok();
+    assert!(!part.stderr.contains("warning"), "{part:#?}");
+
+    let tail = statestream(["tail", p(&dir), "--from", "5"]).ok();
+    assert!(
+        tail.stderr
+            .contains("statestream: warning: 2 heights have no block file: 6-7;"),
+        "{tail:#?}"
+    );
+    assert_eq!(tail.stdout.lines().count(), 3, "{tail:#?}");
+}
+
+#[test]
 fn tail_prints_one_line_per_block() {
     let (_tmp, dir, node) = node_home(12);
     let last10 = statestream(["tail", p(&dir)]).ok();

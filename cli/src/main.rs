@@ -8,6 +8,7 @@
 
 mod bench;
 mod blocks;
+mod cursors;
 mod dump;
 mod logging;
 mod node;
@@ -52,6 +53,8 @@ enum Command {
     Tail(tail::TailArgs),
     /// Per-store counts and a per-block size histogram.
     Stats(stats::StatsArgs),
+    /// List the streamers' cursors a node's store holds; delete one.
+    Cursors(cursors::CursorsArgs),
     /// Measure how fast the demo node commits and streams, and how fast
     /// the blocks read back.
     Bench(bench::BenchArgs),
@@ -109,6 +112,7 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Replay(args) => replay::run(args, cli.quiet),
         Command::Tail(args) => tail::run(args),
         Command::Stats(args) => stats::run(args),
+        Command::Cursors(args) => cursors::run(args),
         Command::Bench(args) => bench::run(args, cli.quiet),
     }
 }

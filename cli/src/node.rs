@@ -37,7 +37,7 @@ stop-node-on-error = true
 const SEED_FILE: &str = "demo-seed";
 
 /// Where the store lives under HOME.
-const STORE_PATH: &str = "data/store.redb";
+pub const STORE_PATH: &str = "data/store.redb";
 
 #[derive(Debug, clap::Args)]
 pub struct NodeArgs {

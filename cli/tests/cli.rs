@@ -625,6 +625,55 @@ fn dump_and_tail_warn_about_missing_heights() {
 }
 
 #[test]
+fn cursors_lists_and_deletes() {
+    let (tmp, dir, _node) = node_home(5);
+    let home = tmp.path().join("home");
+    let json = statestream(["cursors", "--home", p(&home), "--json"])
+        .ok()
+        .json();
+    assert_eq!(json["height"], 5);
+    assert_eq!(json["cursors"][0]["name"], "file");
+    assert_eq!(json["cursors"][0]["height"], 5);
+    assert_eq!(json["cursors"][0]["behind"], 0);
+    assert_eq!(json["cursors"].as_array().unwrap().len(), 1);
+
+    // An unknown name deletes nothing, and says what there is.
+    statestream([
+        "cursors",
+        "--home",
+        p(&home),
+        "--delete",
+        "file",
+        "--delete",
+        "flie",
+    ])
+    .fails(
+        1,
+        "no cursor named \"flie\" (the store holds: file); nothing was deleted",
+    );
+    let text = statestream(["cursors", "--home", p(&home)]).ok();
+    assert!(text.stdout.contains("file "), "{text:#?}");
+
+    let deleted = statestream(["cursors", "--home", p(&home), "--delete", "file"]).ok();
+    assert!(
+        deleted.stdout.starts_with("deleted the cursor \"file\""),
+        "{deleted:#?}"
+    );
+    assert!(deleted.stdout.contains("no cursors"), "{deleted:#?}");
+
+    // The streamer is new again: it starts with the next block.
+    statestream(["node", "--home", p(&home), "--blocks", "2"]).ok();
+    let json = statestream(["cursors", "--home", p(&home), "--json"])
+        .ok()
+        .json();
+    assert_eq!(json["cursors"][0]["height"], 7);
+    assert!(dir.join("block-7-data").exists());
+
+    statestream(["cursors", "--home", p(&tmp.path().join("nohome"))])
+        .fails(1, "no store (is --home a node's home?)");
+}
+
+#[test]
 fn tail_prints_one_line_per_block() {
     let (_tmp, dir, node) = node_home(12);
     let last10 = statestream(["tail", p(&dir)]).ok();

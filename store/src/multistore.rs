@@ -201,6 +201,49 @@ impl MultiStore {
         Self::from_db(db, path.to_path_buf(), stores, options)
     }
 
+    /// Opens a database file that already exists, with the set of stores it
+    /// was created with (for tools that do not know the application's
+    /// stores). A missing file is an error, never a new database.
+    pub fn open_existing(path: &Path, options: StoreOptions) -> Result<MultiStore> {
+        let db = Database::builder()
+            .set_cache_size(options.cache_size)
+            .set_check_integrity_on_open(options.verify_on_open)
+            .open(path)
+            .map_err(|e| Error::engine(path, "opening", e))?;
+        let err = |e: redb::Error| Error::engine(path, "reading the store names", e);
+        let names = {
+            let txn = db.begin_read().map_err(|e| err(e.into()))?;
+            let meta = match txn.open_table(META) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => {
+                    return Err(Error::Corrupt {
+                        path: path.to_path_buf(),
+                        what: "not a statestream store (no meta table)".into(),
+                    });
+                }
+                Err(e) => return Err(err(e.into())),
+            };
+            let found = meta.get(META_STORES).map_err(|e| err(e.into()))?;
+            let Some(found) = found else {
+                return Err(Error::Corrupt {
+                    path: path.to_path_buf(),
+                    what: "not a statestream store (no store names)".into(),
+                });
+            };
+            String::from_utf8_lossy(found.value()).into_owned()
+        };
+        let stores = names
+            .split(',')
+            .filter(|n| !n.is_empty())
+            .map(StoreKey::new)
+            .collect::<Result<Vec<_>>>()
+            .map_err(|e| Error::Corrupt {
+                path: path.to_path_buf(),
+                what: format!("bad store names {names:?}: {e}"),
+            })?;
+        Self::from_db(db, path.to_path_buf(), &stores, options)
+    }
+
     /// A store on redb's in-memory backend: the same code path as on disk,
     /// for tests and benchmarks.
     pub fn in_memory(stores: &[StoreKey]) -> Result<MultiStore> {
@@ -561,6 +604,21 @@ impl MultiStore {
             out.push((k.value().to_string(), v.value()));
         }
         Ok(out)
+    }
+
+    /// Removes the persisted cursor `name`, in its own durable transaction.
+    /// Returns whether there was one. A streamer of that name configured
+    /// later starts with the next block, as a new one does.
+    pub fn delete_cursor(&mut self, name: &str) -> Result<bool> {
+        self.check_usable()?;
+        let err = |e: redb::Error| Error::engine(&self.path, "deleting a cursor", e);
+        let txn = self.db.begin_write().map_err(|e| err(e.into()))?;
+        let existed = {
+            let mut t = txn.open_table(CURSORS).map_err(|e| err(e.into()))?;
+            t.remove(name).map_err(|e| err(e.into()))?.is_some()
+        };
+        txn.commit().map_err(|e| err(e.into()))?;
+        Ok(existed)
     }
 
     /// Persists cursors now, in their own durable transaction (used at

@@ -396,15 +396,18 @@ impl DeliveryManager {
                 let first_kept = bounds.map_or(u64::MAX, |(lo, _)| lo);
                 if cursor + 1 < first_kept {
                     return Err(Error::Worker {
-                        streamer: setup.name,
+                        streamer: setup.name.clone(),
                         what: format!(
                             "its cursor is at height {cursor} but blocks {}..={} are no longer \
                              in the change log (it is pruned below the lowest cursor of the \
                              configured streamers, and this one was left out of the \
                              configuration meanwhile); to start it with the next block \
-                             instead, give its [streamers.<name>] table a new name",
+                             instead, give its [streamers.<name>] table a new name or delete \
+                             its cursor (MultiStore::delete_cursor; for the demo node, \
+                             `statestream cursors --home HOME --delete {}`)",
                             cursor + 1,
-                            first_kept.min(committed_height + 1) - 1
+                            first_kept.min(committed_height + 1) - 1,
+                            setup.name
                         ),
                     });
                 }

@@ -371,3 +371,35 @@ fn persist_second_open_of_the_same_file_is_an_error() {
     let store = open(&path, StoreOptions::default());
     assert_eq!(store.version(), 0);
 }
+
+#[test]
+fn persist_open_existing_uses_the_recorded_stores_and_deletes_cursors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state.redb");
+    // Never creates a database.
+    let missing = MultiStore::open_existing(&path, StoreOptions::default());
+    assert!(matches!(missing, Err(Error::Engine { .. })), "{missing:?}");
+    assert!(!path.exists());
+
+    let mut store = open(&path, StoreOptions::default());
+    store.set(&key("acc"), b"k", b"v").expect("set");
+    store
+        .commit_block(CommitInput::new().cursor("file", 1).cursor("nats", 1))
+        .expect("commit");
+    let hash = store.last_commit().app_hash;
+    store.close().expect("close");
+
+    let mut store = MultiStore::open_existing(&path, StoreOptions::default()).expect("open");
+    assert_eq!(store.last_commit().app_hash, hash);
+    assert_eq!(
+        store.get(&key("acc"), b"k").expect("get"),
+        Some(b"v".to_vec())
+    );
+    assert!(store.delete_cursor("file").expect("delete"));
+    assert!(!store.delete_cursor("file").expect("delete again"));
+    store.close().expect("close");
+
+    // The deletion is durable, and the other cursor is untouched.
+    let store = open(&path, StoreOptions::default());
+    assert_eq!(store.cursors().expect("cursors"), [("nats".to_string(), 1)]);
+}

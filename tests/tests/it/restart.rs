@@ -188,5 +188,19 @@ fn restart_streamer_left_out_of_the_config_loses_pruned_blocks_with_a_clear_erro
         msg.contains("new name"),
         "the message says what to do: {msg}"
     );
+    assert!(
+        msg.contains("statestream cursors --home HOME --delete rec"),
+        "{msg}"
+    );
+    // Deleting the cursor, as the message offers, lets it start anew.
+    assert!(store.delete_cursor("rec").unwrap());
+    let (rec, handle2) = recorder("rec", Expect::new());
+    let manager = DeliveryManager::with_streamers(
+        &mut store,
+        vec![(StreamerSetup::new("rec", &all), Box::new(rec))],
+    )
+    .unwrap();
+    drop(manager);
+    handle2.verify();
     handle.verify();
 }

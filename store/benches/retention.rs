@@ -12,46 +12,14 @@
 
 use std::time::Instant;
 
-use statestream_store::{CommitInput, KvStore, MultiStore, StoreKey, StoreOptions};
+use statestream_store::{CommitInput, MultiStore, StoreKey, StoreOptions};
 
-const WRITES_PER_BLOCK: usize = 1_000;
-const KEY_LEN: usize = 32;
-const VALUE_LEN: usize = 100;
+mod common;
+
+use common::{SplitMix64, WRITES_PER_BLOCK, stores, write_block};
+
 /// Blocks committed before timing starts (the files grow to their size).
 const WARM_UP: u64 = 100;
-
-/// splitmix64, as in the commit bench.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            let bytes = self.next().to_be_bytes();
-            chunk.copy_from_slice(&bytes[..chunk.len()]);
-        }
-    }
-}
-
-fn write_block(store: &mut MultiStore, stores: &[StoreKey], rng: &mut SplitMix64) {
-    let mut key = [0u8; KEY_LEN];
-    let mut value = [0u8; VALUE_LEN];
-    let mut tx = store.cache();
-    for i in 0..WRITES_PER_BLOCK {
-        rng.fill(&mut key);
-        rng.fill(&mut value);
-        tx.set(&stores[i % stores.len()], &key, &value)
-            .expect("set");
-    }
-    tx.write().expect("write back");
-}
 
 /// Milliseconds per block of the store that prunes at once and of the one
 /// that keeps `held` blocks.
@@ -101,10 +69,7 @@ fn main() {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(1_000);
-    let stores: Vec<StoreKey> = ["acc", "bank", "gov", "staking"]
-        .iter()
-        .map(|n| StoreKey::new(n).expect("valid store name"))
-        .collect();
+    let stores = stores();
     println!("blocks of {WRITES_PER_BLOCK} writes, {blocks} per store after {WARM_UP} untimed");
     for held in [1, 10, 40] {
         let (prompt, holding) = compare(&stores, held, blocks);

@@ -23,8 +23,8 @@ pub struct CursorsArgs {
     #[arg(long, value_name = "NAME")]
     delete: Vec<String>,
 
-    /// One JSON object: height, change_log (first, last or null), cursors
-    /// (name, height, behind).
+    /// One JSON object: height, change_log (first, last or null), deleted
+    /// (the names given to --delete), cursors (name, height, behind).
     #[arg(long)]
     json: bool,
 }
@@ -34,8 +34,18 @@ pub fn run(args: CursorsArgs) -> Result<ExitCode> {
     if !path.is_file() {
         bail!("{}: no store (is --home a node's home?)", path.display());
     }
-    let mut store = MultiStore::open_existing(&path, StoreOptions::default())
-        .with_context(|| format!("cannot open the store at {}", path.display()))?;
+    let mut store = match MultiStore::open_existing(&path, StoreOptions::default()) {
+        Ok(store) => store,
+        Err(e) if e.to_string().contains("already open") => {
+            bail!(
+                "{}: a running node holds the store: stop it first",
+                path.display()
+            )
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot open the store at {}", path.display()));
+        }
+    };
     let cursors = store.cursors()?;
     if let Some(unknown) = args
         .delete

@@ -671,6 +671,37 @@ fn cursors_lists_and_deletes() {
 
     statestream(["cursors", "--home", p(&tmp.path().join("nohome"))])
         .fails(1, "no store (is --home a node's home?)");
+
+    // A running node holds the store.
+    let mut node = Command::new(BIN)
+        .args([
+            "-q",
+            "node",
+            "--home",
+            p(&home),
+            "--blocks",
+            "1000000",
+            "--no-fsync",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("node starts");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let refused = loop {
+        let run = statestream(["cursors", "--home", p(&home)]);
+        if run.code == 1 {
+            break run;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node never held the store"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    node.kill().expect("kill the node");
+    node.wait().expect("reap the node");
+    refused.fails(1, "a running node holds the store: stop it first");
 }
 
 #[test]

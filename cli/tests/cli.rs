@@ -687,18 +687,17 @@ fn cursors_lists_and_deletes() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("node starts");
+    // Wait for its first new block without touching the store (opening it
+    // while the node starts would make the node fail to open it).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let refused = loop {
-        let run = statestream(["cursors", "--home", p(&home)]);
-        if run.code == 1 {
-            break run;
-        }
+    while !dir.join("block-9-data").exists() {
         assert!(
             std::time::Instant::now() < deadline,
-            "the node never held the store"
+            "the node wrote no block"
         );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let refused = statestream(["cursors", "--home", p(&home)]);
     node.kill().expect("kill the node");
     node.wait().expect("reap the node");
     refused.fails(1, "a running node holds the store: stop it first");

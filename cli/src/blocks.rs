@@ -63,7 +63,7 @@ impl DirArgs {
 
 /// The heights missing between the first and the last of `heights`
 /// (sorted), as inclusive ranges.
-pub fn gaps(heights: &[u64]) -> Vec<(u64, u64)> {
+fn gaps(heights: &[u64]) -> Vec<(u64, u64)> {
     heights
         .windows(2)
         .filter(|w| w[1] > w[0] + 1)

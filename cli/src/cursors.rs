@@ -36,7 +36,7 @@ pub fn run(args: CursorsArgs) -> Result<ExitCode> {
     }
     let mut store = match MultiStore::open_existing(&path, StoreOptions::default()) {
         Ok(store) => store,
-        Err(e) if e.to_string().contains("already open") => {
+        Err(statestream_store::Error::InUse { .. }) => {
             bail!(
                 "{}: a running node holds the store: stop it first",
                 path.display()

@@ -42,6 +42,11 @@ pub enum Error {
     #[error("the store is unusable after a failed commit at height {height}; reopen it")]
     Poisoned { height: u64 },
 
+    /// The database file is open elsewhere (in another process, a running
+    /// node most likely): its lock is taken.
+    #[error("database at {path} is in use by another process (is the node running?)")]
+    InUse { path: PathBuf },
+
     /// The embedded engine (redb) failed: I/O, locking, or internal error.
     #[error("database error at {path} while {action}: {source}")]
     Engine {

@@ -188,6 +188,17 @@ fn sorted_stores(stores: &[StoreKey]) -> Result<Vec<StoreKey>> {
     Ok(v)
 }
 
+/// An error opening the database file: another process holding it is
+/// [`Error::InUse`], anything else the engine's error.
+fn open_error(path: &Path, e: redb::DatabaseError) -> Error {
+    match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => Error::InUse {
+            path: path.to_path_buf(),
+        },
+        e => Error::engine(path, "opening", e),
+    }
+}
+
 impl MultiStore {
     /// Opens (or creates) the database file at `path` with the given stores.
     /// The set of stores is fixed when the database is created; reopening
@@ -197,7 +208,7 @@ impl MultiStore {
             .set_cache_size(options.cache_size)
             .set_check_integrity_on_open(options.verify_on_open)
             .create(path)
-            .map_err(|e| Error::engine(path, "opening", e))?;
+            .map_err(|e| open_error(path, e))?;
         Self::from_db(db, path.to_path_buf(), stores, options)
     }
 
@@ -209,7 +220,7 @@ impl MultiStore {
             .set_cache_size(options.cache_size)
             .set_check_integrity_on_open(options.verify_on_open)
             .open(path)
-            .map_err(|e| Error::engine(path, "opening", e))?;
+            .map_err(|e| open_error(path, e))?;
         let err = |e: redb::Error| Error::engine(path, "reading the store names", e);
         let names = {
             let txn = db.begin_read().map_err(|e| err(e.into()))?;

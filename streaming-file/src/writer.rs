@@ -28,11 +28,11 @@ pub struct FileStreamer {
     dir: PathBuf,
     prefix: String,
     output_metadata: bool,
-    fsync: bool,
     /// The meta file's bytes (header + message), reused from block to block.
     meta_buf: Vec<u8>,
     /// With `fsync = false`: syncs the files renamed into place, in the
-    /// background; `on_flush` waits for it.
+    /// background; `on_flush` waits for it. `None`: `fsync = true`, every
+    /// file is synced as it is written.
     syncer: Option<Syncer>,
 }
 
@@ -43,7 +43,7 @@ impl std::fmt::Debug for FileStreamer {
             .field("dir", &self.dir)
             .field("prefix", &self.prefix)
             .field("output_metadata", &self.output_metadata)
-            .field("fsync", &self.fsync)
+            .field("fsync", &self.fsync())
             .finish()
     }
 }
@@ -100,12 +100,16 @@ impl FileStreamer {
             dir,
             prefix,
             output_metadata,
-            fsync,
             meta_buf: Vec::new(),
             syncer,
         };
         streamer.remove_stale_temps()?;
         Ok(streamer)
+    }
+
+    /// Whether every file is synced as it is written (`fsync = true`).
+    fn fsync(&self) -> bool {
+        self.syncer.is_none()
     }
 
     /// The directory the files are written to.
@@ -164,7 +168,7 @@ impl FileStreamer {
         parts.push(&header);
         parts.extend(block.encoded());
         let data_name = layout::file_name(&self.prefix, height, FileKind::Data);
-        write_atomically(&self.dir, &data_name, &parts, self.fsync)?;
+        write_atomically(&self.dir, &data_name, &parts, self.fsync())?;
         if let Some(syncer) = &self.syncer {
             syncer.add(self.dir.join(&data_name));
         }
@@ -176,7 +180,7 @@ impl FileStreamer {
             let meta_len = (self.meta_buf.len() - HEADER_LEN) as u64;
             self.meta_buf[..HEADER_LEN].copy_from_slice(&layout::encode_header(meta_len));
             let meta_name = layout::file_name(&self.prefix, height, FileKind::Meta);
-            write_atomically(&self.dir, &meta_name, &[&self.meta_buf], self.fsync)?;
+            write_atomically(&self.dir, &meta_name, &[&self.meta_buf], self.fsync())?;
             if let Some(syncer) = &self.syncer {
                 syncer.add(self.dir.join(&meta_name));
             }

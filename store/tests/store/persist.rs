@@ -366,7 +366,14 @@ fn persist_second_open_of_the_same_file_is_an_error() {
     let store = open(&path, StoreOptions::default());
     let err =
         MultiStore::open(&path, &keys(&STORES), StoreOptions::default()).expect_err("already open");
-    assert!(matches!(err, Error::Engine { .. }), "{err}");
+    assert!(
+        matches!(&err, Error::InUse { path: p } if *p == path),
+        "{err}"
+    );
+    assert!(err.to_string().contains("is the node running?"), "{err}");
+    // Nor may a tool open it meanwhile.
+    let err = MultiStore::open_existing(&path, StoreOptions::default()).expect_err("in use");
+    assert!(matches!(err, Error::InUse { .. }), "{err}");
     drop(store);
     let store = open(&path, StoreOptions::default());
     assert_eq!(store.version(), 0);

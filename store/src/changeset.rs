@@ -2,7 +2,7 @@ use std::fmt;
 
 use crate::hash::{Hash, to_hex};
 use crate::key::StoreKey;
-use crate::record::{Record, Records, encode_record};
+use crate::record::{Record, Records, encode_record, record_len};
 
 /// What `commit` returns: the new version (= block height, starting at 1)
 /// and the app hash after it.
@@ -45,6 +45,21 @@ impl StoreChanges {
             crc32c: 0,
             count: 0,
         }
+    }
+
+    /// [`empty`](StoreChanges::empty), with room for exactly `writes`: the
+    /// records are encoded without growing the buffer (and copying it) on
+    /// the commit path.
+    pub(crate) fn with_room_for<'a>(
+        store: StoreKey,
+        writes: impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)>,
+    ) -> StoreChanges {
+        let len = writes
+            .map(|(key, value)| record_len(store.name(), key, value))
+            .sum();
+        let mut changes = StoreChanges::empty(store);
+        changes.encoded.reserve_exact(len);
+        changes
     }
 
     pub(crate) fn push(&mut self, key: &[u8], value: Option<&[u8]>) {

@@ -532,7 +532,10 @@ impl MultiStore {
         let mut stores = Vec::with_capacity(self.stores.len());
         let mut hashes = Vec::with_capacity(self.stores.len());
         for (i, (store, writes)) in self.stores.iter().zip(pending).enumerate() {
-            let mut changes = StoreChanges::empty(store.clone());
+            let mut changes = StoreChanges::with_room_for(
+                store.clone(),
+                writes.iter().map(|(k, v)| (k.as_slice(), v.as_deref())),
+            );
             let name = state_table_name(store);
             let mut table = txn
                 .open_table(state_def(&name))

@@ -85,6 +85,12 @@ fn message_len(store: &str, key: &[u8], value: Option<&[u8]>) -> usize {
     len
 }
 
+/// The number of bytes [`encode_record`] appends for this record.
+pub(crate) fn record_len(store: &str, key: &[u8], value: Option<&[u8]>) -> usize {
+    let len = message_len(store, key, value);
+    uvarint_len(len as u64) + len
+}
+
 /// Appends one record (uvarint length + message) to `out`.
 pub fn encode_record(out: &mut Vec<u8>, store: &str, key: &[u8], value: Option<&[u8]>) {
     let len = message_len(store, key, value);
@@ -512,6 +518,28 @@ mod tests {
             assert_eq!(b.len(), uvarint_len(v));
             let mut pos = 0;
             assert_eq!(get_uvarint(&b, &mut pos), Some(v));
+        }
+    }
+
+    #[test]
+    fn record_len_is_what_encode_record_appends() {
+        let long = vec![7u8; 20_000];
+        let cases: [(&str, &[u8], Option<&[u8]>); 6] = [
+            ("acc", b"k", Some(b"v")),
+            ("acc", b"k", None),
+            ("acc", b"", Some(b"")),
+            ("", b"", None),
+            ("bank", &long[..200], Some(&long[..130])),
+            ("bank", &long[..100], Some(&long)),
+        ];
+        for (store, key, value) in cases {
+            let mut out = vec![1, 2, 3];
+            encode_record(&mut out, store, key, value);
+            assert_eq!(
+                out.len() - 3,
+                record_len(store, key, value),
+                "{store} {key:?}"
+            );
         }
     }
 }

@@ -524,13 +524,14 @@ mod tests {
     #[test]
     fn record_len_is_what_encode_record_appends() {
         let long = vec![7u8; 20_000];
-        let cases: [(&str, &[u8], Option<&[u8]>); 6] = [
-            ("acc", b"k", Some(b"v")),
-            ("acc", b"k", None),
-            ("acc", b"", Some(b"")),
-            ("", b"", None),
+        let none: Option<&[u8]> = None;
+        let cases = [
+            ("acc", &b"k"[..], Some(&b"v"[..])),
+            ("acc", &b"k"[..], none),
+            ("acc", &b""[..], Some(&b""[..])),
+            ("", &b""[..], none),
             ("bank", &long[..200], Some(&long[..130])),
-            ("bank", &long[..100], Some(&long)),
+            ("bank", &long[..100], Some(&long[..])),
         ];
         for (store, key, value) in cases {
             let mut out = vec![1, 2, 3];

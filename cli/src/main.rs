@@ -6,16 +6,6 @@
 //! non-zero exit code (2 for usage errors, 1 for everything else). A panic,
 //! too, becomes one line and exit 1 (see `install_panic_hook`).
 
-/// The node's committing thread allocates and frees thousands of page
-/// buffers per block inside the store engine while the streamers' threads
-/// allocate and free their own; with glibc's malloc the two slowed each
-/// other (the commit spent ~3% more time in malloc and free with an async
-/// streamer running than without, profiled), mimalloc's per-thread heaps do
-/// not. The libraries leave the choice to the application; see
-/// `docs/performance.md`.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 mod bench;
 mod blocks;
 mod cursors;

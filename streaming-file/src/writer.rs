@@ -477,6 +477,24 @@ pub(crate) fn sync_file(path: &Path) -> Result<(), Error> {
         })
 }
 
+/// Makes everything written to `dir`'s file system durable (`syncfs`): the
+/// files in it, their names, and whatever else is dirty there.
+#[cfg(target_os = "linux")]
+pub(crate) fn sync_file_system(dir: &Path) -> Result<(), Error> {
+    use std::os::unix::io::AsRawFd;
+    let err = |source| Error::Io {
+        path: dir.to_path_buf(),
+        what: "cannot sync the file system",
+        source,
+    };
+    let d = File::open(dir).map_err(err)?;
+    // SAFETY: `d` is an open descriptor for the duration of the call.
+    if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
+        return Err(err(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
 /// Makes the directory's entries (our renames) durable.
 #[cfg(unix)]
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), Error> {

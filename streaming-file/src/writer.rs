@@ -15,7 +15,7 @@ use crate::syncer::Syncer;
 /// `BlockMetadata` to `[P-]block-N-meta` (layout in `docs/file-format.md`).
 ///
 /// Each file is written without its final name (unnamed on Linux, else
-/// under a temporary name; see [`Publish`]), fsynced when `fsync = true`,
+/// under a temporary name), fsynced when `fsync = true`,
 /// then given its name (and the directory fsynced), the data file before
 /// the meta file: a reader never sees a partial file under a final name, and
 /// a meta file is only there once its data file is. Delivering a height again

@@ -14,8 +14,8 @@ use crate::syncer::Syncer;
 /// to `[P-]block-N-data` and, with `output-metadata`, its
 /// `BlockMetadata` to `[P-]block-N-meta` (layout in `docs/file-format.md`).
 ///
-/// Each file is written without its final name (unnamed on Linux, else
-/// under a temporary name), fsynced when `fsync = true`,
+/// Each file is written without its final name (unnamed on Linux with
+/// `fsync = false`, else under a temporary name), fsynced when `fsync = true`,
 /// then given its name (and the directory fsynced), the data file before
 /// the meta file: a reader never sees a partial file under a final name, and
 /// a meta file is only there once its data file is. Delivering a height again
@@ -219,11 +219,12 @@ impl Streamer for FileStreamer {
 /// How [`FileStreamer`] puts a new file under its final name, so that the
 /// name only ever shows all of its bytes.
 ///
-/// On Linux a file is first written unnamed (`O_TMPFILE`) and then linked
-/// in under its final name: one directory entry is made, and a crash leaves
-/// no temporary file behind. Elsewhere, or when the file system or `/proc`
-/// does not allow it, the file is written under a temporary name and
-/// renamed into place, which makes and removes a second entry: on ext4 that
+/// On Linux, with `fsync = false`, a file is first written unnamed
+/// (`O_TMPFILE`) and then linked in under its final name: one directory
+/// entry is made, and a crash leaves no temporary file behind. With
+/// `fsync = true` (see [`Publish::write`] for why), elsewhere, or when the
+/// file system or `/proc` does not allow it, the file is written under a
+/// temporary name and renamed into place, which makes and removes a second entry: on ext4 that
 /// rename was ~13% of the writer's time (`docs/performance.md`). Linking
 /// fails when the final name exists (a height delivered again after a
 /// restart); that file takes the temporary name and the rename, which
@@ -245,6 +246,14 @@ impl Publish {
     /// and the bytes are durable when this returns; and since the data
     /// file's name is made durable before the meta file is written, a meta
     /// file found after a crash always has its data file.
+    ///
+    /// With `fsync` every file goes through the temporary name: a linked-in
+    /// file's new link count is made durable by syncing the directory only
+    /// where the file system logs the link as one operation (journalled
+    /// ext4, XFS), not on ext4 without a journal, which writes only the
+    /// directory; a renamed file's inode was synced before the rename.
+    /// Without `fsync` the syncer fsyncs each file after it got its name,
+    /// which writes the inode as linked.
     fn write(
         &mut self,
         dir: &Path,
@@ -253,8 +262,8 @@ impl Publish {
         fsync: bool,
     ) -> Result<(), Error> {
         #[cfg(target_os = "linux")]
-        if let Publish::Unnamed = self {
-            match unnamed::write(dir, final_name, parts, fsync)? {
+        if let (Publish::Unnamed, false) = (&*self, fsync) {
+            match unnamed::write(dir, final_name, parts)? {
                 unnamed::Outcome::Linked => return Ok(()),
                 unnamed::Outcome::NotLinked => {}
                 unnamed::Outcome::Unsupported(reason) => {
@@ -311,7 +320,7 @@ mod unnamed {
     use std::os::unix::io::AsRawFd;
     use std::path::Path;
 
-    use super::{sync_dir, write_all_vectored};
+    use super::write_all_vectored;
     use crate::error::Error;
     use crate::layout;
 
@@ -346,16 +355,11 @@ mod unnamed {
         )
     }
 
-    /// Writes `parts` into a new unnamed file in `dir`, syncs it with
-    /// `fsync`, and links it in as `dir/final_name` (then syncs `dir`).
-    /// Errors writing or syncing the bytes are the caller's; anything that
-    /// says the mechanism is unavailable is an [`Outcome`].
-    pub(super) fn write(
-        dir: &Path,
-        final_name: &str,
-        parts: &[&[u8]],
-        fsync: bool,
-    ) -> Result<Outcome, Error> {
+    /// Writes `parts` into a new unnamed file in `dir` and links it in as
+    /// `dir/final_name`, without syncing. Errors writing the bytes are the
+    /// caller's; anything that says the mechanism is unavailable is an
+    /// [`Outcome`].
+    pub(super) fn write(dir: &Path, final_name: &str, parts: &[&[u8]]) -> Result<Outcome, Error> {
         let path = dir.join(final_name);
         let io_err = |what| {
             let path = path.clone();
@@ -372,9 +376,6 @@ mod unnamed {
             Err(_) => return Ok(Outcome::NotLinked),
         };
         write_all_vectored(&mut file, parts).map_err(io_err("cannot write"))?;
-        if fsync {
-            file.sync_all().map_err(io_err("cannot fsync"))?;
-        }
         // linkat(2) with AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; the link
         // through /proc does not.
         let from = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
@@ -404,9 +405,6 @@ mod unnamed {
                 // EEXIST (a height delivered again), or e.g. ENOSPC.
                 Outcome::NotLinked
             });
-        }
-        if fsync {
-            sync_dir(dir)?;
         }
         Ok(Outcome::Linked)
     }

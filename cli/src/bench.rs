@@ -9,7 +9,9 @@
 //! `--json` prints one object per line: `name`, `value`, `unit`, and for
 //! comparisons `ratio` (this variant's time or cost over the baseline's:
 //! for throughputs, this variant's throughput over the baseline's) and
-//! `baseline` (the baseline's value, in the same unit). `docs/performance.md`
+//! `baseline` (the baseline's value, in the same unit); comparisons over
+//! rounds also give `ratio_q1` and `ratio_q3`, the quartiles of the
+//! per-round ratio, so that a difference can be told from the noise. `docs/performance.md`
 //! has the figures and what each measures.
 
 use std::hint::black_box;
@@ -34,7 +36,8 @@ use crate::{replay, verify};
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
     /// Print one JSON object per figure: name, value, unit, and for
-    /// comparisons ratio and baseline.
+    /// comparisons ratio and baseline (and ratio_q1, ratio_q3: the
+    /// quartiles of the per-round ratio).
     #[arg(long)]
     json: bool,
 
@@ -112,6 +115,9 @@ struct Figure {
     /// This variant's time or cost over the baseline's; for throughputs,
     /// this variant's throughput over the baseline's.
     ratio: Option<f64>,
+    /// For comparisons measured over rounds: the first and third quartiles
+    /// of the per-round ratio (the middle half of the rounds lies between).
+    ratio_quartiles: Option<(f64, f64)>,
     baseline: Option<f64>,
 }
 
@@ -127,6 +133,10 @@ impl Figure {
             if let Some(r) = self.ratio {
                 v["ratio"] = serde_json::json!(round3(r));
             }
+            if let Some((q1, q3)) = self.ratio_quartiles {
+                v["ratio_q1"] = serde_json::json!(round3(q1));
+                v["ratio_q3"] = serde_json::json!(round3(q3));
+            }
             if let Some(b) = self.baseline {
                 v["baseline"] = serde_json::json!(round3(b));
             }
@@ -134,7 +144,11 @@ impl Figure {
         } else {
             write!(out, "{:<24} {:>10.3} {}", self.name, self.value, self.unit)?;
             if let (Some(r), Some(b)) = (self.ratio, self.baseline) {
-                write!(out, " (baseline {b:.3} {}, ratio {r:.3})", self.unit)?;
+                write!(out, " (baseline {b:.3} {}, ratio {r:.3}", self.unit)?;
+                if let Some((q1, q3)) = self.ratio_quartiles {
+                    write!(out, ", middle half of the rounds {q1:.3}-{q3:.3}")?;
+                }
+                write!(out, ")")?;
             }
             writeln!(out)?;
         }
@@ -237,14 +251,38 @@ fn file_streamer(dir: &Path, stores: &[StoreKey]) -> Result<FileStreamer> {
     Ok(config.build(&ctx)?)
 }
 
-/// The median of `v` (not empty).
-fn median(mut v: Vec<f64>) -> f64 {
+/// The `p`-quantile of `v` (not empty; `p` in 0..=1), interpolated
+/// linearly between the two nearest values: `quantile(v, 0.5)` is the
+/// median.
+fn quantile(v: &[f64], p: f64) -> f64 {
+    let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    let pos = p * (v.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
+}
+
+fn median(v: &[f64]) -> f64 {
+    quantile(v, 0.5)
+}
+
+/// What [`alternate`] measured: the medians of the variant's and the
+/// baseline's seconds, and the median and quartiles of the per-round ratio
+/// (variant over baseline).
+struct Alternated {
+    a: f64,
+    b: f64,
+    ratio: f64,
+    /// The middle half of the per-round ratios: how far one round's
+    /// ratio strays, to tell a difference from this machine's noise.
+    ratio_quartiles: (f64, f64),
+}
+
+impl Alternated {
+    /// The same for throughputs: the baseline's time over the variant's.
+    fn inverted(&self) -> (f64, (f64, f64)) {
+        let (q1, q3) = self.ratio_quartiles;
+        (1.0 / self.ratio, (1.0 / q3, 1.0 / q1))
     }
 }
 
@@ -254,13 +292,13 @@ const WARM_UP: usize = 2;
 
 /// Runs `a` (the variant) and `b` (the baseline) alternately, [`WARM_UP`]
 /// rounds and `rounds` counted ones; each returns the seconds it measured.
-/// Returns the medians of `a`'s and `b`'s seconds and of the per-round
-/// ratio `a / b`.
+/// Returns the medians of `a`'s and `b`'s seconds and the median and
+/// quartiles of the per-round ratio `a / b`.
 fn alternate(
     rounds: usize,
     mut a: impl FnMut(usize) -> Result<f64>,
     mut b: impl FnMut(usize) -> Result<f64>,
-) -> Result<(f64, f64, f64)> {
+) -> Result<Alternated> {
     let (mut ta, mut tb, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..WARM_UP + rounds {
         let (sa, sb) = if round % 2 == 0 {
@@ -276,7 +314,12 @@ fn alternate(
             ratios.push(sa / sb.max(1e-12));
         }
     }
-    Ok((median(ta), median(tb), median(ratios)))
+    Ok(Alternated {
+        a: median(&ta),
+        b: median(&tb),
+        ratio: median(&ratios),
+        ratio_quartiles: (quantile(&ratios, 0.25), quantile(&ratios, 0.75)),
+    })
 }
 
 /// `commit_overhead_async` / `commit_overhead_sync`: the time of the commit
@@ -316,7 +359,7 @@ fn commit_overhead(
     let meta = BlockMeta::default();
     let blocks = sizes.commit_blocks;
 
-    let (with, without, ratio) = alternate(
+    let m = alternate(
         sizes.rounds,
         |_| {
             let mut secs = 0.0;
@@ -351,10 +394,11 @@ fn commit_overhead(
     let per_block_ms = |secs: f64| secs * 1000.0 / blocks as f64;
     Ok(Figure {
         name,
-        value: per_block_ms(with),
+        value: per_block_ms(m.a),
         unit: "ms/block",
-        ratio: Some(ratio),
-        baseline: Some(per_block_ms(without)),
+        ratio: Some(m.ratio),
+        ratio_quartiles: Some(m.ratio_quartiles),
+        baseline: Some(per_block_ms(m.b)),
     })
 }
 
@@ -452,7 +496,7 @@ fn writer_vs_raw(sizes: &Sizes, corpus: &Corpus, tmp: &Path) -> Result<Figure> {
     // scan (a third of all samples in a profile), and the ratio told more
     // about what ran before than about the writer.
     let round_dir = |round: usize, what: &str| tmp.join(format!("{what}-{round}"));
-    let (streamer_secs, raw_secs, time_ratio) = alternate(
+    let m = alternate(
         sizes.rounds,
         |round| {
             let dir = round_dir(round, "streamer");
@@ -474,12 +518,14 @@ fn writer_vs_raw(sizes: &Sizes, corpus: &Corpus, tmp: &Path) -> Result<Figure> {
         },
     )?;
     std::fs::remove_dir_all(tmp).with_context(|| format!("cannot remove {}", tmp.display()))?;
+    let (ratio, quartiles) = m.inverted();
     Ok(Figure {
         name: "writer_vs_raw",
-        value: mb_s(corpus.file_bytes, streamer_secs),
+        value: mb_s(corpus.file_bytes, m.a),
         unit: "MB/s",
-        ratio: Some(1.0 / time_ratio),
-        baseline: Some(mb_s(corpus.file_bytes, raw_secs)),
+        ratio: Some(ratio),
+        ratio_quartiles: Some(quartiles),
+        baseline: Some(mb_s(corpus.file_bytes, m.b)),
     })
 }
 
@@ -489,7 +535,7 @@ fn writer_vs_raw(sizes: &Sizes, corpus: &Corpus, tmp: &Path) -> Result<Figure> {
 /// file with `fs::read`, both from the page cache (the corpus was just
 /// written and read). Throughput is payload bytes per second for both.
 fn reader_vs_raw(sizes: &Sizes, corpus: &Corpus) -> Result<Figure> {
-    let (reader_secs, raw_secs, time_ratio) = alternate(
+    let m = alternate(
         sizes.rounds,
         |_| {
             let started = Instant::now();
@@ -524,12 +570,14 @@ fn reader_vs_raw(sizes: &Sizes, corpus: &Corpus) -> Result<Figure> {
             Ok(secs)
         },
     )?;
+    let (ratio, quartiles) = m.inverted();
     Ok(Figure {
         name: "reader_vs_raw",
-        value: mb_s(corpus.payload_bytes, reader_secs),
+        value: mb_s(corpus.payload_bytes, m.a),
         unit: "MB/s",
-        ratio: Some(1.0 / time_ratio),
-        baseline: Some(mb_s(corpus.payload_bytes, raw_secs)),
+        ratio: Some(ratio),
+        ratio_quartiles: Some(quartiles),
+        baseline: Some(mb_s(corpus.payload_bytes, m.b)),
     })
 }
 
@@ -548,9 +596,10 @@ fn verify_mb_s(sizes: &Sizes, corpus: &Corpus) -> Result<Figure> {
     }
     Ok(Figure {
         name: "verify_mb_s",
-        value: median(rates),
+        value: median(&rates),
         unit: "MB/s",
         ratio: None,
+        ratio_quartiles: None,
         baseline: None,
     })
 }
@@ -578,9 +627,10 @@ fn replay_mb_s(sizes: &Sizes, corpus: &Corpus, tmp: &Path) -> Result<Figure> {
     }
     Ok(Figure {
         name: "replay_mb_s",
-        value: median(rates),
+        value: median(&rates),
         unit: "MB/s",
         ratio: None,
+        ratio_quartiles: None,
         baseline: None,
     })
 }
@@ -619,6 +669,7 @@ fn node_peak_rss(sizes: &Sizes, tmp: &Path) -> Result<Figure> {
         value: mb(peaks[1]),
         unit: "MB",
         ratio: Some(peaks[1] as f64 / peaks[0].max(1) as f64),
+        ratio_quartiles: None,
         baseline: Some(mb(peaks[0])),
     })
 }
@@ -676,4 +727,32 @@ fn vm_hwm_kb(status: &str) -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_interpolate_between_the_nearest_values() {
+        let v = [4.0, 1.0, 3.0, 2.0];
+        assert_eq!(median(&v), 2.5);
+        assert_eq!(quantile(&v, 0.25), 1.75);
+        assert_eq!(quantile(&v, 0.75), 3.25);
+        assert_eq!(quantile(&v, 0.0), 1.0);
+        assert_eq!(quantile(&v, 1.0), 4.0);
+        assert_eq!(median(&[7.0]), 7.0);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+    }
+
+    #[test]
+    fn inverted_quartiles_stay_in_order() {
+        let m = Alternated {
+            a: 2.0,
+            b: 1.0,
+            ratio: 2.0,
+            ratio_quartiles: (1.0, 4.0),
+        };
+        assert_eq!(m.inverted(), (0.5, (0.25, 1.0)));
+    }
 }

@@ -880,5 +880,14 @@ fn bench_quick_json_reports_every_figure() {
         let comparison = !j["name"].as_str().unwrap().ends_with("_mb_s");
         assert_eq!(j["ratio"].as_f64().is_some(), comparison, "{j}");
         assert_eq!(j["baseline"].as_f64().is_some(), comparison, "{j}");
+        // Comparisons over rounds also give the middle half of the
+        // per-round ratios, around the median (one node run per size has
+        // no rounds).
+        let rounds = comparison && j["name"] != "node_peak_rss_mb";
+        let (q1, q3) = (j["ratio_q1"].as_f64(), j["ratio_q3"].as_f64());
+        assert_eq!((q1.is_some(), q3.is_some()), (rounds, rounds), "{j}");
+        if let (Some(q1), Some(q3), Some(r)) = (q1, q3, j["ratio"].as_f64()) {
+            assert!(q1 <= r && r <= q3, "{j}");
+        }
     }
 }

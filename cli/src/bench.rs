@@ -496,23 +496,32 @@ fn writer_vs_raw(sizes: &Sizes, corpus: &Corpus, tmp: &Path) -> Result<Figure> {
     // scan (a third of all samples in a profile), and the ratio told more
     // about what ran before than about the writer.
     let round_dir = |round: usize, what: &str| tmp.join(format!("{what}-{round}"));
+    // What the figure leaves on disk before it ends, for the error that a
+    // full temporary directory would otherwise give without a reason.
+    let needed_mb = (2 * (WARM_UP + sizes.rounds)) as u64 * corpus.file_bytes / 1_000_000;
+    let space = |e: anyhow::Error| {
+        e.context(format!(
+            "writer_vs_raw keeps every round's files until it ends (~{needed_mb} MB in {});              free space there or set TMPDIR to a larger file system",
+            tmp.display()
+        ))
+    };
     let m = alternate(
         sizes.rounds,
         |round| {
             let dir = round_dir(round, "streamer");
-            let mut streamer = file_streamer(&dir, &corpus.stores)?;
+            let mut streamer = file_streamer(&dir, &corpus.stores).map_err(space)?;
             let started = Instant::now();
             for b in &corpus.blocks {
-                statestream::Streamer::on_block(&mut streamer, b)?;
+                statestream::Streamer::on_block(&mut streamer, b).map_err(|e| space(e.into()))?;
             }
             Ok(started.elapsed().as_secs_f64())
         },
         |round| {
             let dir = round_dir(round, "raw");
-            std::fs::create_dir_all(&dir)?;
+            std::fs::create_dir_all(&dir).map_err(|e| space(e.into()))?;
             let started = Instant::now();
             for (name, bytes) in &corpus.files {
-                std::fs::write(dir.join(name), bytes)?;
+                std::fs::write(dir.join(name), bytes).map_err(|e| space(e.into()))?;
             }
             Ok(started.elapsed().as_secs_f64())
         },

@@ -173,10 +173,11 @@ impl FileStreamer {
         parts.push(&header);
         parts.extend(block.encoded());
         let data_name = layout::file_name(&self.prefix, height, FileKind::Data);
-        self.publish
+        let data_path = self
+            .publish
             .write(&self.dir, &data_name, &parts, self.fsync())?;
         if let Some(syncer) = &self.syncer {
-            syncer.add(self.dir.join(&data_name));
+            syncer.add(data_path);
         }
         if self.output_metadata {
             let crc = block.payload_crc32c();
@@ -186,10 +187,11 @@ impl FileStreamer {
             let meta_len = (self.meta_buf.len() - HEADER_LEN) as u64;
             self.meta_buf[..HEADER_LEN].copy_from_slice(&layout::encode_header(meta_len));
             let meta_name = layout::file_name(&self.prefix, height, FileKind::Meta);
-            self.publish
-                .write(&self.dir, &meta_name, &[&self.meta_buf], self.fsync())?;
+            let meta_path =
+                self.publish
+                    .write(&self.dir, &meta_name, &[&self.meta_buf], self.fsync())?;
             if let Some(syncer) = &self.syncer {
-                syncer.add(self.dir.join(&meta_name));
+                syncer.add(meta_path);
             }
         }
         Ok(())
@@ -241,7 +243,7 @@ enum Publish {
 }
 
 impl Publish {
-    /// Writes `parts` to `dir/final_name`. With `fsync`, the file is synced
+    /// Writes `parts` to `dir/final_name` and returns that path. With `fsync`, the file is synced
     /// before it gets its name and the directory after, so that the name
     /// and the bytes are durable when this returns; and since the data
     /// file's name is made durable before the meta file is written, a meta
@@ -260,11 +262,12 @@ impl Publish {
         final_name: &str,
         parts: &[&[u8]],
         fsync: bool,
-    ) -> Result<(), Error> {
+    ) -> Result<PathBuf, Error> {
+        let path = dir.join(final_name);
         #[cfg(target_os = "linux")]
         if let (Publish::Unnamed, false) = (&*self, fsync) {
-            match unnamed::write(dir, final_name, parts)? {
-                unnamed::Outcome::Linked => return Ok(()),
+            match unnamed::write(dir, &path, parts)? {
+                unnamed::Outcome::Linked => return Ok(path),
                 unnamed::Outcome::NotLinked => {}
                 unnamed::Outcome::Unsupported(reason) => {
                     tracing::debug!(
@@ -276,14 +279,17 @@ impl Publish {
                 }
             }
         }
-        write_through_temp(dir, final_name, parts, fsync)
+        write_through_temp(dir, final_name, &path, parts, fsync)?;
+        Ok(path)
     }
 }
 
-/// Writes `parts` to `dir/final_name` through a temporary file and a rename.
+/// Writes `parts` to `path` (`dir/final_name`) through a temporary file and
+/// a rename.
 fn write_through_temp(
     dir: &Path,
     final_name: &str,
+    path: &Path,
     parts: &[&[u8]],
     fsync: bool,
 ) -> Result<(), Error> {
@@ -294,11 +300,10 @@ fn write_through_temp(
         let _ = fs::remove_file(&temp);
         return Err(e);
     }
-    let path = dir.join(final_name);
-    if let Err(source) = fs::rename(&temp, &path) {
+    if let Err(source) = fs::rename(&temp, path) {
         let _ = fs::remove_file(&temp);
         return Err(Error::Io {
-            path,
+            path: path.to_path_buf(),
             what: "cannot rename the temporary file into place",
             source,
         });
@@ -356,13 +361,12 @@ mod unnamed {
     }
 
     /// Writes `parts` into a new unnamed file in `dir` and links it in as
-    /// `dir/final_name`, without syncing. Errors writing the bytes are the
+    /// `path` (a name in `dir`), without syncing. Errors writing the bytes are the
     /// caller's; anything that says the mechanism is unavailable is an
     /// [`Outcome`].
-    pub(super) fn write(dir: &Path, final_name: &str, parts: &[&[u8]]) -> Result<Outcome, Error> {
-        let path = dir.join(final_name);
+    pub(super) fn write(dir: &Path, path: &Path, parts: &[&[u8]]) -> Result<Outcome, Error> {
         let io_err = |what| {
-            let path = path.clone();
+            let path = path.to_path_buf();
             move |source| Error::Io { path, what, source }
         };
         let mut file = match OpenOptions::new()
@@ -464,13 +468,18 @@ fn write_all_vectored(file: &mut File, parts: &[&[u8]]) -> io::Result<()> {
     Ok(())
 }
 
-/// Makes a file that was renamed into place durable (its data and inode).
+/// Makes a file that was put in place durable (its data and inode).
 pub(crate) fn sync_file(path: &Path) -> Result<(), Error> {
+    open_and_sync(path, "cannot fsync")
+}
+
+/// Opens `path` (a file, or on Unix a directory) and fsyncs it.
+fn open_and_sync(path: &Path, what: &'static str) -> Result<(), Error> {
     File::open(path)
         .and_then(|f| f.sync_all())
         .map_err(|source| Error::Io {
             path: path.to_path_buf(),
-            what: "cannot fsync",
+            what,
             source,
         })
 }
@@ -493,16 +502,10 @@ pub(crate) fn sync_file_system(dir: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-/// Makes the directory's entries (our renames) durable.
+/// Makes the directory's entries (our links and renames) durable.
 #[cfg(unix)]
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), Error> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|source| Error::Io {
-            path: dir.to_path_buf(),
-            what: "cannot fsync the directory",
-            source,
-        })
+    open_and_sync(dir, "cannot fsync the directory")
 }
 
 /// Directories cannot be opened for syncing here; renames are made durable
@@ -538,9 +541,10 @@ mod tests {
                     #[cfg(target_os = "linux")]
                     Publish::Unnamed => Publish::Unnamed,
                 };
-                publish
+                let path = publish
                     .write(dir.path(), "block-1-data", &[b"head", b"", b"er"], fsync)
                     .unwrap();
+                assert_eq!(path, dir.path().join("block-1-data"));
                 assert_eq!(
                     fs::read(dir.path().join("block-1-data")).unwrap(),
                     b"header"

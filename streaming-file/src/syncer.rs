@@ -4,8 +4,8 @@
 //! The streamer hands every file it put in place to the syncer, which
 //! fsyncs them, then the directory (or, for a backlog of many files, syncs
 //! the whole file system once: [`SYNCFS_FROM`]), as soon as the streamer
-//! pauses (in a node, between blocks). `on_flush` waits only for the files not synced
-//! yet, usually none: the node's committing thread (which calls a sync
+//! pauses (in a node, between blocks). `on_flush` waits only for the files
+//! not synced yet, usually none: the node's committing thread (which calls a sync
 //! streamer's `on_flush`) no longer waits for every file of the flush
 //! interval to reach the disk. While the streamer writes without pausing
 //! (catching up), files wait for the pause or for `on_flush`, so syncing

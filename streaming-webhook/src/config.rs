@@ -252,7 +252,9 @@ fn yes() -> bool {
 /// 0, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h: Svix's schedule, about a day
 /// and a half in all.
 fn default_schedule() -> Vec<u64> {
-    vec![0, 5_000, 300_000, 1_800_000, 7_200_000, 18_000_000, 36_000_000]
+    vec![
+        0, 5_000, 300_000, 1_800_000, 7_200_000, 18_000_000, 36_000_000,
+    ]
 }
 
 fn default_timeout_ms() -> u64 {
@@ -425,7 +427,11 @@ pub(crate) fn check_uri(text: &str) -> Result<Uri, String> {
     let uri: Uri = text.parse().map_err(|e| format!("{e}"))?;
     match uri.scheme_str() {
         Some("http" | "https") => {}
-        Some(other) => return Err(format!("scheme {other:?}: only http and https are supported")),
+        Some(other) => {
+            return Err(format!(
+                "scheme {other:?}: only http and https are supported"
+            ));
+        }
         None => return Err("it has no scheme (write http:// or https://)".into()),
     }
     if uri.host().is_none_or(str::is_empty) {
@@ -558,10 +564,7 @@ impl WebhookConfig {
         };
 
         if self.secret.is_some() && !self.secrets.is_empty() {
-            return Err((
-                "secrets",
-                "give either secret or secrets, not both".into(),
-            ));
+            return Err(("secrets", "give either secret or secrets, not both".into()));
         }
         let secrets = match &self.secret {
             Some(s) => vec![Secret::parse(s).map_err(|m| ("secret", m))?],
@@ -569,7 +572,9 @@ impl WebhookConfig {
                 .secrets
                 .iter()
                 .enumerate()
-                .map(|(i, s)| Secret::parse(s).map_err(|m| ("secrets", format!("secret {}: {m}", i + 1))))
+                .map(|(i, s)| {
+                    Secret::parse(s).map_err(|m| ("secrets", format!("secret {}: {m}", i + 1)))
+                })
                 .collect::<Result<_, _>>()?,
         };
 
@@ -700,7 +705,12 @@ url = "https://example.com/hooks/{store}/{key}"
         assert_eq!(p.secrets.len(), 2);
         assert_eq!(p.on_exhausted, OnExhausted::DeadLetter);
         assert_eq!(p.dead_letter_dir, PathBuf::from("/home/data/webhook-dead"));
-        assert!(p.endpoints[1].url.render(&sample_vars(&[]), Escape::Url).ends_with("/hooks/store"));
+        assert!(
+            p.endpoints[1]
+                .url
+                .render(&sample_vars(&[]), Escape::Url)
+                .ends_with("/hooks/store")
+        );
     }
 
     #[test]
@@ -724,23 +734,62 @@ url = "https://example.com/hooks/{store}/{key}"
             ("url = \"not a url\"", "url: "),
             ("url = \"ftp://x/\"", "only http and https"),
             ("url = \"/relative\"", "no scheme"),
-            ("url = \"http://x/{nope}\"", "unknown template variable {nope}"),
+            (
+                "url = \"http://x/{nope}\"",
+                "unknown template variable {nope}",
+            ),
             ("url = \"http://x/{id}\"", "key_pattern is not set"),
-            ("url = \"http://x/\"\n[actions.upsert]\nmethod = \"PUT\"", "unknown key `upsert`"),
+            (
+                "url = \"http://x/\"\n[actions.upsert]\nmethod = \"PUT\"",
+                "unknown key `upsert`",
+            ),
             ("url = \"http://x/\"\nsecret = \"abc\"", "whsec_"),
-            ("url = \"http://x/\"\nsecret = \"whsec_a\"\nsecrets = [\"whsec_b\"]", "not both"),
-            ("url = \"http://x/\"\nsuccess = [200, 600]", "600 is not an HTTP status code"),
-            ("url = \"http://x/\"\ndiscard = [99]", "99 is not an HTTP status code"),
-            ("url = \"http://x/\"\nsuccess = [200]\ndiscard = [200]", "also in success"),
-            ("url = \"http://x/\"\nretry_schedule_ms = []", "schedule is empty"),
+            (
+                "url = \"http://x/\"\nsecret = \"whsec_a\"\nsecrets = [\"whsec_b\"]",
+                "not both",
+            ),
+            (
+                "url = \"http://x/\"\nsuccess = [200, 600]",
+                "600 is not an HTTP status code",
+            ),
+            (
+                "url = \"http://x/\"\ndiscard = [99]",
+                "99 is not an HTTP status code",
+            ),
+            (
+                "url = \"http://x/\"\nsuccess = [200]\ndiscard = [200]",
+                "also in success",
+            ),
+            (
+                "url = \"http://x/\"\nretry_schedule_ms = []",
+                "schedule is empty",
+            ),
             ("url = \"http://x/\"\nmethod = \"GET\"", "is not one of"),
-            ("url = \"http://x/\"\nbatch = \"block\"\n[actions.delete]\nmethod = \"PUT\"", "per-action"),
-            ("url = \"http://x/{key}\"\nbatch = \"block\"", "batch = \"block\""),
-            ("url = \"http://x/\"\nenvelope = false\ndata = { a = 1 }", "needs envelope = true"),
-            ("url = \"http://x/\"\nheaders = { webhook-id = \"x\" }", "set by the streamer"),
-            ("url = \"http://x/\"\ndata = { a = \"{zz}\" }", "unknown template variable {zz}"),
+            (
+                "url = \"http://x/\"\nbatch = \"block\"\n[actions.delete]\nmethod = \"PUT\"",
+                "per-action",
+            ),
+            (
+                "url = \"http://x/{key}\"\nbatch = \"block\"",
+                "batch = \"block\"",
+            ),
+            (
+                "url = \"http://x/\"\nenvelope = false\ndata = { a = 1 }",
+                "needs envelope = true",
+            ),
+            (
+                "url = \"http://x/\"\nheaders = { webhook-id = \"x\" }",
+                "set by the streamer",
+            ),
+            (
+                "url = \"http://x/\"\ndata = { a = \"{zz}\" }",
+                "unknown template variable {zz}",
+            ),
             ("url = \"http://x/\"\ntimeout_ms = 0", "timeout_ms"),
-            ("url = \"http://x/\"\non_exhausted = \"drop\"", "unknown variant"),
+            (
+                "url = \"http://x/\"\non_exhausted = \"drop\"",
+                "unknown variant",
+            ),
             ("url = \"http://x/\"\nbogus = 1", "unknown key `bogus`"),
             ("method = \"POST\"", "missing key `url`"),
         ];

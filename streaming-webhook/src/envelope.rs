@@ -183,7 +183,10 @@ mod tests {
         assert_eq!(text_or_hex(b"balance/alice"), "balance/alice");
         assert_eq!(text_or_hex(&[0xff, 0x01]), "0xff01");
         let json = |v: &[u8]| serde_json::to_string(&Document::of(v)).unwrap();
-        assert_eq!(json(br#"{"b": 1, "a": [1.50]}"#), r#"{"b": 1, "a": [1.50]}"#);
+        assert_eq!(
+            json(br#"{"b": 1, "a": [1.50]}"#),
+            r#"{"b": 1, "a": [1.50]}"#
+        );
         assert_eq!(json(b"12"), "12");
         assert_eq!(json(b"hello"), r#""hello""#);
         assert_eq!(json(b""), r#""""#);
@@ -197,7 +200,10 @@ mod tests {
             rfc3339(1_700_000_000, 120_000_000).unwrap(),
             "2023-11-14T22:13:20.12Z"
         );
-        assert_eq!(rfc3339(951_782_400, 1).unwrap(), "2000-02-29T00:00:00.000000001Z");
+        assert_eq!(
+            rfc3339(951_782_400, 1).unwrap(),
+            "2000-02-29T00:00:00.000000001Z"
+        );
         assert_eq!(rfc3339(-1, 0).unwrap(), "1969-12-31T23:59:59Z");
         assert_eq!(rfc3339(253_402_300_799, 0).unwrap(), "9999-12-31T23:59:59Z");
         assert_eq!(rfc3339(253_402_300_800, 0), None);

@@ -12,9 +12,7 @@ use tracing::{debug, warn};
 use ureq::http::{self, HeaderName, HeaderValue, Method};
 
 use crate::config::{Batch, Endpoint, OnExhausted, Plan, action_index};
-use crate::envelope::{
-    Action, BlockEnvelope, Document, Envelope, actions, rfc3339, text_or_hex,
-};
+use crate::envelope::{Action, BlockEnvelope, Document, Envelope, actions, rfc3339, text_or_hex};
 use crate::error::Error;
 use crate::sign::signature_header;
 use crate::template::{Escape, Vars};
@@ -237,8 +235,7 @@ impl WebhookStreamer {
                             time: Some(time.as_deref()),
                             ..envelope
                         };
-                        let body =
-                            serde_json::to_vec(&envelope).map_err(|e| bad_json(&id, &e))?;
+                        let body = serde_json::to_vec(&envelope).map_err(|e| bad_json(&id, &e))?;
                         ("application/json", body)
                     } else {
                         let body = match change.value {
@@ -280,7 +277,11 @@ impl WebhookStreamer {
     /// Webhooks headers.
     fn standard_headers(&self, req: &Request, timestamp: u64) -> Vec<(&'static str, String)> {
         let mut h = Vec::with_capacity(4);
-        if !req.headers.iter().any(|(n, _)| n == http::header::CONTENT_TYPE) {
+        if !req
+            .headers
+            .iter()
+            .any(|(n, _)| n == http::header::CONTENT_TYPE)
+        {
             h.push(("content-type", req.content_type.to_string()));
         }
         h.push((HEADER_ID, req.id.clone()));
@@ -411,14 +412,20 @@ impl WebhookStreamer {
         let tmp = dir.join(format!(".{}.http.tmp", req.id));
         let mut text = format!("{} {} HTTP/1.1\r\n", req.method, req.url);
         for (n, v) in &req.headers {
-            text.push_str(&format!("{n}: {}\r\n", String::from_utf8_lossy(v.as_bytes())));
+            text.push_str(&format!(
+                "{n}: {}\r\n",
+                String::from_utf8_lossy(v.as_bytes())
+            ));
         }
         for (n, v) in self.standard_headers(req, unix_now()) {
             text.push_str(&format!("{n}: {v}\r\n"));
         }
         text.push_str(&format!("content-length: {}\r\n", req.body.len()));
         text.push_str(&format!("statestream-attempts: {attempts}\r\n"));
-        let last: String = last.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+        let last: String = last
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
         text.push_str(&format!("statestream-last-error: {last}\r\n\r\n"));
         let write = |p: &Path| -> std::io::Result<()> {
             std::fs::create_dir_all(dir)?;
@@ -481,12 +488,11 @@ fn request(
     let mut headers = Vec::with_capacity(e.headers.len());
     for (name, t) in &e.headers {
         let value = t.render(vars, Escape::Header);
-        let value =
-            HeaderValue::from_bytes(value.as_bytes()).map_err(|_| Error::BadRequest {
-                id: id.clone(),
-                url: url.clone(),
-                reason: format!("header {name}: {value:?} is not a valid header value"),
-            })?;
+        let value = HeaderValue::from_bytes(value.as_bytes()).map_err(|_| Error::BadRequest {
+            id: id.clone(),
+            url: url.clone(),
+            reason: format!("header {name}: {value:?} is not a valid header value"),
+        })?;
         headers.push((name.clone(), value));
     }
     Ok(Request {
@@ -577,7 +583,9 @@ fn parse_imf_fixdate(s: &str) -> Option<u64> {
     let doy = (153 * mp + 2) / 5 + day as i64 - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
-    u64::try_from(days).ok().map(|d| d * 86_400 + h * 3600 + m * 60 + sec)
+    u64::try_from(days)
+        .ok()
+        .map(|d| d * 86_400 + h * 3600 + m * 60 + sec)
 }
 
 /// A URL without its user information (which may hold a password).
@@ -621,14 +629,20 @@ mod tests {
             Some(Duration::from_secs(60))
         );
         assert_eq!(parse_retry_after("soon", now), None);
-        assert_eq!(parse_imf_fixdate("Sun, 06 Nov 1994 08:49:37 GMT"), Some(784_111_777));
+        assert_eq!(
+            parse_imf_fixdate("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(784_111_777)
+        );
     }
 
     #[test]
     fn policy_jitter_stays_within_ten_percent() {
         for attempt in 0..50 {
             let d = jitter(Duration::from_millis(1000), "x", attempt);
-            assert!(d >= Duration::from_millis(900) && d < Duration::from_millis(1100), "{d:?}");
+            assert!(
+                d >= Duration::from_millis(900) && d < Duration::from_millis(1100),
+                "{d:?}"
+            );
         }
         assert_eq!(jitter(Duration::ZERO, "x", 0), Duration::ZERO);
     }

@@ -264,7 +264,9 @@ pub(crate) struct KeyPattern {
 impl KeyPattern {
     pub(crate) fn parse(text: &str) -> Result<KeyPattern, String> {
         if text.is_empty() {
-            return Err("the key pattern is empty (leave key_pattern out to take every key)".into());
+            return Err(
+                "the key pattern is empty (leave key_pattern out to take every key)".into(),
+            );
         }
         let mut pieces = Vec::new();
         let mut names: Vec<String> = Vec::new();
@@ -361,7 +363,11 @@ mod tests {
     #[test]
     fn template_renders_and_escapes() {
         let wild = vec!["id".to_string()];
-        let t = Template::parse("https://x/{store}/{key}?h={height}&a={action}&id={id}{{}}", scope(Some(&wild))).unwrap();
+        let t = Template::parse(
+            "https://x/{store}/{key}?h={height}&a={action}&id={id}{{}}",
+            scope(Some(&wild)),
+        )
+        .unwrap();
         let vars = Vars {
             store: "bank",
             key: "balance/a b",
@@ -374,7 +380,10 @@ mod tests {
             "https://x/bank/balance%2Fa%20b?h=7&a=update&id=a%20b{}"
         );
         let h = Template::parse("k={key}", scope(None)).unwrap();
-        let vars = Vars { key: "a\nb", ..vars };
+        let vars = Vars {
+            key: "a\nb",
+            ..vars
+        };
         assert_eq!(h.render(&vars, Escape::Header), "k=a%0Ab");
         assert_eq!(h.render(&vars, Escape::None), "k=a\nb");
         assert!(Template::parse("plain", scope(None)).unwrap().is_literal());

@@ -191,6 +191,10 @@ pub fn execute(args: &NodeArgs, quiet: bool) -> Result<Summary> {
         registry.register(SLOW_TYPE, move |_| Ok(Box::new(SlowStreamer { pause })));
     }
     statestream_nats::register(&mut registry);
+    // Webhook retry waits can last hours; the signal ends them at shutdown
+    // (the pending block stays in the change log for the next start).
+    let webhook_shutdown = statestream_webhook::ShutdownSignal::new();
+    statestream_webhook::register_with_shutdown(&mut registry, &webhook_shutdown);
     let mut manager = DeliveryManager::start(&mut store, &specs, &registry, &args.home)?;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -243,6 +247,7 @@ pub fn execute(args: &NodeArgs, quiet: bool) -> Result<Summary> {
     }
 
     let stats = manager.stats();
+    webhook_shutdown.trigger();
     let closed = manager.close(&mut store);
     let info = store.last_commit();
     let cursors = store.cursors().unwrap_or_default();

@@ -29,7 +29,7 @@ fn config_errors_name_file_table_and_key() {
     let text = "[store]\nstreamers = [\"hook\"]\n\n[streamers.hook]\ntype = \"webhook\"\nkeys = [\"*\"]\n\
                 url = \"http://x/\"\n[streamers.hook.actions.upsert]\nmethod = \"PUT\"\n";
     let mut store = memory_store();
-    let err = format!("{:#}", manager(&mut store, text).err().expect("refused"));
+    let err = format!("{:#}", manager(&mut store, text).expect_err("refused"));
     assert!(err.contains("upsert"), "{err}");
 }
 

@@ -12,7 +12,8 @@ use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use statestream::{Block, DeliveryManager, Registry, StreamError, Streamer, StreamerStats};
 use statestream_config::AppConfig;
-use statestream_store::{CommitInfo, MultiStore, StoreKey, StoreOptions, WriteListener, to_hex};
+use statestream::to_hex;
+use statestream_store::{CommitInfo, MultiStore, StoreKey, StoreOptions, WriteListener};
 
 use crate::workload::{self, STORE_NAMES, Stores};
 
@@ -185,12 +186,10 @@ pub fn execute(args: &NodeArgs, quiet: bool) -> Result<Summary> {
     // Built-ins of statestream (`log`, `process`), plus the types that live
     // in their own crates because they depend on statestream.
     let mut registry = Registry::with_builtins();
-    statestream_file::register(&mut registry);
     if let Some(ms) = args.slow_streamer_ms {
         let pause = Duration::from_millis(ms);
-        registry.register(SLOW_TYPE, move |_| Ok(Box::new(SlowStreamer { pause })));
+        registry.register(SLOW_TYPE, move |_, _| Ok(Box::new(SlowStreamer { pause })));
     }
-    statestream_nats::register(&mut registry);
     let mut manager = DeliveryManager::start(&mut store, &specs, &registry, &args.home)?;
 
     let stop = Arc::new(AtomicBool::new(false));

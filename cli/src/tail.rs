@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use statestream_file::BlockFile;
-use statestream_store::to_hex;
+use statestream_core::to_hex;
 
 use crate::blocks::{DirArgs, warn_gaps};
 

@@ -3,7 +3,7 @@ use std::ops::Bound;
 
 use crate::error::{Error, Result};
 use crate::iter::{KvIter, Order, is_empty_range, merge};
-use crate::key::StoreKey;
+use statestream_core::StoreKey;
 use crate::kv::KvStore;
 use crate::multistore::check_store;
 

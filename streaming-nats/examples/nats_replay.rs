@@ -14,7 +14,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use statestream_nats::{Client, NatsStreamerConfig, replay_stream};
-use statestream_store::to_hex;
+use statestream_core::to_hex;
 
 fn main() -> ExitCode {
     match run() {

@@ -197,13 +197,22 @@ impl DeliveryManager {
         let mut built = Vec::with_capacity(specs.len());
         for spec in specs {
             if !registry.contains(&spec.type_name) {
-                return Err(registry.unknown_type_error(&spec.name, &spec.type_name, &spec.options));
+                return Err(registry.unknown_type_error(
+                    &spec.name,
+                    &spec.type_name,
+                    &spec.options,
+                ));
             }
             let stores = spec
                 .stores
                 .iter()
                 .map(|s| StoreKey::new(s))
                 .collect::<std::result::Result<Vec<_>, _>>()?;
+            // Before the streamer is built: a spec made in code (not by
+            // `resolve`) may name a store the node does not have.
+            for s in &stores {
+                store.check_store(s)?;
+            }
             let ctx = StreamerContext {
                 name: &spec.name,
                 stores: &stores,
@@ -338,13 +347,17 @@ impl DeliveryManager {
             retain,
             halt: None,
         };
-        // Sync streamers catch up now, before any new block.
+        // Sync streamers catch up now, before any new block; one that halts
+        // fails the start. (An async one reports its halt at the next
+        // commit, whenever its thread gets to it.)
         for inst in &mut manager.instances {
-            if let Mode::Sync { driver } = &mut inst.mode {
-                driver.step(None, committed_height, false);
+            if let Mode::Sync { driver } = &mut inst.mode
+                && let Step::Failed { halted: true } = driver.step(None, committed_height, false)
+                && let Some(h) = inst.progress.halt()
+            {
+                return Err(h.into());
             }
         }
-        manager.check_halted()?;
         Ok(manager)
     }
 

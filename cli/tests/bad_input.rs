@@ -431,8 +431,6 @@ fn bad_input_command_lines() {
     let failures: Vec<(&str, Vec<&str>, Vec<&str>)> = vec![
         ("home is a file", vec!["node", "--home", af], vec![af]),
         ("dump a missing dir", vec!["dump", ms], vec![ms]),
-        ("verify a missing dir", vec!["verify", ms], vec![ms]),
-        ("verify a file", vec!["verify", af], vec![af]),
         ("stats an empty dir", vec!["stats", es], vec![es]),
         ("tail a missing dir", vec!["tail", ms], vec![ms]),
         (
@@ -448,6 +446,14 @@ fn bad_input_command_lines() {
     ];
     for (what, args, fragments) in &failures {
         statestream(args).fails(what, 1, fragments);
+    }
+    // verify: the check could not be made (exit 2), not a failed check.
+    for (what, args, fragments) in [
+        ("verify a missing dir", vec!["verify", ms], vec![ms]),
+        ("verify a file", vec!["verify", af], vec![af]),
+        ("verify an empty dir", vec!["verify", es], vec![es]),
+    ] {
+        statestream(&args).fails(what, 2, &fragments);
     }
 
     // A home whose seed file is not a number, and one made with another seed.

@@ -121,7 +121,18 @@ impl Failure {
             (Kind::Invalid, Some(bad.file.clone()), None)
         } else if let Some(e) = error.downcast_ref::<E>() {
             match e {
-                E::Io { path, .. } => (Kind::CannotRun, Some(path.clone()), None),
+                // A directory where a block file belongs is a fault of the
+                // block directory; other I/O errors (permissions, a failing
+                // disk) keep the check from being made.
+                E::Io { path, source, .. } => {
+                    let kind = match source.kind() {
+                        std::io::ErrorKind::IsADirectory
+                        | std::io::ErrorKind::InvalidData
+                        | std::io::ErrorKind::UnexpectedEof => Kind::Invalid,
+                        _ => Kind::CannotRun,
+                    };
+                    (kind, Some(path.clone()), None)
+                }
                 E::BadRecord { path, offset, .. } | E::Order { path, offset, .. } => {
                     (Kind::Invalid, Some(path.clone()), Some(*offset))
                 }

@@ -223,7 +223,7 @@ pub fn run(args: VerifyArgs, quiet: bool) -> Result<ExitCode> {
 }
 
 /// The outcome as one JSON object (see `--json`).
-fn json(outcome: &std::result::Result<Totals, Failure>) -> serde_json::Value {
+fn json(outcome: &std::result::Result<Totals, Box<Failure>>) -> serde_json::Value {
     let (totals, problem) = match outcome {
         Ok(totals) => (totals, serde_json::Value::Null),
         Err(failure) => (
@@ -256,14 +256,15 @@ fn json(outcome: &std::result::Result<Totals, Failure>) -> serde_json::Value {
 }
 
 /// Verifies the directory; `quiet` hides the progress bar.
-pub(crate) fn verify(args: &DirArgs, quiet: bool) -> std::result::Result<Totals, Failure> {
+pub(crate) fn verify(args: &DirArgs, quiet: bool) -> std::result::Result<Totals, Box<Failure>> {
     let mut totals = Totals::default();
     let opened = args.open().and_then(|dir| Ok((args.heights(&dir)?, dir)));
-    let (heights, dir) = opened.map_err(|e| Failure::cannot_run(e, &totals))?;
+    let (heights, dir) = opened.map_err(|e| Box::new(Failure::cannot_run(e, &totals)))?;
     if let (Some(&first), Some(&last)) = (heights.first(), heights.last()) {
         totals.heights = Some((first, last, heights.len()));
     }
-    check_blocks(&dir, &heights, quiet, &mut totals).map_err(|e| Failure::classify(e, &totals))?;
+    check_blocks(&dir, &heights, quiet, &mut totals)
+        .map_err(|e| Box::new(Failure::classify(e, &totals)))?;
     Ok(totals)
 }
 

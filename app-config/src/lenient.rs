@@ -35,14 +35,30 @@ pub(crate) fn parse_integer(text: &str) -> Option<i128> {
     text.parse().ok()
 }
 
-/// The message of a string that is not a boolean.
+/// The message of a common key whose value is not a boolean; `got`
+/// describes the value (`string "yes"`).
 pub(crate) fn not_a_bool(got: &str) -> String {
     format!("expected a boolean (true or false, or as a string one of {BOOL_STRINGS}), got {got}")
 }
 
-/// The message of a string that is not a decimal integer.
-pub(crate) fn not_an_integer(got: &str) -> String {
-    format!("expected an integer (or a string of decimal digits), got {got}")
+/// What an option that wants a boolean accepts, for error messages.
+const EXPECTED_BOOL: &str = "a boolean (true or false, or as a string one of";
+
+/// What an option that wants an integer accepts, for error messages.
+const EXPECTED_INTEGER: &str = "an integer (or a string of decimal digits)";
+
+// The messages about options follow serde's ("invalid type: string "x",
+// expected a boolean"), which they replace for strings, so that a message
+// reads the same whichever wrong value was given.
+
+/// The message of an option string that is not a boolean.
+fn option_not_a_bool(text: &str) -> String {
+    format!("invalid type: string {text:?}, expected {EXPECTED_BOOL} {BOOL_STRINGS})")
+}
+
+/// The message of an option string that is not a decimal integer.
+fn option_not_an_integer(text: &str) -> String {
+    format!("invalid type: string {text:?}, expected {EXPECTED_INTEGER}")
 }
 
 /// A `toml::Value` read the way Cosmos reads it (see the module comment).
@@ -60,12 +76,11 @@ macro_rules! lenient_integer {
             fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
                 match self.0 {
                     toml::Value::String(text) => {
-                        let got = format!("string {text:?}");
                         let number = parse_integer(&text)
-                            .ok_or_else(|| string_error(not_an_integer(&got)))?;
+                            .ok_or_else(|| string_error(option_not_an_integer(&text)))?;
                         let number = <$ty>::try_from(number).map_err(|_| {
                             string_error(format!(
-                                "expected an integer between {} and {}, got {got}",
+                                "invalid value: string {text:?}, expected an integer between {} and {}",
                                 <$ty>::MIN,
                                 <$ty>::MAX
                             ))
@@ -99,7 +114,7 @@ impl<'de> de::Deserializer<'de> for Lenient {
         match self.0 {
             toml::Value::String(text) => match parse_bool(&text) {
                 Some(flag) => visitor.visit_bool(flag),
-                None => Err(string_error(not_a_bool(&format!("string {text:?}")))),
+                None => Err(string_error(option_not_a_bool(&text))),
             },
             other => other.deserialize_bool(visitor),
         }
@@ -186,7 +201,7 @@ impl<'de> de::Deserializer<'de> for Lenient {
         match self.0 {
             toml::Value::String(text) => match parse_integer(&text) {
                 Some(number) => visitor.visit_i128(number),
-                None => Err(string_error(not_an_integer(&format!("string {text:?}")))),
+                None => Err(string_error(option_not_an_integer(&text))),
             },
             other => other.deserialize_i128(visitor),
         }
@@ -194,16 +209,13 @@ impl<'de> de::Deserializer<'de> for Lenient {
 
     fn deserialize_u128<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
         match self.0 {
-            toml::Value::String(text) => {
-                let got = format!("string {text:?}");
-                match parse_integer(&text).map(u128::try_from) {
-                    Some(Ok(number)) => visitor.visit_u128(number),
-                    Some(Err(_)) => Err(string_error(format!(
-                        "expected a non-negative integer, got {got}"
-                    ))),
-                    None => Err(string_error(not_an_integer(&got))),
-                }
-            }
+            toml::Value::String(text) => match parse_integer(&text).map(u128::try_from) {
+                Some(Ok(number)) => visitor.visit_u128(number),
+                Some(Err(_)) => Err(string_error(format!(
+                    "invalid value: string {text:?}, expected a non-negative integer"
+                ))),
+                None => Err(string_error(option_not_an_integer(&text))),
+            },
             other => other.deserialize_u128(visitor),
         }
     }

@@ -306,7 +306,7 @@ fn bad_input_app_toml_files() {
             ),
             vec![
                 "key `timeout_ms` (line 8)",
-                "expected an integer (or a string of decimal digits), got string \"x\"",
+                "invalid type: string \"x\", expected an integer (or a string of decimal digits)",
             ],
         ),
         (

@@ -151,7 +151,7 @@ fn cosmos_bad_boolean_string_is_one_error_naming_file_key_and_line() {
     let fragments = [
         p(&config),
         "[streamers.file] key `fsync` (line 11)",
-        "got string \"nope\"",
+        "invalid type: string \"nope\", expected a boolean",
     ];
     statestream(["node", "--home", p(&home), "--config", p(&config)]).fails(1, &fragments);
     statestream(["config", "check", p(&config)]).fails(1, &fragments);

@@ -10,6 +10,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use crate::error::ConfigError;
+use crate::lenient::{not_a_bool, parse_bool, parse_integer};
 use crate::options::{Spelling, StreamerOptions};
 use crate::text::{LineIndex, check_name, describe, normalise_key};
 
@@ -77,6 +78,8 @@ pub struct AppConfig {
     origin: PathBuf,
     /// The streamers listed in `[store] streamers`, in list order.
     streamers: Vec<Entry>,
+    /// Problems that do not stop the node, already logged at warn level.
+    warnings: Vec<String>,
 }
 
 /// One listed streamer, before resolution against the node's stores.
@@ -189,6 +192,13 @@ impl AppConfig {
         Ok(specs)
     }
 
+    /// What the configuration holds that statestream recognises but does not
+    /// run (a `[streaming.abci]` table), one message each naming the file
+    /// and line. They are also logged at warn level when the file is parsed.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
     /// The file this configuration was read from (or the `origin` given to
     /// [`AppConfig::parse`]).
     pub fn origin(&self) -> &Path {
@@ -233,6 +243,10 @@ impl Parser<'_> {
             }
         })?;
         let root = root.get_ref();
+        let warnings: Vec<String> = self.abci_warning(root).into_iter().collect();
+        for warning in &warnings {
+            tracing::warn!("{warning}");
+        }
 
         let listed = match find(root, "store") {
             None => Vec::new(),
@@ -285,7 +299,27 @@ impl Parser<'_> {
         Ok(AppConfig {
             origin: self.origin.to_owned(),
             streamers,
+            warnings,
         })
+    }
+
+    /// The warning about `[streaming.abci]`, the Cosmos SDK v0.47+ table of
+    /// ABCI listener plugins (go-plugin): recognised so that a Cosmos
+    /// app.toml that has it is not silently half-read, but not supported.
+    fn abci_warning(&self, root: &DeTable<'_>) -> Option<String> {
+        let (_, streaming) = find(root, "streaming")?;
+        let DeValue::Table(streaming) = streaming.get_ref() else {
+            return None;
+        };
+        let (key, _) = find(streaming, "abci")?;
+        Some(format!(
+            "{}: [streaming.abci] (line {}): Cosmos SDK ABCI listener plugins (go-plugin) \
+             are not supported and this table is ignored; statestream runs out-of-process \
+             streamers with `type = \"process\"` in a [streamers.<name>] table listed in \
+             [store] streamers (see docs/plugin-protocol.md)",
+            self.origin.display(),
+            self.index.line(key.span().start)
+        ))
     }
 
     /// Reads `[store] streamers`: the names, each with the span of the `streamers` key.
@@ -401,15 +435,19 @@ impl Parser<'_> {
                     }
                 }
                 "queue" => queue = self.queue(value).map_err(error)?,
-                "stop_node_on_error" => match value.get_ref().as_bool() {
-                    Some(flag) => stop_node_on_error = flag,
-                    None => {
-                        return Err(error(format!(
-                            "expected a boolean (true or false), got {}",
-                            self.describe(value)
-                        )));
+                "stop_node_on_error" => {
+                    // As Cosmos reads it: a boolean, or a string Go's
+                    // strconv.ParseBool accepts (its template writes "true").
+                    let flag = match value.get_ref() {
+                        DeValue::Boolean(flag) => Some(*flag),
+                        DeValue::String(text) => parse_bool(text),
+                        _ => None,
+                    };
+                    match flag {
+                        Some(flag) => stop_node_on_error = flag,
+                        None => return Err(error(not_a_bool(&self.describe(value)))),
                     }
-                },
+                }
                 _ => {
                     // Only the top-level key is normalised: nested tables may be
                     // data (environment variables, headers) whose keys must stay.
@@ -492,17 +530,17 @@ impl Parser<'_> {
 
     /// Reads `queue`; the error is the message only.
     fn queue(&self, value: &Value<'_>) -> Result<usize, String> {
-        let DeValue::Integer(_) = value.get_ref() else {
-            return Err(format!(
-                "expected a positive integer, got {}",
-                self.describe(value)
-            ));
-        };
         let described = self.describe(value);
-        let number = toml::Value::deserialize(ValueDeserializer::from(value.clone()))
-            .ok()
-            .and_then(|converted| converted.as_integer())
-            .ok_or_else(|| format!("expected a positive integer, got {described}"))?;
+        let number = match value.get_ref() {
+            DeValue::Integer(_) => toml::Value::deserialize(ValueDeserializer::from(value.clone()))
+                .ok()
+                .and_then(|converted| converted.as_integer())
+                .map(i128::from),
+            // As Cosmos reads it: a decimal string is the integer it spells.
+            DeValue::String(text) => parse_integer(text),
+            _ => None,
+        }
+        .ok_or_else(|| format!("expected a positive integer, got {described}"))?;
         match usize::try_from(number) {
             Ok(0) | Err(_) if number < 1 => Err(format!(
                 "expected a positive integer (at least 1), got {described}"

@@ -12,6 +12,13 @@
 //! Every error names the file, the table, the key as the user spelled it and
 //! its line, whether it is found here or by a streamer parsing its options.
 //!
+//! Values are read as the Cosmos SDK reads them, so that an app.toml made
+//! from Cosmos's own template runs unchanged: a boolean may be a string Go's
+//! `strconv.ParseBool` accepts (`stop-node-on-error = "true"`), an integer a
+//! decimal string (`queue = "64"`), for the common keys and for every option
+//! of every streamer type. A `[streaming.abci]` table (Cosmos's go-plugin
+//! listeners) is recognised and reported by [`AppConfig::warnings`].
+//!
 //! ```
 //! use std::path::Path;
 //!
@@ -50,6 +57,7 @@
 
 mod app;
 mod error;
+mod lenient;
 mod options;
 mod text;
 

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::de::{self, DeserializeOwned, DeserializeSeed, IntoDeserializer, MapAccess, Visitor};
 
 use crate::error::ConfigError;
+use crate::lenient::Lenient;
 use crate::text::normalise_key;
 
 /// Origin shown for options built in code rather than read from a file.
@@ -26,6 +27,13 @@ const INLINE_NAME: &str = "inline";
 /// tables are left as written (they may be data, such as environment
 /// variable names), and errors are reported with the key as the user
 /// spelled it, its table, its file and its line.
+///
+/// Values are read the way the Cosmos SDK reads them: wherever the config
+/// type asks for a boolean, a string Go's `strconv.ParseBool` accepts
+/// (`"true"`, `"false"`, `"1"`, `"0"`, `"t"`, `"F"`, `"TRUE"`, `"False"`...)
+/// is that boolean, and wherever it asks for an integer, a string of decimal
+/// digits (`"64"`) is that integer, at any depth. Cosmos's own app.toml
+/// template writes `fsync = "false"`; such a file runs unchanged.
 #[derive(Debug, Clone)]
 pub struct StreamerOptions {
     origin: PathBuf,
@@ -267,7 +275,7 @@ impl<'de> MapAccess<'de> for TrackingMap<'_> {
         let Some((key, value)) = self.current.take() else {
             return Err(de::Error::custom("a value was requested before its key"));
         };
-        seed.deserialize(value.clone())
+        seed.deserialize(Lenient(value.clone()))
             .inspect_err(|_| self.blame(key))
     }
 

@@ -597,7 +597,13 @@ fn config_option_errors_name_key_as_spelled_and_line() {
             "keys = [\"*\"]\nwrite_dir = \"d\"\nfsync = \"yes\"\n",
             "fsync",
             Some(7),
-            "invalid type",
+            "expected a boolean (true or false, or as a string one of \"1\", \"t\"",
+        ),
+        (
+            "keys = [\"*\"]\nwrite_dir = \"d\"\nfsync = 1\n",
+            "fsync",
+            Some(7),
+            "invalid type: integer `1`, expected a boolean",
         ),
         (
             "keys = [\"*\"]\nwrite-dir = 3\n",
@@ -606,10 +612,10 @@ fn config_option_errors_name_key_as_spelled_and_line() {
             "expected a string",
         ),
         (
-            "keys = [\"*\"]\nwrite_dir = \"d\"\n\noutput-metadata = \"true\"\n",
+            "keys = [\"*\"]\nwrite_dir = \"d\"\n\noutput-metadata = \"yes\"\n",
             "output-metadata",
             Some(8),
-            "expected a boolean",
+            "invalid type: string \"yes\", expected a boolean (true or false, or as a string",
         ),
         (
             "keys = [\"*\"]\nwrite_dir = \"d\"\nfrobnicate-level = 3\n",
@@ -761,4 +767,253 @@ proptest! {
             let _ = spec.options.parse::<FileOptions>();
         }
     }
+}
+
+/// The streaming section exactly as the Cosmos SDK's own app.toml template
+/// (v0.46, v0.47) writes it: quoted booleans, trailing commas.
+const COSMOS_TEMPLATE: &str = r#"[store]
+streamers = ["file", ]
+
+[streamers]
+[streamers.file]
+keys = ["*", ]
+write_dir = ""
+prefix = ""
+output-metadata = "true"
+stop-node-on-error = "true"
+fsync = "false"
+"#;
+
+#[test]
+fn config_cosmos_template_verbatim() {
+    let specs = resolve(COSMOS_TEMPLATE);
+    assert_eq!(specs.len(), 1);
+    assert_eq!(specs[0].stores, ["acc", "bank", "staking"]);
+    assert!(specs[0].stop_node_on_error);
+    let options: FileOptions = specs[0].options.parse().expect("options parse");
+    assert_eq!(
+        options,
+        FileOptions {
+            write_dir: String::new(),
+            prefix: String::new(),
+            output_metadata: true,
+            fsync: false,
+        }
+    );
+    // The values are kept as written: only parsing reads them leniently.
+    assert_eq!(
+        specs[0].options.get("fsync"),
+        Some(&toml::Value::String("false".to_owned()))
+    );
+}
+
+#[test]
+fn config_cosmos_quoted_false_turns_things_off() {
+    let text = COSMOS_TEMPLATE
+        .replace("output-metadata = \"true\"", "output-metadata = \"false\"")
+        .replace(
+            "stop-node-on-error = \"true\"",
+            "stop-node-on-error = \"false\"",
+        )
+        .replace("fsync = \"false\"", "fsync = \"true\"");
+    let specs = resolve(&text);
+    assert!(!specs[0].stop_node_on_error);
+    let options: FileOptions = specs[0].options.parse().expect("options parse");
+    assert!(!options.output_metadata);
+    assert!(options.fsync);
+}
+
+#[test]
+fn config_cosmos_every_go_parse_bool_spelling() {
+    let spellings = [
+        ("1", true),
+        ("t", true),
+        ("T", true),
+        ("TRUE", true),
+        ("true", true),
+        ("True", true),
+        ("0", false),
+        ("f", false),
+        ("F", false),
+        ("FALSE", false),
+        ("false", false),
+        ("False", false),
+    ];
+    for (text, expected) in spellings {
+        let body = format!(
+            "keys = [\"*\"]\nwrite_dir = \"d\"\nstop-node-on-error = \"{text}\"\n\
+             output-metadata = \"{text}\"\nfsync = \"{text}\"\n"
+        );
+        let specs = resolve(&one_streamer(&body));
+        assert_eq!(specs[0].stop_node_on_error, expected, "{text}");
+        let options: FileOptions = specs[0].options.parse().expect(text);
+        assert_eq!(options.output_metadata, expected, "{text}");
+        assert_eq!(options.fsync, expected, "{text}");
+    }
+}
+
+#[test]
+fn config_cosmos_bad_strings_name_file_table_key_and_line() {
+    // Header on line 4; the bad key on line 6.
+    for bad in ["yes", "no", "on", "", " true", "tRUE", "2"] {
+        let body = format!("keys = [\"*\"]\nstop-node-on-error = \"{bad}\"\n");
+        let error = parse(&one_streamer(&body)).expect_err(bad);
+        assert_eq!(error.table(), Some("[streamers.file]"), "{bad:?}");
+        assert_eq!(error.key(), Some("stop-node-on-error"), "{bad:?}");
+        assert_eq!(error.line(), Some(6), "{bad:?}");
+        let message = error.to_string();
+        assert!(message.starts_with(PATH), "{message}");
+        assert!(message.contains("expected a boolean"), "{message}");
+        assert!(
+            message.contains(&format!("got string \"{bad}\"")),
+            "{message}"
+        );
+
+        let body = format!("keys = [\"*\"]\nwrite_dir = \"d\"\noutput-metadata = \"{bad}\"\n");
+        let specs = resolve(&one_streamer(&body));
+        let error = specs[0].options.parse::<FileOptions>().expect_err(bad);
+        assert_eq!(error.key(), Some("output-metadata"), "{bad:?}");
+        assert_eq!(error.line(), Some(7), "{bad:?}");
+        let message = error.to_string();
+        assert!(message.starts_with(PATH), "{message}");
+        assert!(
+            message.contains("[streamers.file] key `output-metadata` (line 7)"),
+            "{message}"
+        );
+        assert!(message.contains("expected a boolean"), "{message}");
+    }
+}
+
+#[test]
+fn config_cosmos_integers_as_decimal_strings() {
+    let specs = resolve(&one_streamer("keys = [\"*\"]\nqueue = \"64\"\n"));
+    assert_eq!(specs[0].queue, 64);
+    let specs = resolve(&one_streamer("keys = [\"*\"]\nqueue = \"1000000\"\n"));
+    assert_eq!(specs[0].queue, 1_000_000);
+    for (value, fragment) in [
+        ("\"0\"", "at least 1"),
+        ("\"-3\"", "at least 1"),
+        ("\"2000000\"", "at most 1000000"),
+        ("\"big\"", "expected a positive integer, got string \"big\""),
+        ("\"6 4\"", "expected a positive integer"),
+        ("\"0x40\"", "expected a positive integer"),
+        ("\"1.5\"", "expected a positive integer"),
+    ] {
+        let error =
+            parse(&one_streamer(&format!("keys = [\"*\"]\nqueue = {value}\n"))).expect_err(value);
+        assert_eq!(error.key(), Some("queue"), "{value}");
+        assert_eq!(error.line(), Some(6), "{value}");
+        assert!(error.to_string().contains(fragment), "{value}: {error}");
+    }
+}
+
+#[test]
+fn config_cosmos_leniency_reaches_every_option_type() {
+    // A streamer type this crate does not know, with integers, optional and
+    // nested booleans: every one of them gets Cosmos's reading.
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Tls {
+        enabled: bool,
+        port: u16,
+    }
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Options {
+        timeout_ms: u64,
+        retries: i32,
+        compress: Option<bool>,
+        ports: Vec<u32>,
+        tls: Tls,
+        name: String,
+        env: std::collections::BTreeMap<String, String>,
+    }
+    let specs = resolve(&one_streamer(
+        "keys = [\"*\"]\ntimeout-ms = \"5000\"\nretries = \"-1\"\ncompress = \"T\"\n\
+         ports = [\"80\", 443, ]\ntls = { enabled = \"1\", port = \"8443\" }\nname = \"true\"\n\
+         env = { FLAG = \"0\" }\n",
+    ));
+    let options: Options = specs[0].options.parse().expect("options parse");
+    assert_eq!(options.timeout_ms, 5000);
+    assert_eq!(options.retries, -1);
+    assert_eq!(options.compress, Some(true));
+    assert_eq!(options.ports, [80, 443]);
+    assert!(options.tls.enabled);
+    assert_eq!(options.tls.port, 8443);
+    // Strings stay strings where a string is wanted.
+    assert_eq!(options.name, "true");
+    assert_eq!(options.env.get("FLAG").map(String::as_str), Some("0"));
+
+    // Out of range, and not a number: the key is named.
+    let specs = resolve(&one_streamer(
+        "keys = [\"*\"]\ntimeout-ms = \"5000\"\nretries = \"1\"\ncompress = true\nports = []\n\
+         tls = { enabled = true, port = \"70000\" }\nname = \"n\"\nenv = {}\n",
+    ));
+    let error = specs[0]
+        .options
+        .parse::<Options>()
+        .expect_err("port too big");
+    assert_eq!(error.key(), Some("tls"));
+    assert!(
+        error
+            .to_string()
+            .contains("invalid value: string \"70000\", expected an integer between 0 and 65535"),
+        "{error}"
+    );
+    let specs = resolve(&one_streamer("keys = [\"*\"]\ntimeout-ms = \"soon\"\n"));
+    let error = specs[0]
+        .options
+        .parse::<Options>()
+        .expect_err("not a number");
+    assert_eq!(error.key(), Some("timeout-ms"));
+    assert_eq!(error.line(), Some(6));
+    assert!(
+        error.to_string().contains(
+            "invalid type: string \"soon\", expected an integer (or a string of decimal digits)"
+        ),
+        "{error}"
+    );
+
+    // Options built in code are read the same way.
+    let table: toml::Table = toml::from_str("write_dir = \"w\"\nfsync = \"True\"\n").expect("toml");
+    let parsed: FileOptions = StreamerOptions::from_table(table).parse().expect("parses");
+    assert!(parsed.fsync);
+}
+
+#[test]
+fn config_cosmos_trailing_commas() {
+    let text = "[store]\nstreamers = [\"a\", \"b\", ]\n\n[streamers.a]\nkeys = [\"bank\", \"acc\", ]\n\
+                [streamers.b]\nkeys = [ ]\n";
+    let config = parse(text).expect("parses");
+    assert_eq!(config.streamer_names(), ["a", "b"]);
+    let specs = config.resolve(STORES).expect("resolves");
+    assert_eq!(specs.len(), 1);
+    assert_eq!(specs[0].stores, ["acc", "bank"]);
+}
+
+#[test]
+fn config_streaming_abci_is_recognised_with_a_warning() {
+    let text = format!(
+        "{COSMOS_TEMPLATE}\n[streaming]\n\n[streaming.abci]\nkeys = []\nplugin = \"\"\nstop-node-on-err = true\n"
+    );
+    let config = parse(&text).expect("a [streaming.abci] table is not an error");
+    // The node still runs the [store] streamers it finds.
+    assert_eq!(config.resolve(STORES).expect("resolves").len(), 1);
+    let [warning] = config.warnings() else {
+        panic!("expected one warning, got {:?}", config.warnings());
+    };
+    assert!(warning.starts_with(PATH), "{warning}");
+    assert!(warning.contains("[streaming.abci] (line 15)"), "{warning}");
+    assert!(warning.contains("type = \"process\""), "{warning}");
+    assert!(warning.contains("docs/plugin-protocol.md"), "{warning}");
+
+    assert!(
+        parse(COSMOS_TEMPLATE)
+            .expect("parses")
+            .warnings()
+            .is_empty()
+    );
+    // Other [streaming] tables are not Cosmos's plugin table.
+    let other = format!("{COSMOS_TEMPLATE}\n[streaming.other]\nx = 1\n");
+    assert!(parse(&other).expect("parses").warnings().is_empty());
 }

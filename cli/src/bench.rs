@@ -245,10 +245,11 @@ fn file_streamer(dir: &Path, stores: &[StoreKey]) -> Result<FileStreamer> {
     let ctx = StreamerContext {
         name: "file",
         stores,
-        options: &options,
+        all_stores: stores,
         home: dir,
+        reader: None,
     };
-    Ok(config.build(&ctx)?)
+    Ok(config.build(&ctx, &options)?)
 }
 
 /// The `p`-quantile of `v` (not empty; `p` in 0..=1), interpolated

@@ -3,13 +3,15 @@
 //!
 //! Every subcommand lives in its own module; this file parses the command
 //! line, sets up logging and turns every error into one line on stderr and a
-//! non-zero exit code (2 for usage errors, 1 for everything else). A panic,
-//! too, becomes one line and exit 1 (see `install_panic_hook`).
+//! non-zero exit code (see [`EXIT_CODES`]). A panic, too, becomes one line
+//! and exit 1 (see `install_panic_hook`).
 
 mod bench;
 mod blocks;
+mod config_cmd;
 mod cursors;
 mod dump;
+mod init;
 mod logging;
 mod node;
 mod replay;
@@ -19,19 +21,53 @@ mod verify;
 mod workload;
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use anyhow::Context;
+use clap::{CommandFactory, Parser, Subcommand};
+
+/// The exit codes, as `--help` and the man page show them.
+const EXIT_CODES: &str = "\
+Exit codes:
+  0    success (verify: every check passed)
+  1    a failure: bad configuration, missing or corrupt block files, ...
+       (verify: the blocks are not whole; the first bad file is named)
+  2    a usage error (unknown flag, missing argument, bad value);
+       verify: the check could not be made (missing directory, no block
+       files, unreadable file)
+  130  node: stopped at once by a second SIGINT or SIGTERM";
 
 /// Streams the state changes of a key/value store, block by block; reads,
 /// verifies and replays the block files.
 #[derive(Debug, Parser)]
-#[command(name = "statestream", version, propagate_version = true)]
+#[command(
+    name = "statestream",
+    version,
+    propagate_version = true,
+    after_help = EXIT_CODES
+)]
 struct Cli {
-    /// Only log errors (RUST_LOG, when set, still decides) and print no
-    /// progress bar or human summary.
-    #[arg(long, short, global = true)]
+    /// Only log errors and print no progress bar or human summary
+    /// (RUST_LOG, when set, decides the log level).
+    #[arg(long, short, global = true, conflicts_with = "verbose")]
     quiet: bool,
+
+    /// Log more: -v one level more (node: debug; other commands: info),
+    /// -vv two (RUST_LOG, when set, decides the log level).
+    #[arg(long, short, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    /// The format of the log lines on stderr. Colours only on a terminal,
+    /// and never when NO_COLOR is set.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        value_name = "FORMAT",
+        default_value_t
+    )]
+    log_format: logging::LogFormat,
 
     #[command(subcommand)]
     command: Command,
@@ -40,8 +76,13 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the demo node: a deterministic workload on the real store,
-    /// streamed per app.toml.
+    /// streamed per app.toml. SIGINT or SIGTERM stop it after the current
+    /// block.
     Node(node::NodeArgs),
+    /// Write a commented default HOME/config/app.toml.
+    Init(init::InitArgs),
+    /// Check an app.toml without starting anything (`config check`).
+    Config(config_cmd::ConfigArgs),
     /// Print the records of block files.
     Dump(dump::DumpArgs),
     /// Check block files: contiguous heights, complete files, records,
@@ -58,6 +99,26 @@ enum Command {
     /// Measure how fast the demo node commits and streams, and how fast
     /// the blocks read back.
     Bench(bench::BenchArgs),
+    /// Print a shell completion script on stdout, e.g.
+    /// `statestream completions bash > /etc/bash_completion.d/statestream`.
+    Completions(CompletionsArgs),
+    /// Write man pages (statestream.1 and one per subcommand) to a
+    /// directory.
+    Man(ManArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    shell: clap_complete::Shell,
+}
+
+#[derive(Debug, clap::Args)]
+struct ManArgs {
+    /// Where to write the pages (created when missing).
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    out_dir: PathBuf,
 }
 
 fn main() -> ExitCode {
@@ -104,9 +165,21 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Node(_) => "info",
         _ => "warn",
     };
-    logging::init(default_level, cli.quiet);
+    logging::init(
+        logging::level(default_level, cli.quiet, cli.verbose),
+        cli.log_format,
+    );
     match cli.command {
         Command::Node(args) => node::run(args, cli.quiet),
+        Command::Init(args) => init::run(args, cli.quiet),
+        Command::Config(args) => config_cmd::run(args, cli.quiet),
+        Command::Completions(args) => {
+            let mut out = std::io::stdout().lock();
+            clap_complete::generate(args.shell, &mut Cli::command(), "statestream", &mut out);
+            out.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man(args) => man(&args, cli.quiet),
         Command::Dump(args) => dump::run(args),
         Command::Verify(args) => verify::run(args, cli.quiet),
         Command::Replay(args) => replay::run(args, cli.quiet),
@@ -115,6 +188,21 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Cursors(args) => cursors::run(args),
         Command::Bench(args) => bench::run(args, cli.quiet),
     }
+}
+
+/// Writes the man pages generated from the clap definition.
+fn man(args: &ManArgs, quiet: bool) -> anyhow::Result<ExitCode> {
+    std::fs::create_dir_all(&args.out_dir)
+        .with_context(|| format!("cannot create {}", args.out_dir.display()))?;
+    clap_mangen::generate_to(Cli::command(), &args.out_dir)
+        .with_context(|| format!("cannot write the man pages to {}", args.out_dir.display()))?;
+    if !quiet {
+        println!(
+            "wrote {} (and statestream-SUBCOMMAND.1 for each subcommand)",
+            args.out_dir.join("statestream.1").display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The error and its causes joined by ": ", leaving out a cause whose text

@@ -10,27 +10,78 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
+use statestream::to_hex;
 use statestream::{Block, DeliveryManager, Registry, StreamError, Streamer, StreamerStats};
 use statestream_config::AppConfig;
-use statestream_store::{CommitInfo, MultiStore, StoreKey, StoreOptions, WriteListener, to_hex};
+use statestream_store::{CommitInfo, MultiStore, StoreKey, StoreOptions, WriteListener};
 
 use crate::workload::{self, STORE_NAMES, Stores};
 
-/// The configuration used without `--config`: one file streamer, every
-/// store, `HOME/data/streaming`, with metadata files.
-pub const DEFAULT_APP_TOML: &str = r#"# statestream demo node: built-in default configuration
-[store]
-streamers = ["file"]
+/// The configuration used without `--config` when `HOME/config/app.toml`
+/// does not exist, and what `statestream init` writes: one file streamer,
+/// every store, `HOME/data/streaming`, with metadata files.
+pub const DEFAULT_APP_TOML: &str = crate::init::TEMPLATE;
 
-[streamers.file]
-keys = ["*"]
-write_dir = "data/streaming"
-prefix = ""
-output-metadata = true
-fsync = false
-delivery = "async"
-stop-node-on-error = true
-"#;
+/// Where a node's home keeps its app.toml.
+pub const HOME_CONFIG: &str = "config/app.toml";
+
+/// Exit code of a node stopped at once by a second signal.
+pub const EXIT_SECOND_SIGNAL: u8 = 130;
+
+/// Where the configuration comes from: `--config FILE`, else
+/// `HOME/config/app.toml` when it exists, else the built-in default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// `--config FILE`.
+    Flag(PathBuf),
+    /// `HOME/config/app.toml`.
+    Home(PathBuf),
+    /// [`DEFAULT_APP_TOML`].
+    BuiltIn,
+}
+
+impl ConfigSource {
+    /// Looks the configuration up for a node whose home is `home`.
+    pub fn locate(config: Option<&Path>, home: &Path) -> ConfigSource {
+        if let Some(path) = config {
+            return ConfigSource::Flag(path.to_owned());
+        }
+        let path = home.join(HOME_CONFIG);
+        if path.exists() {
+            ConfigSource::Home(path)
+        } else {
+            ConfigSource::BuiltIn
+        }
+    }
+
+    /// The file read, or `<built-in default>`.
+    pub fn origin(&self) -> &Path {
+        match self {
+            ConfigSource::Flag(path) | ConfigSource::Home(path) => path,
+            ConfigSource::BuiltIn => Path::new("<built-in default>"),
+        }
+    }
+
+    /// Why this configuration, in words, for the first log line.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            ConfigSource::Flag(_) => "configuration from --config",
+            ConfigSource::Home(_) => "configuration from HOME/config/app.toml",
+            ConfigSource::BuiltIn => {
+                "no --config and no HOME/config/app.toml: built-in default configuration \
+                 (`statestream init` writes it to HOME/config/app.toml)"
+            }
+        }
+    }
+
+    /// Reads and validates the configuration.
+    pub fn load(&self) -> Result<AppConfig, statestream_config::ConfigError> {
+        match self {
+            ConfigSource::Flag(path) | ConfigSource::Home(path) => AppConfig::from_file(path),
+            ConfigSource::BuiltIn => AppConfig::parse(DEFAULT_APP_TOML, self.origin()),
+        }
+    }
+}
 
 /// The file in HOME that keeps the workload's seed, so that a node resumed
 /// without `--seed` runs the same workload.
@@ -46,14 +97,20 @@ pub struct NodeArgs {
     #[arg(long, value_name = "DIR")]
     home: PathBuf,
 
-    /// An app.toml to read instead of the built-in default (one file
-    /// streamer on every store writing to HOME/data/streaming).
+    /// The app.toml to read. Default: HOME/config/app.toml when it exists,
+    /// else the built-in default (one file streamer on every store writing
+    /// to HOME/data/streaming; `statestream init` writes it out).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 
-    /// How many blocks to commit in this run (after the last committed one).
+    /// How many blocks to commit in this run (after the last committed
+    /// one); 0: until stopped by SIGINT or SIGTERM.
     #[arg(long, value_name = "N", default_value_t = 10)]
     blocks: u64,
+
+    /// Commit one block every MS milliseconds; 0: as fast as the node can.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    block_time_ms: u64,
 
     /// Writes the transactions of one block make (at least; a block also
     /// has a few writes of its own).
@@ -153,14 +210,14 @@ pub fn run(args: NodeArgs, quiet: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Runs the node: commits `args.blocks` blocks (fewer on Ctrl-C), closes
-/// the streamers and the store.
+/// Runs the node: commits `args.blocks` blocks (fewer, or with 0 until then,
+/// when SIGINT or SIGTERM arrives), closes the streamers and the store.
 pub fn execute(args: &NodeArgs, quiet: bool) -> Result<Summary> {
     let started = Instant::now();
-    let config = match &args.config {
-        Some(path) => AppConfig::from_file(path)?,
-        None => AppConfig::parse(DEFAULT_APP_TOML, Path::new("<built-in default>"))?,
-    };
+    let source = ConfigSource::locate(args.config.as_deref(), &args.home);
+    // The first log line: which configuration the node runs on.
+    tracing::info!(config = %source.origin().display(), "{}", source.describe());
+    let config = source.load()?;
     let specs = config.resolve(&STORE_NAMES)?;
 
     std::fs::create_dir_all(args.home.join("data"))
@@ -182,26 +239,34 @@ pub fn execute(args: &NodeArgs, quiet: bool) -> Result<Summary> {
     let counter = RecordCounter::default();
     store.add_listener(&stores.all(), Box::new(counter.clone()))?;
 
-    // Built-ins of statestream (`log`, `process`), plus the types that live
-    // in their own crates because they depend on statestream.
-    let mut registry = Registry::with_builtins();
-    statestream_file::register(&mut registry);
+    let mut registry = registry();
     if let Some(ms) = args.slow_streamer_ms {
         let pause = Duration::from_millis(ms);
-        registry.register(SLOW_TYPE, move |_| Ok(Box::new(SlowStreamer { pause })));
+        registry.register(SLOW_TYPE, move |_, _| Ok(Box::new(SlowStreamer { pause })));
     }
-    statestream_nats::register(&mut registry);
-    // Webhook retry waits can last hours; the signal ends them at shutdown
-    // (the pending block stays in the change log for the next start).
-    let webhook_shutdown = statestream_webhook::ShutdownSignal::new();
-    statestream_webhook::register_with_shutdown(&mut registry, &webhook_shutdown);
     let mut manager = DeliveryManager::start(&mut store, &specs, &registry, &args.home)?;
 
     let stop = Arc::new(AtomicBool::new(false));
+    // Wakes the wait between paced blocks when a signal arrives.
+    let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
     {
         let stop = Arc::clone(&stop);
-        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
-            .context("cannot install the Ctrl-C handler")?;
+        // SIGINT, SIGTERM (what systemd, Docker and Kubernetes send) and
+        // SIGHUP: stop after the current block. A second one exits at once;
+        // nothing committed is lost, the change log covers what the
+        // streamers had not delivered yet.
+        ctrlc::set_handler(move || {
+            if stop.swap(true, Ordering::SeqCst) {
+                let _ = writeln!(
+                    std::io::stderr().lock(),
+                    "statestream: second signal: exiting at once (committed blocks are in the \
+                     store; the streamers catch up at the next start)"
+                );
+                std::process::exit(i32::from(EXIT_SECOND_SIGNAL));
+            }
+            let _ = wake.try_send(());
+        })
+        .context("cannot install the signal handler")?;
     }
 
     let first = store.version() + 1;
@@ -215,13 +280,15 @@ pub fn execute(args: &NodeArgs, quiet: bool) -> Result<Summary> {
         "node started"
     );
     let progress = progress_bar(args.blocks, quiet);
+    let block_time = Duration::from_millis(args.block_time_ms);
     let mut committed = 0u64;
     let mut result = Ok(());
-    for _ in 0..args.blocks {
+    while args.blocks == 0 || committed < args.blocks {
+        let block_started = Instant::now();
         if stop.load(Ordering::SeqCst) {
             tracing::info!(
                 height = store.version(),
-                "interrupted: stopping after the last block"
+                "signal received: stopping after the last committed block"
             );
             break;
         }
@@ -240,6 +307,13 @@ pub fn execute(args: &NodeArgs, quiet: bool) -> Result<Summary> {
                 result = Err(e.context(format!("block {height}")));
                 break;
             }
+        }
+        // Pace the blocks; a signal ends the wait early.
+        if let Some(rest) = block_time.checked_sub(block_started.elapsed())
+            && !rest.is_zero()
+            && !stop.load(Ordering::SeqCst)
+        {
+            let _ = woken.recv_timeout(rest);
         }
     }
     if let Some(p) = progress {
@@ -267,6 +341,13 @@ pub fn execute(args: &NodeArgs, quiet: bool) -> Result<Summary> {
         stats,
         cursors,
     })
+}
+
+/// The streamer types of the demo node: every built-in type of the
+/// `statestream` build (`log`, `process`, and the streamer crates its cargo
+/// features enable).
+pub fn registry() -> Registry {
+    Registry::with_builtins()
 }
 
 fn print_summary(summary: &Summary, quiet: bool, json: bool) -> Result<()> {
@@ -377,7 +458,8 @@ fn resolve_seed(home: &Path, given: Option<u64>) -> Result<u64> {
 }
 
 fn progress_bar(len: u64, quiet: bool) -> Option<ProgressBar> {
-    if quiet || !std::io::stderr().is_terminal() {
+    // `--blocks 0` has no end to show progress towards.
+    if len == 0 || quiet || !std::io::stderr().is_terminal() {
         return None;
     }
     let bar = ProgressBar::new(len);

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Result;
+use statestream_core::to_hex;
 use statestream_file::BlockFile;
-use statestream_store::to_hex;
 
 use crate::blocks::{DirArgs, warn_gaps};
 
@@ -29,6 +29,12 @@ pub struct TailArgs {
     /// How often to look for new blocks with --follow, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 200)]
     poll_ms: u64,
+
+    /// One JSON object per block: {"height", "records", "bytes", "txs",
+    /// "time", "app_hash"}; the last three are null for a block without a
+    /// meta file.
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn run(args: TailArgs) -> Result<ExitCode> {
@@ -54,7 +60,7 @@ pub fn run(args: TailArgs) -> Result<ExitCode> {
             "--follow waits at the first of them until it appears",
         );
         for block in dir.follow(from, Duration::from_millis(args.poll_ms.max(1))) {
-            print_block(&mut out, &block?)?;
+            print_block(&mut out, &block?, args.json)?;
             out.flush()?;
         }
     } else {
@@ -63,33 +69,42 @@ pub fn run(args: TailArgs) -> Result<ExitCode> {
         }
         warn_gaps(&from_on, "the other blocks are printed");
         for &h in &from_on {
-            print_block(&mut out, &dir.open_block(h)?)?;
+            print_block(&mut out, &dir.open_block(h)?, args.json)?;
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_block(out: &mut impl Write, block: &BlockFile) -> Result<()> {
+fn print_block(out: &mut impl Write, block: &BlockFile, json: bool) -> Result<()> {
     let mut records = 0u64;
     for r in block.records() {
         r?;
         records += 1;
     }
-    let (time, app_hash, txs) = match block.meta() {
-        Some(m) => (
-            m.time_seconds.to_string(),
-            m.commit
-                .as_ref()
-                .map_or_else(|| "-".to_string(), |c| to_hex(&c.app_hash)),
-            m.txs.len().to_string(),
-        ),
-        None => ("-".into(), "-".into(), "-".into()),
+    let meta = block.meta();
+    let app_hash = meta.and_then(|m| m.commit.as_ref().map(|c| to_hex(&c.app_hash)));
+    if json {
+        let line = serde_json::json!({
+            "height": block.height(),
+            "records": records,
+            "bytes": block.payload().len(),
+            "txs": meta.map(|m| m.txs.len()),
+            "time": meta.map(|m| m.time_seconds),
+            "app_hash": app_hash,
+        });
+        writeln!(out, "{line}")?;
+        return Ok(());
+    }
+    let (time, txs) = match meta {
+        Some(m) => (m.time_seconds.to_string(), m.txs.len().to_string()),
+        None => ("-".into(), "-".into()),
     };
     writeln!(
         out,
-        "height={} records={records} bytes={} txs={txs} time={time} app_hash={app_hash}",
+        "height={} records={records} bytes={} txs={txs} time={time} app_hash={}",
         block.height(),
         block.payload().len(),
+        app_hash.as_deref().unwrap_or("-"),
     )?;
     Ok(())
 }

@@ -119,6 +119,19 @@ pub fn run_block(
     height: u64,
     writes: usize,
 ) -> Result<BlockMeta> {
+    // A value the demo cannot parse is damage to the store's file: say which.
+    let path = store.path().to_path_buf();
+    execute_block(store, stores, seed, height, writes)
+        .with_context(|| format!("executing the demo block on {}", path.display()))
+}
+
+fn execute_block(
+    store: &mut MultiStore,
+    stores: &Stores,
+    seed: u64,
+    height: u64,
+    writes: usize,
+) -> Result<BlockMeta> {
     let mut rng = Rng::for_block(seed, height);
     let time = GENESIS_TIME + BLOCK_SECONDS * height as i64;
     let machine = Machine { s: stores, height };

@@ -504,13 +504,14 @@ fn verify_without_meta_files_checks_records_only() {
     statestream(["verify", p(&copy)]).fails(1, "block-2-data");
 }
 
+/// Verification could not be made (exit 2), as opposed to failed (exit 1).
 #[test]
-fn verify_missing_dir_is_exit_1() {
+fn verify_missing_dir_is_exit_2() {
     let tmp = tempfile::tempdir().unwrap();
     statestream(["verify", p(&tmp.path().join("nope"))])
-        .fails(1, "cannot open the block directory");
-    statestream(["verify", p(tmp.path())]).fails(1, "no block files");
-    statestream(["verify", p(tmp.path()), "--prefix", "x"]).fails(1, "with prefix \"x\"");
+        .fails(2, "cannot open the block directory");
+    statestream(["verify", p(tmp.path())]).fails(2, "no block files");
+    statestream(["verify", p(tmp.path()), "--prefix", "x"]).fails(2, "with prefix \"x\"");
 }
 
 #[test]

@@ -439,7 +439,7 @@ fn faults_write_dir_replaced_by_a_file_node_keeps_committing() {
     let mut cmd = home.node(1_000_000);
     cmd.env(
         "RUST_LOG",
-        "error,statestream::node=debug,statestream::manager=warn",
+        "error,statestream::node=debug,statestream::driver=warn",
     );
     let node = Running::start(cmd);
     wait_for("the first blocks", || max_height(&home.dir()) >= 5);

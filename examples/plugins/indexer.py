@@ -20,7 +20,7 @@ key).
 
 Only the `protobuf` package is needed (pip install protobuf): the message
 classes are built at runtime from a hand-written descriptor that mirrors
-streaming/proto/statestream/v1/*.proto, field numbers included. No protoc.
+streaming-core/proto/statestream/v1/*.proto, field numbers included. No protoc.
 
 Stdout carries the protocol; logs go to stderr, which the node logs under
 the streamer's name.

@@ -2,7 +2,7 @@
 """Read statestream block files with the `protobuf` package, no code generation.
 
     python3 read_blocks.py DIR [--prefix P]
-    python3 read_blocks.py --check-proto streaming/proto/statestream/v1
+    python3 read_blocks.py --check-proto streaming-core/proto/statestream/v1
 
 The first form prints every record of every block of DIR (the files
 `[P-]block-N-data`, heights in increasing order) as one JSON object per line:
@@ -16,7 +16,7 @@ stderr with the file and byte offset, and the exit status is 1.
 
 The message classes are built at run time from a FileDescriptorProto written
 out by hand below (same names, field numbers and types as
-streaming/proto/statestream/v1/*.proto); `--check-proto DIR` compares them with
+streaming-core/proto/statestream/v1/*.proto); `--check-proto DIR` compares them with
 the .proto files and exits 1 on any difference. Requires `pip install protobuf`.
 """
 

@@ -1,11 +1,12 @@
 //! The logic of statestream's runnable examples, as functions that the
 //! examples' `main`s call and the tests run.
 //!
-//! - [`JsonLinesStreamer`]: a streamer type an application defines and
-//!   registers itself (`type = "jsonl"`): one JSON line per record, to a
-//!   file. [`custom_streamer_demo`] builds it from an `app.toml` text, next
-//!   to the file streamer, and commits a few blocks
-//!   (`examples/custom_streamer.rs`).
+//! - [`register_json_lines`]: registers a third-party streamer type
+//!   (`type = "jsonl"`, one JSON line per record, from the crate
+//!   `statestream-example-jsonl` in `examples/jsonl-streamer/`, which
+//!   depends on `statestream-core` alone). [`custom_streamer_demo`] builds
+//!   it from an `app.toml` text, next to the file streamer, and commits a
+//!   few blocks (`examples/custom_streamer.rs`).
 //! - [`read_blocks`]: reads block files with [`statestream_file::BlockDir`]
 //!   (`examples/read_blocks.rs`).
 //!
@@ -21,120 +22,28 @@
 //! # Ok::<(), anyhow::Error>(())
 //! ```
 
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::Path;
 
 use anyhow::{Context, Result};
-use serde::Deserialize;
-use statestream::{Block, BlockMeta, DeliveryManager, Registry, StreamError, Streamer, Tx};
+use statestream::to_hex;
+use statestream::{BlockMeta, DeliveryManager, Registry, Tx};
 use statestream_config::AppConfig;
 use statestream_file::{BlockDir, ReadOptions};
-use statestream_store::{KvStore, MultiStore, StoreKey, to_hex};
-
-/// The options of `type = "jsonl"`. The deserialized config is the factory:
-/// unknown keys are errors that name the file, table, key and line.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JsonLinesConfig {
-    /// The file to write; a relative path is under the node's home.
-    /// Default `"data/changes.jsonl"`.
-    #[serde(default = "default_path")]
-    pub path: PathBuf,
-}
-
-fn default_path() -> PathBuf {
-    PathBuf::from("data/changes.jsonl")
-}
-
-/// Writes every record of every block as one JSON line:
-/// `{"height":7,"store":"bank","key":"616c696365","value":"3130","delete":false}`
-/// (bytes as lowercase hex, `value` null for a delete).
-///
-/// Idempotent per height, as the `Streamer` contract asks: on start it drops
-/// the lines of the heights it is about to receive again, so a block
-/// delivered twice after a crash appears once.
-#[derive(Debug)]
-pub struct JsonLinesStreamer {
-    path: PathBuf,
-    file: Option<File>,
-}
-
-impl JsonLinesStreamer {
-    /// A streamer appending to `path`.
-    pub fn new(path: PathBuf) -> JsonLinesStreamer {
-        JsonLinesStreamer { path, file: None }
-    }
-}
-
-/// The height of one of our lines.
-fn line_height(line: &str) -> Option<u64> {
-    serde_json::from_str::<serde_json::Value>(line)
-        .ok()?
-        .get("height")?
-        .as_u64()
-}
-
-impl Streamer for JsonLinesStreamer {
-    fn on_start(&mut self, next_height: u64) -> Result<(), StreamError> {
-        if let Some(parent) = self.path.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        // Keep the lines of the blocks before `next_height` only.
-        let kept: Vec<String> = match File::open(&self.path) {
-            Ok(f) => BufReader::new(f)
-                .lines()
-                .collect::<std::io::Result<Vec<_>>>()?
-                .into_iter()
-                .filter(|l| line_height(l).is_some_and(|h| h < next_height))
-                .collect(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(e.into()),
-        };
-        let mut file = File::create(&self.path)?;
-        for line in kept {
-            writeln!(file, "{line}")?;
-        }
-        drop(file);
-        self.file = Some(OpenOptions::new().append(true).open(&self.path)?);
-        Ok(())
-    }
-
-    fn on_block(&mut self, block: &Block) -> Result<(), StreamError> {
-        let file = self
-            .file
-            .as_mut()
-            .ok_or_else(|| StreamError::msg("on_block before on_start"))?;
-        let mut lines = String::new();
-        for r in block.records() {
-            let line = serde_json::json!({
-                "height": block.height(),
-                "store": r.store,
-                "key": to_hex(r.key),
-                "value": r.value.map(to_hex),
-                "delete": r.is_delete(),
-            });
-            lines.push_str(&line.to_string());
-            lines.push('\n');
-        }
-        // One write per block, then a sync: the block is delivered once
-        // this returns.
-        file.write_all(lines.as_bytes())?;
-        file.sync_data()?;
-        Ok(())
-    }
-}
+use statestream_store::{KvStore, MultiStore, StoreKey};
 
 /// Registers `type = "jsonl"` in an application's registry.
 pub fn register_json_lines(registry: &mut Registry) {
-    registry.register("jsonl", |ctx| {
-        let config: JsonLinesConfig = ctx.options.parse()?;
+    registry.register("jsonl", |ctx, options| {
+        let config: statestream_example_jsonl::JsonLinesConfig = options.parse()?;
         let path = if config.path.is_absolute() {
             config.path
         } else {
             ctx.home.join(config.path)
         };
-        Ok(Box::new(JsonLinesStreamer::new(path)))
+        Ok(Box::new(statestream_example_jsonl::JsonLinesStreamer::new(
+            path,
+        )))
     });
 }
 
@@ -165,7 +74,6 @@ pub fn custom_streamer_demo(home: &Path) -> Result<Vec<String>> {
     let specs = config.resolve(&["acc", "bank"])?;
 
     let mut registry = Registry::with_builtins();
-    statestream_file::register(&mut registry);
     register_json_lines(&mut registry);
 
     std::fs::create_dir_all(home.join("data"))?;

@@ -13,8 +13,8 @@
 use std::io::{BufReader, Cursor};
 
 use libfuzzer_sys::fuzz_target;
-use statestream::plugin::{self, MAX_FRAME_LEN, PluginIo};
-use statestream::proto;
+use statestream_core::plugin::{self, MAX_FRAME_LEN, PluginIo};
+use statestream_core::proto;
 
 /// A small limit too, so that the oversized-length path is reached often.
 const LIMITS: [usize; 2] = [MAX_FRAME_LEN, 64];

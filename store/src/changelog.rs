@@ -7,18 +7,16 @@ use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use crate::changeset::{ChangeSet, StoreChanges};
-use crate::checksum::crc32c_append;
+use statestream_core::{ChangeSet, Hash, StoreKey, StoreParts};
+
 use crate::error::{Error, Result};
-use crate::hash::Hash;
-use crate::key::StoreKey;
-use crate::record::{Records, get_uvarint};
 
 pub(crate) const CHANGELOG: TableDefinition<'static, u64, &'static [u8]> =
     TableDefinition::new("changelog");
 
-/// Version byte in front of every change log entry.
-const ENTRY_FORMAT: u8 = 1;
+/// Version byte in front of every change log entry. Format 1 (read, no
+/// longer written) lacks the created flags.
+const ENTRY_FORMAT: u8 = 2;
 
 /// Where an entry is encoded: a `Vec`, or a slice of exactly the entry's
 /// length (the page space redb reserves for it, so the records are copied
@@ -68,21 +66,24 @@ impl EntrySink for Fill<'_> {
 
 /// Encodes a change set as a change log entry:
 /// `format u8 | app_hash [32] | uvarint len | app_meta | uvarint n |
-/// n × (uvarint len | name | hash [32] | uvarint count | uvarint len | records)`.
+/// n × (uvarint len | name | hash [32] | uvarint count | uvarint len | records
+/// | uvarint len | created flags)`.
 fn encode_entry(cs: &ChangeSet, out: &mut impl EntrySink) {
     out.put(&[ENTRY_FORMAT]);
-    out.put(&cs.app_hash);
-    out.put_uvarint(cs.app_meta.len() as u64);
-    out.put(&cs.app_meta);
-    out.put_uvarint(cs.stores.len() as u64);
-    for s in &cs.stores {
-        let name = s.store.name().as_bytes();
+    out.put(cs.app_hash());
+    out.put_uvarint(cs.app_meta().len() as u64);
+    out.put(cs.app_meta());
+    out.put_uvarint(cs.stores().len() as u64);
+    for s in cs.stores() {
+        let name = s.store().name().as_bytes();
         out.put_uvarint(name.len() as u64);
         out.put(name);
-        out.put(&s.hash);
-        out.put_uvarint(s.count as u64);
-        out.put_uvarint(s.encoded.len() as u64);
-        out.put(&s.encoded);
+        out.put(s.hash());
+        out.put_uvarint(s.len() as u64);
+        out.put_uvarint(s.encoded().len() as u64);
+        out.put(s.encoded());
+        out.put_uvarint(s.created_bits().len() as u64);
+        out.put(s.created_bits());
     }
 }
 
@@ -120,57 +121,52 @@ pub(crate) fn decode_entry(height: u64, buf: &[u8]) -> std::result::Result<Chang
         Ok(s)
     };
     let uvarint = |pos: &mut usize| -> std::result::Result<usize, String> {
-        get_uvarint(buf, pos)
+        let mut rest = &buf[*pos..];
+        let before = rest.len();
+        let v = prost::encoding::decode_varint(&mut rest)
+            .ok()
             .and_then(|v| usize::try_from(v).ok())
-            .ok_or_else(|| format!("change log entry {height} has a bad length at byte {pos}"))
+            .ok_or_else(|| format!("change log entry {height} has a bad length at byte {pos}"))?;
+        *pos += before - rest.len();
+        Ok(v)
     };
     let format = take(&mut pos, 1)?[0];
-    if format != ENTRY_FORMAT {
+    if format != 1 && format != ENTRY_FORMAT {
         return Err(format!(
             "change log entry {height} has unknown format {format}"
         ));
     }
-    let app_hash: Hash = take(&mut pos, 32)?
-        .try_into()
-        .map_err(|_| "hash".to_string())?;
+    let hash = |pos: &mut usize| -> std::result::Result<Hash, String> {
+        take(pos, 32)?
+            .try_into()
+            .map_err(|_| format!("change log entry {height}: bad hash"))
+    };
+    let app_hash = hash(&mut pos)?;
     let n = uvarint(&mut pos)?;
     let app_meta = take(&mut pos, n)?.to_vec();
     let stores_n = uvarint(&mut pos)?;
-    let mut stores = Vec::with_capacity(stores_n.min(1024));
+    let mut parts = Vec::with_capacity(stores_n.min(1024));
     for _ in 0..stores_n {
         let n = uvarint(&mut pos)?;
         let name = std::str::from_utf8(take(&mut pos, n)?)
             .map_err(|_| format!("change log entry {height}: store name is not UTF-8"))?;
         let store = StoreKey::new(name).map_err(|e| format!("change log entry {height}: {e}"))?;
-        let hash: Hash = take(&mut pos, 32)?
-            .try_into()
-            .map_err(|_| "hash".to_string())?;
+        let hash = hash(&mut pos)?;
         let count = uvarint(&mut pos)?;
         let n = uvarint(&mut pos)?;
         let encoded = take(&mut pos, n)?.to_vec();
-        let mut seen = 0usize;
-        for r in Records::new(&encoded) {
-            let r = r.map_err(|e| format!("change log entry {height}, store {name}: {e}"))?;
-            if r.store != name {
-                return Err(format!(
-                    "change log entry {height}: record of store {} filed under {name}",
-                    r.store
-                ));
-            }
-            seen += 1;
-        }
-        if seen != count {
-            return Err(format!(
-                "change log entry {height}, store {name}: {seen} records, header says {count}"
-            ));
-        }
-        let crc32c = crc32c_append(0, &encoded);
-        stores.push(StoreChanges {
+        let created = if format == 1 {
+            Vec::new()
+        } else {
+            let n = uvarint(&mut pos)?;
+            take(&mut pos, n)?.to_vec()
+        };
+        parts.push(StoreParts {
             store,
             hash,
             encoded,
-            crc32c,
             count,
+            created,
         });
     }
     if pos != buf.len() {
@@ -179,12 +175,7 @@ pub(crate) fn decode_entry(height: u64, buf: &[u8]) -> std::result::Result<Chang
             buf.len() - pos
         ));
     }
-    Ok(ChangeSet {
-        height,
-        app_hash,
-        app_meta,
-        stores,
-    })
+    ChangeSet::from_parts(height, app_hash, app_meta, parts).map_err(|e| e.to_string())
 }
 
 /// A read handle on the change log. Cheap to clone and `Send + Sync`: the
@@ -274,21 +265,15 @@ impl ChangeLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use statestream_core::{Action, StoreChanges};
 
     fn change_set() -> ChangeSet {
-        let mut a = StoreChanges::empty(StoreKey::new("a").expect("valid"));
-        a.push(b"k1", Some(&[7; 300]));
-        a.push(b"k2", None);
-        a.hash = [3; 32];
-        // As commit sets it; decoding the entry must compute the same.
-        a.crc32c = crc32c_append(0, &a.encoded);
-        let b = StoreChanges::empty(StoreKey::new("b").expect("valid"));
-        ChangeSet {
-            height: 9,
-            app_hash: [5; 32],
-            app_meta: vec![1, 2, 3],
-            stores: vec![a, b],
-        }
+        let mut a = StoreChanges::new(StoreKey::new("a").expect("valid"));
+        a.push(b"k1", Some(&[7; 300]), true);
+        a.push(b"k2", None, false);
+        a.push(b"k3", Some(b"v"), false);
+        let b = StoreChanges::new(StoreKey::new("b").expect("valid"));
+        ChangeSet::seal(9, vec![1, 2, 3], vec![a, b], &[[3; 32], [4; 32]])
     }
 
     #[test]
@@ -303,5 +288,10 @@ mod tests {
         for cut in 0..bytes.len() {
             assert!(decode_entry(9, &bytes[..cut]).is_err(), "cut at {cut}");
         }
+        let actions: Vec<Action> = decode_entry(9, &bytes).expect("decodes").stores()[0]
+            .changes()
+            .map(|(_, a)| a)
+            .collect();
+        assert_eq!(actions, [Action::Create, Action::Delete, Action::Update]);
     }
 }

@@ -13,10 +13,6 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A store name failed validation.
-    #[error("invalid store key \"{name}\": {reason}")]
-    InvalidStoreKey { name: String, reason: &'static str },
-
     /// The same store name was given twice when opening.
     #[error("store key \"{0}\" is given more than once")]
     DuplicateStoreKey(String),
@@ -64,9 +60,9 @@ pub enum Error {
     #[error("height {height} is not in the change log (kept: {kept})")]
     NotInChangeLog { height: u64, kept: String },
 
-    /// A record of the canonical record encoding did not decode.
-    #[error("bad record at byte {offset}: {reason}")]
-    BadRecord { offset: usize, reason: &'static str },
+    /// A name, record or metadata of the data model did not validate.
+    #[error(transparent)]
+    Data(#[from] statestream_core::Error),
 }
 
 /// Result type of the store.

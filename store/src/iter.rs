@@ -55,18 +55,6 @@ pub(crate) fn is_empty_range(start: Bound<&[u8]>, end: Bound<&[u8]>) -> bool {
     }
 }
 
-/// The exclusive upper bound of all keys that start with `prefix`.
-pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return Some(end);
-        }
-    }
-    None
-}
-
 /// Merges a layer of pending writes (`None` = deleted) over a base iterator.
 /// Both inputs are sorted in `order`; on equal keys the overlay wins.
 pub(crate) fn merge<'a>(

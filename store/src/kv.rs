@@ -1,8 +1,10 @@
 use std::ops::Bound;
 
 use crate::error::Result;
-use crate::iter::{KvIter, Order, prefix_end};
-use crate::key::StoreKey;
+use statestream_core::prefix_end;
+
+use crate::iter::{KvIter, Order};
+use statestream_core::StoreKey;
 
 /// Reads and writes of named stores, on the root
 /// ([`MultiStore`](crate::MultiStore)) or on a [`Cache`](crate::Cache) layer.

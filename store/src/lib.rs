@@ -47,28 +47,21 @@
 
 mod cache;
 mod changelog;
-mod changeset;
-mod checksum;
 mod error;
-mod hash;
 mod iter;
-mod key;
 mod kv;
 mod listener;
 mod multistore;
-mod record;
+mod reader;
 
 pub use cache::Cache;
 pub use changelog::ChangeLog;
-pub use changeset::{ChangeSet, CommitInfo, StoreChanges};
-pub use checksum::{crc32c_append, crc32c_combine};
 pub use error::{Error, Result};
-pub use hash::{Hash, ZERO_HASH, app_hash, chain_store_hash, to_hex};
 pub use iter::{KvIter, Order};
-pub use key::{MAX_STORE_KEY_LEN, StoreKey};
 pub use kv::KvStore;
 pub use listener::WriteListener;
 pub use multistore::{CommitInput, DEFAULT_CACHE_SIZE, MultiStore, StoreOptions};
-pub use record::{
-    Record, Records, decode_message, encode_record, get_uvarint, put_uvarint, uvarint_len,
-};
+pub use reader::{ReadSnapshot, StoreReader};
+/// The data model the store commits in, from `statestream-core` (its
+/// signatures use these types).
+pub use statestream_core::{ChangeSet, CommitInfo, Hash, StoreChanges, StoreKey};

@@ -1,7 +1,6 @@
 use std::collections::BTreeMap;
 
-use crate::changeset::CommitInfo;
-use crate::key::StoreKey;
+use statestream_core::{CommitInfo, StoreKey};
 
 /// Observes the writes that reach the root of a
 /// [`MultiStore`](crate::MultiStore).

@@ -10,21 +10,21 @@ use redb::{
 
 use crate::cache::Cache;
 use crate::changelog::{CHANGELOG, ChangeLog, entry_len, write_entry};
-use crate::changeset::{ChangeSet, CommitInfo, StoreChanges};
-use crate::checksum::crc32c_append;
+use statestream_core::{ChangeSet, CommitInfo, Hash, StoreChanges, StoreKey, ZERO_HASH};
+
 use crate::error::{Error, Result};
-use crate::hash::{Hash, ZERO_HASH, app_hash, chain_store_hash};
 use crate::iter::{KvIter, Order, is_empty_range, merge};
-use crate::key::StoreKey;
 use crate::kv::KvStore;
 use crate::listener::{ChangeSetBuilder, WriteListener};
+use crate::reader::StoreReader;
 
-const META: TableDefinition<'static, &'static str, &'static [u8]> = TableDefinition::new("meta");
+pub(crate) const META: TableDefinition<'static, &'static str, &'static [u8]> =
+    TableDefinition::new("meta");
 const STORE_HASHES: TableDefinition<'static, &'static str, &'static [u8]> =
     TableDefinition::new("store_hashes");
 const CURSORS: TableDefinition<'static, &'static str, u64> = TableDefinition::new("cursors");
 
-const META_VERSION: &str = "version";
+pub(crate) const META_VERSION: &str = "version";
 const META_STORES: &str = "stores";
 const META_FORMAT: &str = "format";
 const DB_FORMAT: &[u8] = b"statestream-store/1";
@@ -34,11 +34,11 @@ const DB_FORMAT: &[u8] = b"statestream-store/1";
 /// made a durable commit would grow its file without bound.
 const DURABLE_EVERY: u64 = 128;
 
-fn state_def(name: &str) -> TableDefinition<'_, &'static [u8], &'static [u8]> {
+pub(crate) fn state_def(name: &str) -> TableDefinition<'_, &'static [u8], &'static [u8]> {
     TableDefinition::new(name)
 }
 
-fn state_table_name(store: &StoreKey) -> String {
+pub(crate) fn state_table_name(store: &StoreKey) -> String {
     format!("state/{}", store.name())
 }
 
@@ -247,7 +247,7 @@ impl MultiStore {
             .split(',')
             .filter(|n| !n.is_empty())
             .map(StoreKey::new)
-            .collect::<Result<Vec<_>>>()
+            .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| Error::Corrupt {
                 path: path.to_path_buf(),
                 what: format!("bad store names {names:?}: {e}"),
@@ -372,7 +372,8 @@ impl MultiStore {
                 .map_err(|e| err("initialising")(e.into()))?;
             txn.open_table(CURSORS)
                 .map_err(|e| err("initialising")(e.into()))?;
-            let app_hash = app_hash(stores.iter().map(StoreKey::name).zip(hashes.iter()));
+            let app_hash =
+                statestream_core::app_hash(stores.iter().map(StoreKey::name).zip(hashes.iter()));
             (version, hashes, app_hash)
         };
         txn.commit().map_err(|e| err("initialising")(e.into()))?;
@@ -422,6 +423,23 @@ impl MultiStore {
             db: Arc::clone(&self.db),
             path: Arc::clone(&self.path),
         }
+    }
+
+    /// Whether `store` is one of this multi-store's stores: an
+    /// [`Error::UnknownStore`] listing them when it is not.
+    pub fn check_store(&self, store: &StoreKey) -> Result<()> {
+        check_store(&self.stores, store)
+    }
+
+    /// A handle that reads committed state (snapshots pinned at one
+    /// height) and the change log from other threads.
+    pub fn reader(&self) -> StoreReader {
+        StoreReader::new(
+            Arc::clone(&self.db),
+            Arc::clone(&self.path),
+            &self.stores,
+            self.change_log(),
+        )
     }
 
     /// Attaches a listener to the given stores. It observes every write that
@@ -505,7 +523,7 @@ impl MultiStore {
         let (cs, hashes) = self.persist(height, pending, input)?;
         self.poisoned = None;
         self.version = height;
-        self.app_hash = cs.app_hash;
+        self.app_hash = *cs.app_hash();
         self.hashes = hashes;
         self.snapshot = open_snapshot(&self.db, &self.path, &self.stores)?;
         let info = cs.commit_info();
@@ -530,8 +548,7 @@ impl MultiStore {
                 .map_err(|e| err(redb::Error::from(e)))?;
         }
         let mut stores = Vec::with_capacity(self.stores.len());
-        let mut hashes = Vec::with_capacity(self.stores.len());
-        for (i, (store, writes)) in self.stores.iter().zip(pending).enumerate() {
+        for (store, writes) in self.stores.iter().zip(pending) {
             let mut changes = StoreChanges::with_room_for(
                 store.clone(),
                 writes.iter().map(|(k, v)| (k.as_slice(), v.as_deref())),
@@ -541,30 +558,24 @@ impl MultiStore {
                 .open_table(state_def(&name))
                 .map_err(|e| err(e.into()))?;
             for (key, value) in &writes {
-                match value {
-                    Some(v) => {
-                        table
-                            .insert(key.as_slice(), v.as_slice())
-                            .map_err(|e| err(e.into()))?;
-                    }
-                    None => {
-                        table.remove(key.as_slice()).map_err(|e| err(e.into()))?;
-                    }
-                }
-                changes.push(key, value.as_deref());
+                // The engine returns the value a key had, so whether a set
+                // creates its key costs nothing extra.
+                let existed = match value {
+                    Some(v) => table
+                        .insert(key.as_slice(), v.as_slice())
+                        .map_err(|e| err(e.into()))?
+                        .is_some(),
+                    None => table
+                        .remove(key.as_slice())
+                        .map_err(|e| err(e.into()))?
+                        .is_some(),
+                };
+                changes.push(key, value.as_deref(), !existed);
             }
-            changes.hash = chain_store_hash(&self.hashes[i], &changes.encoded);
-            changes.crc32c = crc32c_append(0, &changes.encoded);
-            hashes.push(changes.hash);
             stores.push(changes);
         }
-        let app_hash = app_hash(stores.iter().map(|s| (s.store.name(), &s.hash)));
-        let cs = ChangeSet {
-            height,
-            app_hash,
-            app_meta: input.app_meta,
-            stores,
-        };
+        let cs = ChangeSet::seal(height, input.app_meta, stores, &self.hashes);
+        let hashes: Vec<Hash> = cs.stores().iter().map(|s| *s.hash()).collect();
         {
             let mut log = txn.open_table(CHANGELOG).map_err(|e| err(e.into()))?;
             // Encoded straight into the page space redb reserves for the
@@ -583,9 +594,9 @@ impl MultiStore {
             meta.insert(META_VERSION, &height.to_be_bytes()[..])
                 .map_err(|e| err(e.into()))?;
             let mut hash_t = txn.open_table(STORE_HASHES).map_err(|e| err(e.into()))?;
-            for s in &cs.stores {
+            for s in cs.stores() {
                 hash_t
-                    .insert(s.store.name(), &s.hash[..])
+                    .insert(s.store().name(), &s.hash()[..])
                     .map_err(|e| err(e.into()))?;
             }
             let mut cursors = txn.open_table(CURSORS).map_err(|e| err(e.into()))?;
@@ -679,7 +690,7 @@ impl MultiStore {
     }
 }
 
-fn unknown_store(store: &StoreKey, stores: &[StoreKey]) -> Error {
+pub(crate) fn unknown_store(store: &StoreKey, stores: &[StoreKey]) -> Error {
     Error::UnknownStore {
         store: store.name().to_string(),
         known: stores

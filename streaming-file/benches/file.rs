@@ -8,10 +8,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use statestream::{Block, BlockMeta, StoreSelection, Streamer, StreamerContext};
 use statestream_config::StreamerOptions;
+use statestream_core::{
+    Block, BlockMeta, ChangeSet, StoreChanges, StoreKey, StoreSelection, Streamer, StreamerContext,
+    ZERO_HASH,
+};
 use statestream_file::{BlockDir, FileStreamer, FileStreamerConfig, ReadOptions};
-use statestream_store::{CommitInput, KvStore, MultiStore, StoreKey};
 
 const RECORDS: usize = 1_000;
 
@@ -22,18 +24,16 @@ fn big_block() -> Block {
         .iter()
         .map(|s| StoreKey::new(s).expect("valid store name"))
         .collect();
-    let mut store = MultiStore::in_memory(&stores).expect("in-memory store");
+    let mut changes: Vec<StoreChanges> = stores.iter().cloned().map(StoreChanges::new).collect();
+    // Keys are zero-padded, so each store's keys come in ascending order.
     for i in 0..RECORDS {
         let key = format!("{i:032}");
-        store
-            .set(&stores[i % stores.len()], key.as_bytes(), &[i as u8; 100])
-            .expect("set");
+        changes[i % stores.len()].push(key.as_bytes(), Some(&[i as u8; 100]), true);
     }
     let meta = BlockMeta::default();
-    let changes = store
-        .commit_block(CommitInput::new().app_meta(meta.encode_app_meta()))
-        .expect("commit");
-    Block::new(changes, Arc::new(meta), &StoreSelection::all(&stores))
+    let hashes = vec![ZERO_HASH; stores.len()];
+    let cs = ChangeSet::seal(1, meta.encode_app_meta(), changes, &hashes);
+    Block::new(Arc::new(cs), Arc::new(meta), &StoreSelection::all(&stores))
 }
 
 fn streamer(dir: &Path, output_metadata: bool) -> FileStreamer {
@@ -46,10 +46,11 @@ fn streamer(dir: &Path, output_metadata: bool) -> FileStreamer {
     let ctx = StreamerContext {
         name: "bench",
         stores: &[],
-        options: &options,
+        all_stores: &[],
         home: dir,
+        reader: None,
     };
-    config.build(&ctx).expect("streamer builds")
+    config.build(&ctx, &options).expect("streamer builds")
 }
 
 fn writer(c: &mut Criterion) {

@@ -1,9 +1,10 @@
-//! The options of `type = "file"` and the constructor registered for it.
+//! The options of `type = "file"`, which build the streamer.
 
 use std::path::PathBuf;
 
 use serde::Deserialize;
-use statestream::{Registry, StreamerContext};
+use statestream_config::StreamerOptions;
+use statestream_core::StreamerContext;
 
 use crate::error::Error;
 use crate::layout;
@@ -11,14 +12,6 @@ use crate::writer::FileStreamer;
 
 /// The streamer type name this crate registers.
 pub const FILE_TYPE: &str = "file";
-
-/// Registers the file streamer as type `"file"`.
-pub fn register(registry: &mut Registry) {
-    registry.register(FILE_TYPE, |ctx| {
-        let config: FileStreamerConfig = ctx.options.parse()?;
-        Ok(Box::new(config.build(ctx)?))
-    });
-}
 
 /// The options of a `[streamers.<name>]` table with `type = "file"` (the
 /// common keys `type`, `keys`, `delivery`, `queue` and `stop-node-on-error`
@@ -81,10 +74,14 @@ impl FileStreamerConfig {
     /// Builds the streamer: checks the prefix, creates `write_dir` when
     /// missing (relative to `ctx.home`), checks that it is writable and
     /// removes the temporary files a previous run of this prefix left.
-    pub fn build(&self, ctx: &StreamerContext<'_>) -> Result<FileStreamer, Error> {
+    /// `options` is the table it was parsed from, for errors that name it.
+    pub fn build(
+        &self,
+        ctx: &StreamerContext<'_>,
+        options: &StreamerOptions,
+    ) -> Result<FileStreamer, Error> {
         if let Err(reason) = layout::check_prefix(&self.prefix) {
-            return Err(ctx
-                .options
+            return Err(options
                 .error(
                     "prefix",
                     format!("unsafe prefix {:?}: {reason}", self.prefix),

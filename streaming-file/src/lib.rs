@@ -6,22 +6,26 @@
 //! uvarint-delimited Cosmos `StoreKVPair` messages, ordered by store then
 //! key) and, with `output-metadata`, `[P-]block-N-meta` (an 8-byte
 //! big-endian length, then a `BlockMetadata` message holding the payload's
-//! length and CRC-32C). Files are written under a temporary name and renamed
-//! into place. The byte layout is in `docs/file-format.md`.
+//! length and CRC-32C). A file gets its final name only once complete (on
+//! Linux written unnamed and linked in; elsewhere, and with `fsync = true`,
+//! through a temporary name and a rename). The byte layout is in
+//! `docs/file-format.md`.
 //!
-//! - [`register`] adds the type `"file"` to a [`statestream::Registry`];
-//!   [`FileStreamerConfig`] is its `app.toml` table and builds a
-//!   [`FileStreamer`].
+//! - [`FileStreamerConfig`] is the `app.toml` table of `type = "file"` and
+//!   builds a [`FileStreamer`]; the `statestream` facade registers the type
+//!   (cargo feature `file`, on by default).
 //! - [`BlockDir`] lists a directory's blocks of one prefix, opens them as
 //!   [`BlockFile`]s (checked against their header and meta file) and
 //!   [`follows`](BlockDir::follow) a directory as blocks are written.
 //!
 //! ```
 //! use std::sync::Arc;
-//! use statestream::{Block, BlockMeta, StoreSelection, Streamer, StreamerContext};
 //! use statestream_config::StreamerOptions;
+//! use statestream_core::{
+//!     Block, BlockMeta, ChangeSet, StoreChanges, StoreKey, StoreSelection, Streamer,
+//!     StreamerContext, ZERO_HASH,
+//! };
 //! use statestream_file::{BlockDir, FileStreamerConfig, ReadOptions};
-//! use statestream_store::{CommitInput, KvStore, MultiStore, StoreKey};
 //!
 //! let home = tempfile::tempdir()?;
 //! let bank = StoreKey::new("bank")?;
@@ -29,15 +33,21 @@
 //!
 //! // Build the streamer as the node does from `[streamers.file]`.
 //! let options = StreamerOptions::default();
-//! let ctx = StreamerContext { name: "file", stores: &stores, options: &options, home: home.path() };
-//! let mut streamer = FileStreamerConfig::default().build(&ctx)?;
+//! let ctx = StreamerContext {
+//!     name: "file",
+//!     stores: &stores,
+//!     all_stores: &stores,
+//!     home: home.path(),
+//!     reader: None,
+//! };
+//! let mut streamer = FileStreamerConfig::default().build(&ctx, &options)?;
 //!
-//! // Commit a block and hand it to the streamer.
-//! let mut store = MultiStore::in_memory(&stores)?;
-//! store.set(&bank, b"alice", b"10")?;
+//! // Block 1 sets bank/alice; hand it to the streamer.
+//! let mut changes = StoreChanges::new(bank.clone());
+//! changes.push(b"alice", Some(b"10"), true);
 //! let meta = BlockMeta::default();
-//! let changes = store.commit_block(CommitInput::new().app_meta(meta.encode_app_meta()))?;
-//! let block = Block::new(changes, Arc::new(meta), &StoreSelection::all(&stores));
+//! let cs = ChangeSet::seal(1, meta.encode_app_meta(), vec![changes], &[ZERO_HASH]);
+//! let block = Block::new(Arc::new(cs), Arc::new(meta), &StoreSelection::all(&stores));
 //! streamer.on_block(&block)?;
 //!
 //! // Read it back.
@@ -61,7 +71,7 @@ mod reader;
 mod syncer;
 mod writer;
 
-pub use config::{FILE_TYPE, FileStreamerConfig, register};
+pub use config::{FILE_TYPE, FileStreamerConfig};
 pub use error::Error;
 pub use layout::MAX_PREFIX_LEN;
 pub use reader::{BlockDir, BlockFile, Follow, ReadOptions, RecordIter};

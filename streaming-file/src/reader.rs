@@ -8,9 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use prost::Message;
-use statestream::crc32c_append;
-use statestream::proto::BlockMetadata;
-use statestream_store::{Record, Records};
+use statestream_core::proto::BlockMetadata;
+use statestream_core::{Record, Records, crc32c_append, to_hex};
 
 use crate::error::Error;
 use crate::layout::{self, FileKind, HEADER_LEN};
@@ -383,8 +382,8 @@ impl BlockFile {
                 if record.key <= last_key {
                     return Err(order_err(format!(
                         "key {} of store \"{store}\" does not follow key {}",
-                        statestream_store::to_hex(record.key),
-                        statestream_store::to_hex(last_key)
+                        to_hex(record.key),
+                        to_hex(last_key)
                     )));
                 }
                 range.end = end;
@@ -454,9 +453,9 @@ impl<'a> Iterator for RecordIter<'a> {
 /// not decode.
 #[cold]
 #[inline(never)]
-fn record_error(start: usize, e: statestream_store::Error) -> (u64, String) {
+fn record_error(start: usize, e: statestream_core::Error) -> (u64, String) {
     let (offset, reason) = match e {
-        statestream_store::Error::BadRecord { offset, reason } => (offset, reason.to_string()),
+        statestream_core::Error::BadRecord { offset, reason } => (offset, reason.to_string()),
         other => (start, other.to_string()),
     };
     ((HEADER_LEN + offset) as u64, reason)

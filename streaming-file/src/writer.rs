@@ -4,7 +4,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, IoSlice, Write};
 use std::path::{Path, PathBuf};
 
-use statestream::{Block, StreamError, Streamer};
+use statestream_core::{Block, StreamError, Streamer};
 
 use crate::error::Error;
 use crate::layout::{self, FileKind, HEADER_LEN};

@@ -1,24 +1,16 @@
-//! The options of `type = "nats"` and the constructor registered for it.
+//! The options of `type = "nats"`, which build the streamer.
 
 use std::time::Duration;
 
 use serde::Deserialize;
-use statestream::{Registry, StreamerContext};
-use statestream_config::ConfigError;
+use statestream_config::{ConfigError, StreamerOptions};
+use statestream_core::StreamerContext;
 
 use crate::client::ConnectOptions;
 use crate::streamer::NatsStreamer;
 
 /// The streamer type name this crate registers.
 pub const NATS_TYPE: &str = "nats";
-
-/// Registers the NATS JetStream streamer as type `"nats"`.
-pub fn register(registry: &mut Registry) {
-    registry.register(NATS_TYPE, |ctx| {
-        let config: NatsStreamerConfig = ctx.options.parse()?;
-        Ok(Box::new(config.build(ctx)?))
-    });
-}
 
 /// The options of a `[streamers.<name>]` table with `type = "nats"` (the
 /// common keys `type`, `keys`, `delivery`, `queue` and `stop-node-on-error`
@@ -201,9 +193,14 @@ impl NatsStreamerConfig {
     /// Checks the options and builds the streamer. Nothing connects yet:
     /// the first block connects, so a node starts even while the server is
     /// down (its blocks wait in the change log).
-    pub fn build(&self, ctx: &StreamerContext<'_>) -> Result<NatsStreamer, ConfigError> {
+    /// `options` is the table it was parsed from, for errors that name it.
+    pub fn build(
+        &self,
+        ctx: &StreamerContext<'_>,
+        options: &StreamerOptions,
+    ) -> Result<NatsStreamer, ConfigError> {
         self.check()
-            .map_err(|(key, message)| ctx.options.error(key, message))?;
+            .map_err(|(key, message)| options.error(key, message))?;
         Ok(NatsStreamer::new(ctx.name, self.clone()))
     }
 }

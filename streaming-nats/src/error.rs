@@ -103,6 +103,10 @@ pub enum NatsError {
     /// The store used by the replay failed.
     #[error(transparent)]
     Store(#[from] statestream_store::Error),
+
+    /// A stored record or store name did not validate.
+    #[error(transparent)]
+    Data(#[from] statestream_core::Error),
 }
 
 impl NatsError {

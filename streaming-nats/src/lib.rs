@@ -2,8 +2,9 @@
 //! block to a NATS JetStream stream (`type = "nats"`), and the reader side
 //! that rebuilds the state from the stream.
 //!
-//! - [`register`] adds `type = "nats"` to a [`statestream::Registry`];
-//!   [`NatsStreamerConfig`] documents its options (see `docs/nats.md`).
+//! - [`NatsStreamerConfig`]: the options of `type = "nats"` (see
+//!   `docs/nats.md`); it builds the streamer. The `statestream` facade
+//!   registers the type (cargo feature `nats`, on by default).
 //! - [`NatsStreamer`]: one message per block on `<subject>.blocks`, the
 //!   payload a protobuf `BlockFrame` (the plugin protocol's frame), headers
 //!   `Nats-Msg-Id: <stream>-<height>` (JetStream deduplicates a block sent
@@ -33,8 +34,7 @@
 //! "#;
 //! let config = AppConfig::parse(text, std::path::Path::new("app.toml"))?;
 //! let specs = config.resolve(&["bank"])?;
-//! let mut registry = Registry::with_builtins();
-//! statestream_nats::register(&mut registry);
+//! let registry = Registry::with_builtins();
 //!
 //! let bank = StoreKey::new("bank")?;
 //! let mut store = MultiStore::in_memory(&[bank.clone()])?;
@@ -48,7 +48,7 @@
 //!     "nats://127.0.0.1:4222",
 //! ))?;
 //! let replay = statestream_nats::replay_stream(&mut client, "statestream", "statestream")?;
-//! println!("height {} app hash {}", replay.height, statestream_store::to_hex(&replay.app_hash));
+//! println!("height {} app hash {}", replay.height, statestream_core::to_hex(&replay.app_hash));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
@@ -72,7 +72,7 @@ pub mod fuzzing {
 }
 
 pub use client::{Client, ConnectOptions, DEFAULT_PORT, Message, ServerInfo};
-pub use config::{NATS_TYPE, NatsStreamerConfig, register};
+pub use config::{NATS_TYPE, NatsStreamerConfig};
 pub use error::{NatsError, Result};
 pub use jetstream::{PubAck, StoredMessage, StreamConfigInfo, StreamInfo, StreamSpec, StreamState};
 pub use replay::{Replay, StreamBlock, StreamReader, replay_stream};

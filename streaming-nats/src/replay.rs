@@ -2,8 +2,9 @@
 //! them.
 
 use prost::Message as _;
-use statestream::proto::BlockFrame;
-use statestream_store::{Hash, KvStore, MultiStore, Records, StoreKey, to_hex};
+use statestream_core::proto::BlockFrame;
+use statestream_core::{Hash, Records, StoreKey, to_hex};
+use statestream_store::{KvStore, MultiStore};
 
 use crate::client::Client;
 use crate::error::{NatsError, Result};
@@ -225,7 +226,7 @@ impl<'a> StreamReader<'a> {
                 ),
             ));
         }
-        let crc = statestream::crc32c_append(0, &frame.records);
+        let crc = statestream_core::crc32c_append(0, &frame.records);
         if crc != meta.data_crc32c {
             return Err(self.bad(
                 seq,

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use statestream::{Block, StreamError, Streamer};
+use statestream_core::{Block, StreamError, Streamer};
 use tracing::{debug, info, warn};
 
 use crate::client::Client;

@@ -1,18 +1,18 @@
-//! Streamer types provided by this crate.
+//! The built-in streamer types: `log` and `process` of this crate, and the
+//! type of each streamer crate enabled by its cargo feature.
 
 use serde::Deserialize;
+use statestream_core::{Block, StreamError, Streamer};
 
-use crate::block::Block;
-use crate::error::StreamError;
+use crate::process::ProcessStreamerConfig;
 use crate::registry::Registry;
-use crate::streamer::Streamer;
 
+/// Registers every built-in type of this build.
 pub(crate) fn register(registry: &mut Registry) {
-    registry.register("log", |ctx| {
-        let opts: LogConfig = ctx.options.parse()?;
+    registry.register("log", |ctx, options| {
+        let opts: LogConfig = options.parse()?;
         if opts.every == 0 {
-            return Err(ctx
-                .options
+            return Err(options
                 .error("every", "expected a positive integer (at least 1), got 0")
                 .into());
         }
@@ -21,7 +21,20 @@ pub(crate) fn register(registry: &mut Registry) {
             every: opts.every,
         }))
     });
-    crate::process::register(registry);
+    registry.register("process", |ctx, options| {
+        let config: ProcessStreamerConfig = options.parse()?;
+        Ok(Box::new(config.build(ctx, options)?))
+    });
+    #[cfg(feature = "file")]
+    registry.register(statestream_file::FILE_TYPE, |ctx, options| {
+        let config: statestream_file::FileStreamerConfig = options.parse()?;
+        Ok(Box::new(config.build(ctx, options)?))
+    });
+    #[cfg(feature = "nats")]
+    registry.register(statestream_nats::NATS_TYPE, |ctx, options| {
+        let config: statestream_nats::NatsStreamerConfig = options.parse()?;
+        Ok(Box::new(config.build(ctx, options)?))
+    });
 }
 
 /// Options of `type = "log"`.
@@ -53,7 +66,7 @@ impl Streamer for LogStreamer {
                 height = block.height(),
                 records = block.stores().map(|s| s.len()).sum::<usize>(),
                 bytes = block.encoded_len(),
-                app_hash = %statestream_store::to_hex(&block.commit_info().app_hash),
+                app_hash = %statestream_core::to_hex(&block.commit_info().app_hash),
                 "block"
             );
         }

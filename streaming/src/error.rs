@@ -1,35 +1,5 @@
 use statestream_config::ConfigError;
-
-/// A boxed error from a streamer or constructor.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
-
-/// The error a [`Streamer`](crate::Streamer) hook returns.
-#[derive(Debug, thiserror::Error)]
-#[error(transparent)]
-pub struct StreamError(BoxError);
-
-impl StreamError {
-    /// Wraps any error.
-    pub fn new(error: impl Into<BoxError>) -> StreamError {
-        StreamError(error.into())
-    }
-
-    /// An error made of a message.
-    pub fn msg(message: impl std::fmt::Display) -> StreamError {
-        StreamError(message.to_string().into())
-    }
-
-    /// The wrapped error.
-    pub fn into_inner(self) -> BoxError {
-        self.0
-    }
-}
-
-impl From<std::io::Error> for StreamError {
-    fn from(e: std::io::Error) -> Self {
-        StreamError::new(e)
-    }
-}
+use statestream_core::{BoxError, StreamError};
 
 /// Errors of the streaming layer.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +30,10 @@ pub enum Error {
     #[error(transparent)]
     Store(#[from] statestream_store::Error),
 
+    /// A name, record or block metadata did not validate or decode.
+    #[error(transparent)]
+    Data(#[from] statestream_core::Error),
+
     /// A streamer with `stop-node-on-error = true` failed to deliver a block:
     /// the node must stop committing. The block and all blocks before it are
     /// committed and kept in the change log; after a restart the streamer
@@ -73,10 +47,6 @@ pub enum Error {
         message: String,
     },
 
-    /// A block's stored metadata did not decode.
-    #[error("block {height}: stored block metadata does not decode: {reason}")]
-    BadMetadata { height: u64, reason: String },
-
     /// A hook failed while starting or closing a streamer.
     #[error("streamer \"{streamer}\" failed to {action}: {source}")]
     Lifecycle {
@@ -86,9 +56,37 @@ pub enum Error {
         source: StreamError,
     },
 
-    /// A worker thread could not be started or panicked.
-    #[error("streamer \"{streamer}\": {what}")]
-    Worker { streamer: String, what: String },
+    /// Two streamers were given the same name (their cursors would clash).
+    #[error("streamer \"{streamer}\": two streamers have this name")]
+    DuplicateName { streamer: String },
+
+    /// A streamer's cursor is below the oldest block the change log keeps.
+    #[error(
+        "streamer \"{streamer}\": its cursor is at height {cursor} but blocks {first_missing}..={last_missing} \
+         are no longer in the change log (it is pruned below the lowest cursor of the configured \
+         streamers, and this one was left out of the configuration meanwhile); to start it with \
+         the next block instead, give its [streamers.<name>] table a new name or delete its cursor \
+         (MultiStore::delete_cursor; for the demo node, `statestream cursors --home HOME --delete \
+         {streamer}`)"
+    )]
+    CursorPruned {
+        streamer: String,
+        cursor: u64,
+        first_missing: u64,
+        last_missing: u64,
+    },
+
+    /// An async streamer's worker thread could not be started.
+    #[error("streamer \"{streamer}\": cannot start its worker thread: {source}")]
+    Spawn {
+        streamer: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// An async streamer's worker thread panicked.
+    #[error("streamer \"{streamer}\": its worker thread panicked")]
+    WorkerPanicked { streamer: String },
 }
 
 /// Result type of the streaming layer.

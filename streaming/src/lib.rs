@@ -1,19 +1,19 @@
 //! `statestream`: streams the committed state changes of a
 //! [`statestream_store::MultiStore`], block by block, to streamers chosen in
-//! `app.toml`.
+//! `app.toml`. This is the crate an application depends on.
 //!
-//! - [`Streamer`]: the trait a destination implements (one required hook,
-//!   `on_block`; its contract is written on it).
-//! - [`Block`]: one committed block as a streamer sees it (the shared change
-//!   set, filtered to the streamer's stores, and the block's metadata).
 //! - [`Registry`]: streamer type name -> constructor.
+//!   [`Registry::with_builtins`] holds every built-in type of this build:
+//!   `log`, `process`, and each streamer crate enabled by its cargo feature
+//!   (`file`, `nats`; all on by default).
 //! - [`DeliveryManager`]: commits blocks and delivers them, sync or async,
 //!   with persisted cursors, catch-up from the store's change log, and the
 //!   `stop-node-on-error` policy.
 //! - [`ProcessStreamer`] (`type = "process"`): a streamer that is a separate
-//!   program in any language; [`plugin`] holds the protocol's framing and a
-//!   helper for writing plugins in Rust (`docs/plugin-protocol.md`).
-//! - [`proto`]: the wire schema (`proto/statestream/v1/*.proto`).
+//!   program in any language (`docs/plugin-protocol.md`).
+//! - The data model and the extension point, re-exported from
+//!   `statestream-core` (what a streamer crate depends on): [`Streamer`],
+//!   [`Block`], [`StreamerContext`], [`proto`], [`plugin`].
 //!
 //! ```
 //! use std::sync::{Arc, Mutex};
@@ -45,21 +45,26 @@
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
-mod block;
 mod builtin;
+mod driver;
 mod error;
 mod manager;
-pub mod plugin;
 mod process;
-pub mod proto;
 mod registry;
-mod streamer;
 
-pub use block::{Block, BlockMeta, StoreSelection, Tx};
-pub use error::{BoxError, Error, Result, StreamError};
+pub use error::{Error, Result};
 pub use manager::{DeliveryManager, StreamerSetup, StreamerStats};
 pub use process::{ProcessError, ProcessStreamer, ProcessStreamerConfig};
-pub use registry::{Registry, StreamerContext};
+pub use registry::Registry;
+/// The `app.toml` model (`statestream-config`), for an application that
+/// depends on this crate alone.
+pub use statestream_config as config;
 pub use statestream_config::Delivery;
-pub use statestream_store::crc32c_append;
-pub use streamer::Streamer;
+pub use statestream_core::{
+    Action, Block, BlockMeta, BoxError, ChangeSet, CommitInfo, Hash, Record, StateReader,
+    StateSnapshot, StoreKey, StoreSelection, StreamError, Streamer, StreamerContext, Tx,
+    crc32c_append, plugin, proto, to_hex,
+};
+/// The store (`statestream-store`), for an application that depends on this
+/// crate alone.
+pub use statestream_store as store;

@@ -2,22 +2,24 @@
 //! streamer, sync or async, keeps their cursors, catches them up from the
 //! change log, and applies the error policy.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use statestream_config::{Delivery, StreamerSpec};
-use statestream_store::{ChangeLog, CommitInfo, CommitInput, MultiStore, StoreKey};
-use tracing::{debug, info, warn};
+use statestream_core::{
+    Block, BlockMeta, CommitInfo, StateReader, StoreKey, StoreSelection, Streamer, StreamerContext,
+};
+use statestream_store::{CommitInput, MultiStore};
+use tracing::{info, warn};
 
-use crate::block::{Block, BlockMeta, StoreSelection};
+use crate::driver::{Driver, Halt, Progress, Step};
 use crate::error::{Error, Result};
-use crate::registry::{Registry, StreamerContext};
-use crate::streamer::Streamer;
+use crate::registry::Registry;
 
 /// How long an idle async worker waits before looking at the committed
 /// height on its own (it finds blocks it could not be handed this way).
@@ -25,14 +27,6 @@ const POLL: Duration = Duration::from_millis(50);
 /// First and longest pause between attempts after a failed delivery.
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// While blocks flow, a streamer is flushed at most this often (it is also
-/// flushed whenever it goes idle, and at shutdown). This bounds how many
-/// blocks a power loss can make a non-fsyncing streamer deliver again, and
-/// how many blocks the change log holds for it: the log keeps every block
-/// above the flushed cursor, and the store's commits cost more the more it
-/// holds (~3% with 40 blocks of 1,000 writes held, `cargo bench -p
-/// statestream-store --bench retention`), so this is short.
-const FLUSH_INTERVAL: Duration = Duration::from_millis(50);
 /// Stats are logged every this many blocks.
 const LOG_EVERY: u64 = 1000;
 
@@ -111,107 +105,9 @@ pub struct StreamerStats {
     pub last_error: Option<String>,
 }
 
-#[derive(Debug)]
-struct Shared {
-    name: String,
-    stop_node_on_error: bool,
-    delivered: AtomicU64,
-    /// The last height covered by a successful `on_flush`: the cursor.
-    durable: AtomicU64,
-    errors: AtomicU64,
-    fell_behind: AtomicU64,
-    caught_up: AtomicU64,
-    last_error: Mutex<Option<String>>,
-    halted: Mutex<Option<(u64, String)>>,
-    /// Set at shutdown: a failing delivery is not retried (the block stays
-    /// in the change log for the next start).
-    closing: AtomicBool,
-    /// Set when the manager is dropped without `close`: stop at once.
-    abandoned: AtomicBool,
-}
-
-impl Shared {
-    fn new(setup: &StreamerSetup, delivered: u64) -> Shared {
-        Shared {
-            name: setup.name.clone(),
-            stop_node_on_error: setup.stop_node_on_error,
-            delivered: AtomicU64::new(delivered),
-            durable: AtomicU64::new(delivered),
-            errors: AtomicU64::new(0),
-            fell_behind: AtomicU64::new(0),
-            caught_up: AtomicU64::new(0),
-            last_error: Mutex::new(None),
-            halted: Mutex::new(None),
-            closing: AtomicBool::new(false),
-            abandoned: AtomicBool::new(false),
-        }
-    }
-
-    fn delivered(&self) -> u64 {
-        self.delivered.load(Ordering::Acquire)
-    }
-
-    fn durable(&self) -> u64 {
-        self.durable.load(Ordering::Acquire)
-    }
-
-    /// Flushes `streamer` when it delivered blocks since its last flush, and
-    /// `force` is set or [`FLUSH_INTERVAL`] has passed. A failed flush is a
-    /// delivery error: `delivered` falls back to the durable height, so the
-    /// unflushed blocks are delivered again (from the change log, which
-    /// keeps everything above the durable height). Returns whether the
-    /// streamer is in good standing.
-    fn flush(&self, streamer: &mut dyn Streamer, last_flush: &mut Instant, force: bool) -> bool {
-        let delivered = self.delivered();
-        let durable = self.durable();
-        if delivered == durable || (!force && last_flush.elapsed() < FLUSH_INTERVAL) {
-            return true;
-        }
-        *last_flush = Instant::now();
-        match streamer.on_flush() {
-            Ok(()) => {
-                self.durable.store(delivered, Ordering::Release);
-                true
-            }
-            Err(e) => {
-                self.delivered.store(durable, Ordering::Release);
-                self.failed(durable + 1, &format_args!("flush failed: {e}"));
-                false
-            }
-        }
-    }
-
-    fn halted(&self) -> Option<(u64, String)> {
-        lock(&self.halted).clone()
-    }
-
-    /// Records a failed attempt; returns whether the node must stop.
-    fn failed(&self, height: u64, error: &dyn std::fmt::Display) -> bool {
-        let errors = self.errors.fetch_add(1, Ordering::Relaxed) + 1;
-        let message = error.to_string();
-        warn!(height, streamer = %self.name, error = %message, errors, "delivery failed");
-        *lock(&self.last_error) = Some(message.clone());
-        if self.stop_node_on_error {
-            let mut h = lock(&self.halted);
-            if h.is_none() {
-                *h = Some((height, message));
-            }
-            true
-        } else {
-            false
-        }
-    }
-}
-
-/// Locks a mutex, recovering the data if a thread panicked while holding it
-/// (the guarded values are plain snapshots that stay valid).
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 enum Mode {
     Sync {
-        streamer: Box<dyn Streamer>,
+        driver: Driver,
     },
     Async {
         tx: Option<Sender<Block>>,
@@ -221,13 +117,11 @@ enum Mode {
 
 struct Instance {
     setup: StreamerSetup,
+    progress: Arc<Progress>,
     selection: StoreSelection,
-    shared: Arc<Shared>,
     mode: Mode,
     /// The cursor value last written to the store.
     persisted: u64,
-    /// When a sync streamer was last flushed.
-    last_flush: Instant,
 }
 
 /// Delivers committed blocks to streamers.
@@ -264,10 +158,12 @@ struct Instance {
 pub struct DeliveryManager {
     instances: Vec<Instance>,
     all_stores: Vec<StoreKey>,
-    change_log: ChangeLog,
     committed: Arc<AtomicU64>,
     pruned_below: u64,
-    halted: Option<(String, u64, String)>,
+    /// The most blocks any streamer asked the change log to keep
+    /// ([`Streamer::retain_blocks`]).
+    retain: u64,
+    halt: Option<Halt>,
 }
 
 impl std::fmt::Debug for DeliveryManager {
@@ -288,7 +184,8 @@ impl std::fmt::Debug for DeliveryManager {
 
 impl DeliveryManager {
     /// Builds the configured streamers with `registry` and starts them.
-    /// `specs` come from `AppConfig::resolve`.
+    /// `specs` come from `AppConfig::resolve`, which has checked the store
+    /// names of `keys` against the store's.
     pub fn start(
         store: &mut MultiStore,
         specs: &[StreamerSpec],
@@ -296,26 +193,14 @@ impl DeliveryManager {
         home: &Path,
     ) -> Result<DeliveryManager> {
         let all = statestream_store::KvStore::stores(store).to_vec();
+        let reader: Arc<dyn StateReader> = Arc::new(store.reader());
         let mut built = Vec::with_capacity(specs.len());
         for spec in specs {
-            // An unknown type is a configuration error: name the file, the
-            // table, the key and the line, as for every other bad key (the
-            // registry's own error knows none of them).
             if !registry.contains(&spec.type_name) {
-                let known = registry.types();
-                return Err(Error::Config(
-                    spec.options.clone().with_name(spec.name.clone()).error(
-                        "type",
-                        format!(
-                            "unknown type \"{}\" (known types: {})",
-                            spec.type_name,
-                            if known.is_empty() {
-                                "none registered".to_string()
-                            } else {
-                                known.join(", ")
-                            }
-                        ),
-                    ),
+                return Err(registry.unknown_type_error(
+                    &spec.name,
+                    &spec.type_name,
+                    &spec.options,
                 ));
             }
             let stores = spec
@@ -323,26 +208,19 @@ impl DeliveryManager {
                 .iter()
                 .map(|s| StoreKey::new(s))
                 .collect::<std::result::Result<Vec<_>, _>>()?;
+            // Before the streamer is built: a spec made in code (not by
+            // `resolve`) may name a store the node does not have.
             for s in &stores {
-                if all.binary_search(s).is_err() {
-                    return Err(statestream_store::Error::UnknownStore {
-                        store: s.name().to_string(),
-                        known: all
-                            .iter()
-                            .map(StoreKey::name)
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                    }
-                    .into());
-                }
+                store.check_store(s)?;
             }
             let ctx = StreamerContext {
                 name: &spec.name,
                 stores: &stores,
-                options: &spec.options,
+                all_stores: &all,
                 home,
+                reader: Some(&reader),
             };
-            let streamer = registry.build(&spec.type_name, &ctx)?;
+            let streamer = registry.build(&spec.type_name, &ctx, &spec.options)?;
             let setup = StreamerSetup {
                 name: spec.name.clone(),
                 stores,
@@ -365,15 +243,17 @@ impl DeliveryManager {
         let change_log = store.change_log();
         let bounds = change_log.bounds()?;
         let committed = Arc::new(AtomicU64::new(committed_height));
-        let mut names = HashMap::new();
+        let mut names = HashSet::new();
         let mut new_cursors = Vec::new();
         let mut prepared = Vec::new();
         for (setup, streamer) in streamers {
-            if names.insert(setup.name.clone(), ()).is_some() {
-                return Err(Error::Worker {
+            if !names.insert(setup.name.clone()) {
+                return Err(Error::DuplicateName {
                     streamer: setup.name,
-                    what: "two streamers have this name".into(),
                 });
+            }
+            for s in &setup.stores {
+                store.check_store(s)?;
             }
             let cursor = match store.cursor(&setup.name)? {
                 Some(c) if c > committed_height => {
@@ -392,25 +272,14 @@ impl DeliveryManager {
                     committed_height
                 }
             };
-            if cursor < committed_height {
-                let first_kept = bounds.map_or(u64::MAX, |(lo, _)| lo);
-                if cursor + 1 < first_kept {
-                    return Err(Error::Worker {
-                        streamer: setup.name.clone(),
-                        what: format!(
-                            "its cursor is at height {cursor} but blocks {}..={} are no longer \
-                             in the change log (it is pruned below the lowest cursor of the \
-                             configured streamers, and this one was left out of the \
-                             configuration meanwhile); to start it with the next block \
-                             instead, give its [streamers.<name>] table a new name or delete \
-                             its cursor (MultiStore::delete_cursor; for the demo node, \
-                             `statestream cursors --home HOME --delete {}`)",
-                            cursor + 1,
-                            first_kept.min(committed_height + 1) - 1,
-                            setup.name
-                        ),
-                    });
-                }
+            let first_kept = bounds.map_or(u64::MAX, |(lo, _)| lo);
+            if cursor < committed_height && cursor + 1 < first_kept {
+                return Err(Error::CursorPruned {
+                    streamer: setup.name.clone(),
+                    cursor,
+                    first_missing: cursor + 1,
+                    last_missing: first_kept.min(committed_height + 1) - 1,
+                });
             }
             prepared.push((setup, streamer, cursor));
         }
@@ -419,38 +288,39 @@ impl DeliveryManager {
                 new_cursors.iter().map(|(n, h)| (n.as_str(), *h)).collect();
             store.save_cursors(&refs)?;
         }
+        let retain = prepared
+            .iter()
+            .map(|(_, s, _)| s.retain_blocks())
+            .max()
+            .unwrap_or(0);
         let mut instances = Vec::with_capacity(prepared.len());
-        for (setup, mut streamer, cursor) in prepared {
+        for (setup, streamer, cursor) in prepared {
             let selection = StoreSelection::new(&all, &setup.stores);
-            let shared = Arc::new(Shared::new(&setup, cursor));
+            let progress = Arc::new(Progress::new(&setup.name, setup.stop_node_on_error, cursor));
+            let mut driver = Driver::new(
+                streamer,
+                selection.clone(),
+                Arc::clone(&progress),
+                change_log.clone(),
+            );
             let mode = match setup.delivery {
                 Delivery::Sync => {
-                    streamer
-                        .on_start(cursor + 1)
-                        .map_err(|source| Error::Lifecycle {
-                            streamer: setup.name.clone(),
-                            action: "start",
-                            source,
-                        })?;
-                    Mode::Sync { streamer }
+                    driver.start()?;
+                    Mode::Sync { driver }
                 }
                 Delivery::Async => {
                     let (tx, rx) = crossbeam_channel::bounded(setup.queue.max(1));
                     let worker = Worker {
-                        streamer,
+                        driver,
                         rx,
-                        shared: Arc::clone(&shared),
-                        change_log: change_log.clone(),
-                        selection: selection.clone(),
                         committed: Arc::clone(&committed),
-                        last_flush: Instant::now(),
                     };
                     let handle = std::thread::Builder::new()
                         .name(format!("stream-{}", setup.name))
                         .spawn(move || worker.run())
-                        .map_err(|e| Error::Worker {
+                        .map_err(|source| Error::Spawn {
                             streamer: setup.name.clone(),
-                            what: format!("cannot start its worker thread: {e}"),
+                            source,
                         })?;
                     Mode::Async {
                         tx: Some(tx),
@@ -463,33 +333,30 @@ impl DeliveryManager {
                 next = cursor + 1, "streamer started");
             instances.push(Instance {
                 setup,
+                progress,
                 selection,
-                shared,
                 mode,
                 persisted: cursor,
-                last_flush: Instant::now(),
             });
         }
         let mut manager = DeliveryManager {
             instances,
             all_stores: all,
-            change_log,
             committed,
             pruned_below: bounds.map_or(0, |(lo, _)| lo),
-            halted: None,
+            retain,
+            halt: None,
         };
-        // Sync streamers catch up now, before any new block.
-        for i in 0..manager.instances.len() {
-            if matches!(manager.instances[i].mode, Mode::Sync { .. }) {
-                manager.catch_up_sync(i, committed_height);
+        // Sync streamers catch up now, before any new block; one that halts
+        // fails the start. (An async one reports its halt at the next
+        // commit, whenever its thread gets to it.)
+        for inst in &mut manager.instances {
+            if let Mode::Sync { driver } = &mut inst.mode
+                && let Step::Failed { halted: true } = driver.step(None, committed_height, false)
+                && let Some(h) = inst.progress.halt()
+            {
+                return Err(h.into());
             }
-        }
-        if let Some((name, height, message)) = manager.halted.clone() {
-            return Err(Error::Halted {
-                streamer: name,
-                height,
-                message,
-            });
         }
         Ok(manager)
     }
@@ -499,21 +366,14 @@ impl DeliveryManager {
         &self.all_stores
     }
 
+    /// The first halt of any streamer, remembered so that every later call
+    /// reports the same one.
     fn check_halted(&mut self) -> Result<()> {
-        if self.halted.is_none() {
-            for inst in &self.instances {
-                if let Some((height, message)) = inst.shared.halted() {
-                    self.halted = Some((inst.setup.name.clone(), height, message));
-                    break;
-                }
-            }
+        if self.halt.is_none() {
+            self.halt = self.instances.iter().find_map(|i| i.progress.halt());
         }
-        match &self.halted {
-            Some((name, height, message)) => Err(Error::Halted {
-                streamer: name.clone(),
-                height: *height,
-                message: message.clone(),
-            }),
+        match &self.halt {
+            Some(h) => Err(h.clone().into()),
             None => Ok(()),
         }
     }
@@ -523,12 +383,12 @@ impl DeliveryManager {
     pub fn commit(&mut self, store: &mut MultiStore, meta: BlockMeta) -> Result<CommitInfo> {
         self.check_halted()?;
         let mut input = CommitInput::new().app_meta(meta.encode_app_meta());
-        let mut low = store.version();
+        // The change log keeps every block above the lowest flushed cursor,
+        // and the last `retain` blocks.
+        let mut low = (store.version() + 1).saturating_sub(self.retain);
         let mut cursor_updates = Vec::new();
         for (i, inst) in self.instances.iter().enumerate() {
-            // Only flushed heights are persisted, and the change log keeps
-            // everything above the lowest of them.
-            let d = inst.shared.durable();
+            let d = inst.progress.durable();
             low = low.min(d);
             if d != inst.persisted {
                 input = input.cursor(inst.setup.name.clone(), d);
@@ -546,33 +406,30 @@ impl DeliveryManager {
         let height = changes.height();
         self.committed.store(height, Ordering::Release);
         let meta = Arc::new(meta);
-        for i in 0..self.instances.len() {
-            let inst = &self.instances[i];
+        for inst in &mut self.instances {
             let block = Block::new(Arc::clone(&changes), Arc::clone(&meta), &inst.selection);
-            match &inst.mode {
-                Mode::Sync { .. } => {
-                    if self.catch_up_sync(i, height - 1) && self.deliver_sync(i, &block) {
-                        self.flush_sync(i, false);
+            match &mut inst.mode {
+                Mode::Sync { driver } => {
+                    if let Step::Failed { halted: true } = driver.step(Some(&block), height, false)
+                    {
+                        self.halt = self.halt.take().or_else(|| inst.progress.halt());
                     }
                 }
-                Mode::Async { tx, .. } => {
-                    if let Some(tx) = tx {
-                        match tx.try_send(block) {
-                            Ok(()) => {}
-                            Err(TrySendError::Full(_)) => {
-                                let n = inst.shared.fell_behind.fetch_add(1, Ordering::Relaxed);
-                                if n.is_multiple_of(LOG_EVERY) {
-                                    warn!(height, streamer = %inst.setup.name, queue = inst.setup.queue,
-                                        "queue full: streamer falls behind and will catch up from the change log");
-                                }
-                            }
-                            Err(TrySendError::Disconnected(_)) => {
-                                // The worker stopped (halted); check_halted
-                                // reports it at the next commit.
-                            }
+                Mode::Async { tx: Some(tx), .. } => match tx.try_send(block) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(_)) => {
+                        let n = inst.progress.fell_behind.fetch_add(1, Ordering::Relaxed);
+                        if n.is_multiple_of(LOG_EVERY) {
+                            warn!(height, streamer = %inst.setup.name, queue = inst.setup.queue,
+                                "queue full: streamer falls behind and will catch up from the change log");
                         }
                     }
-                }
+                    Err(TrySendError::Disconnected(_)) => {
+                        // The worker stopped (halted); check_halted reports
+                        // it at the next commit.
+                    }
+                },
+                Mode::Async { tx: None, .. } => {}
             }
         }
         if height.is_multiple_of(LOG_EVERY) {
@@ -581,95 +438,10 @@ impl DeliveryManager {
                     queue = s.queue_depth, errors = s.errors, "streamer stats");
             }
         }
-        if let Some((name, h, message)) = &self.halted {
-            return Err(Error::Halted {
-                streamer: name.clone(),
-                height: *h,
-                message: message.clone(),
-            });
+        if let Some(h) = &self.halt {
+            return Err(h.clone().into());
         }
         Ok(changes.commit_info())
-    }
-
-    /// Delivers blocks `delivered+1..=upto` from the change log to sync
-    /// streamer `i`. Returns whether it is caught up.
-    fn catch_up_sync(&mut self, i: usize, upto: u64) -> bool {
-        let mut next = self.instances[i].shared.delivered() + 1;
-        if next <= upto {
-            debug!(streamer = %self.instances[i].setup.name, from = next, to = upto, "catching up from the change log");
-        }
-        while next <= upto {
-            let block = match self
-                .change_log
-                .read(next)
-                .map(Arc::new)
-                .map_err(Error::from)
-                .and_then(|cs| Block::from_change_set(cs, &self.instances[i].selection))
-            {
-                Ok(b) => b,
-                Err(e) => {
-                    self.sync_failed(i, next, &e);
-                    return false;
-                }
-            };
-            if !self.deliver_sync(i, &block) {
-                return false;
-            }
-            self.instances[i]
-                .shared
-                .caught_up
-                .fetch_add(1, Ordering::Relaxed);
-            next += 1;
-        }
-        true
-    }
-
-    fn deliver_sync(&mut self, i: usize, block: &Block) -> bool {
-        let inst = &mut self.instances[i];
-        if inst.shared.halted().is_some() {
-            return false;
-        }
-        let Mode::Sync { streamer } = &mut inst.mode else {
-            return false;
-        };
-        match streamer.on_block(block) {
-            Ok(()) => {
-                inst.shared
-                    .delivered
-                    .store(block.height(), Ordering::Release);
-                true
-            }
-            Err(e) => {
-                self.sync_failed(i, block.height(), &e);
-                false
-            }
-        }
-    }
-
-    /// Flushes sync streamer `i` (see [`Shared::flush`]).
-    fn flush_sync(&mut self, i: usize, force: bool) {
-        let inst = &mut self.instances[i];
-        let Mode::Sync { streamer } = &mut inst.mode else {
-            return;
-        };
-        if !inst
-            .shared
-            .flush(streamer.as_mut(), &mut inst.last_flush, force)
-            && self.halted.is_none()
-            && let Some((h, m)) = inst.shared.halted()
-        {
-            self.halted = Some((inst.setup.name.clone(), h, m));
-        }
-    }
-
-    fn sync_failed(&mut self, i: usize, height: u64, e: &dyn std::fmt::Display) {
-        let inst = &self.instances[i];
-        if inst.shared.failed(height, e)
-            && self.halted.is_none()
-            && let Some((h, m)) = inst.shared.halted()
-        {
-            self.halted = Some((inst.setup.name.clone(), h, m));
-        }
     }
 
     /// Every streamer's progress.
@@ -678,21 +450,22 @@ impl DeliveryManager {
         self.instances
             .iter()
             .map(|inst| {
-                let delivered = inst.shared.delivered();
+                let p = &inst.progress;
+                let delivered = p.delivered();
                 StreamerStats {
                     name: inst.setup.name.clone(),
                     delivery: inst.setup.delivery,
                     delivered_height: delivered,
-                    durable_height: inst.shared.durable(),
+                    durable_height: p.durable(),
                     lag: committed.saturating_sub(delivered),
                     queue_depth: match &inst.mode {
                         Mode::Async { tx: Some(tx), .. } => tx.len(),
                         _ => 0,
                     },
-                    errors: inst.shared.errors.load(Ordering::Relaxed),
-                    fell_behind: inst.shared.fell_behind.load(Ordering::Relaxed),
-                    caught_up: inst.shared.caught_up.load(Ordering::Relaxed),
-                    last_error: lock(&inst.shared.last_error).clone(),
+                    errors: p.errors.load(Ordering::Relaxed),
+                    fell_behind: p.fell_behind.load(Ordering::Relaxed),
+                    caught_up: p.caught_up.load(Ordering::Relaxed),
+                    last_error: p.last_error(),
                 }
             })
             .collect()
@@ -707,11 +480,6 @@ impl DeliveryManager {
     /// after such a failure does not report success; the cursors are
     /// persisted first either way.
     pub fn close(mut self, store: &mut MultiStore) -> Result<()> {
-        for i in 0..self.instances.len() {
-            if matches!(self.instances[i].mode, Mode::Sync { .. }) {
-                self.flush_sync(i, true);
-            }
-        }
         let mut first_err: Option<Error> = None;
         for inst in &mut self.instances {
             match &mut inst.mode {
@@ -719,28 +487,21 @@ impl DeliveryManager {
                     // Workers drain their queue and catch up to the
                     // committed height when the channel closes; a streamer
                     // that keeps failing gives up instead of retrying.
-                    inst.shared.closing.store(true, Ordering::Release);
+                    inst.progress.closing.store(true, Ordering::Release);
                     drop(tx.take());
                     if let Some(h) = handle.take()
                         && h.join().is_err()
                         && first_err.is_none()
                     {
-                        first_err = Some(Error::Worker {
+                        first_err = Some(Error::WorkerPanicked {
                             streamer: inst.setup.name.clone(),
-                            what: "its worker thread panicked".into(),
                         });
                     }
                 }
-                Mode::Sync { streamer } => {
-                    if let Err(source) = streamer.on_close() {
-                        warn!(streamer = %inst.setup.name, error = %source, "close failed");
-                        if first_err.is_none() {
-                            first_err = Some(Error::Lifecycle {
-                                streamer: inst.setup.name.clone(),
-                                action: "close",
-                                source,
-                            });
-                        }
+                Mode::Sync { driver } => {
+                    if let Err(e) = driver.close() {
+                        warn!(streamer = %inst.setup.name, error = %e, "close failed");
+                        first_err.get_or_insert(e);
                     }
                 }
             }
@@ -748,7 +509,7 @@ impl DeliveryManager {
         let cursors: Vec<(String, u64)> = self
             .instances
             .iter()
-            .map(|i| (i.setup.name.clone(), i.shared.durable()))
+            .map(|i| (i.setup.name.clone(), i.progress.durable()))
             .collect();
         let refs: Vec<(&str, u64)> = cursors.iter().map(|(n, h)| (n.as_str(), *h)).collect();
         store.save_cursors(&refs)?;
@@ -771,8 +532,8 @@ impl Drop for DeliveryManager {
         // Dropped without `close`: tell workers to stop as soon as they can;
         // whatever they did not deliver is in the change log.
         for inst in &mut self.instances {
-            inst.shared.closing.store(true, Ordering::Release);
-            inst.shared.abandoned.store(true, Ordering::Release);
+            inst.progress.closing.store(true, Ordering::Release);
+            inst.progress.abandoned.store(true, Ordering::Release);
             if let Mode::Async { tx, .. } = &mut inst.mode {
                 drop(tx.take());
             }
@@ -780,140 +541,82 @@ impl Drop for DeliveryManager {
     }
 }
 
+/// An async streamer's thread: steps its driver with each block it is
+/// handed, and on its own when idle (to flush, and to find the blocks that
+/// could not be queued), retrying failures with backoff.
 struct Worker {
-    streamer: Box<dyn Streamer>,
+    driver: Driver,
     rx: Receiver<Block>,
-    shared: Arc<Shared>,
-    change_log: ChangeLog,
-    selection: StoreSelection,
     committed: Arc<AtomicU64>,
-    last_flush: Instant,
 }
 
 impl Worker {
     fn run(mut self) {
-        let name = self.shared.name.clone();
-        if let Err(e) = self.streamer.on_start(self.shared.delivered() + 1) {
-            let failed = Error::Lifecycle {
-                streamer: name.clone(),
-                action: "start",
-                source: e,
-            };
-            if self.shared.failed(self.shared.delivered() + 1, &failed) {
+        let progress = Arc::clone(self.driver.progress());
+        if let Err(e) = self.driver.start() {
+            let height = progress.delivered() + 1;
+            if progress.failed(height, &e) {
                 return;
             }
         }
+        let mut backoff = BACKOFF_MIN;
+        // A live block whose delivery failed, kept for the retry.
+        let mut retry: Option<Block> = None;
         loop {
-            if self.shared.halted().is_some() {
+            if progress.halt().is_some() {
                 break;
             }
-            match self.rx.recv_timeout(POLL) {
-                Ok(block) => {
+            let (live, target, force) = match retry.take() {
+                Some(block) => {
                     let h = block.height();
-                    let next = self.shared.delivered() + 1;
-                    if h < next {
-                        continue;
-                    }
-                    if h > next && !self.catch_up(h - 1) {
-                        continue;
-                    }
-                    self.deliver(&block, false);
+                    (Some(block), h, false)
                 }
-                Err(RecvTimeoutError::Timeout) => {
-                    // Idle: make what was delivered durable, then look for
+                None => match self.rx.recv_timeout(POLL) {
+                    Ok(block) => {
+                        let h = block.height();
+                        (Some(block), h, false)
+                    }
+                    // Idle: make what was delivered durable, and look for
                     // blocks that could not be queued.
-                    self.flush(true);
-                    let c = self.committed.load(Ordering::Acquire);
-                    self.catch_up(c);
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    let c = self.committed.load(Ordering::Acquire);
-                    while self.shared.delivered() < c && self.catch_up(c) {}
-                    break;
+                    Err(RecvTimeoutError::Timeout) => {
+                        (None, self.committed.load(Ordering::Acquire), true)
+                    }
+                    Err(RecvTimeoutError::Disconnected) => {
+                        // Shutdown: one last attempt to deliver everything
+                        // committed.
+                        let c = self.committed.load(Ordering::Acquire);
+                        self.driver.step(None, c, true);
+                        break;
+                    }
+                },
+            };
+            match self.driver.step(live.as_ref(), target, force) {
+                Step::Done => backoff = BACKOFF_MIN,
+                Step::Stopped | Step::Failed { halted: true } => break,
+                Step::Failed { halted: false } => {
+                    if self.pause(&progress, backoff) {
+                        retry = live;
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                    }
                 }
             }
         }
-        self.flush(true);
-        if let Err(e) = self.streamer.on_close() {
-            warn!(streamer = %name, error = %e, "close failed");
-        }
-    }
-
-    fn flush(&mut self, force: bool) -> bool {
-        self.shared
-            .flush(self.streamer.as_mut(), &mut self.last_flush, force)
-    }
-
-    /// Delivers `delivered+1..=upto` from the change log. Returns whether
-    /// it got there.
-    fn catch_up(&mut self, upto: u64) -> bool {
-        while self.shared.delivered() < upto {
-            if self.shared.halted().is_some() || self.shared.abandoned.load(Ordering::Acquire) {
-                return false;
-            }
-            let h = self.shared.delivered() + 1;
-            let block = self
-                .change_log
-                .read(h)
-                .map(Arc::new)
-                .map_err(Error::from)
-                .and_then(|cs| Block::from_change_set(cs, &self.selection));
-            match block {
-                Ok(b) => {
-                    if !self.deliver(&b, true) {
-                        return false;
-                    }
-                }
-                Err(e) => {
-                    if !self.shared.failed(h, &e) {
-                        self.pause(BACKOFF_MAX);
-                    }
-                    return false;
-                }
-            }
-        }
-        true
-    }
-
-    /// Delivers one block, retrying with backoff while errors are not
-    /// fatal. Returns whether it was delivered.
-    fn deliver(&mut self, block: &Block, from_log: bool) -> bool {
-        let mut backoff = BACKOFF_MIN;
-        loop {
-            match self.streamer.on_block(block) {
-                Ok(()) => {
-                    self.shared
-                        .delivered
-                        .store(block.height(), Ordering::Release);
-                    if from_log {
-                        self.shared.caught_up.fetch_add(1, Ordering::Relaxed);
-                    }
-                    return self.flush(false);
-                }
-                Err(e) => {
-                    if self.shared.failed(block.height(), &e) {
-                        return false;
-                    }
-                    if !self.pause(backoff) {
-                        return false;
-                    }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                }
-            }
+        if let Err(e) = self.driver.close() {
+            warn!(streamer = %progress.name, error = %e, "close failed");
         }
     }
 
     /// Sleeps for `d` in small steps; `false` if shutdown began meanwhile.
-    fn pause(&self, d: Duration) -> bool {
+    fn pause(&self, progress: &Progress, d: Duration) -> bool {
         let step = Duration::from_millis(10);
         let mut slept = Duration::ZERO;
         while slept < d {
-            if self.shared.closing.load(Ordering::Acquire) {
+            if progress.closing.load(Ordering::Acquire) {
                 return false;
             }
             std::thread::sleep(step);
             slept += step;
         }
-        !self.shared.closing.load(Ordering::Acquire)
+        !progress.closing.load(Ordering::Acquire)
     }
 }

@@ -1,5 +1,5 @@
 //! `type = "process"`: a streamer that is a separate program, spoken to with
-//! the plugin protocol ([`crate::plugin`], `docs/plugin-protocol.md`).
+//! the plugin protocol ([`statestream_core::plugin`], `docs/plugin-protocol.md`).
 //!
 //! The node starts the program with the exact argv of `command` (never
 //! through a shell), sends `Hello` on its stdin and reads `HelloAck` on its
@@ -31,25 +31,15 @@ use serde::Deserialize;
 use statestream_config::ConfigError;
 use tracing::{info, warn};
 
-use crate::block::Block;
-use crate::error::StreamError;
-use crate::plugin::{self, FrameError, MAX_FRAME_LEN, PROTOCOL_VERSION};
-use crate::proto;
-use crate::registry::{Registry, StreamerContext};
-use crate::streamer::Streamer;
+use statestream_config::StreamerOptions;
+use statestream_core::plugin::{self, FrameError, MAX_FRAME_LEN, PROTOCOL_VERSION};
+use statestream_core::{Block, StreamError, Streamer, StreamerContext, proto};
 
 /// How long the node waits for the exit status of a plugin that closed its
 /// stdout or stdin, before killing it.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
 /// Polling step while waiting for a child to exit.
 const EXIT_POLL: Duration = Duration::from_millis(5);
-
-pub(crate) fn register(registry: &mut Registry) {
-    registry.register("process", |ctx| {
-        let config: ProcessStreamerConfig = ctx.options.parse()?;
-        Ok(Box::new(config.build(ctx)?))
-    });
-}
 
 /// Options of `type = "process"`.
 ///
@@ -143,8 +133,11 @@ impl ProcessStreamerConfig {
     /// Checks the options and builds the streamer. The plugin is not started
     /// yet (it starts with the first block), but its program must exist.
     /// Errors name the option, its table, file and line.
-    pub fn build(self, ctx: &StreamerContext<'_>) -> Result<ProcessStreamer, ConfigError> {
-        let opts = ctx.options;
+    pub fn build(
+        self,
+        ctx: &StreamerContext<'_>,
+        opts: &StreamerOptions,
+    ) -> Result<ProcessStreamer, ConfigError> {
         let Some(program) = self.command.first() else {
             return Err(opts.error(
                 "command",
@@ -737,7 +730,7 @@ fn log_stderr(stderr: ChildStderr, name: &str, pid: u32) {
 mod tests {
     use super::*;
     use statestream_config::AppConfig;
-    use statestream_store::StoreKey;
+    use statestream_core::StoreKey;
 
     fn build(table: &str) -> Result<ProcessStreamer, String> {
         let text = format!(
@@ -750,11 +743,13 @@ mod tests {
         let ctx = StreamerContext {
             name: "p",
             stores: &stores,
-            options: &specs[0].options,
+            all_stores: &stores,
             home: &home,
+            reader: None,
         };
-        let config: ProcessStreamerConfig = ctx.options.parse().map_err(|e| e.to_string())?;
-        config.build(&ctx).map_err(|e| e.to_string())
+        let options = &specs[0].options;
+        let config: ProcessStreamerConfig = options.parse().map_err(|e| e.to_string())?;
+        config.build(&ctx, options).map_err(|e| e.to_string())
     }
 
     #[test]

@@ -1,30 +1,20 @@
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use statestream_config::StreamerOptions;
-use statestream_store::StoreKey;
+use statestream_core::{BoxError, Streamer, StreamerContext};
 
-use crate::error::{BoxError, Error, Result};
-use crate::streamer::Streamer;
+use crate::error::{Error, Result};
 
-/// What a constructor receives to build one streamer instance.
-#[derive(Debug, Clone, Copy)]
-pub struct StreamerContext<'a> {
-    /// The instance's name (its `[streamers.<name>]` table).
-    pub name: &'a str,
-    /// The stores it receives, resolved from `keys`, in name order.
-    pub stores: &'a [StoreKey],
-    /// Its type-specific options (the table minus the common keys); parse
-    /// them with `options.parse::<YourConfig>()`.
-    pub options: &'a StreamerOptions,
-    /// The node's home directory (relative paths in options are under it).
-    pub home: &'a Path,
-}
-
-type Constructor =
-    dyn Fn(&StreamerContext<'_>) -> Result<Box<dyn Streamer>, BoxError> + Send + Sync;
+type Constructor = dyn Fn(&StreamerContext<'_>, &StreamerOptions) -> Result<Box<dyn Streamer>, BoxError>
+    + Send
+    + Sync;
 
 /// Maps streamer type names (`type` in app.toml) to constructors.
+///
+/// A constructor is given the instance's [`StreamerContext`] (its name,
+/// stores, the node's home and read access to the store) and its
+/// type-specific options, which it parses with its own config type
+/// (`options.parse::<YourConfig>()`).
 pub struct Registry {
     types: BTreeMap<String, Box<Constructor>>,
 }
@@ -51,9 +41,10 @@ impl Registry {
         }
     }
 
-    /// A registry with the streamer types this crate provides. The file
-    /// streamer lives in `statestream-file` (it depends on this crate, so
-    /// this crate cannot name it): add it with `statestream_file::register`.
+    /// A registry with every built-in streamer type this build enables:
+    /// `log` and `process` always, and each streamer crate's type behind
+    /// its cargo feature of the same name (`file`, `nats`; all on by
+    /// default).
     pub fn with_builtins() -> Registry {
         let mut r = Registry::new();
         crate::builtin::register(&mut r);
@@ -63,7 +54,10 @@ impl Registry {
     /// Registers (or replaces) a type.
     pub fn register<F>(&mut self, type_name: &str, constructor: F) -> &mut Registry
     where
-        F: Fn(&StreamerContext<'_>) -> Result<Box<dyn Streamer>, BoxError> + Send + Sync + 'static,
+        F: Fn(&StreamerContext<'_>, &StreamerOptions) -> Result<Box<dyn Streamer>, BoxError>
+            + Send
+            + Sync
+            + 'static,
     {
         self.types
             .insert(type_name.to_string(), Box::new(constructor));
@@ -80,24 +74,52 @@ impl Registry {
         self.types.keys().map(String::as_str).collect()
     }
 
+    /// The registered type names as an error message lists them.
+    fn known(&self) -> String {
+        if self.types.is_empty() {
+            "none registered".to_string()
+        } else {
+            self.types().join(", ")
+        }
+    }
+
     /// Builds one instance of `type_name`.
-    pub fn build(&self, type_name: &str, ctx: &StreamerContext<'_>) -> Result<Box<dyn Streamer>> {
+    pub fn build(
+        &self,
+        type_name: &str,
+        ctx: &StreamerContext<'_>,
+        options: &StreamerOptions,
+    ) -> Result<Box<dyn Streamer>> {
         let ctor = self
             .types
             .get(type_name)
             .ok_or_else(|| Error::UnknownType {
                 streamer: ctx.name.to_string(),
                 type_name: type_name.to_string(),
-                known: if self.types.is_empty() {
-                    "none registered".to_string()
-                } else {
-                    self.types().join(", ")
-                },
+                known: self.known(),
             })?;
-        ctor(ctx).map_err(|source| Error::Build {
+        ctor(ctx, options).map_err(|source| Error::Build {
             streamer: ctx.name.to_string(),
             type_name: type_name.to_string(),
             source,
         })
+    }
+
+    /// The configuration error for a `type` no constructor is registered
+    /// for: it names the file, the table, the key and the line, as for
+    /// every other bad key.
+    pub(crate) fn unknown_type_error(
+        &self,
+        name: &str,
+        type_name: &str,
+        options: &StreamerOptions,
+    ) -> Error {
+        Error::Config(options.clone().with_name(name.to_string()).error(
+            "type",
+            format!(
+                "unknown type \"{type_name}\" (known types: {})",
+                self.known()
+            ),
+        ))
     }
 }

@@ -42,18 +42,10 @@ fn indexer_py() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/plugins/indexer.py")
 }
 
-/// Whether python3 with the protobuf package is available; prints a notice
-/// when it is not.
+/// Whether python3 with the protobuf package is available: required under
+/// CI, reported as skipped elsewhere.
 fn python_ready(test: &str) -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import google.protobuf"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !ok {
-        eprintln!("SKIPPED {test}: python3 with the protobuf package is not available");
-    }
-    ok
+    statestream_test_support::require_python(test, &["google.protobuf"], "the protobuf package")
 }
 
 fn toml_str(s: &str) -> String {

@@ -551,8 +551,8 @@ impl Slots {
     /// context and hands out the streamer put under the instance's name.
     pub fn register(&self, registry: &mut Registry, type_name: &str) {
         let slots = self.clone();
-        registry.register(type_name, move |ctx: &StreamerContext<'_>| {
-            let options: toml::Table = ctx.options.parse()?;
+        registry.register(type_name, move |ctx: &StreamerContext<'_>, options| {
+            let options: toml::Table = options.parse()?;
             let mut inner = lock(&slots.0);
             inner.seen.push(SeenContext {
                 name: ctx.name.to_string(),

@@ -84,12 +84,12 @@ fn errors_invalid_store_key() {
     ] {
         let err = StoreKey::new(name).expect_err("invalid");
         assert!(
-            matches!(err, Error::InvalidStoreKey { .. }),
+            matches!(err, statestream_core::Error::InvalidStoreKey { .. }),
             "{name:?}: {err}"
         );
         let err = name.parse::<StoreKey>().expect_err("invalid");
         assert!(
-            matches!(err, Error::InvalidStoreKey { .. }),
+            matches!(err, statestream_core::Error::InvalidStoreKey { .. }),
             "{name:?}: {err}"
         );
     }

@@ -1,8 +1,7 @@
 //! The chained app hash.
 
-use statestream_store::{
-    CommitInfo, Hash, KvStore, MultiStore, ZERO_HASH, app_hash, chain_store_hash, encode_record,
-};
+use statestream_core::{ZERO_HASH, app_hash, chain_store_hash, encode_record};
+use statestream_store::{CommitInfo, Hash, KvStore, MultiStore};
 
 use crate::util::{key, keys};
 

@@ -6,10 +6,8 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use proptest::prelude::*;
-use statestream_store::{
-    Cache, CommitInput, Hash, KvStore, MultiStore, Order, StoreKey, ZERO_HASH, app_hash,
-    chain_store_hash, encode_record,
-};
+use statestream_core::{ZERO_HASH, app_hash, chain_store_hash, encode_record};
+use statestream_store::{Cache, CommitInput, Hash, KvStore, MultiStore, Order, StoreKey};
 
 use crate::util::{Log, Rec, Recorder, collect, records};
 

@@ -2,10 +2,8 @@
 
 use std::path::Path;
 
-use statestream_store::{
-    ChangeSet, CommitInput, Error, KvStore, MultiStore, Order, StoreOptions, ZERO_HASH, app_hash,
-    chain_store_hash,
-};
+use statestream_core::{ZERO_HASH, app_hash, chain_store_hash};
+use statestream_store::{ChangeSet, CommitInput, Error, KvStore, MultiStore, Order, StoreOptions};
 
 use crate::util::{collect, key, keys, rec, records};
 

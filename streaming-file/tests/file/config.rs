@@ -68,15 +68,15 @@ fn config_unsafe_prefix_names_file_key_and_line() {
     let stores = store_keys();
     let names: Vec<&str> = stores.iter().map(|s| s.name()).collect();
     let spec = &config.resolve(&names).unwrap()[0];
-    let mut registry = statestream::Registry::new();
-    statestream_file::register(&mut registry);
-    let ctx = statestream::StreamerContext {
+    let ctx = statestream_core::StreamerContext {
         name: &spec.name,
         stores: &stores,
-        options: &spec.options,
+        all_stores: &stores,
         home: home.path(),
+        reader: None,
     };
-    let Err(err) = registry.build(&spec.type_name, &ctx) else {
+    let config: statestream_file::FileStreamerConfig = spec.options.parse().unwrap();
+    let Err(err) = config.build(&ctx, &spec.options) else {
         panic!("an unsafe prefix must be rejected");
     };
     let msg = err.to_string();

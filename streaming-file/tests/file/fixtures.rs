@@ -9,8 +9,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use prost::Message;
-use statestream::proto::BlockMetadata;
-use statestream_store::Records;
+use statestream_core::Records;
+use statestream_core::proto::BlockMetadata;
 
 use crate::util::{blocks, write_blocks};
 
@@ -52,7 +52,7 @@ fn framed(payload: &[u8]) -> Vec<u8> {
 fn meta_for(good_meta: &[u8], payload: &[u8]) -> Vec<u8> {
     let mut meta = BlockMetadata::decode(&good_meta[8..]).expect("good meta decodes");
     meta.data_length = payload.len() as u64;
-    meta.data_crc32c = statestream::crc32c_append(0, payload);
+    meta.data_crc32c = statestream_core::crc32c_append(0, payload);
     framed(&meta.encode_to_vec())
 }
 

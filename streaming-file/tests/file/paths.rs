@@ -6,8 +6,8 @@ use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::Path;
 
-use statestream::{Streamer, StreamerContext};
 use statestream_config::StreamerOptions;
+use statestream_core::{Streamer, StreamerContext};
 use statestream_file::{FileStreamer, FileStreamerConfig};
 
 use crate::util::{blocks, names, store_keys, streamer, with_prefix};
@@ -22,10 +22,11 @@ fn build(
     let ctx = StreamerContext {
         name: "file",
         stores: &stores,
-        options: &options,
+        all_stores: &stores,
         home,
+        reader: None,
     };
-    config.build(&ctx)
+    config.build(&ctx, &options)
 }
 
 fn data_names(dir: &Path) -> Vec<String> {

@@ -15,20 +15,10 @@ fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Whether `python3` with the `protobuf` package is available; prints a
-/// notice when it is not (CI installs it: `pip install protobuf`).
-fn python_ready() -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import google.protobuf"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        eprintln!(
-            "NOTICE: python3 with the protobuf package is not available \
-             (pip install protobuf): Python reader test skipped"
-        );
-    }
-    ok
+/// Whether `python3` with the `protobuf` package is available: required
+/// under CI, reported as skipped elsewhere.
+fn python_ready(test: &str) -> bool {
+    statestream_test_support::require_python(test, &["google.protobuf"], "the protobuf package")
 }
 
 fn run_reader(args: &[&str]) -> Output {
@@ -56,10 +46,10 @@ fn parse_lines(out: &Output) -> Vec<serde_json::Value> {
 
 #[test]
 fn python_schema_matches_proto() {
-    if !python_ready() {
+    if !python_ready("python_schema_matches_proto") {
         return;
     }
-    let out = run_reader(&["--check-proto", "streaming/proto/statestream/v1"]);
+    let out = run_reader(&["--check-proto", "streaming-core/proto/statestream/v1"]);
     assert!(
         out.status.success(),
         "hand-built descriptor differs from the .proto: {}",
@@ -69,7 +59,7 @@ fn python_schema_matches_proto() {
 
 #[test]
 fn python_reader_matches_rust_reader() {
-    if !python_ready() {
+    if !python_ready("python_reader_matches_rust_reader") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -90,7 +80,7 @@ fn python_reader_matches_rust_reader() {
 
 #[test]
 fn python_reader_reports_corruption() {
-    if !python_ready() {
+    if !python_ready("python_reader_reports_corruption") {
         return;
     }
     for (case, needle) in [

@@ -3,8 +3,8 @@
 
 use std::fs;
 
+use statestream_core::Record;
 use statestream_file::{BlockDir, Error, ReadOptions};
-use statestream_store::Record;
 
 use crate::fixtures::{fixture, record_offsets};
 use crate::util::{blocks, names, records_json, write_blocks};
@@ -242,8 +242,8 @@ fn reader_store_in_two_runs() {
 fn reader_keys_out_of_order() {
     let dir = tempfile::tempdir().unwrap();
     let mut payload = Vec::new();
-    statestream_store::encode_record(&mut payload, "acc", b"b", Some(b"1"));
-    statestream_store::encode_record(&mut payload, "acc", b"a", Some(b"2"));
+    statestream_core::encode_record(&mut payload, "acc", b"b", Some(b"1"));
+    statestream_core::encode_record(&mut payload, "acc", b"a", Some(b"2"));
     let mut data = (payload.len() as u64).to_be_bytes().to_vec();
     data.extend_from_slice(&payload);
     fs::write(dir.path().join("block-9-data"), &data).unwrap();
@@ -353,8 +353,7 @@ fn reader_empty_file_is_truncated_header_even_mapped() {
 #[test]
 fn reader_hash_chains_recomputed_from_segments() {
     let bd = open("good");
-    let mut chains: std::collections::BTreeMap<String, statestream_store::Hash> =
-        Default::default();
+    let mut chains: std::collections::BTreeMap<String, statestream_core::Hash> = Default::default();
     for h in bd.heights().unwrap() {
         let file = bd.open_block(h).unwrap();
         let segments = file.store_segments().unwrap();
@@ -367,8 +366,8 @@ fn reader_hash_chains_recomputed_from_segments() {
             let prev = chains
                 .get(&sh.store_key)
                 .copied()
-                .unwrap_or(statestream_store::ZERO_HASH);
-            let next = statestream_store::chain_store_hash(&prev, records);
+                .unwrap_or(statestream_core::ZERO_HASH);
+            let next = statestream_core::chain_store_hash(&prev, records);
             assert_eq!(
                 next.as_slice(),
                 sh.hash.as_slice(),
@@ -377,7 +376,7 @@ fn reader_hash_chains_recomputed_from_segments() {
             );
             chains.insert(sh.store_key.clone(), next);
         }
-        let app = statestream_store::app_hash(chains.iter().map(|(s, h)| (s.as_str(), h)));
+        let app = statestream_core::app_hash(chains.iter().map(|(s, h)| (s.as_str(), h)));
         assert_eq!(
             app.as_slice(),
             meta.commit.as_ref().unwrap().app_hash.as_slice()

@@ -3,10 +3,12 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use statestream::{Block, BlockMeta, StoreSelection, Streamer, StreamerContext, Tx};
 use statestream_config::StreamerOptions;
+use statestream_core::{
+    Block, BlockMeta, ChangeSet, StoreChanges, StoreKey, StoreSelection, Streamer, StreamerContext,
+    Tx, ZERO_HASH,
+};
 use statestream_file::{BlockDir, FileStreamer, FileStreamerConfig, ReadOptions};
-use statestream_store::{CommitInput, KvStore, MultiStore, StoreKey};
 
 /// The stores of the workload, in name order.
 pub fn store_keys() -> Vec<StoreKey> {
@@ -36,29 +38,35 @@ pub fn blocks(n: u64) -> Vec<Block> {
     blocks_over(&store_keys(), n)
 }
 
-/// Like [`blocks`], for all of `stores` selected.
+/// Like [`blocks`], for all of `stores` selected. The change sets are
+/// sealed as the store seals them (hash chains, app hash), without a store.
 pub fn blocks_over(stores: &[StoreKey], n: u64) -> Vec<Block> {
-    let mut store = MultiStore::in_memory(stores).expect("in-memory store");
     let selection = StoreSelection::all(stores);
+    let mut hashes = vec![ZERO_HASH; stores.len()];
     let mut out = Vec::new();
     for h in 1..=n {
-        if h != 3 {
-            for (i, s) in stores.iter().enumerate() {
+        let mut changes = Vec::with_capacity(stores.len());
+        for (i, s) in stores.iter().enumerate() {
+            let mut c = StoreChanges::new(s.clone());
+            if h != 3 {
+                // Every block sets key-00..key-(1+i) and then deletes
+                // key-00 (from block 2 on): the net change per key.
                 for k in 0..(2 + i as u64) {
                     let key = format!("key-{k:02}");
                     let value = format!("{}-{h}-{k}", s.name());
-                    store.set(s, key.as_bytes(), value.as_bytes()).expect("set");
-                }
-                if h > 1 {
-                    store.delete(s, b"key-00").expect("delete");
+                    if k == 0 && h > 1 {
+                        c.push(key.as_bytes(), None, false);
+                    } else {
+                        c.push(key.as_bytes(), Some(value.as_bytes()), h == 1);
+                    }
                 }
             }
+            changes.push(c);
         }
         let meta = block_meta(h);
-        let changes = store
-            .commit_block(CommitInput::new().app_meta(meta.encode_app_meta()))
-            .expect("commit");
-        out.push(Block::new(changes, Arc::new(meta), &selection));
+        let cs = ChangeSet::seal(h, meta.encode_app_meta(), changes, &hashes);
+        hashes = cs.stores().iter().map(|s| *s.hash()).collect();
+        out.push(Block::new(Arc::new(cs), Arc::new(meta), &selection));
     }
     out
 }
@@ -79,10 +87,11 @@ pub fn try_streamer(
     let ctx = StreamerContext {
         name: "file",
         stores: &stores,
-        options: &options,
+        all_stores: &stores,
         home: Path::new("/nonexistent-home"),
+        reader: None,
     };
-    config.build(&ctx)
+    config.build(&ctx, &options)
 }
 
 pub fn with_prefix(prefix: &str) -> FileStreamerConfig {
@@ -123,8 +132,8 @@ pub fn records_json(dir: &Path, prefix: &str, options: ReadOptions) -> Vec<serde
                 "height": h,
                 "store": r.store,
                 "delete": r.is_delete(),
-                "key": statestream_store::to_hex(r.key),
-                "value": r.value.map(statestream_store::to_hex),
+                "key": statestream_core::to_hex(r.key),
+                "value": r.value.map(statestream_core::to_hex),
             }));
         }
     }

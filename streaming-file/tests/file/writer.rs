@@ -3,7 +3,7 @@
 use std::fs;
 use std::time::Duration;
 
-use statestream::Streamer;
+use statestream_core::Streamer;
 use statestream_file::{BlockDir, Error, FileStreamerConfig, ReadOptions};
 
 use crate::util::{self, blocks, names, streamer, try_streamer, with_prefix, write_blocks};
@@ -48,7 +48,7 @@ fn writer_meta_matches_block_metadata() {
     let bd = BlockDir::open(dir.path(), "", ReadOptions::default()).unwrap();
     for b in &bs {
         let file = bd.open_block(b.height()).unwrap();
-        let crc = statestream::crc32c_append(0, file.payload());
+        let crc = statestream_core::crc32c_append(0, file.payload());
         let expected = b.metadata(file.payload().len() as u64, crc);
         assert_eq!(file.meta(), Some(&expected));
     }
@@ -123,13 +123,14 @@ fn writer_relative_write_dir_is_under_home() {
     let home = tempfile::tempdir().unwrap();
     let options = statestream_config::StreamerOptions::default();
     let stores = util::store_keys();
-    let ctx = statestream::StreamerContext {
+    let ctx = statestream_core::StreamerContext {
         name: "file",
         stores: &stores,
-        options: &options,
+        all_stores: &stores,
         home: home.path(),
+        reader: None,
     };
-    let s = FileStreamerConfig::default().build(&ctx).unwrap();
+    let s = FileStreamerConfig::default().build(&ctx, &options).unwrap();
     assert_eq!(s.dir(), home.path().join("data/streaming"));
     assert!(home.path().join("data/streaming").is_dir());
 }
@@ -282,59 +283,4 @@ fn writer_follow_without_metadata() {
         .map(|b| b.unwrap().height())
         .collect();
     assert_eq!(heights, [1, 2]);
-}
-
-#[test]
-fn writer_through_registry_and_delivery_manager() {
-    let home = tempfile::tempdir().unwrap();
-    let text = r#"
-[store]
-streamers = ["file", "second"]
-
-[streamers.file]
-keys = ["*"]
-delivery = "sync"
-
-[streamers.second]
-type = "file"
-keys = ["bank"]
-write_dir = "out"
-prefix = "bank"
-output-metadata = false
-"#;
-    let config =
-        statestream_config::AppConfig::parse(text, std::path::Path::new("app.toml")).unwrap();
-    let stores = util::store_keys();
-    let names_: Vec<&str> = stores.iter().map(|s| s.name()).collect();
-    let specs = config.resolve(&names_).unwrap();
-    let mut registry = statestream::Registry::with_builtins();
-    statestream_file::register(&mut registry);
-    let mut store = statestream_store::MultiStore::in_memory(&stores).unwrap();
-    let mut manager =
-        statestream::DeliveryManager::start(&mut store, &specs, &registry, home.path()).unwrap();
-    for h in 1..=3u64 {
-        statestream_store::KvStore::set(&mut store, &stores[1], b"k", &h.to_be_bytes()).unwrap();
-        manager.commit(&mut store, util::block_meta(h)).unwrap();
-    }
-    manager.close(&mut store).unwrap();
-    let all = BlockDir::open(
-        &home.path().join("data/streaming"),
-        "",
-        ReadOptions::default(),
-    )
-    .unwrap();
-    assert_eq!(all.heights().unwrap(), [1, 2, 3]);
-    assert_eq!(
-        all.open_block(3).unwrap().meta().unwrap().time_seconds,
-        1_700_000_003
-    );
-    let bank = BlockDir::open(&home.path().join("out"), "bank", ReadOptions::default()).unwrap();
-    assert_eq!(bank.heights().unwrap(), [1, 2, 3]);
-    let block = bank.open_block(2).unwrap();
-    assert!(block.meta().is_none());
-    let recs: Vec<_> = block
-        .records()
-        .map(|r| r.unwrap().store.to_string())
-        .collect();
-    assert_eq!(recs, ["bank"]);
 }

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use statestream::{Block, StoreSelection, Streamer};
+use statestream_core::{Block, StoreSelection, Streamer};
 use statestream_nats::{NatsStreamer, NatsStreamerConfig, StreamReader, replay_stream};
 use statestream_store::{MultiStore, StoreOptions};
 
@@ -58,7 +58,7 @@ fn delivery_async_blocks_arrive_in_order_exactly_once() -> anyhow::Result<()> {
     assert_eq!(printed["height"], 25);
     assert_eq!(
         printed["app_hash"],
-        statestream_store::to_hex(&store.last_commit().app_hash)
+        statestream_core::to_hex(&store.last_commit().app_hash)
     );
     Ok(())
 }

@@ -192,10 +192,16 @@ fn faults_missing_stream_without_create_stream() -> anyhow::Result<()> {
 
 #[test]
 fn faults_server_without_jetstream_is_a_clear_error() -> anyhow::Result<()> {
-    let Some(binary) = server::nats_server_binary() else {
-        eprintln!(
-            "faults_server_without_jetstream_is_a_clear_error: skipped: nats-server is not installed"
-        );
+    let binary = server::nats_server_binary();
+    if !statestream_test_support::require(
+        "faults_server_without_jetstream_is_a_clear_error",
+        "nats-server",
+        binary.is_some(),
+        "apt-get install -y nats-server",
+    ) {
+        return Ok(());
+    }
+    let Some(binary) = binary else {
         return Ok(());
     };
     // A plain server without -js, killed on drop.

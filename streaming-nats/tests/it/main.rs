@@ -29,9 +29,7 @@ pub fn memory_store() -> MultiStore {
 }
 
 pub fn registry() -> Registry {
-    let mut r = Registry::with_builtins();
-    statestream_nats::register(&mut r);
-    r
+    Registry::with_builtins()
 }
 
 /// An app.toml with one nats streamer; `extra` lines go in its table.
@@ -55,7 +53,7 @@ pub fn manager(store: &mut MultiStore, toml: &str) -> anyhow::Result<DeliveryMan
 
 /// Writes block `b`'s changes: sets and deletes over the three stores,
 /// some through (nested) cache layers, values of varied sizes.
-pub fn write_block(store: &mut MultiStore, b: u64) -> anyhow::Result<()> {
+pub fn write_block(store: &mut MultiStore, b: u64) -> statestream_store::Result<()> {
     let keys = store_keys();
     let (acc, bank, gov) = (&keys[0], &keys[1], &keys[2]);
     store.set(bank, format!("acct-{}", b % 7).as_bytes(), &b.to_be_bytes())?;
@@ -92,10 +90,7 @@ pub fn commit_block(
     store: &mut MultiStore,
     b: u64,
 ) -> statestream::Result<statestream_store::CommitInfo> {
-    write_block(store, b).map_err(|e| statestream::Error::Worker {
-        streamer: "test".into(),
-        what: e.to_string(),
-    })?;
+    write_block(store, b)?;
     manager.commit(
         store,
         BlockMeta {

@@ -40,10 +40,16 @@ pub fn start_with(test: &str, max_payload: Option<usize>) -> Option<NatsServer> 
 /// Like [`start`], with `extra` lines in the server's configuration, and
 /// the credentials the harness connects with.
 pub fn start_conf(test: &str, extra: &str, auth: Option<Auth>) -> Option<NatsServer> {
-    let Some(binary) = nats_server_binary() else {
-        eprintln!("{test}: skipped: nats-server is not installed (apt-get install -y nats-server)");
+    let binary = nats_server_binary();
+    if !statestream_test_support::require(
+        test,
+        "nats-server",
+        binary.is_some(),
+        "apt-get install -y nats-server",
+    ) {
         return None;
-    };
+    }
+    let binary = binary?;
     let dir = tempfile::tempdir().expect("temp dir");
     let port = free_port();
     let conf = dir.path().join("nats.conf");

@@ -44,11 +44,12 @@ fn registry_unknown_type_lists_the_known_types() {
     let ctx = StreamerContext {
         name: "mine",
         stores: &stores,
-        options: &options,
+        all_stores: &stores,
         home: Path::new("/tmp/home"),
+        reader: None,
     };
     let err = registry
-        .build("nosuch", &ctx)
+        .build("nosuch", &ctx, &options)
         .err()
         .expect("unknown type fails");
     assert!(
@@ -64,7 +65,7 @@ fn registry_unknown_type_lists_the_known_types() {
     }
 
     let err = Registry::new()
-        .build("nosuch", &ctx)
+        .build("nosuch", &ctx, &options)
         .err()
         .expect("unknown type fails");
     assert!(err.to_string().contains("none registered"), "{err}");
@@ -153,8 +154,8 @@ fn registry_constructor_error_is_a_build_error() {
     let home = TempHome::new();
     let mut store = memory_store();
     let mut registry = Registry::new();
-    registry.register("broken", |ctx| {
-        Err(ctx.options.error("path", "cannot be written").into())
+    registry.register("broken", |_, options| {
+        Err(options.error("path", "cannot be written").into())
     });
     let text = "[store]\nstreamers = [\"b\"]\n\n[streamers.b]\ntype = \"broken\"\nkeys = [\"*\"]\npath = \"/nope\"\n";
     let err = start_from_config(text, &mut store, &registry, home.path()).unwrap_err();

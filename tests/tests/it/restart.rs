@@ -179,7 +179,7 @@ fn restart_streamer_left_out_of_the_config_loses_pruned_blocks_with_a_clear_erro
     )
     .unwrap_err();
     assert!(
-        matches!(&err, Error::Worker { streamer, .. } if streamer == "rec"),
+        matches!(&err, Error::CursorPruned { streamer, .. } if streamer == "rec"),
         "{err:?}"
     );
     let msg = err.to_string();

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use prost::Message;
 use statestream::{Block, StoreSelection, crc32c_append, proto};
-use statestream_store::{CommitInput, KvStore, MultiStore, Records, encode_record};
+use statestream_core::{Records, encode_record};
+use statestream_store::{CommitInput, KvStore, MultiStore};
 use statestream_tests::{STORES, keys, memory_store, meta_for, workload};
 
 fn record() -> impl Strategy<Value = (String, Vec<u8>, Option<Vec<u8>>)> {
@@ -149,7 +150,7 @@ fn check_frame(block: &Block, expect_stores: &[&str]) {
         "all stores, not only the streamed ones"
     );
     // The app hash is the hash of the store hashes.
-    let app = statestream_store::app_hash(
+    let app = statestream_core::app_hash(
         block
             .change_set()
             .stores()

@@ -36,13 +36,13 @@ const TAG_KEY: u8 = 3 << 3 | 2;
 const TAG_VALUE: u8 = 4 << 3 | 2;
 
 /// Length in bytes of `v` as a uvarint.
-pub fn uvarint_len(v: u64) -> usize {
+pub(crate) fn uvarint_len(v: u64) -> usize {
     // 1 byte per 7 bits, at least one.
     (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 /// Appends `v` as a uvarint (LEB128, as protobuf).
-pub fn put_uvarint(out: &mut Vec<u8>, mut v: u64) {
+pub(crate) fn put_uvarint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -52,7 +52,7 @@ pub fn put_uvarint(out: &mut Vec<u8>, mut v: u64) {
 
 /// Reads a uvarint at `buf[*pos..]`, advancing `pos`. `None` when the buffer
 /// ends inside the number or the number overflows 64 bits.
-pub fn get_uvarint(buf: &[u8], pos: &mut usize) -> Option<u64> {
+pub(crate) fn get_uvarint(buf: &[u8], pos: &mut usize) -> Option<u64> {
     let mut v: u64 = 0;
     for shift in (0..64).step_by(7) {
         let b = *buf.get(*pos)?;

@@ -56,6 +56,14 @@ pub trait Streamer: Send {
     fn on_close(&mut self) -> Result<(), StreamError> {
         Ok(())
     }
+
+    /// How many of the latest committed blocks the change log must keep for
+    /// this streamer, whatever its cursor (a subscription hub that lets
+    /// readers resume from a past height keeps a window). Asked once, after
+    /// the streamer is built. Default 0: only the blocks it has not flushed.
+    fn retain_blocks(&self) -> u64 {
+        0
+    }
 }
 
 impl<S: Streamer + ?Sized> Streamer for Box<S> {
@@ -70,6 +78,9 @@ impl<S: Streamer + ?Sized> Streamer for Box<S> {
     }
     fn on_close(&mut self) -> Result<(), StreamError> {
         (**self).on_close()
+    }
+    fn retain_blocks(&self) -> u64 {
+        (**self).retain_blocks()
     }
 }
 
@@ -96,6 +107,9 @@ impl<S: Streamer> Streamer for Vec<S> {
             }
         }
         first
+    }
+    fn retain_blocks(&self) -> u64 {
+        self.iter().map(S::retain_blocks).max().unwrap_or(0)
     }
 }
 
@@ -125,5 +139,8 @@ impl<S: Streamer> Streamer for Option<S> {
             Some(s) => s.on_close(),
             None => Ok(()),
         }
+    }
+    fn retain_blocks(&self) -> u64 {
+        self.as_ref().map_or(0, S::retain_blocks)
     }
 }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use crate::error::Error;
 
-/// The name of one sub-store of a [`MultiStore`](crate::MultiStore).
+/// The name of one sub-store of a multi-store.
 ///
 /// Validated on construction: non-empty, at most 128 bytes, ASCII
 /// `[A-Za-z0-9_.-]`. The name appears in the change set, the wire records,

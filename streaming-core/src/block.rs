@@ -1,7 +1,10 @@
 use std::sync::Arc;
 
+use crate::changeset::{ChangeSet, CommitInfo, StoreChanges};
+use crate::checksum::crc32c_combine;
+use crate::key::StoreKey;
+use crate::record::Record;
 use prost::Message;
-use statestream_store::{ChangeSet, CommitInfo, Record, StoreChanges, StoreKey};
 
 use crate::error::{Error, Result};
 use crate::proto;
@@ -282,7 +285,7 @@ impl Block {
     /// the records are not read again.
     pub fn payload_crc32c(&self) -> u32 {
         self.stores().fold(0, |crc, s| {
-            statestream_store::crc32c_combine(crc, s.crc32c(), s.encoded().len())
+            crc32c_combine(crc, s.crc32c(), s.encoded().len())
         })
     }
 
@@ -375,7 +378,39 @@ impl Block {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use statestream_store::{CommitInput, KvStore, MultiStore};
+    use crate::hash::ZERO_HASH;
+
+    /// One store's writes of a block: (key, value or `None` for a delete),
+    /// in key order.
+    type Writes = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
+    /// A change set of block `height` over `keys`, every store's writes
+    /// given as (key, value) in key order.
+    fn change_set(
+        height: u64,
+        keys: &[StoreKey],
+        writes: &[Writes],
+        meta: &BlockMeta,
+    ) -> Arc<ChangeSet> {
+        let stores = keys
+            .iter()
+            .zip(writes)
+            .map(|(k, w)| {
+                let mut c = StoreChanges::new(k.clone());
+                for (key, value) in w {
+                    c.push(key, value.as_deref(), false);
+                }
+                c
+            })
+            .collect();
+        let prev = vec![ZERO_HASH; keys.len()];
+        Arc::new(ChangeSet::seal(
+            height,
+            meta.encode_app_meta(),
+            stores,
+            &prev,
+        ))
+    }
 
     /// The payload checksum combined from the stores' equals one pass over
     /// the payload, whichever stores are selected, empty ones included.
@@ -383,16 +418,24 @@ mod tests {
     fn payload_crc32c_is_the_checksum_of_the_payload() {
         let names = ["a", "b", "c", "d"];
         let keys: Vec<StoreKey> = names.iter().map(|n| StoreKey::new(n).unwrap()).collect();
-        let mut store = MultiStore::in_memory(&keys).unwrap();
-        for (i, k) in keys.iter().enumerate().take(3) {
-            for j in 0..(i + 1) * 7 {
-                store
-                    .set(k, format!("key-{j}").as_bytes(), &[j as u8; 33])
-                    .unwrap();
-            }
-        }
-        store.delete(&keys[1], b"key-3").unwrap();
-        let cs = store.commit_block(CommitInput::new()).unwrap();
+        let writes: Vec<Writes> = (0..4)
+            .map(|i| {
+                let n = if i < 3 { (i + 1) * 7 } else { 0 };
+                let mut w: Vec<_> = (0..n)
+                    .map(|j| (format!("key-{j}").into_bytes(), Some(vec![j as u8; 33])))
+                    .collect();
+                w.sort();
+                if i == 1 {
+                    for (k, v) in &mut w {
+                        if k == b"key-3" {
+                            *v = None;
+                        }
+                    }
+                }
+                w
+            })
+            .collect();
+        let cs = change_set(1, &keys, &writes, &BlockMeta::default());
         let selections: [&[usize]; 5] = [&[0, 1, 2, 3], &[1], &[3], &[0, 2], &[2, 3]];
         for sel in selections {
             let chosen: Vec<StoreKey> = sel.iter().map(|&i| keys[i].clone()).collect();
@@ -401,7 +444,7 @@ mod tests {
             let payload: Vec<u8> = b.encoded().flatten().copied().collect();
             assert_eq!(
                 b.payload_crc32c(),
-                statestream_store::crc32c_append(0, &payload),
+                crate::checksum::crc32c_append(0, &payload),
                 "stores {sel:?}"
             );
         }
@@ -410,15 +453,11 @@ mod tests {
     fn block(meta: BlockMeta) -> Block {
         let a = StoreKey::new("a").unwrap();
         let b = StoreKey::new("b").unwrap();
-        let mut store = MultiStore::in_memory(&[a.clone(), b.clone()]).unwrap();
-        store.set(&a, b"k", b"v").unwrap();
-        store.delete(&b, b"gone").unwrap();
-        for _ in 0..2 {
-            store.commit().unwrap();
-        }
-        let cs = store
-            .commit_block(CommitInput::new().app_meta(meta.encode_app_meta()))
-            .unwrap();
+        let writes = vec![
+            vec![(b"k".to_vec(), Some(b"v".to_vec()))],
+            vec![(b"gone".to_vec(), None)],
+        ];
+        let cs = change_set(3, &[a.clone(), b.clone()], &writes, &meta);
         Block::from_change_set(cs, &StoreSelection::new(&[a.clone(), b], &[a])).unwrap()
     }
 
@@ -463,7 +502,7 @@ mod tests {
             assert_eq!(out, b.metadata(11, 22).encode_to_vec());
             b.encode_frame(&mut out);
             let records: Vec<u8> = b.encoded().flatten().copied().collect();
-            let crc = statestream_store::crc32c_append(0, &records);
+            let crc = crate::checksum::crc32c_append(0, &records);
             let expected = proto::BlockFrame {
                 height: b.height(),
                 meta: Some(b.metadata(b.encoded_len() as u64, crc)),

@@ -15,7 +15,7 @@
 //!
 //! fn main() -> Result<(), Box<dyn std::error::Error>> {
 //!     let mut out = std::fs::File::create("records.txt")?;
-//!     statestream::plugin::serve("my-plugin", "0.1.0", |block| {
+//!     statestream_core::plugin::serve("my-plugin", "0.1.0", |block| {
 //!         for record in block.records() {
 //!             let record = record?;
 //!             writeln!(out, "{} {} {:?}", block.height(), record.store, record.key)?;
@@ -29,8 +29,8 @@
 
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 
+use crate::record::{Records, put_uvarint};
 use prost::Message;
-use statestream_store::Records;
 
 use crate::error::BoxError;
 use crate::proto;
@@ -75,7 +75,7 @@ pub enum FrameError {
 
 /// Appends `len` as the frame's length prefix.
 fn put_len(out: &mut Vec<u8>, len: usize) {
-    statestream_store::put_uvarint(out, len as u64);
+    put_uvarint(out, len as u64);
 }
 
 /// Writes one frame: the uvarint length of `payload`, then `payload`. Does
@@ -399,7 +399,7 @@ mod tests {
         };
         write_frame(&mut input, &hello).unwrap();
         let mut records = Vec::new();
-        statestream_store::encode_record(&mut records, "bank", b"k", Some(b"v"));
+        crate::record::encode_record(&mut records, "bank", b"k", Some(b"v"));
         let frame = proto::BlockFrame {
             height: 7,
             meta: None,

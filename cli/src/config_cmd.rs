@@ -127,6 +127,7 @@ fn check_streamer(
         all_stores: &stores,
         home,
         reader: None,
+        shutdown: &statestream_core::Shutdown::default(),
     };
     let built = |type_name: &str| {
         registry

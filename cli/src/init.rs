@@ -265,6 +265,7 @@ mod tests {
                         all_stores: &stores,
                         home: home.path(),
                         reader: None,
+                        shutdown: &statestream_core::Shutdown::default(),
                     };
                     registry
                         .build(&spec.type_name, &ctx, &spec.options)

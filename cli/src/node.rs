@@ -321,7 +321,6 @@ pub fn execute(args: &NodeArgs, quiet: bool) -> Result<Summary> {
     }
 
     let stats = manager.stats();
-    webhook_shutdown.trigger();
     let closed = manager.close(&mut store);
     let info = store.last_commit();
     let cursors = store.cursors().unwrap_or_default();

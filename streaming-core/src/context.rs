@@ -3,7 +3,8 @@
 
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::Duration;
 
 use crate::changeset::ChangeSet;
 use crate::error::StreamError;
@@ -77,6 +78,47 @@ pub trait StateReader: Send + Sync {
     fn change_set(&self, height: u64) -> Result<Arc<ChangeSet>, StreamError>;
 }
 
+/// Tells streamers that the node is shutting down, so that a wait of their
+/// own (a retry after a backoff, a reconnection) ends at once: the block
+/// they were delivering stays in the change log and is delivered again at
+/// the next start. The delivery manager triggers it when it closes (and
+/// when it is dropped); deliveries that need no wait go on, so a healthy
+/// streamer still drains everything committed. Cloning shares the signal;
+/// once triggered it stays so.
+#[derive(Debug, Clone, Default)]
+pub struct Shutdown(Arc<(Mutex<bool>, Condvar)>);
+
+impl Shutdown {
+    /// A signal not triggered yet.
+    pub fn new() -> Shutdown {
+        Shutdown::default()
+    }
+
+    /// Triggers the signal: every current and later [`wait`](Shutdown::wait)
+    /// returns at once.
+    pub fn trigger(&self) {
+        let (lock, cvar) = &*self.0;
+        *lock.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        cvar.notify_all();
+    }
+
+    /// Whether [`trigger`](Shutdown::trigger) was called.
+    pub fn is_triggered(&self) -> bool {
+        *self.0.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sleeps for `d` unless the signal is triggered first; returns whether
+    /// it was triggered.
+    pub fn wait(&self, d: Duration) -> bool {
+        let (lock, cvar) = &*self.0;
+        let guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let (guard, _) = cvar
+            .wait_timeout_while(guard, d, |triggered| !*triggered)
+            .unwrap_or_else(PoisonError::into_inner);
+        *guard
+    }
+}
+
 /// What a constructor receives to build one streamer instance (its
 /// type-specific options come separately, parsed by the streamer's own
 /// config type).
@@ -95,6 +137,8 @@ pub struct StreamerContext<'a> {
     /// store (tools, tests). A streamer that needs it fails to build
     /// without it.
     pub reader: Option<&'a Arc<dyn StateReader>>,
+    /// Triggered when the node shuts down: end long waits at once.
+    pub shutdown: &'a Shutdown,
 }
 
 impl std::fmt::Debug for StreamerContext<'_> {
@@ -109,7 +153,19 @@ impl std::fmt::Debug for StreamerContext<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::prefix_end;
+    use super::{Shutdown, prefix_end};
+    use std::time::Duration;
+
+    #[test]
+    fn shutdown_ends_a_wait_and_stays_triggered() {
+        let s = Shutdown::new();
+        assert!(!s.wait(Duration::from_millis(1)));
+        let other = s.clone();
+        let t = std::thread::spawn(move || other.wait(Duration::from_secs(600)));
+        s.trigger();
+        assert!(t.join().unwrap());
+        assert!(s.is_triggered() && s.wait(Duration::from_secs(600)));
+    }
 
     #[test]
     fn prefix_end_is_the_first_key_past_the_prefix() {

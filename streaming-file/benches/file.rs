@@ -49,6 +49,7 @@ fn streamer(dir: &Path, output_metadata: bool) -> FileStreamer {
         all_stores: &[],
         home: dir,
         reader: None,
+        shutdown: &statestream_core::Shutdown::default(),
     };
     config.build(&ctx, &options).expect("streamer builds")
 }

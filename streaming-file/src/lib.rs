@@ -39,6 +39,7 @@
 //!     all_stores: &stores,
 //!     home: home.path(),
 //!     reader: None,
+//!     shutdown: &statestream_core::Shutdown::default(),
 //! };
 //! let mut streamer = FileStreamerConfig::default().build(&ctx, &options)?;
 //!

@@ -80,13 +80,15 @@ fn streamer(url: &str, batch: &str) -> WebhookStreamer {
     let ctx = StreamerContext {
         name: "bench",
         stores: &keys,
-        options: &options,
+        all_stores: &keys,
         home: Path::new("."),
+        reader: None,
+        shutdown: &statestream_core::Shutdown::default(),
     };
     options
         .parse::<WebhookConfig>()
         .expect("options parse")
-        .build(&ctx)
+        .build(&ctx, &options)
         .expect("streamer")
 }
 

@@ -6,36 +6,18 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
-use statestream::{Registry, StreamerContext};
+use statestream_config::StreamerOptions;
+use statestream_core::StreamerContext;
 use ureq::http::{HeaderName, HeaderValue, Method, Uri};
 
-use crate::envelope::Action;
 use crate::error::Error;
 use crate::sign::Secret;
-use crate::streamer::{ShutdownSignal, WebhookStreamer};
+use crate::streamer::WebhookStreamer;
 use crate::template::{Escape, KeyPattern, Scope, Template, Vars};
+use statestream_core::Action;
 
 /// The streamer type name this crate registers.
 pub const WEBHOOK_TYPE: &str = "webhook";
-
-/// Registers the webhook streamer as type `"webhook"`. Its retry waits end
-/// only when a delivery succeeds or the schedule is exhausted; a node that
-/// must not wait for them at shutdown uses [`register_with_shutdown`].
-pub fn register(registry: &mut Registry) {
-    register_with_shutdown(registry, &ShutdownSignal::new());
-}
-
-/// Registers the webhook streamer as type `"webhook"`; every streamer
-/// built by `registry` gives up its retry wait when `shutdown` is
-/// triggered (its block is delivered again at the next start). Trigger it
-/// before `DeliveryManager::close`.
-pub fn register_with_shutdown(registry: &mut Registry, shutdown: &ShutdownSignal) {
-    let shutdown = shutdown.clone();
-    registry.register(WEBHOOK_TYPE, move |ctx| {
-        let config: WebhookConfig = ctx.options.parse()?;
-        Ok(Box::new(config.build(ctx)?.with_shutdown(shutdown.clone())))
-    });
-}
 
 /// One request per change, or one per block.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -629,10 +611,17 @@ impl WebhookConfig {
     /// with `on_exhausted = "dead-letter"` the dead-letter directory is
     /// created, so a directory that cannot be written stops the node at
     /// start rather than at the first failure.
-    pub fn build(&self, ctx: &StreamerContext<'_>) -> Result<WebhookStreamer, Error> {
+    /// `options` is the table it was parsed from, for errors that name it.
+    /// Its retry waits end when the node shuts down (`ctx.shutdown`): the
+    /// block is delivered again at the next start.
+    pub fn build(
+        &self,
+        ctx: &StreamerContext<'_>,
+        options: &StreamerOptions,
+    ) -> Result<WebhookStreamer, Error> {
         let plan = self
             .plan(ctx.name, ctx.home)
-            .map_err(|(key, message)| ctx.options.error(key, message))?;
+            .map_err(|(key, message)| options.error(key, message))?;
         if plan.on_exhausted == OnExhausted::DeadLetter {
             std::fs::create_dir_all(&plan.dead_letter_dir).map_err(|source| {
                 Error::DeadLetterDir {
@@ -641,7 +630,7 @@ impl WebhookConfig {
                 }
             })?;
         }
-        Ok(WebhookStreamer::new(ctx.name, plan))
+        Ok(WebhookStreamer::new(ctx.name, plan, ctx.shutdown.clone()))
     }
 }
 

@@ -6,74 +6,22 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
-use statestream::Block;
+use statestream_core::{Action, Block, Record};
 
-/// What a change did to its key.
-///
-/// Local stand-in for the core crate's `Action` (same variants, same
-/// meaning): replaced by `statestream_core::Action` when that lands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Action {
-    /// The key did not exist before the block.
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "the change set says which sets create their key once the core's \
-                      `changes()` lands; until then `actions` reports them as updates"
-        )
-    )]
-    Create,
-    /// The key existed and has a new value.
-    Update,
-    /// The key was deleted.
-    Delete,
-}
-
-impl Action {
-    /// The name used in the envelope, in `{action}` and in
-    /// `[streamers.<name>.actions.<action>]`.
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Action::Create => "create",
-            Action::Update => "update",
-            Action::Delete => "delete",
-        }
+/// The name of an action in the envelope, in `{action}` and in
+/// `[streamers.<name>.actions.<action>]`.
+pub(crate) fn action_name(action: Action) -> &'static str {
+    match action {
+        Action::Create => "create",
+        Action::Update => "update",
+        Action::Delete => "delete",
     }
 }
 
-/// One change of a block: the fields of the store's `Record`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Change<'a> {
-    pub(crate) store: &'a str,
-    pub(crate) key: &'a [u8],
-    /// `None` for a delete.
-    pub(crate) value: Option<&'a [u8]>,
-}
-
 /// The block's changes (its selected stores, ordered by store then key)
-/// with their actions.
-///
-/// Until the core crate's `StoreChanges::changes()` lands, the change set
-/// does not say whether a set created its key, so every set is reported as
-/// an `Update`. This function is the one place to replace with `changes()`
-/// then; everything downstream already handles `Create`.
-pub(crate) fn actions(block: &Block) -> impl Iterator<Item = (Change<'_>, Action)> + '_ {
-    block.records().map(|r| {
-        let action = if r.is_delete() {
-            Action::Delete
-        } else {
-            Action::Update
-        };
-        (
-            Change {
-                store: r.store,
-                key: r.key,
-                value: r.value,
-            },
-            action,
-        )
-    })
+/// with what each did to its key, as the store recorded it at commit.
+pub(crate) fn actions(block: &Block) -> impl Iterator<Item = (Record<'_>, Action)> + '_ {
+    block.stores().flat_map(|s| s.changes())
 }
 
 /// `bytes` as text: itself when it is UTF-8, else `0x` followed by
@@ -215,7 +163,7 @@ mod tests {
     fn envelope_field_order_is_fixed() {
         let e = Envelope {
             id: "hook-3-0",
-            action: Action::Create.as_str(),
+            action: action_name(Action::Create),
             store: "bank",
             key: "k",
             height: Some(3),

@@ -2,10 +2,11 @@
 //! committed change to HTTP endpoints (`type = "webhook"`), with Flare's
 //! delivery policy and Standard Webhooks signatures.
 //!
-//! - [`register`] adds `type = "webhook"` to a [`statestream::Registry`]
-//!   ([`register_with_shutdown`] also lets the node end retry waits at
-//!   shutdown); [`WebhookConfig`] documents its options (see
-//!   `docs/webhook.md`).
+//! - [`WebhookConfig`]: the options of `type = "webhook"` (see
+//!   `docs/webhook.md`); it builds the streamer. The `statestream` facade
+//!   registers the type (cargo feature `webhook`, on by default). Retry
+//!   waits end when the node shuts down (the context's `Shutdown`): the
+//!   block is delivered again at the next start.
 //! - [`WebhookStreamer`]: one request per change (or per block with
 //!   `batch = "block"`), a JSON envelope (`id`, `action`, `store`, `key`,
 //!   `height`, `time`, `document`, `data`) or the raw value, the headers
@@ -29,7 +30,6 @@
 //! use statestream::{BlockMeta, DeliveryManager, Registry};
 //! use statestream_config::AppConfig;
 //! use statestream_store::{KvStore, MultiStore, StoreKey};
-//! use statestream_webhook::ShutdownSignal;
 //!
 //! let text = r#"
 //! [store]
@@ -43,17 +43,15 @@
 //! "#;
 //! let config = AppConfig::parse(text, std::path::Path::new("app.toml"))?;
 //! let specs = config.resolve(&["bank"])?;
-//! let mut registry = Registry::with_builtins();
-//! let shutdown = ShutdownSignal::new();
-//! statestream_webhook::register_with_shutdown(&mut registry, &shutdown);
+//! let registry = Registry::with_builtins();
 //!
 //! let bank = StoreKey::new("bank")?;
 //! let mut store = MultiStore::in_memory(&[bank.clone()])?;
 //! let mut manager = DeliveryManager::start(&mut store, &specs, &registry, std::path::Path::new("."))?;
 //! store.set(&bank, b"balance/alice", br#"{"amount": 10}"#)?;
 //! manager.commit(&mut store, BlockMeta::default())?;
-//! // At shutdown: stop waiting for retries, then close.
-//! shutdown.trigger();
+//! // At shutdown: a retry wait in progress ends, the block stays for the
+//! // next start.
 //! manager.close(&mut store)?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -67,11 +65,6 @@ mod sign;
 mod streamer;
 mod template;
 
-pub use config::{
-    ActionOverride, Actions, Batch, OnExhausted, WEBHOOK_TYPE, WebhookConfig, register,
-    register_with_shutdown,
-};
+pub use config::{ActionOverride, Actions, Batch, OnExhausted, WEBHOOK_TYPE, WebhookConfig};
 pub use error::Error;
-pub use streamer::{
-    HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, ShutdownSignal, WebhookStreamer,
-};
+pub use streamer::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, WebhookStreamer};

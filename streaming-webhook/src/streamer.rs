@@ -4,15 +4,18 @@
 use std::hash::{BuildHasher, Hasher};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use statestream::{Block, StreamError, Streamer};
+use statestream_core::{Block, Shutdown, StreamError, Streamer};
 use tracing::{debug, warn};
 use ureq::http::{self, HeaderName, HeaderValue, Method};
 
 use crate::config::{Batch, Endpoint, OnExhausted, Plan, action_index};
-use crate::envelope::{Action, BlockEnvelope, Document, Envelope, actions, rfc3339, text_or_hex};
+use statestream_core::Action;
+
+use crate::envelope::{
+    BlockEnvelope, Document, Envelope, action_name, actions, rfc3339, text_or_hex,
+};
 use crate::error::Error;
 use crate::sign::signature_header;
 use crate::template::{Escape, Vars};
@@ -30,43 +33,6 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(86_400);
 /// How much of a response body is read (and dropped) so the connection can
 /// be used again; a longer body closes the connection instead.
 const DRAIN_LIMIT: u64 = 64 * 1024;
-
-/// Tells streamers to give up waiting for their next attempt: the node is
-/// shutting down. Cloning shares the signal; once triggered it stays so.
-#[derive(Debug, Clone, Default)]
-pub struct ShutdownSignal(Arc<(Mutex<bool>, Condvar)>);
-
-impl ShutdownSignal {
-    /// A signal not triggered yet.
-    pub fn new() -> ShutdownSignal {
-        ShutdownSignal::default()
-    }
-
-    /// Ends every current and future retry wait of the streamers sharing
-    /// this signal. A delivery still makes its first attempt; one that
-    /// would have to wait returns an error instead, and its block is
-    /// delivered again at the next start.
-    pub fn trigger(&self) {
-        let (lock, cvar) = &*self.0;
-        *lock.lock().unwrap_or_else(PoisonError::into_inner) = true;
-        cvar.notify_all();
-    }
-
-    /// Whether [`trigger`](ShutdownSignal::trigger) was called.
-    pub fn is_triggered(&self) -> bool {
-        *self.0.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Sleeps for `d` unless triggered first; returns whether triggered.
-    fn wait(&self, d: Duration) -> bool {
-        let (lock, cvar) = &*self.0;
-        let guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
-        let (guard, _) = cvar
-            .wait_timeout_while(guard, d, |triggered| !*triggered)
-            .unwrap_or_else(PoisonError::into_inner);
-        *guard
-    }
-}
 
 /// One request, formed once and sent as many times as needed: every
 /// attempt sends these bytes.
@@ -135,7 +101,7 @@ pub struct WebhookStreamer {
     name: String,
     plan: Plan,
     agent: ureq::Agent,
-    shutdown: ShutdownSignal,
+    shutdown: Shutdown,
     /// `(height, n)`: the first `n` requests of block `height` are done;
     /// a block given again after an error resumes there.
     resume: Option<(u64, usize)>,
@@ -154,7 +120,7 @@ impl std::fmt::Debug for WebhookStreamer {
 }
 
 impl WebhookStreamer {
-    pub(crate) fn new(name: &str, plan: Plan) -> WebhookStreamer {
+    pub(crate) fn new(name: &str, plan: Plan, shutdown: Shutdown) -> WebhookStreamer {
         let config = ureq::Agent::config_builder()
             .timeout_global(Some(plan.timeout))
             // Redirects are not followed: a 3xx is an answer that is not a
@@ -167,22 +133,10 @@ impl WebhookStreamer {
             name: name.to_string(),
             plan,
             agent: ureq::Agent::new_with_config(config),
-            shutdown: ShutdownSignal::new(),
+            shutdown,
             resume: None,
             gone: None,
         }
-    }
-
-    /// Uses `shutdown` to end retry waits (see [`ShutdownSignal`]).
-    #[must_use]
-    pub fn with_shutdown(mut self, shutdown: ShutdownSignal) -> WebhookStreamer {
-        self.shutdown = shutdown;
-        self
-    }
-
-    /// The signal that ends this streamer's retry waits.
-    pub fn shutdown_signal(&self) -> ShutdownSignal {
-        self.shutdown.clone()
     }
 
     /// The block's requests, in order.
@@ -206,7 +160,7 @@ impl WebhookStreamer {
                 store: change.store,
                 key: &key,
                 height,
-                action: action.as_str(),
+                action: action_name(action),
                 wild: &wild,
             };
             let id = format!("{}-{height}-{index}", plan.id_prefix);
@@ -216,7 +170,7 @@ impl WebhookStreamer {
             };
             let envelope = Envelope {
                 id: &id,
-                action: action.as_str(),
+                action: action_name(action),
                 store: change.store,
                 key: &key,
                 height: None,
@@ -645,17 +599,6 @@ mod tests {
             );
         }
         assert_eq!(jitter(Duration::ZERO, "x", 0), Duration::ZERO);
-    }
-
-    #[test]
-    fn policy_shutdown_signal_ends_waits() {
-        let s = ShutdownSignal::new();
-        assert!(!s.wait(Duration::from_millis(1)));
-        let t = s.clone();
-        let h = std::thread::spawn(move || t.wait(Duration::from_secs(3600)));
-        s.trigger();
-        assert!(h.join().unwrap());
-        assert!(s.is_triggered());
     }
 
     #[test]

@@ -30,6 +30,11 @@ pub(crate) fn register(registry: &mut Registry) {
         let config: statestream_file::FileStreamerConfig = options.parse()?;
         Ok(Box::new(config.build(ctx, options)?))
     });
+    #[cfg(feature = "webhook")]
+    registry.register(statestream_webhook::WEBHOOK_TYPE, |ctx, options| {
+        let config: statestream_webhook::WebhookConfig = options.parse()?;
+        Ok(Box::new(config.build(ctx, options)?))
+    });
     #[cfg(feature = "nats")]
     registry.register(statestream_nats::NATS_TYPE, |ctx, options| {
         let config: statestream_nats::NatsStreamerConfig = options.parse()?;

@@ -61,7 +61,7 @@ pub use registry::Registry;
 pub use statestream_config as config;
 pub use statestream_config::Delivery;
 pub use statestream_core::{
-    Action, Block, BlockMeta, BoxError, ChangeSet, CommitInfo, Hash, Record, StateReader,
+    Action, Block, BlockMeta, BoxError, ChangeSet, CommitInfo, Hash, Record, Shutdown, StateReader,
     StateSnapshot, StoreKey, StoreSelection, StreamError, Streamer, StreamerContext, Tx,
     crc32c_append, plugin, proto, to_hex,
 };

@@ -12,7 +12,8 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use statestream_config::{Delivery, StreamerSpec};
 use statestream_core::{
-    Block, BlockMeta, CommitInfo, StateReader, StoreKey, StoreSelection, Streamer, StreamerContext,
+    Block, BlockMeta, CommitInfo, Shutdown, StateReader, StoreKey, StoreSelection, Streamer,
+    StreamerContext,
 };
 use statestream_store::{CommitInput, MultiStore};
 use tracing::{info, warn};
@@ -164,6 +165,8 @@ pub struct DeliveryManager {
     /// ([`Streamer::retain_blocks`]).
     retain: u64,
     halt: Option<Halt>,
+    /// Triggered at close: streamers end their own waits.
+    shutdown: Shutdown,
 }
 
 impl std::fmt::Debug for DeliveryManager {
@@ -194,6 +197,7 @@ impl DeliveryManager {
     ) -> Result<DeliveryManager> {
         let all = statestream_store::KvStore::stores(store).to_vec();
         let reader: Arc<dyn StateReader> = Arc::new(store.reader());
+        let shutdown = Shutdown::new();
         let mut built = Vec::with_capacity(specs.len());
         for spec in specs {
             if !registry.contains(&spec.type_name) {
@@ -219,6 +223,7 @@ impl DeliveryManager {
                 all_stores: &all,
                 home,
                 reader: Some(&reader),
+                shutdown: &shutdown,
             };
             let streamer = registry.build(&spec.type_name, &ctx, &spec.options)?;
             let setup = StreamerSetup {
@@ -230,13 +235,39 @@ impl DeliveryManager {
             };
             built.push((setup, streamer));
         }
-        DeliveryManager::with_streamers(store, built)
+        DeliveryManager::launch(store, built, shutdown)
     }
 
-    /// Starts streamers built by the application.
+    /// Starts streamers built by the application. Hand them
+    /// [`shutdown_signal`](DeliveryManager::shutdown_signal)'s signal
+    /// afterwards if they wait on their own; or build them with a
+    /// [`Shutdown`] and use [`with_streamers_and_shutdown`](DeliveryManager::with_streamers_and_shutdown).
     pub fn with_streamers(
         store: &mut MultiStore,
         streamers: Vec<(StreamerSetup, Box<dyn Streamer>)>,
+    ) -> Result<DeliveryManager> {
+        DeliveryManager::launch(store, streamers, Shutdown::new())
+    }
+
+    /// [`with_streamers`](DeliveryManager::with_streamers), triggering
+    /// `shutdown` when the manager closes.
+    pub fn with_streamers_and_shutdown(
+        store: &mut MultiStore,
+        streamers: Vec<(StreamerSetup, Box<dyn Streamer>)>,
+        shutdown: Shutdown,
+    ) -> Result<DeliveryManager> {
+        DeliveryManager::launch(store, streamers, shutdown)
+    }
+
+    /// The signal this manager triggers when it closes or is dropped.
+    pub fn shutdown_signal(&self) -> &Shutdown {
+        &self.shutdown
+    }
+
+    fn launch(
+        store: &mut MultiStore,
+        streamers: Vec<(StreamerSetup, Box<dyn Streamer>)>,
+        shutdown: Shutdown,
     ) -> Result<DeliveryManager> {
         let all = statestream_store::KvStore::stores(store).to_vec();
         let committed_height = store.version();
@@ -346,6 +377,7 @@ impl DeliveryManager {
             pruned_below: bounds.map_or(0, |(lo, _)| lo),
             retain,
             halt: None,
+            shutdown,
         };
         // Sync streamers catch up now, before any new block; one that halts
         // fails the start. (An async one reports its halt at the next
@@ -480,6 +512,7 @@ impl DeliveryManager {
     /// after such a failure does not report success; the cursors are
     /// persisted first either way.
     pub fn close(mut self, store: &mut MultiStore) -> Result<()> {
+        self.shutdown.trigger();
         let mut first_err: Option<Error> = None;
         for inst in &mut self.instances {
             match &mut inst.mode {
@@ -531,6 +564,7 @@ impl Drop for DeliveryManager {
     fn drop(&mut self) {
         // Dropped without `close`: tell workers to stop as soon as they can;
         // whatever they did not deliver is in the change log.
+        self.shutdown.trigger();
         for inst in &mut self.instances {
             inst.progress.closing.store(true, Ordering::Release);
             inst.progress.abandoned.store(true, Ordering::Release);

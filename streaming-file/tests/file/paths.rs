@@ -25,6 +25,7 @@ fn build(
         all_stores: &stores,
         home,
         reader: None,
+        shutdown: &statestream_core::Shutdown::default(),
     };
     config.build(&ctx, &options)
 }

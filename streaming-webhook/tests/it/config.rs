@@ -45,11 +45,6 @@ fn config_documented_example_builds() {
     let home = tempfile::tempdir().unwrap();
     let mut store = memory_store();
     let text = format!("[store]\nstreamers = [\"hook\"]\n\n{example}");
-    let m = manager_in(
-        &mut store,
-        &text,
-        home.path(),
-        &statestream_webhook::ShutdownSignal::new(),
-    );
+    let m = manager_in(&mut store, &text, home.path());
     assert!(m.is_ok(), "{:#}", m.err().unwrap());
 }

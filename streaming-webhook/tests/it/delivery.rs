@@ -5,8 +5,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use statestream_webhook::ShutdownSignal;
-
 use crate::receiver::{Receiver, Reply};
 use crate::*;
 
@@ -198,8 +196,7 @@ fn delivery_dead_letters_are_written_and_delivery_goes_on() -> anyhow::Result<()
         ),
     );
     let mut store = memory_store();
-    let shutdown = ShutdownSignal::new();
-    let mut m = manager_in(&mut store, &toml, home.path(), &shutdown)?;
+    let mut m = manager_in(&mut store, &toml, home.path())?;
     for b in 1..=2 {
         commit(&mut m, &mut store, |s, k| write_block(s, k, b))?;
     }
@@ -290,7 +287,7 @@ fn delivery_key_pattern_and_templates() -> anyhow::Result<()> {
         assert_eq!(r.header("x-key"), Some(format!("balance/u{b}").as_str()));
         assert_eq!(
             r.json()["data"],
-            serde_json::json!({ "service": "bank", "id": format!("u{b}"), "tags": ["update", 7] })
+            serde_json::json!({ "service": "bank", "id": format!("u{b}"), "tags": ["create", 7] })
         );
         // The id counts every change of the block, matched or not.
         assert_eq!(r.id(), format!("hook-{b}-{}", if b == 1 { 1 } else { 2 }));
@@ -437,14 +434,13 @@ fn delivery_shutdown_mid_retry_then_restart_loses_nothing() -> anyhow::Result<()
         "delivery = \"async\"\nstop-node-on-error = false\nretry_schedule_ms = [0, 3600000]",
     );
     let mut store = memory_store();
-    let shutdown = ShutdownSignal::new();
-    let mut m = manager_in(&mut store, &toml, std::path::Path::new("."), &shutdown)?;
+    let mut m = manager_in(&mut store, &toml, std::path::Path::new("."))?;
     for b in 1..=2 {
         commit(&mut m, &mut store, |s, k| write_block(s, k, b))?;
     }
     let first = rx.wait_for(1);
     assert_eq!(first.len(), 1);
-    shutdown.trigger();
+    // close() triggers the shutdown signal: the hour-long wait ends.
     m.close(&mut store)?;
     let cursor = store.cursors()?.into_iter().find(|(n, _)| n == "hook");
     assert!(cursor.as_ref().is_none_or(|(_, h)| *h == 0), "{cursor:?}");

@@ -11,7 +11,6 @@ use std::path::Path;
 use statestream::{BlockMeta, DeliveryManager, Registry};
 use statestream_config::AppConfig;
 use statestream_store::{KvStore, MultiStore, StoreKey};
-use statestream_webhook::ShutdownSignal;
 
 pub const STORES: [&str; 2] = ["acc", "bank"];
 
@@ -42,17 +41,19 @@ pub fn manager_in(
     store: &mut MultiStore,
     toml: &str,
     home: &Path,
-    shutdown: &ShutdownSignal,
 ) -> anyhow::Result<DeliveryManager> {
     let config = AppConfig::parse(toml, Path::new("app.toml"))?;
     let specs = config.resolve(&STORES)?;
-    let mut registry = Registry::with_builtins();
-    statestream_webhook::register_with_shutdown(&mut registry, shutdown);
-    Ok(DeliveryManager::start(store, &specs, &registry, home)?)
+    Ok(DeliveryManager::start(
+        store,
+        &specs,
+        &Registry::with_builtins(),
+        home,
+    )?)
 }
 
 pub fn manager(store: &mut MultiStore, toml: &str) -> anyhow::Result<DeliveryManager> {
-    manager_in(store, toml, Path::new("."), &ShutdownSignal::new())
+    manager_in(store, toml, Path::new("."))
 }
 
 /// A block time: 2023-11-14T22:13:20Z plus `height` seconds.
@@ -97,11 +98,13 @@ pub fn write_block(store: &mut MultiStore, keys: &[StoreKey], b: u64) {
 }
 
 /// The (store, key, action) of every change of blocks `1..=n` of the
-/// standard workload, in delivery order.
+/// standard workload, in delivery order: each block creates `a<b>` and
+/// `balance/u<b>`, deletes `a<b-1>`, and updates `total` (created by
+/// block 1).
 pub fn expected_changes(n: u64) -> Vec<(u64, String, String, String)> {
     let mut out = Vec::new();
     for b in 1..=n {
-        let mut acc = vec![(format!("a{b}"), "update")];
+        let mut acc = vec![(format!("a{b}"), "create")];
         if b >= 2 {
             acc.push((format!("a{}", b - 1), "delete"));
         }
@@ -109,8 +112,9 @@ pub fn expected_changes(n: u64) -> Vec<(u64, String, String, String)> {
         for (k, a) in acc {
             out.push((b, "acc".to_string(), k, a.to_string()));
         }
-        out.push((b, "bank".into(), format!("balance/u{b}"), "update".into()));
-        out.push((b, "bank".into(), "total".into(), "update".into()));
+        out.push((b, "bank".into(), format!("balance/u{b}"), "create".into()));
+        let total = if b == 1 { "create" } else { "update" };
+        out.push((b, "bank".into(), "total".into(), total.into()));
     }
     out
 }

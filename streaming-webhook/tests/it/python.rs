@@ -17,22 +17,15 @@ fn receiver_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/python/webhook_receiver.py")
 }
 
-/// `python3`, or `None` (and a skip message) when it is missing outside CI.
+/// `python3` (the receiver uses the standard library only), or `None`
+/// when it is missing outside CI (required under CI).
 fn python() -> Option<&'static str> {
-    let found = Command::new("python3")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if found {
-        return Some("python3");
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("python3 is required to run the Python webhook receiver example (CI is set)");
-    }
-    eprintln!("SKIPPED python_receiver_verifies_and_deduplicates: python3 not found");
-    None
+    statestream_test_support::require_python(
+        "python_receiver_verifies_and_deduplicates",
+        &["hmac", "http.server"],
+        "its standard library",
+    )
+    .then_some("python3")
 }
 
 /// Kills the receiver when the test ends, however it ends.
@@ -78,10 +71,12 @@ fn python_receiver_verifies_and_deduplicates() -> anyhow::Result<()> {
     let ctx = StreamerContext {
         name: "hook",
         stores: &keys,
-        options: &options,
+        all_stores: &keys,
         home: Path::new("."),
+        reader: None,
+        shutdown: &statestream::Shutdown::default(),
     };
-    let mut streamer = options.parse::<WebhookConfig>()?.build(&ctx)?;
+    let mut streamer = options.parse::<WebhookConfig>()?.build(&ctx, &options)?;
 
     let mut store = memory_store();
     let selection = StoreSelection::all(&keys);

@@ -115,6 +115,21 @@ queue = 64
 # create_stream = true               # create the stream when missing
 # duplicate_window_ms = 120000       # deduplication window of that stream
 # replicas = 1                       # replicas of that stream
+
+# type = "webhook": an HTTP request per change (or per block) with a
+# delivery policy and Standard Webhooks signatures (docs/webhook.md).
+# [streamers.hook]
+# type = "webhook"
+# keys = ["*"]
+# url = "http://127.0.0.1:8080/hooks/{store}"
+# method = "POST"
+# batch = "change"                   # or "block": one request per block
+# envelope = true                    # false: the body is the raw value
+# document = true                    # the envelope carries the value
+# secrets = []                       # "whsec_..." secrets: signatures
+# retry_schedule_ms = [0, 5000, 300000, 1800000, 7200000, 18000000, 36000000]
+# timeout_ms = 15000
+# on_exhausted = "halt"              # or "dead-letter" (dead_letter_dir)
 "##;
 
 #[derive(Debug, clap::Args)]

@@ -764,7 +764,9 @@ fn bad_input_corrupt_store_is_one_line_never_a_panic() {
     let store = std::fs::read(base.join("data/store.redb")).unwrap();
 
     let mut internal = 0;
-    for offset in [4171usize, 8245, 8730, 16393, 20564, 20661, 0, 100, 4096] {
+    for offset in [
+        4171usize, 8245, 8730, 16393, 20564, 20661, 0, 100, 4096, 4109, 4148, 4213,
+    ] {
         let home = tmp.path().join(format!("flip-{offset}"));
         std::fs::create_dir_all(home.join("data")).unwrap();
         std::fs::copy(base.join("demo-seed"), home.join("demo-seed")).unwrap();

@@ -204,6 +204,10 @@ impl MultiStore {
     /// The set of stores is fixed when the database is created; reopening
     /// with another set is an error.
     pub fn open(path: &Path, stores: &[StoreKey], options: StoreOptions) -> Result<MultiStore> {
+        if matches!(std::fs::symlink_metadata(path), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+        {
+            create_new(path, stores, &options)?;
+        }
         let db = Database::builder()
             .set_cache_size(options.cache_size)
             .set_check_integrity_on_open(options.verify_on_open)
@@ -688,6 +692,45 @@ impl MultiStore {
         }
         Ok(())
     }
+}
+
+/// Creates a new database at `path` so that it only ever appears there
+/// complete: it is made and initialised (a durable commit) under a
+/// temporary name beside it, then renamed into place and the directory
+/// synced. A crash while creating leaves at most the temporary file (removed
+/// by the next attempt), never a file at `path` that is not a database.
+fn create_new(path: &Path, stores: &[StoreKey], options: &StoreOptions) -> Result<()> {
+    let io_err = |action: &'static str| {
+        move |e: std::io::Error| Error::engine(path, action, redb::Error::Io(e))
+    };
+    let mut tmp_name = path
+        .file_name()
+        .map(std::ffi::OsStr::to_os_string)
+        .unwrap_or_default();
+    tmp_name.push(".creating");
+    let tmp = path.with_file_name(tmp_name);
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err("removing a half-created database")(e)),
+    }
+    let db = Database::builder()
+        .set_cache_size(options.cache_size)
+        .create(&tmp)
+        .map_err(|e| open_error(path, e))?;
+    drop(MultiStore::from_db(
+        db,
+        tmp.clone(),
+        stores,
+        options.clone(),
+    )?);
+    std::fs::rename(&tmp, path).map_err(io_err("creating"))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err("syncing the directory of"))?;
+    }
+    Ok(())
 }
 
 pub(crate) fn unknown_store(store: &StoreKey, stores: &[StoreKey]) -> Error {

@@ -377,6 +377,28 @@ fn persist_second_open_of_the_same_file_is_an_error() {
     assert_eq!(store.version(), 0);
 }
 
+/// A crash while a new database was being created leaves at most its
+/// temporary file, never a file at the store's path that is not a
+/// database: the next open removes the leftover and creates the store.
+#[test]
+fn persist_half_created_database_is_never_at_the_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state.redb");
+    let leftover = dir.path().join("state.redb.creating");
+    std::fs::write(&leftover, b"half a header").expect("write");
+    let mut store = open(&path, StoreOptions::default());
+    assert!(!leftover.exists());
+    store.set(&key("bank"), b"k", b"v").expect("set");
+    assert_eq!(store.commit().expect("commit").version, 1);
+    store.close().expect("close");
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("read dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["state.redb"]);
+    assert_eq!(open(&path, StoreOptions::default()).version(), 1);
+}
+
 #[test]
 fn persist_open_existing_uses_the_recorded_stores_and_deletes_cursors() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -66,6 +66,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 mod config;
+mod durable;
 mod error;
 mod layout;
 mod reader;

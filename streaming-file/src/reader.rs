@@ -25,9 +25,10 @@ impl ReadOptions {
     ///
     /// Mapping saves a copy of each data file, which helps with large blocks
     /// read once. It is sound only while no other process truncates or
-    /// rewrites a mapped file in place: the file streamer never does (it
-    /// writes to a temporary name and renames, which leaves an open mapping
-    /// on the old file intact), but another program truncating a mapped
+    /// rewrites a mapped file in place: the file streamer never does (a file
+    /// gets its final name only once complete, by a link or a rename, and a
+    /// rename over an old file leaves an open mapping of it intact), but
+    /// another program truncating a mapped
     /// file would make the reader crash with SIGBUS. When a file cannot be
     /// mapped (or is empty), it is read instead.
     #[must_use]
@@ -221,11 +222,11 @@ fn read_file(path: &Path, mmap: bool) -> io::Result<Bytes> {
     let size = file.metadata()?.len();
     if mmap && size > 0 {
         // SAFETY: a mapping is only sound while nobody modifies or truncates
-        // the file. Block files are written under a temporary name and
-        // renamed into place; the writer never opens a final name for
-        // writing, and a rename (re-delivery of a height) replaces the
-        // directory entry, not the mapped inode, so the bytes we map stay as
-        // they were. What remains is another process truncating or editing
+        // the file. Block files are written unnamed and linked in, or under
+        // a temporary name and renamed into place; the writer never opens a
+        // final name for writing, and a rename (re-delivery of a height)
+        // replaces the directory entry, not the mapped inode, so the bytes we
+        // map stay as they were. What remains is another process truncating or editing
         // the file in place, which this crate cannot prevent: the process
         // would then get SIGBUS on access. Mapping is therefore an explicit
         // opt-in (`ReadOptions::mmap`), off by default.

@@ -16,10 +16,11 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::error::Error;
 #[cfg(target_os = "linux")]
-use crate::writer::sync_file_system;
-use crate::writer::{sync_dir, sync_file};
+#[cfg(target_os = "linux")]
+use crate::durable::sync_file_system;
+use crate::durable::{sync_dir, sync_file};
+use crate::error::Error;
 
 /// A batch starts once no file was handed over for this long: the files
 /// of a block are synced in the pause before the next one, never while the
@@ -30,9 +31,9 @@ const QUIET: Duration = Duration::from_millis(1);
 /// A batch of at least this many files is made durable with one `syncfs`
 /// of the directory's file system (Linux), not an fsync per file. Each
 /// fsync ends in a disk cache flush; when blocks come faster than files can
-/// be synced one by one (a demo node on this project's VM: ~2,500 blocks/s
-/// against ~1,000 fsyncs/s), the flushed cursor fell further and further
-/// behind, and the change log it holds back grew with it. One `syncfs`
+/// be synced one by one (`docs/performance.md`, "A syncer backlog is synced
+/// with one `syncfs`"), the flushed cursor fell further and further behind, and the
+/// change log it holds back grew with it. One `syncfs`
 /// writes everything dirty on that file system (the store's pages too, when
 /// it shares it) with one flush. Small batches, the usual case of a node
 /// between blocks, keep the per-file fsync, which touches nothing else.
@@ -106,7 +107,8 @@ impl Syncer {
         })
     }
 
-    /// Hands over `path`, a file just renamed into place, to be synced.
+    /// Hands over `path`, a file just put in place (linked in or renamed),
+    /// to be synced.
     pub(crate) fn add(&self, path: PathBuf) {
         let mut state = self.shared.lock();
         let was_idle = state.pending.is_empty();

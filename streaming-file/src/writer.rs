@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use statestream_core::{Block, StreamError, Streamer};
 
+use crate::durable::sync_dir;
 use crate::error::Error;
 use crate::layout::{self, FileKind, HEADER_LEN};
 use crate::syncer::Syncer;
@@ -226,8 +227,9 @@ impl Streamer for FileStreamer {
 /// entry is made, and a crash leaves no temporary file behind. With
 /// `fsync = true` (see [`Publish::write`] for why), elsewhere, or when the
 /// file system or `/proc` does not allow it, the file is written under a
-/// temporary name and renamed into place, which makes and removes a second entry: on ext4 that
-/// rename was ~13% of the writer's time (`docs/performance.md`). Linking
+/// temporary name and renamed into place, which makes and removes a second
+/// entry (its cost: `docs/performance.md`, "Files are written unnamed and
+/// linked in"). Linking
 /// fails when the final name exists (a height delivered again after a
 /// restart); that file takes the temporary name and the rename, which
 /// replaces the old one atomically.
@@ -465,53 +467,6 @@ fn write_all_vectored(file: &mut File, parts: &[&[u8]]) -> io::Result<()> {
             Err(e) => return Err(e),
         }
     }
-    Ok(())
-}
-
-/// Makes a file that was put in place durable (its data and inode).
-pub(crate) fn sync_file(path: &Path) -> Result<(), Error> {
-    open_and_sync(path, "cannot fsync")
-}
-
-/// Opens `path` (a file, or on Unix a directory) and fsyncs it.
-fn open_and_sync(path: &Path, what: &'static str) -> Result<(), Error> {
-    File::open(path)
-        .and_then(|f| f.sync_all())
-        .map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            what,
-            source,
-        })
-}
-
-/// Makes everything written to `dir`'s file system durable (`syncfs`): the
-/// files in it, their names, and whatever else is dirty there.
-#[cfg(target_os = "linux")]
-pub(crate) fn sync_file_system(dir: &Path) -> Result<(), Error> {
-    use std::os::unix::io::AsRawFd;
-    let err = |source| Error::Io {
-        path: dir.to_path_buf(),
-        what: "cannot sync the file system",
-        source,
-    };
-    let d = File::open(dir).map_err(err)?;
-    // SAFETY: `d` is an open descriptor for the duration of the call.
-    if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
-        return Err(err(io::Error::last_os_error()));
-    }
-    Ok(())
-}
-
-/// Makes the directory's entries (our links and renames) durable.
-#[cfg(unix)]
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), Error> {
-    open_and_sync(dir, "cannot fsync the directory")
-}
-
-/// Directories cannot be opened for syncing here; renames are made durable
-/// by the file system's own journal.
-#[cfg(not(unix))]
-pub(crate) fn sync_dir(_dir: &Path) -> Result<(), Error> {
     Ok(())
 }
 

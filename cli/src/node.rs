@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
+use statestream::to_hex;
 use statestream::{Block, DeliveryManager, Registry, StreamError, Streamer, StreamerStats};
 use statestream_config::AppConfig;
-use statestream::to_hex;
 use statestream_store::{CommitInfo, MultiStore, StoreKey, StoreOptions, WriteListener};
 
 use crate::workload::{self, STORE_NAMES, Stores};

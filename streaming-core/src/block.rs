@@ -1,10 +1,10 @@
 use std::sync::Arc;
 
-use prost::Message;
 use crate::changeset::{ChangeSet, CommitInfo, StoreChanges};
 use crate::checksum::crc32c_combine;
 use crate::key::StoreKey;
 use crate::record::Record;
+use prost::Message;
 
 use crate::error::{Error, Result};
 use crate::proto;
@@ -400,7 +400,12 @@ mod tests {
             })
             .collect();
         let prev = vec![ZERO_HASH; keys.len()];
-        Arc::new(ChangeSet::seal(height, meta.encode_app_meta(), stores, &prev))
+        Arc::new(ChangeSet::seal(
+            height,
+            meta.encode_app_meta(),
+            stores,
+            &prev,
+        ))
     }
 
     /// The payload checksum combined from the stores' equals one pass over

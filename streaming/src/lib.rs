@@ -5,7 +5,7 @@
 //! - [`Registry`]: streamer type name -> constructor.
 //!   [`Registry::with_builtins`] holds every built-in type of this build:
 //!   `log`, `process`, and each streamer crate enabled by its cargo feature
-//!   (`file`, `nats`; all on by default).
+//!   (`file`, `nats`, `postgres`; all on by default).
 //! - [`DeliveryManager`]: commits blocks and delivers them, sync or async,
 //!   with persisted cursors, catch-up from the store's change log, and the
 //!   `stop-node-on-error` policy.
@@ -56,15 +56,15 @@ pub use error::{Error, Result};
 pub use manager::{DeliveryManager, StreamerSetup, StreamerStats};
 pub use process::{ProcessError, ProcessStreamer, ProcessStreamerConfig};
 pub use registry::Registry;
+/// The `app.toml` model (`statestream-config`), for an application that
+/// depends on this crate alone.
+pub use statestream_config as config;
 pub use statestream_config::Delivery;
 pub use statestream_core::{
     Action, Block, BlockMeta, BoxError, ChangeSet, CommitInfo, Hash, Record, StateReader,
     StateSnapshot, StoreKey, StoreSelection, StreamError, Streamer, StreamerContext, Tx,
     crc32c_append, plugin, proto, to_hex,
 };
-/// The `app.toml` model (`statestream-config`), for an application that
-/// depends on this crate alone.
-pub use statestream_config as config;
 /// The store (`statestream-store`), for an application that depends on this
 /// crate alone.
 pub use statestream_store as store;

@@ -197,7 +197,11 @@ impl DeliveryManager {
         let mut built = Vec::with_capacity(specs.len());
         for spec in specs {
             if !registry.contains(&spec.type_name) {
-                return Err(registry.unknown_type_error(&spec.name, &spec.type_name, &spec.options));
+                return Err(registry.unknown_type_error(
+                    &spec.name,
+                    &spec.type_name,
+                    &spec.options,
+                ));
             }
             let stores = spec
                 .stores

@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 
 use statestream_config::StreamerOptions;
-use statestream_core::{BoxError, StreamerContext, Streamer};
+use statestream_core::{BoxError, Streamer, StreamerContext};
 
 use crate::error::{Error, Result};
 
@@ -43,7 +43,7 @@ impl Registry {
 
     /// A registry with every built-in streamer type this build enables:
     /// `log` and `process` always, and each streamer crate's type behind
-    /// its cargo feature of the same name (`file`, `nats`; all on by
+    /// its cargo feature of the same name (`file`, `nats`, `postgres`; all on by
     /// default).
     pub fn with_builtins() -> Registry {
         let mut r = Registry::new();
@@ -108,10 +108,18 @@ impl Registry {
     /// The configuration error for a `type` no constructor is registered
     /// for: it names the file, the table, the key and the line, as for
     /// every other bad key.
-    pub(crate) fn unknown_type_error(&self, name: &str, type_name: &str, options: &StreamerOptions) -> Error {
+    pub(crate) fn unknown_type_error(
+        &self,
+        name: &str,
+        type_name: &str,
+        options: &StreamerOptions,
+    ) -> Error {
         Error::Config(options.clone().with_name(name.to_string()).error(
             "type",
-            format!("unknown type \"{type_name}\" (known types: {})", self.known()),
+            format!(
+                "unknown type \"{type_name}\" (known types: {})",
+                self.known()
+            ),
         ))
     }
 }

@@ -164,8 +164,9 @@ pub fn create_statements(schema: &str, tables: Tables) -> Vec<String> {
     out
 }
 
-/// Creates what is missing (when `create`), then checks every table the
-/// streamer writes, column by column.
+/// Checks every table the streamer writes that exists, column by column,
+/// then creates the missing ones (when `create`; otherwise a missing table
+/// is an error). One transaction: a conflict creates nothing.
 pub(crate) fn prepare(
     client: &mut Client,
     target: &str,
@@ -181,22 +182,17 @@ pub(crate) fn prepare(
             reason: describe(&e),
         }
     };
+    let mut tx = client.transaction().map_err(query("begin"))?;
     if create {
         // Two streamers (or nodes) creating one schema at once would race
         // on the catalog: serialize them on a lock named after the schema.
-        let mut tx = client.transaction().map_err(query("begin"))?;
         tx.execute(
             "SELECT pg_advisory_xact_lock(hashtext('statestream schema ' || $1))",
             &[&schema],
         )
         .map_err(query("lock the schema creation"))?;
-        for sql in create_statements(schema, tables) {
-            tx.batch_execute(&sql)
-                .map_err(query(&format!("create the tables ({sql})")))?;
-        }
-        tx.commit().map_err(query("commit the tables' creation"))?;
     }
-    let rows = client
+    let rows = tx
         .query(
             "SELECT table_name::text, column_name::text, data_type::text, is_nullable::text \
              FROM information_schema.columns WHERE table_schema = $1 \
@@ -216,16 +212,28 @@ pub(crate) fn prepare(
             .or_default()
             .insert(column, (data_type, nullable == "YES"));
     }
+    let mut missing = Vec::new();
     for t in tables_for(tables) {
-        let Some(columns) = found.get(t.name) else {
-            return Err(PostgresError::MissingTable {
-                schema: schema.to_string(),
-                table: t.name.to_string(),
-            });
-        };
-        check_columns(schema, t, columns)?;
+        match found.get(t.name) {
+            Some(columns) => check_columns(schema, t, columns)?,
+            None if create => missing.push(t),
+            None => {
+                return Err(PostgresError::MissingTable {
+                    schema: schema.to_string(),
+                    table: t.name.to_string(),
+                });
+            }
+        }
     }
-    Ok(())
+    if !missing.is_empty() {
+        let mut statements = vec![format!("CREATE SCHEMA IF NOT EXISTS {schema}")];
+        statements.extend(missing.iter().map(|t| create_table_sql(schema, t)));
+        for sql in statements {
+            tx.batch_execute(&sql)
+                .map_err(query(&format!("create the tables ({sql})")))?;
+        }
+    }
+    tx.commit().map_err(query("commit the tables' creation"))
 }
 
 fn check_columns(
@@ -239,28 +247,16 @@ fn check_columns(
         column: column.to_string(),
         reason,
     };
-    for c in t.columns {
-        match columns.get(c.name) {
-            None => {
-                return Err(conflict(
-                    c.name,
-                    format!(
-                        "missing (the table exists with other columns; expected {})",
-                        describe_columns(t)
-                    ),
-                ));
-            }
-            Some((data_type, _)) if data_type != c.data_type => {
-                return Err(conflict(
-                    c.name,
-                    format!("has type {data_type}, expected {}", c.data_type),
-                ));
-            }
-            Some((_, nullable)) if *nullable && !c.nullable => {
-                return Err(conflict(c.name, "is nullable, expected NOT NULL".into()));
-            }
-            Some(_) => {}
-        }
+    // Names first (a renamed column is the likeliest mistake), then types,
+    // then nullability.
+    if let Some(c) = t.columns.iter().find(|c| !columns.contains_key(c.name)) {
+        return Err(conflict(
+            c.name,
+            format!(
+                "missing (the table exists with other columns; expected {})",
+                describe_columns(t)
+            ),
+        ));
     }
     if let Some(extra) = columns
         .keys()
@@ -273,6 +269,23 @@ fn check_columns(
                 describe_columns(t)
             ),
         ));
+    }
+    for c in t.columns {
+        if let Some((data_type, _)) = columns.get(c.name)
+            && data_type != c.data_type
+        {
+            return Err(conflict(
+                c.name,
+                format!("has type {data_type}, expected {}", c.data_type),
+            ));
+        }
+    }
+    for c in t.columns {
+        if let Some((_, true)) = columns.get(c.name)
+            && !c.nullable
+        {
+            return Err(conflict(c.name, "is nullable, expected NOT NULL".into()));
+        }
     }
     Ok(())
 }

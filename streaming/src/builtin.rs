@@ -40,6 +40,11 @@ pub(crate) fn register(registry: &mut Registry) {
         let config: statestream_nats::NatsStreamerConfig = options.parse()?;
         Ok(Box::new(config.build(ctx, options)?))
     });
+    #[cfg(feature = "postgres")]
+    registry.register(statestream_postgres::POSTGRES_TYPE, |ctx, options| {
+        let config: statestream_postgres::PostgresStreamerConfig = options.parse()?;
+        Ok(Box::new(config.build(ctx, options)?))
+    });
 }
 
 /// Options of `type = "log"`.

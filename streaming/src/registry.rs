@@ -43,8 +43,8 @@ impl Registry {
 
     /// A registry with every built-in streamer type this build enables:
     /// `log` and `process` always, and each streamer crate's type behind
-    /// its cargo feature of the same name (`file`, `nats`, `webhook`;
-    /// all on by default).
+    /// its cargo feature of the same name (`file`, `nats`, `postgres`,
+    /// `webhook`; all on by default).
     pub fn with_builtins() -> Registry {
         let mut r = Registry::new();
         crate::builtin::register(&mut r);

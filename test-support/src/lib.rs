@@ -17,6 +17,8 @@
 //! }
 //! ```
 
+pub mod postgres;
+
 use std::io::Write;
 use std::process::Command;
 

@@ -1,0 +1,205 @@
+//! Connecting: the resolved connection settings, TLS with rustls, and the
+//! errors a connection attempt can end in.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use postgres::config::Host;
+use postgres::{Client, NoTls};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+use crate::error::{PostgresError, describe};
+
+/// Everything needed to (re)connect: the client configuration with the
+/// password filled in, and the TLS configuration unless `tls = "disable"`.
+#[derive(Clone)]
+pub(crate) struct ConnectSettings {
+    config: postgres::Config,
+    tls: Option<Arc<ClientConfig>>,
+    target: String,
+}
+
+impl ConnectSettings {
+    pub(crate) fn new(config: postgres::Config, tls: Option<Arc<ClientConfig>>) -> Self {
+        let target = describe_target(&config);
+        ConnectSettings {
+            config,
+            tls,
+            target,
+        }
+    }
+
+    /// `user@host:port/database`, never the password: for messages.
+    pub(crate) fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// Opens a connection.
+    pub(crate) fn connect(&self) -> Result<Client, PostgresError> {
+        let result = match &self.tls {
+            None => self.config.connect(NoTls),
+            Some(tls) => self
+                .config
+                .connect(tokio_postgres_rustls::MakeRustlsConnect::new(
+                    ClientConfig::clone(tls),
+                )),
+        };
+        result.map_err(|e| {
+            let reason = describe(&e);
+            if unreachable(&e) {
+                PostgresError::Unreachable {
+                    target: self.target.clone(),
+                    reason,
+                }
+            } else {
+                PostgresError::Connect {
+                    target: self.target.clone(),
+                    reason,
+                }
+            }
+        })
+    }
+}
+
+/// Whether a connection attempt failed because no server answered (as
+/// opposed to one that answered and refused).
+fn unreachable(e: &postgres::Error) -> bool {
+    use std::io::ErrorKind::*;
+    if e.as_db_error().is_some() {
+        return false;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                ConnectionRefused
+                    | ConnectionReset
+                    | ConnectionAborted
+                    | TimedOut
+                    | NotFound
+                    | HostUnreachable
+                    | NetworkUnreachable
+                    | AddrNotAvailable
+                    | UnexpectedEof
+            );
+        }
+        source = cause.source();
+    }
+    // The client reports its connect timeout without an io::Error.
+    e.to_string().contains("timeout")
+}
+
+/// `user@host:port/database` of a client configuration.
+pub(crate) fn describe_target(config: &postgres::Config) -> String {
+    let user = config.get_user().unwrap_or("?");
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let host = match h {
+                Host::Tcp(name) => name.clone(),
+                #[cfg(unix)]
+                Host::Unix(path) => path.display().to_string(),
+            };
+            let port = config
+                .get_ports()
+                .get(i)
+                .or_else(|| config.get_ports().first())
+                .copied()
+                .unwrap_or(5432);
+            format!("{host}:{port}")
+        })
+        .collect();
+    let db = config.get_dbname().unwrap_or(user);
+    format!("{user}@{}/{db}", hosts.join(","))
+}
+
+/// The rustls configuration: with `ca_file`, the server's chain must lead
+/// to one of its certificates and name the host (verify-full); without, the
+/// connection is encrypted but the certificate is not checked (libpq's
+/// `sslmode=require`).
+pub(crate) fn tls_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?;
+    let config = match ca_file {
+        Some(path) => {
+            let mut roots = RootCertStore::empty();
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            for cert in certs {
+                let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("{}: unusable certificate: {e}", path.display()))?;
+            }
+            if roots.is_empty() {
+                return Err(format!("{} holds no PEM certificate", path.display()));
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        None => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoCertificateCheck(provider)))
+            .with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}
+
+/// Accepts any server certificate, but still checks that the server holds
+/// its key (the handshake signatures): encryption against passive
+/// listeners, as libpq's `sslmode=require`.
+#[derive(Debug)]
+struct NoCertificateCheck(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for NoCertificateCheck {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

@@ -21,30 +21,37 @@ pub(crate) fn register(registry: &mut Registry) {
             every: opts.every,
         }))
     });
-    registry.register("process", |ctx, options| {
-        let config: ProcessStreamerConfig = options.parse()?;
-        Ok(Box::new(config.build(ctx, options)?))
-    });
+    // Every other type's config is the factory: parse the options into it,
+    // then build with the context.
+    macro_rules! config_type {
+        ($type_name:expr, $config:ty) => {
+            registry.register($type_name, |ctx, options| {
+                let config: $config = options.parse()?;
+                Ok(Box::new(config.build(ctx, options)?))
+            });
+        };
+    }
+    config_type!("process", ProcessStreamerConfig);
     #[cfg(feature = "file")]
-    registry.register(statestream_file::FILE_TYPE, |ctx, options| {
-        let config: statestream_file::FileStreamerConfig = options.parse()?;
-        Ok(Box::new(config.build(ctx, options)?))
-    });
-    #[cfg(feature = "webhook")]
-    registry.register(statestream_webhook::WEBHOOK_TYPE, |ctx, options| {
-        let config: statestream_webhook::WebhookConfig = options.parse()?;
-        Ok(Box::new(config.build(ctx, options)?))
-    });
+    config_type!(
+        statestream_file::FILE_TYPE,
+        statestream_file::FileStreamerConfig
+    );
     #[cfg(feature = "nats")]
-    registry.register(statestream_nats::NATS_TYPE, |ctx, options| {
-        let config: statestream_nats::NatsStreamerConfig = options.parse()?;
-        Ok(Box::new(config.build(ctx, options)?))
-    });
+    config_type!(
+        statestream_nats::NATS_TYPE,
+        statestream_nats::NatsStreamerConfig
+    );
     #[cfg(feature = "postgres")]
-    registry.register(statestream_postgres::POSTGRES_TYPE, |ctx, options| {
-        let config: statestream_postgres::PostgresStreamerConfig = options.parse()?;
-        Ok(Box::new(config.build(ctx, options)?))
-    });
+    config_type!(
+        statestream_postgres::POSTGRES_TYPE,
+        statestream_postgres::PostgresStreamerConfig
+    );
+    #[cfg(feature = "webhook")]
+    config_type!(
+        statestream_webhook::WEBHOOK_TYPE,
+        statestream_webhook::WebhookConfig
+    );
 }
 
 /// Options of `type = "log"`.

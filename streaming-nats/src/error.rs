@@ -24,6 +24,45 @@ pub enum NatsError {
         source: std::io::Error,
     },
 
+    /// No server of the list could be reached, or the handshake failed
+    /// (TLS, authentication). The url is shown without credentials, and
+    /// the reason never contains a secret.
+    #[error("cannot connect to {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+
+    /// The connection was lost and did not come back in time (the client
+    /// keeps reconnecting in the background).
+    #[error("cannot connect to {url}: the connection is lost and not back after {} ms{}", waited.as_millis(), last_error.as_ref().map(|e| format!(" (last error: {e})")).unwrap_or_default())]
+    Disconnected {
+        url: String,
+        waited: Duration,
+        last_error: Option<String>,
+    },
+
+    /// A credentials, key or certificate file cannot be used.
+    #[error("{key} {path}: {reason}")]
+    File {
+        key: &'static str,
+        path: std::path::PathBuf,
+        reason: String,
+    },
+
+    /// The streamer's async runtime could not be started.
+    #[error("cannot start the NATS client's runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+
+    /// The node is shutting down: a wait for the server was cut short.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+
+    /// A request to the server failed (not a refusal by JetStream).
+    #[error("{url}: {what} failed: {reason}")]
+    Request {
+        url: String,
+        what: String,
+        reason: String,
+    },
+
     /// The server did not answer in time.
     #[error("{url}: no answer to {what} within {} ms", timeout.as_millis())]
     Timeout {
@@ -77,6 +116,19 @@ pub enum NatsError {
         height: u64,
         got: String,
         want: String,
+    },
+
+    /// JetStream refused a block because its subject belongs to another
+    /// stream than the configured one (`Nats-Expected-Stream`).
+    #[error(
+        "block {height}: subject {subject} is not captured by the configured stream {want:?} \
+         ({description}): check the streams' subjects"
+    )]
+    StreamMismatch {
+        height: u64,
+        subject: String,
+        want: String,
+        description: String,
     },
 
     /// A JSON answer of the server does not decode.

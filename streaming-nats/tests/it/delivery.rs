@@ -24,15 +24,15 @@ fn delivery_async_blocks_arrive_in_order_exactly_once() -> anyhow::Result<()> {
     wait_delivered(&m, 25);
     m.close(&mut store)?;
 
-    let mut client = server.client();
-    assert_exactly_once(&mut client, "statestream", 25);
+    let client = server.client();
+    assert_exactly_once(&client, "statestream", 25);
 
-    let blocks: Vec<_> =
-        StreamReader::new(&mut client, "statestream", "statestream").collect::<Result<_, _>>()?;
+    let blocks: Vec<_> = StreamReader::open(&server.reader_config("statestream", "statestream"))?
+        .collect::<Result<_, _>>()?;
     assert_eq!(blocks.len(), 25);
     assert!(blocks.iter().all(|b| b.parts == 1));
 
-    let replay = replay_stream(&mut client, "statestream", "statestream")?;
+    let replay = replay_stream(&server.reader_config("statestream", "statestream"))?;
     assert_eq!(replay.height, 25);
     assert_eq!(replay.blocks, 25);
     assert_eq!(replay.duplicates, 0);
@@ -94,11 +94,14 @@ fn delivery_sync_custom_stream_and_subject() -> anyhow::Result<()> {
     }
     m.close(&mut store)?;
 
-    let mut client = server.client();
+    let client = server.client();
     let info = client.stream_info("chain-a")?.expect("stream created");
     assert_eq!(info.config.subjects, vec!["chains.a.blocks".to_string()]);
-    assert_eq!(info.config.duplicate_window, 120_000_000_000);
-    let raw = raw_messages(&mut client, "chain-a", "chains.a");
+    assert_eq!(
+        info.config.duplicate_window,
+        std::time::Duration::from_secs(120)
+    );
+    let raw = raw_messages(&client, "chain-a", "chains.a");
     assert_eq!(
         raw.iter().map(|r| r.height).collect::<Vec<_>>(),
         (1..=20).collect::<Vec<_>>()
@@ -107,7 +110,7 @@ fn delivery_sync_custom_stream_and_subject() -> anyhow::Result<()> {
         raw.iter()
             .all(|r| r.msg_id == format!("chain-a-{}", r.height))
     );
-    let replay = replay_stream(&mut client, "chain-a", "chains.a")?;
+    let replay = replay_stream(&server.reader_config("chain-a", "chains.a"))?;
     assert_eq!(replay.app_hash, store.last_commit().app_hash);
     Ok(())
 }
@@ -123,8 +126,8 @@ fn delivery_republished_height_is_deduplicated() -> anyhow::Result<()> {
         commit_block(&mut m, &mut store, b)?;
     }
     m.close(&mut store)?;
-    let mut client = server.client();
-    assert_exactly_once(&mut client, "statestream", 20);
+    let client = server.client();
+    assert_exactly_once(&client, "statestream", 20);
 
     // JetStream itself drops a message whose Nats-Msg-Id it has seen.
     let ack = client.publish(
@@ -136,8 +139,8 @@ fn delivery_republished_height_is_deduplicated() -> anyhow::Result<()> {
         b"not a frame",
     )?;
     assert!(ack.duplicate, "{ack:?}");
-    assert_eq!(ack.seq, 7);
-    assert_exactly_once(&mut client, "statestream", 20);
+    assert_eq!(ack.sequence, 7);
+    assert_exactly_once(&client, "statestream", 20);
 
     // A new streamer (as after a node crash) given an already published
     // block again stores nothing new (the change log keeps only the last
@@ -152,7 +155,7 @@ fn delivery_republished_height_is_deduplicated() -> anyhow::Result<()> {
     let block = Block::from_change_set(changes, &selection)?;
     streamer.on_block(&block)?;
     streamer.on_close()?;
-    assert_exactly_once(&mut client, "statestream", 20);
+    assert_exactly_once(&client, "statestream", 20);
     Ok(())
 }
 
@@ -184,9 +187,9 @@ fn delivery_node_crash_redelivers_without_duplicates() -> anyhow::Result<()> {
     }
     m.close(&mut store)?;
 
-    let mut client = server.client();
-    assert_exactly_once(&mut client, "statestream", 20);
-    let replay = replay_stream(&mut client, "statestream", "statestream")?;
+    let client = server.client();
+    assert_exactly_once(&client, "statestream", 20);
+    let replay = replay_stream(&server.reader_config("statestream", "statestream"))?;
     assert_eq!(replay.app_hash, store.last_commit().app_hash);
     Ok(())
 }
@@ -205,9 +208,9 @@ fn delivery_async_many_blocks_wait_for_acks() -> anyhow::Result<()> {
     }
     wait_delivered(&m, 200);
     m.close(&mut store)?;
-    let mut client = server.client();
-    assert_exactly_once(&mut client, "statestream", 200);
-    let replay = replay_stream(&mut client, "statestream", "statestream")?;
+    let client = server.client();
+    assert_exactly_once(&client, "statestream", 200);
+    let replay = replay_stream(&server.reader_config("statestream", "statestream"))?;
     assert_eq!(replay.height, 200);
     assert_eq!(replay.app_hash, store.last_commit().app_hash);
     Ok(())

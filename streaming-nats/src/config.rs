@@ -8,7 +8,6 @@ use statestream_core::StreamerContext;
 
 use std::path::Path;
 
-use crate::client::ConnectOptions;
 use crate::conn::{Settings, resolve};
 use crate::streamer::NatsStreamer;
 use crate::url::{parse_servers, redact_url};
@@ -186,17 +185,6 @@ impl NatsStreamerConfig {
     /// The subject blocks are published on: `<subject>.blocks`.
     pub fn blocks_subject(&self) -> String {
         blocks_subject(&self.subject)
-    }
-
-    /// The connection options these settings describe.
-    pub fn connect_options(&self) -> ConnectOptions {
-        let mut o = ConnectOptions::new(&self.url);
-        o.token = self.token.clone();
-        o.user = self.user.clone();
-        o.password = self.password.clone();
-        o.connect_timeout = Duration::from_millis(self.connect_timeout_ms);
-        o.request_timeout = Duration::from_millis(self.request_timeout_ms);
-        o
     }
 
     /// The connection settings, paths resolved against `home`.

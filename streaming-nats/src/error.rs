@@ -1,28 +1,13 @@
 use std::time::Duration;
 
-/// Errors of the NATS client, the streamer and the replay.
+/// Errors of the streamer, the reader and the replay. Messages show URLs
+/// without credentials and never a secret.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum NatsError {
     /// A server address does not parse.
     #[error("invalid NATS url {url:?}: {reason}")]
     BadUrl { url: String, reason: String },
-
-    /// No server of the list accepted a connection.
-    #[error("cannot connect to {url}: {source}")]
-    Connect {
-        url: String,
-        #[source]
-        source: std::io::Error,
-    },
-
-    /// The connection failed while reading or writing.
-    #[error("{url}: connection lost: {source}")]
-    Io {
-        url: String,
-        #[source]
-        source: std::io::Error,
-    },
 
     /// No server of the list could be reached, or the handshake failed
     /// (TLS, authentication). The url is shown without credentials, and
@@ -71,16 +56,8 @@ pub enum NatsError {
         timeout: Duration,
     },
 
-    /// The server sent something this client does not understand.
-    #[error("{url}: protocol error: {message}")]
-    Protocol { url: String, message: String },
-
-    /// The server refused the connection or an operation (`-ERR`), e.g. bad
-    /// credentials or a payload over `max_payload`.
-    #[error("{url}: server error: {message}")]
-    Server { url: String, message: String },
-
-    /// The server needs something this client does not do (TLS, headers).
+    /// The server's limits do not allow what the streamer must do (a
+    /// `max_payload` too small to split blocks into).
     #[error("{url}: {message}")]
     Unsupported { url: String, message: String },
 

@@ -57,22 +57,12 @@
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
-mod client;
 mod config;
 mod conn;
 mod error;
-mod jetstream;
 mod replay;
 mod streamer;
 mod url;
-
-/// The hand-written client this crate used before `async-nats`, kept only
-/// for the benchmark that compares the two. Not part of the API.
-#[doc(hidden)]
-pub mod legacy {
-    pub use crate::client::{Client, ConnectOptions};
-    pub use crate::jetstream::StreamSpec;
-}
 
 /// Fuzzing seam, compiled only with the `fuzzing` feature (which `fuzz/`
 /// enables for `fuzz_targets/nats_blocks.rs`): [`assemble`](fuzzing::assemble)

@@ -129,9 +129,13 @@ pub enum NatsError {
         reason: String,
     },
 
-    /// The store used by the replay failed.
-    #[error(transparent)]
-    Store(#[from] statestream_store::Error),
+    /// The replay's sink refused a block.
+    #[error("replay: block {height} could not be applied: {source}")]
+    Sink {
+        height: u64,
+        #[source]
+        source: statestream_core::BoxError,
+    },
 
     /// A stored record or store name did not validate.
     #[error(transparent)]

@@ -15,9 +15,11 @@
 //!   nkey and `.creds` authentication, clusters with discovery,
 //!   reconnection), on a small tokio runtime the streamer owns: nothing
 //!   async appears in this crate's API.
-//! - [`StreamReader`] and [`replay_stream`]: read the blocks back in order
-//!   (an ordered consumer) and rebuild the state; the app hash must equal
-//!   the node's. They take the same options as the streamer.
+//! - [`StreamReader`], [`replay_stream`] and [`replay_stream_into`]: read
+//!   the blocks back in order (an ordered consumer) and rebuild the state,
+//!   in memory or into a [`ReplaySink`] of the application's; the hash
+//!   chains are recomputed from the records and must equal the node's.
+//!   They take the same options as the streamer.
 //!
 //! ```no_run
 //! use statestream::{DeliveryManager, Registry};
@@ -103,5 +105,7 @@ pub mod fuzzing {
 
 pub use config::{NATS_TYPE, NatsStreamerConfig};
 pub use error::{NatsError, Result};
-pub use replay::{Replay, StreamBlock, StreamReader, replay_stream};
+pub use replay::{
+    Replay, ReplaySink, ReplayState, StreamBlock, StreamReader, replay_stream, replay_stream_into,
+};
 pub use streamer::{HEADER_HEIGHT, HEADER_MSG_ID, HEADER_PART, NatsStreamer};

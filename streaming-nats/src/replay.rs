@@ -3,8 +3,11 @@
 
 use prost::Message as _;
 use statestream_core::proto::BlockFrame;
-use statestream_core::{Hash, Records, StoreKey, to_hex};
-use statestream_store::{KvStore, MultiStore};
+use std::collections::BTreeMap;
+
+use statestream_core::{
+    BoxError, Hash, Record, Records, StoreKey, ZERO_HASH, app_hash, chain_store_hash, to_hex,
+};
 
 use std::pin::Pin;
 
@@ -410,14 +413,74 @@ impl Drop for StreamReader {
     }
 }
 
-/// The result of [`replay_stream`].
+/// Where [`replay_stream_into`] puts the state it rebuilds: a store of
+/// the application's (a `MultiStore`, a database), or the in-memory
+/// [`ReplayState`] that [`replay_stream`] uses. Called in stream order;
+/// the records of a block come in the canonical order (store name, then
+/// key), and [`end_block`](ReplaySink::end_block) follows them once they
+/// have all been applied and the block's hashes checked.
+pub trait ReplaySink {
+    /// Applies one record of block `height`: a set, or a delete when
+    /// `record.value` is `None`.
+    fn apply(&mut self, height: u64, record: &Record<'_>) -> std::result::Result<(), BoxError>;
+
+    /// Block `height` is complete (a store commits it here). Default: nothing.
+    fn end_block(&mut self, height: u64) -> std::result::Result<(), BoxError> {
+        let _ = height;
+        Ok(())
+    }
+}
+
+/// The state [`replay_stream`] rebuilds: every store's keys and values,
+/// in memory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplayState {
+    stores: BTreeMap<String, BTreeMap<Vec<u8>, Vec<u8>>>,
+}
+
+impl ReplayState {
+    /// The value of `key` in `store`.
+    pub fn get(&self, store: &str, key: &[u8]) -> Option<&[u8]> {
+        self.stores.get(store)?.get(key).map(Vec::as_slice)
+    }
+
+    /// Every key and value of `store`, in key order.
+    pub fn iter(&self, store: &str) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.stores
+            .get(store)
+            .into_iter()
+            .flat_map(|m| m.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
+    }
+}
+
+impl ReplaySink for ReplayState {
+    fn apply(&mut self, _height: u64, r: &Record<'_>) -> std::result::Result<(), BoxError> {
+        match r.value {
+            Some(v) => {
+                self.stores
+                    .entry(r.store.to_string())
+                    .or_default()
+                    .insert(r.key.to_vec(), v.to_vec());
+            }
+            None => {
+                if let Some(m) = self.stores.get_mut(r.store) {
+                    m.remove(r.key);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The result of [`replay_stream`] and [`replay_stream_into`].
 #[non_exhaustive]
-pub struct Replay {
-    /// The rebuilt store (in memory), committed block by block.
-    pub store: MultiStore,
+pub struct Replay<S = ReplayState> {
+    /// The rebuilt state.
+    pub state: S,
     /// The last height replayed.
     pub height: u64,
-    /// The app hash after it.
+    /// The app hash after it, as the node committed it (checked against
+    /// the records when every store is streamed).
     pub app_hash: Hash,
     /// Blocks replayed.
     pub blocks: u64,
@@ -427,7 +490,14 @@ pub struct Replay {
     pub duplicates: u64,
 }
 
-impl std::fmt::Debug for Replay {
+impl Replay<ReplayState> {
+    /// The value of `key` in `store` after the last block.
+    pub fn get(&self, store: &str, key: &[u8]) -> Option<&[u8]> {
+        self.state.get(store, key)
+    }
+}
+
+impl<S> std::fmt::Debug for Replay<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Replay")
             .field("height", &self.height)
@@ -440,25 +510,45 @@ impl std::fmt::Debug for Replay {
 }
 
 /// Rebuilds the state from the blocks of `config.stream` (published on
-/// `<config.subject>.blocks`, read with [`StreamReader`]) into a new in-memory [`MultiStore`] with the stores
-/// named in the first block's store hashes, committing block by block.
-///
-/// The stream must start at height 1. After each block, the hash of every
-/// streamed store must equal the block's; when every store is streamed the
-/// app hash must equal the node's too. So the returned app hash is the
-/// node's at [`Replay::height`], provably.
+/// `<config.subject>.blocks`, read with [`StreamReader`]) in memory.
+/// See [`replay_stream_into`] for the checks.
 pub fn replay_stream(config: &NatsStreamerConfig) -> Result<Replay> {
-    let stream = config.stream.as_str();
-    let subject = config.subject.as_str();
-    let mut reader = StreamReader::open(config)?;
-    let mut store: Option<(MultiStore, Vec<StoreKey>)> = None;
-    let mut records = 0u64;
-    let mut blocks = 0u64;
+    replay_stream_into(config, ReplayState::default())
+}
+
+/// Rebuilds the state from the blocks of `config.stream` into `sink`,
+/// block by block.
+///
+/// The stream must start at height 1. Each block's records are chained
+/// into the hash of their store (`statestream_core::chain_store_hash`, as
+/// the node's store does at commit); after each block the hash of every
+/// streamed store must equal the node's, and when every store is streamed
+/// the app hash too. So the returned app hash is the node's at
+/// [`Replay::height`], provably, and the sink saw exactly the node's
+/// changes.
+pub fn replay_stream_into<S: ReplaySink>(
+    config: &NatsStreamerConfig,
+    sink: S,
+) -> Result<Replay<S>> {
+    let reader = StreamReader::open(config)?;
+    replay_blocks(&config.stream, &config.subject, reader, sink)
+}
+
+/// The replay proper, on any source of blocks.
+fn replay_blocks<S: ReplaySink>(
+    stream: &str,
+    subject: &str,
+    mut reader: StreamReader,
+    mut sink: S,
+) -> Result<Replay<S>> {
     let fail = |height: u64, reason: String| NatsError::Replay {
         stream: stream.to_string(),
         height,
         reason,
     };
+    // Every store's hash as the stream has chained it, by name.
+    let mut hashes: Option<BTreeMap<String, Hash>> = None;
+    let (mut records, mut blocks, mut last) = (0u64, 0u64, None::<(u64, Hash)>);
     for block in &mut reader {
         let block = block?;
         let height = block.height;
@@ -467,8 +557,8 @@ pub fn replay_stream(config: &NatsStreamerConfig) -> Result<Replay> {
             .meta
             .as_ref()
             .ok_or_else(|| fail(height, "the frame has no metadata".into()))?;
-        let (ms, keys) = match &mut store {
-            Some(s) => s,
+        let hashes = match &mut hashes {
+            Some(h) => h,
             None => {
                 if height != 1 {
                     return Err(fail(
@@ -478,48 +568,63 @@ pub fn replay_stream(config: &NatsStreamerConfig) -> Result<Replay> {
                         ),
                     ));
                 }
-                let keys = meta
+                let names = meta
                     .store_hashes
                     .iter()
-                    .map(|h| StoreKey::new(&h.store_key))
-                    .collect::<std::result::Result<Vec<_>, _>>()?;
-                if keys.is_empty() {
+                    .map(|h| StoreKey::new(&h.store_key).map(|k| (k.name().to_string(), ZERO_HASH)))
+                    .collect::<std::result::Result<BTreeMap<_, _>, _>>()?;
+                if names.is_empty() {
                     return Err(fail(height, "the block names no store".into()));
                 }
-                let ms = MultiStore::in_memory(&keys)?;
-                store.insert((ms, keys))
+                hashes.insert(names)
             }
         };
-        for r in Records::new(&block.frame.records) {
+        // Each store's records are one run of the block's records: chain
+        // them, and hand every record to the sink.
+        let mut runs: BTreeMap<&str, &[u8]> = BTreeMap::new();
+        let buf = block.frame.records.as_slice();
+        let mut it = Records::new(buf);
+        let (mut start, mut current) = (0usize, None::<&str>);
+        loop {
+            let before = it.offset();
+            let Some(r) = it.next() else { break };
             let r = r?;
-            let key = keys.iter().find(|k| k.name() == r.store).ok_or_else(|| {
-                fail(
+            if !hashes.contains_key(r.store) {
+                return Err(fail(
                     height,
                     format!("record of store {:?}, which block 1 does not name", r.store),
-                )
-            })?;
-            match r.value {
-                Some(v) => ms.set(key, r.key, v)?,
-                None => ms.delete(key, r.key)?,
+                ));
             }
+            if current != Some(r.store) {
+                if let Some(c) = current {
+                    runs.insert(c, &buf[start..before]);
+                }
+                if runs.contains_key(r.store) {
+                    return Err(fail(
+                        height,
+                        format!("the records of store {:?} are not in one run", r.store),
+                    ));
+                }
+                (start, current) = (before, Some(r.store));
+            }
+            sink.apply(height, &r)
+                .map_err(|e| NatsError::Sink { height, source: e })?;
             records += 1;
         }
-        let info = ms.commit()?;
-        if info.version != height {
-            return Err(fail(
-                height,
-                format!("the rebuilt store is at version {}", info.version),
-            ));
+        if let Some(c) = current {
+            runs.insert(c, &buf[start..it.offset()]);
+        }
+        for (name, hash) in hashes.iter_mut() {
+            *hash = chain_store_hash(hash, runs.get(name.as_str()).copied().unwrap_or(&[]));
         }
         for s in &meta.streamed_stores {
-            let Some(key) = keys.iter().find(|k| k.name() == s) else {
+            let Some(got) = hashes.get(s) else {
                 return Err(fail(
                     height,
                     format!("streamed store {s:?} is not among the stores of block 1"),
                 ));
             };
             let want = meta.store_hashes.iter().find(|h| &h.store_key == s);
-            let got = ms.store_hash(key)?;
             if let Some(want) = want
                 && got[..] != want.hash[..]
             {
@@ -527,39 +632,47 @@ pub fn replay_stream(config: &NatsStreamerConfig) -> Result<Replay> {
                     height,
                     format!(
                         "store {s} has hash {} after the block, the node had {}",
-                        to_hex(&got),
+                        to_hex(got),
                         to_hex(&want.hash)
                     ),
                 ));
             }
         }
         let unfiltered = meta.streamed_stores.len() == meta.store_hashes.len();
-        if let (true, Some(commit)) = (unfiltered, &meta.commit)
-            && info.app_hash[..] != commit.app_hash[..]
+        let computed = app_hash(hashes.iter().map(|(n, h)| (n.as_str(), h)));
+        let node = match &meta.commit {
+            Some(c) => Hash::try_from(c.app_hash.as_slice()).ok(),
+            None => None,
+        };
+        if unfiltered
+            && let Some(node) = node
+            && computed != node
         {
             return Err(fail(
                 height,
                 format!(
                     "the app hash is {} after the block, the node had {}",
-                    to_hex(&info.app_hash),
-                    to_hex(&commit.app_hash)
+                    to_hex(&computed),
+                    to_hex(&node)
                 ),
             ));
         }
+        sink.end_block(height)
+            .map_err(|e| NatsError::Sink { height, source: e })?;
+        last = Some((height, node.unwrap_or(computed)));
         blocks += 1;
     }
     let duplicates = reader.duplicates();
-    let Some((store, _)) = store else {
+    let Some((height, app_hash)) = last else {
         return Err(fail(
             0,
-            format!("the stream holds no block on {}.blocks", subject),
+            format!("the stream holds no block on {subject}.blocks"),
         ));
     };
-    let info = store.last_commit();
     Ok(Replay {
-        height: info.version,
-        app_hash: info.app_hash,
-        store,
+        state: sink,
+        height,
+        app_hash,
         blocks,
         records,
         duplicates,

@@ -3,8 +3,10 @@
 use std::sync::Arc;
 
 use statestream_core::{Block, StoreSelection, Streamer};
-use statestream_nats::{NatsStreamer, NatsStreamerConfig, StreamReader, replay_stream};
-use statestream_store::{MultiStore, StoreOptions};
+use statestream_nats::{
+    NatsStreamer, NatsStreamerConfig, ReplaySink, StreamReader, replay_stream, replay_stream_into,
+};
+use statestream_store::{KvStore, MultiStore, Order, StoreOptions};
 
 use crate::{
     app_toml, assert_exactly_once, commit_block, manager, memory_store, raw_messages, server,
@@ -37,6 +39,46 @@ fn delivery_async_blocks_arrive_in_order_exactly_once() -> anyhow::Result<()> {
     assert_eq!(replay.blocks, 25);
     assert_eq!(replay.duplicates, 0);
     assert_eq!(replay.app_hash, store.last_commit().app_hash);
+    // The rebuilt state is the node's, key by key.
+    for key in store_keys() {
+        let node: Vec<(Vec<u8>, Vec<u8>)> = store
+            .iter(&key, Order::Ascending)?
+            .collect::<Result<_, _>>()?;
+        let replayed: Vec<(Vec<u8>, Vec<u8>)> = replay
+            .state
+            .iter(key.name())
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect();
+        assert_eq!(replayed, node, "store {key}");
+    }
+
+    // A sink of the application's sees every record and block, in order.
+    #[derive(Default)]
+    struct Count {
+        records: u64,
+        blocks: Vec<u64>,
+    }
+    impl ReplaySink for Count {
+        fn apply(
+            &mut self,
+            _height: u64,
+            _record: &statestream_core::Record<'_>,
+        ) -> Result<(), statestream_core::BoxError> {
+            self.records += 1;
+            Ok(())
+        }
+        fn end_block(&mut self, height: u64) -> Result<(), statestream_core::BoxError> {
+            self.blocks.push(height);
+            Ok(())
+        }
+    }
+    let counted = replay_stream_into(
+        &server.reader_config("statestream", "statestream"),
+        Count::default(),
+    )?;
+    assert_eq!(counted.state.records, replay.records);
+    assert_eq!(counted.state.blocks, (1..=25).collect::<Vec<_>>());
+    assert_eq!(counted.app_hash, replay.app_hash);
 
     // The example consumer prints the same app hash.
     let example = example_binary("nats_replay");

@@ -103,7 +103,10 @@ queue = 64
 # restart_backoff_max_ms = 10000     # longest pause between restarts
 
 # type = "nats": one message per block to a NATS JetStream stream
-# (docs/nats.md). Authentication: token, or user and password.
+# (docs/nats.md), on the official async-nats client. Several servers of a
+# cluster: url = "nats://a:4222,nats://b:4222". TLS: tls:// URLs,
+# tls_ca_file, tls_cert_file + tls_key_file, tls_required. Authentication:
+# token, user and password, creds_file (.creds) or nkey_seed_file.
 # [streamers.nats]
 # type = "nats"
 # keys = ["*"]
@@ -115,6 +118,7 @@ queue = 64
 # create_stream = true               # create the stream when missing
 # duplicate_window_ms = 120000       # deduplication window of that stream
 # replicas = 1                       # replicas of that stream
+# tls_required = false               # refuse a connection without TLS
 "##;
 
 #[derive(Debug, clap::Args)]

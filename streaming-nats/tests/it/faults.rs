@@ -378,3 +378,56 @@ fn faults_silent_server_times_out() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn faults_close_ends_the_wait_for_a_reconnection() -> anyhow::Result<()> {
+    // A block that finds the connection lost waits for the reconnection
+    // up to connect_timeout_ms (here ten minutes); closing the manager
+    // triggers the context's Shutdown, which ends that wait: close
+    // returns, the block stays in the change log.
+    let Some(mut server) = server::start("faults_close_ends_the_wait_for_a_reconnection") else {
+        return Ok(());
+    };
+    let mut store = memory_store();
+    let toml = format!(
+        "[store]\nstreamers = [\"nats\"]\n\n[streamers.nats]\ntype = \"nats\"\nkeys = [\"*\"]\n\
+         url = \"{}\"\nconnect_timeout_ms = 600000\nstop-node-on-error = false\n",
+        server.url()
+    );
+    let mut m = manager(&mut store, &toml)?;
+    for b in 1..=3 {
+        commit_block(&mut m, &mut store, b)?;
+    }
+    wait_delivered(&m, 3);
+    server.kill();
+    commit_block(&mut m, &mut store, 4)?;
+    m.close(&mut store)?;
+    assert_eq!(store.cursor("nats")?, Some(3));
+    Ok(())
+}
+
+#[test]
+fn faults_subject_of_another_stream_is_refused_not_stored() -> anyhow::Result<()> {
+    // The configured stream exists but does not capture the blocks
+    // subject; another stream does. Nats-Expected-Stream makes JetStream
+    // refuse the block instead of storing it in the wrong stream.
+    let Some(server) = server::start("faults_subject_of_another_stream_is_refused_not_stored")
+    else {
+        return Ok(());
+    };
+    let client = server.client();
+    client.create_stream("statestream", vec!["elsewhere.blocks".into()], 1)?;
+    client.create_stream("other", vec!["statestream.blocks".into()], 1)?;
+    let mut store = memory_store();
+    let toml = app_toml(&server.url(), "delivery = \"sync\"");
+    let mut m = manager(&mut store, &toml)?;
+    let err = commit_block(&mut m, &mut store, 1).expect_err("refused");
+    let text = err.to_string();
+    assert!(
+        text.contains("is not captured by the configured stream \"statestream\""),
+        "{text}"
+    );
+    let other = client.stream_info("other")?.expect("stream other");
+    assert_eq!(other.state.messages, 0, "stored in the wrong stream");
+    Ok(())
+}

@@ -55,7 +55,8 @@ pub struct StreamReader {
     // runtime that drives them.
     messages: Option<Pin<Box<Ordered>>>,
     conn: Connection,
-    runtime: Runtime,
+    /// Always `Some` until dropped.
+    runtime: Option<Runtime>,
     stream: String,
     /// Sequence of the last message on the subject when opened.
     last_seq: u64,
@@ -114,7 +115,7 @@ impl StreamReader {
             messages,
             assembler: Assembler::new(&stream),
             conn,
-            runtime,
+            runtime: Some(runtime),
             stream,
             last_seq,
             done: false,
@@ -131,11 +132,11 @@ impl StreamReader {
             if self.assembler.next_seq > self.last_seq {
                 return Ok(None);
             }
-            let Some(messages) = self.messages.as_mut() else {
+            let (Some(messages), Some(rt)) = (self.messages.as_mut(), self.runtime.as_ref()) else {
                 return Ok(None);
             };
             let timeout = self.conn.request_timeout();
-            let next = block_on(&self.runtime, async {
+            let next = block_on(rt, async {
                 tokio::time::timeout(timeout, messages.next()).await
             });
             let m = match next {
@@ -402,14 +403,9 @@ impl Drop for StreamReader {
     fn drop(&mut self) {
         self.messages = None;
         // Never block in drop (the caller may be on a runtime of its own).
-        let rt = std::mem::replace(
-            &mut self.runtime,
-            match tokio::runtime::Builder::new_current_thread().build() {
-                Ok(rt) => rt,
-                Err(_) => return,
-            },
-        );
-        rt.shutdown_background();
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
     }
 }
 

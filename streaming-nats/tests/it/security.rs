@@ -273,3 +273,23 @@ fn security_nkey_authentication() -> anyhow::Result<()> {
     assert!(err.to_string().contains("Authorization Violation"), "{err}");
     Ok(())
 }
+
+#[test]
+fn security_bad_creds_file_names_the_key_not_its_content() -> anyhow::Result<()> {
+    // Needs no nats-server: the file is read before connecting.
+    let dir = tempfile::tempdir()?;
+    let creds = dir.path().join("bad.creds");
+    std::fs::write(&creds, "SUAM-not-a-creds-file-s3cret\n")?;
+    let mut store = memory_store();
+    let toml = app_toml(
+        "nats://127.0.0.1:1",
+        &format!("delivery = \"sync\"\ncreds_file = \"{}\"", creds.display()),
+    );
+    let mut m = manager(&mut store, &toml)?;
+    let err = commit_block(&mut m, &mut store, 1).expect_err("bad file");
+    let text = err.to_string();
+    assert!(text.contains("creds_file"), "{text}");
+    assert!(text.contains("not a NATS credentials file"), "{text}");
+    assert!(!text.contains("s3cret"), "the file's content leaks: {text}");
+    Ok(())
+}

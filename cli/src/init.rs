@@ -103,7 +103,10 @@ queue = 64
 # restart_backoff_max_ms = 10000     # longest pause between restarts
 
 # type = "nats": one message per block to a NATS JetStream stream
-# (docs/nats.md). Authentication: token, or user and password.
+# (docs/nats.md), on the official async-nats client. Several servers of a
+# cluster: url = "nats://a:4222,nats://b:4222". TLS: tls:// URLs,
+# tls_ca_file, tls_cert_file + tls_key_file, tls_required. Authentication:
+# token, user and password, creds_file (.creds) or nkey_seed_file.
 # [streamers.nats]
 # type = "nats"
 # keys = ["*"]
@@ -115,6 +118,7 @@ queue = 64
 # create_stream = true               # create the stream when missing
 # duplicate_window_ms = 120000       # deduplication window of that stream
 # replicas = 1                       # replicas of that stream
+# tls_required = false               # refuse a connection without TLS
 
 # type = "webhook": an HTTP request per change (or per block) with a
 # delivery policy and Standard Webhooks signatures (docs/webhook.md).
@@ -130,6 +134,19 @@ queue = 64
 # retry_schedule_ms = [0, 5000, 300000, 1800000, 7200000, 18000000, 36000000]
 # timeout_ms = 15000
 # on_exhausted = "halt"              # or "dead-letter" (dead_letter_dir)
+
+# type = "postgres": each block and this streamer's cursor in one SQL
+# transaction, so every block is in the database exactly once
+# (docs/postgres.md). Password: in the URL, password_file or PGPASSWORD.
+# [streamers.pg]
+# type = "postgres"
+# keys = ["*"]
+# url = "postgresql://statestream@127.0.0.1:5432/statestream"
+# schema = "statestream"
+# tables = "both"                    # "changes", "state" or "both"
+# create_schema = true               # create the schema and tables when missing
+# notify = true                      # NOTIFY statestream_<schema>, '<height>'
+# tls = "prefer"                     # "disable", "prefer" or "require"
 "##;
 
 #[derive(Debug, clap::Args)]

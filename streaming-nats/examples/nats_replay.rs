@@ -8,13 +8,15 @@
 //! ```
 //!
 //! Options: `--url`, `--stream`, `--subject` (defaults as in app.toml),
-//! `--token`, `--user`, `--password`, `--json`.
+//! `--token`, `--user`, `--password`, `--creds-file`, `--nkey-seed-file`,
+//! `--tls-ca-file`, `--tls-cert-file`, `--tls-key-file`, `--tls-required`
+//! (as the keys of app.toml), `--json`.
 
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use statestream_core::to_hex;
-use statestream_nats::{Client, NatsStreamerConfig, replay_stream};
+use statestream_nats::{NatsStreamerConfig, replay_stream};
 
 fn main() -> ExitCode {
     match run() {
@@ -39,11 +41,18 @@ fn run() -> Result<ExitCode> {
             "--token" => config.token = Some(value()?),
             "--user" => config.user = Some(value()?),
             "--password" => config.password = Some(value()?),
+            "--creds-file" => config.creds_file = Some(value()?),
+            "--nkey-seed-file" => config.nkey_seed_file = Some(value()?),
+            "--tls-ca-file" => config.tls_ca_file = Some(value()?),
+            "--tls-cert-file" => config.tls_cert_file = Some(value()?),
+            "--tls-key-file" => config.tls_key_file = Some(value()?),
+            "--tls-required" => config.tls_required = true,
             "--json" => json = true,
             "-h" | "--help" => {
                 println!(
                     "usage: nats_replay [--url URL] [--stream NAME] [--subject SUBJECT] \
-                     [--token T | --user U --password P] [--json]"
+                     [--token T | --user U --password P | --creds-file F | --nkey-seed-file F] \
+                     [--tls-ca-file F] [--tls-cert-file F --tls-key-file F] [--tls-required] [--json]"
                 );
                 return Ok(ExitCode::SUCCESS);
             }
@@ -53,8 +62,7 @@ fn run() -> Result<ExitCode> {
     if let Err((key, message)) = config.check() {
         bail!("--{key}: {message}");
     }
-    let mut client = Client::connect(&config.connect_options())?;
-    let replay = replay_stream(&mut client, &config.stream, &config.subject)?;
+    let replay = replay_stream(&config)?;
     let hash = to_hex(&replay.app_hash);
     if json {
         println!(

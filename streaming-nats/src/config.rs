@@ -6,8 +6,11 @@ use serde::Deserialize;
 use statestream_config::{ConfigError, StreamerOptions};
 use statestream_core::StreamerContext;
 
-use crate::client::ConnectOptions;
+use std::path::Path;
+
+use crate::conn::{Settings, resolve};
 use crate::streamer::NatsStreamer;
+use crate::url::{parse_servers, redact_url};
 
 /// The streamer type name this crate registers.
 pub const NATS_TYPE: &str = "nats";
@@ -28,12 +31,13 @@ pub const NATS_TYPE: &str = "nats";
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsStreamerConfig {
-    /// The server: `nats://host:port` (`host:port` and `host` work too;
-    /// the port defaults to 4222). Several servers of a cluster may be
-    /// listed, separated by commas: they are tried in order on every
-    /// (re)connection. Credentials may be written in the URL
-    /// (`nats://user:password@host`, `nats://token@host`). No TLS.
-    /// Default `"nats://127.0.0.1:4222"`.
+    /// The server: `nats://host:port` or `tls://host:port` (`host:port`
+    /// and `host` work too; the port defaults to 4222). Several servers of
+    /// a cluster may be listed, separated by commas: they are tried in
+    /// order, and the servers the cluster announces are added for
+    /// reconnections. Credentials may be written in the URL
+    /// (`nats://user:password@host`, `nats://token@host`). A `tls://`
+    /// address makes TLS mandatory. Default `"nats://127.0.0.1:4222"`.
     #[serde(default = "default_url")]
     pub url: String,
     /// The JetStream stream that stores the blocks. Default
@@ -53,8 +57,35 @@ pub struct NatsStreamerConfig {
     /// Password of `user`. Default: none.
     #[serde(default)]
     pub password: Option<String>,
-    /// Timeout of the TCP connection and the handshake, in milliseconds.
-    /// Default 5000.
+    /// A NATS credentials file (`.creds`: the user JWT and its nkey seed,
+    /// as `nsc` writes it). Relative paths are relative to the node's
+    /// home. Default: none.
+    #[serde(default)]
+    pub creds_file: Option<String>,
+    /// A file holding an nkey seed (a line starting with `SU`): nkey
+    /// authentication. Relative to the node's home. Default: none.
+    #[serde(default)]
+    pub nkey_seed_file: Option<String>,
+    /// PEM file of the certificate authorities that verify the server's
+    /// certificate (default: the system's roots, from `webpki-roots`).
+    /// Relative to the node's home. Default: none.
+    #[serde(default)]
+    pub tls_ca_file: Option<String>,
+    /// PEM client certificate for TLS client authentication (with
+    /// `tls_key_file`). Relative to the node's home. Default: none.
+    #[serde(default)]
+    pub tls_cert_file: Option<String>,
+    /// PEM private key of `tls_cert_file`. Default: none.
+    #[serde(default)]
+    pub tls_key_file: Option<String>,
+    /// Refuse a connection that is not TLS, whatever the server offers.
+    /// Default `false` (TLS when the server requires it or the address is
+    /// `tls://`).
+    #[serde(default)]
+    pub tls_required: bool,
+    /// Timeout of the TCP connection and the handshake, in milliseconds;
+    /// also how long a block waits for a lost connection to come back
+    /// before its delivery fails. Default 5000.
     #[serde(default = "default_timeout_ms")]
     pub connect_timeout_ms: u64,
     /// Timeout of each JetStream request, including the wait for a
@@ -81,12 +112,18 @@ impl std::fmt::Debug for NatsStreamerConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print secrets.
         f.debug_struct("NatsStreamerConfig")
-            .field("url", &crate::client::redact_url(&self.url))
+            .field("url", &redact_url(&self.url))
             .field("stream", &self.stream)
             .field("subject", &self.subject)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("creds_file", &self.creds_file)
+            .field("nkey_seed_file", &self.nkey_seed_file)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_key_file", &self.tls_key_file)
+            .field("tls_required", &self.tls_required)
             .field("connect_timeout_ms", &self.connect_timeout_ms)
             .field("request_timeout_ms", &self.request_timeout_ms)
             .field("create_stream", &self.create_stream)
@@ -129,6 +166,12 @@ impl Default for NatsStreamerConfig {
             token: None,
             user: None,
             password: None,
+            creds_file: None,
+            nkey_seed_file: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_required: false,
             connect_timeout_ms: default_timeout_ms(),
             request_timeout_ms: default_timeout_ms(),
             create_stream: true,
@@ -144,21 +187,66 @@ impl NatsStreamerConfig {
         blocks_subject(&self.subject)
     }
 
-    /// The connection options these settings describe.
-    pub fn connect_options(&self) -> ConnectOptions {
-        let mut o = ConnectOptions::new(&self.url);
-        o.token = self.token.clone();
-        o.user = self.user.clone();
-        o.password = self.password.clone();
-        o.connect_timeout = Duration::from_millis(self.connect_timeout_ms);
-        o.request_timeout = Duration::from_millis(self.request_timeout_ms);
-        o
+    /// The connection settings, paths resolved against `home`.
+    pub(crate) fn settings(&self, home: Option<&Path>) -> crate::Result<Settings> {
+        let path = |p: &Option<String>| p.as_deref().map(|p| resolve(home, p));
+        Ok(Settings {
+            url: self.url.clone(),
+            servers: parse_servers(&self.url)?,
+            token: self.token.clone(),
+            user: self.user.clone(),
+            password: self.password.clone(),
+            creds_file: path(&self.creds_file),
+            nkey_seed_file: path(&self.nkey_seed_file),
+            tls_ca_file: path(&self.tls_ca_file),
+            tls_cert_file: path(&self.tls_cert_file),
+            tls_key_file: path(&self.tls_key_file),
+            tls_required: self.tls_required,
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+            name: "statestream".to_string(),
+        })
     }
 
     /// Checks the options; `Err((key, message))` names the bad key.
     pub fn check(&self) -> Result<(), (&'static str, String)> {
-        if let Err(e) = self.connect_options().validate() {
+        if let Err(e) = parse_servers(&self.url) {
             return Err(("url", e.to_string()));
+        }
+        for (key, value) in [
+            ("creds_file", &self.creds_file),
+            ("nkey_seed_file", &self.nkey_seed_file),
+            ("tls_ca_file", &self.tls_ca_file),
+            ("tls_cert_file", &self.tls_cert_file),
+            ("tls_key_file", &self.tls_key_file),
+        ] {
+            if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                return Err((key, "the path is empty".into()));
+            }
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            let key = if self.tls_cert_file.is_some() {
+                "tls_cert_file"
+            } else {
+                "tls_key_file"
+            };
+            return Err((key, "tls_cert_file and tls_key_file go together".into()));
+        }
+        let methods = [
+            ("creds_file", self.creds_file.is_some()),
+            ("nkey_seed_file", self.nkey_seed_file.is_some()),
+            ("token", self.token.is_some()),
+            ("user", self.user.is_some() || self.password.is_some()),
+        ];
+        let given: Vec<&str> = methods.iter().filter(|m| m.1).map(|m| m.0).collect();
+        if given.len() > 1 && given != ["token", "user"] {
+            return Err((
+                given[0],
+                format!(
+                    "give one authentication method, not {}",
+                    given.join(" and ")
+                ),
+            ));
         }
         check_stream_name(&self.stream).map_err(|m| ("stream", m))?;
         check_subject(&self.subject).map_err(|m| ("subject", m))?;
@@ -201,7 +289,12 @@ impl NatsStreamerConfig {
     ) -> Result<NatsStreamer, ConfigError> {
         self.check()
             .map_err(|(key, message)| options.error(key, message))?;
-        Ok(NatsStreamer::new(ctx.name, self.clone()))
+        Ok(NatsStreamer::with_context(
+            ctx.name,
+            self.clone(),
+            Some(ctx.home),
+            ctx.shutdown.clone(),
+        ))
     }
 }
 

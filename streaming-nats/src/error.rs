@@ -1,6 +1,7 @@
 use std::time::Duration;
 
-/// Errors of the NATS client, the streamer and the replay.
+/// Errors of the streamer, the reader and the replay. Messages show URLs
+/// without credentials and never a secret.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum NatsError {
@@ -8,20 +9,43 @@ pub enum NatsError {
     #[error("invalid NATS url {url:?}: {reason}")]
     BadUrl { url: String, reason: String },
 
-    /// No server of the list accepted a connection.
-    #[error("cannot connect to {url}: {source}")]
-    Connect {
+    /// No server of the list could be reached, or the handshake failed
+    /// (TLS, authentication). The url is shown without credentials, and
+    /// the reason never contains a secret.
+    #[error("cannot connect to {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+
+    /// The connection was lost and did not come back in time (the client
+    /// keeps reconnecting in the background).
+    #[error("cannot connect to {url}: the connection is lost and not back after {} ms{}", waited.as_millis(), last_error.as_ref().map(|e| format!(" (last error: {e})")).unwrap_or_default())]
+    Disconnected {
         url: String,
-        #[source]
-        source: std::io::Error,
+        waited: Duration,
+        last_error: Option<String>,
     },
 
-    /// The connection failed while reading or writing.
-    #[error("{url}: connection lost: {source}")]
-    Io {
+    /// A credentials, key or certificate file cannot be used.
+    #[error("{key} {path}: {reason}")]
+    File {
+        key: &'static str,
+        path: std::path::PathBuf,
+        reason: String,
+    },
+
+    /// The streamer's async runtime could not be started.
+    #[error("cannot start the NATS client's runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+
+    /// The node is shutting down: a wait for the server was cut short.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+
+    /// A request to the server failed (not a refusal by JetStream).
+    #[error("{url}: {what} failed: {reason}")]
+    Request {
         url: String,
-        #[source]
-        source: std::io::Error,
+        what: String,
+        reason: String,
     },
 
     /// The server did not answer in time.
@@ -32,16 +56,8 @@ pub enum NatsError {
         timeout: Duration,
     },
 
-    /// The server sent something this client does not understand.
-    #[error("{url}: protocol error: {message}")]
-    Protocol { url: String, message: String },
-
-    /// The server refused the connection or an operation (`-ERR`), e.g. bad
-    /// credentials or a payload over `max_payload`.
-    #[error("{url}: server error: {message}")]
-    Server { url: String, message: String },
-
-    /// The server needs something this client does not do (TLS, headers).
+    /// The server's limits do not allow what the streamer must do (a
+    /// `max_payload` too small to split blocks into).
     #[error("{url}: {message}")]
     Unsupported { url: String, message: String },
 
@@ -79,6 +95,19 @@ pub enum NatsError {
         want: String,
     },
 
+    /// JetStream refused a block because its subject belongs to another
+    /// stream than the configured one (`Nats-Expected-Stream`).
+    #[error(
+        "block {height}: subject {subject} is not captured by the configured stream {want:?} \
+         ({description}): check the streams' subjects"
+    )]
+    StreamMismatch {
+        height: u64,
+        subject: String,
+        want: String,
+        description: String,
+    },
+
     /// A JSON answer of the server does not decode.
     #[error("{what}: unexpected answer from the server: {reason}")]
     BadAnswer { what: String, reason: String },
@@ -100,9 +129,13 @@ pub enum NatsError {
         reason: String,
     },
 
-    /// The store used by the replay failed.
-    #[error(transparent)]
-    Store(#[from] statestream_store::Error),
+    /// The replay's sink refused a block.
+    #[error("replay: block {height} could not be applied: {source}")]
+    Sink {
+        height: u64,
+        #[source]
+        source: statestream_core::BoxError,
+    },
 
     /// A stored record or store name did not validate.
     #[error(transparent)]

@@ -11,10 +11,15 @@
 //!   again) and `Statestream-Height`; blocks over the server's
 //!   `max_payload` are split into parts. `on_block` returns only after the
 //!   server's acknowledgement.
-//! - [`Client`]: a small synchronous NATS client (no async runtime) with
-//!   the JetStream calls the streamer and the reader need.
-//! - [`StreamReader`] and [`replay_stream`]: read the blocks back in order
-//!   and rebuild the state; the app hash must equal the node's.
+//!   The client is the official `async-nats` (TLS, token, user/password,
+//!   nkey and `.creds` authentication, clusters with discovery,
+//!   reconnection), on a small tokio runtime the streamer owns: nothing
+//!   async appears in this crate's API.
+//! - [`StreamReader`], [`replay_stream`] and [`replay_stream_into`]: read
+//!   the blocks back in order (an ordered consumer) and rebuild the state,
+//!   in memory or into a [`ReplaySink`] of the application's; the hash
+//!   chains are recomputed from the records and must equal the node's.
+//!   They take the same options as the streamer.
 //!
 //! ```no_run
 //! use statestream::{DeliveryManager, Registry};
@@ -44,36 +49,63 @@
 //! manager.close(&mut store)?;
 //!
 //! // Elsewhere: rebuild the state from the stream.
-//! let mut client = statestream_nats::Client::connect(&statestream_nats::ConnectOptions::new(
-//!     "nats://127.0.0.1:4222",
-//! ))?;
-//! let replay = statestream_nats::replay_stream(&mut client, "statestream", "statestream")?;
+//! let replay = statestream_nats::replay_stream(&statestream_nats::NatsStreamerConfig {
+//!     url: "nats://127.0.0.1:4222".into(),
+//!     ..Default::default()
+//! })?;
 //! println!("height {} app hash {}", replay.height, statestream_core::to_hex(&replay.app_hash));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
-mod client;
 mod config;
+mod conn;
 mod error;
-mod jetstream;
 mod replay;
 mod streamer;
+mod url;
 
 /// Fuzzing seam, compiled only with the `fuzzing` feature (which `fuzz/`
-/// enables for `fuzz_targets/nats_protocol.rs`): [`connect_script`](fuzzing::connect_script)
-/// gives a [`Client`] whose server is a byte string, so everything the
-/// client parses from a server runs on arbitrary bytes. Not part of the API.
+/// enables for `fuzz_targets/nats_blocks.rs`): [`assemble`](fuzzing::assemble)
+/// runs the reader's checks and reassembly (everything this crate parses
+/// from what a stream stores; the NATS protocol itself is the client
+/// crate's) on arbitrary messages. Not part of the API.
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing {
-    pub use crate::client::connect_script;
+    use crate::replay::{Assembler, RawMessage};
+
+    /// One stored message: sequence, `Statestream-Height` and
+    /// `Statestream-Part` headers, payload.
+    pub type Message<'a> = (u64, Option<&'a str>, Option<&'a str>, &'a [u8]);
+
+    /// Feeds `messages` to the reader's assembler, in order, until the
+    /// first error; returns the heights of the blocks it completed.
+    pub fn assemble<'a>(
+        stream: &str,
+        messages: impl IntoIterator<Item = Message<'a>>,
+    ) -> crate::Result<Vec<u64>> {
+        let mut a = Assembler::new(stream);
+        let mut heights = Vec::new();
+        for (seq, height, part, payload) in messages {
+            let raw = RawMessage {
+                seq,
+                height,
+                part,
+                payload,
+            };
+            if let Some(b) = a.push(raw)? {
+                heights.push(b.height);
+            }
+        }
+        Ok(heights)
+    }
 }
 
-pub use client::{Client, ConnectOptions, DEFAULT_PORT, Message, ServerInfo};
 pub use config::{NATS_TYPE, NatsStreamerConfig};
 pub use error::{NatsError, Result};
-pub use jetstream::{PubAck, StoredMessage, StreamConfigInfo, StreamInfo, StreamSpec, StreamState};
-pub use replay::{Replay, StreamBlock, StreamReader, replay_stream};
+pub use replay::{
+    Replay, ReplaySink, ReplayState, StreamBlock, StreamReader, replay_stream, replay_stream_into,
+};
 pub use streamer::{HEADER_HEIGHT, HEADER_MSG_ID, HEADER_PART, NatsStreamer};

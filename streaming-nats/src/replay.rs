@@ -3,12 +3,23 @@
 
 use prost::Message as _;
 use statestream_core::proto::BlockFrame;
-use statestream_core::{Hash, Records, StoreKey, to_hex};
-use statestream_store::{KvStore, MultiStore};
+use std::collections::BTreeMap;
 
-use crate::client::Client;
+use statestream_core::{
+    BoxError, Hash, Record, Records, StoreKey, ZERO_HASH, app_hash, chain_store_hash, to_hex,
+};
+
+use std::pin::Pin;
+
+use async_nats::jetstream::consumer::DeliverPolicy;
+use async_nats::jetstream::consumer::push::{self, Ordered};
+use futures_util::StreamExt as _;
+use statestream_core::Shutdown;
+use tokio::runtime::Runtime;
+
+use crate::config::NatsStreamerConfig;
+use crate::conn::{Connection, block_on, runtime};
 use crate::error::{NatsError, Result};
-use crate::jetstream::StoredMessage;
 use crate::streamer::{HEADER_HEIGHT, HEADER_PART, parse_part};
 
 /// One block read from the stream, its parts put back together.
@@ -25,8 +36,10 @@ pub struct StreamBlock {
     pub parts: u64,
 }
 
-/// Reads the blocks of a stream in order, with `$JS.API.STREAM.MSG.GET`
-/// (no consumer is created, nothing is left on the server).
+/// Reads the blocks of a stream in order, through an ordered consumer
+/// (the server pushes the messages in batches, in stream order; the
+/// consumer is ephemeral, in memory, and removed by the server when the
+/// reader goes away).
 ///
 /// - Split blocks are put back together.
 /// - A block stored twice (published again after the duplicate window) is
@@ -34,19 +47,163 @@ pub struct StreamBlock {
 ///   and counted in [`duplicates`](StreamReader::duplicates).
 /// - A missing height is an error (a lost block), and so is a frame whose
 ///   records do not match its metadata's length and CRC-32C.
-/// - The end of the stream ends the iteration, also inside a split block
-///   (its last parts are not published yet).
-#[derive(Debug)]
-pub struct StreamReader<'a> {
-    client: &'a mut Client,
+/// - The reader stops at the last message the subject held when it was
+///   opened, also inside a split block (its last parts are not published
+///   yet).
+pub struct StreamReader {
+    // Field order matters: the consumer and the connection go before the
+    // runtime that drives them.
+    messages: Option<Pin<Box<Ordered>>>,
+    conn: Connection,
+    /// Always `Some` until dropped.
+    runtime: Option<Runtime>,
     stream: String,
-    subject: String,
-    next_seq: u64,
-    last_height: Option<u64>,
-    duplicates: u64,
+    /// Sequence of the last message on the subject when opened.
+    last_seq: u64,
+    assembler: Assembler,
     done: bool,
 }
 
+impl std::fmt::Debug for StreamReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamReader")
+            .field("url", &self.conn.url())
+            .field("stream", &self.stream)
+            .field("last_seq", &self.last_seq)
+            .field("duplicates", &self.assembler.duplicates)
+            .finish()
+    }
+}
+
+impl StreamReader {
+    /// Connects as `config` says (url, credentials, TLS, timeouts) and
+    /// reads the blocks on `<subject>.blocks` in `config.stream`, from its
+    /// start.
+    pub fn open(config: &NatsStreamerConfig) -> Result<StreamReader> {
+        let settings = config.settings(None)?;
+        let runtime = runtime("reader")?;
+        let conn = Connection::open(&runtime, &settings, &Shutdown::new())?;
+        let stream = config.stream.clone();
+        let subject = config.blocks_subject();
+        let (last_seq, messages) = block_on(&runtime, async {
+            let Some(last) = conn.last_message(&stream, &subject).await? else {
+                return Ok::<_, NatsError>((0, None));
+            };
+            let s = conn
+                .jetstream()
+                .get_stream_no_info(&stream)
+                .await
+                .map_err(|e| conn.request_failed(&format!("stream {stream:?}"), &e))?;
+            let consumer = s
+                .create_consumer(push::OrderedConfig {
+                    deliver_subject: conn.new_inbox(),
+                    filter_subject: subject.clone(),
+                    deliver_policy: DeliverPolicy::All,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| {
+                    conn.request_failed(&format!("creating a consumer on stream {stream:?}"), &e)
+                })?;
+            let messages = consumer
+                .messages()
+                .await
+                .map_err(|e| conn.request_failed(&format!("reading stream {stream:?}"), &e))?;
+            Ok((last.sequence, Some(Box::pin(messages))))
+        })?;
+        Ok(StreamReader {
+            messages,
+            assembler: Assembler::new(&stream),
+            conn,
+            runtime: Some(runtime),
+            stream,
+            last_seq,
+            done: false,
+        })
+    }
+
+    /// Messages skipped because their block was already returned.
+    pub fn duplicates(&self) -> u64 {
+        self.assembler.duplicates
+    }
+
+    fn next_block(&mut self) -> Result<Option<StreamBlock>> {
+        loop {
+            if self.assembler.next_seq > self.last_seq {
+                return Ok(None);
+            }
+            let (Some(messages), Some(rt)) = (self.messages.as_mut(), self.runtime.as_ref()) else {
+                return Ok(None);
+            };
+            let timeout = self.conn.request_timeout();
+            let next = block_on(rt, async {
+                tokio::time::timeout(timeout, messages.next()).await
+            });
+            let m = match next {
+                Err(_) => {
+                    return Err(NatsError::Timeout {
+                        url: self.conn.url().to_string(),
+                        what: format!("the next message of stream {:?}", self.stream),
+                        timeout,
+                    });
+                }
+                Ok(None) => return Ok(None),
+                Ok(Some(Err(e))) => {
+                    return Err(self
+                        .conn
+                        .request_failed(&format!("reading stream {:?}", self.stream), &e));
+                }
+                Ok(Some(Ok(m))) => m,
+            };
+            let seq = m
+                .info()
+                .map_err(|e| {
+                    self.conn
+                        .request_failed(&format!("reading stream {:?}", self.stream), &e)
+                })?
+                .stream_sequence;
+            let header = |name: &str| {
+                m.headers
+                    .as_ref()
+                    .and_then(|h| h.get(name))
+                    .map(|v| v.as_str())
+            };
+            let raw = RawMessage {
+                seq,
+                height: header(HEADER_HEIGHT),
+                part: header(HEADER_PART),
+                payload: &m.payload,
+            };
+            if let Some(block) = self.assembler.push(raw)? {
+                return Ok(Some(block));
+            }
+        }
+    }
+}
+
+/// One stored message, as the assembler looks at it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RawMessage<'a> {
+    pub(crate) seq: u64,
+    pub(crate) height: Option<&'a str>,
+    pub(crate) part: Option<&'a str>,
+    pub(crate) payload: &'a [u8],
+}
+
+/// Puts the blocks of a stream back together from its messages, in stream
+/// order, checking everything (this is the part of the reader that parses
+/// what the server stored, so the fuzz target drives it directly).
+#[derive(Debug)]
+pub(crate) struct Assembler {
+    stream: String,
+    /// The smallest sequence the next message may have.
+    pub(crate) next_seq: u64,
+    last_height: Option<u64>,
+    pub(crate) duplicates: u64,
+    pending: Option<Pending>,
+}
+
+#[derive(Debug)]
 struct Pending {
     height: u64,
     parts: u64,
@@ -54,23 +211,15 @@ struct Pending {
     data: Vec<u8>,
 }
 
-impl<'a> StreamReader<'a> {
-    /// Reads the blocks on `<subject>.blocks` in `stream`, from its start.
-    pub fn new(client: &'a mut Client, stream: &str, subject: &str) -> StreamReader<'a> {
-        StreamReader {
-            client,
+impl Assembler {
+    pub(crate) fn new(stream: &str) -> Assembler {
+        Assembler {
             stream: stream.to_string(),
-            subject: crate::config::blocks_subject(subject),
             next_seq: 1,
             last_height: None,
             duplicates: 0,
-            done: false,
+            pending: None,
         }
-    }
-
-    /// Messages skipped because their block was already returned.
-    pub fn duplicates(&self) -> u64 {
-        self.duplicates
     }
 
     fn bad(&self, seq: u64, reason: String) -> NatsError {
@@ -81,125 +230,114 @@ impl<'a> StreamReader<'a> {
         }
     }
 
-    fn next_message(&mut self) -> Result<Option<StoredMessage>> {
-        let m = self
-            .client
-            .get_message(&self.stream, self.next_seq, Some(&self.subject))?;
-        if let Some(m) = &m {
-            // The server answers with the first message at or after the
-            // sequence asked for; anything else is a broken answer, not a
-            // reason to read backwards or to overflow.
-            if m.seq < self.next_seq {
-                return Err(self.bad(
-                    m.seq,
-                    format!(
-                        "the server returned sequence {} when asked for {} or later",
-                        m.seq, self.next_seq
-                    ),
-                ));
-            }
-            self.next_seq = m.seq.checked_add(1).ok_or_else(|| {
-                self.bad(m.seq, "the sequence number is the largest possible".into())
-            })?;
+    /// Takes the next message; a block when it completes one.
+    pub(crate) fn push(&mut self, m: RawMessage<'_>) -> Result<Option<StreamBlock>> {
+        // Messages come in stream order; anything else is a broken answer,
+        // not a reason to read backwards or to overflow.
+        if m.seq < self.next_seq {
+            return Err(self.bad(
+                m.seq,
+                format!(
+                    "the server returned sequence {} when {} or later was due",
+                    m.seq, self.next_seq
+                ),
+            ));
         }
-        Ok(m)
-    }
-
-    fn next_block(&mut self) -> Result<Option<StreamBlock>> {
-        let mut pending: Option<Pending> = None;
-        loop {
-            let Some(m) = self.next_message()? else {
-                return Ok(None);
-            };
-            let height = m
-                .header(HEADER_HEIGHT)
-                .ok_or_else(|| self.bad(m.seq, format!("no {HEADER_HEIGHT} header")))?;
-            let height: u64 = height
-                .parse()
-                .map_err(|_| self.bad(m.seq, format!("bad {HEADER_HEIGHT} header {height:?}")))?;
-            if self.last_height.is_some_and(|last| height <= last) {
-                self.duplicates += 1;
-                continue;
-            }
-            let (data, parts) = match m.header(HEADER_PART) {
-                None => {
-                    if let Some(p) = &pending {
-                        return Err(self.bad(
-                            m.seq,
-                            format!(
-                                "block {height} follows part {} of {} of block {}",
-                                p.next_part - 1,
-                                p.parts,
-                                p.height
-                            ),
-                        ));
-                    }
-                    (m.payload, 1)
-                }
-                Some(text) => {
-                    let (i, n, _) = parse_part(text).ok_or_else(|| {
-                        self.bad(m.seq, format!("bad {HEADER_PART} header {text:?}"))
-                    })?;
-                    if i == 1 {
-                        // A block published again starts over.
-                        pending = Some(Pending {
-                            height,
-                            parts: n,
-                            next_part: 1,
-                            data: Vec::new(),
-                        });
-                    }
-                    let Some(p) = pending.as_mut() else {
-                        return Err(self.bad(
-                            m.seq,
-                            format!("part {i}/{n} of block {height} without its first part"),
-                        ));
-                    };
-                    if p.height == height && p.parts == n && p.next_part > i {
-                        // A part stored twice.
-                        self.duplicates += 1;
-                        continue;
-                    }
-                    if p.height != height || p.parts != n || p.next_part != i {
-                        return Err(self.bad(
-                            m.seq,
-                            format!(
-                                "part {i}/{n} of block {height} where part {}/{} of block {} was expected",
-                                p.next_part, p.parts, p.height
-                            ),
-                        ));
-                    }
-                    p.data.extend_from_slice(&m.payload);
-                    p.next_part += 1;
-                    if i < n {
-                        continue;
-                    }
-                    (std::mem::take(&mut p.data), n)
-                }
-            };
-            if let Some(last) = self.last_height
-                && height != last + 1
-            {
-                return Err(self.bad(
-                    m.seq,
-                    format!(
-                        "block {} is missing: the next block in the stream is {height}",
-                        last + 1
-                    ),
-                ));
-            }
-            let frame = BlockFrame::decode(data.as_slice()).map_err(|e| {
-                self.bad(m.seq, format!("block {height}: frame does not decode: {e}"))
-            })?;
-            self.check_frame(m.seq, height, &frame)?;
-            self.last_height = Some(height);
-            return Ok(Some(StreamBlock {
-                height,
-                frame,
-                seq: m.seq,
-                parts,
-            }));
+        self.next_seq = m
+            .seq
+            .checked_add(1)
+            .ok_or_else(|| self.bad(m.seq, "the sequence number is the largest possible".into()))?;
+        let height = m
+            .height
+            .ok_or_else(|| self.bad(m.seq, format!("no {HEADER_HEIGHT} header")))?;
+        let height: u64 = height
+            .parse()
+            .map_err(|_| self.bad(m.seq, format!("bad {HEADER_HEIGHT} header {height:?}")))?;
+        if self.last_height.is_some_and(|last| height <= last) {
+            self.duplicates += 1;
+            return Ok(None);
         }
+        let (data, parts) = match m.part {
+            None => {
+                if let Some(p) = &self.pending {
+                    return Err(self.bad(
+                        m.seq,
+                        format!(
+                            "block {height} follows part {} of {} of block {}",
+                            p.next_part - 1,
+                            p.parts,
+                            p.height
+                        ),
+                    ));
+                }
+                (m.payload.to_vec(), 1)
+            }
+            Some(text) => {
+                let (i, n, _) = parse_part(text)
+                    .ok_or_else(|| self.bad(m.seq, format!("bad {HEADER_PART} header {text:?}")))?;
+                if i == 1 {
+                    // A block published again starts over.
+                    self.pending = Some(Pending {
+                        height,
+                        parts: n,
+                        next_part: 1,
+                        data: Vec::new(),
+                    });
+                }
+                let Some(p) = self.pending.as_ref() else {
+                    return Err(self.bad(
+                        m.seq,
+                        format!("part {i}/{n} of block {height} without its first part"),
+                    ));
+                };
+                if p.height == height && p.parts == n && p.next_part > i {
+                    // A part stored twice.
+                    self.duplicates += 1;
+                    return Ok(None);
+                }
+                if p.height != height || p.parts != n || p.next_part != i {
+                    return Err(self.bad(
+                        m.seq,
+                        format!(
+                            "part {i}/{n} of block {height} where part {}/{} of block {} was expected",
+                            p.next_part, p.parts, p.height
+                        ),
+                    ));
+                }
+                let Some(p) = self.pending.as_mut() else {
+                    return Ok(None);
+                };
+                p.data.extend_from_slice(m.payload);
+                p.next_part += 1;
+                if i < n {
+                    return Ok(None);
+                }
+                let data = std::mem::take(&mut p.data);
+                self.pending = None;
+                (data, n)
+            }
+        };
+        if let Some(last) = self.last_height
+            && height != last + 1
+        {
+            return Err(self.bad(
+                m.seq,
+                format!(
+                    "block {} is missing: the next block in the stream is {height}",
+                    last + 1
+                ),
+            ));
+        }
+        let frame = BlockFrame::decode(data.as_slice())
+            .map_err(|e| self.bad(m.seq, format!("block {height}: frame does not decode: {e}")))?;
+        self.check_frame(m.seq, height, &frame)?;
+        self.last_height = Some(height);
+        Ok(Some(StreamBlock {
+            height,
+            frame,
+            seq: m.seq,
+            parts,
+        }))
     }
 
     fn check_frame(&self, seq: u64, height: u64, frame: &BlockFrame) -> Result<()> {
@@ -240,7 +378,7 @@ impl<'a> StreamReader<'a> {
     }
 }
 
-impl Iterator for StreamReader<'_> {
+impl Iterator for StreamReader {
     type Item = Result<StreamBlock>;
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -261,14 +399,84 @@ impl Iterator for StreamReader<'_> {
     }
 }
 
-/// The result of [`replay_stream`].
+impl Drop for StreamReader {
+    fn drop(&mut self) {
+        self.messages = None;
+        // Never block in drop (the caller may be on a runtime of its own).
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Where [`replay_stream_into`] puts the state it rebuilds: a store of
+/// the application's (a `MultiStore`, a database), or the in-memory
+/// [`ReplayState`] that [`replay_stream`] uses. Called in stream order;
+/// the records of a block come in the canonical order (store name, then
+/// key), and [`end_block`](ReplaySink::end_block) follows them once they
+/// have all been applied and the block's hashes checked.
+pub trait ReplaySink {
+    /// Applies one record of block `height`: a set, or a delete when
+    /// `record.value` is `None`.
+    fn apply(&mut self, height: u64, record: &Record<'_>) -> std::result::Result<(), BoxError>;
+
+    /// Block `height` is complete (a store commits it here). Default: nothing.
+    fn end_block(&mut self, height: u64) -> std::result::Result<(), BoxError> {
+        let _ = height;
+        Ok(())
+    }
+}
+
+/// The state [`replay_stream`] rebuilds: every store's keys and values,
+/// in memory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplayState {
+    stores: BTreeMap<String, BTreeMap<Vec<u8>, Vec<u8>>>,
+}
+
+impl ReplayState {
+    /// The value of `key` in `store`.
+    pub fn get(&self, store: &str, key: &[u8]) -> Option<&[u8]> {
+        self.stores.get(store)?.get(key).map(Vec::as_slice)
+    }
+
+    /// Every key and value of `store`, in key order.
+    pub fn iter(&self, store: &str) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.stores
+            .get(store)
+            .into_iter()
+            .flat_map(|m| m.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
+    }
+}
+
+impl ReplaySink for ReplayState {
+    fn apply(&mut self, _height: u64, r: &Record<'_>) -> std::result::Result<(), BoxError> {
+        match r.value {
+            Some(v) => {
+                self.stores
+                    .entry(r.store.to_string())
+                    .or_default()
+                    .insert(r.key.to_vec(), v.to_vec());
+            }
+            None => {
+                if let Some(m) = self.stores.get_mut(r.store) {
+                    m.remove(r.key);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The result of [`replay_stream`] and [`replay_stream_into`].
 #[non_exhaustive]
-pub struct Replay {
-    /// The rebuilt store (in memory), committed block by block.
-    pub store: MultiStore,
+pub struct Replay<S = ReplayState> {
+    /// The rebuilt state.
+    pub state: S,
     /// The last height replayed.
     pub height: u64,
-    /// The app hash after it.
+    /// The app hash after it, as the node committed it (checked against
+    /// the records when every store is streamed).
     pub app_hash: Hash,
     /// Blocks replayed.
     pub blocks: u64,
@@ -278,7 +486,14 @@ pub struct Replay {
     pub duplicates: u64,
 }
 
-impl std::fmt::Debug for Replay {
+impl Replay<ReplayState> {
+    /// The value of `key` in `store` after the last block.
+    pub fn get(&self, store: &str, key: &[u8]) -> Option<&[u8]> {
+        self.state.get(store, key)
+    }
+}
+
+impl<S> std::fmt::Debug for Replay<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Replay")
             .field("height", &self.height)
@@ -290,24 +505,46 @@ impl std::fmt::Debug for Replay {
     }
 }
 
-/// Rebuilds the state from the blocks of `stream` (published on
-/// `<subject>.blocks`) into a new in-memory [`MultiStore`] with the stores
-/// named in the first block's store hashes, committing block by block.
+/// Rebuilds the state from the blocks of `config.stream` (published on
+/// `<config.subject>.blocks`, read with [`StreamReader`]) in memory.
+/// See [`replay_stream_into`] for the checks.
+pub fn replay_stream(config: &NatsStreamerConfig) -> Result<Replay> {
+    replay_stream_into(config, ReplayState::default())
+}
+
+/// Rebuilds the state from the blocks of `config.stream` into `sink`,
+/// block by block.
 ///
-/// The stream must start at height 1. After each block, the hash of every
-/// streamed store must equal the block's; when every store is streamed the
-/// app hash must equal the node's too. So the returned app hash is the
-/// node's at [`Replay::height`], provably.
-pub fn replay_stream(client: &mut Client, stream: &str, subject: &str) -> Result<Replay> {
-    let mut reader = StreamReader::new(client, stream, subject);
-    let mut store: Option<(MultiStore, Vec<StoreKey>)> = None;
-    let mut records = 0u64;
-    let mut blocks = 0u64;
+/// The stream must start at height 1. Each block's records are chained
+/// into the hash of their store (`statestream_core::chain_store_hash`, as
+/// the node's store does at commit); after each block the hash of every
+/// streamed store must equal the node's, and when every store is streamed
+/// the app hash too. So the returned app hash is the node's at
+/// [`Replay::height`], provably, and the sink saw exactly the node's
+/// changes.
+pub fn replay_stream_into<S: ReplaySink>(
+    config: &NatsStreamerConfig,
+    sink: S,
+) -> Result<Replay<S>> {
+    let reader = StreamReader::open(config)?;
+    replay_blocks(&config.stream, &config.subject, reader, sink)
+}
+
+/// The replay proper, on any source of blocks.
+fn replay_blocks<S: ReplaySink>(
+    stream: &str,
+    subject: &str,
+    mut reader: StreamReader,
+    mut sink: S,
+) -> Result<Replay<S>> {
     let fail = |height: u64, reason: String| NatsError::Replay {
         stream: stream.to_string(),
         height,
         reason,
     };
+    // Every store's hash as the stream has chained it, by name.
+    let mut hashes: Option<BTreeMap<String, Hash>> = None;
+    let (mut records, mut blocks, mut last) = (0u64, 0u64, None::<(u64, Hash)>);
     for block in &mut reader {
         let block = block?;
         let height = block.height;
@@ -316,8 +553,8 @@ pub fn replay_stream(client: &mut Client, stream: &str, subject: &str) -> Result
             .meta
             .as_ref()
             .ok_or_else(|| fail(height, "the frame has no metadata".into()))?;
-        let (ms, keys) = match &mut store {
-            Some(s) => s,
+        let hashes = match &mut hashes {
+            Some(h) => h,
             None => {
                 if height != 1 {
                     return Err(fail(
@@ -327,48 +564,63 @@ pub fn replay_stream(client: &mut Client, stream: &str, subject: &str) -> Result
                         ),
                     ));
                 }
-                let keys = meta
+                let names = meta
                     .store_hashes
                     .iter()
-                    .map(|h| StoreKey::new(&h.store_key))
-                    .collect::<std::result::Result<Vec<_>, _>>()?;
-                if keys.is_empty() {
+                    .map(|h| StoreKey::new(&h.store_key).map(|k| (k.name().to_string(), ZERO_HASH)))
+                    .collect::<std::result::Result<BTreeMap<_, _>, _>>()?;
+                if names.is_empty() {
                     return Err(fail(height, "the block names no store".into()));
                 }
-                let ms = MultiStore::in_memory(&keys)?;
-                store.insert((ms, keys))
+                hashes.insert(names)
             }
         };
-        for r in Records::new(&block.frame.records) {
+        // Each store's records are one run of the block's records: chain
+        // them, and hand every record to the sink.
+        let mut runs: BTreeMap<&str, &[u8]> = BTreeMap::new();
+        let buf = block.frame.records.as_slice();
+        let mut it = Records::new(buf);
+        let (mut start, mut current) = (0usize, None::<&str>);
+        loop {
+            let before = it.offset();
+            let Some(r) = it.next() else { break };
             let r = r?;
-            let key = keys.iter().find(|k| k.name() == r.store).ok_or_else(|| {
-                fail(
+            if !hashes.contains_key(r.store) {
+                return Err(fail(
                     height,
                     format!("record of store {:?}, which block 1 does not name", r.store),
-                )
-            })?;
-            match r.value {
-                Some(v) => ms.set(key, r.key, v)?,
-                None => ms.delete(key, r.key)?,
+                ));
             }
+            if current != Some(r.store) {
+                if let Some(c) = current {
+                    runs.insert(c, &buf[start..before]);
+                }
+                if runs.contains_key(r.store) {
+                    return Err(fail(
+                        height,
+                        format!("the records of store {:?} are not in one run", r.store),
+                    ));
+                }
+                (start, current) = (before, Some(r.store));
+            }
+            sink.apply(height, &r)
+                .map_err(|e| NatsError::Sink { height, source: e })?;
             records += 1;
         }
-        let info = ms.commit()?;
-        if info.version != height {
-            return Err(fail(
-                height,
-                format!("the rebuilt store is at version {}", info.version),
-            ));
+        if let Some(c) = current {
+            runs.insert(c, &buf[start..it.offset()]);
+        }
+        for (name, hash) in hashes.iter_mut() {
+            *hash = chain_store_hash(hash, runs.get(name.as_str()).copied().unwrap_or(&[]));
         }
         for s in &meta.streamed_stores {
-            let Some(key) = keys.iter().find(|k| k.name() == s) else {
+            let Some(got) = hashes.get(s) else {
                 return Err(fail(
                     height,
                     format!("streamed store {s:?} is not among the stores of block 1"),
                 ));
             };
             let want = meta.store_hashes.iter().find(|h| &h.store_key == s);
-            let got = ms.store_hash(key)?;
             if let Some(want) = want
                 && got[..] != want.hash[..]
             {
@@ -376,39 +628,47 @@ pub fn replay_stream(client: &mut Client, stream: &str, subject: &str) -> Result
                     height,
                     format!(
                         "store {s} has hash {} after the block, the node had {}",
-                        to_hex(&got),
+                        to_hex(got),
                         to_hex(&want.hash)
                     ),
                 ));
             }
         }
         let unfiltered = meta.streamed_stores.len() == meta.store_hashes.len();
-        if let (true, Some(commit)) = (unfiltered, &meta.commit)
-            && info.app_hash[..] != commit.app_hash[..]
+        let computed = app_hash(hashes.iter().map(|(n, h)| (n.as_str(), h)));
+        let node = match &meta.commit {
+            Some(c) => Hash::try_from(c.app_hash.as_slice()).ok(),
+            None => None,
+        };
+        if unfiltered
+            && let Some(node) = node
+            && computed != node
         {
             return Err(fail(
                 height,
                 format!(
                     "the app hash is {} after the block, the node had {}",
-                    to_hex(&info.app_hash),
-                    to_hex(&commit.app_hash)
+                    to_hex(&computed),
+                    to_hex(&node)
                 ),
             ));
         }
+        sink.end_block(height)
+            .map_err(|e| NatsError::Sink { height, source: e })?;
+        last = Some((height, node.unwrap_or(computed)));
         blocks += 1;
     }
     let duplicates = reader.duplicates();
-    let Some((store, _)) = store else {
+    let Some((height, app_hash)) = last else {
         return Err(fail(
             0,
-            format!("the stream holds no block on {}.blocks", subject),
+            format!("the stream holds no block on {subject}.blocks"),
         ));
     };
-    let info = store.last_commit();
     Ok(Replay {
-        height: info.version,
-        app_hash: info.app_hash,
-        store,
+        state: sink,
+        height,
+        app_hash,
         blocks,
         records,
         duplicates,
@@ -418,36 +678,38 @@ pub fn replay_stream(client: &mut Client, stream: &str, subject: &str) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::{ConnectOptions, connect_script};
 
-    /// A server that answers the reader's first MSG.GET with `seq`.
-    fn reader_error(seq: u64) -> String {
-        let json = format!(r#"{{"message":{{"subject":"s.blocks","seq":{seq},"data":""}}}}"#);
-        let script = format!(
-            "INFO {{\"headers\":true}}\r\nPONG\r\nMSG _INBOX.fuzz.1 1 {}\r\n{json}\r\n",
-            json.len()
-        );
-        let mut client =
-            connect_script(script.into_bytes(), &ConnectOptions::new("nats://fuzz")).unwrap();
-        let mut reader = StreamReader::new(&mut client, "s", "s");
-        match reader.next_message() {
-            Err(e) => e.to_string(),
-            Ok(m) => panic!("expected an error, got {m:?}"),
+    fn raw(seq: u64) -> RawMessage<'static> {
+        RawMessage {
+            seq,
+            height: Some("1"),
+            part: None,
+            payload: b"",
         }
     }
 
     #[test]
     fn replay_sequence_going_backwards_is_an_error() {
-        let err = reader_error(0);
-        assert!(
-            err.contains("returned sequence 0 when asked for 1"),
-            "{err}"
-        );
+        let mut a = Assembler::new("s");
+        let err = a.push(raw(0)).unwrap_err().to_string();
+        assert!(err.contains("returned sequence 0 when 1 or later"), "{err}");
     }
 
     #[test]
     fn replay_largest_sequence_does_not_overflow() {
-        let err = reader_error(u64::MAX);
+        let mut a = Assembler::new("s");
+        let err = a.push(raw(u64::MAX)).unwrap_err().to_string();
         assert!(err.contains("largest possible"), "{err}");
+    }
+
+    #[test]
+    fn replay_part_without_its_first_part_is_an_error() {
+        let mut a = Assembler::new("s");
+        let m = RawMessage {
+            part: Some("2/3"),
+            ..raw(1)
+        };
+        let err = a.push(m).unwrap_err().to_string();
+        assert!(err.contains("without its first part"), "{err}");
     }
 }

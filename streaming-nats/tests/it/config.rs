@@ -68,7 +68,21 @@ fn config_errors_name_the_key_and_line() {
         ("subject = \"a.*\"", "subject", "wildcards"),
         ("subject = \"a..b\"", "subject", "empty token"),
         ("stream = \"a.b\"", "stream", "may not contain '.'"),
-        ("url = \"tls://h:1\"", "url", "not supported"),
+        ("url = \"ws://h:1\"", "url", "not supported"),
+        ("url = \"nats://h:1,tls://h:port\"", "url", "bad port"),
+        ("tls_cert_file = \"c.pem\"", "tls_cert_file", "go together"),
+        ("tls_key_file = \"k.pem\"", "tls_key_file", "go together"),
+        (
+            "creds_file = \"a.creds\"\ntoken = \"t\"",
+            "creds_file",
+            "one authentication method",
+        ),
+        (
+            "nkey_seed_file = \"s.nk\"\nuser = \"u\"\npassword = \"p\"",
+            "nkey_seed_file",
+            "one authentication method",
+        ),
+        ("tls_ca_file = \"\"", "tls_ca_file", "empty"),
         ("url = \"nats://h:port\"", "url", "bad port"),
         ("user = \"bob\"", "user", "user and password go together"),
         (

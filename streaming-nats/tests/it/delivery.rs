@@ -3,8 +3,10 @@
 use std::sync::Arc;
 
 use statestream_core::{Block, StoreSelection, Streamer};
-use statestream_nats::{NatsStreamer, NatsStreamerConfig, StreamReader, replay_stream};
-use statestream_store::{MultiStore, StoreOptions};
+use statestream_nats::{
+    NatsStreamer, NatsStreamerConfig, ReplaySink, StreamReader, replay_stream, replay_stream_into,
+};
+use statestream_store::{KvStore, MultiStore, Order, StoreOptions};
 
 use crate::{
     app_toml, assert_exactly_once, commit_block, manager, memory_store, raw_messages, server,
@@ -24,19 +26,59 @@ fn delivery_async_blocks_arrive_in_order_exactly_once() -> anyhow::Result<()> {
     wait_delivered(&m, 25);
     m.close(&mut store)?;
 
-    let mut client = server.client();
-    assert_exactly_once(&mut client, "statestream", 25);
+    let client = server.client();
+    assert_exactly_once(&client, "statestream", 25);
 
-    let blocks: Vec<_> =
-        StreamReader::new(&mut client, "statestream", "statestream").collect::<Result<_, _>>()?;
+    let blocks: Vec<_> = StreamReader::open(&server.reader_config("statestream", "statestream"))?
+        .collect::<Result<_, _>>()?;
     assert_eq!(blocks.len(), 25);
     assert!(blocks.iter().all(|b| b.parts == 1));
 
-    let replay = replay_stream(&mut client, "statestream", "statestream")?;
+    let replay = replay_stream(&server.reader_config("statestream", "statestream"))?;
     assert_eq!(replay.height, 25);
     assert_eq!(replay.blocks, 25);
     assert_eq!(replay.duplicates, 0);
     assert_eq!(replay.app_hash, store.last_commit().app_hash);
+    // The rebuilt state is the node's, key by key.
+    for key in store_keys() {
+        let node: Vec<(Vec<u8>, Vec<u8>)> = store
+            .iter(&key, Order::Ascending)?
+            .collect::<Result<_, _>>()?;
+        let replayed: Vec<(Vec<u8>, Vec<u8>)> = replay
+            .state
+            .iter(key.name())
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect();
+        assert_eq!(replayed, node, "store {key}");
+    }
+
+    // A sink of the application's sees every record and block, in order.
+    #[derive(Default)]
+    struct Count {
+        records: u64,
+        blocks: Vec<u64>,
+    }
+    impl ReplaySink for Count {
+        fn apply(
+            &mut self,
+            _height: u64,
+            _record: &statestream_core::Record<'_>,
+        ) -> Result<(), statestream_core::BoxError> {
+            self.records += 1;
+            Ok(())
+        }
+        fn end_block(&mut self, height: u64) -> Result<(), statestream_core::BoxError> {
+            self.blocks.push(height);
+            Ok(())
+        }
+    }
+    let counted = replay_stream_into(
+        &server.reader_config("statestream", "statestream"),
+        Count::default(),
+    )?;
+    assert_eq!(counted.state.records, replay.records);
+    assert_eq!(counted.state.blocks, (1..=25).collect::<Vec<_>>());
+    assert_eq!(counted.app_hash, replay.app_hash);
 
     // The example consumer prints the same app hash.
     let example = example_binary("nats_replay");
@@ -94,11 +136,14 @@ fn delivery_sync_custom_stream_and_subject() -> anyhow::Result<()> {
     }
     m.close(&mut store)?;
 
-    let mut client = server.client();
+    let client = server.client();
     let info = client.stream_info("chain-a")?.expect("stream created");
     assert_eq!(info.config.subjects, vec!["chains.a.blocks".to_string()]);
-    assert_eq!(info.config.duplicate_window, 120_000_000_000);
-    let raw = raw_messages(&mut client, "chain-a", "chains.a");
+    assert_eq!(
+        info.config.duplicate_window,
+        std::time::Duration::from_secs(120)
+    );
+    let raw = raw_messages(&client, "chain-a", "chains.a");
     assert_eq!(
         raw.iter().map(|r| r.height).collect::<Vec<_>>(),
         (1..=20).collect::<Vec<_>>()
@@ -107,7 +152,7 @@ fn delivery_sync_custom_stream_and_subject() -> anyhow::Result<()> {
         raw.iter()
             .all(|r| r.msg_id == format!("chain-a-{}", r.height))
     );
-    let replay = replay_stream(&mut client, "chain-a", "chains.a")?;
+    let replay = replay_stream(&server.reader_config("chain-a", "chains.a"))?;
     assert_eq!(replay.app_hash, store.last_commit().app_hash);
     Ok(())
 }
@@ -123,8 +168,8 @@ fn delivery_republished_height_is_deduplicated() -> anyhow::Result<()> {
         commit_block(&mut m, &mut store, b)?;
     }
     m.close(&mut store)?;
-    let mut client = server.client();
-    assert_exactly_once(&mut client, "statestream", 20);
+    let client = server.client();
+    assert_exactly_once(&client, "statestream", 20);
 
     // JetStream itself drops a message whose Nats-Msg-Id it has seen.
     let ack = client.publish(
@@ -136,8 +181,8 @@ fn delivery_republished_height_is_deduplicated() -> anyhow::Result<()> {
         b"not a frame",
     )?;
     assert!(ack.duplicate, "{ack:?}");
-    assert_eq!(ack.seq, 7);
-    assert_exactly_once(&mut client, "statestream", 20);
+    assert_eq!(ack.sequence, 7);
+    assert_exactly_once(&client, "statestream", 20);
 
     // A new streamer (as after a node crash) given an already published
     // block again stores nothing new (the change log keeps only the last
@@ -152,7 +197,7 @@ fn delivery_republished_height_is_deduplicated() -> anyhow::Result<()> {
     let block = Block::from_change_set(changes, &selection)?;
     streamer.on_block(&block)?;
     streamer.on_close()?;
-    assert_exactly_once(&mut client, "statestream", 20);
+    assert_exactly_once(&client, "statestream", 20);
     Ok(())
 }
 
@@ -184,9 +229,9 @@ fn delivery_node_crash_redelivers_without_duplicates() -> anyhow::Result<()> {
     }
     m.close(&mut store)?;
 
-    let mut client = server.client();
-    assert_exactly_once(&mut client, "statestream", 20);
-    let replay = replay_stream(&mut client, "statestream", "statestream")?;
+    let client = server.client();
+    assert_exactly_once(&client, "statestream", 20);
+    let replay = replay_stream(&server.reader_config("statestream", "statestream"))?;
     assert_eq!(replay.app_hash, store.last_commit().app_hash);
     Ok(())
 }
@@ -205,9 +250,9 @@ fn delivery_async_many_blocks_wait_for_acks() -> anyhow::Result<()> {
     }
     wait_delivered(&m, 200);
     m.close(&mut store)?;
-    let mut client = server.client();
-    assert_exactly_once(&mut client, "statestream", 200);
-    let replay = replay_stream(&mut client, "statestream", "statestream")?;
+    let client = server.client();
+    assert_exactly_once(&client, "statestream", 200);
+    let replay = replay_stream(&server.reader_config("statestream", "statestream"))?;
     assert_eq!(replay.height, 200);
     assert_eq!(replay.app_hash, store.last_commit().app_hash);
     Ok(())

@@ -45,9 +45,9 @@ fn faults_async_server_restart_loses_and_duplicates_nothing() -> anyhow::Result<
     wait_delivered(&m, 25);
     m.close(&mut store)?;
 
-    let mut client = server.client();
-    assert_exactly_once(&mut client, "statestream", 25);
-    let replay = replay_stream(&mut client, "statestream", "statestream")?;
+    let client = server.client();
+    assert_exactly_once(&client, "statestream", 25);
+    let replay = replay_stream(&server.reader_config("statestream", "statestream"))?;
     assert_eq!(replay.height, 25);
     assert_eq!(replay.app_hash, store.last_commit().app_hash);
     Ok(())
@@ -90,9 +90,9 @@ fn faults_sync_server_restart_catches_up_at_next_commit() -> anyhow::Result<()> 
     assert_eq!(m.stats()[0].delivered_height, 22);
     m.close(&mut store)?;
 
-    let mut client = server.client();
-    assert_exactly_once(&mut client, "statestream", 22);
-    let replay = replay_stream(&mut client, "statestream", "statestream")?;
+    let client = server.client();
+    assert_exactly_once(&client, "statestream", 22);
+    let replay = replay_stream(&server.reader_config("statestream", "statestream"))?;
     assert_eq!(replay.app_hash, store.last_commit().app_hash);
     Ok(())
 }
@@ -226,7 +226,7 @@ fn faults_server_without_jetstream_is_a_clear_error() -> anyhow::Result<()> {
     crate::wait_for(
         "the plain server",
         std::time::Duration::from_secs(30),
-        || statestream_nats::Client::connect(&statestream_nats::ConnectOptions::new(&url)).is_ok(),
+        || server::Js::connect(&url, None, std::time::Duration::from_secs(1)).is_ok(),
     );
     let mut store = memory_store();
     let mut m = manager(&mut store, &app_toml(&url, "delivery = \"sync\""))?;
@@ -259,7 +259,7 @@ fn faults_token_and_password_authentication() -> anyhow::Result<()> {
         commit_block(&mut m, &mut store, b)?;
     }
     m.close(&mut store)?;
-    assert_exactly_once(&mut server.client(), "statestream", 3);
+    assert_exactly_once(&server.client(), "statestream", 3);
 
     // A wrong token: a clear error, the node stops.
     let mut store = memory_store();
@@ -291,7 +291,7 @@ fn faults_token_and_password_authentication() -> anyhow::Result<()> {
         m.close(&mut store)?;
     }
     // Both runs published blocks 1 and 2: the second was deduplicated.
-    assert_exactly_once(&mut server.client(), "statestream", 2);
+    assert_exactly_once(&server.client(), "statestream", 2);
     let mut store = memory_store();
     let toml = app_toml(
         &server.url(),
@@ -300,15 +300,26 @@ fn faults_token_and_password_authentication() -> anyhow::Result<()> {
     let mut m = manager(&mut store, &toml)?;
     let err = commit_block(&mut m, &mut store, 1).expect_err("refused");
     assert!(err.to_string().contains("Authorization Violation"), "{err}");
+    assert!(
+        err.to_string().contains("user and password"),
+        "names the method: {err}"
+    );
+    assert!(
+        !err.to_string().contains("nope"),
+        "the password leaks: {err}"
+    );
     Ok(())
 }
 
 #[test]
-fn faults_idle_connection_closed_by_the_server_is_reopened() -> anyhow::Result<()> {
+fn faults_idle_connection_is_kept_alive_and_reopened() -> anyhow::Result<()> {
     // The server pings every 100 ms and drops a client that misses one
-    // PONG; the streamer answers PINGs only while it publishes.
-    let Some(server) = server::start_conf(
-        "faults_idle_connection_closed_by_the_server_is_reopened",
+    // PONG. The client's connection task answers between blocks, so an
+    // idle streamer keeps its connection (the hand-written client lost
+    // it); and a connection the server closes (a restart) comes back
+    // without a delivery error, even with stop-node-on-error.
+    let Some(mut server) = server::start_conf(
+        "faults_idle_connection_is_kept_alive_and_reopened",
         "ping_interval: \"100ms\"\nping_max: 1\ndebug: true\n",
         None,
     ) else {
@@ -321,17 +332,23 @@ fn faults_idle_connection_closed_by_the_server_is_reopened() -> anyhow::Result<(
     );
     let mut m = manager(&mut store, &toml)?;
     commit_block(&mut m, &mut store, 1)?;
-    crate::wait_for(
-        "the server to drop the idle client",
-        std::time::Duration::from_secs(30),
-        || server.log().contains("Stale Client Connection"),
-    );
+    // Idle for many of the server's ping intervals.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
     for b in 2..=4 {
+        commit_block(&mut m, &mut store, b)?;
+    }
+    assert!(
+        !server.log().contains("Stale Client Connection"),
+        "the server dropped the idle client:\n{}",
+        server.log()
+    );
+    server.restart();
+    for b in 5..=6 {
         commit_block(&mut m, &mut store, b)?;
     }
     assert_eq!(m.stats()[0].errors, 0);
     m.close(&mut store)?;
-    assert_exactly_once(&mut server.client(), "statestream", 4);
+    assert_exactly_once(&server.client(), "statestream", 6);
     Ok(())
 }
 
@@ -359,5 +376,58 @@ fn faults_silent_server_times_out() -> anyhow::Result<()> {
             .contains("no answer to the server's INFO within 300 ms"),
         "{err}"
     );
+    Ok(())
+}
+
+#[test]
+fn faults_close_ends_the_wait_for_a_reconnection() -> anyhow::Result<()> {
+    // A block that finds the connection lost waits for the reconnection
+    // up to connect_timeout_ms (here ten minutes); closing the manager
+    // triggers the context's Shutdown, which ends that wait: close
+    // returns, the block stays in the change log.
+    let Some(mut server) = server::start("faults_close_ends_the_wait_for_a_reconnection") else {
+        return Ok(());
+    };
+    let mut store = memory_store();
+    let toml = format!(
+        "[store]\nstreamers = [\"nats\"]\n\n[streamers.nats]\ntype = \"nats\"\nkeys = [\"*\"]\n\
+         url = \"{}\"\nconnect_timeout_ms = 600000\nstop-node-on-error = false\n",
+        server.url()
+    );
+    let mut m = manager(&mut store, &toml)?;
+    for b in 1..=3 {
+        commit_block(&mut m, &mut store, b)?;
+    }
+    wait_delivered(&m, 3);
+    server.kill();
+    commit_block(&mut m, &mut store, 4)?;
+    m.close(&mut store)?;
+    assert_eq!(store.cursor("nats")?, Some(3));
+    Ok(())
+}
+
+#[test]
+fn faults_subject_of_another_stream_is_refused_not_stored() -> anyhow::Result<()> {
+    // The configured stream exists but does not capture the blocks
+    // subject; another stream does. Nats-Expected-Stream makes JetStream
+    // refuse the block instead of storing it in the wrong stream.
+    let Some(server) = server::start("faults_subject_of_another_stream_is_refused_not_stored")
+    else {
+        return Ok(());
+    };
+    let client = server.client();
+    client.create_stream("statestream", vec!["elsewhere.blocks".into()], 1)?;
+    client.create_stream("other", vec!["statestream.blocks".into()], 1)?;
+    let mut store = memory_store();
+    let toml = app_toml(&server.url(), "delivery = \"sync\"");
+    let mut m = manager(&mut store, &toml)?;
+    let err = commit_block(&mut m, &mut store, 1).expect_err("refused");
+    let text = err.to_string();
+    assert!(
+        text.contains("is not captured by the configured stream \"statestream\""),
+        "{text}"
+    );
+    let other = client.stream_info("other")?.expect("stream other");
+    assert_eq!(other.state.messages, 0, "stored in the wrong stream");
     Ok(())
 }

@@ -1,9 +1,11 @@
 //! Tests of the NATS JetStream streamer against a real `nats-server -js`.
 
+mod cluster;
 mod config;
 mod delivery;
 mod faults;
 mod reader;
+mod security;
 mod server;
 mod split;
 
@@ -12,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use statestream::{BlockMeta, DeliveryManager, Registry};
 use statestream_config::AppConfig;
-use statestream_nats::{Client, HEADER_HEIGHT, HEADER_MSG_ID, HEADER_PART};
+use statestream_nats::{HEADER_HEIGHT, HEADER_MSG_ID, HEADER_PART};
+
+use crate::server::Js;
 use statestream_store::{KvStore, MultiStore, StoreKey};
 
 pub const STORES: [&str; 3] = ["acc", "bank", "gov"];
@@ -125,28 +129,30 @@ pub struct Raw {
     pub height: u64,
     pub msg_id: String,
     pub part: Option<String>,
+    pub expected_stream: Option<String>,
     pub len: usize,
 }
 
 /// Every message of the stream on `<subject>.blocks`, in stream order.
-pub fn raw_messages(client: &mut Client, stream: &str, subject: &str) -> Vec<Raw> {
+pub fn raw_messages(client: &Js, stream: &str, subject: &str) -> Vec<Raw> {
     let subject = format!("{subject}.blocks");
     let mut out = Vec::new();
     let mut seq = 1;
     while let Some(m) = client
-        .get_message(stream, seq, Some(&subject))
+        .message(stream, seq, &subject)
         .expect("read a stored message")
     {
-        seq = m.seq + 1;
+        seq = m.sequence + 1;
+        let header = |name: &str| m.headers.get(name).map(|v| v.as_str().to_string());
         out.push(Raw {
-            seq: m.seq,
-            height: m
-                .header(HEADER_HEIGHT)
+            seq: m.sequence,
+            height: header(HEADER_HEIGHT)
                 .expect("height header")
                 .parse()
                 .expect("numeric height"),
-            msg_id: m.header(HEADER_MSG_ID).expect("msg id header").to_string(),
-            part: m.header(HEADER_PART).map(str::to_string),
+            msg_id: header(HEADER_MSG_ID).expect("msg id header"),
+            part: header(HEADER_PART),
+            expected_stream: header("Nats-Expected-Stream"),
             len: m.payload.len(),
         });
     }
@@ -155,7 +161,7 @@ pub fn raw_messages(client: &mut Client, stream: &str, subject: &str) -> Vec<Raw
 
 /// Checks that the stream holds exactly one message per block 1..=n, in
 /// order, and nothing else.
-pub fn assert_exactly_once(client: &mut Client, stream: &str, n: u64) {
+pub fn assert_exactly_once(client: &Js, stream: &str, n: u64) {
     let raw = raw_messages(client, stream, "statestream");
     let heights: Vec<u64> = raw.iter().map(|r| r.height).collect();
     assert_eq!(
@@ -172,4 +178,10 @@ pub fn assert_exactly_once(client: &mut Client, stream: &str, n: u64) {
         .expect("stream info")
         .expect("the stream exists");
     assert_eq!(info.state.messages, n, "JetStream's message count");
+    // Every message carries the stream it was meant for.
+    assert!(
+        raw.iter()
+            .all(|r| r.expected_stream.as_deref() == Some(stream)),
+        "Nats-Expected-Stream headers: {raw:?}"
+    );
 }

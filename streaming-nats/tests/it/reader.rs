@@ -1,40 +1,36 @@
 //! The reader on streams written by hand: duplicates, blocks published
 //! again part by part, a torn tail, a missing block.
 
-use std::time::Duration;
-
 use prost::Message as _;
-use statestream_nats::{Client, NatsError, StreamReader, StreamSpec, replay_stream};
+use statestream_nats::{NatsError, StreamReader, replay_stream};
 
+use crate::server::{Js, NatsServer};
 use crate::{app_toml, commit_block, manager, memory_store, server};
 
 /// The frames of blocks 1..=6 of the test workload, as published.
-fn frames(client: &mut Client, url: &str) -> anyhow::Result<Vec<Vec<u8>>> {
+fn frames(server: &NatsServer, url: &str) -> anyhow::Result<Vec<Vec<u8>>> {
     let mut store = memory_store();
     let mut m = manager(&mut store, &app_toml(url, "delivery = \"sync\""))?;
     for b in 1..=6 {
         commit_block(&mut m, &mut store, b)?;
     }
     m.close(&mut store)?;
-    Ok(StreamReader::new(client, "statestream", "statestream")
-        .map(|b| b.map(|b| b.frame.encode_to_vec()))
-        .collect::<Result<_, _>>()?)
+    Ok(
+        StreamReader::open(&server.reader_config("statestream", "statestream"))?
+            .map(|b| b.map(|b| b.frame.encode_to_vec()))
+            .collect::<Result<_, _>>()?,
+    )
 }
 
 struct Writer<'a> {
-    client: &'a mut Client,
+    client: &'a Js,
     subject: String,
     n: u64,
 }
 
 impl Writer<'_> {
-    fn create<'a>(client: &'a mut Client, stream: &str) -> anyhow::Result<Writer<'a>> {
-        client.create_stream(&StreamSpec {
-            name: stream.into(),
-            subjects: vec![format!("{stream}.blocks")],
-            duplicate_window: Duration::from_secs(120),
-            replicas: 1,
-        })?;
+    fn create<'a>(client: &'a Js, stream: &str) -> anyhow::Result<Writer<'a>> {
+        client.create_stream(stream, vec![format!("{stream}.blocks")], 1)?;
         Ok(Writer {
             client,
             subject: format!("{stream}.blocks"),
@@ -73,9 +69,9 @@ fn reader_skips_duplicates_restarted_parts_and_a_torn_tail() -> anyhow::Result<(
     else {
         return Ok(());
     };
-    let mut client = server.client();
-    let f = frames(&mut client, &server.url())?;
-    let mut w = Writer::create(&mut client, "crafted")?;
+    let client = server.client();
+    let f = frames(&server, &server.url())?;
+    let mut w = Writer::create(&client, "crafted")?;
     w.put(&f[0], 1, 0, 0)?;
     // Block 2: two parts, then (a publisher crash) all three again.
     w.put(&f[1], 2, 1, 3)?;
@@ -91,14 +87,14 @@ fn reader_skips_duplicates_restarted_parts_and_a_torn_tail() -> anyhow::Result<(
     w.put(&f[3], 4, 2, 2)?; // again
     w.put(&f[4], 5, 1, 2)?; // the tail: block 5 is not complete yet
 
-    let mut reader = StreamReader::new(&mut client, "crafted", "crafted");
+    let mut reader = StreamReader::open(&server.reader_config("crafted", "crafted"))?;
     let heights: Vec<u64> = (&mut reader)
         .map(|b| b.map(|b| b.height))
         .collect::<Result<_, _>>()?;
     assert_eq!(heights, vec![1, 2, 3, 4]);
     assert_eq!(reader.duplicates(), 3);
 
-    let replay = replay_stream(&mut client, "crafted", "crafted")?;
+    let replay = replay_stream(&server.reader_config("crafted", "crafted"))?;
     assert_eq!(replay.height, 4);
     let want = statestream::proto::BlockFrame::decode(f[3].as_slice())?
         .meta
@@ -114,27 +110,27 @@ fn reader_reports_a_missing_block() -> anyhow::Result<()> {
     let Some(server) = server::start("reader_reports_a_missing_block") else {
         return Ok(());
     };
-    let mut client = server.client();
-    let f = frames(&mut client, &server.url())?;
-    let mut w = Writer::create(&mut client, "gappy")?;
+    let client = server.client();
+    let f = frames(&server, &server.url())?;
+    let mut w = Writer::create(&client, "gappy")?;
     w.put(&f[0], 1, 0, 0)?;
     w.put(&f[2], 3, 0, 0)?;
-    let results: Vec<_> = StreamReader::new(&mut client, "gappy", "gappy").collect();
+    let results: Vec<_> = StreamReader::open(&server.reader_config("gappy", "gappy"))?.collect();
     assert_eq!(results.len(), 2);
     assert!(results[0].is_ok());
     let err = results[1].as_ref().expect_err("a gap");
     assert!(matches!(err, NatsError::BadMessage { seq: 2, .. }), "{err}");
     assert!(err.to_string().contains("block 2 is missing"), "{err}");
-    let err = replay_stream(&mut client, "gappy", "gappy").expect_err("a gap");
+    let err = replay_stream(&server.reader_config("gappy", "gappy")).expect_err("a gap");
     assert!(err.to_string().contains("block 2 is missing"), "{err}");
 
     // A corrupt frame is caught by its CRC.
-    let mut w = Writer::create(&mut client, "corrupt")?;
+    let mut w = Writer::create(&client, "corrupt")?;
     let mut bad = f[0].clone();
     let last = bad.len() - 1;
     bad[last] ^= 0x55;
     w.put(&bad, 1, 0, 0)?;
-    let err = replay_stream(&mut client, "corrupt", "corrupt").expect_err("corrupt");
+    let err = replay_stream(&server.reader_config("corrupt", "corrupt")).expect_err("corrupt");
     assert!(err.to_string().contains("CRC-32C"), "{err}");
     Ok(())
 }

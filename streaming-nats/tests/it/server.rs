@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use statestream_nats::{Client, ConnectOptions};
+use async_nats::jetstream;
+use statestream_nats::NatsStreamerConfig;
 
 /// Where `nats-server` is: `$NATS_SERVER`, then `PATH`, then the Debian
 /// package's location.
@@ -40,6 +41,18 @@ pub fn start_with(test: &str, max_payload: Option<usize>) -> Option<NatsServer> 
 /// Like [`start`], with `extra` lines in the server's configuration, and
 /// the credentials the harness connects with.
 pub fn start_conf(test: &str, extra: &str, auth: Option<Auth>) -> Option<NatsServer> {
+    start_full(test, extra, auth, true, true)
+}
+
+/// A server with `extra` lines in its configuration; `js`: JetStream on;
+/// `launch`: started at once (else [`NatsServer::restart`] starts it).
+pub fn start_full(
+    test: &str,
+    extra: &str,
+    auth: Option<Auth>,
+    js: bool,
+    launch: bool,
+) -> Option<NatsServer> {
     let binary = nats_server_binary();
     if !statestream_test_support::require(
         test,
@@ -54,10 +67,13 @@ pub fn start_conf(test: &str, extra: &str, auth: Option<Auth>) -> Option<NatsSer
     let port = free_port();
     let conf = dir.path().join("nats.conf");
     let store_dir = dir.path().join("js");
-    let mut text = format!(
-        "listen: \"127.0.0.1:{port}\"\njetstream {{\n  store_dir: \"{}\"\n}}\n",
-        store_dir.display()
-    );
+    let mut text = format!("listen: \"127.0.0.1:{port}\"\n");
+    if js {
+        text.push_str(&format!(
+            "jetstream {{\n  store_dir: \"{}\"\n}}\n",
+            store_dir.display()
+        ));
+    }
     text.push_str(extra);
     std::fs::write(&conf, text).expect("write nats.conf");
     let mut server = NatsServer {
@@ -67,12 +83,15 @@ pub fn start_conf(test: &str, extra: &str, auth: Option<Auth>) -> Option<NatsSer
         conf,
         dir,
         auth,
+        js,
     };
-    server.launch();
+    if launch {
+        server.launch();
+    }
     Some(server)
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     l.local_addr().expect("local addr").port()
 }
@@ -84,6 +103,7 @@ pub struct NatsServer {
     conf: PathBuf,
     dir: tempfile::TempDir,
     auth: Option<Auth>,
+    js: bool,
 }
 
 /// How the harness authenticates.
@@ -91,6 +111,136 @@ pub struct NatsServer {
 pub enum Auth {
     Token(String),
     User(String, String),
+    /// An nkey seed, and a file that holds it.
+    Nkey(String, PathBuf),
+    /// TLS, the server's certificate verified with the CA file `ca`, and
+    /// a client certificate and key when the server verifies clients.
+    Tls {
+        ca: PathBuf,
+        client: Option<(PathBuf, PathBuf)>,
+    },
+}
+
+/// The harness's own connection: async-nats on a runtime of its own.
+pub struct Js {
+    js: jetstream::Context,
+    client: async_nats::Client,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Js {
+    pub fn connect(url: &str, auth: Option<&Auth>, timeout: Duration) -> anyhow::Result<Js> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        let mut o = async_nats::ConnectOptions::new()
+            .connection_timeout(timeout)
+            .request_timeout(Some(Duration::from_secs(5)));
+        match auth {
+            Some(Auth::Token(t)) => o = o.token(t.clone()),
+            Some(Auth::User(u, p)) => o = o.user_and_password(u.clone(), p.clone()),
+            Some(Auth::Nkey(seed, _)) => o = o.nkey(seed.clone()),
+            Some(Auth::Tls { ca, client }) => {
+                o = o.require_tls(true).add_root_certificates(ca.clone());
+                if let Some((cert, key)) = client {
+                    o = o.add_client_certificate(cert.clone(), key.clone());
+                }
+            }
+            None => {}
+        }
+        let client = rt.block_on(o.connect(url))?;
+        // The context spawns its acknowledgement task on the runtime.
+        let js = rt.block_on(async { jetstream::new(client.clone()) });
+        Ok(Js { js, client, rt })
+    }
+
+    pub fn max_payload(&self) -> usize {
+        self.client.server_info().max_payload
+    }
+
+    /// The stream's info, or `None` when it does not exist.
+    pub fn stream_info(&self, stream: &str) -> anyhow::Result<Option<jetstream::stream::Info>> {
+        self.rt.block_on(async {
+            match self.js.get_stream(stream).await {
+                Ok(mut s) => Ok(Some(s.info().await?.clone())),
+                Err(e) => match e.kind() {
+                    jetstream::context::GetStreamErrorKind::JetStream(j)
+                        if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                    {
+                        Ok(None)
+                    }
+                    _ => Err(e.into()),
+                },
+            }
+        })
+    }
+
+    pub fn create_stream(
+        &self,
+        name: &str,
+        subjects: Vec<String>,
+        replicas: usize,
+    ) -> anyhow::Result<()> {
+        self.rt.block_on(async {
+            self.js
+                .create_stream(jetstream::stream::Config {
+                    name: name.to_string(),
+                    subjects,
+                    duplicate_window: Duration::from_secs(120),
+                    num_replicas: replicas,
+                    ..Default::default()
+                })
+                .await?;
+            Ok(())
+        })
+    }
+
+    /// Publishes one message and waits for its acknowledgement.
+    pub fn publish(
+        &self,
+        subject: &str,
+        headers: &[(&str, &str)],
+        payload: &[u8],
+    ) -> anyhow::Result<jetstream::publish::PublishAck> {
+        let mut h = async_nats::HeaderMap::new();
+        for (k, v) in headers {
+            h.insert(*k, *v);
+        }
+        self.rt.block_on(async {
+            let ack = self
+                .js
+                .publish_with_headers(subject.to_string(), h, payload.to_vec().into())
+                .await?
+                .await?;
+            Ok(ack)
+        })
+    }
+
+    /// The first message on `subject` at sequence `seq` or after.
+    pub fn message(
+        &self,
+        stream: &str,
+        seq: u64,
+        subject: &str,
+    ) -> anyhow::Result<Option<jetstream::message::StreamMessage>> {
+        self.rt.block_on(async {
+            let s = self.js.get_stream_no_info(stream).await?;
+            match s
+                .raw_message_builder()
+                .sequence(seq)
+                .next_by_subject(subject.to_string())
+                .send()
+                .await
+            {
+                Ok(m) => Ok(Some(m)),
+                Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {
+                    Ok(None)
+                }
+                Err(e) => Err(e.into()),
+            }
+        })
+    }
 }
 
 impl NatsServer {
@@ -103,14 +253,23 @@ impl NatsServer {
     }
 
     fn launch(&mut self) {
+        self.spawn();
+        self.wait_ready();
+    }
+
+    /// Starts the process without waiting for it to be ready.
+    pub fn spawn(&mut self) {
         assert!(self.child.is_none(), "the server is already running");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.log_path())
             .expect("open the server log");
-        let child = Command::new(&self.binary)
-            .arg("-js")
+        let mut cmd = Command::new(&self.binary);
+        if self.js {
+            cmd.arg("-js");
+        }
+        let child = cmd
             .arg("-c")
             .arg(&self.conf)
             .stdin(Stdio::null())
@@ -119,11 +278,11 @@ impl NatsServer {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.binary.display()));
         self.child = Some(child);
-        self.wait_ready();
     }
 
-    /// Waits until JetStream answers API calls.
-    fn wait_ready(&mut self) {
+    /// Waits until JetStream answers API calls (without JetStream: until
+    /// the server accepts a connection).
+    pub fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut last = String::new();
         while Instant::now() < deadline {
@@ -132,12 +291,15 @@ impl NatsServer {
             {
                 panic!("nats-server exited with {status}; its log:\n{}", self.log());
             }
-            let mut opts = self.options();
-            opts.connect_timeout = Duration::from_secs(1);
-            opts.request_timeout = Duration::from_secs(2);
-            match Client::connect(&opts).and_then(|mut c| c.stream_info("readiness-probe")) {
-                Ok(_) => return,
-                Err(e) => last = e.to_string(),
+            let js = self.js;
+            match Js::connect(&self.url(), self.auth.as_ref(), Duration::from_secs(1)).and_then(
+                |c| match js {
+                    true => c.stream_info("readiness-probe").map(|_| ()),
+                    false => Ok(()),
+                },
+            ) {
+                Ok(()) => return,
+                Err(e) => last = format!("{e:#}"),
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -165,21 +327,40 @@ impl NatsServer {
         self.launch();
     }
 
-    fn options(&self) -> ConnectOptions {
-        let mut opts = ConnectOptions::new(&self.url());
+    /// A connection of the test's own (async-nats on a runtime of its
+    /// own), to look at the stream independently of the crate's reader.
+    pub fn client(&self) -> Js {
+        Js::connect(&self.url(), self.auth.as_ref(), Duration::from_secs(5))
+            .expect("connect to the test server")
+    }
+
+    /// The options a reader of stream `stream` on `<subject>.blocks` needs
+    /// (url and credentials).
+    pub fn reader_config(&self, stream: &str, subject: &str) -> NatsStreamerConfig {
+        let mut c = NatsStreamerConfig {
+            url: self.url(),
+            stream: stream.to_string(),
+            subject: subject.to_string(),
+            ..NatsStreamerConfig::default()
+        };
         match &self.auth {
-            Some(Auth::Token(t)) => opts.token = Some(t.clone()),
+            Some(Auth::Token(t)) => c.token = Some(t.clone()),
             Some(Auth::User(u, p)) => {
-                opts.user = Some(u.clone());
-                opts.password = Some(p.clone());
+                c.user = Some(u.clone());
+                c.password = Some(p.clone());
+            }
+            Some(Auth::Nkey(_, path)) => c.nkey_seed_file = Some(path.display().to_string()),
+            Some(Auth::Tls { ca, client }) => {
+                c.url = self.url().replace("nats://", "tls://");
+                c.tls_ca_file = Some(ca.display().to_string());
+                if let Some((cert, key)) = client {
+                    c.tls_cert_file = Some(cert.display().to_string());
+                    c.tls_key_file = Some(key.display().to_string());
+                }
             }
             None => {}
         }
-        opts
-    }
-
-    pub fn client(&self) -> Client {
-        Client::connect(&self.options()).expect("connect to the test server")
+        c
     }
 
     #[allow(dead_code)]

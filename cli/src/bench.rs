@@ -248,6 +248,7 @@ fn file_streamer(dir: &Path, stores: &[StoreKey]) -> Result<FileStreamer> {
         all_stores: stores,
         home: dir,
         reader: None,
+        push: None,
     };
     Ok(config.build(&ctx, &options)?)
 }

@@ -95,6 +95,10 @@ pub struct StreamerContext<'a> {
     /// store (tools, tests). A streamer that needs it fails to build
     /// without it.
     pub reader: Option<&'a Arc<dyn StateReader>>,
+    /// The queue of writes pushed by consumers, which the application
+    /// drains between blocks (a `serve` streamer's `PushUpdate`). The
+    /// delivery manager always gives it; `None` elsewhere.
+    pub push: Option<&'a crate::push::PushQueue>,
 }
 
 impl std::fmt::Debug for StreamerContext<'_> {

@@ -49,6 +49,7 @@ fn streamer(dir: &Path, output_metadata: bool) -> FileStreamer {
         all_stores: &[],
         home: dir,
         reader: None,
+        push: None,
     };
     config.build(&ctx, &options).expect("streamer builds")
 }

@@ -39,6 +39,7 @@
 //!     all_stores: &stores,
 //!     home: home.path(),
 //!     reader: None,
+//!     push: None,
 //! };
 //! let mut streamer = FileStreamerConfig::default().build(&ctx, &options)?;
 //!

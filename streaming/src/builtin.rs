@@ -35,6 +35,11 @@ pub(crate) fn register(registry: &mut Registry) {
         let config: statestream_nats::NatsStreamerConfig = options.parse()?;
         Ok(Box::new(config.build(ctx, options)?))
     });
+    #[cfg(feature = "serve")]
+    registry.register(statestream_serve::SERVE_TYPE, |ctx, options| {
+        let config: statestream_serve::ServeConfig = options.parse()?;
+        Ok(Box::new(config.build(ctx, options)?))
+    });
 }
 
 /// Options of `type = "log"`.

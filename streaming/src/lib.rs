@@ -58,7 +58,8 @@ pub use process::{ProcessError, ProcessStreamer, ProcessStreamerConfig};
 pub use registry::Registry;
 pub use statestream_config::Delivery;
 pub use statestream_core::{
-    Action, Block, BlockMeta, BoxError, ChangeSet, CommitInfo, Hash, Record, StateReader,
+    Action, Block, BlockMeta, BoxError, ChangeSet, CommitInfo, Hash, PushBatch, PushError, PushQueue,
+    PushedWrite, Record, StateReader,
     StateSnapshot, StoreKey, StoreSelection, StreamError, Streamer, StreamerContext, Tx,
     crc32c_append, plugin, proto, to_hex,
 };

@@ -12,7 +12,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use statestream_config::{Delivery, StreamerSpec};
 use statestream_core::{
-    Block, BlockMeta, CommitInfo, StateReader, StoreKey, StoreSelection, Streamer, StreamerContext,
+    Block, BlockMeta, CommitInfo, PushQueue, StateReader, StoreKey, StoreSelection, Streamer, StreamerContext,
 };
 use statestream_store::{CommitInput, MultiStore};
 use tracing::{info, warn};
@@ -164,6 +164,9 @@ pub struct DeliveryManager {
     /// ([`Streamer::retain_blocks`]).
     retain: u64,
     halt: Option<Halt>,
+    /// Writes pushed by consumers, handed to every streamer built by
+    /// [`DeliveryManager::start`]; the application drains it.
+    push: PushQueue,
 }
 
 impl std::fmt::Debug for DeliveryManager {
@@ -194,6 +197,7 @@ impl DeliveryManager {
     ) -> Result<DeliveryManager> {
         let all = statestream_store::KvStore::stores(store).to_vec();
         let reader: Arc<dyn StateReader> = Arc::new(store.reader());
+        let push = PushQueue::new();
         let mut built = Vec::with_capacity(specs.len());
         for spec in specs {
             if !registry.contains(&spec.type_name) {
@@ -210,6 +214,7 @@ impl DeliveryManager {
                 all_stores: &all,
                 home,
                 reader: Some(&reader),
+                push: Some(&push),
             };
             let streamer = registry.build(&spec.type_name, &ctx, &spec.options)?;
             let setup = StreamerSetup {
@@ -221,7 +226,23 @@ impl DeliveryManager {
             };
             built.push((setup, streamer));
         }
-        DeliveryManager::with_streamers(store, built)
+        let mut manager = DeliveryManager::with_streamers(store, built)?;
+        manager.push = push;
+        Ok(manager)
+    }
+
+    /// The queue of writes consumers pushed (a `serve` streamer's
+    /// `PushUpdate`). Calling this declares that the application drains
+    /// it: until then pushes are refused. Before each [`commit`]
+    /// (`DeliveryManager::commit`), take a batch with
+    /// [`PushQueue::drain`], apply the writes it accepts to the store
+    /// (rejecting the others with [`PushBatch::retain`]), commit, and tell
+    /// the batch the height with [`PushBatch::committed`].
+    ///
+    /// [`commit`]: DeliveryManager::commit
+    pub fn push_queue(&self) -> PushQueue {
+        self.push.attach();
+        self.push.clone()
     }
 
     /// Starts streamers built by the application.
@@ -337,6 +358,7 @@ impl DeliveryManager {
             pruned_below: bounds.map_or(0, |(lo, _)| lo),
             retain,
             halt: None,
+            push: PushQueue::new(),
         };
         // Sync streamers catch up now, before any new block.
         for inst in &mut manager.instances {

@@ -746,6 +746,7 @@ mod tests {
             all_stores: &stores,
             home: &home,
             reader: None,
+            push: None,
         };
         let options = &specs[0].options;
         let config: ProcessStreamerConfig = options.parse().map_err(|e| e.to_string())?;

@@ -74,6 +74,7 @@ fn config_unsafe_prefix_names_file_key_and_line() {
         all_stores: &stores,
         home: home.path(),
         reader: None,
+        push: None,
     };
     let config: statestream_file::FileStreamerConfig = spec.options.parse().unwrap();
     let Err(err) = config.build(&ctx, &spec.options) else {

@@ -25,6 +25,7 @@ fn build(
         all_stores: &stores,
         home,
         reader: None,
+        push: None,
     };
     config.build(&ctx, &options)
 }

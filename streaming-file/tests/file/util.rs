@@ -90,6 +90,7 @@ pub fn try_streamer(
         all_stores: &stores,
         home: Path::new("/nonexistent-home"),
         reader: None,
+        push: None,
     };
     config.build(&ctx, &options)
 }

@@ -129,6 +129,7 @@ fn writer_relative_write_dir_is_under_home() {
         all_stores: &stores,
         home: home.path(),
         reader: None,
+        push: None,
     };
     let s = FileStreamerConfig::default().build(&ctx, &options).unwrap();
     assert_eq!(s.dir(), home.path().join("data/streaming"));

@@ -47,6 +47,7 @@ fn registry_unknown_type_lists_the_known_types() {
         all_stores: &stores,
         home: Path::new("/tmp/home"),
         reader: None,
+        push: None,
     };
     let err = registry
         .build("nosuch", &ctx, &options)

@@ -151,11 +151,14 @@ impl ServeStreamer {
                 reason: e.to_string(),
             })?
         };
-        let router = grpc_router(&hub, &config, &runtime)?;
+        let (router, set_health) = grpc_router(&hub, &config)?;
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let (stopped_tx, stopped_rx) = std::sync::mpsc::channel();
         let server_name = name.clone();
         runtime.spawn(async move {
+            // Health answers SERVING from the first request on: set before
+            // the first connection is accepted (the listener is bound).
+            set_health.await;
             let served = router
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
                     let _ = shutdown_rx.await;
@@ -217,8 +220,13 @@ impl ServeStreamer {
 fn grpc_router(
     hub: &Arc<Hub>,
     config: &ServeConfig,
-    runtime: &Runtime,
-) -> Result<tonic::transport::server::Router, ServeError> {
+) -> Result<
+    (
+        tonic::transport::server::Router,
+        impl std::future::Future<Output = ()> + Send + 'static,
+    ),
+    ServeError,
+> {
     let auth = Auth::new(&config.token);
     let state = StateStreamService {
         hub: Arc::clone(hub),
@@ -239,7 +247,6 @@ fn grpc_router(
             .set_serving::<DataServiceServer<DataStreamService>>()
             .await;
     };
-    runtime.spawn(set_health);
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -252,7 +259,7 @@ fn grpc_router(
     let a2 = auth.clone();
     let a3 = auth;
     let heartbeat = hub.heartbeat();
-    Ok(tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(heartbeat))
         .http2_keepalive_timeout(Some(heartbeat.max(Duration::from_secs(1)) * 2))
         .add_service(health)
@@ -261,7 +268,8 @@ fn grpc_router(
         .add_service(tonic::service::interceptor::InterceptedService::new(
             reflection,
             move |r| a3.check(r),
-        )))
+        ));
+    Ok((router, set_health))
 }
 
 impl Streamer for ServeStreamer {

@@ -52,9 +52,15 @@ pub struct NodeArgs {
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 
-    /// How many blocks to commit in this run (after the last committed one).
+    /// How many blocks to commit in this run (after the last committed
+    /// one); 0: run until SIGINT or SIGTERM.
     #[arg(long, value_name = "N", default_value_t = 10)]
     blocks: u64,
+
+    /// Milliseconds between the starts of two blocks (0: as fast as the
+    /// node commits).
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    block_time_ms: u64,
 
     /// Writes the transactions of one block make (at least; a block also
     /// has a few writes of its own).
@@ -195,8 +201,9 @@ pub fn execute(args: &NodeArgs, quiet: bool) -> Result<Summary> {
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = Arc::clone(&stop);
+        // SIGINT and SIGTERM (the `termination` feature).
         ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
-            .context("cannot install the Ctrl-C handler")?;
+            .context("cannot install the SIGINT/SIGTERM handler")?;
     }
 
     let first = store.version() + 1;
@@ -210,9 +217,20 @@ pub fn execute(args: &NodeArgs, quiet: bool) -> Result<Summary> {
         "node started"
     );
     let progress = progress_bar(args.blocks, quiet);
+    let push = manager.push_queue();
+    let block_time = Duration::from_millis(args.block_time_ms);
     let mut committed = 0u64;
     let mut result = Ok(());
-    for _ in 0..args.blocks {
+    let mut next_start = Instant::now();
+    while args.blocks == 0 || committed < args.blocks {
+        if !pace(&stop, next_start) {
+            tracing::info!(
+                height = store.version(),
+                "interrupted: stopping after the last block"
+            );
+            break;
+        }
+        next_start = Instant::now() + block_time;
         if stop.load(Ordering::SeqCst) {
             tracing::info!(
                 height = store.version(),
@@ -221,10 +239,15 @@ pub fn execute(args: &NodeArgs, quiet: bool) -> Result<Summary> {
             break;
         }
         let height = store.version() + 1;
+        let mut pushed = push.drain();
         let step = workload::run_block(&mut store, &stores, seed, height, args.writes_per_block)
-            .and_then(|meta| Ok(manager.commit(&mut store, meta)?));
+            .and_then(|mut meta| {
+                workload::apply_pushed(&mut store, &stores, &mut pushed, &mut meta)?;
+                Ok(manager.commit(&mut store, meta)?)
+            });
         match step {
             Ok(info) => {
+                pushed.committed(info.version);
                 committed += 1;
                 tracing::debug!(height = info.version, app_hash = %to_hex(&info.app_hash), "committed");
                 if let Some(p) = &progress {
@@ -338,6 +361,21 @@ fn print_summary(summary: &Summary, quiet: bool, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// Waits until `start` (in slices, so that a signal stops the wait);
+/// `false` when stopped meanwhile.
+fn pace(stop: &AtomicBool, start: Instant) -> bool {
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            return false;
+        }
+        let now = Instant::now();
+        if now >= start {
+            return true;
+        }
+        std::thread::sleep((start - now).min(Duration::from_millis(20)));
+    }
+}
+
 /// The seed of this home: the one stored in HOME/demo-seed, or `given`
 /// (default 0) for a new home, which is then stored. A `given` seed that
 /// differs from the stored one is an error: the blocks already committed
@@ -371,7 +409,7 @@ fn resolve_seed(home: &Path, given: Option<u64>) -> Result<u64> {
 }
 
 fn progress_bar(len: u64, quiet: bool) -> Option<ProgressBar> {
-    if quiet || !std::io::stderr().is_terminal() {
+    if quiet || len == 0 || !std::io::stderr().is_terminal() {
         return None;
     }
     let bar = ProgressBar::new(len);

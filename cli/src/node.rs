@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use statestream::{Block, DeliveryManager, Registry, StreamError, Streamer, StreamerStats};
+use statestream::{
+    Block, DeliveryManager, PushQueue, Registry, StreamError, Streamer, StreamerStats,
+};
 use statestream_config::AppConfig;
 use statestream::to_hex;
 use statestream_store::{CommitInfo, MultiStore, StoreKey, StoreOptions, WriteListener};
@@ -196,7 +198,17 @@ pub fn execute(args: &NodeArgs, quiet: bool) -> Result<Summary> {
         let pause = Duration::from_millis(ms);
         registry.register(SLOW_TYPE, move |_, _| Ok(Box::new(SlowStreamer { pause })));
     }
-    let mut manager = DeliveryManager::start(&mut store, &specs, &registry, &args.home)?;
+    // Pushed writes (a `serve` streamer's PushUpdate) are applied in the
+    // next block; attached before the servers start, so none is refused.
+    let push = PushQueue::new();
+    push.attach();
+    let mut manager = DeliveryManager::start_with_push_queue(
+        &mut store,
+        &specs,
+        &registry,
+        &args.home,
+        push.clone(),
+    )?;
 
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -217,7 +229,6 @@ pub fn execute(args: &NodeArgs, quiet: bool) -> Result<Summary> {
         "node started"
     );
     let progress = progress_bar(args.blocks, quiet);
-    let push = manager.push_queue();
     let block_time = Duration::from_millis(args.block_time_ms);
     let mut committed = 0u64;
     let mut result = Ok(());

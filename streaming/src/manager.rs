@@ -195,9 +195,22 @@ impl DeliveryManager {
         registry: &Registry,
         home: &Path,
     ) -> Result<DeliveryManager> {
+        DeliveryManager::start_with_push_queue(store, specs, registry, home, PushQueue::new())
+    }
+
+    /// [`start`](DeliveryManager::start), handing the streamers `push`, a
+    /// queue of pushed writes the application has already
+    /// [`attach`](PushQueue::attach)ed: pushes are accepted from the
+    /// moment a server starts, with no window in which they are refused.
+    pub fn start_with_push_queue(
+        store: &mut MultiStore,
+        specs: &[StreamerSpec],
+        registry: &Registry,
+        home: &Path,
+        push: PushQueue,
+    ) -> Result<DeliveryManager> {
         let all = statestream_store::KvStore::stores(store).to_vec();
         let reader: Arc<dyn StateReader> = Arc::new(store.reader());
-        let push = PushQueue::new();
         let mut built = Vec::with_capacity(specs.len());
         for spec in specs {
             if !registry.contains(&spec.type_name) {

@@ -7,4 +7,5 @@ mod util;
 mod datastream;
 mod limits;
 mod push;
+mod python;
 mod subscribe;

@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
-use statestream_file::{BlockDir, ReadOptions};
 use statestream_core::{Record, to_hex};
+use statestream_file::{BlockDir, ReadOptions};
 
 /// The block directory and how to read it.
 #[derive(Debug, Clone, clap::Args)]

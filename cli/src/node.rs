@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
+use statestream::to_hex;
 use statestream::{
     Block, DeliveryManager, PushQueue, Registry, StreamError, Streamer, StreamerStats,
 };
 use statestream_config::AppConfig;
-use statestream::to_hex;
 use statestream_store::{CommitInfo, MultiStore, StoreKey, StoreOptions, WriteListener};
 
 use crate::workload::{self, STORE_NAMES, Stores};

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use statestream_core::{to_hex};
+use statestream_core::to_hex;
 use statestream_store::{CommitInfo, KvStore, MultiStore, StoreKey, StoreOptions};
 
 use crate::blocks::DirArgs;

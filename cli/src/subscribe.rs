@@ -123,12 +123,22 @@ async fn follow<C: CursorStore>(mut sub: ResumableSubscription<C>, json: bool) -
                             "store": e.store, "key": text(&e.key), "value": text(&e.value)});
                         writeln!(out, "{o}")?;
                     } else {
-                        writeln!(out, "{height} snapshot {}/{} {}", e.store, text(&e.key), text(&e.value))?;
+                        writeln!(
+                            out,
+                            "{height} snapshot {}/{} {}",
+                            e.store,
+                            text(&e.key),
+                            text(&e.value)
+                        )?;
                     }
                 }
                 if end {
                     if json {
-                        writeln!(out, "{}", serde_json::json!({"height": height, "type": "snapshot_end"}))?;
+                        writeln!(
+                            out,
+                            "{}",
+                            serde_json::json!({"height": height, "type": "snapshot_end"})
+                        )?;
                     } else {
                         writeln!(out, "{height} snapshot end")?;
                     }
@@ -151,7 +161,13 @@ async fn follow<C: CursorStore>(mut sub: ResumableSubscription<C>, json: bool) -
                     } else if op == "delete" {
                         writeln!(out, "{height} delete {}/{}", c.store, text(&c.key))?;
                     } else {
-                        writeln!(out, "{height} {op} {}/{} {}", c.store, text(&c.key), text(&c.value))?;
+                        writeln!(
+                            out,
+                            "{height} {op} {}/{} {}",
+                            c.store,
+                            text(&c.key),
+                            text(&c.value)
+                        )?;
                     }
                 }
                 if json {

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Result;
-use statestream_file::BlockFile;
 use statestream_core::to_hex;
+use statestream_file::BlockFile;
 
 use crate::blocks::{DirArgs, warn_gaps};
 

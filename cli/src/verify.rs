@@ -21,8 +21,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use statestream_file::BlockFile;
 use statestream_core::{ZERO_HASH, app_hash, chain_store_hash, to_hex};
+use statestream_file::BlockFile;
 use statestream_store::{Hash, StoreKey};
 
 use crate::blocks::{DirArgs, show};

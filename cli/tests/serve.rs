@@ -152,11 +152,23 @@ fn serve_node_push_update_reaches_files_subscribers_and_the_app_hash() {
     // --cursor-file: a second run resumes after the first one's cursor.
     let cursor = dir.path().join("cursor");
     let c = cursor.to_str().unwrap();
-    let first = subscribe_until(&node.address, &["--snapshot", "--cursor-file", c], height + 3);
+    let first = subscribe_until(
+        &node.address,
+        &["--snapshot", "--cursor-file", c],
+        height + 3,
+    );
     assert_eq!(first[0]["type"], "snapshot");
-    let saved: u64 = std::fs::read_to_string(&cursor).unwrap().trim().parse().unwrap();
+    let saved: u64 = std::fs::read_to_string(&cursor)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     assert!(saved >= height + 3);
-    let second = subscribe_until(&node.address, &["--snapshot", "--cursor-file", c], saved + 2);
+    let second = subscribe_until(
+        &node.address,
+        &["--snapshot", "--cursor-file", c],
+        saved + 2,
+    );
     assert_eq!(second[0]["height"], saved + 1, "{:?}", second[0]);
     assert_ne!(second[0]["type"], "snapshot");
     stop_node(node);
@@ -171,9 +183,14 @@ fn serve_node_push_update_reaches_files_subscribers_and_the_app_hash() {
     assert!(dump.status.success());
     let text = String::from_utf8(dump.stdout).unwrap();
     assert!(
-        text.lines().any(|l| l.contains("pushed/greeting") && l.contains(&format!("\"height\":{height}"))),
+        text.lines()
+            .any(|l| l.contains("pushed/greeting") && l.contains(&format!("\"height\":{height}"))),
         "the pushed write is not in block {height}'s file"
     );
-    let verify = Command::new(BIN).arg("verify").arg(&blocks).output().unwrap();
+    let verify = Command::new(BIN)
+        .arg("verify")
+        .arg(&blocks)
+        .output()
+        .unwrap();
     assert!(verify.status.success(), "{verify:?}");
 }

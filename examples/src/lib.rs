@@ -26,10 +26,10 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use statestream::to_hex;
 use statestream::{BlockMeta, DeliveryManager, Registry, Tx};
 use statestream_config::AppConfig;
 use statestream_file::{BlockDir, ReadOptions};
-use statestream::to_hex;
 use statestream_store::{KvStore, MultiStore, StoreKey};
 
 /// Registers `type = "jsonl"` in an application's registry.
@@ -41,7 +41,9 @@ pub fn register_json_lines(registry: &mut Registry) {
         } else {
             ctx.home.join(config.path)
         };
-        Ok(Box::new(statestream_example_jsonl::JsonLinesStreamer::new(path)))
+        Ok(Box::new(statestream_example_jsonl::JsonLinesStreamer::new(
+            path,
+        )))
     });
 }
 

@@ -3,9 +3,9 @@ use std::ops::Bound;
 
 use crate::error::{Error, Result};
 use crate::iter::{KvIter, Order, is_empty_range, merge};
-use statestream_core::StoreKey;
 use crate::kv::KvStore;
 use crate::multistore::check_store;
+use statestream_core::StoreKey;
 
 /// A cache layer: a transaction over a parent ([`MultiStore`](crate::MultiStore)
 /// or another `Cache`).

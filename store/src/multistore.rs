@@ -18,7 +18,8 @@ use crate::kv::KvStore;
 use crate::listener::{ChangeSetBuilder, WriteListener};
 use crate::reader::StoreReader;
 
-pub(crate) const META: TableDefinition<'static, &'static str, &'static [u8]> = TableDefinition::new("meta");
+pub(crate) const META: TableDefinition<'static, &'static str, &'static [u8]> =
+    TableDefinition::new("meta");
 const STORE_HASHES: TableDefinition<'static, &'static str, &'static [u8]> =
     TableDefinition::new("store_hashes");
 const CURSORS: TableDefinition<'static, &'static str, u64> = TableDefinition::new("cursors");
@@ -371,7 +372,8 @@ impl MultiStore {
                 .map_err(|e| err("initialising")(e.into()))?;
             txn.open_table(CURSORS)
                 .map_err(|e| err("initialising")(e.into()))?;
-            let app_hash = statestream_core::app_hash(stores.iter().map(StoreKey::name).zip(hashes.iter()));
+            let app_hash =
+                statestream_core::app_hash(stores.iter().map(StoreKey::name).zip(hashes.iter()));
             (version, hashes, app_hash)
         };
         txn.commit().map_err(|e| err("initialising")(e.into()))?;

@@ -8,9 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use redb::{Database, ReadOnlyTable, ReadableDatabase};
-use statestream_core::{
-    ChangeSet, KeyValues, StateReader, StateSnapshot, StoreKey, StreamError,
-};
+use statestream_core::{ChangeSet, KeyValues, StateReader, StateSnapshot, StoreKey, StreamError};
 
 use crate::changelog::ChangeLog;
 use crate::error::{Error, Result};
@@ -59,10 +57,12 @@ impl StoreReader {
         let height = {
             let meta = txn.open_table(META).map_err(|e| err(e.into()))?;
             match meta.get(META_VERSION).map_err(|e| err(e.into()))? {
-                Some(v) => u64::from_be_bytes(v.value().try_into().map_err(|_| Error::Corrupt {
-                    path: self.path.to_path_buf(),
-                    what: "the stored version is not 8 bytes".into(),
-                })?),
+                Some(v) => {
+                    u64::from_be_bytes(v.value().try_into().map_err(|_| Error::Corrupt {
+                        path: self.path.to_path_buf(),
+                        what: "the stored version is not 8 bytes".into(),
+                    })?)
+                }
                 None => 0,
             }
         };

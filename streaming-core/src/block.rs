@@ -1,10 +1,10 @@
 use std::sync::Arc;
 
-use prost::Message;
 use crate::changeset::{ChangeSet, CommitInfo, StoreChanges};
 use crate::checksum::crc32c_combine;
 use crate::key::StoreKey;
 use crate::record::Record;
+use prost::Message;
 
 use crate::error::{Error, Result};
 use crate::proto;
@@ -380,12 +380,15 @@ mod tests {
     use super::*;
     use crate::hash::ZERO_HASH;
 
+    /// One store's writes: (key, value or `None` for a delete).
+    type Writes = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
     /// A change set of block `height` over `keys`, every store's writes
     /// given as (key, value) in key order.
     fn change_set(
         height: u64,
         keys: &[StoreKey],
-        writes: &[Vec<(Vec<u8>, Option<Vec<u8>>)>],
+        writes: &[Writes],
         meta: &BlockMeta,
     ) -> Arc<ChangeSet> {
         let stores = keys
@@ -400,7 +403,12 @@ mod tests {
             })
             .collect();
         let prev = vec![ZERO_HASH; keys.len()];
-        Arc::new(ChangeSet::seal(height, meta.encode_app_meta(), stores, &prev))
+        Arc::new(ChangeSet::seal(
+            height,
+            meta.encode_app_meta(),
+            stores,
+            &prev,
+        ))
     }
 
     /// The payload checksum combined from the stores' equals one pass over
@@ -409,7 +417,7 @@ mod tests {
     fn payload_crc32c_is_the_checksum_of_the_payload() {
         let names = ["a", "b", "c", "d"];
         let keys: Vec<StoreKey> = names.iter().map(|n| StoreKey::new(n).unwrap()).collect();
-        let writes: Vec<Vec<(Vec<u8>, Option<Vec<u8>>)>> = (0..4)
+        let writes: Vec<Writes> = (0..4)
             .map(|i| {
                 let n = if i < 3 { (i + 1) * 7 } else { 0 };
                 let mut w: Vec<_> = (0..n)

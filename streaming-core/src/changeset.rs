@@ -137,7 +137,11 @@ impl StoreChanges {
         self.records().enumerate().map(|(i, r)| {
             let action = if r.is_delete() {
                 Action::Delete
-            } else if self.created.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0) {
+            } else if self
+                .created
+                .get(i / 8)
+                .is_some_and(|b| b & (1 << (i % 8)) != 0)
+            {
                 Action::Create
             } else {
                 Action::Update

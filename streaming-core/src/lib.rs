@@ -66,9 +66,7 @@ mod streamer;
 pub use block::{Block, BlockMeta, StoreSelection, Tx};
 pub use changeset::{Action, ChangeSet, CommitInfo, StoreChanges, StoreParts};
 pub use checksum::{crc32c_append, crc32c_combine};
-pub use context::{
-    KeyValue, KeyValues, StateReader, StateSnapshot, StreamerContext, prefix_end,
-};
+pub use context::{KeyValue, KeyValues, StateReader, StateSnapshot, StreamerContext, prefix_end};
 pub use error::{BoxError, Error, Result, StreamError};
 pub use hash::{Hash, ZERO_HASH, app_hash, chain_store_hash, to_hex};
 pub use key::{MAX_STORE_KEY_LEN, StoreKey};

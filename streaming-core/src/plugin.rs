@@ -29,8 +29,8 @@
 
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 
-use prost::Message;
 use crate::record::{Records, put_uvarint};
+use prost::Message;
 
 use crate::error::BoxError;
 use crate::proto;

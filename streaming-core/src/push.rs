@@ -65,7 +65,9 @@ impl PushedWrite {
 impl Drop for PushedWrite {
     fn drop(&mut self) {
         if let Some(reply) = self.reply.take() {
-            reply(Err("the application dropped the write without committing it".into()));
+            reply(Err(
+                "the application dropped the write without committing it".into(),
+            ));
         }
     }
 }
@@ -224,11 +226,18 @@ mod tests {
             Err(PushError::NotAttached)
         );
         q.attach();
-        q.push("s".into(), b"a".to_vec(), Some(b"1".to_vec()), reply(&tx)).unwrap();
+        q.push("s".into(), b"a".to_vec(), Some(b"1".to_vec()), reply(&tx))
+            .unwrap();
         q.push("t".into(), b"b".to_vec(), None, reply(&tx)).unwrap();
         let mut batch = q.drain();
         assert!(q.is_empty());
-        batch.retain(|w| if w.store == "s" { Ok(()) } else { Err("no".into()) });
+        batch.retain(|w| {
+            if w.store == "s" {
+                Ok(())
+            } else {
+                Err("no".into())
+            }
+        });
         assert_eq!(rx.recv().unwrap(), Err("no".into()));
         batch.committed(7);
         assert_eq!(rx.recv().unwrap(), Ok(7));

@@ -8,11 +8,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use statestream_config::StreamerOptions;
 use statestream_core::{
     Block, BlockMeta, ChangeSet, StoreChanges, StoreKey, StoreSelection, Streamer, StreamerContext,
     ZERO_HASH,
 };
-use statestream_config::StreamerOptions;
 use statestream_file::{BlockDir, FileStreamer, FileStreamerConfig, ReadOptions};
 
 const RECORDS: usize = 1_000;

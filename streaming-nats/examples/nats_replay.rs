@@ -13,8 +13,8 @@
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use statestream_nats::{Client, NatsStreamerConfig, replay_stream};
 use statestream_core::to_hex;
+use statestream_nats::{Client, NatsStreamerConfig, replay_stream};
 
 fn main() -> ExitCode {
     match run() {

@@ -368,7 +368,9 @@ impl<C: CursorStore> ResumableSubscription<C> {
                     let first = !self.in_snapshot;
                     self.in_snapshot = !chunk.end;
                     if chunk.end {
-                        self.cursor.save(chunk.height).map_err(ClientError::Cursor)?;
+                        self.cursor
+                            .save(chunk.height)
+                            .map_err(ClientError::Cursor)?;
                     }
                     return Ok(Update::Snapshot {
                         height: chunk.height,
@@ -391,14 +393,20 @@ impl<C: CursorStore> ResumableSubscription<C> {
                         self.pending = Some(block);
                         continue;
                     }
-                    self.cursor.save(block.height).map_err(ClientError::Cursor)?;
+                    self.cursor
+                        .save(block.height)
+                        .map_err(ClientError::Cursor)?;
                     return Ok(Update::Block {
                         height: block.height,
                         time: block.time,
                         changes: block.changes,
                     });
                 }
-                Some(Message::Heartbeat(h)) => return Ok(Update::Heartbeat { head: h.head_height }),
+                Some(Message::Heartbeat(h)) => {
+                    return Ok(Update::Heartbeat {
+                        head: h.head_height,
+                    });
+                }
                 None => continue,
             }
         }

@@ -109,7 +109,10 @@ pub const DEFAULT_VALUE_TYPE: &str = "bytes";
 impl ServeConfig {
     /// Checks the options against the streamer's stores; returns the
     /// resolved listen address.
-    pub(crate) fn check(&self, ctx: &StreamerContext<'_>) -> Result<SocketAddr, (&'static str, String)> {
+    pub(crate) fn check(
+        &self,
+        ctx: &StreamerContext<'_>,
+    ) -> Result<SocketAddr, (&'static str, String)> {
         let address = resolve_address(&self.grpc_address).map_err(|m| ("grpc_address", m))?;
         if self.retain_blocks == 0 {
             return Err((
@@ -129,7 +132,11 @@ impl ServeConfig {
                 "expected a positive number of subscribers (at least 1), got 0".into(),
             ));
         }
-        if self.token.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        if self
+            .token
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace())
+        {
             return Err((
                 "token",
                 "the token may not contain whitespace or control characters (it is sent in a header)".into(),
@@ -147,7 +154,10 @@ impl ServeConfig {
                 ));
             }
             if value_type.is_empty() {
-                return Err(("value_types", format!("the value type of {store:?} is empty")));
+                return Err((
+                    "value_types",
+                    format!("the value type of {store:?} is empty"),
+                ));
             }
         }
         Ok(address)
@@ -174,7 +184,9 @@ fn resolve_address(text: &str) -> Result<SocketAddr, String> {
         return Ok(a);
     }
     if !text.contains(':') {
-        return Err(format!("{text:?} is not host:port (e.g. \"127.0.0.1:9090\")"));
+        return Err(format!(
+            "{text:?} is not host:port (e.g. \"127.0.0.1:9090\")"
+        ));
     }
     match text.to_socket_addrs() {
         Ok(mut addrs) => addrs

@@ -13,8 +13,8 @@ use crate::grpc::{SubscriptionEnd, finish, push_write, send_snapshot, stall_time
 use crate::hub::{Entry, Event, Hub, stream_snapshot};
 use crate::outbox::{self, Ended, Outbox, Sink};
 use crate::proto::datastream::{
-    Capability, Data, DataRequest, DataResponse, ListCapabilitiesRequest,
-    ListCapabilitiesResponse, data_service_server::DataService,
+    Capability, Data, DataRequest, DataResponse, ListCapabilitiesRequest, ListCapabilitiesResponse,
+    data_service_server::DataService,
 };
 
 /// The `value_type` of a deleted key in an update.
@@ -126,9 +126,13 @@ impl DataStreamService {
     ) -> Result<(), SubscriptionEnd> {
         let height = {
             let hub2 = Arc::clone(&hub);
-            send_snapshot(&hub, &filter, DATASTREAM_MESSAGE_BYTES, sink, move |_, time, entries, _| {
-                entries_response(&hub2, time, entries)
-            })
+            send_snapshot(
+                &hub,
+                &filter,
+                DATASTREAM_MESSAGE_BYTES,
+                sink,
+                move |_, time, entries, _| entries_response(&hub2, time, entries),
+            )
             .await?
         };
         let mut sub = hub.subscribe(guard, height + 1);
@@ -212,7 +216,14 @@ impl DataService for DataStreamService {
         } else {
             Some(d.value)
         };
-        push_write(&self.hub, self.push_updates, store, key_from_text(key), value).await?;
+        push_write(
+            &self.hub,
+            self.push_updates,
+            store,
+            key_from_text(key),
+            value,
+        )
+        .await?;
         Ok(Response::new(()))
     }
 }

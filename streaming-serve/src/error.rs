@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     /// The streamer was built without read access to the store.
-    #[error("streamer {streamer:?}: `serve` needs read access to the store (build it through the delivery manager)")]
+    #[error(
+        "streamer {streamer:?}: `serve` needs read access to the store (build it through the delivery manager)"
+    )]
     NoReader { streamer: String },
     /// The async runtime could not be created.
     #[error("streamer {streamer:?}: cannot start the async runtime: {source}")]

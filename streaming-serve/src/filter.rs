@@ -9,6 +9,9 @@ use statestream_core::{StoreKey, prefix_end};
 
 use crate::error::HubError;
 
+/// A key range: start and end bounds.
+pub type KeyRange = (Bound<Vec<u8>>, Bound<Vec<u8>>);
+
 /// The part of one store a filter selects.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StoreFilter {
@@ -25,12 +28,15 @@ impl StoreFilter {
     pub fn matches(&self, key: &[u8]) -> bool {
         self.whole
             || self.prefixes.iter().any(|p| key.starts_with(p))
-            || self.keys.binary_search_by(|k| k.as_slice().cmp(key)).is_ok()
+            || self
+                .keys
+                .binary_search_by(|k| k.as_slice().cmp(key))
+                .is_ok()
     }
 
     /// The key ranges to read, in ascending order and disjoint: the whole
     /// store, or one range per prefix and per key.
-    pub fn ranges(&self) -> Vec<(Bound<Vec<u8>>, Bound<Vec<u8>>)> {
+    pub fn ranges(&self) -> Vec<KeyRange> {
         if self.whole {
             return vec![(Bound::Unbounded, Bound::Unbounded)];
         }
@@ -70,7 +76,8 @@ impl StoreFilter {
         self.keys.sort();
         self.keys.dedup();
         let prefixes = &self.prefixes;
-        self.keys.retain(|k| !prefixes.iter().any(|p| k.starts_with(p)));
+        self.keys
+            .retain(|k| !prefixes.iter().any(|p| k.starts_with(p)));
     }
 }
 
@@ -134,7 +141,9 @@ impl<'a> FilterBuilder<'a> {
     /// Selects one key of `store`.
     pub fn key(&mut self, name: &str, key: &[u8], what: &str) -> Result<&mut Self, HubError> {
         if key.is_empty() {
-            return Err(HubError::InvalidArgument(format!("{what}: the key is empty")));
+            return Err(HubError::InvalidArgument(format!(
+                "{what}: the key is empty"
+            )));
         }
         self.store(name, what)?.keys.push(key.to_vec());
         Ok(self)
@@ -223,7 +232,10 @@ mod tests {
     use super::*;
 
     fn stores() -> Vec<StoreKey> {
-        ["acc", "bank"].iter().map(|s| StoreKey::new(s).unwrap()).collect()
+        ["acc", "bank"]
+            .iter()
+            .map(|s| StoreKey::new(s).unwrap())
+            .collect()
     }
 
     #[test]

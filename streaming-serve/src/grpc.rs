@@ -167,7 +167,8 @@ pub(crate) fn block_messages(block: &Block, filter: &Filter) -> Vec<v1::BlockCha
                 Action::Update => v1::Op::Update,
                 Action::Delete => v1::Op::Delete,
             };
-            bytes += record.store.len() + record.key.len() + record.value.map_or(0, <[u8]>::len) + 8;
+            bytes +=
+                record.store.len() + record.key.len() + record.value.map_or(0, <[u8]>::len) + 8;
             changes.push(v1::Change {
                 store: record.store.to_string(),
                 key: record.key.to_vec(),
@@ -277,11 +278,17 @@ impl StateStreamService {
             Start::Live => hub.head() + 1,
             Start::From(h) => h.max(1),
             Start::Snapshot => {
-                let height = send_snapshot(&hub, &filter, MESSAGE_BYTES, sink, |height, time, entries, end| {
-                    v1::SubscribeResponse {
-                        message: Some(Message::Snapshot(snapshot_chunk(height, time, entries, end))),
-                    }
-                })
+                let height = send_snapshot(
+                    &hub,
+                    &filter,
+                    MESSAGE_BYTES,
+                    sink,
+                    |height, time, entries, end| v1::SubscribeResponse {
+                        message: Some(Message::Snapshot(snapshot_chunk(
+                            height, time, entries, end,
+                        ))),
+                    },
+                )
                 .await?;
                 height + 1
             }

@@ -16,9 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use statestream_core::{
-    Block, PushQueue, StateReader, StateSnapshot, StoreKey, StoreSelection,
-};
+use statestream_core::{Block, PushQueue, StateReader, StateSnapshot, StoreKey, StoreSelection};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Interval, MissedTickBehavior};
 
@@ -286,10 +284,8 @@ impl Hub {
 
     /// Follows blocks from `next` (inclusive).
     pub fn subscribe(self: &Arc<Self>, guard: SubscriberGuard, next: u64) -> Subscription {
-        let mut heartbeat = tokio::time::interval_at(
-            tokio::time::Instant::now() + self.heartbeat,
-            self.heartbeat,
-        );
+        let mut heartbeat =
+            tokio::time::interval_at(tokio::time::Instant::now() + self.heartbeat, self.heartbeat);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         Subscription {
             hub: Arc::clone(self),
@@ -360,6 +356,9 @@ impl Subscription {
 /// One key of a snapshot.
 pub type Entry = (StoreKey, Vec<u8>, Vec<u8>);
 
+/// The batches of a snapshot being read.
+pub type SnapshotBatches = mpsc::Receiver<Result<Vec<Entry>, HubError>>;
+
 /// Reads the filter's keys from `snapshot` in store then key order, in
 /// batches of about `batch_bytes`, into `tx`; stops when the receiver goes
 /// away. Blocking: run it on a blocking thread.
@@ -419,10 +418,12 @@ pub fn stream_snapshot(
     hub: &Hub,
     filter: Filter,
     batch_bytes: usize,
-) -> Result<(u64, mpsc::Receiver<Result<Vec<Entry>, HubError>>), HubError> {
+) -> Result<(u64, SnapshotBatches), HubError> {
     let snapshot = hub.snapshot()?;
     let height = snapshot.height();
     let (tx, rx) = mpsc::channel(2);
-    tokio::task::spawn_blocking(move || read_snapshot(snapshot.as_ref(), &filter, batch_bytes, &tx));
+    tokio::task::spawn_blocking(move || {
+        read_snapshot(snapshot.as_ref(), &filter, batch_bytes, &tx)
+    });
     Ok((height, rx))
 }

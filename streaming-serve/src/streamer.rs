@@ -67,11 +67,10 @@ impl std::fmt::Debug for ServeStreamer {
 fn bind_reason(e: &std::io::Error) -> String {
     match e.kind() {
         std::io::ErrorKind::AddrInUse => {
-            "the address is in use (another node or program listens on it; choose another port)".into()
+            "the address is in use (another node or program listens on it; choose another port)"
+                .into()
         }
-        std::io::ErrorKind::AddrNotAvailable => {
-            "the address is not one of this machine's".into()
-        }
+        std::io::ErrorKind::AddrNotAvailable => "the address is not one of this machine's".into(),
         std::io::ErrorKind::PermissionDenied => {
             "permission denied (ports below 1024 need privileges)".into()
         }
@@ -263,8 +262,12 @@ fn grpc_router(
         .http2_keepalive_interval(Some(heartbeat))
         .http2_keepalive_timeout(Some(heartbeat.max(Duration::from_secs(1)) * 2))
         .add_service(health)
-        .add_service(StateStreamServer::with_interceptor(state, move |r| a1.check(r)))
-        .add_service(DataServiceServer::with_interceptor(data, move |r| a2.check(r)))
+        .add_service(StateStreamServer::with_interceptor(state, move |r| {
+            a1.check(r)
+        }))
+        .add_service(DataServiceServer::with_interceptor(data, move |r| {
+            a2.check(r)
+        }))
         .add_service(tonic::service::interceptor::InterceptedService::new(
             reflection,
             move |r| a3.check(r),

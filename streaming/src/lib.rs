@@ -56,16 +56,15 @@ pub use error::{Error, Result};
 pub use manager::{DeliveryManager, StreamerSetup, StreamerStats};
 pub use process::{ProcessError, ProcessStreamer, ProcessStreamerConfig};
 pub use registry::Registry;
-pub use statestream_config::Delivery;
-pub use statestream_core::{
-    Action, Block, BlockMeta, BoxError, ChangeSet, CommitInfo, Hash, PushBatch, PushError, PushQueue,
-    PushedWrite, Record, StateReader,
-    StateSnapshot, StoreKey, StoreSelection, StreamError, Streamer, StreamerContext, Tx,
-    crc32c_append, plugin, proto, to_hex,
-};
 /// The `app.toml` model (`statestream-config`), for an application that
 /// depends on this crate alone.
 pub use statestream_config as config;
+pub use statestream_config::Delivery;
+pub use statestream_core::{
+    Action, Block, BlockMeta, BoxError, ChangeSet, CommitInfo, Hash, PushBatch, PushError,
+    PushQueue, PushedWrite, Record, StateReader, StateSnapshot, StoreKey, StoreSelection,
+    StreamError, Streamer, StreamerContext, Tx, crc32c_append, plugin, proto, to_hex,
+};
 /// The store (`statestream-store`), for an application that depends on this
 /// crate alone.
 pub use statestream_store as store;

@@ -12,7 +12,8 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use statestream_config::{Delivery, StreamerSpec};
 use statestream_core::{
-    Block, BlockMeta, CommitInfo, PushQueue, StateReader, StoreKey, StoreSelection, Streamer, StreamerContext,
+    Block, BlockMeta, CommitInfo, PushQueue, StateReader, StoreKey, StoreSelection, Streamer,
+    StreamerContext,
 };
 use statestream_store::{CommitInput, MultiStore};
 use tracing::{info, warn};
@@ -214,7 +215,11 @@ impl DeliveryManager {
         let mut built = Vec::with_capacity(specs.len());
         for spec in specs {
             if !registry.contains(&spec.type_name) {
-                return Err(registry.unknown_type_error(&spec.name, &spec.type_name, &spec.options));
+                return Err(registry.unknown_type_error(
+                    &spec.name,
+                    &spec.type_name,
+                    &spec.options,
+                ));
             }
             let stores = spec
                 .stores

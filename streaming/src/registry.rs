@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 
 use statestream_config::StreamerOptions;
-use statestream_core::{BoxError, StreamerContext, Streamer};
+use statestream_core::{BoxError, Streamer, StreamerContext};
 
 use crate::error::{Error, Result};
 
@@ -108,10 +108,18 @@ impl Registry {
     /// The configuration error for a `type` no constructor is registered
     /// for: it names the file, the table, the key and the line, as for
     /// every other bad key.
-    pub(crate) fn unknown_type_error(&self, name: &str, type_name: &str, options: &StreamerOptions) -> Error {
+    pub(crate) fn unknown_type_error(
+        &self,
+        name: &str,
+        type_name: &str,
+        options: &StreamerOptions,
+    ) -> Error {
         Error::Config(options.clone().with_name(name.to_string()).error(
             "type",
-            format!("unknown type \"{type_name}\" (known types: {})", self.known()),
+            format!(
+                "unknown type \"{type_name}\" (known types: {})",
+                self.known()
+            ),
         ))
     }
 }

@@ -130,4 +130,3 @@ impl Streamer for JsonLinesStreamer {
         Ok(())
     }
 }
-

@@ -9,8 +9,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use prost::Message;
-use statestream_core::proto::BlockMetadata;
 use statestream_core::Records;
+use statestream_core::proto::BlockMetadata;
 
 use crate::util::{blocks, write_blocks};
 

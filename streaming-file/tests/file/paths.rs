@@ -6,8 +6,8 @@ use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::Path;
 
-use statestream_core::{Streamer, StreamerContext};
 use statestream_config::StreamerOptions;
+use statestream_core::{Streamer, StreamerContext};
 use statestream_file::{FileStreamer, FileStreamerConfig};
 
 use crate::util::{blocks, names, store_keys, streamer, with_prefix};

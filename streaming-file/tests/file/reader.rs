@@ -3,8 +3,8 @@
 
 use std::fs;
 
-use statestream_file::{BlockDir, Error, ReadOptions};
 use statestream_core::Record;
+use statestream_file::{BlockDir, Error, ReadOptions};
 
 use crate::fixtures::{fixture, record_offsets};
 use crate::util::{blocks, names, records_json, write_blocks};
@@ -353,8 +353,7 @@ fn reader_empty_file_is_truncated_header_even_mapped() {
 #[test]
 fn reader_hash_chains_recomputed_from_segments() {
     let bd = open("good");
-    let mut chains: std::collections::BTreeMap<String, statestream_core::Hash> =
-        Default::default();
+    let mut chains: std::collections::BTreeMap<String, statestream_core::Hash> = Default::default();
     for h in bd.heights().unwrap() {
         let file = bd.open_block(h).unwrap();
         let segments = file.store_segments().unwrap();

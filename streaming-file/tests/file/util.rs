@@ -3,11 +3,11 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use statestream_config::StreamerOptions;
 use statestream_core::{
     Block, BlockMeta, ChangeSet, StoreChanges, StoreKey, StoreSelection, Streamer, StreamerContext,
     Tx, ZERO_HASH,
 };
-use statestream_config::StreamerOptions;
 use statestream_file::{BlockDir, FileStreamer, FileStreamerConfig, ReadOptions};
 
 /// The stores of the workload, in name order.

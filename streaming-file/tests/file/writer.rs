@@ -285,4 +285,3 @@ fn writer_follow_without_metadata() {
         .collect();
     assert_eq!(heights, [1, 2]);
 }
-

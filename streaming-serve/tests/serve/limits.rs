@@ -45,11 +45,12 @@ fn every_call_needs_the_token_when_one_is_set() {
         assert_eq!(ok.head_height, 1);
         assert_eq!(ok.stores.len(), 3);
         // datastream too.
-        let mut d = statestream_serve::proto::datastream::data_service_client::DataServiceClient::connect(
-            address.clone(),
-        )
-        .await
-        .unwrap();
+        let mut d =
+            statestream_serve::proto::datastream::data_service_client::DataServiceClient::connect(
+                address.clone(),
+            )
+            .await
+            .unwrap();
         let denied = d
             .list_capabilities(statestream_serve::proto::datastream::ListCapabilitiesRequest {})
             .await
@@ -73,15 +74,23 @@ fn max_subscribers_is_enforced_and_a_disconnect_frees_its_place() {
         let second = c.subscribe(live()).await.unwrap().into_inner();
         let third = c.subscribe(live()).await.unwrap_err();
         assert_eq!(third.code(), tonic::Code::ResourceExhausted);
-        assert!(third.message().contains("max_subscribers"), "{}", third.message());
+        assert!(
+            third.message().contains("max_subscribers"),
+            "{}",
+            third.message()
+        );
         (first, second)
     });
     assert_eq!(hub.subscribers(), 2);
     drop(first);
-    wait_for("the dropped subscription to be freed", || hub.subscribers() == 1);
+    wait_for("the dropped subscription to be freed", || {
+        hub.subscribers() == 1
+    });
     rt.block_on(async {
         let mut c = client(&address).await;
-        let again = c.subscribe(subscribe_request(Start::Live(v1::StartLive {}))).await;
+        let again = c
+            .subscribe(subscribe_request(Start::Live(v1::StartLive {})))
+            .await;
         assert!(again.is_ok());
     });
     drop(second);
@@ -146,7 +155,10 @@ fn a_stalled_subscriber_is_disconnected_and_does_not_hold_back_commits() {
         node.commit_sized(20, 10_000);
         blocks += 1;
         assert!(hub.ring_len() <= RING_BLOCKS);
-        assert!(blocks < 100_000, "the stalled subscriber was never disconnected");
+        assert!(
+            blocks < 100_000,
+            "the stalled subscriber was never disconnected"
+        );
         if blocks % 50 == 0 {
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
@@ -178,7 +190,10 @@ fn startup_errors_name_the_key_or_say_why_the_address_is_unusable() {
     )
     .unwrap_err()
     .to_string();
-    assert!(err.contains("in use") && err.contains(&addr.to_string()), "{err}");
+    assert!(
+        err.contains("in use") && err.contains(&addr.to_string()),
+        "{err}"
+    );
 
     for (extra, key) in [
         ("grpc_address = \"nonsense\"", "grpc_address"),
@@ -200,8 +215,8 @@ fn health_and_reflection_answer() {
     let rt = runtime();
     let address = node.address();
     rt.block_on(async move {
-        use tonic_health::pb::health_client::HealthClient;
         use tonic_health::pb::HealthCheckRequest;
+        use tonic_health::pb::health_client::HealthClient;
         let channel = tonic::transport::Endpoint::from_shared(address.clone())
             .unwrap()
             .connect()

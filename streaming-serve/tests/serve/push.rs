@@ -51,8 +51,15 @@ fn a_pushed_write_is_committed_by_the_application_and_streamed() {
     let (height, received) = rt.block_on(task).unwrap();
     let (_, changes) = received.blocks.iter().find(|(h, _)| *h == height).unwrap();
     assert!(changes.contains(&("b".into(), b"pushed".to_vec(), Some(b"hello".to_vec()))));
-    assert!(node.changes(height).contains(&("b".into(), b"pushed".to_vec(), Some(b"hello".to_vec()))));
-    assert_eq!(node.state()[&("b".to_string(), b"pushed".to_vec())], b"hello");
+    assert!(node.changes(height).contains(&(
+        "b".into(),
+        b"pushed".to_vec(),
+        Some(b"hello".to_vec())
+    )));
+    assert_eq!(
+        node.state()[&("b".to_string(), b"pushed".to_vec())],
+        b"hello"
+    );
     node.close();
 }
 
@@ -73,6 +80,10 @@ fn push_update_is_unimplemented_when_off() {
         .unwrap_err()
     });
     assert_eq!(status.code(), tonic::Code::Unimplemented);
-    assert!(status.message().contains("push_updates"), "{}", status.message());
+    assert!(
+        status.message().contains("push_updates"),
+        "{}",
+        status.message()
+    );
     node.close();
 }

@@ -55,7 +55,11 @@ fn python_client_snapshot_then_blocks_match_the_store() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut state = State::new();
     let mut ends = Vec::new();
     for v in lines(&out.stdout) {
@@ -124,16 +128,28 @@ fn python_datastream_client_lists_capabilities_and_subscribes() {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     let output = child.wait_with_output().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let v = lines(&output.stdout);
     let caps: Vec<_> = v
         .iter()
         .filter(|l| l.get("capability").is_some())
-        .map(|l| (l["capability"].as_str().unwrap(), l["value_type"].as_str().unwrap()))
+        .map(|l| {
+            (
+                l["capability"].as_str().unwrap(),
+                l["value_type"].as_str().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(caps, vec![("a", "bytes"), ("b", "text"), ("c", "bytes")]);
     let data: Vec<_> = v.iter().filter(|l| l.get("key").is_some()).collect();
-    assert!(data.iter().all(|d| d["key"].as_str().unwrap().starts_with("b/")));
+    assert!(
+        data.iter()
+            .all(|d| d["key"].as_str().unwrap().starts_with("b/"))
+    );
     assert!(data.iter().any(|d| d["response"] == 2));
     node.close();
 }

@@ -1,7 +1,9 @@
 //! Subscribe: snapshot + live, from a height, live; heartbeats; resume
 //! after a restart; shutdown.
 
-use statestream_serve::client::{MemoryCursor, ResumableSubscription, StartFrom, SubscribeOptions, Update};
+use statestream_serve::client::{
+    MemoryCursor, ResumableSubscription, StartFrom, SubscribeOptions, Update,
+};
 use statestream_serve::proto::v1::{self, subscribe_request::Start};
 
 use crate::util::*;
@@ -181,7 +183,9 @@ fn a_subscriber_resumes_from_its_cursor_after_the_node_restarts() {
                 state.insert((e.store, e.key), e.value);
             }
         }
-        Update::Block { height, changes, .. } => {
+        Update::Block {
+            height, changes, ..
+        } => {
             heights.push(height);
             for c in changes {
                 if c.op == v1::Op::Delete as i32 {

@@ -22,6 +22,12 @@ pub fn keys() -> Vec<StoreKey> {
 
 pub type State = BTreeMap<(String, Vec<u8>), Vec<u8>>;
 
+/// One change: store, key, value (`None`: deleted).
+pub type Change = (String, Vec<u8>, Option<Vec<u8>>);
+
+/// One block: its height and changes.
+pub type BlockChanges = (u64, Vec<Change>);
+
 pub struct Node {
     pub store: MultiStore,
     pub manager: Option<DeliveryManager>,
@@ -37,7 +43,9 @@ pub fn config(extra: &str) -> String {
     } else {
         "grpc_address = \"127.0.0.1:0\"\n".to_string()
     };
-    format!("[store]\nstreamers = [\"serve\"]\n\n[streamers.serve]\ntype = \"serve\"\nkeys = [\"*\"]\n{address}{extra}\n")
+    format!(
+        "[store]\nstreamers = [\"serve\"]\n\n[streamers.serve]\ntype = \"serve\"\nkeys = [\"*\"]\n{address}{extra}\n"
+    )
 }
 
 /// Builds the streamers of `toml` with the registry, keeping the serve
@@ -59,7 +67,11 @@ pub fn start_manager(
         Ok(Box::new(streamer))
     });
     let manager = DeliveryManager::start(store, &specs, &registry, home)?;
-    let handle = slot.lock().unwrap().take().expect("the serve streamer was built");
+    let handle = slot
+        .lock()
+        .unwrap()
+        .take()
+        .expect("the serve streamer was built");
     Ok((manager, handle))
 }
 
@@ -86,7 +98,8 @@ impl Node {
             },
         )
         .unwrap();
-        let (manager, handle) = start_manager(&mut store, &config(extra), path.parent().unwrap()).unwrap();
+        let (manager, handle) =
+            start_manager(&mut store, &config(extra), path.parent().unwrap()).unwrap();
         let push = manager.push_queue();
         Node {
             store,
@@ -125,7 +138,7 @@ impl Node {
         for i in 0..writes {
             let store = &stores[(h as usize + i) % stores.len()];
             let key = format!("k{:03}", (h * 7 + i as u64 * 13) % 40);
-            if (h + i as u64) % 5 == 0 {
+            if (h + i as u64).is_multiple_of(5) {
                 self.store.delete(store, key.as_bytes()).unwrap();
             } else {
                 let mut value = format!("{h}:{i}:").into_bytes();
@@ -169,10 +182,16 @@ impl Node {
     }
 
     /// The change set of `height` from the change log.
-    pub fn changes(&self, height: u64) -> Vec<(String, Vec<u8>, Option<Vec<u8>>)> {
+    pub fn changes(&self, height: u64) -> Vec<Change> {
         let cs = self.store.reader().change_set(height).unwrap();
         cs.records()
-            .map(|r| (r.store.to_string(), r.key.to_vec(), r.value.map(<[u8]>::to_vec)))
+            .map(|r| {
+                (
+                    r.store.to_string(),
+                    r.key.to_vec(),
+                    r.value.map(<[u8]>::to_vec),
+                )
+            })
             .collect()
     }
 
@@ -194,7 +213,9 @@ pub fn runtime() -> tokio::runtime::Runtime {
 }
 
 pub async fn client(address: &str) -> StateStreamClient<Channel> {
-    StateStreamClient::connect(address.to_string()).await.unwrap()
+    StateStreamClient::connect(address.to_string())
+        .await
+        .unwrap()
 }
 
 pub fn subscribe_request(start: v1::subscribe_request::Start) -> v1::SubscribeRequest {
@@ -210,9 +231,9 @@ pub fn subscribe_request(start: v1::subscribe_request::Start) -> v1::SubscribeRe
 pub struct Received {
     pub snapshot_height: Option<u64>,
     pub snapshot: State,
-    pub blocks: Vec<(u64, Vec<(String, Vec<u8>, Option<Vec<u8>>)>)>,
+    pub blocks: Vec<BlockChanges>,
     pub heartbeats: u64,
-    current: Option<(u64, Vec<(String, Vec<u8>, Option<Vec<u8>>)>)>,
+    current: Option<BlockChanges>,
 }
 
 impl Received {

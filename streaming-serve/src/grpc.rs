@@ -2,7 +2,8 @@
 //! `DataService`, health and reflection on one listener, behind the token
 //! check.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use statestream_core::{Action, Block, PushError};
@@ -13,7 +14,9 @@ use crate::error::HubError;
 use crate::filter::{Filter, FilterBuilder};
 use crate::hub::{Event, Hub, stream_snapshot};
 use crate::outbox::{self, Ended, Outbox, Sink};
-use crate::proto::v1::{self, state_stream_server::StateStream};
+use crate::proto::server::{self as v1, state_stream_server::StateStream};
+use crate::proto::v1 as pb;
+use crate::wire::EncodedBlock;
 
 /// Payload bytes per message (entries or changes): well under the 4 MiB
 /// that gRPC clients accept by default.
@@ -124,6 +127,7 @@ pub(crate) async fn push_write(
 pub(crate) struct StateStreamService {
     pub hub: Arc<Hub>,
     pub push_updates: bool,
+    pub encoded: Arc<EncodedBlocks>,
 }
 
 fn parse_filter(hub: &Hub, filter: Option<v1::Filter>) -> Result<Filter, Status> {
@@ -148,7 +152,7 @@ fn timestamp(time: Option<(i64, u32)>) -> Option<prost_types::Timestamp> {
 
 /// The messages of one block for one filter: one or more, the last with
 /// `end = true`.
-pub(crate) fn block_messages(block: &Block, filter: &Filter) -> Vec<v1::BlockChanges> {
+pub(crate) fn block_messages(block: &Block, filter: &Filter) -> Vec<pb::BlockChanges> {
     let height = block.height();
     let time = timestamp(Some((block.meta().time_seconds, block.meta().time_nanos)));
     let mut out = Vec::new();
@@ -163,20 +167,20 @@ pub(crate) fn block_messages(block: &Block, filter: &Filter) -> Vec<v1::BlockCha
                 continue;
             }
             let op = match action {
-                Action::Create => v1::Op::Create,
-                Action::Update => v1::Op::Update,
-                Action::Delete => v1::Op::Delete,
+                Action::Create => pb::Op::Create,
+                Action::Update => pb::Op::Update,
+                Action::Delete => pb::Op::Delete,
             };
             bytes +=
                 record.store.len() + record.key.len() + record.value.map_or(0, <[u8]>::len) + 8;
-            changes.push(v1::Change {
+            changes.push(pb::Change {
                 store: record.store.to_string(),
                 key: record.key.to_vec(),
                 value: record.value.map(<[u8]>::to_vec).unwrap_or_default(),
                 op: op as i32,
             });
             if bytes >= MESSAGE_BYTES {
-                out.push(v1::BlockChanges {
+                out.push(pb::BlockChanges {
                     height,
                     time,
                     changes: std::mem::take(&mut changes),
@@ -186,13 +190,59 @@ pub(crate) fn block_messages(block: &Block, filter: &Filter) -> Vec<v1::BlockCha
             }
         }
     }
-    out.push(v1::BlockChanges {
+    out.push(pb::BlockChanges {
         height,
         time,
         changes,
         end: true,
     });
     out
+}
+
+/// The encoded messages of one block, encoded once per block for the
+/// filter most subscribers use (every streamed store) and shared; other
+/// filters are encoded per subscriber.
+pub(crate) struct EncodedBlocks {
+    all: Filter,
+    recent: Mutex<VecDeque<(u64, Arc<OnceLock<Arc<[EncodedBlock]>>>)>>,
+}
+
+impl EncodedBlocks {
+    pub(crate) fn new(all: Filter) -> EncodedBlocks {
+        EncodedBlocks {
+            all,
+            recent: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    fn encode(block: &Block, filter: &Filter) -> Arc<[EncodedBlock]> {
+        block_messages(block, filter)
+            .into_iter()
+            .map(|m| EncodedBlock(prost::Message::encode_to_vec(&m).into()))
+            .collect()
+    }
+
+    pub(crate) fn get(&self, block: &Block, filter: &Filter) -> Arc<[EncodedBlock]> {
+        if *filter != self.all {
+            return EncodedBlocks::encode(block, filter);
+        }
+        let height = block.height();
+        let cell = {
+            let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+            match recent.iter().find(|(h, _)| *h == height) {
+                Some((_, cell)) => Arc::clone(cell),
+                None => {
+                    if recent.len() >= crate::hub::RING_BLOCKS {
+                        recent.pop_front();
+                    }
+                    let cell = Arc::new(OnceLock::new());
+                    recent.push_back((height, Arc::clone(&cell)));
+                    cell
+                }
+            }
+        };
+        Arc::clone(cell.get_or_init(|| EncodedBlocks::encode(block, &self.all)))
+    }
 }
 
 enum Start {
@@ -268,6 +318,7 @@ pub(crate) fn finish<T>(sink: Sink<T>, end: SubscriptionEnd) {
 impl StateStreamService {
     async fn run(
         hub: Arc<Hub>,
+        encoded: Arc<EncodedBlocks>,
         guard: crate::hub::SubscriberGuard,
         filter: Filter,
         start: Start,
@@ -301,9 +352,9 @@ impl StateStreamService {
             };
             match event {
                 Event::Block(block) => {
-                    for m in block_messages(&block, &filter) {
+                    for m in encoded.get(&block, &filter).iter() {
                         sink.send(v1::SubscribeResponse {
-                            message: Some(Message::Block(m)),
+                            message: Some(Message::Block(m.clone())),
                         })
                         .await?;
                     }
@@ -400,9 +451,12 @@ impl StateStream for StateStreamService {
             }
         };
         let guard = hub.admit()?;
+        let encoded = Arc::clone(&self.encoded);
         let (mut sink, outbox) = outbox::channel(stall_timeout(&hub), hub.closing());
         tokio::spawn(async move {
-            if let Err(end) = StateStreamService::run(hub, guard, filter, start, &mut sink).await {
+            if let Err(end) =
+                StateStreamService::run(hub, encoded, guard, filter, start, &mut sink).await
+            {
                 finish(sink, end);
             }
         });

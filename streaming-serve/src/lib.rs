@@ -26,6 +26,7 @@ mod hub;
 mod outbox;
 pub mod proto;
 mod streamer;
+mod wire;
 
 pub use config::{DEFAULT_VALUE_TYPE, SERVE_TYPE, ServeConfig};
 pub use datastream::DELETED;

@@ -17,7 +17,7 @@ use crate::error::ServeError;
 use crate::grpc::{Auth, StateStreamService};
 use crate::hub::{Hub, HubSetup};
 use crate::proto::datastream::data_service_server::DataServiceServer;
-use crate::proto::v1::state_stream_server::StateStreamServer;
+use crate::proto::server::state_stream_server::StateStreamServer;
 
 /// How long a clean shutdown waits for the servers to end their streams.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
@@ -230,6 +230,9 @@ fn grpc_router(
     let state = StateStreamService {
         hub: Arc::clone(hub),
         push_updates: config.push_updates,
+        encoded: Arc::new(crate::grpc::EncodedBlocks::new(crate::filter::Filter::all(
+            hub.stores(),
+        ))),
     };
     let data = DataStreamService {
         hub: Arc::clone(hub),

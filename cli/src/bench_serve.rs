@@ -60,13 +60,18 @@ fn serve_manager(
     Ok((manager, handle))
 }
 
+/// Per subscriber, the last height whose end it received.
+type Heights = Vec<Arc<AtomicU64>>;
+/// Per subscriber, each block end it received and when.
+type Arrivals = Vec<Arc<Mutex<Vec<(u64, Instant)>>>>;
+
 /// Starts `n` live subscribers on every store; each records, per block
 /// end, the height and when it arrived. Returns once all are subscribed.
 fn subscribers(
     rt: &tokio::runtime::Runtime,
     address: &str,
     n: usize,
-) -> Result<(Vec<Arc<AtomicU64>>, Vec<Arc<Mutex<Vec<(u64, Instant)>>>>)> {
+) -> Result<(Heights, Arrivals)> {
     let mut heights = Vec::new();
     let mut arrivals = Vec::new();
     for _ in 0..n {

@@ -271,6 +271,8 @@ pub struct ResumableSubscription<C: CursorStore> {
     pending: Option<BlockChanges>,
     in_snapshot: bool,
     backoff: Duration,
+    /// The wait before the next connection attempt.
+    delay: Option<Duration>,
 }
 
 impl<C: CursorStore> std::fmt::Debug for ResumableSubscription<C> {
@@ -293,6 +295,7 @@ impl<C: CursorStore> ResumableSubscription<C> {
             pending: None,
             in_snapshot: false,
             backoff: FIRST_BACKOFF,
+            delay: None,
         }
     }
 
@@ -336,21 +339,21 @@ impl<C: CursorStore> ResumableSubscription<C> {
         self.stream = None;
         let delay = self.backoff;
         self.backoff = (self.backoff * 2).min(self.options.max_backoff);
+        self.delay = Some(delay);
         Update::Reconnecting { reason, delay }
     }
 
     /// The next update. Retryable failures come back as
-    /// [`Update::Reconnecting`] (after which the subscription waits and
-    /// resumes by itself); the others are errors.
+    /// [`Update::Reconnecting`] (the next call waits `delay`, reconnects and
+    /// resumes after the cursor); the others are errors.
     pub async fn next(&mut self) -> Result<Update, ClientError> {
         loop {
             let Some(stream) = self.stream.as_mut() else {
+                if let Some(delay) = self.delay.take() {
+                    tokio::time::sleep(delay).await;
+                }
                 if let Err(reason) = self.open().await? {
-                    let update = self.reconnect(reason);
-                    if let Update::Reconnecting { delay, .. } = &update {
-                        tokio::time::sleep(*delay).await;
-                    }
-                    return Ok(update);
+                    return Ok(self.reconnect(reason));
                 }
                 continue;
             };

@@ -199,12 +199,16 @@ pub(crate) fn block_messages(block: &Block, filter: &Filter) -> Vec<pb::BlockCha
     out
 }
 
+/// One block's encoded messages, filled once by whichever subscriber
+/// needs them first.
+type EncodedCell = Arc<OnceLock<Arc<[EncodedBlock]>>>;
+
 /// The encoded messages of one block, encoded once per block for the
 /// filter most subscribers use (every streamed store) and shared; other
 /// filters are encoded per subscriber.
 pub(crate) struct EncodedBlocks {
     all: Filter,
-    recent: Mutex<VecDeque<(u64, Arc<OnceLock<Arc<[EncodedBlock]>>>)>>,
+    recent: Mutex<VecDeque<(u64, EncodedCell)>>,
 }
 
 impl EncodedBlocks {

@@ -57,7 +57,7 @@ pub struct BenchArgs {
 }
 
 /// Every figure, in the order they run.
-const FIGURES: [&str; 10] = [
+const FIGURES: [&str; 11] = [
     "commit_overhead_async",
     "commit_overhead_sync",
     "writer_vs_raw",
@@ -68,6 +68,7 @@ const FIGURES: [&str; 10] = [
     "serve_commit_overhead",
     "serve_latency_ms",
     "snapshot_vs_scan",
+    "serve_stalled_rss_mb",
 ];
 
 const KEY_LEN: usize = 32;
@@ -222,6 +223,9 @@ pub fn run(args: BenchArgs, _quiet: bool) -> Result<ExitCode> {
     }
     if wanted("snapshot_vs_scan") {
         serve::snapshot_vs_scan(sizes, &stores)?.print(args.json)?;
+    }
+    if wanted("serve_stalled_rss_mb") {
+        serve::stalled_rss(sizes, &stores, &tmp.join("stalled"))?.print(args.json)?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -49,6 +49,7 @@ fn serve_manager(
     let config = ServeConfig {
         grpc_address: "127.0.0.1:0".into(),
         retain_blocks: 64,
+        heartbeat_ms,
         ..ServeConfig::default()
     };
     let streamer = config
@@ -308,5 +309,84 @@ pub(super) fn snapshot_vs_scan(sizes: &Sizes, stores: &[StoreKey]) -> Result<Fig
         ratio: Some(ratio),
         ratio_quartiles: Some(quartiles),
         baseline: Some(kps(m.b)),
+    })
+}
+
+/// The node's resident memory (`VmRSS`), in kB.
+fn rss_kb() -> Result<u64> {
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("cannot read /proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS in /proc/self/status")
+}
+
+/// `serve_stalled_rss_mb`: the process's resident memory after 10,000
+/// blocks (64 writes each, over a fixed set of keys so that the store does
+/// not grow) with one subscriber that subscribed and never reads (kept
+/// connected: a 10-minute heartbeat, so no stall timeout), over the same
+/// after 2,000 blocks. Flat means a ratio near 1.
+pub(super) fn stalled_rss(
+    sizes: &Sizes,
+    stores: &[StoreKey],
+    tmp: &std::path::Path,
+) -> Result<Figure> {
+    let (early, total) = if sizes.rounds > 3 {
+        (2_000, 10_000)
+    } else {
+        (200, 1_000)
+    };
+    std::fs::create_dir_all(tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let options = StoreOptions {
+        fsync: false,
+        ..StoreOptions::default()
+    };
+    let mut store = MultiStore::open(&tmp.join("stalled.redb"), stores, options)?;
+    let (mut manager, handle) = serve_manager_with(&mut store, stores, 600_000)?;
+    let rt = client_runtime()?;
+    let address = format!("http://{}", handle.grpc_address());
+    let _stalled = rt.block_on(async move {
+        let mut c = StateStreamClient::connect(address).await?;
+        let s = c
+            .subscribe(v1::SubscribeRequest {
+                filter: None,
+                start: Some(Start::Live(v1::StartLive {})),
+            })
+            .await?
+            .into_inner();
+        anyhow::Ok(s)
+    })?;
+    let mut rng = Rng::new(5);
+    let mut value = [0u8; 100];
+    let mut early_kb = 0;
+    for height in 1..=total {
+        let mut tx = store.cache();
+        for i in 0..64usize {
+            let key = format!("key/{:04}", (height as usize * 64 + i) % 1_000);
+            rng.fill(&mut value);
+            tx.set(&stores[i % stores.len()], key.as_bytes(), &value)?;
+        }
+        tx.write()?;
+        manager.commit(&mut store, BlockMeta::default())?;
+        if height == early {
+            early_kb = rss_kb()?;
+        }
+    }
+    let end_kb = rss_kb()?;
+    if handle.hub().subscribers() != 1 {
+        bail!("the stalled subscriber was disconnected: the figure measures nothing");
+    }
+    manager.close(&mut store)?;
+    drop(rt);
+    store.close()?;
+    Ok(Figure {
+        name: "serve_stalled_rss_mb",
+        value: end_kb as f64 / 1024.0,
+        unit: "MB",
+        ratio: Some(end_kb as f64 / early_kb.max(1) as f64),
+        ratio_quartiles: None,
+        baseline: Some(early_kb as f64 / 1024.0),
     })
 }

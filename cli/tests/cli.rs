@@ -845,7 +845,7 @@ fn bench_only_refuses_an_unknown_figure() {
         run.stderr.contains(
             "[possible values: commit_overhead_async, commit_overhead_sync, writer_vs_raw, \
              reader_vs_raw, verify_mb_s, replay_mb_s, node_peak_rss_mb, serve_commit_overhead, \
-             serve_latency_ms, snapshot_vs_scan]"
+             serve_latency_ms, snapshot_vs_scan, serve_stalled_rss_mb]"
         ),
         "{run:#?}"
     );
@@ -877,6 +877,7 @@ fn bench_quick_json_reports_every_figure() {
             "serve_latency_ms_p50_100",
             "serve_latency_ms_p99_100",
             "snapshot_vs_scan",
+            "serve_stalled_rss_mb",
         ],
         "{run:#?}"
     );
@@ -891,7 +892,8 @@ fn bench_quick_json_reports_every_figure() {
         // Comparisons over rounds also give the middle half of the
         // per-round ratios, around the median (one node run per size has
         // no rounds).
-        let rounds = comparison && j["name"] != "node_peak_rss_mb";
+        let rounds =
+            comparison && j["name"] != "node_peak_rss_mb" && j["name"] != "serve_stalled_rss_mb";
         let (q1, q3) = (j["ratio_q1"].as_f64(), j["ratio_q3"].as_f64());
         assert_eq!((q1.is_some(), q3.is_some()), (rounds, rounds), "{j}");
         if let (Some(q1), Some(q3), Some(r)) = (q1, q3, j["ratio"].as_f64()) {

@@ -226,6 +226,11 @@ impl DeliveryManager {
                 .iter()
                 .map(|s| StoreKey::new(s))
                 .collect::<std::result::Result<Vec<_>, _>>()?;
+            // An unknown store is refused before the streamer is built (a
+            // built streamer may already hold resources: a listening port).
+            for s in &stores {
+                store.check_store(s)?;
+            }
             let ctx = StreamerContext {
                 name: &spec.name,
                 stores: &stores,

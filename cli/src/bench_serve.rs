@@ -15,7 +15,7 @@ use statestream_serve::proto::v1::{
     subscribe_response::Message,
 };
 use statestream_serve::{ServeConfig, ServeHandle};
-use statestream_store::{CommitInput, MultiStore, StoreKey, StoreOptions};
+use statestream_store::{CommitInput, KvStore, MultiStore, StoreKey, StoreOptions};
 
 use super::{Figure, Sizes, alternate, quantile, write_block};
 use crate::workload::Rng;
@@ -36,6 +36,14 @@ fn client_runtime() -> Result<tokio::runtime::Runtime> {
 fn serve_manager(
     store: &mut MultiStore,
     stores: &[StoreKey],
+) -> Result<(DeliveryManager, ServeHandle)> {
+    serve_manager_with(store, stores, ServeConfig::default().heartbeat_ms)
+}
+
+fn serve_manager_with(
+    store: &mut MultiStore,
+    stores: &[StoreKey],
+    heartbeat_ms: u64,
 ) -> Result<(DeliveryManager, ServeHandle)> {
     let reader: Arc<dyn StateReader> = Arc::new(store.reader());
     let ctx = StreamerContext {

@@ -29,6 +29,9 @@ use statestream_config::StreamerOptions;
 use statestream_file::{BlockDir, FileStreamer, FileStreamerConfig, ReadOptions};
 use statestream_store::{CommitInput, KvStore, MultiStore, StoreKey, StoreOptions};
 
+#[path = "bench_serve.rs"]
+mod serve;
+
 use crate::blocks::DirArgs;
 use crate::workload::Rng;
 use crate::{replay, verify};
@@ -54,7 +57,7 @@ pub struct BenchArgs {
 }
 
 /// Every figure, in the order they run.
-const FIGURES: [&str; 7] = [
+const FIGURES: [&str; 11] = [
     "commit_overhead_async",
     "commit_overhead_sync",
     "writer_vs_raw",
@@ -62,6 +65,10 @@ const FIGURES: [&str; 7] = [
     "verify_mb_s",
     "replay_mb_s",
     "node_peak_rss_mb",
+    "serve_commit_overhead",
+    "serve_latency_ms",
+    "snapshot_vs_scan",
+    "serve_stalled_rss_mb",
 ];
 
 const KEY_LEN: usize = 32;
@@ -206,6 +213,20 @@ pub fn run(args: BenchArgs, _quiet: bool) -> Result<ExitCode> {
     if wanted("node_peak_rss_mb") {
         node_peak_rss(sizes, &tmp.join("node"))?.print(args.json)?;
     }
+    if wanted("serve_commit_overhead") {
+        serve::commit_overhead(sizes, &stores, &tmp.join("serve"))?.print(args.json)?;
+    }
+    if wanted("serve_latency_ms") {
+        for f in serve::latency(sizes, &stores)? {
+            f.print(args.json)?;
+        }
+    }
+    if wanted("snapshot_vs_scan") {
+        serve::snapshot_vs_scan(sizes, &stores)?.print(args.json)?;
+    }
+    if wanted("serve_stalled_rss_mb") {
+        serve::stalled_rss(sizes, &stores, &tmp.join("stalled"))?.print(args.json)?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -249,6 +270,7 @@ fn file_streamer(dir: &Path, stores: &[StoreKey]) -> Result<FileStreamer> {
         home: dir,
         reader: None,
         shutdown: &statestream_core::Shutdown::default(),
+        push: None,
     };
     Ok(config.build(&ctx, &options)?)
 }

@@ -128,6 +128,7 @@ fn check_streamer(
         home,
         reader: None,
         shutdown: &statestream_core::Shutdown::default(),
+        push: None,
     };
     let built = |type_name: &str| {
         registry

@@ -298,6 +298,7 @@ mod tests {
                         home: home.path(),
                         reader: None,
                         shutdown: &statestream_core::Shutdown::default(),
+                        push: None,
                     };
                     registry
                         .build(&spec.type_name, &ctx, &spec.options)

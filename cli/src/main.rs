@@ -16,6 +16,7 @@ mod logging;
 mod node;
 mod replay;
 mod stats;
+mod subscribe;
 mod tail;
 mod verify;
 mod workload;
@@ -96,6 +97,9 @@ enum Command {
     Stats(stats::StatsArgs),
     /// List the streamers' cursors a node's store holds; delete one.
     Cursors(cursors::CursorsArgs),
+    /// Follow a `serve` streamer over gRPC: one line per change and per
+    /// block end; resumes by height.
+    Subscribe(subscribe::SubscribeArgs),
     /// Measure how fast the demo node commits and streams, and how fast
     /// the blocks read back.
     Bench(bench::BenchArgs),
@@ -186,6 +190,7 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Tail(args) => tail::run(args),
         Command::Stats(args) => stats::run(args),
         Command::Cursors(args) => cursors::run(args),
+        Command::Subscribe(args) => subscribe::run(args),
         Command::Bench(args) => bench::run(args, cli.quiet),
     }
 }

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use statestream::to_hex;
-use statestream::{Block, DeliveryManager, Registry, StreamError, Streamer, StreamerStats};
+use statestream::{
+    Block, DeliveryManager, PushQueue, Registry, StreamError, Streamer, StreamerStats,
+};
 use statestream_config::AppConfig;
 use statestream_store::{CommitInfo, MultiStore, StoreKey, StoreOptions, WriteListener};
 
@@ -244,7 +246,17 @@ pub fn execute(args: &NodeArgs, quiet: bool) -> Result<Summary> {
         let pause = Duration::from_millis(ms);
         registry.register(SLOW_TYPE, move |_, _| Ok(Box::new(SlowStreamer { pause })));
     }
-    let mut manager = DeliveryManager::start(&mut store, &specs, &registry, &args.home)?;
+    // Pushed writes (a `serve` streamer's PushUpdate) are applied in the
+    // next block; attached before the servers start, so none is refused.
+    let push = PushQueue::new();
+    push.attach();
+    let mut manager = DeliveryManager::start_with_push_queue(
+        &mut store,
+        &specs,
+        &registry,
+        &args.home,
+        push.clone(),
+    )?;
 
     let stop = Arc::new(AtomicBool::new(false));
     // Wakes the wait between paced blocks when a signal arrives.
@@ -293,10 +305,15 @@ pub fn execute(args: &NodeArgs, quiet: bool) -> Result<Summary> {
             break;
         }
         let height = store.version() + 1;
+        let mut pushed = push.drain();
         let step = workload::run_block(&mut store, &stores, seed, height, args.writes_per_block)
-            .and_then(|meta| Ok(manager.commit(&mut store, meta)?));
+            .and_then(|mut meta| {
+                workload::apply_pushed(&mut store, &stores, &mut pushed, &mut meta)?;
+                Ok(manager.commit(&mut store, meta)?)
+            });
         match step {
             Ok(info) => {
+                pushed.committed(info.version);
                 committed += 1;
                 tracing::debug!(height = info.version, app_hash = %to_hex(&info.app_hash), "committed");
                 if let Some(p) = &progress {

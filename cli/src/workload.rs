@@ -15,7 +15,7 @@
 use std::ops::Bound;
 
 use anyhow::{Context, Result};
-use statestream::{BlockMeta, Tx};
+use statestream::{BlockMeta, PushBatch, Tx};
 use statestream_store::{Cache, KvStore, MultiStore, Order, StoreKey};
 
 /// The stores of the demo node, in name order.
@@ -195,6 +195,44 @@ fn execute_block(
         .into_bytes(),
         txs,
     })
+}
+
+/// The store pushed writes may go to: the workload never parses its
+/// values, so a pushed write cannot break the next block.
+pub const PUSH_STORE: &str = "tmp";
+
+/// Applies the writes consumers pushed (a `serve` streamer's
+/// `PushUpdate`) after the block's own writes, so each pushed value is the
+/// block's net value for its key; one transaction per write is recorded in
+/// the block's metadata. Writes to other stores than [`PUSH_STORE`] are
+/// rejected.
+pub fn apply_pushed(
+    store: &mut MultiStore,
+    stores: &Stores,
+    batch: &mut PushBatch,
+    meta: &mut BlockMeta,
+) -> Result<()> {
+    batch.retain(|w| {
+        if w.store == PUSH_STORE {
+            Ok(())
+        } else {
+            Err(format!(
+                "the demo node accepts pushed writes into store {PUSH_STORE:?} only (its workload parses the values of the others)"
+            ))
+        }
+    });
+    for w in batch.writes() {
+        let key = String::from_utf8_lossy(&w.key);
+        match &w.value {
+            Some(v) => store.set(&stores.tmp, &w.key, v)?,
+            None => store.delete(&stores.tmp, &w.key)?,
+        }
+        meta.txs.push(Tx {
+            request: format!("push {}/{key}", w.store).into_bytes(),
+            response: b"ok".to_vec(),
+        });
+    }
+    Ok(())
 }
 
 struct Machine<'a> {

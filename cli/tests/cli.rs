@@ -845,7 +845,8 @@ fn bench_only_refuses_an_unknown_figure() {
     assert!(
         run.stderr.contains(
             "[possible values: commit_overhead_async, commit_overhead_sync, writer_vs_raw, \
-             reader_vs_raw, verify_mb_s, replay_mb_s, node_peak_rss_mb]"
+             reader_vs_raw, verify_mb_s, replay_mb_s, node_peak_rss_mb, serve_commit_overhead, \
+             serve_latency_ms, snapshot_vs_scan, serve_stalled_rss_mb]"
         ),
         "{run:#?}"
     );
@@ -871,6 +872,13 @@ fn bench_quick_json_reports_every_figure() {
             "verify_mb_s",
             "replay_mb_s",
             "node_peak_rss_mb",
+            "serve_commit_overhead",
+            "serve_latency_ms_p50_10",
+            "serve_latency_ms_p99_10",
+            "serve_latency_ms_p50_100",
+            "serve_latency_ms_p99_100",
+            "snapshot_vs_scan",
+            "serve_stalled_rss_mb",
         ],
         "{run:#?}"
     );
@@ -878,13 +886,15 @@ fn bench_quick_json_reports_every_figure() {
     for j in &lines {
         assert!(j["value"].as_f64().is_some_and(f64::is_finite), "{j}");
         assert!(j["unit"].as_str().is_some_and(|u| !u.is_empty()), "{j}");
-        let comparison = !j["name"].as_str().unwrap().ends_with("_mb_s");
+        let name = j["name"].as_str().unwrap();
+        let comparison = !name.ends_with("_mb_s") && !name.starts_with("serve_latency_ms");
         assert_eq!(j["ratio"].as_f64().is_some(), comparison, "{j}");
         assert_eq!(j["baseline"].as_f64().is_some(), comparison, "{j}");
         // Comparisons over rounds also give the middle half of the
         // per-round ratios, around the median (one node run per size has
         // no rounds).
-        let rounds = comparison && j["name"] != "node_peak_rss_mb";
+        let rounds =
+            comparison && j["name"] != "node_peak_rss_mb" && j["name"] != "serve_stalled_rss_mb";
         let (q1, q3) = (j["ratio_q1"].as_f64(), j["ratio_q3"].as_f64());
         assert_eq!((q1.is_some(), q3.is_some()), (rounds, rounds), "{j}");
         if let (Some(q1), Some(q3), Some(r)) = (q1, q3, j["ratio"].as_f64()) {

@@ -139,6 +139,10 @@ pub struct StreamerContext<'a> {
     pub reader: Option<&'a Arc<dyn StateReader>>,
     /// Triggered when the node shuts down: end long waits at once.
     pub shutdown: &'a Shutdown,
+    /// The queue of writes pushed by consumers, which the application
+    /// drains between blocks (a `serve` streamer's `PushUpdate`). The
+    /// delivery manager always gives it; `None` elsewhere.
+    pub push: Option<&'a crate::push::PushQueue>,
 }
 
 impl std::fmt::Debug for StreamerContext<'_> {

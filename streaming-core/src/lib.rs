@@ -9,7 +9,8 @@
 //! - [`Streamer`]: the trait a destination implements (one required hook,
 //!   `on_block`; its contract is written on it), [`StreamError`], and
 //!   [`StreamerContext`] with read access to the node's state
-//!   ([`StateReader`], [`StateSnapshot`]).
+//!   ([`StateReader`], [`StateSnapshot`]) and the queue of writes pushed
+//!   by consumers ([`PushQueue`]).
 //! - [`proto`]: the wire schema; [`plugin`]: the plugin protocol's framing,
 //!   for out-of-process streamers written in Rust.
 //!
@@ -58,6 +59,7 @@ mod hash;
 mod key;
 pub mod plugin;
 pub mod proto;
+mod push;
 mod record;
 mod streamer;
 
@@ -70,5 +72,6 @@ pub use context::{
 pub use error::{BoxError, Error, Result, StreamError};
 pub use hash::{Hash, ZERO_HASH, app_hash, chain_store_hash, to_hex};
 pub use key::{MAX_STORE_KEY_LEN, StoreKey};
+pub use push::{PUSH_QUEUE_LIMIT, PushBatch, PushError, PushQueue, PushReply, PushedWrite};
 pub use record::{Record, Records, decode_message, encode_record};
 pub use streamer::Streamer;

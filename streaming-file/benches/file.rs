@@ -50,6 +50,7 @@ fn streamer(dir: &Path, output_metadata: bool) -> FileStreamer {
         home: dir,
         reader: None,
         shutdown: &statestream_core::Shutdown::default(),
+        push: None,
     };
     config.build(&ctx, &options).expect("streamer builds")
 }

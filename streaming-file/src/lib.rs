@@ -40,6 +40,7 @@
 //!     home: home.path(),
 //!     reader: None,
 //!     shutdown: &statestream_core::Shutdown::default(),
+//!     push: None,
 //! };
 //! let mut streamer = FileStreamerConfig::default().build(&ctx, &options)?;
 //!

@@ -81,6 +81,7 @@ fn main() -> Result<()> {
         home: std::path::Path::new("."),
         reader: None,
         shutdown: &statestream_core::Shutdown::default(),
+        push: None,
     };
     let options = StreamerOptions::from_table(Default::default()).with_name("bench");
     let mut streamer = config.build(&ctx, &options)?;

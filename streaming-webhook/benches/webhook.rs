@@ -84,6 +84,7 @@ fn streamer(url: &str, batch: &str) -> WebhookStreamer {
         home: Path::new("."),
         reader: None,
         shutdown: &statestream_core::Shutdown::default(),
+        push: None,
     };
     options
         .parse::<WebhookConfig>()

@@ -52,6 +52,11 @@ pub(crate) fn register(registry: &mut Registry) {
         statestream_webhook::WEBHOOK_TYPE,
         statestream_webhook::WebhookConfig
     );
+    #[cfg(feature = "serve")]
+    config_type!(
+        statestream_serve::SERVE_TYPE,
+        statestream_serve::ServeConfig
+    );
 }
 
 /// Options of `type = "log"`.

@@ -61,9 +61,9 @@ pub use registry::Registry;
 pub use statestream_config as config;
 pub use statestream_config::Delivery;
 pub use statestream_core::{
-    Action, Block, BlockMeta, BoxError, ChangeSet, CommitInfo, Hash, Record, Shutdown, StateReader,
-    StateSnapshot, StoreKey, StoreSelection, StreamError, Streamer, StreamerContext, Tx,
-    crc32c_append, plugin, proto, to_hex,
+    Action, Block, BlockMeta, BoxError, ChangeSet, CommitInfo, Hash, PushBatch, PushError,
+    PushQueue, PushedWrite, Record, Shutdown, StateReader, StateSnapshot, StoreKey, StoreSelection,
+    StreamError, Streamer, StreamerContext, Tx, crc32c_append, plugin, proto, to_hex,
 };
 /// The store (`statestream-store`), for an application that depends on this
 /// crate alone.

@@ -12,8 +12,8 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use statestream_config::{Delivery, StreamerSpec};
 use statestream_core::{
-    Block, BlockMeta, CommitInfo, Shutdown, StateReader, StoreKey, StoreSelection, Streamer,
-    StreamerContext,
+    Block, BlockMeta, CommitInfo, PushQueue, Shutdown, StateReader, StoreKey, StoreSelection,
+    Streamer, StreamerContext,
 };
 use statestream_store::{CommitInput, MultiStore};
 use tracing::{info, warn};
@@ -167,6 +167,9 @@ pub struct DeliveryManager {
     halt: Option<Halt>,
     /// Triggered at close: streamers end their own waits.
     shutdown: Shutdown,
+    /// Writes pushed by consumers, handed to every streamer built by
+    /// [`DeliveryManager::start`]; the application drains it.
+    push: PushQueue,
 }
 
 impl std::fmt::Debug for DeliveryManager {
@@ -195,6 +198,20 @@ impl DeliveryManager {
         registry: &Registry,
         home: &Path,
     ) -> Result<DeliveryManager> {
+        DeliveryManager::start_with_push_queue(store, specs, registry, home, PushQueue::new())
+    }
+
+    /// [`start`](DeliveryManager::start), handing the streamers `push`, a
+    /// queue of pushed writes the application has already
+    /// [`attach`](PushQueue::attach)ed: pushes are accepted from the
+    /// moment a server starts, with no window in which they are refused.
+    pub fn start_with_push_queue(
+        store: &mut MultiStore,
+        specs: &[StreamerSpec],
+        registry: &Registry,
+        home: &Path,
+        push: PushQueue,
+    ) -> Result<DeliveryManager> {
         let all = statestream_store::KvStore::stores(store).to_vec();
         let reader: Arc<dyn StateReader> = Arc::new(store.reader());
         let shutdown = Shutdown::new();
@@ -212,8 +229,8 @@ impl DeliveryManager {
                 .iter()
                 .map(|s| StoreKey::new(s))
                 .collect::<std::result::Result<Vec<_>, _>>()?;
-            // Before the streamer is built: a spec made in code (not by
-            // `resolve`) may name a store the node does not have.
+            // An unknown store is refused before the streamer is built (a
+            // built streamer may already hold resources: a listening port).
             for s in &stores {
                 store.check_store(s)?;
             }
@@ -224,6 +241,7 @@ impl DeliveryManager {
                 home,
                 reader: Some(&reader),
                 shutdown: &shutdown,
+                push: Some(&push),
             };
             let streamer = registry.build(&spec.type_name, &ctx, &spec.options)?;
             let setup = StreamerSetup {
@@ -235,7 +253,23 @@ impl DeliveryManager {
             };
             built.push((setup, streamer));
         }
-        DeliveryManager::launch(store, built, shutdown)
+        let mut manager = DeliveryManager::launch(store, built, shutdown)?;
+        manager.push = push;
+        Ok(manager)
+    }
+
+    /// The queue of writes consumers pushed (a `serve` streamer's
+    /// `PushUpdate`). Calling this declares that the application drains
+    /// it: until then pushes are refused. Before each [`commit`]
+    /// (`DeliveryManager::commit`), take a batch with
+    /// [`PushQueue::drain`], apply the writes it accepts to the store
+    /// (rejecting the others with [`PushBatch::retain`]), commit, and tell
+    /// the batch the height with [`PushBatch::committed`].
+    ///
+    /// [`commit`]: DeliveryManager::commit
+    pub fn push_queue(&self) -> PushQueue {
+        self.push.attach();
+        self.push.clone()
     }
 
     /// Starts streamers built by the application. Hand them
@@ -378,6 +412,7 @@ impl DeliveryManager {
             retain,
             halt: None,
             shutdown,
+            push: PushQueue::new(),
         };
         // Sync streamers catch up now, before any new block; one that halts
         // fails the start. (An async one reports its halt at the next

@@ -747,6 +747,7 @@ mod tests {
             home: &home,
             reader: None,
             shutdown: &statestream_core::Shutdown::default(),
+            push: None,
         };
         let options = &specs[0].options;
         let config: ProcessStreamerConfig = options.parse().map_err(|e| e.to_string())?;

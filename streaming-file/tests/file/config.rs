@@ -75,6 +75,7 @@ fn config_unsafe_prefix_names_file_key_and_line() {
         home: home.path(),
         reader: None,
         shutdown: &statestream_core::Shutdown::default(),
+        push: None,
     };
     let config: statestream_file::FileStreamerConfig = spec.options.parse().unwrap();
     let Err(err) = config.build(&ctx, &spec.options) else {

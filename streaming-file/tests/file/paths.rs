@@ -26,6 +26,7 @@ fn build(
         home,
         reader: None,
         shutdown: &statestream_core::Shutdown::default(),
+        push: None,
     };
     config.build(&ctx, &options)
 }

@@ -91,6 +91,7 @@ pub fn try_streamer(
         home: Path::new("/nonexistent-home"),
         reader: None,
         shutdown: &statestream_core::Shutdown::default(),
+        push: None,
     };
     config.build(&ctx, &options)
 }

@@ -130,6 +130,7 @@ fn writer_relative_write_dir_is_under_home() {
         home: home.path(),
         reader: None,
         shutdown: &statestream_core::Shutdown::default(),
+        push: None,
     };
     let s = FileStreamerConfig::default().build(&ctx, &options).unwrap();
     assert_eq!(s.dir(), home.path().join("data/streaming"));

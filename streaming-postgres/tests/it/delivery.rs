@@ -153,6 +153,7 @@ fn delivery_blocks_at_or_below_the_database_cursor_are_skipped() {
         home: std::path::Path::new("."),
         reader: None,
         shutdown: &statestream_core::Shutdown::default(),
+        push: None,
     };
     let options =
         statestream_config::StreamerOptions::from_table(Default::default()).with_name("pg");

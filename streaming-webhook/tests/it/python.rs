@@ -75,6 +75,7 @@ fn python_receiver_verifies_and_deduplicates() -> anyhow::Result<()> {
         home: Path::new("."),
         reader: None,
         shutdown: &statestream::Shutdown::default(),
+        push: None,
     };
     let mut streamer = options.parse::<WebhookConfig>()?.build(&ctx, &options)?;
 

@@ -48,6 +48,7 @@ fn registry_unknown_type_lists_the_known_types() {
         home: Path::new("/tmp/home"),
         reader: None,
         shutdown: &statestream_core::Shutdown::default(),
+        push: None,
     };
     let err = registry
         .build("nosuch", &ctx, &options)

@@ -1,0 +1,401 @@
+//! The `serve` figures of `statestream bench`: what a subscription hub
+//! with many subscribers costs the commit, how soon a subscriber holds a
+//! block, and how fast a snapshot streams compared with a plain scan.
+
+use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use statestream::{BlockMeta, DeliveryManager, StateReader, StreamerContext, StreamerSetup};
+use statestream_config::StreamerOptions;
+use statestream_serve::proto::v1::{
+    self, state_stream_client::StateStreamClient, subscribe_request::Start,
+    subscribe_response::Message,
+};
+use statestream_serve::{ServeConfig, ServeHandle};
+use statestream_store::{CommitInput, KvStore, MultiStore, StoreKey, StoreOptions};
+
+use super::{Figure, Sizes, alternate, quantile, write_block};
+use crate::workload::Rng;
+
+/// Subscribers of the commit-overhead figure.
+const SUBSCRIBERS: usize = 100;
+
+fn client_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("bench-clients")
+        .enable_all()
+        .build()
+        .context("cannot start the clients' runtime")
+}
+
+/// A `serve` streamer on a loopback port the OS chooses, on `store`.
+fn serve_manager(
+    store: &mut MultiStore,
+    stores: &[StoreKey],
+) -> Result<(DeliveryManager, ServeHandle)> {
+    serve_manager_with(store, stores, ServeConfig::default().heartbeat_ms)
+}
+
+fn serve_manager_with(
+    store: &mut MultiStore,
+    stores: &[StoreKey],
+    heartbeat_ms: u64,
+) -> Result<(DeliveryManager, ServeHandle)> {
+    let reader: Arc<dyn StateReader> = Arc::new(store.reader());
+    let ctx = StreamerContext {
+        name: "serve",
+        stores,
+        all_stores: stores,
+        home: std::path::Path::new("."),
+        reader: Some(&reader),
+        shutdown: &statestream::Shutdown::default(),
+        push: None,
+    };
+    let config = ServeConfig {
+        grpc_address: "127.0.0.1:0".into(),
+        retain_blocks: 64,
+        heartbeat_ms,
+        ..ServeConfig::default()
+    };
+    let streamer = config
+        .build(&ctx, &StreamerOptions::default())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let handle = streamer.handle();
+    let setup = StreamerSetup::new("serve", stores);
+    let manager = DeliveryManager::with_streamers(store, vec![(setup, Box::new(streamer))])?;
+    Ok((manager, handle))
+}
+
+/// Per subscriber, the last height whose end it received.
+type Heights = Vec<Arc<AtomicU64>>;
+/// Per subscriber, each block end it received and when.
+type Arrivals = Vec<Arc<Mutex<Vec<(u64, Instant)>>>>;
+
+/// Starts `n` live subscribers on every store; each records, per block
+/// end, the height and when it arrived. Returns once all are subscribed.
+fn subscribers(
+    rt: &tokio::runtime::Runtime,
+    address: &str,
+    n: usize,
+) -> Result<(Heights, Arrivals)> {
+    let mut heights = Vec::new();
+    let mut arrivals = Vec::new();
+    for _ in 0..n {
+        let height = Arc::new(AtomicU64::new(0));
+        let arrived = Arc::new(Mutex::new(Vec::new()));
+        let (h, a) = (Arc::clone(&height), Arc::clone(&arrived));
+        let address = address.to_string();
+        let stream = rt.block_on(async move {
+            let mut c = StateStreamClient::connect(address).await?;
+            let s = c
+                .subscribe(v1::SubscribeRequest {
+                    filter: None,
+                    start: Some(Start::Live(v1::StartLive {})),
+                })
+                .await?
+                .into_inner();
+            anyhow::Ok(s)
+        })?;
+        rt.spawn(async move {
+            let mut stream = stream;
+            while let Ok(Some(m)) = stream.message().await {
+                if let Some(Message::Block(b)) = m.message
+                    && b.end
+                {
+                    let now = Instant::now();
+                    h.store(b.height, Ordering::Release);
+                    if let Ok(mut a) = a.lock() {
+                        a.push((b.height, now));
+                    }
+                }
+            }
+        });
+        heights.push(height);
+        arrivals.push(arrived);
+    }
+    Ok((heights, arrivals))
+}
+
+fn wait_received(heights: &[Arc<AtomicU64>], height: u64) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while heights.iter().any(|h| h.load(Ordering::Acquire) < height) {
+        if Instant::now() > deadline {
+            bail!("the subscribers did not receive block {height} within two minutes");
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    Ok(())
+}
+
+/// `serve_commit_overhead`: the commit call with a `serve` streamer
+/// (async) and 100 live subscribers on every store, over the store's own
+/// commit; same blocks, on disk without fsync. After each round the
+/// subscribers are let receive every block, untimed.
+pub(super) fn commit_overhead(
+    sizes: &Sizes,
+    stores: &[StoreKey],
+    tmp: &std::path::Path,
+) -> Result<Figure> {
+    std::fs::create_dir_all(tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let options = StoreOptions {
+        fsync: false,
+        ..StoreOptions::default()
+    };
+    let mut alone = MultiStore::open(&tmp.join("alone.redb"), stores, options.clone())?;
+    let mut served = MultiStore::open(&tmp.join("served.redb"), stores, options)?;
+    let (mut manager, handle) = serve_manager(&mut served, stores)?;
+    let rt = client_runtime()?;
+    let address = format!("http://{}", handle.grpc_address());
+    let (heights, _) = subscribers(&rt, &address, SUBSCRIBERS)?;
+    let (mut rng_alone, mut rng_served) = (Rng::new(7), Rng::new(7));
+    let meta = BlockMeta::default();
+    let blocks = sizes.commit_blocks;
+    let m = alternate(
+        sizes.rounds,
+        |_| {
+            let mut secs = 0.0;
+            for _ in 0..blocks {
+                write_block(&mut served, stores, &mut rng_served, sizes.writes)?;
+                let started = Instant::now();
+                manager.commit(&mut served, meta.clone())?;
+                secs += started.elapsed().as_secs_f64();
+            }
+            wait_received(&heights, served.version())?;
+            Ok(secs)
+        },
+        |_| {
+            let mut secs = 0.0;
+            for _ in 0..blocks {
+                write_block(&mut alone, stores, &mut rng_alone, sizes.writes)?;
+                let started = Instant::now();
+                let input = CommitInput::new()
+                    .app_meta(meta.encode_app_meta())
+                    .prune_below(alone.version() + 1);
+                alone.commit_block(input)?;
+                secs += started.elapsed().as_secs_f64();
+            }
+            Ok(secs)
+        },
+    )?;
+    manager.close(&mut served)?;
+    drop(rt);
+    served.close()?;
+    alone.close()?;
+    let per_block_ms = |secs: f64| secs * 1000.0 / blocks as f64;
+    Ok(Figure {
+        name: "serve_commit_overhead",
+        value: per_block_ms(m.a),
+        unit: "ms/block",
+        ratio: Some(m.ratio),
+        ratio_quartiles: Some(m.ratio_quartiles),
+        baseline: Some(per_block_ms(m.b)),
+    })
+}
+
+/// `serve_latency_ms`: from `commit` returning to a subscriber holding the
+/// block's end, p50 and p99 over every (block, subscriber), with 10 and 100
+/// live subscribers; blocks of 64 writes every 20 ms (in memory).
+pub(super) fn latency(sizes: &Sizes, stores: &[StoreKey]) -> Result<Vec<Figure>> {
+    let blocks: u64 = if sizes.rounds > 3 { 300 } else { 20 };
+    let mut out = Vec::new();
+    for (n, p50_name, p99_name) in [
+        (10, "serve_latency_ms_p50_10", "serve_latency_ms_p99_10"),
+        (100, "serve_latency_ms_p50_100", "serve_latency_ms_p99_100"),
+    ] {
+        let mut store = MultiStore::in_memory(stores)?;
+        let (mut manager, handle) = serve_manager(&mut store, stores)?;
+        let rt = client_runtime()?;
+        let address = format!("http://{}", handle.grpc_address());
+        let (heights, arrivals) = subscribers(&rt, &address, n)?;
+        let mut rng = Rng::new(11);
+        let mut committed = Vec::new();
+        let mut next = Instant::now();
+        for _ in 0..blocks {
+            let now = Instant::now();
+            if next > now {
+                std::thread::sleep(next - now);
+            }
+            next += Duration::from_millis(20);
+            write_block(&mut store, stores, &mut rng, 64)?;
+            let info = manager.commit(&mut store, BlockMeta::default())?;
+            committed.push((info.version, Instant::now()));
+        }
+        wait_received(&heights, store.version())?;
+        let mut ms = Vec::new();
+        for a in &arrivals {
+            let a = a
+                .lock()
+                .map_err(|_| anyhow::anyhow!("a subscriber panicked"))?;
+            for (h, at) in a.iter() {
+                if let Some((_, c)) = committed.iter().find(|(ch, _)| ch == h) {
+                    ms.push(at.saturating_duration_since(*c).as_secs_f64() * 1000.0);
+                }
+            }
+        }
+        manager.close(&mut store)?;
+        drop(rt);
+        if ms.is_empty() {
+            bail!("no block reached a subscriber");
+        }
+        for (name, p) in [(p50_name, 0.5), (p99_name, 0.99)] {
+            out.push(Figure {
+                name,
+                value: quantile(&ms, p),
+                unit: "ms",
+                ratio: None,
+                ratio_quartiles: None,
+                baseline: None,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// `snapshot_vs_scan`: a `Snapshot` call over gRPC (every store, to one
+/// client) over a plain range scan of the same stores from a read
+/// snapshot of the store, as throughputs (keys per second).
+pub(super) fn snapshot_vs_scan(sizes: &Sizes, stores: &[StoreKey]) -> Result<Figure> {
+    let keys = if sizes.rounds > 3 { 200_000 } else { 20_000 };
+    let mut store = MultiStore::in_memory(stores)?;
+    let mut rng = Rng::new(3);
+    for _ in 0..keys / 10_000 {
+        write_block(&mut store, stores, &mut rng, 10_000)?;
+        store.commit_block(CommitInput::new().prune_below(store.version() + 1))?;
+    }
+    let (manager, handle) = serve_manager(&mut store, stores)?;
+    let rt = client_runtime()?;
+    let address = format!("http://{}", handle.grpc_address());
+    let mut client = rt.block_on(StateStreamClient::connect(address))?;
+    let reader = store.reader();
+    let m = alternate(
+        sizes.rounds,
+        |_| {
+            let started = Instant::now();
+            let n = rt.block_on(async {
+                let mut s = client
+                    .snapshot(v1::SnapshotRequest { filter: None })
+                    .await?
+                    .into_inner();
+                let mut n = 0usize;
+                while let Some(chunk) = s.message().await? {
+                    n += chunk.entries.len();
+                }
+                anyhow::Ok(n)
+            })?;
+            if n != keys {
+                bail!("the snapshot gave {n} keys, expected {keys}");
+            }
+            Ok(started.elapsed().as_secs_f64())
+        },
+        |_| {
+            let started = Instant::now();
+            let snap = reader.snapshot()?;
+            let mut n = 0usize;
+            for s in stores {
+                for kv in snap.range(s, Bound::Unbounded, Bound::Unbounded)? {
+                    std::hint::black_box(kv?);
+                    n += 1;
+                }
+            }
+            if n != keys {
+                bail!("the scan gave {n} keys, expected {keys}");
+            }
+            Ok(started.elapsed().as_secs_f64())
+        },
+    )?;
+    drop(manager);
+    drop(rt);
+    let (ratio, quartiles) = m.inverted();
+    let kps = |secs: f64| keys as f64 / secs / 1000.0;
+    Ok(Figure {
+        name: "snapshot_vs_scan",
+        value: kps(m.a),
+        unit: "k keys/s",
+        ratio: Some(ratio),
+        ratio_quartiles: Some(quartiles),
+        baseline: Some(kps(m.b)),
+    })
+}
+
+/// The node's resident memory (`VmRSS`), in kB.
+fn rss_kb() -> Result<u64> {
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("cannot read /proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS in /proc/self/status")
+}
+
+/// `serve_stalled_rss_mb`: the process's resident memory after 10,000
+/// blocks (64 writes each, over a fixed set of keys so that the store does
+/// not grow) with one subscriber that subscribed and never reads (kept
+/// connected: a 10-minute heartbeat, so no stall timeout), over the same
+/// after 2,000 blocks. Flat means a ratio near 1.
+pub(super) fn stalled_rss(
+    sizes: &Sizes,
+    stores: &[StoreKey],
+    tmp: &std::path::Path,
+) -> Result<Figure> {
+    let (early, total) = if sizes.rounds > 3 {
+        (2_000, 10_000)
+    } else {
+        (200, 1_000)
+    };
+    std::fs::create_dir_all(tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let options = StoreOptions {
+        fsync: false,
+        ..StoreOptions::default()
+    };
+    let mut store = MultiStore::open(&tmp.join("stalled.redb"), stores, options)?;
+    let (mut manager, handle) = serve_manager_with(&mut store, stores, 600_000)?;
+    let rt = client_runtime()?;
+    let address = format!("http://{}", handle.grpc_address());
+    let _stalled = rt.block_on(async move {
+        let mut c = StateStreamClient::connect(address).await?;
+        let s = c
+            .subscribe(v1::SubscribeRequest {
+                filter: None,
+                start: Some(Start::Live(v1::StartLive {})),
+            })
+            .await?
+            .into_inner();
+        anyhow::Ok(s)
+    })?;
+    let mut rng = Rng::new(5);
+    let mut value = [0u8; 100];
+    let mut early_kb = 0;
+    for height in 1..=total {
+        let mut tx = store.cache();
+        for i in 0..64usize {
+            let key = format!("key/{:04}", (height as usize * 64 + i) % 1_000);
+            rng.fill(&mut value);
+            tx.set(&stores[i % stores.len()], key.as_bytes(), &value)?;
+        }
+        tx.write()?;
+        manager.commit(&mut store, BlockMeta::default())?;
+        if height == early {
+            early_kb = rss_kb()?;
+        }
+    }
+    let end_kb = rss_kb()?;
+    if handle.hub().subscribers() != 1 {
+        bail!("the stalled subscriber was disconnected: the figure measures nothing");
+    }
+    manager.close(&mut store)?;
+    drop(rt);
+    store.close()?;
+    Ok(Figure {
+        name: "serve_stalled_rss_mb",
+        value: end_kb as f64 / 1024.0,
+        unit: "MB",
+        ratio: Some(end_kb as f64 / early_kb.max(1) as f64),
+        ratio_quartiles: None,
+        baseline: Some(early_kb as f64 / 1024.0),
+    })
+}

@@ -1,0 +1,211 @@
+//! The options of `type = "serve"`, which build the streamer.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+
+use serde::Deserialize;
+use statestream_config::{ConfigError, StreamerOptions};
+use statestream_core::{BoxError, StreamerContext};
+
+use crate::streamer::ServeStreamer;
+
+/// The streamer type name this crate registers.
+pub const SERVE_TYPE: &str = "serve";
+
+/// The options of a `[streamers.<name>]` table with `type = "serve"` (the
+/// common keys `type`, `keys`, `delivery`, `queue` and
+/// `stop-node-on-error` are read by `statestream-config`). Keys may be
+/// written with hyphens or underscores. Every default is in
+/// `docs/serve.md`.
+///
+/// ```toml
+/// [streamers.serve]
+/// type = "serve"
+/// keys = ["*"]
+/// grpc_address = "127.0.0.1:9090"
+/// token = ""
+/// retain_blocks = 10000
+/// heartbeat_ms = 10000
+/// max_subscribers = 1024
+/// push_updates = false
+/// value_types = { bank = "int" }
+/// ```
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    /// The gRPC listen address, `host:port` (port 0: any free port; the
+    /// bound address is logged and [`ServeStreamer::grpc_address`] tells
+    /// it). Default `"127.0.0.1:9090"`: loopback only.
+    #[serde(default = "default_grpc_address")]
+    pub grpc_address: String,
+    /// When not empty, every call needs `authorization: Bearer <token>`
+    /// (the health service excepted). Default `""`: no token.
+    #[serde(default)]
+    pub token: String,
+    /// How many of the latest blocks the change log keeps for subscribers
+    /// resuming by height. Default 10000.
+    #[serde(default = "default_retain_blocks")]
+    pub retain_blocks: u64,
+    /// Heartbeat interval of idle subscriptions, in milliseconds. Default
+    /// 10000.
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// Subscriptions open at once, over every front-end. Default 1024.
+    #[serde(default = "default_max_subscribers")]
+    pub max_subscribers: usize,
+    /// Accept `PushUpdate`. Default `false`.
+    #[serde(default)]
+    pub push_updates: bool,
+    /// Per store, the `value_type` datastream clients see. Default
+    /// `"bytes"` for every store.
+    #[serde(default)]
+    pub value_types: BTreeMap<String, String>,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            grpc_address: default_grpc_address(),
+            token: String::new(),
+            retain_blocks: default_retain_blocks(),
+            heartbeat_ms: default_heartbeat_ms(),
+            max_subscribers: default_max_subscribers(),
+            push_updates: false,
+            value_types: BTreeMap::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for ServeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeConfig")
+            .field("grpc_address", &self.grpc_address)
+            .field("token", &if self.token.is_empty() { "" } else { "<set>" })
+            .field("retain_blocks", &self.retain_blocks)
+            .field("heartbeat_ms", &self.heartbeat_ms)
+            .field("max_subscribers", &self.max_subscribers)
+            .field("push_updates", &self.push_updates)
+            .field("value_types", &self.value_types)
+            .finish()
+    }
+}
+
+fn default_grpc_address() -> String {
+    "127.0.0.1:9090".into()
+}
+fn default_retain_blocks() -> u64 {
+    10_000
+}
+fn default_heartbeat_ms() -> u64 {
+    10_000
+}
+fn default_max_subscribers() -> usize {
+    1024
+}
+
+/// The default `value_type`.
+pub const DEFAULT_VALUE_TYPE: &str = "bytes";
+
+impl ServeConfig {
+    /// Checks the options against the streamer's stores; returns the
+    /// resolved listen address.
+    pub(crate) fn check(
+        &self,
+        ctx: &StreamerContext<'_>,
+    ) -> Result<SocketAddr, (&'static str, String)> {
+        let address = resolve_address(&self.grpc_address).map_err(|m| ("grpc_address", m))?;
+        if self.retain_blocks == 0 {
+            return Err((
+                "retain_blocks",
+                "expected a positive number of blocks (at least 1), got 0".into(),
+            ));
+        }
+        if self.heartbeat_ms == 0 {
+            return Err((
+                "heartbeat_ms",
+                "expected a positive number of milliseconds, got 0".into(),
+            ));
+        }
+        if self.max_subscribers == 0 {
+            return Err((
+                "max_subscribers",
+                "expected a positive number of subscribers (at least 1), got 0".into(),
+            ));
+        }
+        if self
+            .token
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace())
+        {
+            return Err((
+                "token",
+                "the token may not contain whitespace or control characters (it is sent in a header)".into(),
+            ));
+        }
+        for (store, value_type) in &self.value_types {
+            if !ctx.stores.iter().any(|s| s.name() == store) {
+                let streamed: Vec<&str> = ctx.stores.iter().map(|s| s.name()).collect();
+                return Err((
+                    "value_types",
+                    format!(
+                        "store {store:?} is not streamed by this streamer (its stores: {})",
+                        streamed.join(", ")
+                    ),
+                ));
+            }
+            if value_type.is_empty() {
+                return Err((
+                    "value_types",
+                    format!("the value type of {store:?} is empty"),
+                ));
+            }
+        }
+        Ok(address)
+    }
+
+    /// Checks the options, binds the listen address and starts the server.
+    /// Errors name the key (bad options) or say why the address cannot be
+    /// bound (in use, not local, no permission).
+    pub fn build(
+        &self,
+        ctx: &StreamerContext<'_>,
+        options: &StreamerOptions,
+    ) -> Result<ServeStreamer, BoxError> {
+        let address = self
+            .check(ctx)
+            .map_err(|(key, message)| -> ConfigError { options.error(key, message) })?;
+        Ok(ServeStreamer::start(ctx, self.clone(), address)?)
+    }
+}
+
+/// `host:port` to one socket address (the first the name resolves to).
+fn resolve_address(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = text.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if !text.contains(':') {
+        return Err(format!(
+            "{text:?} is not host:port (e.g. \"127.0.0.1:9090\")"
+        ));
+    }
+    match text.to_socket_addrs() {
+        Ok(mut addrs) => addrs
+            .next()
+            .ok_or_else(|| format!("{text:?} resolves to no address")),
+        Err(e) => Err(format!("{text:?} is not a listen address (host:port): {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resolve_address;
+
+    #[test]
+    fn addresses() {
+        assert!(resolve_address("127.0.0.1:0").is_ok());
+        assert!(resolve_address("[::1]:9090").is_ok());
+        assert!(resolve_address("localhost:9090").is_ok());
+        assert!(resolve_address("9090").is_err());
+        assert!(resolve_address("127.0.0.1:99999").is_err());
+    }
+}

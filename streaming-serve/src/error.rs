@@ -1,0 +1,67 @@
+//! The errors of the `serve` streamer and of its client.
+
+use std::net::SocketAddr;
+
+/// Why the `serve` streamer could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The streamer was built without read access to the store.
+    #[error(
+        "streamer {streamer:?}: `serve` needs read access to the store (build it through the delivery manager)"
+    )]
+    NoReader { streamer: String },
+    /// The async runtime could not be created.
+    #[error("streamer {streamer:?}: cannot start the async runtime: {source}")]
+    Runtime {
+        streamer: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The listen address could not be bound.
+    #[error("streamer {streamer:?}: cannot listen on {address} (grpc_address): {reason}")]
+    Bind {
+        streamer: String,
+        address: SocketAddr,
+        reason: String,
+    },
+    /// Reading the store failed.
+    #[error("streamer {streamer:?}: cannot read the store: {source}")]
+    Store {
+        streamer: String,
+        #[source]
+        source: statestream_core::StreamError,
+    },
+}
+
+/// Why a subscription (of any front-end) ended, or could not start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HubError {
+    /// A height below the retained window (or above the head).
+    #[error("height {height} is not available: {reason}")]
+    OutOfRange { height: u64, reason: String },
+    /// A filter names something that is not streamed, or is malformed.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// Too many subscribers.
+    #[error("{0} subscribers already: the limit (max_subscribers) is reached; try again later")]
+    TooManySubscribers(usize),
+    /// The server is shutting down.
+    #[error("the server is shutting down; resume from the height after the last block you saw end")]
+    ShuttingDown,
+    /// Reading the store failed.
+    #[error("cannot read the store: {0}")]
+    Store(String),
+}
+
+impl From<HubError> for tonic::Status {
+    fn from(e: HubError) -> tonic::Status {
+        let message = e.to_string();
+        match e {
+            HubError::OutOfRange { .. } => tonic::Status::out_of_range(message),
+            HubError::InvalidArgument(_) => tonic::Status::invalid_argument(message),
+            HubError::TooManySubscribers(_) => tonic::Status::resource_exhausted(message),
+            HubError::ShuttingDown => tonic::Status::unavailable(message),
+            HubError::Store(_) => tonic::Status::internal(message),
+        }
+    }
+}

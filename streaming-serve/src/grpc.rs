@@ -1,0 +1,479 @@
+//! The gRPC front-end: `statestream.v1.StateStream`, the datastream
+//! `DataService`, health and reflection on one listener, behind the token
+//! check.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
+
+use statestream_core::{Action, Block, PushError};
+use tokio::sync::oneshot;
+use tonic::{Request, Response, Status};
+
+use crate::error::HubError;
+use crate::filter::{Filter, FilterBuilder};
+use crate::hub::{Event, Hub, stream_snapshot};
+use crate::outbox::{self, Ended, Outbox, Sink};
+use crate::proto::server::{self as v1, state_stream_server::StateStream};
+use crate::proto::v1 as pb;
+use crate::wire::EncodedBlock;
+
+/// Payload bytes per message (entries or changes): well under the 4 MiB
+/// that gRPC clients accept by default.
+pub const MESSAGE_BYTES: usize = 256 * 1024;
+
+/// How long one message may wait for a client before it counts as
+/// stalled: twice the heartbeat interval, at least one second.
+pub(crate) fn stall_timeout(hub: &Hub) -> Duration {
+    (hub.heartbeat() * 2).max(Duration::from_secs(1))
+}
+
+/// Checks `authorization: Bearer <token>` (when a token is set).
+#[derive(Clone)]
+pub(crate) struct Auth {
+    token: Arc<str>,
+}
+
+impl Auth {
+    pub(crate) fn new(token: &str) -> Auth {
+        Auth {
+            token: token.into(),
+        }
+    }
+
+    pub(crate) fn check(&self, request: Request<()>) -> Result<Request<()>, Status> {
+        if self.token.is_empty() {
+            return Ok(request);
+        }
+        let given = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match given {
+            None => Err(Status::unauthenticated(
+                "missing token: send `authorization: Bearer <token>`",
+            )),
+            Some(t) if constant_time_eq(t.as_bytes(), self.token.as_bytes()) => Ok(request),
+            Some(_) => Err(Status::unauthenticated("wrong token")),
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Pushes one write through the application's queue and waits for the
+/// height that committed it.
+pub(crate) async fn push_write(
+    hub: &Hub,
+    enabled: bool,
+    store: &str,
+    key: Vec<u8>,
+    value: Option<Vec<u8>>,
+) -> Result<u64, Status> {
+    if !enabled {
+        return Err(Status::unimplemented(format!(
+            "PushUpdate is off: set push_updates = true in [streamers.{}]",
+            hub.name()
+        )));
+    }
+    if !hub.stores().iter().any(|s| s.name() == store) {
+        let names: Vec<&str> = hub.stores().iter().map(|s| s.name()).collect();
+        return Err(Status::invalid_argument(format!(
+            "store {store:?} is not streamed (streamed stores: {})",
+            names.join(", ")
+        )));
+    }
+    if key.is_empty() {
+        return Err(Status::invalid_argument("the key is empty"));
+    }
+    let queue = hub.push_queue().ok_or_else(|| {
+        Status::failed_precondition("the application does not accept pushed writes")
+    })?;
+    let (tx, rx) = oneshot::channel();
+    queue
+        .push(
+            store.to_string(),
+            key,
+            value,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        )
+        .map_err(|e| match e {
+            PushError::NotAttached => Status::failed_precondition(e.to_string()),
+            PushError::Full(_) => Status::resource_exhausted(e.to_string()),
+        })?;
+    let mut closing = hub.closing();
+    tokio::select! {
+        r = rx => match r {
+            Ok(Ok(height)) => Ok(height),
+            Ok(Err(reason)) => Err(Status::failed_precondition(format!(
+                "the application did not commit the write: {reason}"
+            ))),
+            Err(_) => Err(Status::unavailable("the application stopped before committing the write")),
+        },
+        _ = closing.wait_for(|c| *c) => Err(HubError::ShuttingDown.into()),
+    }
+}
+
+/// The `statestream.v1.StateStream` service.
+#[derive(Clone)]
+pub(crate) struct StateStreamService {
+    pub hub: Arc<Hub>,
+    pub push_updates: bool,
+    pub encoded: Arc<EncodedBlocks>,
+}
+
+fn parse_filter(hub: &Hub, filter: Option<v1::Filter>) -> Result<Filter, Status> {
+    let mut b = FilterBuilder::new(hub.stores());
+    if let Some(f) = filter {
+        for s in &f.stores {
+            b.whole(s, "filter.stores")?;
+        }
+        for p in &f.prefixes {
+            b.prefix(&p.store, &p.prefix, "filter.prefixes")?;
+        }
+    }
+    Ok(b.build())
+}
+
+fn timestamp(time: Option<(i64, u32)>) -> Option<prost_types::Timestamp> {
+    time.map(|(seconds, nanos)| prost_types::Timestamp {
+        seconds,
+        nanos: nanos.min(999_999_999) as i32,
+    })
+}
+
+/// The messages of one block for one filter: one or more, the last with
+/// `end = true`.
+pub(crate) fn block_messages(block: &Block, filter: &Filter) -> Vec<pb::BlockChanges> {
+    let height = block.height();
+    let time = timestamp(Some((block.meta().time_seconds, block.meta().time_nanos)));
+    let mut out = Vec::new();
+    let mut changes = Vec::new();
+    let mut bytes = 0;
+    for store in block.stores() {
+        let Some(part) = filter.store(store.store().name()) else {
+            continue;
+        };
+        for (record, action) in store.changes() {
+            if !part.matches(record.key) {
+                continue;
+            }
+            let op = match action {
+                Action::Create => pb::Op::Create,
+                Action::Update => pb::Op::Update,
+                Action::Delete => pb::Op::Delete,
+            };
+            bytes +=
+                record.store.len() + record.key.len() + record.value.map_or(0, <[u8]>::len) + 8;
+            changes.push(pb::Change {
+                store: record.store.to_string(),
+                key: record.key.to_vec(),
+                value: record.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                op: op as i32,
+            });
+            if bytes >= MESSAGE_BYTES {
+                out.push(pb::BlockChanges {
+                    height,
+                    time,
+                    changes: std::mem::take(&mut changes),
+                    end: false,
+                });
+                bytes = 0;
+            }
+        }
+    }
+    out.push(pb::BlockChanges {
+        height,
+        time,
+        changes,
+        end: true,
+    });
+    out
+}
+
+/// One block's encoded messages, filled once by whichever subscriber
+/// needs them first.
+type EncodedCell = Arc<OnceLock<Arc<[EncodedBlock]>>>;
+
+/// The encoded messages of one block, encoded once per block for the
+/// filter most subscribers use (every streamed store) and shared; other
+/// filters are encoded per subscriber.
+pub(crate) struct EncodedBlocks {
+    all: Filter,
+    recent: Mutex<VecDeque<(u64, EncodedCell)>>,
+}
+
+impl EncodedBlocks {
+    pub(crate) fn new(all: Filter) -> EncodedBlocks {
+        EncodedBlocks {
+            all,
+            recent: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    fn encode(block: &Block, filter: &Filter) -> Arc<[EncodedBlock]> {
+        block_messages(block, filter)
+            .into_iter()
+            .map(|m| EncodedBlock(prost::Message::encode_to_vec(&m).into()))
+            .collect()
+    }
+
+    pub(crate) fn get(&self, block: &Block, filter: &Filter) -> Arc<[EncodedBlock]> {
+        if *filter != self.all {
+            return EncodedBlocks::encode(block, filter);
+        }
+        let height = block.height();
+        let cell = {
+            let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+            match recent.iter().find(|(h, _)| *h == height) {
+                Some((_, cell)) => Arc::clone(cell),
+                None => {
+                    if recent.len() >= crate::hub::RING_BLOCKS {
+                        recent.pop_front();
+                    }
+                    let cell = Arc::new(OnceLock::new());
+                    recent.push_back((height, Arc::clone(&cell)));
+                    cell
+                }
+            }
+        };
+        Arc::clone(cell.get_or_init(|| EncodedBlocks::encode(block, &self.all)))
+    }
+}
+
+enum Start {
+    Live,
+    Snapshot,
+    From(u64),
+}
+
+/// Sends snapshot chunks (converted by `make`) until the snapshot ends;
+/// returns its height.
+pub(crate) async fn send_snapshot<T>(
+    hub: &Hub,
+    filter: &Filter,
+    batch_bytes: usize,
+    sink: &mut Sink<T>,
+    mut make: impl FnMut(u64, Option<(i64, u32)>, Vec<crate::hub::Entry>, bool) -> T,
+) -> Result<u64, SubscriptionEnd> {
+    let (height, mut rx) = stream_snapshot(hub, filter.clone(), batch_bytes)?;
+    let time = hub.block_time(height);
+    let mut pending: Option<Vec<crate::hub::Entry>> = None;
+    loop {
+        let next = rx.recv().await.transpose()?;
+        match (pending.take(), next) {
+            (Some(batch), Some(more)) => {
+                sink.send(make(height, time, batch, false)).await?;
+                pending = Some(more);
+            }
+            (None, Some(more)) => pending = Some(more),
+            (Some(batch), None) => {
+                sink.send(make(height, time, batch, true)).await?;
+                break;
+            }
+            (None, None) => {
+                sink.send(make(height, time, Vec::new(), true)).await?;
+                break;
+            }
+        }
+    }
+    Ok(height)
+}
+
+/// Why a subscription's task ends.
+pub(crate) enum SubscriptionEnd {
+    /// The stream is over already (client gone, stalled, shutdown).
+    Ended(Ended),
+    /// End the stream with this error.
+    Error(HubError),
+}
+
+impl From<Ended> for SubscriptionEnd {
+    fn from(e: Ended) -> Self {
+        SubscriptionEnd::Ended(e)
+    }
+}
+
+impl From<HubError> for SubscriptionEnd {
+    fn from(e: HubError) -> Self {
+        SubscriptionEnd::Error(e)
+    }
+}
+
+/// Ends a subscription's stream according to why its task ended.
+pub(crate) fn finish<T>(sink: Sink<T>, end: SubscriptionEnd) {
+    match end {
+        SubscriptionEnd::Ended(why) => tracing::debug!(?why, "subscription ended"),
+        SubscriptionEnd::Error(e) => {
+            tracing::debug!(error = %e, "subscription ended");
+            sink.finish(e.into());
+        }
+    }
+}
+
+impl StateStreamService {
+    async fn run(
+        hub: Arc<Hub>,
+        encoded: Arc<EncodedBlocks>,
+        guard: crate::hub::SubscriberGuard,
+        filter: Filter,
+        start: Start,
+        sink: &mut Sink<v1::SubscribeResponse>,
+    ) -> Result<(), SubscriptionEnd> {
+        use v1::subscribe_response::Message;
+        let next = match start {
+            Start::Live => hub.head() + 1,
+            Start::From(h) => h.max(1),
+            Start::Snapshot => {
+                let height = send_snapshot(
+                    &hub,
+                    &filter,
+                    MESSAGE_BYTES,
+                    sink,
+                    |height, time, entries, end| v1::SubscribeResponse {
+                        message: Some(Message::Snapshot(snapshot_chunk(
+                            height, time, entries, end,
+                        ))),
+                    },
+                )
+                .await?;
+                height + 1
+            }
+        };
+        let mut sub = hub.subscribe(guard, next);
+        loop {
+            let event = tokio::select! {
+                e = sub.next() => e?,
+                _ = sink.closed() => return Err(Ended::Gone.into()),
+            };
+            match event {
+                Event::Block(block) => {
+                    for m in encoded.get(&block, &filter).iter() {
+                        sink.send(v1::SubscribeResponse {
+                            message: Some(Message::Block(m.clone())),
+                        })
+                        .await?;
+                    }
+                }
+                Event::Heartbeat(head) => sink.try_send(v1::SubscribeResponse {
+                    message: Some(Message::Heartbeat(v1::Heartbeat { head_height: head })),
+                })?,
+            }
+        }
+    }
+}
+
+fn snapshot_chunk(
+    height: u64,
+    time: Option<(i64, u32)>,
+    entries: Vec<crate::hub::Entry>,
+    end: bool,
+) -> v1::SnapshotChunk {
+    v1::SnapshotChunk {
+        height,
+        entries: entries
+            .into_iter()
+            .map(|(store, key, value)| v1::Entry {
+                store: store.name().to_string(),
+                key,
+                value,
+            })
+            .collect(),
+        end,
+        time: timestamp(time),
+    }
+}
+
+#[tonic::async_trait]
+impl StateStream for StateStreamService {
+    async fn list_stores(
+        &self,
+        _request: Request<v1::ListStoresRequest>,
+    ) -> Result<Response<v1::ListStoresResponse>, Status> {
+        let hub = &self.hub;
+        let stores = hub
+            .stores()
+            .iter()
+            .zip(hub.value_types())
+            .map(|(s, t)| v1::StoreInfo {
+                name: s.name().to_string(),
+                value_type: t.clone(),
+            })
+            .collect();
+        Ok(Response::new(v1::ListStoresResponse {
+            stores,
+            head_height: hub.head(),
+            oldest_height: hub.oldest()?,
+        }))
+    }
+
+    type SnapshotStream = Outbox<v1::SnapshotChunk>;
+
+    async fn snapshot(
+        &self,
+        request: Request<v1::SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        let hub = Arc::clone(&self.hub);
+        if hub.is_closing() {
+            return Err(HubError::ShuttingDown.into());
+        }
+        let filter = parse_filter(&hub, request.into_inner().filter)?;
+        let (mut sink, outbox) = outbox::channel(stall_timeout(&hub), hub.closing());
+        tokio::spawn(async move {
+            let r = send_snapshot(&hub, &filter, MESSAGE_BYTES, &mut sink, snapshot_chunk).await;
+            if let Err(end) = r {
+                finish(sink, end);
+            }
+        });
+        Ok(Response::new(outbox))
+    }
+
+    type SubscribeStream = Outbox<v1::SubscribeResponse>;
+
+    async fn subscribe(
+        &self,
+        request: Request<v1::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        use v1::subscribe_request::Start as S;
+        let hub = Arc::clone(&self.hub);
+        let request = request.into_inner();
+        let filter = parse_filter(&hub, request.filter)?;
+        let start = match request.start {
+            None | Some(S::Live(_)) => Start::Live,
+            Some(S::Snapshot(_)) => Start::Snapshot,
+            Some(S::FromHeight(h)) => {
+                hub.check_from(h)?;
+                Start::From(h)
+            }
+        };
+        let guard = hub.admit()?;
+        let encoded = Arc::clone(&self.encoded);
+        let (mut sink, outbox) = outbox::channel(stall_timeout(&hub), hub.closing());
+        tokio::spawn(async move {
+            if let Err(end) =
+                StateStreamService::run(hub, encoded, guard, filter, start, &mut sink).await
+            {
+                finish(sink, end);
+            }
+        });
+        Ok(Response::new(outbox))
+    }
+
+    async fn push_update(
+        &self,
+        request: Request<v1::PushUpdateRequest>,
+    ) -> Result<Response<v1::PushUpdateResponse>, Status> {
+        let r = request.into_inner();
+        let value = if r.delete { None } else { Some(r.value) };
+        let height = push_write(&self.hub, self.push_updates, &r.store, r.key, value).await?;
+        Ok(Response::new(v1::PushUpdateResponse { height }))
+    }
+}

@@ -1,0 +1,429 @@
+//! The subscription hub: the blocks the streamer was given, by height, for
+//! every front-end (gRPC now; HTTP/SSE beside it later).
+//!
+//! The hub keeps the latest [`RING_BLOCKS`] blocks in memory and reads
+//! older ones from the store's change log, so every subscription is just a
+//! next height to send: a subscriber that reads slowly falls back to the
+//! change log without holding memory, and hand-overs (snapshot to live,
+//! history to live) are gap-free and duplicate-free by construction: a
+//! snapshot at height S continues with block S + 1, wherever that block is
+//! read from. The committing thread only pushes into the ring and bumps a
+//! `watch` channel ([`Hub::publish`]), which never blocks on a subscriber.
+
+use std::collections::VecDeque;
+use std::ops::Bound;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use statestream_core::{Block, PushQueue, StateReader, StateSnapshot, StoreKey, StoreSelection};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Interval, MissedTickBehavior};
+
+use crate::error::HubError;
+use crate::filter::Filter;
+
+/// Blocks kept in memory for subscribers at or near the head.
+pub const RING_BLOCKS: usize = 64;
+
+/// What the hub is built from.
+pub(crate) struct HubSetup {
+    pub name: String,
+    pub stores: Vec<StoreKey>,
+    pub selection: StoreSelection,
+    pub reader: Arc<dyn StateReader>,
+    pub push: Option<PushQueue>,
+    pub heartbeat: Duration,
+    pub max_subscribers: usize,
+    pub value_types: Vec<String>,
+}
+
+/// The hub of one `serve` streamer.
+pub struct Hub {
+    name: String,
+    stores: Vec<StoreKey>,
+    value_types: Vec<String>,
+    selection: StoreSelection,
+    reader: Arc<dyn StateReader>,
+    push: Option<PushQueue>,
+    ring: Mutex<VecDeque<Block>>,
+    head: watch::Sender<u64>,
+    closing: watch::Sender<bool>,
+    subscribers: AtomicUsize,
+    max_subscribers: usize,
+    heartbeat: Duration,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("name", &self.name)
+            .field("head", &self.head())
+            .field("subscribers", &self.subscribers())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One item of a subscription.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// The next block, in height order.
+    Block(Block),
+    /// Nothing happened for a heartbeat interval; the head height.
+    Heartbeat(u64),
+}
+
+impl Hub {
+    pub(crate) fn new(setup: HubSetup, head: u64) -> Hub {
+        Hub {
+            name: setup.name,
+            stores: setup.stores,
+            value_types: setup.value_types,
+            selection: setup.selection,
+            reader: setup.reader,
+            push: setup.push,
+            ring: Mutex::new(VecDeque::with_capacity(RING_BLOCKS)),
+            head: watch::Sender::new(head),
+            closing: watch::Sender::new(false),
+            subscribers: AtomicUsize::new(0),
+            max_subscribers: setup.max_subscribers,
+            heartbeat: setup.heartbeat,
+        }
+    }
+
+    /// The streamer's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The streamed stores, in name order.
+    pub fn stores(&self) -> &[StoreKey] {
+        &self.stores
+    }
+
+    /// The `value_type` of each streamed store (same order as
+    /// [`stores`](Hub::stores)).
+    pub fn value_types(&self) -> &[String] {
+        &self.value_types
+    }
+
+    /// The queue pushed writes go to, when the manager gave one.
+    pub fn push_queue(&self) -> Option<&PushQueue> {
+        self.push.as_ref()
+    }
+
+    /// The heartbeat interval.
+    pub fn heartbeat(&self) -> Duration {
+        self.heartbeat
+    }
+
+    /// The newest height subscribers can be sent.
+    pub fn head(&self) -> u64 {
+        *self.head.borrow()
+    }
+
+    /// Subscriptions open now.
+    pub fn subscribers(&self) -> usize {
+        self.subscribers.load(Ordering::Relaxed)
+    }
+
+    /// Blocks held in memory now (at most [`RING_BLOCKS`]).
+    pub fn ring_len(&self) -> usize {
+        self.ring().len()
+    }
+
+    fn ring(&self) -> MutexGuard<'_, VecDeque<Block>> {
+        self.ring.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Hands a delivered block to the subscribers: never blocks on them.
+    /// A height at or below the head is already readable from the change
+    /// log and is ignored.
+    pub fn publish(&self, block: &Block) {
+        let height = block.height();
+        if height <= self.head() {
+            return;
+        }
+        {
+            let mut ring = self.ring();
+            if ring.back().is_some_and(|b| b.height() + 1 != height) {
+                ring.clear();
+            }
+            if ring.len() == RING_BLOCKS {
+                ring.pop_front();
+            }
+            ring.push_back(block.clone());
+        }
+        self.head.send_replace(height);
+    }
+
+    /// Ends every subscription with [`HubError::ShuttingDown`].
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Whether [`close`](Hub::close) was called.
+    pub fn is_closing(&self) -> bool {
+        *self.closing.borrow()
+    }
+
+    /// A receiver that turns `true` at shutdown.
+    pub fn closing(&self) -> watch::Receiver<bool> {
+        self.closing.subscribe()
+    }
+
+    /// Counts a new subscription, or refuses it over `max_subscribers` or
+    /// at shutdown. The guard uncounts it when dropped.
+    pub fn admit(self: &Arc<Self>) -> Result<SubscriberGuard, HubError> {
+        if self.is_closing() {
+            return Err(HubError::ShuttingDown);
+        }
+        let mut n = self.subscribers.load(Ordering::Relaxed);
+        loop {
+            if n >= self.max_subscribers {
+                return Err(HubError::TooManySubscribers(n));
+            }
+            match self.subscribers.compare_exchange_weak(
+                n,
+                n + 1,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(now) => n = now,
+            }
+        }
+        Ok(SubscriberGuard {
+            hub: Arc::clone(self),
+        })
+    }
+
+    fn store_error(e: impl std::fmt::Display) -> HubError {
+        HubError::Store(e.to_string())
+    }
+
+    /// The oldest height a subscription may start from: the change log's
+    /// oldest block (the height after the head when it is empty).
+    pub fn oldest(&self) -> Result<u64, HubError> {
+        let committed = self.reader.committed_height().map_err(Hub::store_error)?;
+        Ok(match self.reader.retained().map_err(Hub::store_error)? {
+            Some((lo, _)) => lo,
+            None => committed.max(self.head()) + 1,
+        })
+    }
+
+    /// Checks that a subscription can start at `height` (inclusive):
+    /// `OUT_OF_RANGE` below the retained window or past the next block.
+    pub fn check_from(&self, height: u64) -> Result<(), HubError> {
+        let height = height.max(1);
+        let committed = self.reader.committed_height().map_err(Hub::store_error)?;
+        let limit = committed.max(self.head()) + 1;
+        if height > limit {
+            return Err(HubError::OutOfRange {
+                height,
+                reason: format!("it is past the head (the next block is {limit})"),
+            });
+        }
+        let oldest = self.oldest()?;
+        if height < oldest {
+            return Err(HubError::OutOfRange {
+                height,
+                reason: format!(
+                    "it is below the retained window; the oldest available height is {oldest} (take a snapshot instead)"
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Block `height` (at most the head): from memory, else from the
+    /// change log; `OUT_OF_RANGE` when the log no longer holds it.
+    pub fn block(&self, height: u64) -> Result<Block, HubError> {
+        {
+            let ring = self.ring();
+            if let Some(front) = ring.front() {
+                let first = front.height();
+                if height >= first
+                    && let Some(b) = ring.get((height - first) as usize)
+                {
+                    return Ok(b.clone());
+                }
+            }
+        }
+        match self.reader.change_set(height) {
+            Ok(cs) => Block::from_change_set(cs, &self.selection).map_err(Hub::store_error),
+            Err(e) => {
+                let oldest = self.oldest()?;
+                if height < oldest {
+                    Err(HubError::OutOfRange {
+                        height,
+                        reason: format!(
+                            "it left the retained window; the oldest available height is {oldest} (take a snapshot instead)"
+                        ),
+                    })
+                } else {
+                    Err(Hub::store_error(e))
+                }
+            }
+        }
+    }
+
+    /// The time of block `height` (seconds, nanoseconds), when known.
+    pub fn block_time(&self, height: u64) -> Option<(i64, u32)> {
+        if height == 0 {
+            return None;
+        }
+        let b = self.block(height).ok()?;
+        Some((b.meta().time_seconds, b.meta().time_nanos))
+    }
+
+    /// A read snapshot of the committed state.
+    pub fn snapshot(&self) -> Result<Box<dyn StateSnapshot>, HubError> {
+        self.reader.snapshot().map_err(Hub::store_error)
+    }
+
+    /// Follows blocks from `next` (inclusive).
+    pub fn subscribe(self: &Arc<Self>, guard: SubscriberGuard, next: u64) -> Subscription {
+        let mut heartbeat =
+            tokio::time::interval_at(tokio::time::Instant::now() + self.heartbeat, self.heartbeat);
+        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Subscription {
+            hub: Arc::clone(self),
+            next: next.max(1),
+            head: self.head.subscribe(),
+            closing: self.closing.subscribe(),
+            heartbeat,
+            _guard: guard,
+        }
+    }
+}
+
+/// One counted subscription; uncounted when dropped.
+#[derive(Debug)]
+pub struct SubscriberGuard {
+    hub: Arc<Hub>,
+}
+
+impl Drop for SubscriberGuard {
+    fn drop(&mut self) {
+        self.hub.subscribers.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A position in the block sequence of one subscriber.
+#[derive(Debug)]
+pub struct Subscription {
+    hub: Arc<Hub>,
+    next: u64,
+    head: watch::Receiver<u64>,
+    closing: watch::Receiver<bool>,
+    heartbeat: Interval,
+    _guard: SubscriberGuard,
+}
+
+impl Subscription {
+    /// The next height this subscription sends.
+    pub fn next_height(&self) -> u64 {
+        self.next
+    }
+
+    /// The next block, or a heartbeat after an idle interval. Cancel-safe.
+    pub async fn next(&mut self) -> Result<Event, HubError> {
+        loop {
+            if *self.closing.borrow_and_update() {
+                return Err(HubError::ShuttingDown);
+            }
+            let head = *self.head.borrow_and_update();
+            if self.next <= head {
+                let block = self.hub.block(self.next)?;
+                self.next += 1;
+                self.heartbeat.reset();
+                return Ok(Event::Block(block));
+            }
+            tokio::select! {
+                changed = self.head.changed() => {
+                    if changed.is_err() {
+                        return Err(HubError::ShuttingDown);
+                    }
+                }
+                _ = self.closing.changed() => {}
+                _ = self.heartbeat.tick() => return Ok(Event::Heartbeat(head)),
+            }
+        }
+    }
+}
+
+/// One key of a snapshot.
+pub type Entry = (StoreKey, Vec<u8>, Vec<u8>);
+
+/// The batches of a snapshot being read.
+pub type SnapshotBatches = mpsc::Receiver<Result<Vec<Entry>, HubError>>;
+
+/// Reads the filter's keys from `snapshot` in store then key order, in
+/// batches of about `batch_bytes`, into `tx`; stops when the receiver goes
+/// away. Blocking: run it on a blocking thread.
+pub fn read_snapshot(
+    snapshot: &dyn StateSnapshot,
+    filter: &Filter,
+    batch_bytes: usize,
+    tx: &mpsc::Sender<Result<Vec<Entry>, HubError>>,
+) {
+    let mut batch = Vec::new();
+    let mut bytes = 0usize;
+    for (store, part) in filter.stores() {
+        for (start, end) in part.ranges() {
+            let iter = match snapshot.range(store, as_ref(&start), as_ref(&end)) {
+                Ok(it) => it,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(Hub::store_error(e)));
+                    return;
+                }
+            };
+            for kv in iter {
+                match kv {
+                    Ok((k, v)) => {
+                        bytes += store.name().len() + k.len() + v.len() + 8;
+                        batch.push((store.clone(), k, v));
+                        if bytes >= batch_bytes {
+                            if tx.blocking_send(Ok(std::mem::take(&mut batch))).is_err() {
+                                return;
+                            }
+                            bytes = 0;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(Hub::store_error(e)));
+                        return;
+                    }
+                }
+            }
+        }
+    }
+    if !batch.is_empty() {
+        let _ = tx.blocking_send(Ok(batch));
+    }
+}
+
+fn as_ref(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
+    match b {
+        Bound::Included(v) => Bound::Included(v.as_slice()),
+        Bound::Excluded(v) => Bound::Excluded(v.as_slice()),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+/// Streams a snapshot: takes it now (its height is returned at once) and
+/// reads it on a blocking thread into a channel of batches.
+pub fn stream_snapshot(
+    hub: &Hub,
+    filter: Filter,
+    batch_bytes: usize,
+) -> Result<(u64, SnapshotBatches), HubError> {
+    let snapshot = hub.snapshot()?;
+    let height = snapshot.height();
+    let (tx, rx) = mpsc::channel(2);
+    tokio::task::spawn_blocking(move || {
+        read_snapshot(snapshot.as_ref(), &filter, batch_bytes, &tx)
+    });
+    Ok((height, rx))
+}

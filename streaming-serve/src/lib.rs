@@ -1,0 +1,37 @@
+//! `statestream-serve`: the `serve` streamer. A subscription hub fed by the
+//! streamer's `on_block`, served over gRPC: statestream's own
+//! `statestream.v1.StateStream` (snapshot, resume by height, live, with
+//! heartbeats and `PushUpdate`) and the datastream seed's
+//! `datastream.DataService`, plus the standard health and reflection
+//! services. See `docs/serve.md`.
+//!
+//! - [`ServeConfig`]: the options of `type = "serve"`; [`ServeConfig::build`]
+//!   starts the server (errors name the key, or say why the address cannot
+//!   be bound).
+//! - [`Hub`]: the blocks by height (recent ones in memory, older ones from
+//!   the store's change log), subscriptions, limits. Front-ends (gRPC here;
+//!   HTTP/SSE beside it) only translate its events.
+//! - [`client`]: a resumable subscription with a pluggable cursor store.
+//! - [`proto`]: the generated messages, clients and servers.
+
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
+pub mod client;
+mod config;
+mod datastream;
+mod error;
+pub mod filter;
+mod grpc;
+mod hub;
+mod outbox;
+pub mod proto;
+mod streamer;
+mod wire;
+
+pub use config::{DEFAULT_VALUE_TYPE, SERVE_TYPE, ServeConfig};
+pub use datastream::DELETED;
+pub use error::{HubError, ServeError};
+pub use filter::{Filter, FilterBuilder};
+pub use hub::{Event, Hub, RING_BLOCKS, SubscriberGuard, Subscription};
+pub use outbox::CLIENT_BUFFER;
+pub use streamer::{ServeHandle, ServeStreamer};

@@ -1,0 +1,301 @@
+//! The `serve` streamer: owns the hub, a named tokio runtime and the
+//! servers; `on_block` hands each block to the hub without waiting.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use statestream_core::{Block, StoreSelection, StreamError, Streamer, StreamerContext};
+use tokio::runtime::Runtime;
+use tokio::sync::oneshot;
+use tokio_stream::wrappers::TcpListenerStream;
+use tracing::{info, warn};
+
+use crate::config::{DEFAULT_VALUE_TYPE, ServeConfig};
+use crate::datastream::DataStreamService;
+use crate::error::ServeError;
+use crate::grpc::{Auth, StateStreamService};
+use crate::hub::{Hub, HubSetup};
+use crate::proto::datastream::data_service_server::DataServiceServer;
+use crate::proto::server::state_stream_server::StateStreamServer;
+
+/// How long a clean shutdown waits for the servers to end their streams.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
+
+/// A handle on a running `serve` streamer, usable from any thread (the
+/// streamer itself moves to the delivery manager).
+#[derive(Debug, Clone)]
+pub struct ServeHandle {
+    hub: Arc<Hub>,
+    grpc_address: SocketAddr,
+}
+
+impl ServeHandle {
+    /// The address the gRPC server is bound to (with the port the OS
+    /// chose for port 0).
+    pub fn grpc_address(&self) -> SocketAddr {
+        self.grpc_address
+    }
+
+    /// The hub (head height, subscriber count, ...).
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+}
+
+/// The `serve` streamer. Build it with [`ServeConfig::build`].
+pub struct ServeStreamer {
+    name: String,
+    hub: Arc<Hub>,
+    retain_blocks: u64,
+    grpc_address: SocketAddr,
+    runtime: Option<Runtime>,
+    shutdown: Option<oneshot::Sender<()>>,
+    stopped: Option<std::sync::mpsc::Receiver<()>>,
+}
+
+impl std::fmt::Debug for ServeStreamer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeStreamer")
+            .field("name", &self.name)
+            .field("grpc_address", &self.grpc_address)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A bind error in words a user acts on.
+fn bind_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            "the address is in use (another node or program listens on it; choose another port)"
+                .into()
+        }
+        std::io::ErrorKind::AddrNotAvailable => "the address is not one of this machine's".into(),
+        std::io::ErrorKind::PermissionDenied => {
+            "permission denied (ports below 1024 need privileges)".into()
+        }
+        _ => e.to_string(),
+    }
+}
+
+impl ServeStreamer {
+    pub(crate) fn start(
+        ctx: &StreamerContext<'_>,
+        config: ServeConfig,
+        address: SocketAddr,
+    ) -> Result<ServeStreamer, ServeError> {
+        let name = ctx.name.to_string();
+        let reader = ctx
+            .reader
+            .ok_or_else(|| ServeError::NoReader {
+                streamer: name.clone(),
+            })?
+            .clone();
+        let head = reader
+            .committed_height()
+            .map_err(|source| ServeError::Store {
+                streamer: name.clone(),
+                source,
+            })?;
+        let listener = std::net::TcpListener::bind(address)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .map_err(|e| ServeError::Bind {
+                streamer: name.clone(),
+                address,
+                reason: bind_reason(&e),
+            })?;
+        let local = listener.local_addr().map_err(|e| ServeError::Bind {
+            streamer: name.clone(),
+            address,
+            reason: e.to_string(),
+        })?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name(format!("serve-{name}"))
+            .enable_all()
+            .build()
+            .map_err(|source| ServeError::Runtime {
+                streamer: name.clone(),
+                source,
+            })?;
+        let value_types = ctx
+            .stores
+            .iter()
+            .map(|s| {
+                config
+                    .value_types
+                    .get(s.name())
+                    .cloned()
+                    .unwrap_or_else(|| DEFAULT_VALUE_TYPE.to_string())
+            })
+            .collect();
+        let hub = Arc::new(Hub::new(
+            HubSetup {
+                name: name.clone(),
+                stores: ctx.stores.to_vec(),
+                selection: StoreSelection::new(ctx.all_stores, ctx.stores),
+                reader,
+                push: ctx.push.cloned(),
+                heartbeat: Duration::from_millis(config.heartbeat_ms),
+                max_subscribers: config.max_subscribers,
+                value_types,
+            },
+            head,
+        ));
+        let listener = {
+            let _enter = runtime.enter();
+            tokio::net::TcpListener::from_std(listener).map_err(|e| ServeError::Bind {
+                streamer: name.clone(),
+                address,
+                reason: e.to_string(),
+            })?
+        };
+        let (router, set_health) = grpc_router(&hub, &config)?;
+        let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+        let (stopped_tx, stopped_rx) = std::sync::mpsc::channel();
+        let server_name = name.clone();
+        runtime.spawn(async move {
+            // Health answers SERVING from the first request on: set before
+            // the first connection is accepted (the listener is bound).
+            set_health.await;
+            let served = router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                    let _ = shutdown_rx.await;
+                })
+                .await;
+            if let Err(e) = served {
+                warn!(streamer = %server_name, error = %e, "gRPC server stopped");
+            }
+            let _ = stopped_tx.send(());
+        });
+        info!(streamer = %name, address = %local, head, "serve: gRPC listening");
+        Ok(ServeStreamer {
+            name,
+            hub,
+            retain_blocks: config.retain_blocks,
+            grpc_address: local,
+            runtime: Some(runtime),
+            shutdown: Some(shutdown_tx),
+            stopped: Some(stopped_rx),
+        })
+    }
+
+    /// A handle for tests and applications: the bound address, the hub.
+    pub fn handle(&self) -> ServeHandle {
+        ServeHandle {
+            hub: Arc::clone(&self.hub),
+            grpc_address: self.grpc_address,
+        }
+    }
+
+    /// The address the gRPC server is bound to.
+    pub fn grpc_address(&self) -> SocketAddr {
+        self.grpc_address
+    }
+
+    /// Ends every subscription with `UNAVAILABLE`, stops the servers and
+    /// the runtime. Idempotent.
+    fn stop(&mut self) {
+        self.hub.close();
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(stopped) = self.stopped.take()
+            && stopped.recv_timeout(SHUTDOWN_WAIT).is_err()
+        {
+            warn!(streamer = %self.name, "the gRPC server did not stop in time");
+        }
+        if let Some(rt) = self.runtime.take() {
+            // Dropping a runtime may not block inside another runtime.
+            if tokio::runtime::Handle::try_current().is_ok() {
+                rt.shutdown_background();
+            } else {
+                rt.shutdown_timeout(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+fn grpc_router(
+    hub: &Arc<Hub>,
+    config: &ServeConfig,
+) -> Result<
+    (
+        tonic::transport::server::Router,
+        impl std::future::Future<Output = ()> + Send + 'static,
+    ),
+    ServeError,
+> {
+    let auth = Auth::new(&config.token);
+    let state = StateStreamService {
+        hub: Arc::clone(hub),
+        push_updates: config.push_updates,
+        encoded: Arc::new(crate::grpc::EncodedBlocks::new(crate::filter::Filter::all(
+            hub.stores(),
+        ))),
+    };
+    let data = DataStreamService {
+        hub: Arc::clone(hub),
+        push_updates: config.push_updates,
+    };
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    // Only the served services and "" (the whole server) report SERVING.
+    let reporter = health_reporter.clone();
+    let set_health = async move {
+        reporter
+            .set_serving::<StateStreamServer<StateStreamService>>()
+            .await;
+        reporter
+            .set_serving::<DataServiceServer<DataStreamService>>()
+            .await;
+    };
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Runtime {
+            streamer: hub.name().to_string(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    let a1 = auth.clone();
+    let a2 = auth.clone();
+    let a3 = auth;
+    let heartbeat = hub.heartbeat();
+    let router = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(heartbeat))
+        .http2_keepalive_timeout(Some(heartbeat.max(Duration::from_secs(1)) * 2))
+        .add_service(health)
+        .add_service(StateStreamServer::with_interceptor(state, move |r| {
+            a1.check(r)
+        }))
+        .add_service(DataServiceServer::with_interceptor(data, move |r| {
+            a2.check(r)
+        }))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            reflection,
+            move |r| a3.check(r),
+        ));
+    Ok((router, set_health))
+}
+
+impl Streamer for ServeStreamer {
+    fn on_block(&mut self, block: &Block) -> Result<(), StreamError> {
+        self.hub.publish(block);
+        Ok(())
+    }
+
+    fn on_close(&mut self) -> Result<(), StreamError> {
+        self.stop();
+        Ok(())
+    }
+
+    fn retain_blocks(&self) -> u64 {
+        self.retain_blocks
+    }
+}
+
+impl Drop for ServeStreamer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

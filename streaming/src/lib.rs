@@ -49,12 +49,23 @@ mod builtin;
 mod driver;
 mod error;
 mod manager;
+mod observe;
 mod process;
 mod registry;
+#[cfg(feature = "telemetry")]
+mod telemetry;
 
 pub use error::{Error, Result};
 pub use manager::{DeliveryManager, StreamerSetup, StreamerStats};
+pub use observe::{
+    Bucket, COMMIT_BUCKETS, ChangeLogStatus, HistogramStatus, NodeState, NodeStatus, Observer,
+    StreamerState, StreamerStatus,
+};
 pub use process::{ProcessError, ProcessStreamer, ProcessStreamerConfig};
+/// The Prometheus client (`telemetry` feature), for streamers that register
+/// metrics of their own in [`Registry::metrics`].
+#[cfg(feature = "telemetry")]
+pub use prometheus;
 pub use registry::Registry;
 /// The `app.toml` model (`statestream-config`), for an application that
 /// depends on this crate alone.
@@ -68,3 +79,5 @@ pub use statestream_core::{
 /// The store (`statestream-store`), for an application that depends on this
 /// crate alone.
 pub use statestream_store as store;
+#[cfg(feature = "telemetry")]
+pub use telemetry::{TelemetryError, TelemetryServer};

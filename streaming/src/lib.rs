@@ -9,6 +9,11 @@
 //! - [`DeliveryManager`]: commits blocks and delivers them, sync or async,
 //!   with persisted cursors, catch-up from the store's change log, and the
 //!   `stop-node-on-error` policy.
+//! - [`Observer`] ([`DeliveryManager::observer`]): committed height, commit
+//!   durations, the change log's size and every streamer's progress, read
+//!   from any thread; [`TelemetryServer`] (cargo feature `telemetry`, on by
+//!   default) serves them as `GET /metrics` (Prometheus), `GET /status`
+//!   (JSON) and `GET /healthz` (`docs/operations.md`).
 //! - [`ProcessStreamer`] (`type = "process"`): a streamer that is a separate
 //!   program in any language (`docs/plugin-protocol.md`).
 //! - The data model and the extension point, re-exported from

@@ -337,3 +337,93 @@ fn telemetry_stopped_manager_is_unhealthy_and_unknown_paths_are_404() {
     assert!(err.to_string().contains(&taken.to_string()), "{err}");
     server.stop();
 }
+
+/// The metric families `/metrics` declares (`# TYPE` lines).
+fn exported_families(server: &TelemetryServer) -> Vec<String> {
+    let (_, _, body) = get(server, "/metrics");
+    body.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Every `statestream_*` name in `text`.
+fn names_in(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("statestream_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+            .unwrap_or(tail.len());
+        names.push(tail[..end].to_owned());
+        rest = &tail[end..];
+    }
+    names
+}
+
+#[test]
+fn telemetry_docs_list_every_metric_and_the_dashboard_uses_only_them() {
+    let bank = StoreKey::new("bank").expect("name");
+    let mut store = MultiStore::in_memory(std::slice::from_ref(&bank)).expect("store");
+    let setup = statestream::StreamerSetup::new("s", std::slice::from_ref(&bank));
+    let streamer = Counting {
+        blocks: prometheus::IntCounter::new("unused", "unused").expect("counter"),
+        fail_at: None,
+    };
+    let mut manager =
+        DeliveryManager::with_streamers(&mut store, vec![(setup, Box::new(streamer))])
+            .expect("manager");
+    manager
+        .commit(&mut store, BlockMeta::default())
+        .expect("commit");
+    let server = TelemetryServer::start(
+        "127.0.0.1:0".parse().expect("address"),
+        manager.observer(),
+        prometheus::Registry::new(),
+    )
+    .expect("server");
+    let exported = exported_families(&server);
+    assert!(exported.len() >= 14, "{exported:?}");
+
+    let operations = include_str!("../../docs/operations.md");
+    for name in &exported {
+        assert!(
+            operations.contains(&format!("| `{name}` |")),
+            "docs/operations.md does not describe {name}"
+        );
+    }
+    let dashboard: Value =
+        serde_json::from_str(include_str!("../../docs/grafana/statestream.json"))
+            .expect("the dashboard is valid JSON");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 5);
+    let mut used = Vec::new();
+    for panel in panels {
+        for target in panel["targets"].as_array().expect("targets") {
+            used.extend(names_in(target["expr"].as_str().expect("expr")));
+        }
+    }
+    for name in [
+        "statestream_committed_height",
+        "statestream_commit_duration_seconds",
+        "statestream_streamer_lag_blocks",
+        "statestream_streamer_queue_depth",
+        "statestream_streamer_errors_total",
+    ] {
+        assert!(
+            used.iter().any(|u| u.starts_with(name)),
+            "no panel shows {name}"
+        );
+    }
+    for name in &used {
+        let family = name.strip_suffix("_bucket").unwrap_or(name);
+        assert!(
+            exported.iter().any(|e| e == family),
+            "the dashboard uses {name}, which /metrics does not export"
+        );
+    }
+    manager.close(&mut store).expect("close");
+    server.stop();
+}

@@ -233,6 +233,13 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 #[test]
 fn telemetry_node_metrics_match_cursors_after_shutdown() {
     let home = Home::new(CONFIG);
+    let check = Command::new(BIN)
+        .args(["config", "check", p(&home.config)])
+        .output()
+        .expect("run config check");
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{said}");
+    assert!(said.contains("telemetry on 127.0.0.1:0"), "{said}");
     // A first run to the end: the server starts on a port of the system's
     // choosing and stops with the node.
     let first = home

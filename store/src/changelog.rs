@@ -245,6 +245,17 @@ impl SizeCounter {
     }
 }
 
+/// The change log's size and nothing else: see [`ChangeLog::meter`].
+#[derive(Debug, Clone)]
+pub struct ChangeLogMeter(Arc<SizeCounter>);
+
+impl ChangeLogMeter {
+    /// Blocks and bytes kept, as of the store's last commit.
+    pub fn size(&self) -> ChangeLogSize {
+        self.0.get()
+    }
+}
+
 /// A read handle on the change log. Cheap to clone and `Send + Sync`: the
 /// delivery workers of streamers read it from their own threads while the
 /// node keeps committing (reads see a consistent snapshot and never block
@@ -334,6 +345,13 @@ impl ChangeLog {
     /// of a metrics endpoint.
     pub fn size(&self) -> ChangeLogSize {
         self.size.get()
+    }
+
+    /// A handle that reads only [`size`](ChangeLog::size): unlike this one,
+    /// it does not keep the database open (for a metrics endpoint that may
+    /// outlive the store).
+    pub fn meter(&self) -> ChangeLogMeter {
+        ChangeLogMeter(Arc::clone(&self.size))
     }
 }
 

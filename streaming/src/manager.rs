@@ -391,7 +391,7 @@ impl DeliveryManager {
             shared: Arc::new(Shared {
                 committed: Arc::clone(&committed),
                 commits: CommitHistogram::default(),
-                change_log,
+                change_log: change_log.meter(),
                 streamers: watched,
                 stopped: std::sync::atomic::AtomicBool::new(false),
             }),

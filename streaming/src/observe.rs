@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use statestream_config::Delivery;
-use statestream_store::ChangeLog;
+use statestream_store::ChangeLogMeter;
 
 use crate::driver::Progress;
 
@@ -83,7 +83,7 @@ pub(crate) struct Watched {
 pub(crate) struct Shared {
     pub(crate) committed: Arc<AtomicU64>,
     pub(crate) commits: CommitHistogram,
-    pub(crate) change_log: ChangeLog,
+    pub(crate) change_log: ChangeLogMeter,
     pub(crate) streamers: Vec<Watched>,
     /// Set when the manager closes or is dropped: it commits no more.
     pub(crate) stopped: AtomicBool,

@@ -437,6 +437,7 @@ fn persist_change_log_size_follows_commits_and_pruning() {
     let path = dir.path().join("state.redb");
     let mut store = open(&path, StoreOptions::default());
     let log = store.change_log();
+    let meter = log.meter();
     assert_eq!((log.size().blocks, log.size().bytes), (0, 0));
     commit_blocks(&mut store, 10);
     let ten = log.size();
@@ -452,9 +453,12 @@ fn persist_change_log_size_follows_commits_and_pruning() {
     let kept = log.size();
     assert_eq!(kept.blocks, log.len().expect("len"));
     assert_eq!(kept.blocks, 5);
-    // The running count is what a fresh count of the entries finds.
+    assert_eq!(meter.size(), kept);
+    // The running count is what a fresh count of the entries finds; the
+    // meter does not hold the database open.
     drop(log);
     store.close().expect("close");
     let reopened = open(&path, StoreOptions::default());
     assert_eq!(reopened.change_log().size(), kept);
+    assert_eq!(meter.size(), kept);
 }

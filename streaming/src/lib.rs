@@ -11,7 +11,7 @@
 //!   `stop-node-on-error` policy.
 //! - [`Observer`] ([`DeliveryManager::observer`]): committed height, commit
 //!   durations, the change log's size and every streamer's progress, read
-//!   from any thread; [`TelemetryServer`] (cargo feature `telemetry`, on by
+//!   from any thread; `TelemetryServer` (cargo feature `telemetry`, on by
 //!   default) serves them as `GET /metrics` (Prometheus), `GET /status`
 //!   (JSON) and `GET /healthz` (`docs/operations.md`).
 //! - [`ProcessStreamer`] (`type = "process"`): a streamer that is a separate

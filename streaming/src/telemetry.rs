@@ -97,15 +97,18 @@ impl TelemetryServer {
         let bound = listener
             .local_addr()
             .map_err(|source| TelemetryError::Bind { address, source })?;
-        metrics
-            .register(Box::new(NodeCollector::new(observer.clone())))
-            .map_err(|source| TelemetryError::Register { source })?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .enable_time()
             .build()
             .map_err(|source| TelemetryError::Start { source })?;
-        let state = Arc::new(AppState { observer, metrics });
+        metrics
+            .register(Box::new(NodeCollector::new(observer.clone())))
+            .map_err(|source| TelemetryError::Register { source })?;
+        let state = Arc::new(AppState {
+            observer: observer.clone(),
+            metrics: metrics.clone(),
+        });
         let app = Router::new()
             .route("/metrics", get(metrics_handler))
             .route("/status", get(status_handler))
@@ -115,7 +118,12 @@ impl TelemetryServer {
         let thread = std::thread::Builder::new()
             .name("telemetry".to_owned())
             .spawn(move || runtime.block_on(serve(listener, app, stopped)))
-            .map_err(|source| TelemetryError::Start { source })?;
+            .map_err(|source| {
+                // Unregistered so that a later attempt can register again
+                // (collectors are matched by their descriptions).
+                let _ = metrics.unregister(Box::new(NodeCollector::new(observer)));
+                TelemetryError::Start { source }
+            })?;
         tracing::info!(address = %bound, "telemetry server listening (/metrics, /status, /healthz)");
         Ok(TelemetryServer {
             address: bound,

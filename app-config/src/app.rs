@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -80,6 +81,28 @@ pub struct AppConfig {
     streamers: Vec<Entry>,
     /// Problems that do not stop the node, already logged at warn level.
     warnings: Vec<String>,
+    /// `[telemetry]`, when it sets an address.
+    telemetry: Option<TelemetryConfig>,
+}
+
+/// The `[telemetry]` table: where the node serves its metrics and status
+/// (`GET /metrics`, `GET /status`, `GET /healthz`).
+///
+/// ```toml
+/// [telemetry]
+/// address = "127.0.0.1:9100"   # unset: off
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TelemetryConfig {
+    /// `address`: an IP address and a port. Port 0 lets the operating system
+    /// choose one (the node logs the address it bound). Nothing is served
+    /// unless it is set; it is whatever the operator writes, so the metrics
+    /// are reachable beyond the machine only when a non-loopback address is
+    /// written here.
+    pub address: SocketAddr,
+    /// The 1-based line of `address`, for errors found later (binding).
+    pub line: Option<usize>,
 }
 
 /// One listed streamer, before resolution against the node's stores.
@@ -205,6 +228,12 @@ impl AppConfig {
         &self.origin
     }
 
+    /// `[telemetry]`: `None` when the table or its `address` is absent
+    /// (telemetry off).
+    pub fn telemetry(&self) -> Option<&TelemetryConfig> {
+        self.telemetry.as_ref()
+    }
+
     fn keys_error(&self, entry: &Entry, message: impl Into<String>) -> ConfigError {
         ConfigError::Key {
             path: self.origin.clone(),
@@ -296,11 +325,56 @@ impl Parser<'_> {
             streamers.push(self.streamer(name, key.span(), table)?);
         }
 
+        let telemetry = match find(root, "telemetry") {
+            None => None,
+            Some((key, value)) => match value.get_ref() {
+                DeValue::Table(table) => self.telemetry(table)?,
+                _ => return Err(self.not_a_table("[telemetry]", key, value)),
+            },
+        };
+
         Ok(AppConfig {
             origin: self.origin.to_owned(),
             streamers,
             warnings,
+            telemetry,
         })
+    }
+
+    /// Reads `[telemetry]`: `address` is its only key.
+    fn telemetry(&self, table: &DeTable<'_>) -> Result<Option<TelemetryConfig>, ConfigError> {
+        const TABLE: &str = "[telemetry]";
+        let mut address = None;
+        for (key, value) in table.iter() {
+            let spelled = key.get_ref().as_ref();
+            let error = |message: String| self.key_error(TABLE, spelled, key.span(), message);
+            if spelled != "address" {
+                return Err(error(
+                    "unknown key; [telemetry] has one key, `address` (such as \"127.0.0.1:9100\")"
+                        .to_owned(),
+                ));
+            }
+            let parsed = value
+                .get_ref()
+                .as_str()
+                .and_then(|text| text.trim().parse::<SocketAddr>().ok());
+            match parsed {
+                Some(addr) => {
+                    address = Some(TelemetryConfig {
+                        address: addr,
+                        line: Some(self.index.line(key.span().start)),
+                    });
+                }
+                None => {
+                    return Err(error(format!(
+                        "expected an IP address and a port such as \"127.0.0.1:9100\" \
+                         (\"127.0.0.1:0\": a port the system chooses), got {}",
+                        self.describe(value)
+                    )));
+                }
+            }
+        }
+        Ok(address)
     }
 
     /// The warning about `[streaming.abci]`, the Cosmos SDK v0.47+ table of

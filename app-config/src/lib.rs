@@ -61,6 +61,8 @@ mod lenient;
 mod options;
 mod text;
 
-pub use crate::app::{AppConfig, DEFAULT_QUEUE, Delivery, MAX_QUEUE, StreamerSpec};
+pub use crate::app::{
+    AppConfig, DEFAULT_QUEUE, Delivery, MAX_QUEUE, StreamerSpec, TelemetryConfig,
+};
 pub use crate::error::ConfigError;
 pub use crate::options::StreamerOptions;

@@ -1017,3 +1017,60 @@ fn config_streaming_abci_is_recognised_with_a_warning() {
     let other = format!("{COSMOS_TEMPLATE}\n[streaming.other]\nx = 1\n");
     assert!(parse(&other).expect("parses").warnings().is_empty());
 }
+
+#[test]
+fn config_telemetry_address() {
+    let off = parse("[store]\nstreamers = []\n").unwrap();
+    assert!(off.telemetry().is_none());
+    let empty = parse("[telemetry]\n").unwrap();
+    assert!(empty.telemetry().is_none());
+
+    let on =
+        parse("[store]\nstreamers = []\n\n[telemetry]\naddress = \"127.0.0.1:9100\"\n").unwrap();
+    let telemetry = on.telemetry().expect("telemetry is on");
+    assert_eq!(telemetry.address, "127.0.0.1:9100".parse().unwrap());
+    assert_eq!(telemetry.line, Some(5));
+    let any_port = parse("[telemetry]\naddress = \"[::1]:0\"\n").unwrap();
+    assert_eq!(any_port.telemetry().unwrap().address.port(), 0);
+}
+
+#[test]
+fn config_telemetry_errors_name_file_key_and_line() {
+    for (text, key, line, needle) in [
+        (
+            "[telemetry]\n\naddress = \"localhost\"\n",
+            "address",
+            3,
+            "expected an IP address and a port",
+        ),
+        (
+            "[telemetry]\naddress = 9100\n",
+            "address",
+            2,
+            "got integer 9100",
+        ),
+        (
+            "[telemetry]\naddress = \"127.0.0.1:99999\"\n",
+            "address",
+            2,
+            "127.0.0.1:99999",
+        ),
+        (
+            "[telemetry]\nadress = \"127.0.0.1:9100\"\n",
+            "adress",
+            2,
+            "unknown key",
+        ),
+    ] {
+        let err = parse(text).unwrap_err();
+        assert_eq!(err.table(), Some("[telemetry]"), "{err}");
+        assert_eq!(err.key(), Some(key), "{err}");
+        assert_eq!(err.line(), Some(line), "{err}");
+        let message = err.to_string();
+        assert!(message.starts_with(PATH), "{message}");
+        assert!(message.contains(needle), "{message}");
+    }
+    let err = parse("telemetry = \"127.0.0.1:9100\"\n").unwrap_err();
+    assert_eq!(err.table(), Some("[telemetry]"), "{err}");
+    assert_eq!(err.line(), Some(1), "{err}");
+}

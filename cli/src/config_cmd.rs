@@ -83,6 +83,9 @@ fn check(args: CheckArgs, quiet: bool) -> Result<ExitCode> {
                 names.join(", ")
             }
         );
+        if let Some(telemetry) = config.telemetry() {
+            line.push_str(&format!("; telemetry on {}", telemetry.address));
+        }
         if !config.warnings().is_empty() {
             line.push_str(&format!("; {} warnings", config.warnings().len()));
         }

@@ -17,12 +17,12 @@ pub const TEMPLATE: &str = r##"#################################################
 ###                     State Streaming (statestream)                       ###
 ###############################################################################
 
-# statestream reads only [store] streamers and the [streamers.<name>] tables
-# of this file; every other table belongs to the rest of the node. Each key
-# below is written at its default value. Every key may be spelled with `-` or
-# `_` (output-metadata or output_metadata). As in the Cosmos SDK, a boolean
-# may also be a string ("true", "false", "1", "0", ...) and an integer a
-# decimal string. The keys are documented in docs/config.md.
+# statestream reads only [store] streamers, the [streamers.<name>] tables and
+# [telemetry] of this file; every other table belongs to the rest of the
+# node. Each key below is written at its default value. Every key may be
+# spelled with `-` or `_` (output-metadata or output_metadata). As in the
+# Cosmos SDK, a boolean may also be a string ("true", "false", "1", "0", ...)
+# and an integer a decimal string. The keys are documented in docs/config.md.
 
 [store]
 
@@ -147,6 +147,16 @@ queue = 64
 # create_schema = true               # create the schema and tables when missing
 # notify = true                      # NOTIFY statestream_<schema>, '<height>'
 # tls = "prefer"                     # "disable", "prefer" or "require"
+###############################################################################
+###                          Telemetry (disabled)                           ###
+###############################################################################
+
+# address is where the node serves GET /metrics (Prometheus), GET /status
+# (JSON) and GET /healthz; unset: off. Port 0 lets the system choose one (the
+# node logs it). Keep it on loopback unless other machines must reach it: it
+# has no authentication. Metrics and alerts: docs/operations.md.
+# [telemetry]
+# address = "127.0.0.1:9100"
 "##;
 
 #[derive(Debug, clap::Args)]
@@ -264,6 +274,23 @@ mod tests {
                 .unwrap_or_else(|| panic!("`{key}` is not written out"));
             assert!(lines[at - 1].starts_with("# "), "`{key}` has no comment");
         }
+    }
+
+    #[test]
+    fn init_telemetry_example_parses() {
+        let at = TEMPLATE.find("# [telemetry]\n").unwrap();
+        let text: String = TEMPLATE[at..]
+            .lines()
+            .map(|line| line.strip_prefix("# ").unwrap_or(line))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let config = AppConfig::parse(&text, Path::new("app.toml")).unwrap();
+        assert_eq!(
+            config.telemetry().unwrap().address,
+            "127.0.0.1:9100".parse().unwrap()
+        );
+        let default = AppConfig::parse(TEMPLATE, Path::new("app.toml")).unwrap();
+        assert!(default.telemetry().is_none());
     }
 
     #[test]

@@ -13,6 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use statestream::to_hex;
 use statestream::{
     Block, DeliveryManager, PushQueue, Registry, StreamError, Streamer, StreamerStats,
+    TelemetryServer,
 };
 use statestream_config::AppConfig;
 use statestream_store::{CommitInfo, MultiStore, StoreKey, StoreOptions, WriteListener};
@@ -257,6 +258,10 @@ pub fn execute(args: &NodeArgs, quiet: bool) -> Result<Summary> {
         &args.home,
         push.clone(),
     )?;
+    // After the streamers, so that it serves their metrics from the first
+    // scrape; stopped after the manager closed, so that the last scrape
+    // can see the final state.
+    let telemetry = start_telemetry(&config, &manager, &registry)?;
 
     let stop = Arc::new(AtomicBool::new(false));
     // Wakes the wait between paced blocks when a signal arrives.
@@ -342,6 +347,9 @@ pub fn execute(args: &NodeArgs, quiet: bool) -> Result<Summary> {
     let info = store.last_commit();
     let cursors = store.cursors().unwrap_or_default();
     let store_closed = store.close();
+    if let Some(server) = telemetry {
+        server.stop();
+    }
     // The first error wins: a failed block explains a failed close.
     result?;
     closed?;
@@ -357,6 +365,33 @@ pub fn execute(args: &NodeArgs, quiet: bool) -> Result<Summary> {
         stats,
         cursors,
     })
+}
+
+/// Starts the telemetry server when `[telemetry] address` is set; the
+/// address it bound is logged (with port 0, the one the system chose).
+fn start_telemetry(
+    config: &AppConfig,
+    manager: &DeliveryManager,
+    registry: &Registry,
+) -> Result<Option<TelemetryServer>> {
+    let Some(telemetry) = config.telemetry() else {
+        return Ok(None);
+    };
+    let server = TelemetryServer::start(
+        telemetry.address,
+        manager.observer(),
+        registry.metrics().clone(),
+    )
+    .with_context(|| {
+        let line = telemetry
+            .line
+            .map_or(String::new(), |line| format!(" (line {line})"));
+        format!(
+            "{}: [telemetry] key `address`{line}",
+            config.origin().display()
+        )
+    })?;
+    Ok(Some(server))
 }
 
 /// The streamer types of the demo node: every built-in type of the

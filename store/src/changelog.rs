@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
@@ -178,6 +179,83 @@ pub(crate) fn decode_entry(height: u64, buf: &[u8]) -> std::result::Result<Chang
     ChangeSet::from_parts(height, app_hash, app_meta, parts).map_err(|e| e.to_string())
 }
 
+/// How much the change log holds: what [`ChangeLog::size`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct ChangeLogSize {
+    /// Blocks kept.
+    pub blocks: u64,
+    /// Bytes of their encoded entries (the records, hashes and metadata;
+    /// the engine's pages around them are not counted).
+    pub bytes: u64,
+}
+
+/// The change log's size, counted once when the store opens and then kept
+/// up to date by the store's own commits and prunings (a couple of atomic
+/// additions each), so that reading it costs no database access.
+#[derive(Debug, Default)]
+pub(crate) struct SizeCounter {
+    blocks: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl SizeCounter {
+    /// Counts the entries of the change log in `db`.
+    pub(crate) fn scan(db: &Database, path: &std::path::Path) -> Result<SizeCounter> {
+        let err = |e: redb::Error| Error::engine(path, "measuring the change log", e);
+        let txn = db.begin_read().map_err(|e| err(e.into()))?;
+        let table = txn.open_table(CHANGELOG).map_err(|e| err(e.into()))?;
+        let (mut blocks, mut bytes) = (0u64, 0u64);
+        for entry in table.iter().map_err(|e| err(e.into()))? {
+            let (_, value) = entry.map_err(|e| err(e.into()))?;
+            blocks += 1;
+            bytes += value.value().len() as u64;
+        }
+        Ok(SizeCounter {
+            blocks: AtomicU64::new(blocks),
+            bytes: AtomicU64::new(bytes),
+        })
+    }
+
+    /// Records a committed change: `added` bytes in one new entry (0 when
+    /// none), `removed` entries of `removed_bytes` pruned.
+    pub(crate) fn update(&self, added: Option<u64>, removed: u64, removed_bytes: u64) {
+        if let Some(added) = added {
+            self.blocks.fetch_add(1, Ordering::Relaxed);
+            self.bytes.fetch_add(added, Ordering::Relaxed);
+        }
+        // Saturating: the counters are a gauge, never a reason to fail.
+        let _ = self
+            .blocks
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                Some(b.saturating_sub(removed))
+            });
+        let _ = self
+            .bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                Some(b.saturating_sub(removed_bytes))
+            });
+    }
+
+    fn get(&self) -> ChangeLogSize {
+        ChangeLogSize {
+            blocks: self.blocks.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The change log's size and nothing else: see [`ChangeLog::meter`].
+#[derive(Debug, Clone)]
+pub struct ChangeLogMeter(Arc<SizeCounter>);
+
+impl ChangeLogMeter {
+    /// Blocks and bytes kept, as of the store's last commit.
+    pub fn size(&self) -> ChangeLogSize {
+        self.0.get()
+    }
+}
+
 /// A read handle on the change log. Cheap to clone and `Send + Sync`: the
 /// delivery workers of streamers read it from their own threads while the
 /// node keeps committing (reads see a consistent snapshot and never block
@@ -186,6 +264,7 @@ pub(crate) fn decode_entry(height: u64, buf: &[u8]) -> std::result::Result<Chang
 pub struct ChangeLog {
     pub(crate) db: Arc<Database>,
     pub(crate) path: Arc<PathBuf>,
+    pub(crate) size: Arc<SizeCounter>,
 }
 
 impl std::fmt::Debug for ChangeLog {
@@ -259,6 +338,20 @@ impl ChangeLog {
     /// Whether the change log holds no block.
     pub fn is_empty(&self) -> Result<bool> {
         Ok(self.len()? == 0)
+    }
+
+    /// Blocks and bytes kept, as of the last commit of the store this
+    /// handle came from. No database access: cheap enough for every scrape
+    /// of a metrics endpoint.
+    pub fn size(&self) -> ChangeLogSize {
+        self.size.get()
+    }
+
+    /// A handle that reads only [`size`](ChangeLog::size): unlike this one,
+    /// it does not keep the database open (for a metrics endpoint that may
+    /// outlive the store).
+    pub fn meter(&self) -> ChangeLogMeter {
+        ChangeLogMeter(Arc::clone(&self.size))
     }
 }
 

@@ -55,7 +55,7 @@ mod multistore;
 mod reader;
 
 pub use cache::Cache;
-pub use changelog::ChangeLog;
+pub use changelog::{ChangeLog, ChangeLogMeter, ChangeLogSize};
 pub use error::{Error, Result};
 pub use iter::{KvIter, Order};
 pub use kv::KvStore;

@@ -9,7 +9,7 @@ use redb::{
 };
 
 use crate::cache::Cache;
-use crate::changelog::{CHANGELOG, ChangeLog, entry_len, write_entry};
+use crate::changelog::{CHANGELOG, ChangeLog, SizeCounter, entry_len, write_entry};
 use statestream_core::{ChangeSet, CommitInfo, Hash, StoreChanges, StoreKey, ZERO_HASH};
 
 use crate::error::{Error, Result};
@@ -165,6 +165,8 @@ pub struct MultiStore {
     snapshot: Snapshot,
     listeners: Vec<(Vec<bool>, Box<dyn WriteListener>)>,
     poisoned: Option<u64>,
+    /// The change log's size, shared with every [`ChangeLog`] handle.
+    log_size: Arc<SizeCounter>,
 }
 
 impl std::fmt::Debug for MultiStore {
@@ -381,11 +383,13 @@ impl MultiStore {
             (version, hashes, app_hash)
         };
         txn.commit().map_err(|e| err("initialising")(e.into()))?;
+        let log_size = Arc::new(SizeCounter::scan(&db, &path)?);
         let db = Arc::new(db);
         let snapshot = open_snapshot(&db, &path, &stores)?;
         Ok(MultiStore {
             db,
             path,
+            log_size,
             pending: ChangeSetBuilder::new(stores.len()),
             stores,
             options,
@@ -426,6 +430,7 @@ impl MultiStore {
         ChangeLog {
             db: Arc::clone(&self.db),
             path: Arc::clone(&self.path),
+            size: Arc::clone(&self.log_size),
         }
     }
 
@@ -524,7 +529,9 @@ impl MultiStore {
         // From here on a failure leaves memory and disk out of step (the
         // pending writes are consumed): poison the handle until it succeeds.
         self.poisoned = Some(height);
-        let (cs, hashes) = self.persist(height, pending, input)?;
+        let (cs, hashes, logged) = self.persist(height, pending, input)?;
+        self.log_size
+            .update(Some(logged.added), logged.removed, logged.removed_bytes);
         self.poisoned = None;
         self.version = height;
         self.app_hash = *cs.app_hash();
@@ -542,7 +549,7 @@ impl MultiStore {
         height: u64,
         pending: Vec<BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
         input: CommitInput,
-    ) -> Result<(ChangeSet, Vec<Hash>)> {
+    ) -> Result<(ChangeSet, Vec<Hash>, Logged)> {
         let path = Arc::clone(&self.path);
         let err = |e: redb::Error| Error::engine(&path, "committing", e);
         let mut txn = self.db.begin_write().map_err(|e| err(e.into()))?;
@@ -580,19 +587,28 @@ impl MultiStore {
         }
         let cs = ChangeSet::seal(height, input.app_meta, stores, &self.hashes);
         let hashes: Vec<Hash> = cs.stores().iter().map(|s| *s.hash()).collect();
+        let mut logged = Logged::default();
         {
             let mut log = txn.open_table(CHANGELOG).map_err(|e| err(e.into()))?;
             // Encoded straight into the page space redb reserves for the
             // entry: the records are copied once, from the change set.
+            let len = entry_len(&cs);
             write_entry(
                 &cs,
-                log.insert_reserve(height, entry_len(&cs))
+                log.insert_reserve(height, len)
                     .map_err(|e| err(e.into()))?
                     .as_mut(),
             );
+            logged.added = len as u64;
             if let Some(below) = input.prune_below {
-                log.retain_in(..below, |_, _| false)
-                    .map_err(|e| err(e.into()))?;
+                // The entries are read to be removed anyway: counting their
+                // bytes keeps the change log's size without a scan.
+                log.retain_in(..below, |_, entry| {
+                    logged.removed += 1;
+                    logged.removed_bytes += entry.len() as u64;
+                    false
+                })
+                .map_err(|e| err(e.into()))?;
             }
             let mut meta = txn.open_table(META).map_err(|e| err(e.into()))?;
             meta.insert(META_VERSION, &height.to_be_bytes()[..])
@@ -611,7 +627,7 @@ impl MultiStore {
             }
         }
         txn.commit().map_err(|e| err(e.into()))?;
-        Ok((cs, hashes))
+        Ok((cs, hashes, logged))
     }
 
     /// The persisted cursor `name`, if any.
@@ -671,14 +687,18 @@ impl MultiStore {
         self.check_usable()?;
         let err = |e: redb::Error| Error::engine(&self.path, "pruning the change log", e);
         let txn = self.db.begin_write().map_err(|e| err(e.into()))?;
-        let removed = {
+        let (mut removed, mut removed_bytes) = (0u64, 0u64);
+        {
             let mut t = txn.open_table(CHANGELOG).map_err(|e| err(e.into()))?;
-            let before = redb::ReadableTableMetadata::len(&t).map_err(|e| err(e.into()))?;
-            t.retain_in(..below, |_, _| false)
-                .map_err(|e| err(e.into()))?;
-            before - redb::ReadableTableMetadata::len(&t).map_err(|e| err(e.into()))?
-        };
+            t.retain_in(..below, |_, entry| {
+                removed += 1;
+                removed_bytes += entry.len() as u64;
+                false
+            })
+            .map_err(|e| err(e.into()))?;
+        }
         txn.commit().map_err(|e| err(e.into()))?;
+        self.log_size.update(None, removed, removed_bytes);
         Ok(removed)
     }
 
@@ -692,6 +712,14 @@ impl MultiStore {
         }
         Ok(())
     }
+}
+
+/// What a commit did to the change log, for its size counter.
+#[derive(Debug, Default)]
+struct Logged {
+    added: u64,
+    removed: u64,
+    removed_bytes: u64,
 }
 
 /// Creates a new database at `path` so that it only ever appears there

@@ -55,6 +55,9 @@ pub(crate) struct Progress {
     pub(crate) errors: AtomicU64,
     pub(crate) fell_behind: AtomicU64,
     pub(crate) caught_up: AtomicU64,
+    /// Async: blocks in its queue, as last seen by the committing thread
+    /// (after a send) or the worker (after a receive). For observers only.
+    pub(crate) queued: AtomicU64,
     last_error: Mutex<Option<String>>,
     halt: Mutex<Option<Halt>>,
     /// Set at shutdown: a failing delivery is not retried (the block stays
@@ -74,6 +77,7 @@ impl Progress {
             errors: AtomicU64::new(0),
             fell_behind: AtomicU64::new(0),
             caught_up: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
             last_error: Mutex::new(None),
             halt: Mutex::new(None),
             closing: AtomicBool::new(false),

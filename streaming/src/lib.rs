@@ -9,6 +9,11 @@
 //! - [`DeliveryManager`]: commits blocks and delivers them, sync or async,
 //!   with persisted cursors, catch-up from the store's change log, and the
 //!   `stop-node-on-error` policy.
+//! - [`Observer`] ([`DeliveryManager::observer`]): committed height, commit
+//!   durations, the change log's size and every streamer's progress, read
+//!   from any thread; `TelemetryServer` (cargo feature `telemetry`, on by
+//!   default) serves them as `GET /metrics` (Prometheus), `GET /status`
+//!   (JSON) and `GET /healthz` (`docs/operations.md`).
 //! - [`ProcessStreamer`] (`type = "process"`): a streamer that is a separate
 //!   program in any language (`docs/plugin-protocol.md`).
 //! - The data model and the extension point, re-exported from
@@ -49,12 +54,23 @@ mod builtin;
 mod driver;
 mod error;
 mod manager;
+mod observe;
 mod process;
 mod registry;
+#[cfg(feature = "telemetry")]
+mod telemetry;
 
 pub use error::{Error, Result};
 pub use manager::{DeliveryManager, StreamerSetup, StreamerStats};
+pub use observe::{
+    Bucket, COMMIT_BUCKETS, ChangeLogStatus, HistogramStatus, NodeState, NodeStatus, Observer,
+    StreamerState, StreamerStatus,
+};
 pub use process::{ProcessError, ProcessStreamer, ProcessStreamerConfig};
+/// The Prometheus client (`telemetry` feature), for streamers that register
+/// metrics of their own in [`Registry::metrics`].
+#[cfg(feature = "telemetry")]
+pub use prometheus;
 pub use registry::Registry;
 /// The `app.toml` model (`statestream-config`), for an application that
 /// depends on this crate alone.
@@ -68,3 +84,5 @@ pub use statestream_core::{
 /// The store (`statestream-store`), for an application that depends on this
 /// crate alone.
 pub use statestream_store as store;
+#[cfg(feature = "telemetry")]
+pub use telemetry::{TelemetryError, TelemetryServer};

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use statestream_config::{Delivery, StreamerSpec};
@@ -20,6 +20,7 @@ use tracing::{info, warn};
 
 use crate::driver::{Driver, Halt, Progress, Step};
 use crate::error::{Error, Result};
+use crate::observe::{CommitHistogram, Observer, Shared, Watched};
 use crate::registry::Registry;
 
 /// How long an idle async worker waits before looking at the committed
@@ -170,6 +171,8 @@ pub struct DeliveryManager {
     /// Writes pushed by consumers, handed to every streamer built by
     /// [`DeliveryManager::start`]; the application drains it.
     push: PushQueue,
+    /// What observers (a metrics endpoint) see.
+    observer: Observer,
 }
 
 impl std::fmt::Debug for DeliveryManager {
@@ -251,7 +254,7 @@ impl DeliveryManager {
                 queue: spec.queue.max(1),
                 stop_node_on_error: spec.stop_node_on_error,
             };
-            built.push((setup, streamer));
+            built.push((setup, spec.type_name.clone(), streamer));
         }
         let mut manager = DeliveryManager::launch(store, built, shutdown)?;
         manager.push = push;
@@ -280,7 +283,7 @@ impl DeliveryManager {
         store: &mut MultiStore,
         streamers: Vec<(StreamerSetup, Box<dyn Streamer>)>,
     ) -> Result<DeliveryManager> {
-        DeliveryManager::launch(store, streamers, Shutdown::new())
+        DeliveryManager::launch(store, application(streamers), Shutdown::new())
     }
 
     /// [`with_streamers`](DeliveryManager::with_streamers), triggering
@@ -290,7 +293,7 @@ impl DeliveryManager {
         streamers: Vec<(StreamerSetup, Box<dyn Streamer>)>,
         shutdown: Shutdown,
     ) -> Result<DeliveryManager> {
-        DeliveryManager::launch(store, streamers, shutdown)
+        DeliveryManager::launch(store, application(streamers), shutdown)
     }
 
     /// The signal this manager triggers when it closes or is dropped.
@@ -298,9 +301,16 @@ impl DeliveryManager {
         &self.shutdown
     }
 
+    /// A read-only view of this manager for other threads: committed
+    /// height, commit durations, the change log's size, every streamer's
+    /// progress and state. What the telemetry server serves.
+    pub fn observer(&self) -> Observer {
+        self.observer.clone()
+    }
+
     fn launch(
         store: &mut MultiStore,
-        streamers: Vec<(StreamerSetup, Box<dyn Streamer>)>,
+        streamers: Vec<(StreamerSetup, String, Box<dyn Streamer>)>,
         shutdown: Shutdown,
     ) -> Result<DeliveryManager> {
         let all = statestream_store::KvStore::stores(store).to_vec();
@@ -311,7 +321,7 @@ impl DeliveryManager {
         let mut names = HashSet::new();
         let mut new_cursors = Vec::new();
         let mut prepared = Vec::new();
-        for (setup, streamer) in streamers {
+        for (setup, type_name, streamer) in streamers {
             if !names.insert(setup.name.clone()) {
                 return Err(Error::DuplicateName {
                     streamer: setup.name,
@@ -346,7 +356,7 @@ impl DeliveryManager {
                     last_missing: first_kept.min(committed_height + 1) - 1,
                 });
             }
-            prepared.push((setup, streamer, cursor));
+            prepared.push((setup, type_name, streamer, cursor));
         }
         if !new_cursors.is_empty() {
             let refs: Vec<(&str, u64)> =
@@ -355,13 +365,20 @@ impl DeliveryManager {
         }
         let retain = prepared
             .iter()
-            .map(|(_, s, _)| s.retain_blocks())
+            .map(|(_, _, s, _)| s.retain_blocks())
             .max()
             .unwrap_or(0);
         let mut instances = Vec::with_capacity(prepared.len());
-        for (setup, streamer, cursor) in prepared {
+        let mut watched = Vec::with_capacity(prepared.len());
+        for (setup, type_name, streamer, cursor) in prepared {
             let selection = StoreSelection::new(&all, &setup.stores);
             let progress = Arc::new(Progress::new(&setup.name, setup.stop_node_on_error, cursor));
+            watched.push(Watched {
+                type_name,
+                delivery: setup.delivery,
+                stop_node_on_error: setup.stop_node_on_error,
+                progress: Arc::clone(&progress),
+            });
             let mut driver = Driver::new(
                 streamer,
                 selection.clone(),
@@ -404,10 +421,20 @@ impl DeliveryManager {
                 persisted: cursor,
             });
         }
+        let observer = Observer {
+            shared: Arc::new(Shared {
+                committed: Arc::clone(&committed),
+                commits: CommitHistogram::default(),
+                change_log: change_log.meter(),
+                streamers: watched,
+                stopped: std::sync::atomic::AtomicBool::new(false),
+            }),
+        };
         let mut manager = DeliveryManager {
             instances,
             all_stores: all,
             committed,
+            observer,
             pruned_below: bounds.map_or(0, |(lo, _)| lo),
             retain,
             halt: None,
@@ -449,6 +476,7 @@ impl DeliveryManager {
     /// documentation for the error policy.
     pub fn commit(&mut self, store: &mut MultiStore, meta: BlockMeta) -> Result<CommitInfo> {
         self.check_halted()?;
+        let started = Instant::now();
         let mut input = CommitInput::new().app_meta(meta.encode_app_meta());
         // The change log keeps every block above the lowest flushed cursor,
         // and the last `retain` blocks.
@@ -483,8 +511,15 @@ impl DeliveryManager {
                     }
                 }
                 Mode::Async { tx: Some(tx), .. } => match tx.try_send(block) {
-                    Ok(()) => {}
+                    Ok(()) => {
+                        inst.progress
+                            .queued
+                            .store(tx.len() as u64, Ordering::Relaxed);
+                    }
                     Err(TrySendError::Full(_)) => {
+                        inst.progress
+                            .queued
+                            .store(inst.setup.queue as u64, Ordering::Relaxed);
                         let n = inst.progress.fell_behind.fetch_add(1, Ordering::Relaxed);
                         if n.is_multiple_of(LOG_EVERY) {
                             warn!(height, streamer = %inst.setup.name, queue = inst.setup.queue,
@@ -505,6 +540,7 @@ impl DeliveryManager {
                     queue = s.queue_depth, errors = s.errors, "streamer stats");
             }
         }
+        self.observer.shared.commits.record(started.elapsed());
         if let Some(h) = &self.halt {
             return Err(h.clone().into());
         }
@@ -547,6 +583,7 @@ impl DeliveryManager {
     /// after such a failure does not report success; the cursors are
     /// persisted first either way.
     pub fn close(mut self, store: &mut MultiStore) -> Result<()> {
+        self.observer.shared.stopped.store(true, Ordering::Release);
         self.shutdown.trigger();
         let mut first_err: Option<Error> = None;
         for inst in &mut self.instances {
@@ -599,6 +636,7 @@ impl Drop for DeliveryManager {
     fn drop(&mut self) {
         // Dropped without `close`: tell workers to stop as soon as they can;
         // whatever they did not deliver is in the change log.
+        self.observer.shared.stopped.store(true, Ordering::Release);
         self.shutdown.trigger();
         for inst in &mut self.instances {
             inst.progress.closing.store(true, Ordering::Release);
@@ -608,6 +646,17 @@ impl Drop for DeliveryManager {
             }
         }
     }
+}
+
+/// Streamers built by the application: their type, for observers, is
+/// `application`.
+fn application(
+    streamers: Vec<(StreamerSetup, Box<dyn Streamer>)>,
+) -> Vec<(StreamerSetup, String, Box<dyn Streamer>)> {
+    streamers
+        .into_iter()
+        .map(|(setup, streamer)| (setup, "application".to_owned(), streamer))
+        .collect()
 }
 
 /// An async streamer's thread: steps its driver with each block it is
@@ -642,12 +691,18 @@ impl Worker {
                 }
                 None => match self.rx.recv_timeout(POLL) {
                     Ok(block) => {
+                        progress
+                            .queued
+                            .store(self.rx.len() as u64, Ordering::Relaxed);
                         let h = block.height();
                         (Some(block), h, false)
                     }
                     // Idle: make what was delivered durable, and look for
                     // blocks that could not be queued.
                     Err(RecvTimeoutError::Timeout) => {
+                        progress
+                            .queued
+                            .store(self.rx.len() as u64, Ordering::Relaxed);
                         (None, self.committed.load(Ordering::Acquire), true)
                     }
                     Err(RecvTimeoutError::Disconnected) => {

@@ -17,6 +17,10 @@ type Constructor = dyn Fn(&StreamerContext<'_>, &StreamerOptions) -> Result<Box<
 /// (`options.parse::<YourConfig>()`).
 pub struct Registry {
     types: BTreeMap<String, Box<Constructor>>,
+    /// Where streamers register metrics of their own (the hook for a
+    /// streamer type's counters: subscribers, bytes sent, ...).
+    #[cfg(feature = "telemetry")]
+    metrics: prometheus::Registry,
 }
 
 impl std::fmt::Debug for Registry {
@@ -38,7 +42,45 @@ impl Registry {
     pub fn new() -> Registry {
         Registry {
             types: BTreeMap::new(),
+            #[cfg(feature = "telemetry")]
+            metrics: prometheus::Registry::new(),
         }
+    }
+
+    /// The metrics registry of the streamers this registry builds (cargo
+    /// feature `telemetry`). A constructor that wants metrics of its own
+    /// captures a clone and registers them when it builds its streamer:
+    ///
+    /// ```
+    /// use statestream::{Block, Registry, StreamError, Streamer};
+    ///
+    /// struct Counting(prometheus::IntCounter);
+    /// impl Streamer for Counting {
+    ///     fn on_block(&mut self, _block: &Block) -> Result<(), StreamError> {
+    ///         self.0.inc();
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// let mut registry = Registry::with_builtins();
+    /// let metrics = registry.metrics().clone();
+    /// registry.register("counting", move |ctx, _options| {
+    ///     let blocks = prometheus::IntCounter::with_opts(
+    ///         prometheus::Opts::new("counting_blocks_total", "Blocks seen.")
+    ///             .const_label("streamer", ctx.name),
+    ///     )?;
+    ///     metrics.register(Box::new(blocks.clone()))?;
+    ///     Ok(Box::new(Counting(blocks)))
+    /// });
+    /// ```
+    ///
+    /// Hand the same registry to
+    /// [`TelemetryServer::start`](crate::TelemetryServer::start): `GET
+    /// /metrics` renders the node's metrics and these together. Names
+    /// starting with `statestream_` are the node's.
+    #[cfg(feature = "telemetry")]
+    pub fn metrics(&self) -> &prometheus::Registry {
+        &self.metrics
     }
 
     /// A registry with every built-in streamer type this build enables:

@@ -430,3 +430,35 @@ fn persist_open_existing_uses_the_recorded_stores_and_deletes_cursors() {
     let store = open(&path, StoreOptions::default());
     assert_eq!(store.cursors().expect("cursors"), [("nats".to_string(), 1)]);
 }
+
+#[test]
+fn persist_change_log_size_follows_commits_and_pruning() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state.redb");
+    let mut store = open(&path, StoreOptions::default());
+    let log = store.change_log();
+    let meter = log.meter();
+    assert_eq!((log.size().blocks, log.size().bytes), (0, 0));
+    commit_blocks(&mut store, 10);
+    let ten = log.size();
+    assert_eq!(ten.blocks, 10);
+    assert!(ten.bytes > 10 * 32, "{ten:?}");
+    store.prune_change_log(4).expect("prune");
+    let seven = log.size();
+    assert_eq!(seven.blocks, 7);
+    assert!(seven.bytes < ten.bytes);
+    store
+        .commit_block(CommitInput::new().prune_below(7))
+        .expect("commit");
+    let kept = log.size();
+    assert_eq!(kept.blocks, log.len().expect("len"));
+    assert_eq!(kept.blocks, 5);
+    assert_eq!(meter.size(), kept);
+    // The running count is what a fresh count of the entries finds; the
+    // meter does not hold the database open.
+    drop(log);
+    store.close().expect("close");
+    let reopened = open(&path, StoreOptions::default());
+    assert_eq!(reopened.change_log().size(), kept);
+    assert_eq!(meter.size(), kept);
+}

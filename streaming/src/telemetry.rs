@@ -1,0 +1,466 @@
+//! The telemetry server (cargo feature `telemetry`): a node's metrics and
+//! status over HTTP, for Prometheus, dashboards and health checks.
+//!
+//! - `GET /metrics`: the Prometheus text format (version 0.0.4). The node's
+//!   metrics are read from an [`Observer`] at each scrape; a streamer's own
+//!   metrics are whatever it registered in the same
+//!   [`prometheus::Registry`] ([`Registry::metrics`](crate::Registry::metrics)).
+//! - `GET /status`: [`NodeStatus`] as JSON.
+//! - `GET /healthz`: `200` while the node commits, `503` once a streamer
+//!   halted it (or it shut down), with a one-line JSON body.
+//!
+//! The server runs on a tokio runtime of its own, on one thread named
+//! `telemetry`; it reads the manager's atomics and never touches the commit
+//! path. Every metric is documented in `docs/operations.md`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{self, MetricFamily, MetricType};
+use prometheus::{Encoder, TextEncoder};
+use tokio::sync::watch;
+
+use crate::observe::{NodeState, NodeStatus, Observer, StreamerState};
+
+/// How long a stopping server waits for requests in flight before it drops
+/// their connections.
+const GRACE: Duration = Duration::from_secs(2);
+
+/// Errors of the telemetry server.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TelemetryError {
+    /// The address could not be bound (in use, not an address of this
+    /// machine, a privileged port).
+    #[error("telemetry: cannot listen on {address}: {source}")]
+    Bind {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The runtime or its thread could not be started.
+    #[error("telemetry: cannot start the server: {source}")]
+    Start {
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The node's metrics clash with metrics already in the registry (two
+    /// servers on one registry, or a streamer that took a `statestream_`
+    /// name).
+    #[error("telemetry: cannot register the node's metrics: {source}")]
+    Register {
+        #[source]
+        source: prometheus::Error,
+    },
+}
+
+/// A running telemetry server. Stop it with [`stop`](TelemetryServer::stop)
+/// (dropping it stops it too).
+#[derive(Debug)]
+pub struct TelemetryServer {
+    address: SocketAddr,
+    stop: Option<watch::Sender<bool>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+struct AppState {
+    observer: Observer,
+    metrics: prometheus::Registry,
+}
+
+impl TelemetryServer {
+    /// Binds `address` (port 0: the system chooses one; read it back with
+    /// [`local_addr`](TelemetryServer::local_addr)) and serves `observer`'s
+    /// node. The node's metrics are registered in `metrics`, next to
+    /// whatever the streamers registered there.
+    pub fn start(
+        address: SocketAddr,
+        observer: Observer,
+        metrics: prometheus::Registry,
+    ) -> Result<TelemetryServer, TelemetryError> {
+        // Bound here, on the caller's thread, so that a bad address is an
+        // error of this call and the chosen port is known when it returns.
+        let listener = std::net::TcpListener::bind(address)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .map_err(|source| TelemetryError::Bind { address, source })?;
+        let bound = listener
+            .local_addr()
+            .map_err(|source| TelemetryError::Bind { address, source })?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(|source| TelemetryError::Start { source })?;
+        metrics
+            .register(Box::new(NodeCollector::new(observer.clone())))
+            .map_err(|source| TelemetryError::Register { source })?;
+        let state = Arc::new(AppState {
+            observer: observer.clone(),
+            metrics: metrics.clone(),
+        });
+        let app = Router::new()
+            .route("/metrics", get(metrics_handler))
+            .route("/status", get(status_handler))
+            .route("/healthz", get(healthz_handler))
+            .with_state(state);
+        let (stop, stopped) = watch::channel(false);
+        let thread = std::thread::Builder::new()
+            .name("telemetry".to_owned())
+            .spawn(move || runtime.block_on(serve(listener, app, stopped)))
+            .map_err(|source| {
+                // Unregistered so that a later attempt can register again
+                // (collectors are matched by their descriptions).
+                let _ = metrics.unregister(Box::new(NodeCollector::new(observer)));
+                TelemetryError::Start { source }
+            })?;
+        tracing::info!(address = %bound, "telemetry server listening (/metrics, /status, /healthz)");
+        Ok(TelemetryServer {
+            address: bound,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// The address the server listens on (with the port the system chose
+    /// when started with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Stops serving: requests in flight get [`GRACE`] to finish, then the
+    /// thread ends.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(true);
+        }
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::warn!("telemetry server thread panicked");
+        }
+    }
+}
+
+impl Drop for TelemetryServer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+async fn serve(listener: std::net::TcpListener, app: Router, stopped: watch::Receiver<bool>) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(error) => {
+            tracing::warn!(%error, "telemetry server cannot use its socket");
+            return;
+        }
+    };
+    let mut graceful = stopped.clone();
+    let mut deadline = stopped;
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = graceful.wait_for(|s| *s).await;
+    });
+    // Graceful shutdown waits for every connection to close; a scraper that
+    // holds one open must not hold up the node's exit.
+    let give_up = async move {
+        let _ = deadline.wait_for(|s| *s).await;
+        tokio::time::sleep(GRACE).await;
+    };
+    tokio::select! {
+        result = server => {
+            if let Err(error) = result {
+                tracing::warn!(%error, "telemetry server failed");
+            }
+        }
+        () = give_up => {}
+    }
+}
+
+async fn metrics_handler(State(state): State<Arc<AppState>>) -> Response {
+    let families = state.metrics.gather();
+    let mut body = Vec::new();
+    let encoder = TextEncoder::new();
+    match encoder.encode(&families, &mut body) {
+        Ok(()) => ([(header::CONTENT_TYPE, encoder.format_type())], body).into_response(),
+        Err(error) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode the metrics: {error}\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn status_handler(State(state): State<Arc<AppState>>) -> Response {
+    axum::Json(state.observer.status()).into_response()
+}
+
+async fn healthz_handler(State(state): State<Arc<AppState>>) -> Response {
+    let status = state.observer.status();
+    let body = health(&status);
+    let code = if status.state == NodeState::Committing {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, axum::Json(body)).into_response()
+}
+
+/// `/healthz`'s body: the state, the height, and why it is not healthy.
+fn health(status: &NodeStatus) -> serde_json_value::Health {
+    let halted = status
+        .streamers
+        .iter()
+        .find(|s| s.state == StreamerState::Halted);
+    serde_json_value::Health {
+        state: status.state.as_str(),
+        committed_height: status.committed_height,
+        streamer: halted.map(|s| s.name.clone()),
+        error: halted.and_then(|s| s.error.clone()),
+    }
+}
+
+mod serde_json_value {
+    /// The body of `GET /healthz`.
+    #[derive(serde::Serialize)]
+    pub(super) struct Health {
+        pub(super) state: &'static str,
+        pub(super) committed_height: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub(super) streamer: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub(super) error: Option<String>,
+    }
+}
+
+/// The node's metrics, read from the observer at each scrape.
+struct NodeCollector {
+    observer: Observer,
+    descs: Vec<Desc>,
+}
+
+/// Every node metric: name, help, type, labels. The names are a contract
+/// (dashboards and alerts use them): see `docs/operations.md`.
+const METRICS: &[(&str, &str, MetricType, &[&str])] = &[
+    (
+        "statestream_committed_height",
+        "The last committed block height.",
+        MetricType::GAUGE,
+        &[],
+    ),
+    (
+        "statestream_halted",
+        "1 once a streamer with stop-node-on-error = true failed and the node commits no more; 0 otherwise.",
+        MetricType::GAUGE,
+        &[],
+    ),
+    (
+        "statestream_commit_duration_seconds",
+        "Time per committed block: the store's commit and the sync streamers' deliveries.",
+        MetricType::HISTOGRAM,
+        &[],
+    ),
+    (
+        "statestream_change_log_blocks",
+        "Blocks kept in the change log (above the lowest streamer cursor, and the retained window).",
+        MetricType::GAUGE,
+        &[],
+    ),
+    (
+        "statestream_change_log_bytes",
+        "Bytes of the change log's encoded entries.",
+        MetricType::GAUGE,
+        &[],
+    ),
+    (
+        "statestream_streamer_info",
+        "Always 1; labels name each streamer's type and delivery mode.",
+        MetricType::GAUGE,
+        &["streamer", "type", "delivery"],
+    ),
+    (
+        "statestream_streamer_delivered_height",
+        "The last height delivered to the streamer.",
+        MetricType::GAUGE,
+        &["streamer"],
+    ),
+    (
+        "statestream_streamer_flushed_height",
+        "The last height the streamer flushed: its cursor, where it resumes after a restart.",
+        MetricType::GAUGE,
+        &["streamer"],
+    ),
+    (
+        "statestream_streamer_lag_blocks",
+        "Committed height minus delivered height.",
+        MetricType::GAUGE,
+        &["streamer"],
+    ),
+    (
+        "statestream_streamer_queue_depth",
+        "Async delivery: blocks waiting in the streamer's queue.",
+        MetricType::GAUGE,
+        &["streamer"],
+    ),
+    (
+        "statestream_streamer_errors_total",
+        "Failed delivery attempts (each retry counts).",
+        MetricType::COUNTER,
+        &["streamer"],
+    ),
+    (
+        "statestream_streamer_fell_behind_total",
+        "Blocks that found the streamer's queue full; it reads them from the change log later.",
+        MetricType::COUNTER,
+        &["streamer"],
+    ),
+    (
+        "statestream_streamer_caught_up_blocks_total",
+        "Blocks delivered from the change log rather than live.",
+        MetricType::COUNTER,
+        &["streamer"],
+    ),
+    (
+        "statestream_streamer_halted",
+        "1 when the streamer halted the node (stop-node-on-error = true), else 0.",
+        MetricType::GAUGE,
+        &["streamer"],
+    ),
+];
+
+impl NodeCollector {
+    fn new(observer: Observer) -> NodeCollector {
+        let descs = METRICS
+            .iter()
+            .filter_map(|(name, help, _, labels)| {
+                Desc::new(
+                    (*name).to_owned(),
+                    (*help).to_owned(),
+                    labels.iter().map(|l| (*l).to_owned()).collect(),
+                    HashMap::new(),
+                )
+                .ok()
+            })
+            .collect();
+        NodeCollector { observer, descs }
+    }
+}
+
+fn label(name: &str, value: &str) -> proto::LabelPair {
+    let mut pair = proto::LabelPair::default();
+    pair.set_name(name.to_owned());
+    pair.set_value(value.to_owned());
+    pair
+}
+
+/// A gauge or counter sample with labels.
+fn sample(kind: MetricType, labels: Vec<proto::LabelPair>, value: f64) -> proto::Metric {
+    let mut m = proto::Metric::default();
+    m.set_label(labels);
+    if kind == MetricType::COUNTER {
+        let mut c = proto::Counter::default();
+        c.set_value(value);
+        m.set_counter(c);
+    } else {
+        let mut g = proto::Gauge::default();
+        g.set_value(value);
+        m.set_gauge(g);
+    }
+    m
+}
+
+impl Collector for NodeCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let status = self.observer.status();
+        let halted = status.state == NodeState::Halted;
+        METRICS
+            .iter()
+            .map(|(name, help, kind, _)| {
+                let kind = *kind;
+                let metrics: Vec<proto::Metric> = match *name {
+                    "statestream_committed_height" => {
+                        vec![sample(kind, vec![], status.committed_height as f64)]
+                    }
+                    "statestream_halted" => vec![sample(kind, vec![], f64::from(u8::from(halted)))],
+                    "statestream_commit_duration_seconds" => {
+                        let h = &status.commit_duration;
+                        let mut hist = proto::Histogram::default();
+                        hist.set_sample_count(h.count);
+                        hist.set_sample_sum(h.sum_seconds);
+                        hist.set_bucket(
+                            h.buckets
+                                .iter()
+                                .map(|b| {
+                                    let mut bucket = proto::Bucket::default();
+                                    bucket.set_upper_bound(b.le);
+                                    bucket.set_cumulative_count(b.count);
+                                    bucket
+                                })
+                                .collect(),
+                        );
+                        let mut m = proto::Metric::default();
+                        m.set_histogram(hist);
+                        vec![m]
+                    }
+                    "statestream_change_log_blocks" => {
+                        vec![sample(kind, vec![], status.change_log.blocks as f64)]
+                    }
+                    "statestream_change_log_bytes" => {
+                        vec![sample(kind, vec![], status.change_log.bytes as f64)]
+                    }
+                    _ => status
+                        .streamers
+                        .iter()
+                        .map(|s| {
+                            let value = match *name {
+                                "statestream_streamer_info" => 1,
+                                "statestream_streamer_delivered_height" => s.delivered_height,
+                                "statestream_streamer_flushed_height" => s.flushed_height,
+                                "statestream_streamer_lag_blocks" => s.lag_blocks,
+                                "statestream_streamer_queue_depth" => s.queue_depth,
+                                "statestream_streamer_errors_total" => s.errors,
+                                "statestream_streamer_fell_behind_total" => s.fell_behind,
+                                "statestream_streamer_caught_up_blocks_total" => s.caught_up,
+                                _ => u64::from(s.state == StreamerState::Halted),
+                            };
+                            let labels = if *name == "statestream_streamer_info" {
+                                vec![
+                                    label("streamer", &s.name),
+                                    label("type", &s.type_name),
+                                    label("delivery", s.delivery),
+                                ]
+                            } else {
+                                vec![label("streamer", &s.name)]
+                            };
+                            sample(kind, labels, value as f64)
+                        })
+                        .collect(),
+                };
+                let mut family = MetricFamily::default();
+                family.set_name((*name).to_owned());
+                family.set_help((*help).to_owned());
+                family.set_field_type(kind);
+                family.set_metric(metrics);
+                family
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,429 @@
+//! The telemetry server against a real `DeliveryManager`, on a port the
+//! system chooses, read with a real HTTP client and an independent parser
+//! of the Prometheus text format.
+
+#![cfg(feature = "telemetry")]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use statestream::config::AppConfig;
+use statestream::store::{KvStore, MultiStore, StoreKey};
+use statestream::{
+    Block, BlockMeta, DeliveryManager, Error, Registry, StreamError, Streamer, TelemetryServer,
+};
+
+/// How long any wait may take before the test fails; nothing asserts a
+/// duration.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+/// Status code and body of `GET path`.
+fn get(server: &TelemetryServer, path: &str) -> (u16, String, String) {
+    let url = format!("http://{}{path}", server.local_addr());
+    let mut response = agent().get(&url).call().expect("request");
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let body = response.body_mut().read_to_string().expect("body");
+    (status, content_type, body)
+}
+
+fn json(server: &TelemetryServer, path: &str) -> (u16, Value) {
+    let (code, content_type, body) = get(server, path);
+    assert!(
+        content_type.starts_with("application/json"),
+        "{content_type}"
+    );
+    (code, serde_json::from_str(&body).expect("JSON body"))
+}
+
+/// Parsed samples: (name, sorted labels) -> value.
+type Samples = BTreeMap<(String, Vec<(String, String)>), f64>;
+
+/// `GET /metrics`, parsed: (name, labels) -> value; histograms by their
+/// `_count` and `_sum`.
+fn metrics(server: &TelemetryServer) -> Samples {
+    let (code, content_type, body) = get(server, "/metrics");
+    assert_eq!(code, 200);
+    assert!(content_type.starts_with("text/plain"), "{content_type}");
+    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned())))
+        .expect("the Prometheus text format");
+    let mut out = BTreeMap::new();
+    for sample in scrape.samples {
+        let mut labels: Vec<(String, String)> = sample
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        labels.sort();
+        match sample.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => {
+                out.insert((sample.metric, labels), v);
+            }
+            prometheus_parse::Value::Histogram(buckets) => {
+                let count = buckets.iter().map(|b| b.count).fold(0.0, f64::max);
+                out.insert((format!("{}_bucket_max", sample.metric), labels), count);
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+fn value(m: &Samples, name: &str, streamer: Option<&str>) -> f64 {
+    let labels: Vec<(String, String)> = streamer
+        .map(|s| vec![("streamer".to_owned(), s.to_owned())])
+        .unwrap_or_default();
+    *m.get(&(name.to_owned(), labels))
+        .unwrap_or_else(|| panic!("no {name} {streamer:?} in {m:#?}"))
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < PATIENCE, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Counts blocks in a metric of its own (the registration hook), and fails
+/// the block at `fail_at`.
+struct Counting {
+    blocks: prometheus::IntCounter,
+    fail_at: Option<u64>,
+}
+
+impl Streamer for Counting {
+    fn on_block(&mut self, block: &Block) -> Result<(), StreamError> {
+        if Some(block.height()) == self.fail_at {
+            return Err(StreamError::msg("the disk is on fire"));
+        }
+        self.blocks.inc();
+        Ok(())
+    }
+}
+
+const CONFIG: &str = r#"
+[store]
+streamers = ["live", "fragile"]
+
+[streamers.live]
+type = "counting"
+keys = ["*"]
+
+[streamers.fragile]
+type = "counting"
+keys = ["bank"]
+delivery = "sync"
+fail_at = 7
+
+[telemetry]
+address = "127.0.0.1:0"
+"#;
+
+fn registry() -> Registry {
+    let mut registry = Registry::new();
+    let metrics = registry.metrics().clone();
+    registry.register("counting", move |ctx, options| {
+        #[derive(serde::Deserialize)]
+        struct Options {
+            fail_at: Option<u64>,
+        }
+        let options: Options = options.parse()?;
+        let blocks = prometheus::IntCounter::with_opts(
+            prometheus::Opts::new("counting_blocks_total", "Blocks a counting streamer saw.")
+                .const_label("streamer", ctx.name),
+        )?;
+        metrics.register(Box::new(blocks.clone()))?;
+        Ok(Box::new(Counting {
+            blocks,
+            fail_at: options.fail_at,
+        }))
+    });
+    registry
+}
+
+#[test]
+fn telemetry_metrics_status_and_health_until_a_halt() {
+    let config = AppConfig::parse(CONFIG, Path::new("app.toml")).expect("config");
+    let (bank, acc) = (
+        StoreKey::new("bank").expect("name"),
+        StoreKey::new("acc").expect("name"),
+    );
+    let mut store = MultiStore::in_memory(&[bank.clone(), acc.clone()]).expect("store");
+    let specs = config.resolve(&["bank", "acc"]).expect("resolve");
+    let registry = registry();
+    let home = tempfile::tempdir().expect("home");
+    let mut manager =
+        DeliveryManager::start(&mut store, &specs, &registry, home.path()).expect("start");
+    let address = config.telemetry().expect("telemetry is on").address;
+    let server = TelemetryServer::start(address, manager.observer(), registry.metrics().clone())
+        .expect("server");
+    assert_ne!(server.local_addr().port(), 0, "the bound port is read back");
+
+    for h in 1..=6u64 {
+        store.set(&bank, b"k", &h.to_be_bytes()).expect("set");
+        store.set(&acc, &h.to_be_bytes(), b"v").expect("set");
+        manager
+            .commit(&mut store, BlockMeta::default())
+            .expect("commit");
+    }
+    // A sync streamer is flushed by commits (at most every 50 ms); the
+    // async one by its own thread once idle.
+    wait_for("the async streamer to flush block 6", || {
+        manager
+            .stats()
+            .iter()
+            .all(|s| s.delivered_height == 6 && (s.name != "live" || s.durable_height == 6))
+    });
+    let fragile_flushed = manager.stats()[1].durable_height as f64;
+
+    let m = metrics(&server);
+    assert_eq!(value(&m, "statestream_committed_height", None), 6.0);
+    assert_eq!(value(&m, "statestream_halted", None), 0.0);
+    assert_eq!(
+        value(&m, "statestream_commit_duration_seconds_count", None),
+        6.0
+    );
+    assert_eq!(
+        value(&m, "statestream_commit_duration_seconds_bucket_max", None),
+        6.0
+    );
+    assert!(value(&m, "statestream_commit_duration_seconds_sum", None) > 0.0);
+    assert!(value(&m, "statestream_change_log_blocks", None) >= 1.0);
+    assert!(value(&m, "statestream_change_log_bytes", None) > 0.0);
+    for s in ["live", "fragile"] {
+        assert_eq!(
+            value(&m, "statestream_streamer_delivered_height", Some(s)),
+            6.0
+        );
+        let flushed = if s == "live" { 6.0 } else { fragile_flushed };
+        assert_eq!(
+            value(&m, "statestream_streamer_flushed_height", Some(s)),
+            flushed
+        );
+        assert_eq!(value(&m, "statestream_streamer_lag_blocks", Some(s)), 0.0);
+        assert_eq!(value(&m, "statestream_streamer_queue_depth", Some(s)), 0.0);
+        assert_eq!(value(&m, "statestream_streamer_errors_total", Some(s)), 0.0);
+        assert_eq!(
+            value(&m, "statestream_streamer_fell_behind_total", Some(s)),
+            0.0
+        );
+        assert_eq!(value(&m, "statestream_streamer_halted", Some(s)), 0.0);
+        // The streamer's own metric, registered through the hook.
+        assert_eq!(value(&m, "counting_blocks_total", Some(s)), 6.0);
+    }
+    let info = m
+        .keys()
+        .filter(|(name, _)| name == "statestream_streamer_info")
+        .map(|(_, labels)| labels.clone())
+        .collect::<Vec<_>>();
+    assert!(info.contains(&vec![
+        ("delivery".to_owned(), "sync".to_owned()),
+        ("streamer".to_owned(), "fragile".to_owned()),
+        ("type".to_owned(), "counting".to_owned()),
+    ]));
+
+    let (code, status) = json(&server, "/status");
+    assert_eq!(code, 200);
+    assert_eq!(status["state"], "committing");
+    assert_eq!(status["committed_height"], 6);
+    assert_eq!(status["commit_duration"]["count"], 6);
+    let streamers = status["streamers"].as_array().expect("streamers");
+    assert_eq!(streamers.len(), 2);
+    assert_eq!(streamers[0]["name"], "live");
+    assert_eq!(streamers[0]["type"], "counting");
+    assert_eq!(streamers[0]["delivery"], "async");
+    assert_eq!(streamers[0]["state"], "running");
+    assert_eq!(streamers[0]["delivered_height"], 6);
+    assert_eq!(streamers[1]["delivery"], "sync");
+    assert_eq!(streamers[1]["error"], Value::Null);
+
+    let (code, health) = json(&server, "/healthz");
+    assert_eq!(code, 200, "{health}");
+    assert_eq!(health["state"], "committing");
+
+    // Block 7 fails the sync streamer, which stops the node.
+    manager
+        .commit(&mut store, BlockMeta::default())
+        .expect_err("block 7 halts");
+    let (code, health) = json(&server, "/healthz");
+    assert_eq!(code, 503, "{health}");
+    assert_eq!(health["state"], "halted");
+    assert_eq!(health["streamer"], "fragile");
+    assert!(
+        health["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("the disk is on fire")),
+        "{health}"
+    );
+    let (_, status) = json(&server, "/status");
+    assert_eq!(status["state"], "halted");
+    assert_eq!(status["streamers"][1]["state"], "halted");
+    assert_eq!(status["streamers"][1]["halted_at"], 7);
+    assert_eq!(status["streamers"][1]["delivered_height"], 6);
+    let m = metrics(&server);
+    assert_eq!(value(&m, "statestream_halted", None), 1.0);
+    assert_eq!(
+        value(&m, "statestream_streamer_halted", Some("fragile")),
+        1.0
+    );
+    assert_eq!(
+        value(&m, "statestream_streamer_errors_total", Some("fragile")),
+        1.0
+    );
+    assert_eq!(value(&m, "statestream_committed_height", None), 7.0);
+    assert_eq!(
+        value(&m, "statestream_streamer_lag_blocks", Some("fragile")),
+        1.0
+    );
+
+    let closed = manager.close(&mut store);
+    assert!(
+        matches!(closed, Err(Error::Halted { ref streamer, height: 7, .. }) if streamer == "fragile"),
+        "{closed:?}"
+    );
+    // The server outlives the manager: it reports the last state.
+    let (code, health) = json(&server, "/healthz");
+    assert_eq!(code, 503, "{health}");
+    server.stop();
+}
+
+#[test]
+fn telemetry_stopped_manager_is_unhealthy_and_unknown_paths_are_404() {
+    let bank = StoreKey::new("bank").expect("name");
+    let mut store = MultiStore::in_memory(std::slice::from_ref(&bank)).expect("store");
+    let manager = DeliveryManager::with_streamers(&mut store, Vec::new()).expect("manager");
+    let server = TelemetryServer::start(
+        "127.0.0.1:0".parse().expect("address"),
+        manager.observer(),
+        prometheus::Registry::new(),
+    )
+    .expect("server");
+    let (code, _) = json(&server, "/healthz");
+    assert_eq!(code, 200);
+    let (code, _, _) = get(&server, "/nothing");
+    assert_eq!(code, 404);
+    manager.close(&mut store).expect("close");
+    let (code, health) = json(&server, "/healthz");
+    assert_eq!(code, 503);
+    assert_eq!(health["state"], "stopped");
+
+    // A second server on the same address is a clear error, not a panic.
+    let taken = server.local_addr();
+    let err = TelemetryServer::start(
+        taken,
+        DeliveryManager::with_streamers(&mut store, Vec::new())
+            .expect("manager")
+            .observer(),
+        prometheus::Registry::new(),
+    )
+    .expect_err("the address is taken");
+    assert!(err.to_string().contains(&taken.to_string()), "{err}");
+    server.stop();
+}
+
+/// The metric families `/metrics` declares (`# TYPE` lines).
+fn exported_families(server: &TelemetryServer) -> Vec<String> {
+    let (_, _, body) = get(server, "/metrics");
+    body.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Every `statestream_*` name in `text`.
+fn names_in(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("statestream_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+            .unwrap_or(tail.len());
+        names.push(tail[..end].to_owned());
+        rest = &tail[end..];
+    }
+    names
+}
+
+#[test]
+fn telemetry_docs_list_every_metric_and_the_dashboard_uses_only_them() {
+    let bank = StoreKey::new("bank").expect("name");
+    let mut store = MultiStore::in_memory(std::slice::from_ref(&bank)).expect("store");
+    let setup = statestream::StreamerSetup::new("s", std::slice::from_ref(&bank));
+    let streamer = Counting {
+        blocks: prometheus::IntCounter::new("unused", "unused").expect("counter"),
+        fail_at: None,
+    };
+    let mut manager =
+        DeliveryManager::with_streamers(&mut store, vec![(setup, Box::new(streamer))])
+            .expect("manager");
+    manager
+        .commit(&mut store, BlockMeta::default())
+        .expect("commit");
+    let server = TelemetryServer::start(
+        "127.0.0.1:0".parse().expect("address"),
+        manager.observer(),
+        prometheus::Registry::new(),
+    )
+    .expect("server");
+    let exported = exported_families(&server);
+    assert!(exported.len() >= 14, "{exported:?}");
+
+    let operations = include_str!("../../docs/operations.md");
+    for name in &exported {
+        assert!(
+            operations.contains(&format!("| `{name}` |")),
+            "docs/operations.md does not describe {name}"
+        );
+    }
+    let dashboard: Value =
+        serde_json::from_str(include_str!("../../docs/grafana/statestream.json"))
+            .expect("the dashboard is valid JSON");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 5);
+    let mut used = Vec::new();
+    for panel in panels {
+        for target in panel["targets"].as_array().expect("targets") {
+            used.extend(names_in(target["expr"].as_str().expect("expr")));
+        }
+    }
+    for name in [
+        "statestream_committed_height",
+        "statestream_commit_duration_seconds",
+        "statestream_streamer_lag_blocks",
+        "statestream_streamer_queue_depth",
+        "statestream_streamer_errors_total",
+    ] {
+        assert!(
+            used.iter().any(|u| u.starts_with(name)),
+            "no panel shows {name}"
+        );
+    }
+    for name in &used {
+        let family = name.strip_suffix("_bucket").unwrap_or(name);
+        assert!(
+            exported.iter().any(|e| e == family),
+            "the dashboard uses {name}, which /metrics does not export"
+        );
+    }
+    manager.close(&mut store).expect("close");
+    server.stop();
+}

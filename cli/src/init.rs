@@ -147,6 +147,19 @@ queue = 64
 # create_schema = true               # create the schema and tables when missing
 # notify = true                      # NOTIFY statestream_<schema>, '<height>'
 # tls = "prefer"                     # "disable", "prefer" or "require"
+
+# type = "serve": consumers subscribe over gRPC (snapshot, resume by height,
+# live blocks), statestream's own service and datastream's DataService
+# (docs/serve.md).
+# [streamers.serve]
+# type = "serve"
+# keys = ["*"]
+# grpc_address = "127.0.0.1:9090"    # loopback unless other machines subscribe
+# token = ""                         # set: every call needs "Bearer <token>"
+# retain_blocks = 10000              # history kept for resuming by height
+# heartbeat_ms = 10000
+# max_subscribers = 1024
+# push_updates = false               # accept PushUpdate writes
 ###############################################################################
 ###                          Telemetry (disabled)                           ###
 ###############################################################################
@@ -305,6 +318,11 @@ mod tests {
             let specs = config.resolve(&STORE_NAMES).unwrap();
             let spec = &specs[0];
             match spec.type_name.as_str() {
+                // Parsed, not built: building it would listen on its port.
+                "serve" => {
+                    let serve: statestream_serve::ServeConfig = spec.options.parse().unwrap();
+                    assert_eq!(serve, statestream_serve::ServeConfig::default());
+                }
                 "nats" => {
                     let nats: statestream_nats::NatsStreamerConfig = spec.options.parse().unwrap();
                     assert_eq!(nats, statestream_nats::NatsStreamerConfig::default());

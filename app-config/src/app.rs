@@ -85,6 +85,21 @@ pub struct AppConfig {
     telemetry: Option<TelemetryConfig>,
 }
 
+/// The keys of the Cosmos SDK's own `[telemetry]` table (its app.toml
+/// template, v0.45 to v0.50), which statestream leaves alone.
+const COSMOS_TELEMETRY_KEYS: &[&str] = &[
+    "service-name",
+    "enabled",
+    "enable-hostname",
+    "enable-hostname-label",
+    "enable-service-label",
+    "prometheus-retention-time",
+    "global-labels",
+    "metrics-sink",
+    "statsd-addr",
+    "datadog-hostname",
+];
+
 /// The `[telemetry]` table: where the node serves its metrics and status
 /// (`GET /metrics`, `GET /status`, `GET /healthz`).
 ///
@@ -341,16 +356,24 @@ impl Parser<'_> {
         })
     }
 
-    /// Reads `[telemetry]`: `address` is its only key.
+    /// Reads `[telemetry]`: `address` is statestream's only key. The Cosmos
+    /// SDK's app.toml has a `[telemetry]` table of its own (its keys are in
+    /// [`COSMOS_TELEMETRY_KEYS`]): those are left to the application, so an
+    /// existing Cosmos app.toml runs unchanged; any other key is an error.
     fn telemetry(&self, table: &DeTable<'_>) -> Result<Option<TelemetryConfig>, ConfigError> {
         const TABLE: &str = "[telemetry]";
         let mut address = None;
         for (key, value) in table.iter() {
             let spelled = key.get_ref().as_ref();
             let error = |message: String| self.key_error(TABLE, spelled, key.span(), message);
+            if COSMOS_TELEMETRY_KEYS.contains(&spelled) {
+                continue;
+            }
             if spelled != "address" {
                 return Err(error(
-                    "unknown key; [telemetry] has one key, `address` (such as \"127.0.0.1:9100\")"
+                    "unknown key; statestream reads one key of [telemetry], `address` (such as \
+                     \"127.0.0.1:9100\"), and leaves the Cosmos SDK's own keys \
+                     (`enabled`, `service-name`, ...) to the application"
                         .to_owned(),
                 ));
             }

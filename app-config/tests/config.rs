@@ -1032,6 +1032,14 @@ fn config_telemetry_address() {
     assert_eq!(telemetry.line, Some(5));
     let any_port = parse("[telemetry]\naddress = \"[::1]:0\"\n").unwrap();
     assert_eq!(any_port.telemetry().unwrap().address.port(), 0);
+
+    // The Cosmos SDK's own [telemetry] keys sit beside statestream's.
+    let cosmos = parse(
+        "[telemetry]\nservice-name = \"\"\nenabled = false\nprometheus-retention-time = 0\n\
+         global-labels = []\naddress = \"127.0.0.1:9100\"\n",
+    )
+    .unwrap();
+    assert_eq!(cosmos.telemetry().unwrap().address.port(), 9100);
 }
 
 #[test]

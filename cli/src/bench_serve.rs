@@ -149,7 +149,13 @@ pub(super) fn commit_overhead(
     let mut served = MultiStore::open(&tmp.join("served.redb"), stores, options)?;
     let (mut manager, handle) = serve_manager(&mut served, stores)?;
     let rt = client_runtime()?;
-    let address = format!("http://{}", handle.grpc_address());
+    let address = format!(
+        "http://{}",
+        handle
+            .grpc_address()
+            .map(|a| a.to_string())
+            .unwrap_or_default()
+    );
     let (heights, _) = subscribers(&rt, &address, SUBSCRIBERS)?;
     let (mut rng_alone, mut rng_served) = (Rng::new(7), Rng::new(7));
     let meta = BlockMeta::default();
@@ -209,7 +215,13 @@ pub(super) fn latency(sizes: &Sizes, stores: &[StoreKey]) -> Result<Vec<Figure>>
         let mut store = MultiStore::in_memory(stores)?;
         let (mut manager, handle) = serve_manager(&mut store, stores)?;
         let rt = client_runtime()?;
-        let address = format!("http://{}", handle.grpc_address());
+        let address = format!(
+            "http://{}",
+            handle
+                .grpc_address()
+                .map(|a| a.to_string())
+                .unwrap_or_default()
+        );
         let (heights, arrivals) = subscribers(&rt, &address, n)?;
         let mut rng = Rng::new(11);
         let mut committed = Vec::new();
@@ -268,7 +280,13 @@ pub(super) fn snapshot_vs_scan(sizes: &Sizes, stores: &[StoreKey]) -> Result<Fig
     }
     let (manager, handle) = serve_manager(&mut store, stores)?;
     let rt = client_runtime()?;
-    let address = format!("http://{}", handle.grpc_address());
+    let address = format!(
+        "http://{}",
+        handle
+            .grpc_address()
+            .map(|a| a.to_string())
+            .unwrap_or_default()
+    );
     let mut client = rt.block_on(StateStreamClient::connect(address))?;
     let reader = store.reader();
     let m = alternate(
@@ -355,7 +373,13 @@ pub(super) fn stalled_rss(
     let mut store = MultiStore::open(&tmp.join("stalled.redb"), stores, options)?;
     let (mut manager, handle) = serve_manager_with(&mut store, stores, 600_000)?;
     let rt = client_runtime()?;
-    let address = format!("http://{}", handle.grpc_address());
+    let address = format!(
+        "http://{}",
+        handle
+            .grpc_address()
+            .map(|a| a.to_string())
+            .unwrap_or_default()
+    );
     let _stalled = rt.block_on(async move {
         let mut c = StateStreamClient::connect(address).await?;
         let s = c

@@ -557,7 +557,7 @@ async fn cors(State(st): State<AppState>, request: Request, next: Next) -> Respo
         if st.cors_origins.iter().any(|c| c == "*") {
             Some("*".to_string())
         } else {
-            st.cors_origins.iter().any(|c| *c == o).then_some(o)
+            st.cors_origins.contains(&o).then_some(o)
         }
     });
     let Some(allowed) = allowed else {

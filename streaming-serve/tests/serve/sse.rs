@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::util::{Node, State};
+use crate::util::{BlockChanges, Change, Node, State};
 
 const HTTP: &str = "http_address = \"127.0.0.1:0\"\n";
 
@@ -154,9 +154,9 @@ struct Mirror {
     last_id: Option<u64>,
     puts: u64,
     /// Events of the block in progress (applied at its `id:`).
-    pending: Vec<(String, Vec<u8>, Option<Vec<u8>>)>,
+    pending: Vec<Change>,
     /// The whole blocks seen, in order: height and changes.
-    blocks: Vec<(u64, Vec<(String, Vec<u8>, Option<Vec<u8>>)>)>,
+    blocks: Vec<BlockChanges>,
 }
 
 fn split_path(path: &str) -> (String, Vec<u8>) {

@@ -487,3 +487,134 @@ fn tokens_bad_requests_and_limits_are_statuses_with_a_json_body() {
         }
     }
 }
+
+#[test]
+fn a_stalled_client_is_disconnected_and_does_not_hold_back_commits() {
+    use std::io::Write as _;
+    let mut node = Node::in_memory(&format!("{HTTP}heartbeat_ms = 100"));
+    node.commit();
+    // A client that sends its request and never reads.
+    let address = node.handle.http_address().unwrap();
+    let mut stalled = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        stalled,
+        "GET /stream HTTP/1.1\r\nHost: {address}\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .unwrap();
+    while node.handle.hub().subscribers() == 0 {
+        thread::sleep(Duration::from_millis(10));
+    }
+    // Commits go on (none waits for the client) until it is dropped.
+    let mut blocks = 0;
+    while node.handle.hub().subscribers() > 0 {
+        node.commit_sized(64, 4096);
+        blocks += 1;
+        assert!(blocks < 5_000, "the stalled client was never disconnected");
+        thread::sleep(Duration::from_millis(5));
+    }
+    // A reading client is served as before.
+    let sse = open(&url(&node, "/stream"), &[]).unwrap();
+    let mut mirror = Mirror::default();
+    let (event, data, id, _) = sse.next_event().unwrap();
+    mirror.take(&event, &data, id);
+    assert_eq!(mirror.state, node.state());
+    drop(stalled);
+    node.close();
+}
+
+#[test]
+fn cors_headers_only_for_the_configured_origins() {
+    let mut node = Node::in_memory(&format!("{HTTP}cors_origins = [\"https://app.example\"]"));
+    node.commit();
+    let get = |origin: &str| {
+        agent()
+            .get(&url(&node, "/snapshot"))
+            .header("Origin", origin)
+            .call()
+            .unwrap()
+    };
+    let allowed = get("https://app.example");
+    assert_eq!(
+        allowed
+            .headers()
+            .get("access-control-allow-origin")
+            .and_then(|v| v.to_str().ok()),
+        Some("https://app.example")
+    );
+    let other = get("https://evil.example");
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+    let preflight = agent()
+        .options(&url(&node, "/stream"))
+        .header("Origin", "https://app.example")
+        .header("Access-Control-Request-Headers", "authorization")
+        .call()
+        .unwrap();
+    assert_eq!(preflight.status().as_u16(), 204);
+    assert!(
+        preflight
+            .headers()
+            .get("access-control-allow-headers")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("Authorization"))
+    );
+    node.close();
+
+    // No cors_origins: no CORS headers.
+    let mut node = Node::in_memory(HTTP);
+    node.commit();
+    let r = agent()
+        .get(&url(&node, "/snapshot"))
+        .header("Origin", "https://app.example")
+        .call()
+        .unwrap();
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+    node.close();
+}
+
+#[test]
+fn http_only_and_bad_http_options_name_the_key() {
+    use statestream_store::MultiStore;
+    use std::path::Path;
+
+    use crate::util::{keys, start_manager};
+
+    let mut store = MultiStore::in_memory(&keys()).unwrap();
+    let toml = "[store]\nstreamers = [\"serve\"]\n\n[streamers.serve]\ntype = \"serve\"\nkeys = [\"*\"]\nhttp_address = \"127.0.0.1:0\"\n";
+    let (manager, handle) = start_manager(&mut store, toml, Path::new(".")).unwrap();
+    assert!(
+        handle.grpc_address().is_none(),
+        "only http_address: no gRPC"
+    );
+    assert!(handle.http_address().is_some());
+    manager.close(&mut store).unwrap();
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let err = start_manager(
+        &mut store,
+        &crate::util::config(&format!("http_address = \"{addr}\"")),
+        Path::new("."),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("in use") && err.contains("http_address"),
+        "{err}"
+    );
+    for (extra, key) in [
+        ("http_address = \"nonsense\"", "http_address"),
+        (
+            "http_address = \"127.0.0.1:0\"\ncors_origins = [\"app.example\"]",
+            "cors_origins",
+        ),
+        (
+            "http_address = \"127.0.0.1:0\"\nmax_connection_ms = -1",
+            "max_connection_ms",
+        ),
+    ] {
+        let err = start_manager(&mut store, &crate::util::config(extra), Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(key), "{extra}: {err}");
+    }
+}

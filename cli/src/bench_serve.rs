@@ -56,7 +56,7 @@ fn serve_manager_with(
         push: None,
     };
     let config = ServeConfig {
-        grpc_address: "127.0.0.1:0".into(),
+        grpc_address: Some("127.0.0.1:0".into()),
         retain_blocks: 64,
         heartbeat_ms,
         ..ServeConfig::default()

@@ -3,17 +3,19 @@
 //! resume by `Last-Event-ID`), `GET /stream/ping` (one `ping` per block
 //! that changed a selected store) and `GET /snapshot` (JSON). Every
 //! subscription is a hub [`Subscription`](crate::hub::Subscription): this
-//! module only translates its blocks into events.
+//! module only translates its blocks into events (rendered once per block
+//! and selection, shared by the streams with that selection).
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use base64::Engine as _;
@@ -26,9 +28,10 @@ use crate::filter::{Filter, FilterBuilder, key_from_text};
 use crate::grpc::{constant_time_eq, stall_timeout};
 use crate::hub::{Event, Hub, SubscriberGuard, as_ref};
 
-/// Events buffered per SSE client; a client that leaves it full for the
-/// stall timeout is disconnected (it resumes by `Last-Event-ID`).
-pub const SSE_BUFFER: usize = 256;
+/// Blocks (each one buffer of events) buffered per SSE client; a client
+/// that leaves it full for the stall timeout is disconnected (it resumes by
+/// `Last-Event-ID`).
+pub const SSE_BUFFER: usize = 16;
 
 /// The reconnection delay suggested to clients (`retry:` on the first
 /// event).
@@ -48,6 +51,7 @@ struct AppState {
     token: Arc<str>,
     max_connection: Option<Duration>,
     cors_origins: Arc<[String]>,
+    rendered: Arc<Rendered>,
 }
 
 /// The routes, with the CORS layer.
@@ -57,6 +61,7 @@ pub(crate) fn router(setup: HttpSetup) -> Router {
         token: setup.token.into(),
         max_connection: setup.max_connection,
         cors_origins: setup.cors_origins.into(),
+        rendered: Arc::default(),
     };
     Router::new()
         .route("/stream", get(stream))
@@ -357,75 +362,178 @@ enum Mode {
     Ping,
 }
 
-/// The events of one block (empty when it changed nothing selected); only
-/// the last carries `id: h`.
-fn block_events(
+/// Appends one event in the `text/event-stream` format (`data` is one
+/// line of compact JSON).
+fn frame(out: &mut String, event: &str, id: Option<u64>, data: &str) {
+    use std::fmt::Write as _;
+    let _ = writeln!(out, "event: {event}");
+    if let Some(id) = id {
+        let _ = writeln!(out, "id: {id}");
+    }
+    let _ = write!(out, "data: {data}\n\n");
+}
+
+/// The events of one block as `text/event-stream` text (empty when it
+/// changed nothing selected); only the last carries `id: h`.
+fn render_block(
     block: &statestream_core::Block,
     filter: &Filter,
     encoding: Encoding,
     mode: Mode,
-) -> Vec<SseEvent> {
+) -> String {
     let h = block.height();
-    let selected = block
+    let mut selected = block
         .records()
-        .filter(|r| filter.store(r.store).is_some_and(|f| f.matches(r.key)));
-    let mut events: Vec<SseEvent> = match mode {
+        .filter(|r| filter.store(r.store).is_some_and(|f| f.matches(r.key)))
+        .peekable();
+    let mut out = String::new();
+    match mode {
         Mode::Ping => {
-            let mut selected = selected;
-            if selected.next().is_none() {
-                return Vec::new();
+            if selected.peek().is_some() {
+                frame(
+                    &mut out,
+                    "ping",
+                    Some(h),
+                    &json!({ "height": h }).to_string(),
+                );
             }
-            vec![
-                SseEvent::default()
-                    .event("ping")
-                    .data(json!({ "height": h }).to_string()),
-            ]
         }
-        Mode::Changes => selected
-            .map(|r| {
+        Mode::Changes => {
+            while let Some(r) = selected.next() {
+                let id = selected.peek().is_none().then_some(h);
                 let path = format!("/{}/{}", r.store, encoding.text(r.key));
                 match r.value {
-                    Some(v) => SseEvent::default().event("patch").data(
-                        json!({
+                    Some(v) => frame(
+                        &mut out,
+                        "patch",
+                        id,
+                        &json!({
                             "path": path,
                             "data": { "value": encoding.text(v), "version": h },
                         })
                         .to_string(),
                     ),
-                    None => SseEvent::default()
-                        .event("delete")
-                        .data(json!({ "path": path, "version": h }).to_string()),
+                    None => frame(
+                        &mut out,
+                        "delete",
+                        id,
+                        &json!({ "path": path, "version": h }).to_string(),
+                    ),
                 }
-            })
-            .collect(),
-    };
-    if let Some(last) = events.pop() {
-        events.push(last.id(h.to_string()));
+            }
+        }
     }
-    events
+    out
 }
+
+/// Blocks rendered per selection, kept for the latest ones: streams with
+/// the same filter, encoding and mode share one rendering (a reference-
+/// counted buffer) instead of encoding the block each.
+#[derive(Default)]
+pub(crate) struct Rendered {
+    entries: Mutex<VecDeque<RenderedBlock>>,
+}
+
+struct RenderedBlock {
+    height: u64,
+    filter: Filter,
+    encoding: Encoding,
+    mode: Mode,
+    bytes: Bytes,
+}
+
+/// Renderings kept (blocks times distinct selections).
+const RENDERED: usize = 256;
+
+impl Rendered {
+    fn get(
+        &self,
+        block: &statestream_core::Block,
+        filter: &Filter,
+        encoding: Encoding,
+        mode: Mode,
+    ) -> Bytes {
+        let height = block.height();
+        let found = |entries: &VecDeque<RenderedBlock>| {
+            entries
+                .iter()
+                .rev()
+                .find(|e| {
+                    e.height == height
+                        && e.mode == mode
+                        && e.encoding == encoding
+                        && e.filter == *filter
+                })
+                .map(|e| e.bytes.clone())
+        };
+        if let Some(b) = found(&self.lock()) {
+            return b;
+        }
+        let bytes = Bytes::from(render_block(block, filter, encoding, mode));
+        let mut entries = self.lock();
+        if let Some(b) = found(&entries) {
+            return b;
+        }
+        if entries.len() == RENDERED {
+            entries.pop_front();
+        }
+        entries.push_back(RenderedBlock {
+            height,
+            filter: filter.clone(),
+            encoding,
+            mode,
+            bytes: bytes.clone(),
+        });
+        bytes
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<RenderedBlock>> {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A heartbeat: one comment line.
+const HEARTBEAT: &[u8] = b":\n\n";
 
 /// One SSE connection being fed.
 struct Feed {
     hub: Arc<Hub>,
+    rendered: Arc<Rendered>,
     filter: Filter,
     encoding: Encoding,
     mode: Mode,
-    tx: mpsc::Sender<Result<SseEvent, Infallible>>,
+    tx: mpsc::Sender<Result<Bytes, Infallible>>,
     first: bool,
+    last_sent: tokio::time::Instant,
 }
 
 impl Feed {
-    /// Sends one event, waiting for room at most the stall timeout; `false`
+    /// Sends events, waiting for room at most the stall timeout; `false`
     /// when the connection is to end (gone, or too slow).
-    async fn send(&mut self, mut event: SseEvent) -> bool {
-        if self.first {
-            event = event.retry(RETRY);
-            self.first = false;
+    async fn send(&mut self, events: Bytes) -> bool {
+        if events.is_empty() {
+            return true;
         }
+        if self.first {
+            // `retry:` is a field of the first event.
+            self.first = false;
+            if !self
+                .send_raw(Bytes::from(format!("retry: {}\n", RETRY.as_millis())))
+                .await
+            {
+                return false;
+            }
+        }
+        self.send_raw(events).await
+    }
+
+    async fn send_raw(&mut self, bytes: Bytes) -> bool {
         let stall = stall_timeout(&self.hub);
-        match tokio::time::timeout(stall, self.tx.send(Ok(event))).await {
-            Ok(Ok(())) => true,
+        match tokio::time::timeout(stall, self.tx.send(Ok(bytes))).await {
+            Ok(Ok(())) => {
+                self.last_sent = tokio::time::Instant::now();
+                true
+            }
             Ok(Err(_)) => false,
             Err(_) => {
                 tracing::info!(
@@ -438,11 +546,27 @@ impl Feed {
         }
     }
 
+    /// A comment line (`force`, or when nothing was sent for a heartbeat
+    /// interval), only if there is room: a full buffer is not idle.
+    fn heartbeat(&mut self, force: bool) -> bool {
+        if !force && self.last_sent.elapsed() < self.hub.heartbeat() {
+            return true;
+        }
+        match self.tx.try_send(Ok(Bytes::from_static(HEARTBEAT))) {
+            Ok(()) => {
+                self.last_sent = tokio::time::Instant::now();
+                true
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => true,
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
     async fn run(
         mut self,
         guard: SubscriberGuard,
         next: u64,
-        put: Option<SseEvent>,
+        put: Option<Bytes>,
         max_connection: Option<Duration>,
     ) {
         let mut subscription = self.hub.subscribe(guard, next);
@@ -458,19 +582,27 @@ impl Feed {
                 () = self.tx.closed() => return,
                 () = sleep_until(deadline) => return,
             };
-            match event {
+            let alive = match event {
                 Ok(Event::Block(block)) => {
-                    for e in block_events(&block, &self.filter, self.encoding, self.mode) {
-                        if !self.send(e).await {
-                            return;
-                        }
+                    let events = self
+                        .rendered
+                        .get(&block, &self.filter, self.encoding, self.mode);
+                    if events.is_empty() {
+                        // Blocks that select nothing still keep the
+                        // connection from looking idle to proxies.
+                        self.heartbeat(false)
+                    } else {
+                        self.send(events).await
                     }
                 }
-                // The comment lines are axum's keep-alive.
-                Ok(Event::Heartbeat(_)) => {}
+                // The hub's idle timer (reset by every block).
+                Ok(Event::Heartbeat(_)) => self.heartbeat(true),
                 // Shutdown, or the next block left the window: the client
                 // reconnects (and gets a fresh `put` if it must).
-                Err(_) => return,
+                Err(_) => false,
+            };
+            if !alive {
+                return;
             }
         }
     }
@@ -520,29 +652,39 @@ async fn open_stream(
         (None, Mode::Ping) => (st.hub.head() + 1, None),
         (None, Mode::Changes) => {
             let (height, data) = read_state_async(&st.hub, &filter, encoding).await?;
-            let put = SseEvent::default()
-                .event("put")
-                .id(height.to_string())
-                .data(json!({ "path": "/", "height": height, "data": data }).to_string());
-            (height + 1, Some(put))
+            let mut put = String::new();
+            frame(
+                &mut put,
+                "put",
+                Some(height),
+                &json!({ "path": "/", "height": height, "data": data }).to_string(),
+            );
+            (height + 1, Some(Bytes::from(put)))
         }
     };
     let (tx, rx) = mpsc::channel(SSE_BUFFER);
     let feed = Feed {
         hub: Arc::clone(&st.hub),
+        rendered: Arc::clone(&st.rendered),
         filter,
         encoding,
         mode,
         tx,
         first: true,
+        last_sent: tokio::time::Instant::now(),
     };
     tokio::spawn(feed.run(guard, next, put, st.max_connection));
-    let mut response = Sse::new(ReceiverStream::new(rx))
-        .keep_alive(KeepAlive::new().interval(st.hub.heartbeat()))
-        .into_response();
-    response
-        .headers_mut()
-        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    // The body is the event stream as rendered text (one shared buffer per
+    // block and selection), not axum's `Sse`: that would encode every
+    // event once per client.
+    let mut response = Response::new(Body::from_stream(ReceiverStream::new(rx)));
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(response)
 }
 

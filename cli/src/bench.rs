@@ -57,7 +57,7 @@ pub struct BenchArgs {
 }
 
 /// Every figure, in the order they run.
-const FIGURES: [&str; 11] = [
+const FIGURES: [&str; 13] = [
     "commit_overhead_async",
     "commit_overhead_sync",
     "writer_vs_raw",
@@ -69,6 +69,8 @@ const FIGURES: [&str; 11] = [
     "serve_latency_ms",
     "snapshot_vs_scan",
     "serve_stalled_rss_mb",
+    "sse_commit_overhead",
+    "sse_latency_ms",
 ];
 
 const KEY_LEN: usize = 32;
@@ -214,10 +216,11 @@ pub fn run(args: BenchArgs, _quiet: bool) -> Result<ExitCode> {
         node_peak_rss(sizes, &tmp.join("node"))?.print(args.json)?;
     }
     if wanted("serve_commit_overhead") {
-        serve::commit_overhead(sizes, &stores, &tmp.join("serve"))?.print(args.json)?;
+        serve::commit_overhead(sizes, &stores, &tmp.join("serve"), serve::Front::Grpc)?
+            .print(args.json)?;
     }
     if wanted("serve_latency_ms") {
-        for f in serve::latency(sizes, &stores)? {
+        for f in serve::latency(sizes, &stores, serve::Front::Grpc)? {
             f.print(args.json)?;
         }
     }
@@ -226,6 +229,15 @@ pub fn run(args: BenchArgs, _quiet: bool) -> Result<ExitCode> {
     }
     if wanted("serve_stalled_rss_mb") {
         serve::stalled_rss(sizes, &stores, &tmp.join("stalled"))?.print(args.json)?;
+    }
+    if wanted("sse_commit_overhead") {
+        serve::commit_overhead(sizes, &stores, &tmp.join("sse"), serve::Front::Sse)?
+            .print(args.json)?;
+    }
+    if wanted("sse_latency_ms") {
+        for f in serve::latency(sizes, &stores, serve::Front::Sse)? {
+            f.print(args.json)?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -37,13 +37,28 @@ fn serve_manager(
     store: &mut MultiStore,
     stores: &[StoreKey],
 ) -> Result<(DeliveryManager, ServeHandle)> {
-    serve_manager_with(store, stores, ServeConfig::default().heartbeat_ms)
+    serve_manager_with(
+        store,
+        stores,
+        ServeConfig::default().heartbeat_ms,
+        Front::Grpc,
+    )
+}
+
+/// Which front-end the subscribers of a figure use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Front {
+    /// `statestream.v1.StateStream` over gRPC.
+    Grpc,
+    /// `GET /stream` (Server-Sent Events) over HTTP.
+    Sse,
 }
 
 fn serve_manager_with(
     store: &mut MultiStore,
     stores: &[StoreKey],
     heartbeat_ms: u64,
+    front: Front,
 ) -> Result<(DeliveryManager, ServeHandle)> {
     let reader: Arc<dyn StateReader> = Arc::new(store.reader());
     let ctx = StreamerContext {
@@ -55,8 +70,13 @@ fn serve_manager_with(
         shutdown: &statestream::Shutdown::default(),
         push: None,
     };
+    let (grpc_address, http_address) = match front {
+        Front::Grpc => (Some("127.0.0.1:0".into()), None),
+        Front::Sse => (None, Some("127.0.0.1:0".into())),
+    };
     let config = ServeConfig {
-        grpc_address: "127.0.0.1:0".into(),
+        grpc_address,
+        http_address,
         retain_blocks: 64,
         heartbeat_ms,
         ..ServeConfig::default()
@@ -120,6 +140,62 @@ fn subscribers(
     Ok((heights, arrivals))
 }
 
+/// Starts `n` SSE clients of `GET /stream` (every store), one thread each
+/// over plain HTTP/1.0 (the body is the raw event stream), recording each
+/// block's `id:` and when it arrived. Returns once each holds its `put`.
+fn sse_subscribers(handle: &ServeHandle, n: usize) -> Result<(Heights, Arrivals)> {
+    use std::io::{BufRead, BufReader, Write};
+    let address = handle
+        .http_address()
+        .context("the serve streamer has no HTTP address")?;
+    let mut heights = Vec::new();
+    let mut arrivals = Vec::new();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+    for i in 0..n {
+        let height = Arc::new(AtomicU64::new(0));
+        let arrived = Arc::new(Mutex::new(Vec::new()));
+        let (h, a) = (Arc::clone(&height), Arc::clone(&arrived));
+        let mut stream = std::net::TcpStream::connect(address)
+            .with_context(|| format!("cannot connect to {address}"))?;
+        write!(stream, "GET /stream HTTP/1.0\r\nHost: {address}\r\n\r\n")
+            .context("cannot send the SSE request")?;
+        let ready = ready_tx.clone();
+        std::thread::Builder::new()
+            .name(format!("sse-client-{i}"))
+            .spawn(move || {
+                let mut ready = Some(ready);
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    let Some(id) = line.strip_prefix("id: ") else {
+                        continue;
+                    };
+                    let Ok(height) = id.trim().parse::<u64>() else {
+                        continue;
+                    };
+                    let now = Instant::now();
+                    h.store(height, Ordering::Release);
+                    if let Some(r) = ready.take() {
+                        // The put: the state, not a block.
+                        let _ = r.send(());
+                        continue;
+                    }
+                    if let Ok(mut a) = a.lock() {
+                        a.push((height, now));
+                    }
+                }
+            })
+            .context("cannot start an SSE client thread")?;
+        heights.push(height);
+        arrivals.push(arrived);
+    }
+    for _ in 0..n {
+        ready_rx
+            .recv_timeout(Duration::from_secs(120))
+            .context("an SSE client did not receive its put within two minutes")?;
+    }
+    Ok((heights, arrivals))
+}
+
 fn wait_received(heights: &[Arc<AtomicU64>], height: u64) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     while heights.iter().any(|h| h.load(Ordering::Acquire) < height) {
@@ -139,6 +215,7 @@ pub(super) fn commit_overhead(
     sizes: &Sizes,
     stores: &[StoreKey],
     tmp: &std::path::Path,
+    front: Front,
 ) -> Result<Figure> {
     std::fs::create_dir_all(tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     let options = StoreOptions {
@@ -147,10 +224,26 @@ pub(super) fn commit_overhead(
     };
     let mut alone = MultiStore::open(&tmp.join("alone.redb"), stores, options.clone())?;
     let mut served = MultiStore::open(&tmp.join("served.redb"), stores, options)?;
-    let (mut manager, handle) = serve_manager(&mut served, stores)?;
+    let (mut manager, handle) = serve_manager_with(
+        &mut served,
+        stores,
+        ServeConfig::default().heartbeat_ms,
+        front,
+    )?;
     let rt = client_runtime()?;
-    let address = format!("http://{}", handle.grpc_address());
-    let (heights, _) = subscribers(&rt, &address, SUBSCRIBERS)?;
+    let (heights, _) = match front {
+        Front::Grpc => {
+            let address = format!(
+                "http://{}",
+                handle
+                    .grpc_address()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default()
+            );
+            subscribers(&rt, &address, SUBSCRIBERS)?
+        }
+        Front::Sse => sse_subscribers(&handle, SUBSCRIBERS)?,
+    };
     let (mut rng_alone, mut rng_served) = (Rng::new(7), Rng::new(7));
     let meta = BlockMeta::default();
     let blocks = sizes.commit_blocks;
@@ -187,7 +280,10 @@ pub(super) fn commit_overhead(
     alone.close()?;
     let per_block_ms = |secs: f64| secs * 1000.0 / blocks as f64;
     Ok(Figure {
-        name: "serve_commit_overhead",
+        name: match front {
+            Front::Grpc => "serve_commit_overhead",
+            Front::Sse => "sse_commit_overhead",
+        },
         value: per_block_ms(m.a),
         unit: "ms/block",
         ratio: Some(m.ratio),
@@ -199,18 +295,41 @@ pub(super) fn commit_overhead(
 /// `serve_latency_ms`: from `commit` returning to a subscriber holding the
 /// block's end, p50 and p99 over every (block, subscriber), with 10 and 100
 /// live subscribers; blocks of 64 writes every 20 ms (in memory).
-pub(super) fn latency(sizes: &Sizes, stores: &[StoreKey]) -> Result<Vec<Figure>> {
+///
+/// With [`Front::Sse`]: `sse_latency_ms_p50`/`_p99`, 100 SSE clients
+/// holding the block's last event (the one with `id:`).
+pub(super) fn latency(sizes: &Sizes, stores: &[StoreKey], front: Front) -> Result<Vec<Figure>> {
     let blocks: u64 = if sizes.rounds > 3 { 300 } else { 20 };
     let mut out = Vec::new();
-    for (n, p50_name, p99_name) in [
-        (10, "serve_latency_ms_p50_10", "serve_latency_ms_p99_10"),
-        (100, "serve_latency_ms_p50_100", "serve_latency_ms_p99_100"),
-    ] {
+    let cases: &[(usize, &'static str, &'static str)] = match front {
+        Front::Grpc => &[
+            (10, "serve_latency_ms_p50_10", "serve_latency_ms_p99_10"),
+            (100, "serve_latency_ms_p50_100", "serve_latency_ms_p99_100"),
+        ],
+        Front::Sse => &[(100, "sse_latency_ms_p50", "sse_latency_ms_p99")],
+    };
+    for &(n, p50_name, p99_name) in cases {
         let mut store = MultiStore::in_memory(stores)?;
-        let (mut manager, handle) = serve_manager(&mut store, stores)?;
+        let (mut manager, handle) = serve_manager_with(
+            &mut store,
+            stores,
+            ServeConfig::default().heartbeat_ms,
+            front,
+        )?;
         let rt = client_runtime()?;
-        let address = format!("http://{}", handle.grpc_address());
-        let (heights, arrivals) = subscribers(&rt, &address, n)?;
+        let (heights, arrivals) = match front {
+            Front::Grpc => {
+                let address = format!(
+                    "http://{}",
+                    handle
+                        .grpc_address()
+                        .map(|a| a.to_string())
+                        .unwrap_or_default()
+                );
+                subscribers(&rt, &address, n)?
+            }
+            Front::Sse => sse_subscribers(&handle, n)?,
+        };
         let mut rng = Rng::new(11);
         let mut committed = Vec::new();
         let mut next = Instant::now();
@@ -268,7 +387,13 @@ pub(super) fn snapshot_vs_scan(sizes: &Sizes, stores: &[StoreKey]) -> Result<Fig
     }
     let (manager, handle) = serve_manager(&mut store, stores)?;
     let rt = client_runtime()?;
-    let address = format!("http://{}", handle.grpc_address());
+    let address = format!(
+        "http://{}",
+        handle
+            .grpc_address()
+            .map(|a| a.to_string())
+            .unwrap_or_default()
+    );
     let mut client = rt.block_on(StateStreamClient::connect(address))?;
     let reader = store.reader();
     let m = alternate(
@@ -353,9 +478,15 @@ pub(super) fn stalled_rss(
         ..StoreOptions::default()
     };
     let mut store = MultiStore::open(&tmp.join("stalled.redb"), stores, options)?;
-    let (mut manager, handle) = serve_manager_with(&mut store, stores, 600_000)?;
+    let (mut manager, handle) = serve_manager_with(&mut store, stores, 600_000, Front::Grpc)?;
     let rt = client_runtime()?;
-    let address = format!("http://{}", handle.grpc_address());
+    let address = format!(
+        "http://{}",
+        handle
+            .grpc_address()
+            .map(|a| a.to_string())
+            .unwrap_or_default()
+    );
     let _stalled = rt.block_on(async move {
         let mut c = StateStreamClient::connect(address).await?;
         let s = c

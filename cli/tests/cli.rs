@@ -846,7 +846,8 @@ fn bench_only_refuses_an_unknown_figure() {
         run.stderr.contains(
             "[possible values: commit_overhead_async, commit_overhead_sync, writer_vs_raw, \
              reader_vs_raw, verify_mb_s, replay_mb_s, node_peak_rss_mb, serve_commit_overhead, \
-             serve_latency_ms, snapshot_vs_scan, serve_stalled_rss_mb]"
+             serve_latency_ms, snapshot_vs_scan, serve_stalled_rss_mb, sse_commit_overhead, \
+             sse_latency_ms]"
         ),
         "{run:#?}"
     );
@@ -879,6 +880,9 @@ fn bench_quick_json_reports_every_figure() {
             "serve_latency_ms_p99_100",
             "snapshot_vs_scan",
             "serve_stalled_rss_mb",
+            "sse_commit_overhead",
+            "sse_latency_ms_p50",
+            "sse_latency_ms_p99",
         ],
         "{run:#?}"
     );
@@ -887,7 +891,9 @@ fn bench_quick_json_reports_every_figure() {
         assert!(j["value"].as_f64().is_some_and(f64::is_finite), "{j}");
         assert!(j["unit"].as_str().is_some_and(|u| !u.is_empty()), "{j}");
         let name = j["name"].as_str().unwrap();
-        let comparison = !name.ends_with("_mb_s") && !name.starts_with("serve_latency_ms");
+        let comparison = !name.ends_with("_mb_s")
+            && !name.starts_with("serve_latency_ms")
+            && !name.starts_with("sse_latency_ms");
         assert_eq!(j["ratio"].as_f64().is_some(), comparison, "{j}");
         assert_eq!(j["baseline"].as_f64().is_some(), comparison, "{j}");
         // Comparisons over rounds also give the middle half of the

@@ -23,21 +23,41 @@ pub const SERVE_TYPE: &str = "serve";
 /// type = "serve"
 /// keys = ["*"]
 /// grpc_address = "127.0.0.1:9090"
+/// http_address = "127.0.0.1:8080"
 /// token = ""
 /// retain_blocks = 10000
 /// heartbeat_ms = 10000
 /// max_subscribers = 1024
 /// push_updates = false
 /// value_types = { bank = "int" }
+/// max_connection_ms = 0
+/// cors_origins = []
 /// ```
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServeConfig {
     /// The gRPC listen address, `host:port` (port 0: any free port; the
     /// bound address is logged and [`ServeStreamer::grpc_address`] tells
-    /// it). Default `"127.0.0.1:9090"`: loopback only.
-    #[serde(default = "default_grpc_address")]
-    pub grpc_address: String,
+    /// it). Default: `"127.0.0.1:9090"` (loopback only) when
+    /// `http_address` is not set either; when only `http_address` is set,
+    /// no gRPC server.
+    #[serde(default)]
+    pub grpc_address: Option<String>,
+    /// The HTTP (Server-Sent Events) listen address, `host:port` (port 0:
+    /// any free port; [`ServeStreamer::http_address`] tells it). Default:
+    /// none (no HTTP server).
+    #[serde(default)]
+    pub http_address: Option<String>,
+    /// How long one SSE connection may stay open, in milliseconds; the
+    /// stream then ends at a block boundary and the client resumes by
+    /// `Last-Event-ID`. Default 0: unlimited.
+    #[serde(default)]
+    pub max_connection_ms: u64,
+    /// Origins allowed to read the HTTP endpoints from a browser (CORS),
+    /// e.g. `["https://app.example"]`, or `["*"]`. Default empty: no CORS
+    /// headers.
+    #[serde(default)]
+    pub cors_origins: Vec<String>,
     /// When not empty, every call needs `authorization: Bearer <token>`
     /// (the health service excepted). Default `""`: no token.
     #[serde(default)]
@@ -65,7 +85,10 @@ pub struct ServeConfig {
 impl Default for ServeConfig {
     fn default() -> Self {
         ServeConfig {
-            grpc_address: default_grpc_address(),
+            grpc_address: None,
+            http_address: None,
+            max_connection_ms: 0,
+            cors_origins: Vec::new(),
             token: String::new(),
             retain_blocks: default_retain_blocks(),
             heartbeat_ms: default_heartbeat_ms(),
@@ -80,6 +103,9 @@ impl std::fmt::Debug for ServeConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServeConfig")
             .field("grpc_address", &self.grpc_address)
+            .field("http_address", &self.http_address)
+            .field("max_connection_ms", &self.max_connection_ms)
+            .field("cors_origins", &self.cors_origins)
             .field("token", &if self.token.is_empty() { "" } else { "<set>" })
             .field("retain_blocks", &self.retain_blocks)
             .field("heartbeat_ms", &self.heartbeat_ms)
@@ -90,8 +116,14 @@ impl std::fmt::Debug for ServeConfig {
     }
 }
 
-fn default_grpc_address() -> String {
-    "127.0.0.1:9090".into()
+/// The gRPC address when neither `grpc_address` nor `http_address` is set.
+pub const DEFAULT_GRPC_ADDRESS: &str = "127.0.0.1:9090";
+
+/// The resolved listen addresses (at least one is set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Addresses {
+    pub grpc: Option<SocketAddr>,
+    pub http: Option<SocketAddr>,
 }
 fn default_retain_blocks() -> u64 {
     10_000
@@ -112,8 +144,38 @@ impl ServeConfig {
     pub(crate) fn check(
         &self,
         ctx: &StreamerContext<'_>,
-    ) -> Result<SocketAddr, (&'static str, String)> {
-        let address = resolve_address(&self.grpc_address).map_err(|m| ("grpc_address", m))?;
+    ) -> Result<Addresses, (&'static str, String)> {
+        let grpc = match (&self.grpc_address, &self.http_address) {
+            (Some(a), _) => Some(resolve_address(a).map_err(|m| ("grpc_address", m))?),
+            (None, None) => {
+                Some(resolve_address(DEFAULT_GRPC_ADDRESS).map_err(|m| ("grpc_address", m))?)
+            }
+            (None, Some(_)) => None,
+        };
+        let http = match &self.http_address {
+            Some(a) => Some(resolve_address(a).map_err(|m| ("http_address", m))?),
+            None => None,
+        };
+        if grpc.is_some() && grpc == http && grpc.is_some_and(|a| a.port() != 0) {
+            return Err((
+                "http_address",
+                "grpc_address and http_address are the same address; give each its own port".into(),
+            ));
+        }
+        for origin in &self.cors_origins {
+            let ok = origin == "*"
+                || ((origin.starts_with("http://") || origin.starts_with("https://"))
+                    && !origin.ends_with('/')
+                    && !origin.chars().any(|c| c.is_control() || c.is_whitespace()));
+            if !ok {
+                return Err((
+                    "cors_origins",
+                    format!(
+                        "{origin:?} is not an origin: expected \"*\" or scheme://host[:port] without a path (e.g. \"https://app.example\")"
+                    ),
+                ));
+            }
+        }
         if self.retain_blocks == 0 {
             return Err((
                 "retain_blocks",
@@ -160,7 +222,7 @@ impl ServeConfig {
                 ));
             }
         }
-        Ok(address)
+        Ok(Addresses { grpc, http })
     }
 
     /// Checks the options, binds the listen address and starts the server.
@@ -171,10 +233,10 @@ impl ServeConfig {
         ctx: &StreamerContext<'_>,
         options: &StreamerOptions,
     ) -> Result<ServeStreamer, BoxError> {
-        let address = self
+        let addresses = self
             .check(ctx)
             .map_err(|(key, message)| -> ConfigError { options.error(key, message) })?;
-        Ok(ServeStreamer::start(ctx, self.clone(), address)?)
+        Ok(ServeStreamer::start(ctx, self.clone(), addresses)?)
     }
 }
 

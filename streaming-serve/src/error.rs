@@ -18,9 +18,11 @@ pub enum ServeError {
         source: std::io::Error,
     },
     /// The listen address could not be bound.
-    #[error("streamer {streamer:?}: cannot listen on {address} (grpc_address): {reason}")]
+    #[error("streamer {streamer:?}: cannot listen on {address} ({key}): {reason}")]
     Bind {
         streamer: String,
+        /// The option that names the address.
+        key: &'static str,
         address: SocketAddr,
         reason: String,
     },
@@ -51,6 +53,17 @@ pub enum HubError {
     /// Reading the store failed.
     #[error("cannot read the store: {0}")]
     Store(String),
+}
+
+impl HubError {
+    /// The HTTP status of this error.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            HubError::OutOfRange { .. } | HubError::InvalidArgument(_) => 400,
+            HubError::TooManySubscribers(_) | HubError::ShuttingDown => 503,
+            HubError::Store(_) => 500,
+        }
+    }
 }
 
 impl From<HubError> for tonic::Status {

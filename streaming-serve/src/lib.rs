@@ -11,6 +11,8 @@
 //! - [`Hub`]: the blocks by height (recent ones in memory, older ones from
 //!   the store's change log), subscriptions, limits. Front-ends (gRPC here;
 //!   HTTP/SSE beside it) only translate its events.
+//! - HTTP: Server-Sent Events (`GET /stream`, `/stream/ping`) and
+//!   `GET /snapshot` on `http_address` (axum), see `docs/serve.md`.
 //! - [`client`]: a resumable subscription with a pluggable cursor store.
 //! - [`proto`]: the generated messages, clients and servers.
 
@@ -25,10 +27,11 @@ mod grpc;
 mod hub;
 mod outbox;
 pub mod proto;
+mod sse;
 mod streamer;
 mod wire;
 
-pub use config::{DEFAULT_VALUE_TYPE, SERVE_TYPE, ServeConfig};
+pub use config::{DEFAULT_GRPC_ADDRESS, DEFAULT_VALUE_TYPE, SERVE_TYPE, ServeConfig};
 pub use datastream::DELETED;
 pub use error::{HubError, ServeError};
 pub use filter::{Filter, FilterBuilder};

@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 use tokio_stream::wrappers::TcpListenerStream;
 use tracing::{info, warn};
 
-use crate::config::{DEFAULT_VALUE_TYPE, ServeConfig};
+use crate::config::{Addresses, DEFAULT_VALUE_TYPE, ServeConfig};
 use crate::datastream::DataStreamService;
 use crate::error::ServeError;
 use crate::grpc::{Auth, StateStreamService};
@@ -27,14 +27,21 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct ServeHandle {
     hub: Arc<Hub>,
-    grpc_address: SocketAddr,
+    grpc_address: Option<SocketAddr>,
+    http_address: Option<SocketAddr>,
 }
 
 impl ServeHandle {
     /// The address the gRPC server is bound to (with the port the OS
-    /// chose for port 0).
-    pub fn grpc_address(&self) -> SocketAddr {
+    /// chose for port 0); `None` when gRPC is off.
+    pub fn grpc_address(&self) -> Option<SocketAddr> {
         self.grpc_address
+    }
+
+    /// The address the HTTP (SSE) server is bound to; `None` when it is
+    /// off.
+    pub fn http_address(&self) -> Option<SocketAddr> {
+        self.http_address
     }
 
     /// The hub (head height, subscriber count, ...).
@@ -48,8 +55,15 @@ pub struct ServeStreamer {
     name: String,
     hub: Arc<Hub>,
     retain_blocks: u64,
-    grpc_address: SocketAddr,
+    grpc_address: Option<SocketAddr>,
+    http_address: Option<SocketAddr>,
     runtime: Option<Runtime>,
+    /// One per server: the shutdown signal and the "stopped" answer.
+    servers: Vec<Server>,
+}
+
+struct Server {
+    what: &'static str,
     shutdown: Option<oneshot::Sender<()>>,
     stopped: Option<std::sync::mpsc::Receiver<()>>,
 }
@@ -59,6 +73,7 @@ impl std::fmt::Debug for ServeStreamer {
         f.debug_struct("ServeStreamer")
             .field("name", &self.name)
             .field("grpc_address", &self.grpc_address)
+            .field("http_address", &self.http_address)
             .finish_non_exhaustive()
     }
 }
@@ -82,7 +97,7 @@ impl ServeStreamer {
     pub(crate) fn start(
         ctx: &StreamerContext<'_>,
         config: ServeConfig,
-        address: SocketAddr,
+        addresses: Addresses,
     ) -> Result<ServeStreamer, ServeError> {
         let name = ctx.name.to_string();
         let reader = ctx
@@ -97,18 +112,14 @@ impl ServeStreamer {
                 streamer: name.clone(),
                 source,
             })?;
-        let listener = std::net::TcpListener::bind(address)
-            .and_then(|l| l.set_nonblocking(true).map(|()| l))
-            .map_err(|e| ServeError::Bind {
-                streamer: name.clone(),
-                address,
-                reason: bind_reason(&e),
-            })?;
-        let local = listener.local_addr().map_err(|e| ServeError::Bind {
-            streamer: name.clone(),
-            address,
-            reason: e.to_string(),
-        })?;
+        let grpc_listener = addresses
+            .grpc
+            .map(|a| bind_std(&name, a, "grpc_address"))
+            .transpose()?;
+        let http_listener = addresses
+            .http
+            .map(|a| bind_std(&name, a, "http_address"))
+            .transpose()?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name(format!("serve-{name}"))
@@ -142,41 +153,77 @@ impl ServeStreamer {
             },
             head,
         ));
-        let listener = {
-            let _enter = runtime.enter();
-            tokio::net::TcpListener::from_std(listener).map_err(|e| ServeError::Bind {
-                streamer: name.clone(),
-                address,
-                reason: e.to_string(),
-            })?
-        };
-        let (router, set_health) = grpc_router(&hub, &config)?;
-        let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-        let (stopped_tx, stopped_rx) = std::sync::mpsc::channel();
-        let server_name = name.clone();
-        runtime.spawn(async move {
-            // Health answers SERVING from the first request on: set before
-            // the first connection is accepted (the listener is bound).
-            set_health.await;
-            let served = router
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-                    let _ = shutdown_rx.await;
-                })
-                .await;
-            if let Err(e) = served {
-                warn!(streamer = %server_name, error = %e, "gRPC server stopped");
-            }
-            let _ = stopped_tx.send(());
-        });
-        info!(streamer = %name, address = %local, head, "serve: gRPC listening");
+        let mut servers = Vec::new();
+        let mut grpc_address = None;
+        if let Some((std_listener, local, key)) = grpc_listener {
+            let listener = to_tokio(&runtime, &name, std_listener, local, key)?;
+            let (router, set_health) = grpc_router(&hub, &config)?;
+            let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+            let (stopped_tx, stopped_rx) = std::sync::mpsc::channel();
+            let server_name = name.clone();
+            runtime.spawn(async move {
+                // Health answers SERVING from the first request on: set
+                // before the first connection is accepted (the listener is
+                // bound).
+                set_health.await;
+                let served = router
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                        let _ = shutdown_rx.await;
+                    })
+                    .await;
+                if let Err(e) = served {
+                    warn!(streamer = %server_name, error = %e, "gRPC server stopped");
+                }
+                let _ = stopped_tx.send(());
+            });
+            info!(streamer = %name, address = %local, head, "serve: gRPC listening");
+            servers.push(Server {
+                what: "gRPC",
+                shutdown: Some(shutdown_tx),
+                stopped: Some(stopped_rx),
+            });
+            grpc_address = Some(local);
+        }
+        let mut http_address = None;
+        if let Some((std_listener, local, key)) = http_listener {
+            let listener = to_tokio(&runtime, &name, std_listener, local, key)?;
+            let app = crate::sse::router(crate::sse::HttpSetup {
+                hub: Arc::clone(&hub),
+                token: config.token.clone(),
+                max_connection: (config.max_connection_ms > 0)
+                    .then(|| Duration::from_millis(config.max_connection_ms)),
+                cors_origins: config.cors_origins.clone(),
+            });
+            let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+            let (stopped_tx, stopped_rx) = std::sync::mpsc::channel();
+            let server_name = name.clone();
+            runtime.spawn(async move {
+                let served = axum::serve(listener, app)
+                    .with_graceful_shutdown(async {
+                        let _ = shutdown_rx.await;
+                    })
+                    .await;
+                if let Err(e) = served {
+                    warn!(streamer = %server_name, error = %e, "HTTP server stopped");
+                }
+                let _ = stopped_tx.send(());
+            });
+            info!(streamer = %name, address = %local, head, "serve: HTTP (SSE) listening");
+            servers.push(Server {
+                what: "HTTP",
+                shutdown: Some(shutdown_tx),
+                stopped: Some(stopped_rx),
+            });
+            http_address = Some(local);
+        }
         Ok(ServeStreamer {
             name,
             hub,
             retain_blocks: config.retain_blocks,
-            grpc_address: local,
+            grpc_address,
+            http_address,
             runtime: Some(runtime),
-            shutdown: Some(shutdown_tx),
-            stopped: Some(stopped_rx),
+            servers,
         })
     }
 
@@ -185,25 +232,35 @@ impl ServeStreamer {
         ServeHandle {
             hub: Arc::clone(&self.hub),
             grpc_address: self.grpc_address,
+            http_address: self.http_address,
         }
     }
 
-    /// The address the gRPC server is bound to.
-    pub fn grpc_address(&self) -> SocketAddr {
+    /// The address the gRPC server is bound to (`None`: gRPC is off).
+    pub fn grpc_address(&self) -> Option<SocketAddr> {
         self.grpc_address
+    }
+
+    /// The address the HTTP (SSE) server is bound to (`None`: it is off).
+    pub fn http_address(&self) -> Option<SocketAddr> {
+        self.http_address
     }
 
     /// Ends every subscription with `UNAVAILABLE`, stops the servers and
     /// the runtime. Idempotent.
     fn stop(&mut self) {
         self.hub.close();
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
+        for server in &mut self.servers {
+            if let Some(tx) = server.shutdown.take() {
+                let _ = tx.send(());
+            }
         }
-        if let Some(stopped) = self.stopped.take()
-            && stopped.recv_timeout(SHUTDOWN_WAIT).is_err()
-        {
-            warn!(streamer = %self.name, "the gRPC server did not stop in time");
+        for server in &mut self.servers {
+            if let Some(stopped) = server.stopped.take()
+                && stopped.recv_timeout(SHUTDOWN_WAIT).is_err()
+            {
+                warn!(streamer = %self.name, server = server.what, "a server did not stop in time");
+            }
         }
         if let Some(rt) = self.runtime.take() {
             // Dropping a runtime may not block inside another runtime.
@@ -214,6 +271,44 @@ impl ServeStreamer {
             }
         }
     }
+}
+
+/// Binds `address` (blocking, before the runtime exists, so bind errors
+/// are the build's errors).
+fn bind_std(
+    name: &str,
+    address: SocketAddr,
+    key: &'static str,
+) -> Result<(std::net::TcpListener, SocketAddr, &'static str), ServeError> {
+    let bind_error = |reason: String| ServeError::Bind {
+        streamer: name.to_string(),
+        key,
+        address,
+        reason,
+    };
+    let listener = std::net::TcpListener::bind(address)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|e| bind_error(bind_reason(&e)))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| bind_error(e.to_string()))?;
+    Ok((listener, local, key))
+}
+
+fn to_tokio(
+    runtime: &Runtime,
+    name: &str,
+    listener: std::net::TcpListener,
+    address: SocketAddr,
+    key: &'static str,
+) -> Result<tokio::net::TcpListener, ServeError> {
+    let _enter = runtime.enter();
+    tokio::net::TcpListener::from_std(listener).map_err(|e| ServeError::Bind {
+        streamer: name.to_string(),
+        key,
+        address,
+        reason: e.to_string(),
+    })
 }
 
 fn grpc_router(

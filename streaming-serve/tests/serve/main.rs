@@ -8,4 +8,5 @@ mod datastream;
 mod limits;
 mod push;
 mod python;
+mod sse;
 mod subscribe;

@@ -34,7 +34,7 @@ fn python_client_snapshot_then_blocks_match_the_store() {
     for _ in 0..10 {
         node.commit();
     }
-    let address = node.handle.grpc_address().to_string();
+    let address = node.handle.grpc_address().expect("gRPC is on").to_string();
     let dir = tempfile::tempdir().unwrap();
     let cursor = dir.path().join("cursor");
     let mut child = Command::new("python3")
@@ -112,7 +112,7 @@ fn python_datastream_client_lists_capabilities_and_subscribes() {
     for _ in 0..5 {
         node.commit();
     }
-    let address = node.handle.grpc_address().to_string();
+    let address = node.handle.grpc_address().expect("gRPC is on").to_string();
     let mut child = Command::new("python3")
         .arg(script())
         .arg(&address)

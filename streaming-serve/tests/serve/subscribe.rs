@@ -169,7 +169,7 @@ fn a_subscriber_resumes_from_its_cursor_after_the_node_restarts() {
     for _ in 0..10 {
         node.commit();
     }
-    let port = node.handle.grpc_address().port();
+    let port = node.handle.grpc_address().expect("gRPC is on").port();
     let rt = runtime();
     let options = SubscribeOptions::new(&node.address())
         .start(StartFrom::Snapshot)

@@ -110,7 +110,7 @@ impl Node {
     }
 
     pub fn address(&self) -> String {
-        format!("http://{}", self.handle.grpc_address())
+        format!("http://{}", self.handle.grpc_address().expect("gRPC is on"))
     }
 
     pub fn height(&self) -> u64 {

@@ -1,0 +1,620 @@
+//! The HTTP front-end: Server-Sent Events read by a client that parses
+//! `text/event-stream` by hand over `ureq`'s streaming body, against a real
+//! node on a port the OS chose.
+
+use std::io::{BufRead, BufReader};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::util::{BlockChanges, Change, Node, State};
+
+const HTTP: &str = "http_address = \"127.0.0.1:0\"\n";
+
+/// One thing read from the stream.
+#[derive(Debug, Clone, PartialEq)]
+enum Frame {
+    Event {
+        event: String,
+        data: String,
+        id: Option<String>,
+        retry: Option<u64>,
+    },
+    /// A comment line (`:`): a heartbeat.
+    Comment,
+    /// The server ended the stream.
+    End,
+}
+
+struct Sse {
+    frames: mpsc::Receiver<Frame>,
+}
+
+/// A response that is not a stream: its status, content type and body.
+#[derive(Debug)]
+struct Refused {
+    status: u16,
+    body: String,
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+fn url(node: &Node, path_and_query: &str) -> String {
+    format!(
+        "http://{}{path_and_query}",
+        node.handle.http_address().expect("HTTP is on")
+    )
+}
+
+/// Opens `GET url` with `headers`; a reader thread parses the events.
+fn open(url: &str, headers: &[(&str, &str)]) -> Result<Sse, Refused> {
+    let mut request = agent().get(url);
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let response = request.call().expect("the request reaches the server");
+    let status = response.status().as_u16();
+    if status != 200 {
+        let body = response
+            .into_body()
+            .read_to_string()
+            .expect("a readable error body");
+        return Err(Refused { status, body });
+    }
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        content_type.starts_with("text/event-stream"),
+        "{content_type}"
+    );
+    let (tx, rx) = mpsc::channel();
+    let reader = BufReader::new(response.into_body().into_reader());
+    thread::spawn(move || {
+        let (mut event, mut data, mut id, mut retry) = (String::new(), Vec::new(), None, None);
+        for line in reader.lines() {
+            let Ok(line) = line else { break };
+            if line.is_empty() {
+                if !data.is_empty() || id.is_some() {
+                    let frame = Frame::Event {
+                        event: std::mem::take(&mut event),
+                        data: std::mem::take(&mut data).join("\n"),
+                        id: id.take(),
+                        retry: retry.take(),
+                    };
+                    if tx.send(frame).is_err() {
+                        return;
+                    }
+                }
+                continue;
+            }
+            if line.starts_with(':') {
+                if tx.send(Frame::Comment).is_err() {
+                    return;
+                }
+                continue;
+            }
+            let (field, value) = line.split_once(':').unwrap_or((&line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value).to_string();
+            match field {
+                "event" => event = value,
+                "data" => data.push(value),
+                "id" => id = Some(value),
+                "retry" => retry = value.parse().ok(),
+                _ => {}
+            }
+        }
+        let _ = tx.send(Frame::End);
+    });
+    Ok(Sse { frames: rx })
+}
+
+impl Sse {
+    fn next(&self) -> Frame {
+        self.frames
+            .recv_timeout(Duration::from_secs(60))
+            .expect("nothing read for 60 s")
+    }
+
+    /// The next event (heartbeats skipped); `None` at the end.
+    fn next_event(&self) -> Option<(String, Value, Option<u64>, Option<u64>)> {
+        loop {
+            match self.next() {
+                Frame::Event {
+                    event,
+                    data,
+                    id,
+                    retry,
+                } => {
+                    let data: Value = serde_json::from_str(&data).expect("JSON data");
+                    let id = id.map(|i| i.parse::<u64>().expect("a numeric id"));
+                    return Some((event, data, id, retry));
+                }
+                Frame::Comment => {}
+                Frame::End => return None,
+            }
+        }
+    }
+}
+
+/// What a client holds: the state and the last whole block it saw.
+#[derive(Debug, Default)]
+struct Mirror {
+    state: State,
+    last_id: Option<u64>,
+    puts: u64,
+    /// Events of the block in progress (applied at its `id:`).
+    pending: Vec<Change>,
+    /// The whole blocks seen, in order: height and changes.
+    blocks: Vec<BlockChanges>,
+}
+
+fn split_path(path: &str) -> (String, Vec<u8>) {
+    let rest = path.strip_prefix('/').expect("a path");
+    let (store, key) = rest.split_once('/').expect("/store/key");
+    (store.to_string(), key.as_bytes().to_vec())
+}
+
+impl Mirror {
+    /// Takes one event; panics on anything out of order.
+    fn take(&mut self, event: &str, data: &Value, id: Option<u64>) {
+        match event {
+            "put" => {
+                assert!(self.pending.is_empty(), "a put inside a block");
+                let height = data["height"].as_u64().expect("put height");
+                assert_eq!(id, Some(height), "the put's id is its height");
+                assert_eq!(data["path"], "/");
+                self.state.clear();
+                for (store, keys) in data["data"].as_object().expect("put data") {
+                    for (key, entry) in keys.as_object().expect("a store's keys") {
+                        assert_eq!(entry["version"].as_u64(), Some(height));
+                        let value = entry["value"].as_str().expect("a value");
+                        self.state.insert(
+                            (store.clone(), key.as_bytes().to_vec()),
+                            value.as_bytes().to_vec(),
+                        );
+                    }
+                }
+                self.puts += 1;
+                self.last_id = Some(height);
+                self.blocks.clear();
+            }
+            "patch" | "delete" => {
+                let (store, key) = split_path(data["path"].as_str().expect("path"));
+                let (value, version) = if event == "patch" {
+                    let v = data["data"]["value"].as_str().expect("value");
+                    (
+                        Some(v.as_bytes().to_vec()),
+                        data["data"]["version"].as_u64(),
+                    )
+                } else {
+                    (None, data["version"].as_u64())
+                };
+                let version = version.expect("a version");
+                let expected = self.last_id.map_or(version, |h| h + 1);
+                assert_eq!(version, expected, "gap or duplicate");
+                self.pending.push((store, key, value));
+                if let Some(id) = id {
+                    assert_eq!(id, version, "the id is the block's height");
+                    let changes = std::mem::take(&mut self.pending);
+                    for (s, k, v) in &changes {
+                        match v {
+                            Some(v) => self.state.insert((s.clone(), k.clone()), v.clone()),
+                            None => self.state.remove(&(s.clone(), k.clone())),
+                        };
+                    }
+                    self.blocks.push((id, changes));
+                    self.last_id = Some(id);
+                }
+            }
+            other => panic!("unexpected event {other:?}"),
+        }
+    }
+
+    /// Reads until the block at `height` has ended (or the stream ends:
+    /// `false`).
+    fn read_until(&mut self, sse: &Sse, height: u64) -> bool {
+        while self.last_id.is_none_or(|h| h < height) {
+            match sse.next_event() {
+                Some((event, data, id, _)) => self.take(&event, &data, id),
+                None => return false,
+            }
+        }
+        true
+    }
+
+    /// Reconnects with `Last-Event-ID` (the last whole block seen); the
+    /// partial block is dropped, it is sent again.
+    fn reconnect(&mut self, node: &Node, path: &str) -> Sse {
+        self.pending.clear();
+        let id = self.last_id.expect("a block seen").to_string();
+        open(&url(node, path), &[("Last-Event-ID", &id)]).expect("resumed")
+    }
+}
+
+#[test]
+fn put_then_patches_and_deletes_match_the_change_sets() {
+    let mut node = Node::in_memory(HTTP);
+    for _ in 0..3 {
+        node.commit();
+    }
+    let sse = open(&url(&node, "/stream"), &[]).unwrap();
+    let (event, data, id, retry) = sse.next_event().unwrap();
+    assert_eq!(event, "put");
+    assert!(retry.is_some(), "the first event carries retry:");
+    let mut mirror = Mirror::default();
+    mirror.take(&event, &data, id);
+    assert_eq!(mirror.last_id, Some(3));
+    assert_eq!(mirror.state, node.state());
+    for _ in 0..5 {
+        node.commit();
+    }
+    assert!(mirror.read_until(&sse, 8));
+    let heights: Vec<u64> = mirror.blocks.iter().map(|b| b.0).collect();
+    assert_eq!(heights, vec![4, 5, 6, 7, 8]);
+    for (h, changes) in &mirror.blocks {
+        assert_eq!(changes, &node.changes(*h), "block {h}");
+    }
+    assert_eq!(mirror.state, node.state());
+    node.close();
+}
+
+#[test]
+fn reconnecting_by_last_event_id_misses_and_repeats_nothing_while_blocks_commit() {
+    let mut node = Node::in_memory(HTTP);
+    node.commit();
+    let mut mirror = Mirror::default();
+    let mut sse = open(&url(&node, "/stream"), &[]).unwrap();
+    for round in 0..6 {
+        for _ in 0..4 {
+            node.commit();
+        }
+        // Read part of the new blocks (stopping mid-block on odd rounds),
+        // then drop the connection and resume from the last whole block.
+        let stop = 3 + round % 2;
+        let mut taken = 0;
+        while taken < stop {
+            let (event, data, id, _) = sse.next_event().unwrap();
+            mirror.take(&event, &data, id);
+            if event != "put" {
+                taken += 1;
+            }
+        }
+        sse = mirror.reconnect(&node, "/stream");
+    }
+    let head = node.height();
+    assert!(mirror.read_until(&sse, head));
+    assert_eq!(mirror.puts, 1, "a resume inside the window sends no put");
+    assert_eq!(mirror.state, node.state());
+    node.close();
+}
+
+#[test]
+fn a_last_event_id_below_the_window_gives_a_fresh_put() {
+    let mut node = Node::in_memory(&format!("{HTTP}retain_blocks = 5"));
+    for _ in 0..40 {
+        node.commit();
+    }
+    let sse = open(&url(&node, "/stream"), &[("Last-Event-ID", "2")]).unwrap();
+    let (event, data, id, _) = sse.next_event().unwrap();
+    assert_eq!(event, "put");
+    let mut mirror = Mirror::default();
+    mirror.take(&event, &data, id);
+    assert_eq!(mirror.last_id, Some(40));
+    assert_eq!(mirror.state, node.state());
+    node.close();
+}
+
+#[test]
+fn heartbeats_arrive_on_an_idle_stream() {
+    let mut node = Node::in_memory(&format!("{HTTP}heartbeat_ms = 50"));
+    node.commit();
+    let sse = open(&url(&node, "/stream"), &[]).unwrap();
+    assert!(matches!(sse.next(), Frame::Event { ref event, .. } if event == "put"));
+    let mut comments = 0;
+    while comments < 3 {
+        match sse.next() {
+            Frame::Comment => comments += 1,
+            other => panic!("only heartbeats on an idle stream, got {other:?}"),
+        }
+    }
+    node.close();
+}
+
+#[test]
+fn max_connection_ms_ends_the_stream_and_the_client_resumes() {
+    let mut node = Node::in_memory(&format!("{HTTP}max_connection_ms = 300"));
+    node.commit();
+    let mut mirror = Mirror::default();
+    let mut sse = open(&url(&node, "/stream"), &[]).unwrap();
+    let mut ends = 0;
+    while ends < 2 {
+        node.commit();
+        thread::sleep(Duration::from_millis(50));
+        let head = node.height();
+        if !mirror.read_until(&sse, head) {
+            ends += 1;
+            sse = mirror.reconnect(&node, "/stream");
+        }
+    }
+    let head = node.height();
+    while !mirror.read_until(&sse, head) {
+        sse = mirror.reconnect(&node, "/stream");
+    }
+    assert_eq!(mirror.puts, 1);
+    assert_eq!(mirror.state, node.state());
+    node.close();
+}
+
+#[test]
+fn filters_and_encodings_select_and_write_keys() {
+    let mut node = Node::in_memory(HTTP);
+    for _ in 0..3 {
+        node.commit();
+    }
+    let sse = open(&url(&node, "/stream?stores=a&prefix=b/k01"), &[]).unwrap();
+    let (event, data, _, _) = sse.next_event().unwrap();
+    assert_eq!(event, "put");
+    let stores: Vec<&String> = data["data"].as_object().unwrap().keys().collect();
+    assert_eq!(stores, vec!["a", "b"]);
+    for key in data["data"]["b"].as_object().unwrap().keys() {
+        assert!(key.starts_with("k01"), "{key}");
+    }
+    node.commit();
+    let (_, patch, _, _) = sse.next_event().unwrap();
+    let path = patch["path"].as_str().unwrap();
+    assert!(
+        path.starts_with("/a/") || path.starts_with("/b/k01"),
+        "{path}"
+    );
+
+    let sse = open(&url(&node, "/stream?stores=a&encoding=hex"), &[]).unwrap();
+    let (_, data, _, _) = sse.next_event().unwrap();
+    for (key, entry) in data["data"]["a"].as_object().unwrap() {
+        assert!(key.starts_with("6b"), "k in hex: {key}");
+        assert!(
+            entry["value"]
+                .as_str()
+                .unwrap()
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit())
+        );
+    }
+    node.close();
+}
+
+#[test]
+fn snapshot_and_ping() {
+    let mut node = Node::in_memory(HTTP);
+    for _ in 0..3 {
+        node.commit();
+    }
+    let response = agent()
+        .get(&url(&node, "/snapshot?stores=a,b,c"))
+        .call()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let body: Value =
+        serde_json::from_str(&response.into_body().read_to_string().unwrap()).unwrap();
+    assert_eq!(body["height"].as_u64(), Some(3));
+    let mut state = State::new();
+    for (store, keys) in body["data"].as_object().unwrap() {
+        for (key, entry) in keys.as_object().unwrap() {
+            state.insert(
+                (store.clone(), key.as_bytes().to_vec()),
+                entry["value"].as_str().unwrap().as_bytes().to_vec(),
+            );
+        }
+    }
+    assert_eq!(state, node.state());
+
+    let sse = open(&url(&node, "/stream/ping?stores=a"), &[]).unwrap();
+    for h in 4..=6 {
+        node.commit();
+        let (event, data, id, _) = sse.next_event().unwrap();
+        assert_eq!(event, "ping");
+        assert_eq!(id, Some(h));
+        assert_eq!(data["height"].as_u64(), Some(h));
+    }
+    node.close();
+}
+
+#[test]
+fn tokens_bad_requests_and_limits_are_statuses_with_a_json_body() {
+    let mut node = Node::in_memory(&format!("{HTTP}token = \"s3cret\"\nmax_subscribers = 1"));
+    node.commit();
+    let refused = |path: &str, headers: &[(&str, &str)]| -> Refused {
+        match open(&url(&node, path), headers) {
+            Ok(_) => panic!("{path} was accepted"),
+            Err(r) => {
+                let body: Value = serde_json::from_str(r.body.trim()).expect("a JSON body");
+                assert!(body["error"].is_string(), "{}", r.body);
+                assert_eq!(r.body.trim().lines().count(), 1);
+                r
+            }
+        }
+    };
+    assert_eq!(refused("/stream", &[]).status, 401);
+    assert_eq!(
+        refused("/stream", &[("Authorization", "Bearer nope")]).status,
+        401
+    );
+    assert_eq!(refused("/snapshot", &[]).status, 401);
+    let auth = [("Authorization", "Bearer s3cret")];
+    let bad = refused("/stream?stores=zz", &auth);
+    assert_eq!(bad.status, 400);
+    assert!(
+        bad.body.contains("zz") && bad.body.contains("stores"),
+        "{}",
+        bad.body
+    );
+    let bad = refused("/stream?encoding=latin1", &auth);
+    assert_eq!(bad.status, 400);
+    assert!(bad.body.contains("encoding"), "{}", bad.body);
+    let bad = refused("/stream?prefix=nostore", &auth);
+    assert_eq!(bad.status, 400);
+    assert!(bad.body.contains("prefix"), "{}", bad.body);
+    assert_eq!(
+        refused(
+            "/stream",
+            &[("Authorization", "Bearer s3cret"), ("Last-Event-ID", "x")]
+        )
+        .status,
+        400
+    );
+
+    // The query token works (for EventSource); the one subscription allowed
+    // is then taken.
+    let held = open(&url(&node, "/stream?token=s3cret"), &[]).unwrap();
+    assert!(matches!(held.next(), Frame::Event { ref event, .. } if event == "put"));
+    assert_eq!(refused("/stream", &auth).status, 503);
+    node.close();
+    // Shutdown ends the stream.
+    loop {
+        match held.next() {
+            Frame::End => break,
+            Frame::Comment | Frame::Event { .. } => {}
+        }
+    }
+}
+
+#[test]
+fn a_stalled_client_is_disconnected_and_does_not_hold_back_commits() {
+    use std::io::Write as _;
+    let mut node = Node::in_memory(&format!("{HTTP}heartbeat_ms = 100"));
+    node.commit();
+    // A client that sends its request and never reads.
+    let address = node.handle.http_address().unwrap();
+    let mut stalled = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        stalled,
+        "GET /stream HTTP/1.1\r\nHost: {address}\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .unwrap();
+    while node.handle.hub().subscribers() == 0 {
+        thread::sleep(Duration::from_millis(10));
+    }
+    // Commits go on (none waits for the client) until it is dropped.
+    let mut blocks = 0;
+    while node.handle.hub().subscribers() > 0 {
+        node.commit_sized(64, 4096);
+        blocks += 1;
+        assert!(blocks < 5_000, "the stalled client was never disconnected");
+        thread::sleep(Duration::from_millis(5));
+    }
+    // A reading client is served as before.
+    let sse = open(&url(&node, "/stream"), &[]).unwrap();
+    let mut mirror = Mirror::default();
+    let (event, data, id, _) = sse.next_event().unwrap();
+    mirror.take(&event, &data, id);
+    assert_eq!(mirror.state, node.state());
+    drop(stalled);
+    node.close();
+}
+
+#[test]
+fn cors_headers_only_for_the_configured_origins() {
+    let mut node = Node::in_memory(&format!("{HTTP}cors_origins = [\"https://app.example\"]"));
+    node.commit();
+    let get = |origin: &str| {
+        agent()
+            .get(&url(&node, "/snapshot"))
+            .header("Origin", origin)
+            .call()
+            .unwrap()
+    };
+    let allowed = get("https://app.example");
+    assert_eq!(
+        allowed
+            .headers()
+            .get("access-control-allow-origin")
+            .and_then(|v| v.to_str().ok()),
+        Some("https://app.example")
+    );
+    let other = get("https://evil.example");
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+    let preflight = agent()
+        .options(&url(&node, "/stream"))
+        .header("Origin", "https://app.example")
+        .header("Access-Control-Request-Headers", "authorization")
+        .call()
+        .unwrap();
+    assert_eq!(preflight.status().as_u16(), 204);
+    assert!(
+        preflight
+            .headers()
+            .get("access-control-allow-headers")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("Authorization"))
+    );
+    node.close();
+
+    // No cors_origins: no CORS headers.
+    let mut node = Node::in_memory(HTTP);
+    node.commit();
+    let r = agent()
+        .get(&url(&node, "/snapshot"))
+        .header("Origin", "https://app.example")
+        .call()
+        .unwrap();
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+    node.close();
+}
+
+#[test]
+fn http_only_and_bad_http_options_name_the_key() {
+    use statestream_store::MultiStore;
+    use std::path::Path;
+
+    use crate::util::{keys, start_manager};
+
+    let mut store = MultiStore::in_memory(&keys()).unwrap();
+    let toml = "[store]\nstreamers = [\"serve\"]\n\n[streamers.serve]\ntype = \"serve\"\nkeys = [\"*\"]\nhttp_address = \"127.0.0.1:0\"\n";
+    let (manager, handle) = start_manager(&mut store, toml, Path::new(".")).unwrap();
+    assert!(
+        handle.grpc_address().is_none(),
+        "only http_address: no gRPC"
+    );
+    assert!(handle.http_address().is_some());
+    manager.close(&mut store).unwrap();
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let err = start_manager(
+        &mut store,
+        &crate::util::config(&format!("http_address = \"{addr}\"")),
+        Path::new("."),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("in use") && err.contains("http_address"),
+        "{err}"
+    );
+    for (extra, key) in [
+        ("http_address = \"nonsense\"", "http_address"),
+        (
+            "http_address = \"127.0.0.1:0\"\ncors_origins = [\"app.example\"]",
+            "cors_origins",
+        ),
+        (
+            "http_address = \"127.0.0.1:0\"\nmax_connection_ms = -1",
+            "max_connection_ms",
+        ),
+    ] {
+        let err = start_manager(&mut store, &crate::util::config(extra), Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(key), "{extra}: {err}");
+    }
+}

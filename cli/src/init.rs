@@ -149,12 +149,13 @@ queue = 64
 # tls = "prefer"                     # "disable", "prefer" or "require"
 
 # type = "serve": consumers subscribe over gRPC (snapshot, resume by height,
-# live blocks), statestream's own service and datastream's DataService
-# (docs/serve.md).
+# live blocks; statestream's own service and datastream's DataService) and
+# over HTTP server-sent events (docs/serve.md).
 # [streamers.serve]
 # type = "serve"
 # keys = ["*"]
 # grpc_address = "127.0.0.1:9090"    # loopback unless other machines subscribe
+# http_address = "127.0.0.1:8080"    # server-sent events: GET /stream, /snapshot
 # token = ""                         # set: every call needs "Bearer <token>"
 # retain_blocks = 10000              # history kept for resuming by height
 # heartbeat_ms = 10000
@@ -321,7 +322,12 @@ mod tests {
                 // Parsed, not built: building it would listen on its port.
                 "serve" => {
                     let serve: statestream_serve::ServeConfig = spec.options.parse().unwrap();
-                    assert_eq!(serve, statestream_serve::ServeConfig::default());
+                    let expected = statestream_serve::ServeConfig {
+                        grpc_address: Some("127.0.0.1:9090".into()),
+                        http_address: Some("127.0.0.1:8080".into()),
+                        ..statestream_serve::ServeConfig::default()
+                    };
+                    assert_eq!(serve, expected);
                 }
                 "nats" => {
                     let nats: statestream_nats::NatsStreamerConfig = spec.options.parse().unwrap();

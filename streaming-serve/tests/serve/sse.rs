@@ -618,3 +618,53 @@ fn http_only_and_bad_http_options_name_the_key() {
         assert!(err.contains(key), "{extra}: {err}");
     }
 }
+
+/// The process's resident set size in bytes (Linux: `/proc/self/statm`,
+/// its second field in pages of 4 KiB).
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .expect("statm's resident field");
+    pages * 4096
+}
+
+#[test]
+fn a_stalled_client_over_many_blocks_keeps_memory_flat() {
+    use std::io::Write as _;
+    let mut node = Node::in_memory(HTTP);
+    node.commit();
+    // A client that sends its request and never reads.
+    let address = node.handle.http_address().unwrap();
+    let mut stalled = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        stalled,
+        "GET /stream HTTP/1.1\r\nHost: {address}\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .unwrap();
+    crate::util::wait_for("the stalled client's subscription", || {
+        node.handle.hub().subscribers() > 0
+    });
+    let start = node.height();
+    for _ in 0..1_000 {
+        node.commit();
+    }
+    let early = rss_bytes();
+    for _ in 0..4_000 {
+        node.commit();
+    }
+    let late = rss_bytes();
+    assert_eq!(node.height(), start + 5_000, "commits went on");
+    let grown = late.saturating_sub(early);
+    assert!(
+        grown < 32 << 20,
+        "RSS grew by {} KiB over 4,000 blocks with a stalled client ({} KiB -> {} KiB)",
+        grown >> 10,
+        early >> 10,
+        late >> 10
+    );
+    drop(stalled);
+    node.close();
+}

@@ -78,8 +78,12 @@ fn open(url: &str, headers: &[(&str, &str)]) -> Result<Sse, Refused> {
         content_type.starts_with("text/event-stream"),
         "{content_type}"
     );
+    Ok(parse(BufReader::new(response.into_body().into_reader())))
+}
+
+/// A reader thread parsing `text/event-stream` from `reader` into frames.
+fn parse(reader: impl BufRead + Send + 'static) -> Sse {
     let (tx, rx) = mpsc::channel();
-    let reader = BufReader::new(response.into_body().into_reader());
     thread::spawn(move || {
         let (mut event, mut data, mut id, mut retry) = (String::new(), Vec::new(), None, None);
         for line in reader.lines() {
@@ -116,7 +120,7 @@ fn open(url: &str, headers: &[(&str, &str)]) -> Result<Sse, Refused> {
         }
         let _ = tx.send(Frame::End);
     });
-    Ok(Sse { frames: rx })
+    Sse { frames: rx }
 }
 
 impl Sse {
@@ -666,5 +670,58 @@ fn a_stalled_client_over_many_blocks_keeps_memory_flat() {
         late >> 10
     );
     drop(stalled);
+    node.close();
+}
+
+#[test]
+fn curl_reads_a_put_then_patches() {
+    use std::process::{Command, Stdio};
+    let test = "curl_reads_a_put_then_patches";
+    let available = Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !statestream_test_support::require(test, "curl", available, "apt-get install -y curl") {
+        return;
+    }
+    let mut node = Node::in_memory(HTTP);
+    for _ in 0..2 {
+        node.commit();
+    }
+    let mut curl = Command::new("curl")
+        .args(["-N", "-s", "--max-time", "120", &url(&node, "/stream")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("curl starts");
+    let stdout = curl.stdout.take().expect("curl's stdout");
+    let sse = parse(BufReader::new(stdout));
+    let mut mirror = Mirror::default();
+    let (event, data, id, retry) = sse.next_event().expect("a put");
+    assert_eq!(event, "put");
+    assert!(retry.is_some(), "the first event carries retry:");
+    mirror.take(&event, &data, id);
+    assert_eq!(mirror.last_id, Some(2));
+    assert_eq!(mirror.state, node.state());
+    let mut events = Vec::new();
+    for _ in 0..3 {
+        node.commit();
+    }
+    while mirror.last_id.is_none_or(|h| h < 5) {
+        let (event, data, id, _) = sse.next_event().expect("the stream goes on");
+        mirror.take(&event, &data, id);
+        events.push(event);
+    }
+    assert!(
+        events.iter().all(|e| e == "patch" || e == "delete"),
+        "{events:?}"
+    );
+    assert!(events.iter().any(|e| e == "patch"), "{events:?}");
+    for (h, changes) in &mirror.blocks {
+        assert_eq!(changes, &node.changes(*h), "block {h}");
+    }
+    assert_eq!(mirror.state, node.state());
+    let _ = curl.kill();
+    let _ = curl.wait();
     node.close();
 }

@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status};
 use crate::filter::{Filter, FilterBuilder, key_from_text, key_to_text};
 use crate::grpc::{SubscriptionEnd, finish, push_write, send_snapshot, stall_timeout};
 use crate::hub::{Entry, Event, Hub, stream_snapshot};
+use crate::metrics::FrontEnd;
 use crate::outbox::{self, Ended, Outbox, Sink};
 use crate::proto::datastream::{
     Capability, Data, DataRequest, DataResponse, ListCapabilitiesRequest, ListCapabilitiesResponse,
@@ -193,8 +194,12 @@ impl DataService for DataStreamService {
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let hub = Arc::clone(&self.hub);
         let filter = parse_keys(&hub, &request.into_inner().keys)?;
-        let guard = hub.admit()?;
-        let (mut sink, outbox) = outbox::channel(stall_timeout(&hub), hub.closing());
+        let guard = hub.admit(FrontEnd::Grpc)?;
+        let (mut sink, outbox) = outbox::channel(
+            stall_timeout(&hub),
+            hub.closing(),
+            Arc::clone(hub.metrics()),
+        );
         tokio::spawn(async move {
             if let Err(end) = DataStreamService::run(hub, guard, filter, &mut sink).await {
                 finish(sink, end);

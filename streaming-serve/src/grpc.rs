@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status};
 use crate::error::HubError;
 use crate::filter::{Filter, FilterBuilder};
 use crate::hub::{Event, Hub, stream_snapshot};
+use crate::metrics::FrontEnd;
 use crate::outbox::{self, Ended, Outbox, Sink};
 use crate::proto::server::{self as v1, state_stream_server::StateStream};
 use crate::proto::v1 as pb;
@@ -257,7 +258,7 @@ enum Start {
 
 /// Sends snapshot chunks (converted by `make`) until the snapshot ends;
 /// returns its height.
-pub(crate) async fn send_snapshot<T>(
+pub(crate) async fn send_snapshot<T: prost::Message>(
     hub: &Hub,
     filter: &Filter,
     batch_bytes: usize,
@@ -309,7 +310,7 @@ impl From<HubError> for SubscriptionEnd {
 }
 
 /// Ends a subscription's stream according to why its task ended.
-pub(crate) fn finish<T>(sink: Sink<T>, end: SubscriptionEnd) {
+pub(crate) fn finish<T: prost::Message>(sink: Sink<T>, end: SubscriptionEnd) {
     match end {
         SubscriptionEnd::Ended(why) => tracing::debug!(?why, "subscription ended"),
         SubscriptionEnd::Error(e) => {
@@ -426,7 +427,11 @@ impl StateStream for StateStreamService {
             return Err(HubError::ShuttingDown.into());
         }
         let filter = parse_filter(&hub, request.into_inner().filter)?;
-        let (mut sink, outbox) = outbox::channel(stall_timeout(&hub), hub.closing());
+        let (mut sink, outbox) = outbox::channel(
+            stall_timeout(&hub),
+            hub.closing(),
+            Arc::clone(hub.metrics()),
+        );
         tokio::spawn(async move {
             let r = send_snapshot(&hub, &filter, MESSAGE_BYTES, &mut sink, snapshot_chunk).await;
             if let Err(end) = r {
@@ -454,9 +459,13 @@ impl StateStream for StateStreamService {
                 Start::From(h)
             }
         };
-        let guard = hub.admit()?;
+        let guard = hub.admit(FrontEnd::Grpc)?;
         let encoded = Arc::clone(&self.encoded);
-        let (mut sink, outbox) = outbox::channel(stall_timeout(&hub), hub.closing());
+        let (mut sink, outbox) = outbox::channel(
+            stall_timeout(&hub),
+            hub.closing(),
+            Arc::clone(hub.metrics()),
+        );
         tokio::spawn(async move {
             if let Err(end) =
                 StateStreamService::run(hub, encoded, guard, filter, start, &mut sink).await

@@ -22,6 +22,7 @@ use tokio::time::{Interval, MissedTickBehavior};
 
 use crate::error::HubError;
 use crate::filter::Filter;
+use crate::metrics::{FrontEnd, ServeMetrics};
 
 /// Blocks kept in memory for subscribers at or near the head.
 pub const RING_BLOCKS: usize = 64;
@@ -52,6 +53,7 @@ pub struct Hub {
     subscribers: AtomicUsize,
     max_subscribers: usize,
     heartbeat: Duration,
+    metrics: Arc<ServeMetrics>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -88,6 +90,7 @@ impl Hub {
             subscribers: AtomicUsize::new(0),
             max_subscribers: setup.max_subscribers,
             heartbeat: setup.heartbeat,
+            metrics: Arc::default(),
         }
     }
 
@@ -123,6 +126,11 @@ impl Hub {
     }
 
     /// Subscriptions open now.
+    /// The counters per front-end.
+    pub fn metrics(&self) -> &Arc<ServeMetrics> {
+        &self.metrics
+    }
+
     pub fn subscribers(&self) -> usize {
         self.subscribers.load(Ordering::Relaxed)
     }
@@ -174,7 +182,7 @@ impl Hub {
 
     /// Counts a new subscription, or refuses it over `max_subscribers` or
     /// at shutdown. The guard uncounts it when dropped.
-    pub fn admit(self: &Arc<Self>) -> Result<SubscriberGuard, HubError> {
+    pub fn admit(self: &Arc<Self>, front_end: FrontEnd) -> Result<SubscriberGuard, HubError> {
         if self.is_closing() {
             return Err(HubError::ShuttingDown);
         }
@@ -193,8 +201,10 @@ impl Hub {
                 Err(now) => n = now,
             }
         }
+        self.metrics.subscribed(front_end);
         Ok(SubscriberGuard {
             hub: Arc::clone(self),
+            front_end,
         })
     }
 
@@ -302,11 +312,13 @@ impl Hub {
 #[derive(Debug)]
 pub struct SubscriberGuard {
     hub: Arc<Hub>,
+    front_end: FrontEnd,
 }
 
 impl Drop for SubscriberGuard {
     fn drop(&mut self) {
         self.hub.subscribers.fetch_sub(1, Ordering::AcqRel);
+        self.hub.metrics.unsubscribed(self.front_end);
     }
 }
 

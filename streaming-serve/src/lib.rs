@@ -13,6 +13,8 @@
 //!   HTTP/SSE beside it) only translate its events.
 //! - HTTP: Server-Sent Events (`GET /stream`, `/stream/ping`) and
 //!   `GET /snapshot` on `http_address` (axum), see `docs/serve.md`.
+//! - [`metrics`]: subscribers, messages and bytes sent, slow disconnects,
+//!   per front-end ([`ServeHandle::metrics`]).
 //! - [`client`]: a resumable subscription with a pluggable cursor store.
 //! - [`proto`]: the generated messages, clients and servers.
 
@@ -25,6 +27,7 @@ mod error;
 pub mod filter;
 mod grpc;
 mod hub;
+pub mod metrics;
 mod outbox;
 pub mod proto;
 mod sse;
@@ -36,5 +39,6 @@ pub use datastream::DELETED;
 pub use error::{HubError, ServeError};
 pub use filter::{Filter, FilterBuilder};
 pub use hub::{Event, Hub, RING_BLOCKS, SubscriberGuard, Subscription};
+pub use metrics::{FrontEnd, FrontEndMetrics, ServeMetrics};
 pub use outbox::CLIENT_BUFFER;
 pub use streamer::{ServeHandle, ServeStreamer};

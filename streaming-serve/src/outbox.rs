@@ -4,12 +4,15 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::Stream;
 use tonic::Status;
+
+use crate::metrics::{FrontEnd, ServeMetrics};
 
 /// Messages buffered per client.
 pub const CLIENT_BUFFER: usize = 16;
@@ -66,11 +69,17 @@ pub struct Sink<T> {
     kill: Option<oneshot::Sender<Status>>,
     stall: Duration,
     closing: watch::Receiver<bool>,
+    metrics: Arc<ServeMetrics>,
 }
 
 /// A stream and its sink. `stall`: how long one message may wait for room
-/// before the client counts as stalled.
-pub fn channel<T>(stall: Duration, closing: watch::Receiver<bool>) -> (Sink<T>, Outbox<T>) {
+/// before the client counts as stalled. Messages sent and stalls are
+/// counted in `metrics` (gRPC).
+pub fn channel<T>(
+    stall: Duration,
+    closing: watch::Receiver<bool>,
+    metrics: Arc<ServeMetrics>,
+) -> (Sink<T>, Outbox<T>) {
     let (tx, rx) = mpsc::channel(CLIENT_BUFFER);
     let (kill_tx, kill_rx) = oneshot::channel();
     (
@@ -79,6 +88,7 @@ pub fn channel<T>(stall: Duration, closing: watch::Receiver<bool>) -> (Sink<T>, 
             kill: Some(kill_tx),
             stall,
             closing,
+            metrics,
         },
         Outbox {
             rx,
@@ -88,7 +98,7 @@ pub fn channel<T>(stall: Duration, closing: watch::Receiver<bool>) -> (Sink<T>, 
     )
 }
 
-impl<T> Sink<T> {
+impl<T: prost::Message> Sink<T> {
     /// Ends the stream with `status` ahead of anything buffered.
     fn kill(&mut self, status: Status) {
         if let Some(kill) = self.kill.take() {
@@ -99,14 +109,22 @@ impl<T> Sink<T> {
     /// Sends one message, waiting for room at most the stall timeout.
     pub async fn send(&mut self, message: T) -> Result<(), Ended> {
         let stall = self.stall;
+        let bytes = message.encoded_len();
         let outcome = {
             let closing = &mut self.closing;
             tokio::select! {
-                sent = self.tx.send(Ok(message)) => return sent.map_err(|_| Ended::Gone),
+                sent = self.tx.send(Ok(message)) => {
+                    sent.map_err(|_| Ended::Gone)?;
+                    self.metrics.sent(FrontEnd::Grpc, bytes);
+                    return Ok(());
+                }
                 _ = tokio::time::sleep(stall) => Ended::Stalled,
                 _ = closing.wait_for(|c| *c) => Ended::Shutdown,
             }
         };
+        if outcome == Ended::Stalled {
+            self.metrics.slow(FrontEnd::Grpc);
+        }
         let status = match outcome {
             Ended::Stalled => Status::aborted(format!(
                 "slow subscriber: no message taken for {} ms, disconnected; resume from the height after the last block you saw end",

@@ -27,6 +27,7 @@ use crate::error::HubError;
 use crate::filter::{Filter, FilterBuilder, key_from_text};
 use crate::grpc::{constant_time_eq, stall_timeout};
 use crate::hub::{Event, Hub, SubscriberGuard, as_ref};
+use crate::metrics::FrontEnd;
 
 /// Blocks (each one buffer of events) buffered per SSE client; a client
 /// that leaves it full for the stall timeout is disconnected (it resumes by
@@ -529,13 +530,16 @@ impl Feed {
 
     async fn send_raw(&mut self, bytes: Bytes) -> bool {
         let stall = stall_timeout(&self.hub);
+        let len = bytes.len();
         match tokio::time::timeout(stall, self.tx.send(Ok(bytes))).await {
             Ok(Ok(())) => {
                 self.last_sent = tokio::time::Instant::now();
+                self.hub.metrics().sent(FrontEnd::Sse, len);
                 true
             }
             Ok(Err(_)) => false,
             Err(_) => {
+                self.hub.metrics().slow(FrontEnd::Sse);
                 tracing::info!(
                     streamer = %self.hub.name(),
                     "SSE: slow client disconnected (no event taken for {} ms); it resumes by Last-Event-ID",
@@ -644,7 +648,7 @@ async fn open_stream(
     let filter = params.filter(&st.hub)?;
     let encoding = params.encoding()?;
     let last = last_event_id(&headers)?;
-    let guard = st.hub.admit()?;
+    let guard = st.hub.admit(FrontEnd::Sse)?;
     // Resume inside the window; anything else starts over.
     let resume = last.filter(|h| st.hub.check_from(h.saturating_add(1)).is_ok());
     let (next, put) = match (resume, mode) {

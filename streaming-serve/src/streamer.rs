@@ -48,6 +48,12 @@ impl ServeHandle {
     pub fn hub(&self) -> &Arc<Hub> {
         &self.hub
     }
+
+    /// The counters per front-end (subscribers, messages and bytes sent,
+    /// slow disconnects), for an exporter to read.
+    pub fn metrics(&self) -> Arc<crate::metrics::ServeMetrics> {
+        Arc::clone(self.hub.metrics())
+    }
 }
 
 /// The `serve` streamer. Build it with [`ServeConfig::build`].

@@ -52,11 +52,22 @@ pub(crate) fn register(registry: &mut Registry) {
         statestream_webhook::WEBHOOK_TYPE,
         statestream_webhook::WebhookConfig
     );
-    #[cfg(feature = "serve")]
+    #[cfg(all(feature = "serve", not(feature = "telemetry")))]
     config_type!(
         statestream_serve::SERVE_TYPE,
         statestream_serve::ServeConfig
     );
+    // With telemetry, the streamer's counters go on the node's `/metrics`.
+    #[cfg(all(feature = "serve", feature = "telemetry"))]
+    {
+        let metrics = registry.metrics().clone();
+        registry.register(statestream_serve::SERVE_TYPE, move |ctx, options| {
+            let config: statestream_serve::ServeConfig = options.parse()?;
+            let streamer = config.build(ctx, options)?;
+            crate::register_serve_metrics(&metrics, ctx.name, streamer.handle().metrics())?;
+            Ok(Box::new(streamer))
+        });
+    }
 }
 
 /// Options of `type = "log"`.

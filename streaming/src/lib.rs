@@ -57,6 +57,8 @@ mod manager;
 mod observe;
 mod process;
 mod registry;
+#[cfg(all(feature = "serve", feature = "telemetry"))]
+mod serve_metrics;
 #[cfg(feature = "telemetry")]
 mod telemetry;
 
@@ -72,6 +74,8 @@ pub use process::{ProcessError, ProcessStreamer, ProcessStreamerConfig};
 #[cfg(feature = "telemetry")]
 pub use prometheus;
 pub use registry::Registry;
+#[cfg(all(feature = "serve", feature = "telemetry"))]
+pub use serve_metrics::register_serve_metrics;
 /// The `app.toml` model (`statestream-config`), for an application that
 /// depends on this crate alone.
 pub use statestream_config as config;

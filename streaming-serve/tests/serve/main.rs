@@ -6,6 +6,7 @@ mod util;
 
 mod datastream;
 mod limits;
+mod metrics;
 mod push;
 mod python;
 mod sse;

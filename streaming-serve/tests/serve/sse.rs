@@ -516,6 +516,10 @@ fn a_stalled_client_is_disconnected_and_does_not_hold_back_commits() {
         assert!(blocks < 5_000, "the stalled client was never disconnected");
         thread::sleep(Duration::from_millis(5));
     }
+    let sse_metrics = node.handle.metrics().read()[1];
+    assert_eq!(sse_metrics.front_end, statestream_serve::FrontEnd::Sse);
+    assert!(sse_metrics.slow_disconnects >= 1, "{sse_metrics:?}");
+    assert_eq!(sse_metrics.subscribers, 0);
     // A reading client is served as before.
     let sse = open(&url(&node, "/stream"), &[]).unwrap();
     let mut mirror = Mirror::default();

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use statestream::config::AppConfig;
+use statestream::prometheus;
 use statestream::{BlockMeta, DeliveryManager, PushQueue, Registry, StateReader};
 use statestream_serve::proto::v1::{self, state_stream_client::StateStreamClient};
 use statestream_serve::{SERVE_TYPE, ServeConfig, ServeHandle};
@@ -33,6 +34,8 @@ pub struct Node {
     pub manager: Option<DeliveryManager>,
     pub handle: ServeHandle,
     pub push: PushQueue,
+    /// The registry `/metrics` would render.
+    pub metrics: prometheus::Registry,
 }
 
 /// The `[streamers.serve]` table with `extra` lines; port 0 unless `extra`
@@ -55,14 +58,27 @@ pub fn start_manager(
     toml: &str,
     home: &Path,
 ) -> Result<(DeliveryManager, ServeHandle), statestream::Error> {
+    start_manager_with_metrics(store, toml, home).map(|(m, h, _)| (m, h))
+}
+
+/// [`start_manager`], also returning the metrics registry the serve
+/// streamer's metrics are registered in (as the built-in type does).
+pub fn start_manager_with_metrics(
+    store: &mut MultiStore,
+    toml: &str,
+    home: &Path,
+) -> Result<(DeliveryManager, ServeHandle, prometheus::Registry), statestream::Error> {
     let app = AppConfig::parse(toml, Path::new("test.toml")).unwrap();
     let specs = app.resolve(&STORES).unwrap();
     let mut registry = Registry::with_builtins();
+    let metrics = registry.metrics().clone();
     let slot: Arc<Mutex<Option<ServeHandle>>> = Arc::default();
     let stash = Arc::clone(&slot);
+    let hook = metrics.clone();
     registry.register(SERVE_TYPE, move |ctx, options| {
         let config: ServeConfig = options.parse()?;
         let streamer = config.build(ctx, options)?;
+        statestream::register_serve_metrics(&hook, ctx.name, streamer.handle().metrics())?;
         *stash.lock().unwrap() = Some(streamer.handle());
         Ok(Box::new(streamer))
     });
@@ -72,19 +88,21 @@ pub fn start_manager(
         .unwrap()
         .take()
         .expect("the serve streamer was built");
-    Ok((manager, handle))
+    Ok((manager, handle, metrics))
 }
 
 impl Node {
     pub fn in_memory(extra: &str) -> Node {
         let mut store = MultiStore::in_memory(&keys()).unwrap();
-        let (manager, handle) = start_manager(&mut store, &config(extra), Path::new(".")).unwrap();
+        let (manager, handle, metrics) =
+            start_manager_with_metrics(&mut store, &config(extra), Path::new(".")).unwrap();
         let push = manager.push_queue();
         Node {
             store,
             manager: Some(manager),
             handle,
             push,
+            metrics,
         }
     }
 
@@ -98,14 +116,15 @@ impl Node {
             },
         )
         .unwrap();
-        let (manager, handle) =
-            start_manager(&mut store, &config(extra), path.parent().unwrap()).unwrap();
+        let (manager, handle, metrics) =
+            start_manager_with_metrics(&mut store, &config(extra), path.parent().unwrap()).unwrap();
         let push = manager.push_queue();
         Node {
             store,
             manager: Some(manager),
             handle,
             push,
+            metrics,
         }
     }
 

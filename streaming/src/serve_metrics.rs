@@ -1,0 +1,147 @@
+//! The `serve` streamer's metrics on the node's `/metrics` (features
+//! `serve` and `telemetry`): a collector reading the streamer's counters
+//! ([`statestream_serve::ServeMetrics`]) at each scrape, so the streamer
+//! crate needs no metrics library.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{self, MetricFamily, MetricType};
+use statestream_serve::{FrontEndMetrics, ServeMetrics};
+
+/// Name, help, type, and the value of one front-end's counters.
+type Metric = (
+    &'static str,
+    &'static str,
+    MetricType,
+    fn(&FrontEndMetrics) -> u64,
+);
+
+const METRICS: [Metric; 4] = [
+    (
+        "serve_subscribers",
+        "Subscribers of the serve streamer connected now, by front-end.",
+        MetricType::GAUGE,
+        |m| m.subscribers,
+    ),
+    (
+        "serve_messages_sent_total",
+        "Messages sent to subscribers (gRPC messages; SSE writes: a put or one block's events), heartbeats excluded.",
+        MetricType::COUNTER,
+        |m| m.messages_sent,
+    ),
+    (
+        "serve_bytes_sent_total",
+        "Bytes of the messages sent to subscribers (gRPC: encoded protobuf; SSE: event text).",
+        MetricType::COUNTER,
+        |m| m.bytes_sent,
+    ),
+    (
+        "serve_slow_disconnects_total",
+        "Subscribers disconnected because they did not keep up.",
+        MetricType::COUNTER,
+        |m| m.slow_disconnects,
+    ),
+];
+
+/// The metrics of one `serve` streamer (const label `streamer`, label
+/// `frontend`).
+struct ServeCollector {
+    streamer: String,
+    metrics: Arc<ServeMetrics>,
+    descs: Vec<Desc>,
+}
+
+impl ServeCollector {
+    fn new(
+        streamer: &str,
+        metrics: Arc<ServeMetrics>,
+    ) -> Result<ServeCollector, prometheus::Error> {
+        let descs = METRICS
+            .iter()
+            .map(|(name, help, _, _)| {
+                Desc::new(
+                    (*name).to_owned(),
+                    (*help).to_owned(),
+                    vec!["frontend".to_owned()],
+                    HashMap::from([("streamer".to_owned(), streamer.to_owned())]),
+                )
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(ServeCollector {
+            streamer: streamer.to_owned(),
+            metrics,
+            descs,
+        })
+    }
+}
+
+fn label(name: &str, value: &str) -> proto::LabelPair {
+    let mut pair = proto::LabelPair::default();
+    pair.set_name(name.to_owned());
+    pair.set_value(value.to_owned());
+    pair
+}
+
+impl Collector for ServeCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let now = self.metrics.read();
+        METRICS
+            .iter()
+            .map(|(name, help, kind, value)| {
+                let samples = now
+                    .iter()
+                    .map(|m| {
+                        let mut sample = proto::Metric::default();
+                        sample.set_label(vec![
+                            label("frontend", m.front_end.name()),
+                            label("streamer", &self.streamer),
+                        ]);
+                        let v = value(m) as f64;
+                        if *kind == MetricType::COUNTER {
+                            let mut c = proto::Counter::default();
+                            c.set_value(v);
+                            sample.set_counter(c);
+                        } else {
+                            let mut g = proto::Gauge::default();
+                            g.set_value(v);
+                            sample.set_gauge(g);
+                        }
+                        sample
+                    })
+                    .collect();
+                let mut family = MetricFamily::default();
+                family.set_name((*name).to_owned());
+                family.set_help((*help).to_owned());
+                family.set_field_type(*kind);
+                family.set_metric(samples);
+                family
+            })
+            .collect()
+    }
+}
+
+/// Registers the metrics of the `serve` streamer `streamer` (its
+/// [`ServeHandle::metrics`](statestream_serve::ServeHandle::metrics)) in
+/// `registry`, replacing those of an earlier instance of the same name.
+pub fn register_serve_metrics(
+    registry: &prometheus::Registry,
+    streamer: &str,
+    metrics: Arc<ServeMetrics>,
+) -> Result<(), prometheus::Error> {
+    let collector = ServeCollector::new(streamer, Arc::clone(&metrics))?;
+    match registry.register(Box::new(collector)) {
+        Err(prometheus::Error::AlreadyReg) => {
+            // Unregistering goes by the descriptions: any collector of the
+            // same streamer name stands for the old one.
+            registry.unregister(Box::new(ServeCollector::new(streamer, Arc::default())?))?;
+            registry.register(Box::new(ServeCollector::new(streamer, metrics)?))
+        }
+        other => other,
+    }
+}

@@ -145,3 +145,23 @@ pub fn register_serve_metrics(
         other => other,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_collector_per_streamer_name_the_latest_wins() {
+        let registry = prometheus::Registry::new();
+        register_serve_metrics(&registry, "a", Arc::default()).unwrap();
+        register_serve_metrics(&registry, "b", Arc::default()).unwrap();
+        // A rebuilt `a` replaces the first one instead of failing.
+        register_serve_metrics(&registry, "a", Arc::default()).unwrap();
+        let families = registry.gather();
+        assert_eq!(families.len(), METRICS.len());
+        for family in &families {
+            // Two streamers by two front-ends.
+            assert_eq!(family.get_metric().len(), 4, "{}", family.name());
+        }
+    }
+}

@@ -249,6 +249,50 @@ fn bench_stores() -> Result<Vec<StoreKey>> {
         .collect()
 }
 
+/// Writes and commits `blocks` blocks through `manager`; the seconds spent
+/// in `commit` (the writes are not timed).
+fn timed_managed_commits(
+    manager: &mut DeliveryManager,
+    store: &mut MultiStore,
+    stores: &[StoreKey],
+    rng: &mut Rng,
+    writes: usize,
+    blocks: u64,
+) -> Result<f64> {
+    let mut secs = 0.0;
+    for _ in 0..blocks {
+        write_block(store, stores, rng, writes)?;
+        let started = Instant::now();
+        manager.commit(store, BlockMeta::default())?;
+        secs += started.elapsed().as_secs_f64();
+    }
+    Ok(secs)
+}
+
+/// The same blocks committed on the store alone, pruned as the delivery
+/// manager prunes with no streamer behind (the change log keeps the last
+/// block only): the baseline of the commit overheads.
+fn timed_store_commits(
+    store: &mut MultiStore,
+    stores: &[StoreKey],
+    rng: &mut Rng,
+    writes: usize,
+    blocks: u64,
+) -> Result<f64> {
+    let meta = BlockMeta::default().encode_app_meta();
+    let mut secs = 0.0;
+    for _ in 0..blocks {
+        write_block(store, stores, rng, writes)?;
+        let started = Instant::now();
+        let input = CommitInput::new()
+            .app_meta(meta.clone())
+            .prune_below(store.version() + 1);
+        store.commit_block(input)?;
+        secs += started.elapsed().as_secs_f64();
+    }
+    Ok(secs)
+}
+
 /// Writes one block of `writes` random sets, spread over the stores,
 /// through a cache layer (as a transaction does); the caller commits.
 fn write_block(
@@ -392,37 +436,23 @@ fn commit_overhead(
         DeliveryManager::with_streamers(&mut streamed, vec![(setup, Box::new(streamer))])?;
     // Both stores get the same blocks.
     let (mut rng_alone, mut rng_streamed) = (Rng::new(7), Rng::new(7));
-    let meta = BlockMeta::default();
     let blocks = sizes.commit_blocks;
 
     let m = alternate(
         sizes.rounds,
         |_| {
-            let mut secs = 0.0;
-            for _ in 0..blocks {
-                write_block(&mut streamed, stores, &mut rng_streamed, sizes.writes)?;
-                let started = Instant::now();
-                manager.commit(&mut streamed, meta.clone())?;
-                secs += started.elapsed().as_secs_f64();
-            }
+            let secs = timed_managed_commits(
+                &mut manager,
+                &mut streamed,
+                stores,
+                &mut rng_streamed,
+                sizes.writes,
+                blocks,
+            )?;
             wait_delivered(&manager, streamed.version())?;
             Ok(secs)
         },
-        |_| {
-            let mut secs = 0.0;
-            for _ in 0..blocks {
-                write_block(&mut alone, stores, &mut rng_alone, sizes.writes)?;
-                let started = Instant::now();
-                // Pruned as the delivery manager prunes with no streamer
-                // behind: the change log keeps the last block only.
-                let input = CommitInput::new()
-                    .app_meta(meta.encode_app_meta())
-                    .prune_below(alone.version() + 1);
-                alone.commit_block(input)?;
-                secs += started.elapsed().as_secs_f64();
-            }
-            Ok(secs)
-        },
+        |_| timed_store_commits(&mut alone, stores, &mut rng_alone, sizes.writes, blocks),
     )?;
     manager.close(&mut streamed)?;
     streamed.close()?;

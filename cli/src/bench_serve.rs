@@ -17,7 +17,9 @@ use statestream_serve::proto::v1::{
 use statestream_serve::{ServeConfig, ServeHandle};
 use statestream_store::{CommitInput, KvStore, MultiStore, StoreKey, StoreOptions};
 
-use super::{Figure, Sizes, alternate, quantile, write_block};
+use super::{
+    Figure, Sizes, alternate, quantile, timed_managed_commits, timed_store_commits, write_block,
+};
 use crate::workload::Rng;
 
 /// Subscribers of the commit-overhead figure.
@@ -94,6 +96,24 @@ fn serve_manager_with(
 type Heights = Vec<Arc<AtomicU64>>;
 /// Per subscriber, each block end it received and when.
 type Arrivals = Vec<Arc<Mutex<Vec<(u64, Instant)>>>>;
+
+/// Starts `n` live subscribers of `front` on every store.
+fn connect(
+    front: Front,
+    rt: &tokio::runtime::Runtime,
+    handle: &ServeHandle,
+    n: usize,
+) -> Result<(Heights, Arrivals)> {
+    match front {
+        Front::Grpc => {
+            let address = handle
+                .grpc_address()
+                .context("the serve streamer has no gRPC address")?;
+            subscribers(rt, &format!("http://{address}"), n)
+        }
+        Front::Sse => sse_subscribers(handle, n),
+    }
+}
 
 /// Starts `n` live subscribers on every store; each records, per block
 /// end, the height and when it arrived. Returns once all are subscribed.
@@ -231,48 +251,24 @@ pub(super) fn commit_overhead(
         front,
     )?;
     let rt = client_runtime()?;
-    let (heights, _) = match front {
-        Front::Grpc => {
-            let address = format!(
-                "http://{}",
-                handle
-                    .grpc_address()
-                    .map(|a| a.to_string())
-                    .unwrap_or_default()
-            );
-            subscribers(&rt, &address, SUBSCRIBERS)?
-        }
-        Front::Sse => sse_subscribers(&handle, SUBSCRIBERS)?,
-    };
+    let (heights, _) = connect(front, &rt, &handle, SUBSCRIBERS)?;
     let (mut rng_alone, mut rng_served) = (Rng::new(7), Rng::new(7));
-    let meta = BlockMeta::default();
     let blocks = sizes.commit_blocks;
     let m = alternate(
         sizes.rounds,
         |_| {
-            let mut secs = 0.0;
-            for _ in 0..blocks {
-                write_block(&mut served, stores, &mut rng_served, sizes.writes)?;
-                let started = Instant::now();
-                manager.commit(&mut served, meta.clone())?;
-                secs += started.elapsed().as_secs_f64();
-            }
+            let secs = timed_managed_commits(
+                &mut manager,
+                &mut served,
+                stores,
+                &mut rng_served,
+                sizes.writes,
+                blocks,
+            )?;
             wait_received(&heights, served.version())?;
             Ok(secs)
         },
-        |_| {
-            let mut secs = 0.0;
-            for _ in 0..blocks {
-                write_block(&mut alone, stores, &mut rng_alone, sizes.writes)?;
-                let started = Instant::now();
-                let input = CommitInput::new()
-                    .app_meta(meta.encode_app_meta())
-                    .prune_below(alone.version() + 1);
-                alone.commit_block(input)?;
-                secs += started.elapsed().as_secs_f64();
-            }
-            Ok(secs)
-        },
+        |_| timed_store_commits(&mut alone, stores, &mut rng_alone, sizes.writes, blocks),
     )?;
     manager.close(&mut served)?;
     drop(rt);
@@ -317,19 +313,7 @@ pub(super) fn latency(sizes: &Sizes, stores: &[StoreKey], front: Front) -> Resul
             front,
         )?;
         let rt = client_runtime()?;
-        let (heights, arrivals) = match front {
-            Front::Grpc => {
-                let address = format!(
-                    "http://{}",
-                    handle
-                        .grpc_address()
-                        .map(|a| a.to_string())
-                        .unwrap_or_default()
-                );
-                subscribers(&rt, &address, n)?
-            }
-            Front::Sse => sse_subscribers(&handle, n)?,
-        };
+        let (heights, arrivals) = connect(front, &rt, &handle, n)?;
         let mut rng = Rng::new(11);
         let mut committed = Vec::new();
         let mut next = Instant::now();

@@ -30,6 +30,7 @@ mod hub;
 pub mod metrics;
 mod outbox;
 pub mod proto;
+mod shared_frames;
 mod sse;
 mod streamer;
 mod wire;

@@ -8,7 +8,6 @@ use std::time::Duration;
 use statestream_core::{Block, StoreSelection, StreamError, Streamer, StreamerContext};
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
-use tokio_stream::wrappers::TcpListenerStream;
 use tracing::{info, warn};
 
 use crate::config::{Addresses, DEFAULT_VALUE_TYPE, ServeConfig};
@@ -18,6 +17,7 @@ use crate::grpc::{Auth, StateStreamService};
 use crate::hub::{Hub, HubSetup};
 use crate::proto::datastream::data_service_server::DataServiceServer;
 use crate::proto::server::state_stream_server::StateStreamServer;
+use crate::shared_frames::StateStreamRoute;
 
 /// How long a clean shutdown waits for the servers to end their streams.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
@@ -173,9 +173,15 @@ impl ServeStreamer {
                 // bound).
                 set_health.await;
                 let served = router
-                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-                        let _ = shutdown_rx.await;
-                    })
+                    // No Nagle: a block's last small frame must not wait
+                    // for the client's delayed ACK (40 ms stalls).
+                    .serve_with_incoming_shutdown(
+                        tonic::transport::server::TcpIncoming::from(listener)
+                            .with_nodelay(Some(true)),
+                        async {
+                            let _ = shutdown_rx.await;
+                        },
+                    )
                     .await;
                 if let Err(e) = served {
                     warn!(streamer = %server_name, error = %e, "gRPC server stopped");
@@ -204,6 +210,13 @@ impl ServeStreamer {
             let (stopped_tx, stopped_rx) = std::sync::mpsc::channel();
             let server_name = name.clone();
             runtime.spawn(async move {
+                use axum::serve::ListenerExt;
+                // No Nagle, as on gRPC: an event must not wait for an ACK.
+                let listener = listener.tap_io(|tcp| {
+                    if let Err(e) = tcp.set_nodelay(true) {
+                        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                    }
+                });
                 let served = axum::serve(listener, app)
                     .with_graceful_shutdown(async {
                         let _ = shutdown_rx.await;
@@ -360,15 +373,17 @@ fn grpc_router(
         })?;
     let a1 = auth.clone();
     let a2 = auth.clone();
-    let a3 = auth;
+    let a3 = auth.clone();
     let heartbeat = hub.heartbeat();
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(heartbeat))
         .http2_keepalive_timeout(Some(heartbeat.max(Duration::from_secs(1)) * 2))
         .add_service(health)
-        .add_service(StateStreamServer::with_interceptor(state, move |r| {
-            a1.check(r)
-        }))
+        .add_service(StateStreamRoute {
+            inner: StateStreamServer::with_interceptor(state.clone(), move |r| a1.check(r)),
+            service: state,
+            auth: auth.clone(),
+        })
         .add_service(DataServiceServer::with_interceptor(data, move |r| {
             a2.check(r)
         }))

@@ -134,6 +134,19 @@ struct BlockMark {
     end: bool,
 }
 
+/// What the snapshot figure's client decodes of a `SnapshotChunk`: how
+/// many entries it holds (each entry skipped by length, as
+/// [`BlockEnvelope`] skips changes).
+#[derive(Clone, PartialEq, prost::Message)]
+struct ChunkCount {
+    #[prost(message, repeated, tag = "2")]
+    entries: Vec<Skipped>,
+}
+
+/// A message whose fields are all skipped.
+#[derive(Clone, Copy, PartialEq, prost::Message)]
+struct Skipped {}
+
 /// `StateStream/Subscribe` (live, every store), decoding only each
 /// message's [`BlockEnvelope`].
 async fn subscribe_envelopes(address: String) -> Result<tonic::Streaming<BlockEnvelope>> {
@@ -417,15 +430,22 @@ pub(super) fn snapshot_vs_scan(sizes: &Sizes, stores: &[StoreKey]) -> Result<Fig
             .map(|a| a.to_string())
             .unwrap_or_default()
     );
-    let mut client = rt.block_on(StateStreamClient::connect(address))?;
+    let channel = rt.block_on(tonic::transport::Endpoint::new(address)?.connect())?;
+    let mut grpc = tonic::client::Grpc::new(channel);
     let reader = store.reader();
     let m = alternate(
         sizes.rounds,
         |_| {
             let started = Instant::now();
             let n = rt.block_on(async {
-                let mut s = client
-                    .snapshot(v1::SnapshotRequest { filter: None })
+                grpc.ready().await?;
+                let codec = tonic_prost::ProstCodec::<v1::SnapshotRequest, ChunkCount>::default();
+                let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+                    "/statestream.v1.StateStream/Snapshot",
+                );
+                let request = tonic::Request::new(v1::SnapshotRequest { filter: None });
+                let mut s = grpc
+                    .server_streaming(request, path, codec)
                     .await?
                     .into_inner();
                 let mut n = 0usize;

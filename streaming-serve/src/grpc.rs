@@ -12,12 +12,12 @@ use tonic::{Request, Response, Status};
 
 use crate::error::HubError;
 use crate::filter::{Filter, FilterBuilder};
-use crate::hub::{Event, Hub, stream_snapshot};
+use crate::hub::{Event, Hub, stream_snapshot, visit_snapshot};
 use crate::metrics::FrontEnd;
 use crate::outbox::{self, Ended, Outbox, Sink};
 use crate::proto::server::{self as v1, state_stream_server::StateStream};
 use crate::proto::v1 as pb;
-use crate::wire::EncodedBlock;
+use crate::wire::Encoded;
 
 /// Payload bytes per message (entries or changes): well under the 4 MiB
 /// that gRPC clients accept by default.
@@ -202,7 +202,7 @@ pub(crate) fn block_messages(block: &Block, filter: &Filter) -> Vec<pb::BlockCha
 
 /// One block's encoded messages, filled once by whichever subscriber
 /// needs them first.
-type EncodedCell = Arc<OnceLock<Arc<[EncodedBlock]>>>;
+type EncodedCell = Arc<OnceLock<Arc<[Encoded]>>>;
 
 /// The encoded messages of one block, encoded once per block for the
 /// filter most subscribers use (every streamed store) and shared; other
@@ -220,14 +220,14 @@ impl EncodedBlocks {
         }
     }
 
-    fn encode(block: &Block, filter: &Filter) -> Arc<[EncodedBlock]> {
+    fn encode(block: &Block, filter: &Filter) -> Arc<[Encoded]> {
         block_messages(block, filter)
             .into_iter()
-            .map(|m| EncodedBlock(prost::Message::encode_to_vec(&m).into()))
+            .map(|m| Encoded(prost::Message::encode_to_vec(&m).into()))
             .collect()
     }
 
-    pub(crate) fn get(&self, block: &Block, filter: &Filter) -> Arc<[EncodedBlock]> {
+    pub(crate) fn get(&self, block: &Block, filter: &Filter) -> Arc<[Encoded]> {
         if *filter != self.all {
             return EncodedBlocks::encode(block, filter);
         }
@@ -334,18 +334,11 @@ impl StateStreamService {
             Start::Live => hub.head() + 1,
             Start::From(h) => h.max(1),
             Start::Snapshot => {
-                let height = send_snapshot(
-                    &hub,
-                    &filter,
-                    MESSAGE_BYTES,
-                    sink,
-                    |height, time, entries, end| v1::SubscribeResponse {
-                        message: Some(Message::Snapshot(snapshot_chunk(
-                            height, time, entries, end,
-                        ))),
-                    },
-                )
-                .await?;
+                let height =
+                    send_encoded_snapshot(&hub, &filter, sink, |chunk| v1::SubscribeResponse {
+                        message: Some(Message::Snapshot(chunk)),
+                    })
+                    .await?;
                 height + 1
             }
         };
@@ -372,25 +365,103 @@ impl StateStreamService {
     }
 }
 
-fn snapshot_chunk(
-    height: u64,
-    time: Option<(i64, u32)>,
-    entries: Vec<crate::hub::Entry>,
-    end: bool,
-) -> v1::SnapshotChunk {
-    v1::SnapshotChunk {
-        height,
-        entries: entries
-            .into_iter()
-            .map(|(store, key, value)| v1::Entry {
-                store: store.name().to_string(),
-                key,
-                value,
-            })
-            .collect(),
-        end,
-        time: timestamp(time),
+/// `SnapshotChunk` messages encoded straight from the store's iterator:
+/// no `Entry` values, no store name copied per key.
+struct ChunkEncoder {
+    /// `height` and `time`, the fields every chunk starts with.
+    header: Vec<u8>,
+    chunk: Vec<u8>,
+}
+
+impl ChunkEncoder {
+    fn new(height: u64, time: Option<(i64, u32)>) -> ChunkEncoder {
+        use prost::encoding::{message, uint64};
+        let mut header = Vec::with_capacity(24);
+        if height != 0 {
+            uint64::encode(1, &height, &mut header);
+        }
+        if let Some(ts) = timestamp(time) {
+            message::encode(4, &ts, &mut header);
+        }
+        let mut chunk = Vec::with_capacity(MESSAGE_BYTES + MESSAGE_BYTES / 8);
+        chunk.extend_from_slice(&header);
+        ChunkEncoder { header, chunk }
     }
+
+    /// Appends one `Entry` (field 2); proto3 leaves empty fields out.
+    fn push(&mut self, store: &str, key: &[u8], value: &[u8]) {
+        use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+        let field = |len: usize| {
+            if len == 0 {
+                0
+            } else {
+                1 + encoded_len_varint(len as u64) + len
+            }
+        };
+        let entry = field(store.len()) + field(key.len()) + field(value.len());
+        encode_key(2, WireType::LengthDelimited, &mut self.chunk);
+        encode_varint(entry as u64, &mut self.chunk);
+        for (tag, bytes) in [(1, store.as_bytes()), (2, key), (3, value)] {
+            if !bytes.is_empty() {
+                encode_key(tag, WireType::LengthDelimited, &mut self.chunk);
+                encode_varint(bytes.len() as u64, &mut self.chunk);
+                self.chunk.extend_from_slice(bytes);
+            }
+        }
+    }
+
+    /// Whether the chunk holds about a message's worth of entries.
+    fn full(&self) -> bool {
+        self.chunk.len() >= MESSAGE_BYTES
+    }
+
+    /// The chunk so far, without `end`; starts the next one.
+    fn take(&mut self) -> Encoded {
+        let next = Vec::with_capacity(self.chunk.capacity());
+        let chunk = std::mem::replace(&mut self.chunk, next);
+        self.chunk.extend_from_slice(&self.header);
+        Encoded(chunk.into())
+    }
+
+    /// The last chunk: what is left, with `end = true`.
+    fn finish(mut self) -> Encoded {
+        prost::encoding::bool::encode(3, &true, &mut self.chunk);
+        Encoded(self.chunk.into())
+    }
+}
+
+/// Sends the filter's keys as encoded `SnapshotChunk`s (wrapped by
+/// `wrap`), read on a blocking thread from a snapshot taken now; returns
+/// the snapshot's height.
+pub(crate) async fn send_encoded_snapshot<T: prost::Message>(
+    hub: &Hub,
+    filter: &Filter,
+    sink: &mut Sink<T>,
+    wrap: impl Fn(Encoded) -> T,
+) -> Result<u64, SubscriptionEnd> {
+    let snapshot = hub.snapshot()?;
+    let height = snapshot.height();
+    let time = hub.block_time(height);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Encoded, HubError>>(2);
+    let filter = filter.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut chunks = ChunkEncoder::new(height, time);
+        let mut gone = false;
+        let visited = visit_snapshot(snapshot.as_ref(), &filter, |store, key, value| {
+            chunks.push(store.name(), &key, &value);
+            if chunks.full() {
+                gone = tx.blocking_send(Ok(chunks.take())).is_err();
+            }
+            !gone
+        });
+        if !gone {
+            let _ = tx.blocking_send(visited.map(|()| chunks.finish()));
+        }
+    });
+    while let Some(chunk) = rx.recv().await {
+        sink.send(wrap(chunk?)).await?;
+    }
+    Ok(height)
 }
 
 #[tonic::async_trait]
@@ -416,7 +487,7 @@ impl StateStream for StateStreamService {
         }))
     }
 
-    type SnapshotStream = Outbox<v1::SnapshotChunk>;
+    type SnapshotStream = Outbox<Encoded>;
 
     async fn snapshot(
         &self,
@@ -433,7 +504,7 @@ impl StateStream for StateStreamService {
             Arc::clone(hub.metrics()),
         );
         tokio::spawn(async move {
-            let r = send_snapshot(&hub, &filter, MESSAGE_BYTES, &mut sink, snapshot_chunk).await;
+            let r = send_encoded_snapshot(&hub, &filter, &mut sink, |chunk| chunk).await;
             if let Err(end) = r {
                 finish(sink, end);
             }
@@ -484,5 +555,64 @@ impl StateStream for StateStreamService {
         let value = if r.delete { None } else { Some(r.value) };
         let height = push_write(&self.hub, self.push_updates, &r.store, r.key, value).await?;
         Ok(Response::new(v1::PushUpdateResponse { height }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    fn decode(e: &Encoded) -> pb::SnapshotChunk {
+        pb::SnapshotChunk::decode(&e.0[..]).expect("a SnapshotChunk")
+    }
+
+    #[test]
+    fn encoded_chunks_decode_as_the_messages_prost_would_build() {
+        // Field order differs from prost's (time comes before the entries),
+        // which protobuf allows; the decoded messages are equal.
+        let mut chunks = ChunkEncoder::new(42, Some((1_700_000_000, 5)));
+        chunks.push("bank", b"k1", b"v1");
+        chunks.push("acc", b"", b"");
+        let first = chunks.take();
+        chunks.push("bank", b"k2", &[7u8; 300]);
+        let last = chunks.finish();
+        let time = Some(prost_types::Timestamp {
+            seconds: 1_700_000_000,
+            nanos: 5,
+        });
+        let entry = |store: &str, key: &[u8], value: &[u8]| pb::Entry {
+            store: store.into(),
+            key: key.to_vec(),
+            value: value.to_vec(),
+        };
+        let expected_first = pb::SnapshotChunk {
+            height: 42,
+            entries: vec![entry("bank", b"k1", b"v1"), entry("acc", b"", b"")],
+            end: false,
+            time,
+        };
+        assert_eq!(decode(&first), expected_first);
+        let expected_last = pb::SnapshotChunk {
+            height: 42,
+            entries: vec![entry("bank", b"k2", &[7u8; 300])],
+            end: true,
+            time,
+        };
+        assert_eq!(decode(&last), expected_last);
+    }
+
+    #[test]
+    fn an_empty_snapshot_is_one_chunk_that_ends_it() {
+        let chunk = decode(&ChunkEncoder::new(0, None).finish());
+        assert_eq!(
+            chunk,
+            pb::SnapshotChunk {
+                height: 0,
+                entries: vec![],
+                end: true,
+                time: None,
+            }
+        );
     }
 }

@@ -371,6 +371,29 @@ pub type Entry = (StoreKey, Vec<u8>, Vec<u8>);
 /// The batches of a snapshot being read.
 pub type SnapshotBatches = mpsc::Receiver<Result<Vec<Entry>, HubError>>;
 
+/// Calls `f` with each of the filter's keys in `snapshot`, in store then
+/// key order, until `f` returns `false`.
+pub fn visit_snapshot(
+    snapshot: &dyn StateSnapshot,
+    filter: &Filter,
+    mut f: impl FnMut(&StoreKey, Vec<u8>, Vec<u8>) -> bool,
+) -> Result<(), HubError> {
+    for (store, part) in filter.stores() {
+        for (start, end) in part.ranges() {
+            let iter = snapshot
+                .range(store, as_ref(&start), as_ref(&end))
+                .map_err(Hub::store_error)?;
+            for kv in iter {
+                let (k, v) = kv.map_err(Hub::store_error)?;
+                if !f(store, k, v) {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Reads the filter's keys from `snapshot` in store then key order, in
 /// batches of about `batch_bytes`, into `tx`; stops when the receiver goes
 /// away. Blocking: run it on a blocking thread.
@@ -382,38 +405,24 @@ pub fn read_snapshot(
 ) {
     let mut batch = Vec::new();
     let mut bytes = 0usize;
-    for (store, part) in filter.stores() {
-        for (start, end) in part.ranges() {
-            let iter = match snapshot.range(store, as_ref(&start), as_ref(&end)) {
-                Ok(it) => it,
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(Hub::store_error(e)));
-                    return;
-                }
-            };
-            for kv in iter {
-                match kv {
-                    Ok((k, v)) => {
-                        bytes += store.name().len() + k.len() + v.len() + 8;
-                        batch.push((store.clone(), k, v));
-                        if bytes >= batch_bytes {
-                            if tx.blocking_send(Ok(std::mem::take(&mut batch))).is_err() {
-                                return;
-                            }
-                            bytes = 0;
-                        }
-                    }
-                    Err(e) => {
-                        let _ = tx.blocking_send(Err(Hub::store_error(e)));
-                        return;
-                    }
-                }
-            }
+    let mut gone = false;
+    let visited = visit_snapshot(snapshot, filter, |store, k, v| {
+        bytes += store.name().len() + k.len() + v.len() + 8;
+        batch.push((store.clone(), k, v));
+        if bytes >= batch_bytes {
+            bytes = 0;
+            gone = tx.blocking_send(Ok(std::mem::take(&mut batch))).is_err();
         }
+        !gone
+    });
+    if gone {
+        return;
     }
-    if !batch.is_empty() {
-        let _ = tx.blocking_send(Ok(batch));
-    }
+    let _ = match visited {
+        Err(e) => tx.blocking_send(Err(e)),
+        Ok(()) if !batch.is_empty() => tx.blocking_send(Ok(batch)),
+        Ok(()) => Ok(()),
+    };
 }
 
 pub(crate) fn as_ref(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {

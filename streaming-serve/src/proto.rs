@@ -9,7 +9,7 @@ pub mod v1 {
 }
 
 /// The server's build of `statestream.v1`: the same messages and service,
-/// with `BlockChanges` replaced by [`crate::wire::EncodedBlock`] (bytes
+/// with `BlockChanges` replaced by [`crate::wire::Encoded`] (bytes
 /// encoded once per block).
 pub(crate) mod server {
     #![allow(missing_docs, clippy::all, clippy::pedantic, dead_code)]

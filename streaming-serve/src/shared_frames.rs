@@ -161,11 +161,21 @@ fn frame_header(len: usize, extra: &[u8]) -> BytesMut {
 impl SharedFrames {
     /// Queues the frame of one message.
     fn push(&mut self, message: v1::SubscribeResponse) {
-        if let Some(v1::subscribe_response::Message::Block(block)) = &message.message {
-            // Field 2, length-delimited, then the shared bytes.
-            let shared = block.0.clone();
+        use v1::subscribe_response::Message as M;
+        let encoded = match &message.message {
+            Some(M::Snapshot(chunk)) => Some((1, chunk)),
+            Some(M::Block(block)) => Some((2, block)),
+            _ => None,
+        };
+        if let Some((tag, encoded)) = encoded {
+            // The field, length-delimited, then the bytes as they are.
+            let shared = encoded.0.clone();
             let mut field = Vec::with_capacity(11);
-            prost::encoding::encode_key(2, prost::encoding::WireType::LengthDelimited, &mut field);
+            prost::encoding::encode_key(
+                tag,
+                prost::encoding::WireType::LengthDelimited,
+                &mut field,
+            );
             prost::encoding::encode_varint(shared.len() as u64, &mut field);
             let header = frame_header(field.len() + shared.len(), &field);
             self.ready.push_back(header.freeze());
@@ -266,7 +276,7 @@ mod tests {
 
     #[test]
     fn a_block_frame_is_the_message_tonic_would_encode() {
-        let encoded = crate::wire::EncodedBlock(Bytes::from_static(b"\x08\x07\x20\x01"));
+        let encoded = crate::wire::Encoded(Bytes::from_static(b"\x08\x07\x20\x01"));
         let message = v1::SubscribeResponse {
             message: Some(v1::subscribe_response::Message::Block(encoded)),
         };

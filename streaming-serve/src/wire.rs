@@ -1,21 +1,22 @@
-//! A `BlockChanges` message encoded once and sent to many subscribers: its
-//! bytes are written as they are (a shared, reference-counted buffer), so
-//! a block costs one encoding per filter, not one per subscriber.
+//! A message encoded ahead of sending: a `BlockChanges`, encoded once and
+//! sent to many subscribers as it is (a shared, reference-counted buffer),
+//! so a block costs one encoding per filter, not one per subscriber; a
+//! `SnapshotChunk`, encoded straight from the store's iterator.
 
 use prost::bytes::{Buf, BufMut, Bytes};
 use prost::encoding::{DecodeContext, WireType, skip_field};
 
-/// The encoded body of a `statestream.v1.BlockChanges`.
+/// The encoded body of a `statestream.v1.BlockChanges` or `SnapshotChunk`.
 #[derive(Clone, Default, PartialEq, Eq)]
-pub struct EncodedBlock(pub Bytes);
+pub struct Encoded(pub Bytes);
 
-impl std::fmt::Debug for EncodedBlock {
+impl std::fmt::Debug for Encoded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "EncodedBlock({} bytes)", self.0.len())
+        write!(f, "Encoded({} bytes)", self.0.len())
     }
 }
 
-impl prost::Message for EncodedBlock {
+impl prost::Message for Encoded {
     fn encode_raw(&self, buf: &mut impl BufMut)
     where
         Self: Sized,

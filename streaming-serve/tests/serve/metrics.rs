@@ -25,7 +25,8 @@ fn scrape(node: &Node) -> BTreeMap<(String, String), f64> {
             continue;
         }
         assert_eq!(sample.labels.get("streamer"), Some("serve"));
-        let front_end = sample.labels.get("frontend").expect("frontend").to_owned();
+        // The limit is the streamer's, not a front-end's: "" for none.
+        let front_end = sample.labels.get("frontend").unwrap_or("").to_owned();
         let v = match sample.value {
             prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => v,
             other => panic!("{}: {other:?}", sample.metric),
@@ -65,6 +66,15 @@ fn subscribers_messages_and_bytes_by_front_end() {
             assert_eq!(get(&before, name, f), 0.0, "{name} {f}");
         }
     }
+    // max_subscribers (its default), once for all front-ends.
+    assert_eq!(get(&before, "serve_max_subscribers", ""), 1024.0);
+    assert_eq!(
+        before
+            .keys()
+            .filter(|(name, _)| name == "serve_max_subscribers")
+            .count(),
+        1
+    );
 
     // An SSE client: read the put and one block's events.
     let url = format!(

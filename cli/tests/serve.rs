@@ -213,10 +213,10 @@ type Change = (String, String, Option<String>);
 /// The state by store and key (hex), values in hex.
 type State = BTreeMap<(String, String), String>;
 
-/// Follows `GET url` with LaunchDarkly's SSE client until a block at or
-/// above `height` has ended: the put's height and state, then each
+/// Follows `GET url` with LaunchDarkly's SSE client until `blocks`
+/// blocks past its put have ended: the put's height and state, then each
 /// block's changes.
-fn sse_until(url: &str, height: u64) -> (u64, State, Vec<(u64, Vec<Change>)>) {
+fn sse_until(url: &str, blocks_after: u64) -> (u64, State, Vec<(u64, Vec<Change>)>) {
     use eventsource_client::{Client as _, ClientBuilder, SSE};
     use futures_util::StreamExt as _;
 
@@ -227,9 +227,11 @@ fn sse_until(url: &str, height: u64) -> (u64, State, Vec<(u64, Vec<Change>)>) {
     let mut pending = Vec::new();
     runtime().block_on(async {
         loop {
-            let last = blocks.last().map(|b| b.0).or(put.as_ref().map(|p| p.0));
-            if last.is_some_and(|l| l >= height) {
-                break;
+            if let Some((h, _)) = &put {
+                let last = blocks.last().map_or(*h, |b| b.0);
+                if last >= h + blocks_after {
+                    break;
+                }
             }
             let next = tokio::time::timeout(Duration::from_secs(60), stream.next())
                 .await
@@ -289,7 +291,7 @@ fn serve_node_sse_put_then_patches_match_the_block_files() {
     std::thread::sleep(Duration::from_millis(200));
     let url = format!("http://{}/stream?encoding=hex", node.address);
     let (put_height, put_state, _) = sse_until(&url, 0);
-    let (start, state, blocks) = sse_until(&url, put_height + 10);
+    let (start, state, blocks) = sse_until(&url, 10);
     assert!(start >= put_height);
     stop_node(node);
 

@@ -1,7 +1,9 @@
 //! The demo node with a `serve` streamer, end to end: `--blocks 0` until
 //! SIGTERM, `PushUpdate` applied in the next block (files, subscriptions,
-//! app hash), `statestream subscribe` with `--cursor-file`.
+//! app hash), `statestream subscribe` with `--cursor-file`; the SSE
+//! stream (`put`, then `patch`/`delete`) equal to the block files.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -35,9 +37,15 @@ struct Node {
 }
 
 fn start_node(home: &Path) -> Node {
+    start_node_with(home, APP_TOML, "serve: gRPC listening")
+}
+
+/// Starts a node with `app_toml`; `address` is the one logged on the
+/// line containing `marker`.
+fn start_node_with(home: &Path, app_toml: &str, marker: &'static str) -> Node {
     let config = home.join("app.toml");
     std::fs::create_dir_all(home).unwrap();
-    std::fs::write(&config, APP_TOML).unwrap();
+    std::fs::write(&config, app_toml).unwrap();
     let mut child = Command::new(BIN)
         .args(["node", "--home"])
         .arg(home)
@@ -55,7 +63,10 @@ fn start_node(home: &Path) -> Node {
         let mut sent = false;
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
-            if !sent && let Some(rest) = line.split("address=").nth(1) {
+            if !sent
+                && line.contains(marker)
+                && let Some(rest) = line.split("address=").nth(1)
+            {
                 let address = rest.split_whitespace().next().unwrap().to_string();
                 let _ = tx.send(address);
                 sent = true;
@@ -64,7 +75,7 @@ fn start_node(home: &Path) -> Node {
     });
     let address = rx
         .recv_timeout(Duration::from_secs(60))
-        .expect("the node logs its gRPC address");
+        .expect("the node logs the serve streamer's address");
     Node { child, address }
 }
 
@@ -193,4 +204,141 @@ fn serve_node_push_update_reaches_files_subscribers_and_the_app_hash() {
         .output()
         .unwrap();
     assert!(verify.status.success(), "{verify:?}");
+}
+
+/// One change as `statestream dump --json` and `?encoding=hex` write it:
+/// store, key in hex, value in hex (`None`: deleted).
+type Change = (String, String, Option<String>);
+
+/// The state by store and key (hex), values in hex.
+type State = BTreeMap<(String, String), String>;
+
+/// Follows `GET url` with LaunchDarkly's SSE client until `blocks`
+/// blocks past its put have ended: the put's height and state, then each
+/// block's changes.
+fn sse_until(url: &str, blocks_after: u64) -> (u64, State, Vec<(u64, Vec<Change>)>) {
+    use eventsource_client::{Client as _, ClientBuilder, SSE};
+    use futures_util::StreamExt as _;
+
+    let client = ClientBuilder::for_url(url).unwrap().build_http();
+    let mut stream = client.stream();
+    let mut put: Option<(u64, State)> = None;
+    let mut blocks: Vec<(u64, Vec<Change>)> = Vec::new();
+    let mut pending = Vec::new();
+    runtime().block_on(async {
+        loop {
+            if let Some((h, _)) = &put {
+                let last = blocks.last().map_or(*h, |b| b.0);
+                if last >= h + blocks_after {
+                    break;
+                }
+            }
+            let next = tokio::time::timeout(Duration::from_secs(60), stream.next())
+                .await
+                .expect("an event within 60 s")
+                .expect("the stream goes on")
+                .expect("no error");
+            let SSE::Event(ev) = next else { continue };
+            let data: serde_json::Value = serde_json::from_str(&ev.data).unwrap();
+            // The client keeps the last id: a block's events carry the
+            // previous block's until its last one, which carries its own.
+            let id: Option<u64> = ev.id.map(|i| i.parse().unwrap());
+            if ev.event_type == "put" {
+                let h = data["height"].as_u64().unwrap();
+                assert_eq!(id, Some(h));
+                let mut state = State::new();
+                for (store, keys) in data["data"].as_object().unwrap() {
+                    for (key, entry) in keys.as_object().unwrap() {
+                        let value = entry["value"].as_str().unwrap().to_owned();
+                        state.insert((store.clone(), key.clone()), value);
+                    }
+                }
+                put = Some((h, state));
+                continue;
+            }
+            let path = data["path"].as_str().unwrap();
+            let (store, key) = path[1..].split_once('/').unwrap();
+            let (value, version) = match ev.event_type.as_str() {
+                "patch" => (
+                    Some(data["data"]["value"].as_str().unwrap().to_owned()),
+                    data["data"]["version"].as_u64().unwrap(),
+                ),
+                "delete" => (None, data["version"].as_u64().unwrap()),
+                other => panic!("unexpected event {other}"),
+            };
+            pending.push((store.to_owned(), key.to_owned(), value));
+            if id == Some(version) {
+                blocks.push((version, std::mem::take(&mut pending)));
+            }
+        }
+    });
+    let (h, state) = put.expect("a put first");
+    (h, state, blocks)
+}
+
+#[test]
+fn serve_node_sse_put_then_patches_match_the_block_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let node = start_node_with(
+        &home,
+        "[store]\nstreamers = [\"file\", \"serve\"]\n\n[streamers.file]\nkeys = [\"*\"]\n\
+         write_dir = \"data/streaming\"\n\n[streamers.serve]\ntype = \"serve\"\nkeys = [\"*\"]\n\
+         http_address = \"127.0.0.1:0\"\n",
+        "serve: HTTP (SSE) listening",
+    );
+    // Let a few blocks commit first, so that the put has history behind it.
+    std::thread::sleep(Duration::from_millis(200));
+    let url = format!("http://{}/stream?encoding=hex", node.address);
+    let (put_height, put_state, _) = sse_until(&url, 0);
+    let (start, state, blocks) = sse_until(&url, 10);
+    assert!(start >= put_height);
+    stop_node(node);
+
+    // The block files, as `statestream dump --json` decodes them.
+    let dump = Command::new(BIN)
+        .args(["dump", "--json"])
+        .arg(home.join("data/streaming"))
+        .output()
+        .unwrap();
+    assert!(dump.status.success());
+    let mut files: BTreeMap<u64, Vec<Change>> = BTreeMap::new();
+    for line in String::from_utf8(dump.stdout).unwrap().lines() {
+        let r: serde_json::Value = serde_json::from_str(line).unwrap();
+        let value =
+            (!r["delete"].as_bool().unwrap()).then(|| r["value"].as_str().unwrap().to_owned());
+        files
+            .entry(r["height"].as_u64().unwrap())
+            .or_default()
+            .push((
+                r["store"].as_str().unwrap().to_owned(),
+                r["key"].as_str().unwrap().to_owned(),
+                value,
+            ));
+    }
+    // The puts: the state the files give at their heights.
+    let state_at = |height: u64| {
+        let mut s = State::new();
+        for (_, changes) in files.range(..=height) {
+            for (store, key, value) in changes {
+                match value {
+                    Some(v) => s.insert((store.clone(), key.clone()), v.clone()),
+                    None => s.remove(&(store.clone(), key.clone())),
+                };
+            }
+        }
+        s
+    };
+    assert_eq!(put_state, state_at(put_height), "the put at {put_height}");
+    assert_eq!(state, state_at(start), "the put at {start}");
+    // The patches and deletes: each block's records, in the same order
+    // (a block that changed nothing has no events).
+    let last = blocks.last().expect("blocks").0;
+    assert!(last >= start + 10);
+    let expected: Vec<(u64, Vec<Change>)> = files
+        .range(start + 1..=last)
+        .filter(|(_, changes)| !changes.is_empty())
+        .map(|(h, changes)| (*h, changes.clone()))
+        .collect();
+    assert_eq!(blocks, expected);
 }

@@ -335,6 +335,122 @@ fn telemetry_node_metrics_match_cursors_after_shutdown() {
     assert_eq!(by_name, scraped);
 }
 
+/// `GET /metrics` parsed, the value of `name` for streamer `serve` and
+/// `frontend` (`None`: a metric without that label).
+fn serve_metric(address: &str, name: &str, frontend: Option<&str>) -> f64 {
+    let (code, _, body) = get(address, "/metrics");
+    assert_eq!(code, 200, "{body}");
+    let parsed = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned())))
+        .expect("the Prometheus text format");
+    let found = parsed
+        .samples
+        .into_iter()
+        .find(|s| {
+            s.metric == name
+                && s.labels.get("streamer") == Some("serve")
+                && s.labels.get("frontend") == frontend
+        })
+        .unwrap_or_else(|| panic!("no {name}{{frontend={frontend:?}}} in {body}"));
+    match found.value {
+        prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Counter(v) => v,
+        other => panic!("{name}: {other:?}"),
+    }
+}
+
+/// The address a log line with `marker` gives after `address=`.
+fn logged_address(node: &Running, marker: &str) -> String {
+    let mut found = None;
+    wait_for(marker, || {
+        found = node
+            .lines
+            .lock()
+            .expect("lines lock")
+            .iter()
+            .filter(|l| l.contains(marker))
+            .find_map(|l| {
+                let rest = l.split("address=").nth(1)?;
+                Some(rest.split_whitespace().next()?.to_owned())
+            });
+        found.is_some()
+    });
+    found.expect("found")
+}
+
+#[test]
+fn telemetry_node_serve_metrics_count_sse_subscribers_and_match_cursors() {
+    let home = Home::new(
+        "[store]\nstreamers = [\"file\", \"serve\"]\n\n[streamers.file]\nkeys = [\"*\"]\n\
+         write_dir = \"data/streaming\"\n\n[streamers.serve]\ntype = \"serve\"\nkeys = [\"*\"]\n\
+         http_address = \"127.0.0.1:0\"\nmax_subscribers = 9\n\n\
+         [telemetry]\naddress = \"127.0.0.1:0\"\n",
+    );
+    let mut node = Running::start(home.node(&["--blocks", "0", "--block-time-ms", FOREVER_MS]));
+    let address = node.telemetry_address();
+    let http = logged_address(&node, "serve: HTTP (SSE) listening");
+    wait_for("block 1 delivered to both streamers", || {
+        let m = scrape(&address);
+        ["file", "serve"]
+            .iter()
+            .all(|s| metric(&m, "statestream_streamer_delivered_height", s) == 1)
+    });
+    assert_eq!(serve_metric(&address, "serve_max_subscribers", None), 9.0);
+    assert_eq!(
+        serve_metric(&address, "serve_subscribers", Some("sse")),
+        0.0
+    );
+
+    // An SSE subscriber: its put (block 1) arrives, and /metrics counts it.
+    let response = agent()
+        .get(&format!("http://{http}/stream"))
+        .call()
+        .expect("GET /stream");
+    assert_eq!(response.status().as_u16(), 200);
+    let mut lines = BufReader::new(response.into_body().into_reader()).lines();
+    let mut put = Vec::new();
+    while put.last().is_none_or(|l: &String| !l.is_empty()) {
+        put.push(lines.next().expect("the put").expect("a line"));
+    }
+    assert!(put.contains(&"event: put".to_owned()), "{put:?}");
+    assert!(put.contains(&"id: 1".to_owned()), "{put:?}");
+    assert_eq!(
+        serve_metric(&address, "serve_subscribers", Some("sse")),
+        1.0
+    );
+    assert_eq!(
+        serve_metric(&address, "serve_subscribers", Some("grpc")),
+        0.0
+    );
+    assert!(serve_metric(&address, "serve_messages_sent_total", Some("sse")) >= 1.0);
+    assert!(serve_metric(&address, "serve_bytes_sent_total", Some("sse")) > 0.0);
+    assert_eq!(
+        serve_metric(&address, "serve_slow_disconnects_total", Some("sse")),
+        0.0
+    );
+    drop(lines);
+    wait_for("the subscriber to be gone from /metrics", || {
+        serve_metric(&address, "serve_subscribers", Some("sse")) == 0.0
+    });
+
+    let m = scrape(&address);
+    let (code, _, stderr) = node.interrupt();
+    assert_eq!(code, 0, "{stderr}");
+    let out = Command::new(BIN)
+        .args(["cursors", "--home", p(&home.home), "--json"])
+        .output()
+        .expect("run cursors");
+    assert!(out.status.success());
+    let cursors: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    for c in cursors["cursors"].as_array().expect("cursors") {
+        let name = c["name"].as_str().expect("name");
+        assert_eq!(
+            c["height"].as_u64(),
+            Some(metric(&m, "statestream_streamer_delivered_height", name)),
+            "{name}: {cursors}"
+        );
+    }
+    assert_eq!(cursors["cursors"].as_array().map(Vec::len), Some(2));
+}
+
 #[test]
 fn telemetry_node_healthz_turns_503_when_a_streamer_halts() {
     let home = Home::new(

@@ -1,5 +1,6 @@
 //! The `serve` streamer's own counters, per front-end: subscribers now,
-//! messages and bytes sent, subscribers disconnected as slow.
+//! messages and bytes sent, subscribers disconnected as slow; and its
+//! limit on subscribers (for an alert before it is reached).
 //!
 //! Plain atomics, read by whoever exports them: the facade's built-in
 //! registration turns them into Prometheus metrics on the node's
@@ -58,6 +59,9 @@ pub struct ServeMetrics {
     messages: [AtomicU64; 2],
     bytes: [AtomicU64; 2],
     slow: [AtomicU64; 2],
+    /// `max_subscribers`, shared by the front-ends; 0 until the streamer
+    /// sets it.
+    max_subscribers: AtomicU64,
 }
 
 impl ServeMetrics {
@@ -76,6 +80,17 @@ impl ServeMetrics {
                 }
             })
             .collect()
+    }
+
+    /// The streamer's `max_subscribers`: all front-ends together are
+    /// refused past it.
+    pub fn max_subscribers(&self) -> u64 {
+        self.max_subscribers.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_max_subscribers(&self, limit: usize) {
+        self.max_subscribers
+            .store(u64::try_from(limit).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
     pub(crate) fn subscribed(&self, f: FrontEnd) {

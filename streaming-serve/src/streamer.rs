@@ -159,6 +159,7 @@ impl ServeStreamer {
             },
             head,
         ));
+        hub.metrics().set_max_subscribers(config.max_subscribers);
         let mut servers = Vec::new();
         let mut grpc_address = None;
         if let Some((std_listener, local, key)) = grpc_listener {

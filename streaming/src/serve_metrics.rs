@@ -45,6 +45,13 @@ const METRICS: [Metric; 4] = [
     ),
 ];
 
+/// The limit on subscribers (label `streamer` only: one limit for all
+/// front-ends).
+const MAX_SUBSCRIBERS: (&str, &str) = (
+    "serve_max_subscribers",
+    "The serve streamer's max_subscribers: subscribers of all front-ends together are refused past it.",
+);
+
 /// The metrics of one `serve` streamer (const label `streamer`, label
 /// `frontend`).
 struct ServeCollector {
@@ -68,6 +75,12 @@ impl ServeCollector {
                     HashMap::from([("streamer".to_owned(), streamer.to_owned())]),
                 )
             })
+            .chain(std::iter::once(Desc::new(
+                MAX_SUBSCRIBERS.0.to_owned(),
+                MAX_SUBSCRIBERS.1.to_owned(),
+                Vec::new(),
+                HashMap::from([("streamer".to_owned(), streamer.to_owned())]),
+            )))
             .collect::<Result<_, _>>()?;
         Ok(ServeCollector {
             streamer: streamer.to_owned(),
@@ -91,7 +104,7 @@ impl Collector for ServeCollector {
 
     fn collect(&self) -> Vec<MetricFamily> {
         let now = self.metrics.read();
-        METRICS
+        let mut families: Vec<MetricFamily> = METRICS
             .iter()
             .map(|(name, help, kind, value)| {
                 let samples = now
@@ -122,7 +135,19 @@ impl Collector for ServeCollector {
                 family.set_metric(samples);
                 family
             })
-            .collect()
+            .collect();
+        let mut limit = proto::Metric::default();
+        limit.set_label(vec![label("streamer", &self.streamer)]);
+        let mut g = proto::Gauge::default();
+        g.set_value(self.metrics.max_subscribers() as f64);
+        limit.set_gauge(g);
+        let mut family = MetricFamily::default();
+        family.set_name(MAX_SUBSCRIBERS.0.to_owned());
+        family.set_help(MAX_SUBSCRIBERS.1.to_owned());
+        family.set_field_type(MetricType::GAUGE);
+        family.set_metric(vec![limit]);
+        families.push(family);
+        families
     }
 }
 
@@ -158,10 +183,25 @@ mod tests {
         // A rebuilt `a` replaces the first one instead of failing.
         register_serve_metrics(&registry, "a", Arc::default()).unwrap();
         let families = registry.gather();
-        assert_eq!(families.len(), METRICS.len());
+        let names: Vec<&str> = families.iter().map(|f| f.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "serve_bytes_sent_total",
+                "serve_max_subscribers",
+                "serve_messages_sent_total",
+                "serve_slow_disconnects_total",
+                "serve_subscribers",
+            ]
+        );
         for family in &families {
-            // Two streamers by two front-ends.
-            assert_eq!(family.get_metric().len(), 4, "{}", family.name());
+            // Two streamers by two front-ends; the limit once per streamer.
+            let samples = if family.name() == MAX_SUBSCRIBERS.0 {
+                2
+            } else {
+                4
+            };
+            assert_eq!(family.get_metric().len(), samples, "{}", family.name());
         }
     }
 }

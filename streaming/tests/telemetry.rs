@@ -348,45 +348,89 @@ fn exported_families(server: &TelemetryServer) -> Vec<String> {
         .collect()
 }
 
-/// Every `statestream_*` name in `text`.
+/// Every metric name (`statestream_*`, `serve_*`) in `text`.
 fn names_in(text: &str) -> Vec<String> {
     let mut names = Vec::new();
-    let mut rest = text;
-    while let Some(at) = rest.find("statestream_") {
-        let tail = &rest[at..];
+    for (at, _) in text.match_indices(['s']) {
+        let tail = &text[at..];
+        if !(tail.starts_with("statestream_") || tail.starts_with("serve_")) {
+            continue;
+        }
+        // The start of a word: not the `serve_` of `observe_`.
+        if text[..at]
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            continue;
+        }
         let end = tail
             .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
             .unwrap_or(tail.len());
-        names.push(tail[..end].to_owned());
-        rest = &tail[end..];
+        // A prefix alone (`statestream_`) names no metric.
+        if !tail[..end].ends_with('_') {
+            names.push(tail[..end].to_owned());
+        }
     }
     names
 }
 
+/// The family a sample name belongs to (a histogram's series end in
+/// `_bucket`, `_sum`, `_count`).
+fn family_of<'a>(name: &'a str, exported: &[String]) -> Option<&'a str> {
+    [name]
+        .into_iter()
+        .chain(
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .filter_map(|s| name.strip_suffix(s)),
+        )
+        .find(|n| exported.iter().any(|e| e == n))
+}
+
+#[cfg(feature = "serve")]
 #[test]
-fn telemetry_docs_list_every_metric_and_the_dashboard_uses_only_them() {
+fn telemetry_docs_list_every_metric_and_the_dashboard_and_alerts_use_only_them() {
+    // A node with a `serve` streamer of the built-in type: its metrics are
+    // on `/metrics` as on a real node's.
+    let config = AppConfig::parse(
+        "[store]\nstreamers = [\"serve\"]\n\n[streamers.serve]\ntype = \"serve\"\n\
+         keys = [\"*\"]\nhttp_address = \"127.0.0.1:0\"\nmax_subscribers = 7\n",
+        Path::new("app.toml"),
+    )
+    .expect("config");
     let bank = StoreKey::new("bank").expect("name");
     let mut store = MultiStore::in_memory(std::slice::from_ref(&bank)).expect("store");
-    let setup = statestream::StreamerSetup::new("s", std::slice::from_ref(&bank));
-    let streamer = Counting {
-        blocks: prometheus::IntCounter::new("unused", "unused").expect("counter"),
-        fail_at: None,
-    };
+    let specs = config.resolve(&["bank"]).expect("resolve");
+    let registry = Registry::with_builtins();
+    let home = tempfile::tempdir().expect("home");
     let mut manager =
-        DeliveryManager::with_streamers(&mut store, vec![(setup, Box::new(streamer))])
-            .expect("manager");
+        DeliveryManager::start(&mut store, &specs, &registry, home.path()).expect("start");
     manager
         .commit(&mut store, BlockMeta::default())
         .expect("commit");
     let server = TelemetryServer::start(
         "127.0.0.1:0".parse().expect("address"),
         manager.observer(),
-        prometheus::Registry::new(),
+        registry.metrics().clone(),
     )
     .expect("server");
     let exported = exported_families(&server);
-    assert!(exported.len() >= 14, "{exported:?}");
+    assert!(exported.len() >= 19, "{exported:?}");
+    for name in [
+        "serve_subscribers",
+        "serve_messages_sent_total",
+        "serve_bytes_sent_total",
+        "serve_slow_disconnects_total",
+        "serve_max_subscribers",
+    ] {
+        assert!(exported.iter().any(|e| e == name), "{name}: {exported:?}");
+    }
+    let m = metrics(&server);
+    assert_eq!(value(&m, "serve_max_subscribers", Some("serve")), 7.0);
 
+    // Every exported metric has its row in the tables of
+    // docs/operations.md, and every name the document uses is exported.
     let operations = include_str!("../../docs/operations.md");
     for name in &exported {
         assert!(
@@ -394,6 +438,29 @@ fn telemetry_docs_list_every_metric_and_the_dashboard_uses_only_them() {
             "docs/operations.md does not describe {name}"
         );
     }
+    for name in names_in(operations) {
+        assert!(
+            family_of(&name, &exported).is_some(),
+            "docs/operations.md names {name}, which /metrics does not export"
+        );
+    }
+    // The alert rules there (the YAML block).
+    let alerts: Vec<&str> = operations
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("expr: "))
+        .collect();
+    assert!(alerts.len() >= 8, "{alerts:?}");
+    let alerted: Vec<String> = alerts.iter().flat_map(|e| names_in(e)).collect();
+    for name in [
+        "statestream_halted",
+        "statestream_streamer_lag_blocks",
+        "serve_slow_disconnects_total",
+        "serve_subscribers",
+        "serve_max_subscribers",
+    ] {
+        assert!(alerted.iter().any(|a| a == name), "no alert on {name}");
+    }
+
     let dashboard: Value =
         serde_json::from_str(include_str!("../../docs/grafana/statestream.json"))
             .expect("the dashboard is valid JSON");
@@ -411,6 +478,10 @@ fn telemetry_docs_list_every_metric_and_the_dashboard_uses_only_them() {
         "statestream_streamer_lag_blocks",
         "statestream_streamer_queue_depth",
         "statestream_streamer_errors_total",
+        "serve_subscribers",
+        "serve_messages_sent_total",
+        "serve_bytes_sent_total",
+        "serve_slow_disconnects_total",
     ] {
         assert!(
             used.iter().any(|u| u.starts_with(name)),
@@ -418,9 +489,8 @@ fn telemetry_docs_list_every_metric_and_the_dashboard_uses_only_them() {
         );
     }
     for name in &used {
-        let family = name.strip_suffix("_bucket").unwrap_or(name);
         assert!(
-            exported.iter().any(|e| e == family),
+            family_of(name, &exported).is_some(),
             "the dashboard uses {name}, which /metrics does not export"
         );
     }

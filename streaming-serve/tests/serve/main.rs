@@ -1,10 +1,11 @@
 //! Integration tests of the `serve` streamer: a real store and delivery
-//! manager, the real server on a loopback port the OS chose, real tonic
-//! clients.
+//! manager, the real server on a loopback port the OS chose, real
+//! clients (tonic for gRPC, LaunchDarkly's `eventsource-client` for SSE).
 
 mod util;
 
 mod datastream;
+mod es;
 mod limits;
 mod metrics;
 mod push;

@@ -2,12 +2,12 @@
 //! registry and parsed with a Prometheus text parser.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 
 use statestream::prometheus::{Encoder, TextEncoder};
 use statestream_serve::proto::v1::subscribe_request::Start;
 use statestream_serve::proto::v1::{self};
 
+use crate::es::EventSource;
 use crate::util::{Node, Received, client, read_until, runtime, subscribe_request};
 
 /// `(metric, frontend)` to value, for the serve metrics of streamer `serve`.
@@ -25,7 +25,8 @@ fn scrape(node: &Node) -> BTreeMap<(String, String), f64> {
             continue;
         }
         assert_eq!(sample.labels.get("streamer"), Some("serve"));
-        let front_end = sample.labels.get("frontend").expect("frontend").to_owned();
+        // The limit is the streamer's, not a front-end's: "" for none.
+        let front_end = sample.labels.get("frontend").unwrap_or("").to_owned();
         let v = match sample.value {
             prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => v,
             other => panic!("{}: {other:?}", sample.metric),
@@ -33,16 +34,6 @@ fn scrape(node: &Node) -> BTreeMap<(String, String), f64> {
         out.insert((sample.metric, front_end), v);
     }
     out
-}
-
-/// Reads SSE lines up to the next `id:`; returns it.
-fn read_id(lines: &mut impl Iterator<Item = std::io::Result<String>>) -> u64 {
-    loop {
-        let line = lines.next().expect("the stream goes on").unwrap();
-        if let Some(id) = line.strip_prefix("id: ") {
-            return id.parse().unwrap();
-        }
-    }
 }
 
 fn get(m: &BTreeMap<(String, String), f64>, name: &str, front_end: &str) -> f64 {
@@ -65,17 +56,26 @@ fn subscribers_messages_and_bytes_by_front_end() {
             assert_eq!(get(&before, name, f), 0.0, "{name} {f}");
         }
     }
+    // max_subscribers (its default), once for all front-ends.
+    assert_eq!(get(&before, "serve_max_subscribers", ""), 1024.0);
+    assert_eq!(
+        before
+            .keys()
+            .filter(|(name, _)| name == "serve_max_subscribers")
+            .count(),
+        1
+    );
 
     // An SSE client: read the put and one block's events.
     let url = format!(
         "http://{}/stream",
         node.handle.http_address().expect("HTTP is on")
     );
-    let response = ureq::get(&url).call().unwrap();
-    let mut lines = BufReader::new(response.into_body().into_reader()).lines();
-    assert_eq!(read_id(&mut lines), 1);
+    let source = EventSource::open(&url, &[]).unwrap();
+    assert_eq!(source.next_event().unwrap().id, Some(1), "the put");
     node.commit();
-    assert_eq!(read_id(&mut lines), 2);
+    // Block 2's events carry the last id until its last one.
+    while source.next_event().unwrap().id != Some(2) {}
 
     // A gRPC subscriber, live, reads one block.
     let rt = runtime();
@@ -103,7 +103,7 @@ fn subscribers_messages_and_bytes_by_front_end() {
     assert!(get(&m, "serve_messages_sent_total", "sse") >= 2.0);
 
     drop(stream);
-    drop(lines);
+    drop(source);
     crate::util::wait_for("no subscribers", || node.handle.hub().subscribers() == 0);
     let m = scrape(&node);
     for f in ["grpc", "sse"] {

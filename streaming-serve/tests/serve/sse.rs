@@ -1,6 +1,7 @@
-//! The HTTP front-end: Server-Sent Events read by a client that parses
-//! `text/event-stream` by hand over `ureq`'s streaming body, against a real
-//! node on a port the OS chose.
+//! The HTTP front-end against a real node on a port the OS chose, read
+//! with a real SSE client (LaunchDarkly's `eventsource-client`, see
+//! `es.rs`), and with `curl -N` and a raw socket where the bytes on the
+//! wire matter (a client that never reads).
 
 use std::io::{BufRead, BufReader};
 use std::sync::mpsc;
@@ -9,35 +10,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::es::{Ev, EventSource, Item, Options, Refused};
 use crate::util::{BlockChanges, Change, Node, State};
 
 const HTTP: &str = "http_address = \"127.0.0.1:0\"\n";
-
-/// One thing read from the stream.
-#[derive(Debug, Clone, PartialEq)]
-enum Frame {
-    Event {
-        event: String,
-        data: String,
-        id: Option<String>,
-        retry: Option<u64>,
-    },
-    /// A comment line (`:`): a heartbeat.
-    Comment,
-    /// The server ended the stream.
-    End,
-}
-
-struct Sse {
-    frames: mpsc::Receiver<Frame>,
-}
-
-/// A response that is not a stream: its status, content type and body.
-#[derive(Debug)]
-struct Refused {
-    status: u16,
-    body: String,
-}
 
 fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
@@ -53,59 +29,35 @@ fn url(node: &Node, path_and_query: &str) -> String {
     )
 }
 
-/// Opens `GET url` with `headers`; a reader thread parses the events.
-fn open(url: &str, headers: &[(&str, &str)]) -> Result<Sse, Refused> {
-    let mut request = agent().get(url);
-    for (k, v) in headers {
-        request = request.header(*k, *v);
-    }
-    let response = request.call().expect("the request reaches the server");
-    let status = response.status().as_u16();
-    if status != 200 {
-        let body = response
-            .into_body()
-            .read_to_string()
-            .expect("a readable error body");
-        return Err(Refused { status, body });
-    }
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    assert!(
-        content_type.starts_with("text/event-stream"),
-        "{content_type}"
-    );
-    Ok(parse(BufReader::new(response.into_body().into_reader())))
+fn open(node: &Node, path: &str) -> EventSource {
+    EventSource::open(&url(node, path), &[]).expect("the stream opens")
 }
 
-/// A reader thread parsing `text/event-stream` from `reader` into frames.
-fn parse(reader: impl BufRead + Send + 'static) -> Sse {
+/// `text/event-stream` parsed by hand (for `curl -N`'s output): events as
+/// written, `id` only where the event has an `id:` field; `None` at the
+/// end.
+fn parse(reader: impl BufRead + Send + 'static) -> mpsc::Receiver<Option<Ev>> {
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         let (mut event, mut data, mut id, mut retry) = (String::new(), Vec::new(), None, None);
         for line in reader.lines() {
             let Ok(line) = line else { break };
             if line.is_empty() {
-                if !data.is_empty() || id.is_some() {
-                    let frame = Frame::Event {
+                if !data.is_empty() {
+                    let ev = Ev {
                         event: std::mem::take(&mut event),
-                        data: std::mem::take(&mut data).join("\n"),
+                        data: serde_json::from_str(&std::mem::take(&mut data).join("\n"))
+                            .expect("JSON data"),
                         id: id.take(),
                         retry: retry.take(),
                     };
-                    if tx.send(frame).is_err() {
+                    if tx.send(Some(ev)).is_err() {
                         return;
                     }
                 }
                 continue;
             }
             if line.starts_with(':') {
-                if tx.send(Frame::Comment).is_err() {
-                    return;
-                }
                 continue;
             }
             let (field, value) = line.split_once(':').unwrap_or((&line, ""));
@@ -113,42 +65,14 @@ fn parse(reader: impl BufRead + Send + 'static) -> Sse {
             match field {
                 "event" => event = value,
                 "data" => data.push(value),
-                "id" => id = Some(value),
+                "id" => id = Some(value.parse::<u64>().expect("a numeric id")),
                 "retry" => retry = value.parse().ok(),
                 _ => {}
             }
         }
-        let _ = tx.send(Frame::End);
+        let _ = tx.send(None);
     });
-    Sse { frames: rx }
-}
-
-impl Sse {
-    fn next(&self) -> Frame {
-        self.frames
-            .recv_timeout(Duration::from_secs(60))
-            .expect("nothing read for 60 s")
-    }
-
-    /// The next event (heartbeats skipped); `None` at the end.
-    fn next_event(&self) -> Option<(String, Value, Option<u64>, Option<u64>)> {
-        loop {
-            match self.next() {
-                Frame::Event {
-                    event,
-                    data,
-                    id,
-                    retry,
-                } => {
-                    let data: Value = serde_json::from_str(&data).expect("JSON data");
-                    let id = id.map(|i| i.parse::<u64>().expect("a numeric id"));
-                    return Some((event, data, id, retry));
-                }
-                Frame::Comment => {}
-                Frame::End => return None,
-            }
-        }
-    }
+    rx
 }
 
 /// What a client holds: the state and the last whole block it saw.
@@ -157,10 +81,20 @@ struct Mirror {
     state: State,
     last_id: Option<u64>,
     puts: u64,
-    /// Events of the block in progress (applied at its `id:`).
+    /// Events of the block in progress (applied at its last event).
     pending: Vec<Change>,
     /// The whole blocks seen, in order: height and changes.
     blocks: Vec<BlockChanges>,
+    /// Streams the server ended (a following client reconnected after
+    /// each).
+    ends: u64,
+}
+
+/// The block height of a `patch` or `delete`.
+fn version(e: &Ev) -> Option<u64> {
+    e.data["data"]["version"]
+        .as_u64()
+        .or(e.data["version"].as_u64())
 }
 
 fn split_path(path: &str) -> (String, Vec<u8>) {
@@ -170,8 +104,12 @@ fn split_path(path: &str) -> (String, Vec<u8>) {
 }
 
 impl Mirror {
-    /// Takes one event; panics on anything out of order.
-    fn take(&mut self, event: &str, data: &Value, id: Option<u64>) {
+    /// Takes one event; panics on anything out of order. A block ends
+    /// with the event whose id is the block's height: only the block's
+    /// last event has an `id:` field (before it, an SSE client reports
+    /// the previous id, or none).
+    fn take(&mut self, ev: &Ev) {
+        let (event, data, id) = (ev.event.as_str(), &ev.data, ev.id);
         match event {
             "put" => {
                 assert!(self.pending.is_empty(), "a put inside a block");
@@ -207,9 +145,12 @@ impl Mirror {
                 let version = version.expect("a version");
                 let expected = self.last_id.map_or(version, |h| h + 1);
                 assert_eq!(version, expected, "gap or duplicate");
+                assert!(
+                    id.is_none_or(|i| i <= version),
+                    "id {id:?} ahead of version {version}"
+                );
                 self.pending.push((store, key, value));
-                if let Some(id) = id {
-                    assert_eq!(id, version, "the id is the block's height");
+                if id == Some(version) {
                     let changes = std::mem::take(&mut self.pending);
                     for (s, k, v) in &changes {
                         match v {
@@ -217,8 +158,8 @@ impl Mirror {
                             None => self.state.remove(&(s.clone(), k.clone())),
                         };
                     }
-                    self.blocks.push((id, changes));
-                    self.last_id = Some(id);
+                    self.blocks.push((version, changes));
+                    self.last_id = Some(version);
                 }
             }
             other => panic!("unexpected event {other:?}"),
@@ -227,22 +168,45 @@ impl Mirror {
 
     /// Reads until the block at `height` has ended (or the stream ends:
     /// `false`).
-    fn read_until(&mut self, sse: &Sse, height: u64) -> bool {
+    fn read_until(&mut self, source: &EventSource, height: u64) -> bool {
         while self.last_id.is_none_or(|h| h < height) {
-            match sse.next_event() {
-                Some((event, data, id, _)) => self.take(&event, &data, id),
+            match source.next_event() {
+                Some(ev) => self.take(&ev),
                 None => return false,
             }
         }
         true
     }
 
-    /// Reconnects with `Last-Event-ID` (the last whole block seen); the
-    /// partial block is dropped, it is sent again.
-    fn reconnect(&mut self, node: &Node, path: &str) -> Sse {
+    /// Reads a following client until the block at `height` has ended,
+    /// through any number of ends and reconnects (each counted).
+    fn follow_until(&mut self, source: &EventSource, height: u64) {
+        while self.last_id.is_none_or(|h| h < height) {
+            match source.next() {
+                Item::Event(ev) => self.take(&ev),
+                Item::Comment | Item::Connected { .. } => {}
+                // A block cut short is sent again after the reconnect.
+                Item::Ended => {
+                    self.pending.clear();
+                    self.ends += 1;
+                }
+                other => panic!("the stream failed: {other:?}"),
+            }
+        }
+    }
+
+    /// A new client resuming with `Last-Event-ID` (the last whole block
+    /// seen); the partial block is dropped, it is sent again. The client
+    /// connects in the background.
+    fn resume(&mut self, node: &Node, path: &str) -> EventSource {
         self.pending.clear();
-        let id = self.last_id.expect("a block seen").to_string();
-        open(&url(node, path), &[("Last-Event-ID", &id)]).expect("resumed")
+        EventSource::start(
+            &url(node, path),
+            &Options {
+                last_event_id: Some(self.last_id.expect("a block seen")),
+                ..Options::default()
+            },
+        )
     }
 }
 
@@ -252,24 +216,25 @@ fn put_then_patches_and_deletes_match_the_change_sets() {
     for _ in 0..3 {
         node.commit();
     }
-    let sse = open(&url(&node, "/stream"), &[]).unwrap();
-    let (event, data, id, retry) = sse.next_event().unwrap();
-    assert_eq!(event, "put");
-    assert!(retry.is_some(), "the first event carries retry:");
+    let source = open(&node, "/stream");
+    let put = source.next_event().unwrap();
+    assert_eq!(put.event, "put");
+    assert!(put.retry.is_some(), "the first event carries retry:");
     let mut mirror = Mirror::default();
-    mirror.take(&event, &data, id);
+    mirror.take(&put);
     assert_eq!(mirror.last_id, Some(3));
     assert_eq!(mirror.state, node.state());
     for _ in 0..5 {
         node.commit();
     }
-    assert!(mirror.read_until(&sse, 8));
+    assert!(mirror.read_until(&source, 8));
     let heights: Vec<u64> = mirror.blocks.iter().map(|b| b.0).collect();
     assert_eq!(heights, vec![4, 5, 6, 7, 8]);
     for (h, changes) in &mirror.blocks {
         assert_eq!(changes, &node.changes(*h), "block {h}");
     }
     assert_eq!(mirror.state, node.state());
+    drop(source);
     node.close();
 }
 
@@ -278,7 +243,7 @@ fn reconnecting_by_last_event_id_misses_and_repeats_nothing_while_blocks_commit(
     let mut node = Node::in_memory(HTTP);
     node.commit();
     let mut mirror = Mirror::default();
-    let mut sse = open(&url(&node, "/stream"), &[]).unwrap();
+    let mut source = open(&node, "/stream");
     for round in 0..6 {
         for _ in 0..4 {
             node.commit();
@@ -288,18 +253,72 @@ fn reconnecting_by_last_event_id_misses_and_repeats_nothing_while_blocks_commit(
         let stop = 3 + round % 2;
         let mut taken = 0;
         while taken < stop {
-            let (event, data, id, _) = sse.next_event().unwrap();
-            mirror.take(&event, &data, id);
-            if event != "put" {
+            let ev = source.next_event().unwrap();
+            mirror.take(&ev);
+            if ev.event != "put" {
                 taken += 1;
             }
         }
-        sse = mirror.reconnect(&node, "/stream");
+        drop(source);
+        // The new client connects while blocks commit.
+        source = mirror.resume(&node, "/stream");
+        for _ in 0..2 {
+            node.commit();
+        }
     }
     let head = node.height();
-    assert!(mirror.read_until(&sse, head));
+    assert!(mirror.read_until(&source, head));
     assert_eq!(mirror.puts, 1, "a resume inside the window sends no put");
     assert_eq!(mirror.state, node.state());
+    drop(source);
+    node.close();
+}
+
+#[test]
+fn the_client_reconnects_by_itself_with_last_event_id_while_blocks_commit() {
+    // The server ends every stream after 150 ms; the client's own
+    // reconnect (by the last event ID it kept) resumes it each time.
+    let mut node = Node::in_memory(&format!("{HTTP}max_connection_ms = 150"));
+    node.commit();
+    let source = EventSource::start(
+        &url(&node, "/stream"),
+        &Options {
+            follow: true,
+            ..Options::default()
+        },
+    );
+    let mut mirror = Mirror::default();
+    let mut connections = 0;
+    while mirror.ends < 3 {
+        // Commits go on while the client reads, is cut off and reconnects.
+        node.commit();
+        thread::sleep(Duration::from_millis(20));
+        while let Some(item) = source.try_next() {
+            match item {
+                Item::Event(ev) => mirror.take(&ev),
+                Item::Connected { .. } => connections += 1,
+                Item::Comment => {}
+                Item::Ended => {
+                    mirror.pending.clear();
+                    mirror.ends += 1;
+                }
+                other => panic!("the stream failed: {other:?}"),
+            }
+        }
+        assert!(node.height() < 2_000, "the server never ended the stream");
+    }
+    let head = node.height();
+    mirror.follow_until(&source, head);
+    assert!(connections >= 3, "{connections} connections");
+    assert_eq!(mirror.puts, 1, "every reconnect resumed inside the window");
+    let first = mirror.blocks.first().expect("blocks").0;
+    let heights: Vec<u64> = mirror.blocks.iter().map(|b| b.0).collect();
+    assert_eq!(heights, (first..=head).collect::<Vec<_>>());
+    for (h, changes) in &mirror.blocks {
+        assert_eq!(changes, &node.changes(*h), "block {h}");
+    }
+    assert_eq!(mirror.state, node.state());
+    drop(source);
     node.close();
 }
 
@@ -309,13 +328,33 @@ fn a_last_event_id_below_the_window_gives_a_fresh_put() {
     for _ in 0..40 {
         node.commit();
     }
-    let sse = open(&url(&node, "/stream"), &[("Last-Event-ID", "2")]).unwrap();
-    let (event, data, id, _) = sse.next_event().unwrap();
-    assert_eq!(event, "put");
+    let source = EventSource::open_with(
+        &url(&node, "/stream"),
+        &Options {
+            last_event_id: Some(2),
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let put = source.next_event().unwrap();
+    assert_eq!(put.event, "put");
     let mut mirror = Mirror::default();
-    mirror.take(&event, &data, id);
+    mirror.take(&put);
     assert_eq!(mirror.last_id, Some(40));
     assert_eq!(mirror.state, node.state());
+    // Inside the window: no put, the next block.
+    let resumed = EventSource::open_with(
+        &url(&node, "/stream"),
+        &Options {
+            last_event_id: Some(38),
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let ev = resumed.next_event().unwrap();
+    assert_ne!(ev.event, "put");
+    assert_eq!(version(&ev), Some(39));
+    drop((source, resumed));
     node.close();
 }
 
@@ -323,15 +362,16 @@ fn a_last_event_id_below_the_window_gives_a_fresh_put() {
 fn heartbeats_arrive_on_an_idle_stream() {
     let mut node = Node::in_memory(&format!("{HTTP}heartbeat_ms = 50"));
     node.commit();
-    let sse = open(&url(&node, "/stream"), &[]).unwrap();
-    assert!(matches!(sse.next(), Frame::Event { ref event, .. } if event == "put"));
+    let source = open(&node, "/stream");
+    assert!(matches!(source.next(), Item::Event(ref ev) if ev.event == "put"));
     let mut comments = 0;
     while comments < 3 {
-        match sse.next() {
-            Frame::Comment => comments += 1,
+        match source.next() {
+            Item::Comment => comments += 1,
             other => panic!("only heartbeats on an idle stream, got {other:?}"),
         }
     }
+    drop(source);
     node.close();
 }
 
@@ -340,23 +380,31 @@ fn max_connection_ms_ends_the_stream_and_the_client_resumes() {
     let mut node = Node::in_memory(&format!("{HTTP}max_connection_ms = 300"));
     node.commit();
     let mut mirror = Mirror::default();
-    let mut sse = open(&url(&node, "/stream"), &[]).unwrap();
-    let mut ends = 0;
-    while ends < 2 {
+    // A client that does not reconnect sees the end.
+    let once = open(&node, "/stream");
+    assert!(!mirror.read_until(&once, u64::MAX), "the stream ended");
+    assert_eq!(mirror.puts, 1);
+    drop(once);
+    // A following client is resumed by its own reconnect.
+    let source = EventSource::start(
+        &url(&node, "/stream"),
+        &Options {
+            follow: true,
+            last_event_id: mirror.last_id,
+            ..Options::default()
+        },
+    );
+    while mirror.ends < 2 {
         node.commit();
         thread::sleep(Duration::from_millis(50));
         let head = node.height();
-        if !mirror.read_until(&sse, head) {
-            ends += 1;
-            sse = mirror.reconnect(&node, "/stream");
-        }
+        mirror.follow_until(&source, head);
     }
     let head = node.height();
-    while !mirror.read_until(&sse, head) {
-        sse = mirror.reconnect(&node, "/stream");
-    }
+    mirror.follow_until(&source, head);
     assert_eq!(mirror.puts, 1);
     assert_eq!(mirror.state, node.state());
+    drop(source);
     node.close();
 }
 
@@ -366,25 +414,25 @@ fn filters_and_encodings_select_and_write_keys() {
     for _ in 0..3 {
         node.commit();
     }
-    let sse = open(&url(&node, "/stream?stores=a&prefix=b/k01"), &[]).unwrap();
-    let (event, data, _, _) = sse.next_event().unwrap();
-    assert_eq!(event, "put");
-    let stores: Vec<&String> = data["data"].as_object().unwrap().keys().collect();
+    let source = open(&node, "/stream?stores=a&prefix=b/k01");
+    let put = source.next_event().unwrap();
+    assert_eq!(put.event, "put");
+    let stores: Vec<&String> = put.data["data"].as_object().unwrap().keys().collect();
     assert_eq!(stores, vec!["a", "b"]);
-    for key in data["data"]["b"].as_object().unwrap().keys() {
+    for key in put.data["data"]["b"].as_object().unwrap().keys() {
         assert!(key.starts_with("k01"), "{key}");
     }
     node.commit();
-    let (_, patch, _, _) = sse.next_event().unwrap();
-    let path = patch["path"].as_str().unwrap();
+    let patch = source.next_event().unwrap();
+    let path = patch.data["path"].as_str().unwrap();
     assert!(
         path.starts_with("/a/") || path.starts_with("/b/k01"),
         "{path}"
     );
 
-    let sse = open(&url(&node, "/stream?stores=a&encoding=hex"), &[]).unwrap();
-    let (_, data, _, _) = sse.next_event().unwrap();
-    for (key, entry) in data["data"]["a"].as_object().unwrap() {
+    let source = open(&node, "/stream?stores=a&encoding=hex");
+    let put = source.next_event().unwrap();
+    for (key, entry) in put.data["data"]["a"].as_object().unwrap() {
         assert!(key.starts_with("6b"), "k in hex: {key}");
         assert!(
             entry["value"]
@@ -394,6 +442,7 @@ fn filters_and_encodings_select_and_write_keys() {
                 .all(|b| b.is_ascii_hexdigit())
         );
     }
+    drop(source);
     node.close();
 }
 
@@ -422,14 +471,15 @@ fn snapshot_and_ping() {
     }
     assert_eq!(state, node.state());
 
-    let sse = open(&url(&node, "/stream/ping?stores=a"), &[]).unwrap();
+    let source = open(&node, "/stream/ping?stores=a");
     for h in 4..=6 {
         node.commit();
-        let (event, data, id, _) = sse.next_event().unwrap();
-        assert_eq!(event, "ping");
-        assert_eq!(id, Some(h));
-        assert_eq!(data["height"].as_u64(), Some(h));
+        let ev = source.next_event().unwrap();
+        assert_eq!(ev.event, "ping");
+        assert_eq!(ev.id, Some(h));
+        assert_eq!(ev.data["height"].as_u64(), Some(h));
     }
+    drop(source);
     node.close();
 }
 
@@ -438,7 +488,7 @@ fn tokens_bad_requests_and_limits_are_statuses_with_a_json_body() {
     let mut node = Node::in_memory(&format!("{HTTP}token = \"s3cret\"\nmax_subscribers = 1"));
     node.commit();
     let refused = |path: &str, headers: &[(&str, &str)]| -> Refused {
-        match open(&url(&node, path), headers) {
+        match EventSource::open(&url(&node, path), headers) {
             Ok(_) => panic!("{path} was accepted"),
             Err(r) => {
                 let body: Value = serde_json::from_str(r.body.trim()).expect("a JSON body");
@@ -453,7 +503,10 @@ fn tokens_bad_requests_and_limits_are_statuses_with_a_json_body() {
         refused("/stream", &[("Authorization", "Bearer nope")]).status,
         401
     );
-    assert_eq!(refused("/snapshot", &[]).status, 401);
+    assert_eq!(refused("/stream?token=nope", &[]).status, 401);
+    assert_eq!(refused("/stream/ping", &[]).status, 401);
+    let snapshot = agent().get(&url(&node, "/snapshot")).call().unwrap();
+    assert_eq!(snapshot.status().as_u16(), 401);
     let auth = [("Authorization", "Bearer s3cret")];
     let bad = refused("/stream?stores=zz", &auth);
     assert_eq!(bad.status, 400);
@@ -477,17 +530,27 @@ fn tokens_bad_requests_and_limits_are_statuses_with_a_json_body() {
         400
     );
 
-    // The query token works (for EventSource); the one subscription allowed
-    // is then taken.
-    let held = open(&url(&node, "/stream?token=s3cret"), &[]).unwrap();
-    assert!(matches!(held.next(), Frame::Event { ref event, .. } if event == "put"));
-    assert_eq!(refused("/stream", &auth).status, 503);
+    // The header token opens a stream.
+    let by_header = EventSource::open(&url(&node, "/stream"), &auth).unwrap();
+    assert!(matches!(by_header.next_event(), Some(ref ev) if ev.event == "put"));
+    drop(by_header);
+    crate::util::wait_for("the subscription to end", || {
+        node.handle.hub().subscribers() == 0
+    });
+    // The query token works too (for EventSource); the one subscription
+    // allowed is then taken.
+    let held = open(&node, "/stream?token=s3cret");
+    assert!(matches!(held.next_event(), Some(ref ev) if ev.event == "put"));
+    let full = refused("/stream", &auth);
+    assert_eq!(full.status, 503);
+    assert!(full.body.contains("max_subscribers"), "{}", full.body);
     node.close();
-    // Shutdown ends the stream.
+    // Shutdown ends the stream (cleanly, or by closing the connection).
     loop {
         match held.next() {
-            Frame::End => break,
-            Frame::Comment | Frame::Event { .. } => {}
+            Item::Ended | Item::Failed(_) => break,
+            Item::Comment | Item::Event(_) => {}
+            other => panic!("after shutdown: {other:?}"),
         }
     }
 }
@@ -521,12 +584,11 @@ fn a_stalled_client_is_disconnected_and_does_not_hold_back_commits() {
     assert!(sse_metrics.slow_disconnects >= 1, "{sse_metrics:?}");
     assert_eq!(sse_metrics.subscribers, 0);
     // A reading client is served as before.
-    let sse = open(&url(&node, "/stream"), &[]).unwrap();
+    let source = open(&node, "/stream");
     let mut mirror = Mirror::default();
-    let (event, data, id, _) = sse.next_event().unwrap();
-    mirror.take(&event, &data, id);
+    mirror.take(&source.next_event().unwrap());
     assert_eq!(mirror.state, node.state());
-    drop(stalled);
+    drop((stalled, source));
     node.close();
 }
 
@@ -699,28 +761,40 @@ fn curl_reads_a_put_then_patches() {
         .spawn()
         .expect("curl starts");
     let stdout = curl.stdout.take().expect("curl's stdout");
-    let sse = parse(BufReader::new(stdout));
+    let events = parse(BufReader::new(stdout));
+    let next = || {
+        events
+            .recv_timeout(Duration::from_secs(60))
+            .expect("nothing from curl for 60 s")
+    };
     let mut mirror = Mirror::default();
-    let (event, data, id, retry) = sse.next_event().expect("a put");
-    assert_eq!(event, "put");
-    assert!(retry.is_some(), "the first event carries retry:");
-    mirror.take(&event, &data, id);
+    let put = next().expect("a put");
+    assert_eq!(put.event, "put");
+    assert!(put.retry.is_some(), "the first event carries retry:");
+    mirror.take(&put);
     assert_eq!(mirror.last_id, Some(2));
     assert_eq!(mirror.state, node.state());
-    let mut events = Vec::new();
+    let mut seen = Vec::new();
     for _ in 0..3 {
         node.commit();
     }
     while mirror.last_id.is_none_or(|h| h < 5) {
-        let (event, data, id, _) = sse.next_event().expect("the stream goes on");
-        mirror.take(&event, &data, id);
-        events.push(event);
+        let ev = next().expect("the stream goes on");
+        mirror.take(&ev);
+        seen.push(ev);
     }
     assert!(
-        events.iter().all(|e| e == "patch" || e == "delete"),
-        "{events:?}"
+        seen.iter()
+            .all(|e| e.event == "patch" || e.event == "delete"),
+        "{seen:?}"
     );
-    assert!(events.iter().any(|e| e == "patch"), "{events:?}");
+    assert!(seen.iter().any(|e| e.event == "patch"), "{seen:?}");
+    // On the wire, only each block's last event has an `id:` line.
+    for (i, e) in seen.iter().enumerate() {
+        let last_of_block = seen.get(i + 1).is_none_or(|n| version(n) != version(e));
+        assert!(version(e).is_some(), "{e:?}");
+        assert_eq!(e.id.is_some(), last_of_block, "{e:?}");
+    }
     for (h, changes) in &mirror.blocks {
         assert_eq!(changes, &node.changes(*h), "block {h}");
     }

@@ -32,6 +32,9 @@ use statestream_store::{CommitInput, KvStore, MultiStore, StoreKey, StoreOptions
 #[path = "bench_serve.rs"]
 mod serve;
 
+#[path = "bench_postgres.rs"]
+mod pg;
+
 use crate::blocks::DirArgs;
 use crate::workload::Rng;
 use crate::{replay, verify};
@@ -54,10 +57,16 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', value_name = "NAMES",
           value_parser = clap::builder::PossibleValuesParser::new(FIGURES))]
     only: Vec<String>,
+
+    /// A PostgreSQL database for `postgres_rows_per_s` (it creates and
+    /// drops the schemas bench_stream, bench_plain and
+    /// bench_plain_changes); without it that figure is skipped.
+    #[arg(long, value_name = "URL")]
+    postgres: Option<String>,
 }
 
 /// Every figure, in the order they run.
-const FIGURES: [&str; 13] = [
+const FIGURES: [&str; 14] = [
     "commit_overhead_async",
     "commit_overhead_sync",
     "writer_vs_raw",
@@ -71,6 +80,7 @@ const FIGURES: [&str; 13] = [
     "serve_stalled_rss_mb",
     "sse_commit_overhead",
     "sse_latency_ms",
+    "postgres_rows_per_s",
 ];
 
 const KEY_LEN: usize = 32;
@@ -238,6 +248,11 @@ pub fn run(args: BenchArgs, _quiet: bool) -> Result<ExitCode> {
         for f in serve::latency(sizes, &stores, serve::Front::Sse)? {
             f.print(args.json)?;
         }
+    }
+    if wanted("postgres_rows_per_s")
+        && let Some(f) = pg::rows_per_s(sizes, args.quick, args.postgres.as_deref())?
+    {
+        f.print(args.json)?;
     }
     Ok(ExitCode::SUCCESS)
 }

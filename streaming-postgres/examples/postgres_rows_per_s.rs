@@ -1,24 +1,41 @@
-//! `postgres_rows_per_s`: rows per second the postgres streamer writes
-//! (blocks of 1,000 writes, `tables = "both"`), and the ratio to a plain
-//! bulk load of the same rows by the same client (binary `COPY` into a
-//! table shaped like `changes`, one transaction per block).
+//! `postgres_rows_per_s`: the rows per second the postgres streamer writes
+//! (blocks of 1,000 writes over two stores, one in ten a delete, values of
+//! 16 to 200 bytes, `tables = "both"`), next to a plain bulk load of the
+//! same rows by the same client. It runs
+//! [`statestream_postgres::rows_per_s`], which `statestream bench
+//! --postgres URL` runs too:
+//!
+//! - the streamer, block by block: per block one transaction with the
+//!   `changes` rows, the `state` upserts and deletes, the `blocks` and
+//!   `cursors` rows and the `NOTIFY`;
+//! - the plain load: per block one transaction of two binary `COPY`s, the
+//!   records into a table shaped like `changes` and the sets into a table
+//!   shaped like `state` (primary key `(store, key, height)`);
+//! - the changes-only load (the baseline before the `state` rows were
+//!   counted): per block one transaction of one binary `COPY` of the
+//!   records.
+//!
+//! Rows are `changes` rows (records) plus `state` rows (sets); deletes and
+//! the `blocks` and `cursors` rows are not counted. The changes-only ratio
+//! counts the records alone on both sides. The three sides take the same
+//! blocks in every round, in an order that rotates round by round; the
+//! first round is not counted. It prints the median and the spread over
+//! the rounds; `docs/performance.md` has the figures.
 //!
 //! ```sh
 //! cargo run --release -p statestream-postgres --example postgres_rows_per_s -- \
-//!     postgresql://user:password@127.0.0.1:5432/db [blocks]
+//!     postgresql://user:password@127.0.0.1:5432/db [blocks] [rounds]
 //! ```
 //!
-//! It drops and recreates the schemas `bench_stream` and `bench_plain`.
+//! `blocks` (default 200) are counted, split over `rounds` (default 10);
+//! one more round of as many blocks runs first. It drops and recreates the
+//! schemas `bench_stream`, `bench_plain` and `bench_plain_changes`.
 
 use std::sync::Arc;
-use std::time::Instant;
 
-use anyhow::{Context, Result};
-use postgres::binary_copy::BinaryCopyInWriter;
-use postgres::types::{ToSql, Type};
-use statestream::{Block, StoreSelection, Streamer, StreamerContext};
-use statestream_config::StreamerOptions;
-use statestream_postgres::{PostgresStreamerConfig, Tables};
+use anyhow::{Context, Result, bail};
+use statestream::{Block, StoreSelection};
+use statestream_postgres::{Spread, rows_per_s};
 use statestream_store::{KvStore, MultiStore, StoreKey};
 
 const WRITES: u64 = 1000;
@@ -27,8 +44,14 @@ fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let url = args
         .next()
-        .context("usage: postgres_rows_per_s URL [blocks]")?;
-    let blocks: u64 = args.next().map(|b| b.parse()).transpose()?.unwrap_or(200);
+        .context("usage: postgres_rows_per_s URL [blocks] [rounds]")?;
+    let counted: u64 = args.next().map(|b| b.parse()).transpose()?.unwrap_or(200);
+    let rounds: u64 = args.next().map(|b| b.parse()).transpose()?.unwrap_or(10);
+    if rounds == 0 || counted < rounds {
+        bail!("need at least one block per round ({counted} blocks, {rounds} rounds)");
+    }
+    let per_round = counted / rounds;
+    let blocks = per_round * (rounds + 1);
 
     // The blocks: 1,000 writes each over two stores, some deletes, values
     // of 16 to 200 bytes.
@@ -57,74 +80,25 @@ fn main() -> Result<()> {
         .into_iter()
         .map(|cs| Block::from_change_set(cs, &selection))
         .collect::<Result<_, _>>()?;
-    let rows: u64 = blocks.iter().map(|b| b.records().count() as u64).sum();
 
-    let mut admin = postgres::Client::connect(&url, postgres::NoTls)?;
-    admin.batch_execute(
-        "DROP SCHEMA IF EXISTS bench_stream CASCADE; DROP SCHEMA IF EXISTS bench_plain CASCADE; \
-         CREATE SCHEMA bench_plain; \
-         CREATE TABLE bench_plain.changes (height bigint NOT NULL, store text NOT NULL, \
-         key bytea NOT NULL, value bytea, deleted boolean NOT NULL, PRIMARY KEY (height, store, key))",
-    )?;
-
-    // The streamer.
-    let config = PostgresStreamerConfig {
-        url: url.clone(),
-        schema: "bench_stream".into(),
-        tables: Tables::Both,
-        ..PostgresStreamerConfig::default()
+    let r = rows_per_s(&url, &stores, &blocks, rounds as usize)?;
+    let show = |s: &Spread, digits: usize| {
+        format!(
+            "{:.digits$} (middle half {:.digits$}-{:.digits$}, range {:.digits$}-{:.digits$})",
+            s.median, s.q1, s.q3, s.min, s.max
+        )
     };
-    let ctx = StreamerContext {
-        name: "bench",
-        stores: &stores,
-        all_stores: &stores,
-        home: std::path::Path::new("."),
-        reader: None,
-        shutdown: &statestream_core::Shutdown::default(),
-        push: None,
-    };
-    let options = StreamerOptions::from_table(Default::default()).with_name("bench");
-    let mut streamer = config.build(&ctx, &options)?;
-    streamer.on_start(1)?;
-    let start = Instant::now();
-    for b in &blocks {
-        streamer.on_block(b)?;
-    }
-    let stream_s = start.elapsed().as_secs_f64();
-    streamer.on_close()?;
-
-    // The plain bulk load: same client, same rows, one transaction per
-    // block.
-    let types = [Type::INT8, Type::TEXT, Type::BYTEA, Type::BYTEA, Type::BOOL];
-    let copy = admin.prepare(
-        "COPY bench_plain.changes (height, store, key, value, deleted) FROM STDIN (FORMAT binary)",
-    )?;
-    let start = Instant::now();
-    for b in &blocks {
-        let h = b.height() as i64;
-        let mut tx = admin.transaction()?;
-        let mut w = BinaryCopyInWriter::new(tx.copy_in(&copy)?, &types);
-        for r in b.records() {
-            let deleted = r.value.is_none();
-            let row: [&(dyn ToSql + Sync); 5] = [&h, &r.store, &r.key, &r.value, &deleted];
-            w.write(&row)?;
-        }
-        w.finish()?;
-        tx.commit()?;
-    }
-    let plain_s = start.elapsed().as_secs_f64();
-
-    let stream_rate = rows as f64 / stream_s;
-    let plain_rate = rows as f64 / plain_s;
     println!(
-        "postgres_rows_per_s: {:.0} rows/s (tables = \"both\", {} blocks, {rows} records)",
-        stream_rate,
-        blocks.len()
+        "{} rounds of {} blocks; per round {} changes rows + {} state rows ({} state deletes, not counted)",
+        r.rounds, r.blocks_per_round, r.changes_rows, r.state_rows, r.state_deletes
     );
-    println!("plain bulk load (COPY, one transaction per block): {plain_rate:.0} rows/s");
-    println!("ratio: {:.2}", stream_rate / plain_rate);
-    admin.batch_execute(
-        "DROP SCHEMA IF EXISTS bench_stream CASCADE; DROP SCHEMA IF EXISTS bench_plain CASCADE",
-    )?;
+    println!("postgres_rows_per_s (changes + state rows, medians over the rounds):");
+    println!("  streamer:   {} rows/s", show(&r.stream, 0));
+    println!("  plain load: {} rows/s", show(&r.plain, 0));
+    println!("  ratio:      {}", show(&r.ratio, 3));
+    println!("changes rows only (the earlier definition):");
+    println!("  streamer:   {} rows/s", show(&r.stream_changes, 0));
+    println!("  plain load: {} rows/s", show(&r.plain_changes, 0));
+    println!("  ratio:      {}", show(&r.ratio_changes_only, 3));
     Ok(())
 }

@@ -252,7 +252,7 @@ impl PostgresStreamerConfig {
             TlsMode::Disable => None,
             _ => Some(crate::connect::tls_config(ca.as_deref()).map_err(|e| ("ca_file", e))?),
         };
-        Ok(ConnectSettings::new(config, tls))
+        Ok(ConnectSettings::new(config, tls, ca))
     }
 
     /// Checks the options and builds the streamer. It connects in

@@ -1,7 +1,7 @@
 //! Connecting: the resolved connection settings, TLS with rustls, and the
 //! errors a connection attempt can end in.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use postgres::config::Host;
@@ -20,15 +20,23 @@ use crate::error::{PostgresError, describe};
 pub(crate) struct ConnectSettings {
     config: postgres::Config,
     tls: Option<Arc<ClientConfig>>,
+    /// The CA file `tls` verifies the server's certificate against, for
+    /// messages.
+    ca_file: Option<PathBuf>,
     target: String,
 }
 
 impl ConnectSettings {
-    pub(crate) fn new(config: postgres::Config, tls: Option<Arc<ClientConfig>>) -> Self {
+    pub(crate) fn new(
+        config: postgres::Config,
+        tls: Option<Arc<ClientConfig>>,
+        ca_file: Option<PathBuf>,
+    ) -> Self {
         let target = describe_target(&config);
         ConnectSettings {
             config,
             tls,
+            ca_file,
             target,
         }
     }
@@ -49,7 +57,10 @@ impl ConnectSettings {
                 )),
         };
         result.map_err(|e| {
-            let reason = describe(&e);
+            let mut reason = describe(&e);
+            if let Some(hint) = self.tls_hint(&e) {
+                reason = format!("{hint}: {reason}");
+            }
             if unreachable(&e) {
                 PostgresError::Unreachable {
                     target: self.target.clone(),
@@ -62,6 +73,44 @@ impl ConnectSettings {
                 }
             }
         })
+    }
+}
+
+impl ConnectSettings {
+    /// What a failed TLS handshake means in the streamer's terms: the
+    /// client's own text names neither the option nor the CA file.
+    fn tls_hint(&self, e: &postgres::Error) -> Option<String> {
+        self.tls.as_ref()?;
+        let mut source = std::error::Error::source(e);
+        while let Some(cause) = source {
+            // tokio-rustls wraps the rustls error in an io::Error, whose
+            // `source` skips it: look inside.
+            let inner = cause
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .map(|inner| inner as &(dyn std::error::Error + 'static))
+                .unwrap_or(cause);
+            if let Some(rustls::Error::InvalidCertificate(_)) =
+                inner.downcast_ref::<rustls::Error>()
+            {
+                return Some(match &self.ca_file {
+                    Some(path) => format!(
+                        "the server's certificate failed verification against ca_file {}",
+                        path.display()
+                    ),
+                    None => "the server's certificate failed verification".to_string(),
+                });
+            }
+            if cause.to_string().contains("server does not support TLS") {
+                return Some(
+                    "tls = \"require\" but the server does not offer TLS (turn on ssl in the \
+                     server, or set tls = \"prefer\" or \"disable\")"
+                        .to_string(),
+                );
+            }
+            source = cause.source();
+        }
+        None
     }
 }
 

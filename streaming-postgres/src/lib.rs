@@ -13,6 +13,9 @@
 //!   the blocks at or below it.
 //! - [`create_statements`]: the tables' `CREATE` statements, for databases
 //!   where the streamer may not create them (`create_schema = false`).
+//! - [`rows_per_s`]: the `postgres_rows_per_s` benchmark (the streamer
+//!   next to a plain bulk load of the same rows), shared by the example of
+//!   that name and `statestream bench --postgres URL`.
 //!
 //! The client is the synchronous `postgres` crate (it runs on the
 //! streamer's worker thread), TLS by rustls.
@@ -49,12 +52,14 @@
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
+mod bench;
 mod config;
 mod connect;
 mod error;
 mod schema;
 mod streamer;
 
+pub use bench::{RowsPerSecond, Spread, rows_per_s};
 pub use config::{PASSWORD_ENV, POSTGRES_TYPE, PostgresStreamerConfig, Tables, TlsMode};
 pub use error::{PostgresError, Result};
 pub use schema::{CHANNEL_PREFIX, create_statements};

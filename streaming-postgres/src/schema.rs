@@ -37,6 +37,8 @@ struct Table {
     name: &'static str,
     columns: &'static [Column],
     primary_key: &'static str,
+    /// Storage parameters (`WITH (...)`) of `CREATE TABLE`, or "".
+    with: &'static str,
 }
 
 const BLOCKS: Table = Table {
@@ -47,6 +49,7 @@ const BLOCKS: Table = Table {
         col("app_hash", "bytea", false),
     ],
     primary_key: "height",
+    with: "",
 };
 
 const CHANGES: Table = Table {
@@ -59,6 +62,7 @@ const CHANGES: Table = Table {
         col("deleted", "boolean", false),
     ],
     primary_key: "height, store, key",
+    with: "",
 };
 
 const STATE: Table = Table {
@@ -70,6 +74,11 @@ const STATE: Table = Table {
         col("height", "bigint", false),
     ],
     primary_key: "store, key",
+    // Most sets update a row. With room left on each page the new
+    // version goes on the same page and, as neither `store` nor `key`
+    // changes, the update is HOT: no new index entry, half the WAL
+    // records (docs/performance.md, postgres_rows_per_s).
+    with: " WITH (fillfactor = 70)",
 };
 
 const CURSORS: Table = Table {
@@ -79,6 +88,7 @@ const CURSORS: Table = Table {
         col("height", "bigint", false),
     ],
     primary_key: "streamer",
+    with: "",
 };
 
 /// The SQL type names used in `CREATE TABLE` for the `data_type` names.
@@ -145,10 +155,11 @@ fn create_table_sql(schema: &str, t: &Table) -> String {
         })
         .collect();
     format!(
-        "CREATE TABLE IF NOT EXISTS {schema}.{} ({}, PRIMARY KEY ({}))",
+        "CREATE TABLE IF NOT EXISTS {schema}.{} ({}, PRIMARY KEY ({})){}",
         t.name,
         cols.join(", "),
-        t.primary_key
+        t.primary_key,
+        t.with
     )
 }
 
@@ -299,15 +310,13 @@ fn describe_columns(t: &Table) -> String {
 }
 
 /// The statements of one block's transaction, for one schema and set of
-/// tables.
+/// tables. Besides the `COPY`, they go as simple queries with the block's
+/// values as literals (see `PostgresStreamer::write_block`), so most are
+/// templates.
 pub(crate) struct Sql {
-    /// `$1` streamer, `$2` height: moves the cursor forward only; 0 rows
-    /// when it is already at or past the height.
-    pub(crate) cursor: String,
+    schema: String,
     /// `$1` streamer: the cursor's height.
     pub(crate) read_cursor: String,
-    /// `$1` height, `$2` microseconds since the epoch, `$3` app hash.
-    pub(crate) block: String,
     /// `COPY ... FROM STDIN (FORMAT binary)` of (height, store, key, value,
     /// deleted) into `changes`, or into the session's staging table when
     /// only `state` is written.
@@ -315,12 +324,19 @@ pub(crate) struct Sql {
     /// The staging table, created once per connection, when `changes` is
     /// not written.
     pub(crate) staging: Option<String>,
-    /// `$1` height: the block's sets into `state`.
-    pub(crate) upsert_state: Option<String>,
-    /// `$1` height: the block's deletes out of `state`.
-    pub(crate) delete_state: Option<String>,
-    /// `$1` channel, `$2` payload.
-    pub(crate) notify: String,
+    /// The block's sets into `state`, then its deletes out of it, for the
+    /// height in place of `{height}`.
+    state: Option<[String; 2]>,
+}
+
+/// An SQL string literal of `s`: `E'...'` with backslashes and quotes
+/// doubled, the same whatever `standard_conforming_strings` says.
+pub(crate) fn literal(s: &str) -> String {
+    format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Sql {
@@ -336,42 +352,73 @@ impl Sql {
              ON COMMIT DELETE ROWS"
                 .to_string()
         });
-        let (upsert_state, delete_state) = if tables.state() {
-            (
-                Some(format!(
+        let state = tables.state().then(|| {
+            [
+                format!(
                     "INSERT INTO {schema}.state (store, key, value, height) \
                      SELECT store, key, value, height FROM {source} \
-                     WHERE height = $1 AND NOT deleted \
+                     WHERE height = {{height}} AND NOT deleted \
                      ON CONFLICT (store, key) DO UPDATE \
                      SET value = EXCLUDED.value, height = EXCLUDED.height"
-                )),
-                Some(format!(
+                ),
+                format!(
                     "DELETE FROM {schema}.state AS s USING {source} AS c \
-                     WHERE c.height = $1 AND c.deleted AND s.store = c.store AND s.key = c.key"
-                )),
-            )
-        } else {
-            (None, None)
-        };
+                     WHERE c.height = {{height}} AND c.deleted AND s.store = c.store AND s.key = c.key"
+                ),
+            ]
+        });
         Sql {
-            cursor: format!(
-                "INSERT INTO {schema}.cursors (streamer, height) VALUES ($1, $2) \
-                 ON CONFLICT (streamer) DO UPDATE SET height = EXCLUDED.height \
-                 WHERE {schema}.cursors.height < EXCLUDED.height"
-            ),
+            schema: schema.to_string(),
             read_cursor: format!("SELECT height FROM {schema}.cursors WHERE streamer = $1"),
-            block: format!(
-                "INSERT INTO {schema}.blocks (height, time, app_hash) \
-                 VALUES ($1, TIMESTAMPTZ 'epoch' + $2::bigint * INTERVAL '1 microsecond', $3)"
-            ),
             copy: format!(
                 "COPY {source} (height, store, key, value, deleted) FROM STDIN (FORMAT binary)"
             ),
             staging,
-            upsert_state,
-            delete_state,
-            notify: "SELECT pg_notify($1, $2)".to_string(),
+            state,
         }
+    }
+
+    /// `BEGIN`, then one statement that moves the cursor of `streamer` to
+    /// `height` (only forward) and, when it moved, inserts the `blocks` row.
+    /// It returns one row: 1 when the cursor moved, 0 when it was already
+    /// at or past `height`. The cursor comes first, so that its row lock
+    /// serializes two writers under one name and the second finds it moved.
+    pub(crate) fn head(&self, streamer: &str, height: i64, micros: i64, app_hash: &[u8]) -> String {
+        let s = &self.schema;
+        format!(
+            "BEGIN; \
+             WITH cur AS (INSERT INTO {s}.cursors (streamer, height) VALUES ({name}, {height}) \
+             ON CONFLICT (streamer) DO UPDATE SET height = EXCLUDED.height \
+             WHERE {s}.cursors.height < EXCLUDED.height RETURNING 1), \
+             blk AS (INSERT INTO {s}.blocks (height, time, app_hash) \
+             SELECT {height}, TIMESTAMPTZ 'epoch' + ({micros}) * INTERVAL '1 microsecond', \
+             decode('{hash}', 'hex') FROM cur) \
+             SELECT count(*) FROM cur",
+            name = literal(streamer),
+            hash = hex(app_hash),
+        )
+    }
+
+    /// The `state` upserts and deletes of the block at `height` (when
+    /// `records` and `state` is written), the `NOTIFY` on `channel`, and
+    /// `COMMIT`.
+    pub(crate) fn tail(&self, height: i64, records: bool, channel: Option<&str>) -> String {
+        let mut sql = String::new();
+        if records && let Some(state) = &self.state {
+            for statement in state {
+                sql.push_str(&statement.replace("{height}", &height.to_string()));
+                sql.push_str("; ");
+            }
+        }
+        if let Some(channel) = channel {
+            // = NOTIFY; delivered to listeners when the transaction commits.
+            sql.push_str(&format!(
+                "SELECT pg_notify({}, '{height}'); ",
+                literal(channel)
+            ));
+        }
+        sql.push_str("COMMIT");
+        sql
     }
 }
 
@@ -405,7 +452,31 @@ mod tests {
              key bytea NOT NULL, value bytea, deleted boolean NOT NULL, PRIMARY KEY (height, \
              store, key))"
         );
+        assert_eq!(
+            s[3],
+            "CREATE TABLE IF NOT EXISTS s.state (store text NOT NULL, key bytea NOT NULL, \
+             value bytea NOT NULL, height bigint NOT NULL, PRIMARY KEY (store, key)) \
+             WITH (fillfactor = 70)"
+        );
         assert_eq!(s.len(), 5);
         assert_eq!(create_statements("s", Tables::State).len(), 4);
+    }
+
+    #[test]
+    fn literals_are_escaped() {
+        assert_eq!(literal("pg"), "E'pg'");
+        assert_eq!(literal("a'b\\c"), "E'a''b\\\\c'");
+        let sql = Sql::new("s", Tables::Both);
+        let head = sql.head("it's", 7, -1, &[0xab, 0x01]);
+        assert!(head.contains("VALUES (E'it''s', 7)"), "{head}");
+        assert!(head.contains("decode('ab01', 'hex')"), "{head}");
+        assert!(head.contains("+ (-1) * INTERVAL"), "{head}");
+        let tail = sql.tail(7, true, Some("statestream_s"));
+        assert!(tail.contains("WHERE height = 7 AND NOT deleted"), "{tail}");
+        assert!(
+            tail.ends_with("SELECT pg_notify(E'statestream_s', '7'); COMMIT"),
+            "{tail}"
+        );
+        assert_eq!(sql.tail(7, false, None), "COMMIT");
     }
 }

@@ -2,7 +2,7 @@
 
 use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::types::{ToSql, Type};
-use postgres::{Client, Statement};
+use postgres::{Client, SimpleQueryMessage, Statement};
 use statestream_core::{Block, StreamError, Streamer};
 use tracing::{debug, info, warn};
 
@@ -34,12 +34,7 @@ pub struct PostgresStreamer {
 struct Connection {
     client: Client,
     cursor: Option<u64>,
-    cursor_stmt: Statement,
-    block_stmt: Statement,
     copy_stmt: Statement,
-    upsert_stmt: Option<Statement>,
-    delete_stmt: Option<Statement>,
-    notify_stmt: Statement,
 }
 
 impl std::fmt::Debug for PostgresStreamer {
@@ -119,23 +114,8 @@ impl PostgresStreamer {
                 .prepare(sql)
                 .map_err(|e| self.query_error(&format!("prepare {sql:?}"), &e))
         };
-        let cursor_stmt = prep(&self.sql.cursor)?;
         let read_cursor = prep(&self.sql.read_cursor)?;
-        let block_stmt = prep(&self.sql.block)?;
         let copy_stmt = prep(&self.sql.copy)?;
-        let upsert_stmt = self
-            .sql
-            .upsert_state
-            .as_deref()
-            .map(&mut prep)
-            .transpose()?;
-        let delete_stmt = self
-            .sql
-            .delete_state
-            .as_deref()
-            .map(&mut prep)
-            .transpose()?;
-        let notify_stmt = prep(&self.sql.notify)?;
         let row = client
             .query_opt(&read_cursor, &[&self.name])
             .map_err(|e| self.query_error("read the cursor", &e))?;
@@ -159,12 +139,7 @@ impl PostgresStreamer {
         Ok(Connection {
             client,
             cursor,
-            cursor_stmt,
-            block_stmt,
             copy_stmt,
-            upsert_stmt,
-            delete_stmt,
-            notify_stmt,
         })
     }
 
@@ -203,6 +178,14 @@ impl PostgresStreamer {
         let app_hash = block.commit_info().app_hash;
         let (name, channel, notify) = (self.name.clone(), self.channel.clone(), self.notify);
         let target = self.settings.target().to_string();
+        let mut records = 0usize;
+        for store in block.stores() {
+            records += store.len();
+        }
+        let head = self.sql.head(&name, h, micros, app_hash.as_slice());
+        let tail = self
+            .sql
+            .tail(h, records > 0, notify.then_some(channel.as_str()));
         let conn = self.connection()?;
         match conn.cursor {
             Some(c) if height <= c => {
@@ -226,26 +209,39 @@ impl PostgresStreamer {
                 reason: describe(&e),
             }
         };
-        let mut tx = conn.client.transaction().map_err(q("begin"))?;
-        // First, so that the row lock on the cursor serializes two writers
-        // under one name, and the second finds the cursor moved.
-        let moved = tx
-            .execute(&conn.cursor_stmt, &[&name, &h])
-            .map_err(q("move the cursor"))?;
-        if moved == 0 {
+        // Four round trips, as many as a bare bulk load (BEGIN, COPY,
+        // COMMIT): every statement of the sync client is one, and on a
+        // busy machine each costs two context switches. So the statements
+        // around the COPY go as simple queries of several statements, with
+        // the block's values as literals (integers, hex, and the streamer's
+        // name as an escaped string literal).
+        //
+        // 1. BEGIN, then the cursor and the blocks row in one statement:
+        //    the cursor first (its row lock serializes two writers under
+        //    one name, and the second finds it moved), the blocks row
+        //    only when the cursor moved.
+        let moved = conn
+            .client
+            .simple_query(&head)
+            .map_err(q("move the cursor and insert into blocks"))?
+            .iter()
+            .find_map(|m| match m {
+                SimpleQueryMessage::Row(row) => row.get(0).map(|v| v == "1"),
+                _ => None,
+            })
+            .unwrap_or(false);
+        if !moved {
             return Err(PostgresError::CursorMoved {
                 streamer: name,
                 height,
             });
         }
-        tx.execute(&conn.block_stmt, &[&h, &micros, &app_hash.as_slice()])
-            .map_err(q("insert into blocks"))?;
-        let mut records = 0usize;
-        for store in block.stores() {
-            records += store.len();
-        }
+        // 2. The records by binary COPY (two round trips).
         if records > 0 {
-            let sink = tx.copy_in(&conn.copy_stmt).map_err(q("copy the changes"))?;
+            let sink = conn
+                .client
+                .copy_in(&conn.copy_stmt)
+                .map_err(q("copy the changes"))?;
             let mut writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
             for r in block.records() {
                 let deleted = r.value.is_none();
@@ -253,18 +249,11 @@ impl PostgresStreamer {
                 writer.write(&row).map_err(q("copy the changes"))?;
             }
             writer.finish().map_err(q("copy the changes"))?;
-            if let Some(stmt) = &conn.upsert_stmt {
-                tx.execute(stmt, &[&h]).map_err(q("upsert into state"))?;
-            }
-            if let Some(stmt) = &conn.delete_stmt {
-                tx.execute(stmt, &[&h]).map_err(q("delete from state"))?;
-            }
         }
-        if notify {
-            tx.execute(&conn.notify_stmt, &[&channel, &height.to_string()])
-                .map_err(q("notify"))?;
-        }
-        tx.commit().map_err(q("commit"))?;
+        // 3. The state upserts and deletes, the NOTIFY and the COMMIT.
+        conn.client
+            .simple_query(&tail)
+            .map_err(q("write state, notify and commit"))?;
         conn.cursor = Some(height);
         Ok(())
     }

@@ -196,6 +196,34 @@ impl PgServer {
         }
     }
 
+    /// Turns TLS on (`ssl = on`) with the certificate chain `cert_pem` and
+    /// its key `key_pem` (PEM text), and restarts the server. The files go
+    /// into the data directory as `server.crt` and `server.key` (the
+    /// defaults of `ssl_cert_file` and `ssl_key_file`), owned by the
+    /// server's user with mode 0600, which PostgreSQL requires of a key.
+    /// Plain connections are still accepted (`host` lines of `pg_hba.conf`
+    /// match both).
+    pub fn enable_tls(&mut self, cert_pem: &str, key_pem: &str) {
+        use std::io::Write as _;
+        use std::os::unix::fs::PermissionsExt;
+        for (name, text) in [("server.crt", cert_pem), ("server.key", key_pem)] {
+            let path = self.data.join(name);
+            std::fs::write(&path, text).expect("write a TLS file into the data directory");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .expect("chmod a TLS file");
+            if let Some((uid, gid)) = self.run_as {
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid)).expect("chown a TLS file");
+            }
+        }
+        let mut conf = File::options()
+            .append(true)
+            .open(self.data.join("postgresql.conf"))
+            .expect("open postgresql.conf");
+        writeln!(conf, "ssl = on").expect("write postgresql.conf");
+        self.stop();
+        self.start();
+    }
+
     /// Stops the server with a fast shutdown (SIGINT: clients are
     /// disconnected, open transactions roll back) and waits for it.
     pub fn stop(&mut self) {

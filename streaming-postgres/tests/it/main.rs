@@ -5,6 +5,7 @@ mod bad_input;
 mod config;
 mod delivery;
 mod faults;
+mod tls;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

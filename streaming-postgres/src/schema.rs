@@ -392,7 +392,7 @@ impl Sql {
              WHERE {s}.cursors.height < EXCLUDED.height RETURNING 1), \
              blk AS (INSERT INTO {s}.blocks (height, time, app_hash) \
              SELECT {height}, TIMESTAMPTZ 'epoch' + ({micros}) * INTERVAL '1 microsecond', \
-             decode('{hash}', 'hex') FROM cur) \
+             decode('{hash}', 'hex') FROM cur ON CONFLICT (height) DO NOTHING) \
              SELECT count(*) FROM cur",
             name = literal(streamer),
             hash = hex(app_hash),

@@ -110,6 +110,38 @@ fn delivery_changes_only_and_state_only() {
     assert_eq!(db_cursor(&mut c, "hist", "hist"), Some(n));
 }
 
+/// Two streamers of different stores in one schema: each has its cursor
+/// row, the `blocks` rows are shared (each height once), and together
+/// they hold every change.
+#[test]
+fn delivery_two_streamers_share_a_schema() {
+    let Some((_srv, url)) = server("delivery_two_streamers_share_a_schema") else {
+        return;
+    };
+    let mut store = memory_store();
+    let toml = format!(
+        "[store]\nstreamers = [\"one\", \"two\"]\n\n\
+         [streamers.one]\ntype = \"postgres\"\nkeys = [\"acc\"]\nurl = \"{url}\"\ndelivery = \"sync\"\n\n\
+         [streamers.two]\ntype = \"postgres\"\nkeys = [\"bank\", \"gov\"]\nurl = \"{url}\"\ndelivery = \"sync\"\n"
+    );
+    let mut m = manager(&mut store, &toml).expect("start");
+    let n = 12;
+    let mut log = Vec::new();
+    for b in 1..=n {
+        commit_block(&mut m, &mut store, b, &mut log).expect("commit");
+    }
+    m.close(&mut store).expect("close");
+    let mut c = connect(&url);
+    assert_eq!(
+        db_heights(&mut c, "statestream"),
+        (1..=n).collect::<Vec<_>>()
+    );
+    assert_eq!(db_cursor(&mut c, "statestream", "one"), Some(n));
+    assert_eq!(db_cursor(&mut c, "statestream", "two"), Some(n));
+    assert_eq!(db_changes(&mut c, "statestream"), sorted(log));
+    assert_eq!(db_state(&mut c, "statestream"), expected_state(&store));
+}
+
 /// A node whose own cursor is behind the database's delivers blocks the
 /// database holds: they are skipped, not written twice; the first block
 /// above the database's cursor is written.

@@ -516,14 +516,12 @@ impl Feed {
             return true;
         }
         if self.first {
-            // `retry:` is a field of the first event.
+            // `retry:` is a field of the first event, sent with it (one
+            // write, one message in the metrics).
             self.first = false;
-            if !self
-                .send_raw(Bytes::from(format!("retry: {}\n", RETRY.as_millis())))
-                .await
-            {
-                return false;
-            }
+            let mut first = format!("retry: {}\n", RETRY.as_millis()).into_bytes();
+            first.extend_from_slice(&events);
+            return self.send_raw(Bytes::from(first)).await;
         }
         self.send_raw(events).await
     }

@@ -129,6 +129,7 @@ impl ServeStreamer {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name(format!("serve-{name}"))
+            .on_thread_start(below_commits)
             .enable_all()
             .build()
             .map_err(|source| ServeError::Runtime {
@@ -329,6 +330,23 @@ fn to_tokio(
         address,
         reason: e.to_string(),
     })
+}
+
+/// The CPU priority (nice value) of the serve runtime's threads, below
+/// the node's: on a saturated machine subscribers fall behind (and catch
+/// up from the change log), commits do not.
+pub const THREAD_NICE: i32 = 10;
+
+/// Lowers the calling thread's CPU priority to [`THREAD_NICE`] (Linux sets
+/// it per thread; elsewhere this does nothing).
+fn below_commits() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: gettid and setpriority touch no memory of ours; on error the
+    // priority stays as it was, which is only slower for commits.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, THREAD_NICE);
+    }
 }
 
 fn grpc_router(

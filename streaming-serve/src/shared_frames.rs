@@ -1,13 +1,15 @@
-//! `StateStream/Subscribe` answered without copying blocks: the response
-//! body is the gRPC frames themselves, and a block's frame is a few header
-//! bytes followed by the block's encoded bytes, shared by every subscriber
-//! (tonic's encoder would copy each message into a buffer per subscriber).
-//! h2 writes a large data chunk as it is (vectored I/O), so a block goes
-//! from its one encoding to the sockets without another copy.
+//! `StateStream/Subscribe` and `StateStream/Snapshot` answered without
+//! copying blocks and chunks: the response body is the gRPC frames
+//! themselves, and a block's frame is a few header bytes followed by the
+//! block's encoded bytes, shared by every subscriber (tonic's encoder would
+//! copy each message into a buffer per subscriber); a snapshot chunk's,
+//! the bytes encoded from the store's iterator. h2 writes a large data
+//! chunk as it is (vectored I/O), so a block goes from its one encoding to
+//! the sockets without another copy.
 //!
 //! Every other method, and every error, is tonic's: the request passes the
 //! same token check, is decoded as tonic would, and goes to the same
-//! [`StateStream::subscribe`]; only the encoding of its messages differs.
+//! [`StateStream`] method; only the encoding of its messages differs.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -26,9 +28,11 @@ use tonic::{Request, Status};
 use crate::grpc::{Auth, StateStreamService};
 use crate::outbox::Outbox;
 use crate::proto::server::{self as v1, state_stream_server::StateStream};
+use crate::wire::Encoded;
 
-/// The method answered here.
+/// The methods answered here.
 const SUBSCRIBE: &str = "/statestream.v1.StateStream/Subscribe";
+const SNAPSHOT: &str = "/statestream.v1.StateStream/Snapshot";
 
 /// The largest request accepted (tonic's default decoding limit).
 const MAX_REQUEST: usize = 4 * 1024 * 1024;
@@ -65,26 +69,35 @@ where
     }
 
     fn call(&mut self, request: HttpRequest) -> Self::Future {
-        if request.uri().path() != SUBSCRIBE {
+        let path = request.uri().path();
+        if path != SUBSCRIBE && path != SNAPSHOT {
             let fut = self.inner.call(request);
             return Box::pin(async move { Ok(fut.await?.map(tonic::body::Body::new)) });
         }
         let service = self.service.clone();
         let auth = self.auth.clone();
+        let subscribe = path == SUBSCRIBE;
         Box::pin(async move {
-            Ok(match subscribe(service, auth, request).await {
-                Ok(response) => response,
-                Err(status) => status.into_http(),
-            })
+            let answer: Result<HttpResponse, Status> = async {
+                Ok(if subscribe {
+                    let r = checked_request(&auth, request).await?;
+                    response(service.subscribe(r).await?.into_inner())
+                } else {
+                    let r = checked_request(&auth, request).await?;
+                    response(service.snapshot(r).await?.into_inner())
+                })
+            }
+            .await;
+            Ok(answer.unwrap_or_else(Status::into_http))
         })
     }
 }
 
-async fn subscribe(
-    service: StateStreamService,
-    auth: Auth,
+/// The request checked for its token and decoded, as tonic would.
+async fn checked_request<M: Message + Default>(
+    auth: &Auth,
     request: HttpRequest,
-) -> Result<HttpResponse, Status> {
+) -> Result<Request<M>, Status> {
     let (parts, body) = request.into_parts();
     let metadata = tonic::metadata::MetadataMap::from_headers(parts.headers);
     let mut checked = Request::new(());
@@ -94,11 +107,14 @@ async fn subscribe(
         .await
         .map_err(|e| Status::invalid_argument(format!("cannot read the request: {e}")))?;
     let message = unframe(&body)?;
-    let decoded = v1::SubscribeRequest::decode(message)
-        .map_err(|e| Status::internal(format!("cannot decode the SubscribeRequest: {e}")))?;
+    let decoded = M::decode(message)
+        .map_err(|e| Status::internal(format!("cannot decode the request: {e}")))?;
     let (metadata, extensions, ()) = checked.into_parts();
-    let request = Request::from_parts(metadata, extensions, decoded);
-    let outbox = service.subscribe(request).await?.into_inner();
+    Ok(Request::from_parts(metadata, extensions, decoded))
+}
+
+/// The streaming response whose body is `outbox`'s messages as frames.
+fn response<M: Framed>(outbox: Outbox<M>) -> HttpResponse {
     let mut response = http::Response::new(tonic::body::Body::new(SharedFrames {
         outbox,
         ready: VecDeque::new(),
@@ -108,7 +124,32 @@ async fn subscribe(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/grpc"),
     );
-    Ok(response)
+    response
+}
+
+/// A message that may carry bytes encoded ahead ([`Encoded`]), passed on
+/// as they are.
+trait Framed: Message + Send + 'static {
+    /// The encoded bytes, and the field that holds them (`None`: they are
+    /// the whole message).
+    fn encoded(&self) -> Option<(Option<u32>, &Encoded)>;
+}
+
+impl Framed for v1::SubscribeResponse {
+    fn encoded(&self) -> Option<(Option<u32>, &Encoded)> {
+        use v1::subscribe_response::Message as M;
+        match &self.message {
+            Some(M::Snapshot(chunk)) => Some((Some(1), chunk)),
+            Some(M::Block(block)) => Some((Some(2), block)),
+            _ => None,
+        }
+    }
+}
+
+impl Framed for Encoded {
+    fn encoded(&self) -> Option<(Option<u32>, &Encoded)> {
+        Some((None, self))
+    }
 }
 
 /// The one message of a unary request body: a flag byte (0: not
@@ -142,8 +183,8 @@ fn unframe(body: &[u8]) -> Result<&[u8], Status> {
 
 /// The response body: each message as a gRPC frame, a block's encoded
 /// bytes passed on as they are; then the status as trailers.
-struct SharedFrames {
-    outbox: Outbox<v1::SubscribeResponse>,
+struct SharedFrames<M> {
+    outbox: Outbox<M>,
     /// Chunks of the frame being sent.
     ready: VecDeque<Bytes>,
     done: bool,
@@ -158,25 +199,21 @@ fn frame_header(len: usize, extra: &[u8]) -> BytesMut {
     header
 }
 
-impl SharedFrames {
+impl<M: Framed> SharedFrames<M> {
     /// Queues the frame of one message.
-    fn push(&mut self, message: v1::SubscribeResponse) {
-        use v1::subscribe_response::Message as M;
-        let encoded = match &message.message {
-            Some(M::Snapshot(chunk)) => Some((1, chunk)),
-            Some(M::Block(block)) => Some((2, block)),
-            _ => None,
-        };
-        if let Some((tag, encoded)) = encoded {
-            // The field, length-delimited, then the bytes as they are.
+    fn push(&mut self, message: M) {
+        if let Some((tag, encoded)) = message.encoded() {
             let shared = encoded.0.clone();
+            // The field (tag, length), then the bytes as they are.
             let mut field = Vec::with_capacity(11);
-            prost::encoding::encode_key(
-                tag,
-                prost::encoding::WireType::LengthDelimited,
-                &mut field,
-            );
-            prost::encoding::encode_varint(shared.len() as u64, &mut field);
+            if let Some(tag) = tag {
+                prost::encoding::encode_key(
+                    tag,
+                    prost::encoding::WireType::LengthDelimited,
+                    &mut field,
+                );
+                prost::encoding::encode_varint(shared.len() as u64, &mut field);
+            }
             let header = frame_header(field.len() + shared.len(), &field);
             self.ready.push_back(header.freeze());
             if !shared.is_empty() {
@@ -191,17 +228,18 @@ impl SharedFrames {
         let _ = message.encode(&mut frame);
         self.ready.push_back(frame.freeze());
     }
-
-    fn trailers(status: &Status) -> Frame<Bytes> {
-        let mut trailers = HeaderMap::new();
-        if status.add_header(&mut trailers).is_err() {
-            trailers.insert("grpc-status", HeaderValue::from_static("13"));
-        }
-        Frame::trailers(trailers)
-    }
 }
 
-impl http_body::Body for SharedFrames {
+/// The status as trailers.
+fn trailers(status: &Status) -> Frame<Bytes> {
+    let mut trailers = HeaderMap::new();
+    if status.add_header(&mut trailers).is_err() {
+        trailers.insert("grpc-status", HeaderValue::from_static("13"));
+    }
+    Frame::trailers(trailers)
+}
+
+impl<M: Framed> http_body::Body for SharedFrames<M> {
     type Data = Bytes;
     type Error = Status;
 
@@ -221,11 +259,11 @@ impl http_body::Body for SharedFrames {
                 Poll::Ready(Some(Ok(message))) => self.push(message),
                 Poll::Ready(Some(Err(status))) => {
                     self.done = true;
-                    return Poll::Ready(Some(Ok(SharedFrames::trailers(&status))));
+                    return Poll::Ready(Some(Ok(trailers(&status))));
                 }
                 Poll::Ready(None) => {
                     self.done = true;
-                    return Poll::Ready(Some(Ok(SharedFrames::trailers(&Status::ok("")))));
+                    return Poll::Ready(Some(Ok(trailers(&Status::ok("")))));
                 }
             }
         }
@@ -276,7 +314,7 @@ mod tests {
 
     #[test]
     fn a_block_frame_is_the_message_tonic_would_encode() {
-        let encoded = crate::wire::Encoded(Bytes::from_static(b"\x08\x07\x20\x01"));
+        let encoded = Encoded(Bytes::from_static(b"\x08\x07\x20\x01"));
         let message = v1::SubscribeResponse {
             message: Some(v1::subscribe_response::Message::Block(encoded)),
         };

@@ -35,11 +35,11 @@ fn client_runtime() -> Result<tokio::runtime::Runtime> {
         .context("cannot start the clients' runtime")
 }
 
-
 /// Lowers the calling thread's CPU priority to `nice` (Linux: per
 /// thread): the bench's subscribers stand for consumers on other machines,
 /// so they take the CPU the node leaves, not the committing thread's.
 fn lower_priority(nice: i32) {
+    #[cfg(target_os = "linux")]
     // SAFETY: setpriority and gettid have no memory effects; an error only
     // leaves the priority as it was.
     unsafe {

@@ -847,7 +847,7 @@ fn bench_only_refuses_an_unknown_figure() {
             "[possible values: commit_overhead_async, commit_overhead_sync, writer_vs_raw, \
              reader_vs_raw, verify_mb_s, replay_mb_s, node_peak_rss_mb, serve_commit_overhead, \
              serve_latency_ms, snapshot_vs_scan, serve_stalled_rss_mb, sse_commit_overhead, \
-             sse_latency_ms]"
+             sse_latency_ms, postgres_rows_per_s]"
         ),
         "{run:#?}"
     );

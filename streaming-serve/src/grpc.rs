@@ -373,6 +373,18 @@ struct ChunkEncoder {
     chunk: Vec<u8>,
 }
 
+/// The capacity each chunk starts with: [`MESSAGE_BYTES`] of entries and
+/// room for the one that crosses it.
+const CHUNK_CAPACITY: usize = MESSAGE_BYTES + MESSAGE_BYTES / 8;
+
+/// One piece of an encoded snapshot.
+enum Piece {
+    /// A chunk, more to come.
+    Chunk(Encoded),
+    /// The last chunk (`end = true`).
+    Last(Encoded),
+}
+
 impl ChunkEncoder {
     fn new(height: u64, time: Option<(i64, u32)>) -> ChunkEncoder {
         use prost::encoding::{message, uint64};
@@ -383,13 +395,16 @@ impl ChunkEncoder {
         if let Some(ts) = timestamp(time) {
             message::encode(4, &ts, &mut header);
         }
-        let mut chunk = Vec::with_capacity(MESSAGE_BYTES + MESSAGE_BYTES / 8);
+        let mut chunk = Vec::with_capacity(CHUNK_CAPACITY);
         chunk.extend_from_slice(&header);
         ChunkEncoder { header, chunk }
     }
 
-    /// Appends one `Entry` (field 2); proto3 leaves empty fields out.
-    fn push(&mut self, store: &str, key: &[u8], value: &[u8]) {
+    /// Appends one `Entry` (field 2; proto3 leaves empty fields out). When
+    /// the chunk holds entries and this one would take it past
+    /// [`MESSAGE_BYTES`], the chunk is returned first and the entry starts
+    /// the next one (an entry larger than that is a chunk of its own).
+    fn push(&mut self, store: &str, key: &[u8], value: &[u8]) -> Option<Encoded> {
         use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
         let field = |len: usize| {
             if len == 0 {
@@ -399,6 +414,10 @@ impl ChunkEncoder {
             }
         };
         let entry = field(store.len()) + field(key.len()) + field(value.len());
+        let whole = 1 + encoded_len_varint(entry as u64) + entry;
+        let full = (self.chunk.len() > self.header.len()
+            && self.chunk.len() + whole > MESSAGE_BYTES)
+            .then(|| self.take());
         encode_key(2, WireType::LengthDelimited, &mut self.chunk);
         encode_varint(entry as u64, &mut self.chunk);
         for (tag, bytes) in [(1, store.as_bytes()), (2, key), (3, value)] {
@@ -408,31 +427,33 @@ impl ChunkEncoder {
                 self.chunk.extend_from_slice(bytes);
             }
         }
-    }
-
-    /// Whether the chunk holds about a message's worth of entries.
-    fn full(&self) -> bool {
-        self.chunk.len() >= MESSAGE_BYTES
+        full
     }
 
     /// The chunk so far, without `end`; starts the next one.
     fn take(&mut self) -> Encoded {
-        let next = Vec::with_capacity(self.chunk.capacity());
-        let chunk = std::mem::replace(&mut self.chunk, next);
-        self.chunk.extend_from_slice(&self.header);
+        let mut next = Vec::with_capacity(CHUNK_CAPACITY);
+        next.extend_from_slice(&self.header);
+        let mut chunk = std::mem::replace(&mut self.chunk, next);
+        if chunk.capacity() > 2 * chunk.len() {
+            chunk.shrink_to_fit();
+        }
         Encoded(chunk.into())
     }
 
     /// The last chunk: what is left, with `end = true`.
     fn finish(mut self) -> Encoded {
         prost::encoding::bool::encode(3, &true, &mut self.chunk);
+        if self.chunk.capacity() > 2 * self.chunk.len() {
+            self.chunk.shrink_to_fit();
+        }
         Encoded(self.chunk.into())
     }
 }
 
 /// Sends the filter's keys as encoded `SnapshotChunk`s (wrapped by
 /// `wrap`), read on a blocking thread from a snapshot taken now; returns
-/// the snapshot's height.
+/// the snapshot's height once the last chunk (`end = true`) is sent.
 pub(crate) async fn send_encoded_snapshot<T: prost::Message>(
     hub: &Hub,
     filter: &Filter,
@@ -442,26 +463,33 @@ pub(crate) async fn send_encoded_snapshot<T: prost::Message>(
     let snapshot = hub.snapshot()?;
     let height = snapshot.height();
     let time = hub.block_time(height);
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Encoded, HubError>>(2);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Piece, HubError>>(2);
     let filter = filter.clone();
     tokio::task::spawn_blocking(move || {
         let mut chunks = ChunkEncoder::new(height, time);
         let mut gone = false;
         let visited = visit_snapshot(snapshot.as_ref(), &filter, |store, key, value| {
-            chunks.push(store.name(), &key, &value);
-            if chunks.full() {
-                gone = tx.blocking_send(Ok(chunks.take())).is_err();
+            if let Some(chunk) = chunks.push(store.name(), &key, &value) {
+                gone = tx.blocking_send(Ok(Piece::Chunk(chunk))).is_err();
             }
             !gone
         });
         if !gone {
-            let _ = tx.blocking_send(visited.map(|()| chunks.finish()));
+            let _ = tx.blocking_send(visited.map(|()| Piece::Last(chunks.finish())));
         }
     });
-    while let Some(chunk) = rx.recv().await {
-        sink.send(wrap(chunk?)).await?;
+    while let Some(piece) = rx.recv().await {
+        match piece? {
+            Piece::Chunk(chunk) => sink.send(wrap(chunk)).await?,
+            Piece::Last(chunk) => {
+                sink.send(wrap(chunk)).await?;
+                return Ok(height);
+            }
+        }
     }
-    Ok(height)
+    // The reader stopped without its last chunk (it panicked): the
+    // snapshot is incomplete, and the client must not take it as whole.
+    Err(HubError::Store("the snapshot's reader stopped before its end".into()).into())
 }
 
 #[tonic::async_trait]
@@ -572,10 +600,10 @@ mod tests {
         // Field order differs from prost's (time comes before the entries),
         // which protobuf allows; the decoded messages are equal.
         let mut chunks = ChunkEncoder::new(42, Some((1_700_000_000, 5)));
-        chunks.push("bank", b"k1", b"v1");
-        chunks.push("acc", b"", b"");
+        assert!(chunks.push("bank", b"k1", b"v1").is_none());
+        assert!(chunks.push("acc", b"", b"").is_none());
         let first = chunks.take();
-        chunks.push("bank", b"k2", &[7u8; 300]);
+        assert!(chunks.push("bank", b"k2", &[7u8; 300]).is_none());
         let last = chunks.finish();
         let time = Some(prost_types::Timestamp {
             seconds: 1_700_000_000,
@@ -600,6 +628,43 @@ mod tests {
             time,
         };
         assert_eq!(decode(&last), expected_last);
+    }
+
+    #[test]
+    fn a_chunk_is_cut_before_the_entry_that_would_take_it_past_the_limit() {
+        let mut chunks = ChunkEncoder::new(7, None);
+        let value = vec![1u8; MESSAGE_BYTES / 3];
+        let mut cut = Vec::new();
+        for i in 0..7u8 {
+            if let Some(chunk) = chunks.push("s", &[i], &value) {
+                cut.push(chunk);
+            }
+        }
+        // A huge entry is a chunk of its own.
+        let huge = vec![2u8; MESSAGE_BYTES * 2];
+        cut.extend(chunks.push("s", b"huge", &huge));
+        cut.extend(chunks.push("s", b"z", b"1"));
+        cut.push(chunks.finish());
+        let decoded: Vec<pb::SnapshotChunk> = cut.iter().map(decode).collect();
+        let sizes: Vec<usize> = decoded.iter().map(|c| c.entries.len()).collect();
+        assert_eq!(sizes, [2, 2, 2, 1, 1, 1], "{sizes:?}");
+        for (c, e) in cut.iter().zip(&decoded) {
+            assert!(
+                c.0.len() <= MESSAGE_BYTES || e.entries.len() == 1,
+                "a chunk of {} bytes with {} entries",
+                c.0.len(),
+                e.entries.len()
+            );
+        }
+        assert!(
+            decoded
+                .iter()
+                .rev()
+                .skip(1)
+                .all(|c| !c.end && c.height == 7)
+        );
+        assert!(decoded.last().is_some_and(|c| c.end));
+        assert_eq!(decoded[4].entries[0].key, b"huge");
     }
 
     #[test]

@@ -99,10 +99,8 @@ async fn checked_request<M: Message + Default>(
     request: HttpRequest,
 ) -> Result<Request<M>, Status> {
     let (parts, body) = request.into_parts();
-    let metadata = tonic::metadata::MetadataMap::from_headers(parts.headers);
-    let mut checked = Request::new(());
-    *checked.metadata_mut() = metadata;
-    let checked = auth.check(checked)?;
+    // Metadata and extensions (the peer's address) as tonic passes them.
+    let checked = auth.check(Request::from_http(http::Request::from_parts(parts, ())))?;
     let body = axum::body::to_bytes(axum::body::Body::new(body), MAX_REQUEST + 5)
         .await
         .map_err(|e| Status::invalid_argument(format!("cannot read the request: {e}")))?;

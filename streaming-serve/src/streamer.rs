@@ -332,20 +332,21 @@ fn to_tokio(
     })
 }
 
-/// The CPU priority (nice value) of the serve runtime's threads, below
-/// the node's: on a saturated machine subscribers fall behind (and catch
-/// up from the change log), commits do not.
-pub const THREAD_NICE: i32 = 10;
+/// How much lower than the node's the CPU priority of the serve runtime's
+/// threads is (a nice increment, capped at 19): on a saturated machine
+/// subscribers fall behind (and catch up from the change log), commits do
+/// not.
+const NICE_INCREMENT: i32 = 10;
 
-/// Lowers the calling thread's CPU priority to [`THREAD_NICE`] (Linux sets
-/// it per thread; elsewhere this does nothing).
+/// Lowers the calling thread's CPU priority by [`NICE_INCREMENT`] from the
+/// node's (Linux: `nice` applies to the calling thread; elsewhere this does
+/// nothing).
 fn below_commits() {
     #[cfg(target_os = "linux")]
-    // SAFETY: gettid and setpriority touch no memory of ours; on error the
-    // priority stays as it was, which is only slower for commits.
+    // SAFETY: nice touches no memory of ours; on error the priority stays
+    // as it was, which is only slower for commits.
     unsafe {
-        let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, THREAD_NICE);
+        libc::nice(NICE_INCREMENT);
     }
 }
 

@@ -251,7 +251,6 @@ impl EncodedBlocks {
 }
 
 enum Start {
-    Live,
     Snapshot,
     From(u64),
 }
@@ -331,7 +330,6 @@ impl StateStreamService {
     ) -> Result<(), SubscriptionEnd> {
         use v1::subscribe_response::Message;
         let next = match start {
-            Start::Live => hub.head() + 1,
             Start::From(h) => h.max(1),
             Start::Snapshot => {
                 let height =
@@ -551,7 +549,10 @@ impl StateStream for StateStreamService {
         let request = request.into_inner();
         let filter = parse_filter(&hub, request.filter)?;
         let start = match request.start {
-            None | Some(S::Live(_)) => Start::Live,
+            // Live: from the block after the head when the request arrives
+            // (read before the subscription is counted), not when its
+            // task first runs: a block committed in between is sent.
+            None | Some(S::Live(_)) => Start::From(hub.head() + 1),
             Some(S::Snapshot(_)) => Start::Snapshot,
             Some(S::FromHeight(h)) => {
                 hub.check_from(h)?;

@@ -646,12 +646,15 @@ async fn open_stream(
     let filter = params.filter(&st.hub)?;
     let encoding = params.encoding()?;
     let last = last_event_id(&headers)?;
+    // Pings follow from the block after the head before the stream is
+    // counted: a block committed once it is counted is pinged.
+    let head = st.hub.head();
     let guard = st.hub.admit(FrontEnd::Sse)?;
     // Resume inside the window; anything else starts over.
     let resume = last.filter(|h| st.hub.check_from(h.saturating_add(1)).is_ok());
     let (next, put) = match (resume, mode) {
         (Some(h), _) => (h + 1, None),
-        (None, Mode::Ping) => (st.hub.head() + 1, None),
+        (None, Mode::Ping) => (head + 1, None),
         (None, Mode::Changes) => {
             let (height, data) = read_state_async(&st.hub, &filter, encoding).await?;
             let mut put = String::new();

@@ -163,7 +163,15 @@ impl EventSource {
 
     /// The next event (heartbeats skipped); `None` when the stream ended.
     pub fn next_event(&self) -> Option<Ev> {
+        // One deadline in all: heartbeats keep the stream busy while the
+        // event never comes.
+        let deadline = std::time::Instant::now() + PATIENCE;
         loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no SSE event for {} s, only heartbeats",
+                PATIENCE.as_secs()
+            );
             match self.next() {
                 Item::Event(ev) => return Some(ev),
                 Item::Comment | Item::Connected { .. } => {}

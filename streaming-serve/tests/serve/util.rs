@@ -313,10 +313,13 @@ pub async fn read_until(
     received: &mut Received,
     height: u64,
 ) {
+    // One deadline for the whole read: heartbeats keep a stream busy
+    // while the block never comes.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while received.last_height().is_none_or(|h| h < height) {
-        let m = tokio::time::timeout(Duration::from_secs(60), stream.message())
+        let m = tokio::time::timeout_at(deadline, stream.message())
             .await
-            .expect("no message for 60 s")
+            .unwrap_or_else(|_| panic!("block {height} did not end within 60 s"))
             .unwrap()
             .expect("the stream ended");
         received.take(m);

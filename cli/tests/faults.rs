@@ -22,15 +22,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_statestream");
-
-/// How long any one wait may take before the test fails: generous, as the
-/// machines running CI are shared and noisy. No test asserts a duration.
-const PATIENCE: Duration = Duration::from_secs(120);
-
-fn p(path: &Path) -> &str {
-    path.to_str().expect("temp paths are UTF-8")
-}
+mod common;
+use common::{BIN, PATIENCE, p, wait_for};
 
 fn config(delivery: &str, stop: bool) -> String {
     format!(
@@ -168,14 +161,6 @@ fn max_height(dir: &Path) -> u64 {
 }
 
 /// Polls `cond` until it holds; fails the test after [`PATIENCE`].
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < PATIENCE, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// The one `statestream: error:` line of stderr.
 fn error_line(stderr: &str) -> String {
     let lines: Vec<_> = stderr

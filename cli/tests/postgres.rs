@@ -14,50 +14,11 @@ use std::time::Duration;
 
 use statestream_store::{KvStore, MultiStore, Order, StoreOptions};
 
-const BIN: &str = env!("CARGO_BIN_EXE_statestream");
+mod common;
+use common::{BIN, SplitMix, run_json, seed};
 
 /// Kills; the issue asks for at least 10.
 const KILLS: u32 = 12;
-
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
-
-fn seed() -> u64 {
-    match std::env::var("STATESTREAM_CRASH_SEED") {
-        Ok(s) => s.parse().expect("STATESTREAM_CRASH_SEED must be a u64"),
-        Err(_) => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1),
-    }
-}
-
-fn run_json(args: &[&str]) -> serde_json::Value {
-    let out = Command::new(BIN)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run statestream");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "statestream {args:?} failed: {stderr}"
-    );
-    assert!(!stderr.contains("panicked"), "panic in {args:?}: {stderr}");
-    let last = stdout.lines().last().expect("a JSON line on stdout");
-    serde_json::from_str(last).unwrap_or_else(|e| panic!("bad JSON {last:?}: {e}"))
-}
 
 type Change = (u64, String, Vec<u8>, Option<Vec<u8>>);
 

@@ -8,25 +8,18 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_statestream");
-
-/// How long any one wait may take before the test fails. No test asserts
-/// a duration.
-const PATIENCE: Duration = Duration::from_secs(120);
+mod common;
+use common::{BIN, PATIENCE, p, wait_for};
 
 /// Longer than any test: the node commits one block, then waits.
 const FOREVER_MS: &str = "3600000";
-
-fn p(path: &Path) -> &str {
-    path.to_str().expect("temp paths are UTF-8")
-}
 
 const CONFIG: &str = r#"[store]
 streamers = ["file", "mirror"]
@@ -220,14 +213,6 @@ fn metric(m: &BTreeMap<(String, String), f64>, name: &str, streamer: &str) -> u6
         .get(&(name.to_owned(), streamer.to_owned()))
         .unwrap_or_else(|| panic!("no {name}{{streamer={streamer:?}}} in {m:#?}"));
     *v as u64
-}
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < PATIENCE, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]

@@ -116,7 +116,7 @@ pub fn run(args: SubscribeArgs) -> Result<ExitCode> {
         (false, Some(h)) => StartFrom::Height(h),
         (false, None) => StartFrom::Live,
     });
-    let output = Output::stdout()?;
+    let output = Output::stdout();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -282,13 +282,13 @@ struct Output {
 }
 
 impl Output {
-    fn stdout() -> Result<Output> {
-        Ok(Output {
+    fn stdout() -> Output {
+        Output {
             out: std::io::stdout(),
             sink: stdout_sink(),
             written: 0,
             waiting: VecDeque::new(),
-        })
+        }
     }
 
     /// Writes and flushes `lines`, which end height `height` when it is

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use statestream::{BlockMeta, DeliveryManager, StateReader, StreamerContext, StreamerSetup};
-use statestream_config::StreamerOptions;
-use statestream_serve::proto::v1::{
+use statestream_client::proto::v1::{
     self, state_stream_client::StateStreamClient, subscribe_request::Start,
 };
+use statestream_config::StreamerOptions;
 use statestream_serve::{ServeConfig, ServeHandle};
 use statestream_store::{CommitInput, KvStore, MultiStore, StoreKey, StoreOptions};
 

@@ -119,6 +119,43 @@ fn subscribe_until(address: &str, args: &[&str], height: u64) -> Vec<serde_json:
     lines
 }
 
+/// Runs `statestream subscribe ADDR --json ARGS --cursor-file CURSOR`,
+/// reading its lines, until CURSOR holds `height` or more (a height is
+/// saved once its lines are read and a later block's are written), then
+/// kills it; returns the JSON lines.
+fn subscribe_until_saved(
+    address: &str,
+    args: &[&str],
+    cursor: &Path,
+    height: u64,
+) -> Vec<serde_json::Value> {
+    let mut child = Command::new(BIN)
+        .args(["subscribe", address, "--json"])
+        .args(args)
+        .arg("--cursor-file")
+        .arg(cursor)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let saved = || {
+        std::fs::read_to_string(cursor)
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+    };
+    let mut lines = Vec::new();
+    for line in BufReader::new(stdout).lines() {
+        lines.push(serde_json::from_str(&line.unwrap()).unwrap());
+        if saved().is_some_and(|s| s >= height) {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    lines
+}
+
 #[test]
 fn serve_node_push_update_reaches_files_subscribers_and_the_app_hash() {
     let dir = tempfile::tempdir().unwrap();
@@ -163,11 +200,7 @@ fn serve_node_push_update_reaches_files_subscribers_and_the_app_hash() {
     // --cursor-file: a second run resumes after the first one's cursor.
     let cursor = dir.path().join("cursor");
     let c = cursor.to_str().unwrap();
-    let first = subscribe_until(
-        &node.address,
-        &["--snapshot", "--cursor-file", c],
-        height + 3,
-    );
+    let first = subscribe_until_saved(&node.address, &["--snapshot"], &cursor, height + 3);
     assert_eq!(first[0]["type"], "snapshot");
     let saved: u64 = std::fs::read_to_string(&cursor)
         .unwrap()

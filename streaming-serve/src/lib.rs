@@ -15,12 +15,10 @@
 //!   `GET /snapshot` on `http_address` (axum), see `docs/serve.md`.
 //! - [`metrics`]: subscribers, messages and bytes sent, slow disconnects,
 //!   per front-end ([`ServeHandle::metrics`]).
-//! - [`client`]: a resumable subscription with a pluggable cursor store.
 //! - [`proto`]: the generated messages, clients and servers.
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
-pub mod client;
 mod config;
 mod datastream;
 mod error;

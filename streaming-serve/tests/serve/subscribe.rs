@@ -1,7 +1,7 @@
 //! Subscribe: snapshot + live, from a height, live; heartbeats; resume
 //! after a restart; shutdown.
 
-use statestream_serve::client::{
+use statestream_client::{
     MemoryCursor, ResumableSubscription, StartFrom, SubscribeOptions, Update,
 };
 use statestream_serve::proto::v1::{self, subscribe_request::Start};
@@ -197,11 +197,16 @@ fn a_subscriber_resumes_from_its_cursor_after_the_node_restarts() {
         }
         _ => {}
     };
-    // The snapshot at 10.
+    // The snapshot at 10. Each update is acknowledged once applied, as a
+    // consumer does; the cursor follows the acknowledgements.
     loop {
         let u = rt.block_on(sub.next()).unwrap();
         let end = matches!(u, Update::Snapshot { end: true, .. });
+        let done = u.ack_height();
         apply(u, &mut state, &mut heights);
+        if let Some(h) = done {
+            sub.ack(h).unwrap();
+        }
         if end {
             break;
         }
@@ -212,7 +217,11 @@ fn a_subscriber_resumes_from_its_cursor_after_the_node_restarts() {
     }
     while heights.last() != Some(&15) {
         let u = rt.block_on(sub.next()).unwrap();
+        let done = u.ack_height();
         apply(u, &mut state, &mut heights);
+        if let Some(h) = done {
+            sub.ack(h).unwrap();
+        }
     }
     // Restart the node (same store, same port): the subscriber sees the
     // shutdown, reconnects and resumes after its cursor.
@@ -227,10 +236,15 @@ fn a_subscriber_resumes_from_its_cursor_after_the_node_restarts() {
         if matches!(u, Update::Reconnecting { .. }) {
             reconnects += 1;
         }
+        let done = u.ack_height();
         apply(u, &mut state, &mut heights);
+        if let Some(h) = done {
+            sub.ack(h).unwrap();
+        }
     }
     assert!(reconnects >= 1);
     assert_eq!(heights, (11..=20).collect::<Vec<_>>());
+    assert_eq!(sub.cursor().0, Some(20));
     assert_eq!(state, node.state());
     node.close();
 }

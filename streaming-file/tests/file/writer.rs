@@ -286,3 +286,41 @@ fn writer_follow_without_metadata() {
         .collect();
     assert_eq!(heights, [1, 2]);
 }
+
+/// A symlink planted under a temporary name (by another user of a shared
+/// `write_dir`) is not followed: the file it points to keeps its bytes, and
+/// the block gets a regular file of its own. With `fsync = true` every file
+/// goes through its temporary name.
+#[cfg(unix)]
+#[test]
+fn writer_does_not_follow_a_planted_temp_symlink() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("blocks");
+    let victim = tmp.path().join("victim");
+    fs::write(&victim, b"not yours").unwrap();
+    let bs = blocks(1);
+    let mut s = streamer(
+        &dir,
+        FileStreamerConfig {
+            fsync: true,
+            ..FileStreamerConfig::default()
+        },
+    );
+    // Planted after the streamer started, so that its removal of stale
+    // temporary files does not take them away.
+    for name in [".block-1-data.tmp", ".block-1-meta.tmp"] {
+        std::os::unix::fs::symlink(&victim, dir.join(name)).unwrap();
+    }
+    s.on_block(&bs[0]).unwrap();
+    assert_eq!(fs::read(&victim).unwrap(), b"not yours");
+    for name in ["block-1-data", "block-1-meta"] {
+        let md = fs::symlink_metadata(dir.join(name)).unwrap();
+        assert!(md.file_type().is_file(), "{name} is {md:?}");
+    }
+    assert_eq!(names(&dir), ["block-1-data", "block-1-meta"]);
+    let bd = BlockDir::open(&dir, "", ReadOptions::default()).unwrap();
+    assert_eq!(
+        bd.open_block(1).unwrap().payload().len(),
+        bs[0].encoded_len()
+    );
+}

@@ -908,3 +908,69 @@ fn bench_quick_json_reports_every_figure() {
         }
     }
 }
+
+/// Copies the block files of `from` (no prefix) into `to` under `prefix`.
+fn copy_with_prefix(from: &Path, to: &Path, prefix: &str) {
+    std::fs::create_dir_all(to).expect("create copy");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let name = entry.expect("dir entry").file_name();
+        let name = name.to_str().expect("UTF-8 name");
+        std::fs::copy(from.join(name), to.join(format!("{prefix}-{name}"))).expect("copy file");
+    }
+}
+
+/// Every offline tool, given a directory of `P-block-N-data` files and no
+/// `--prefix`, reads prefix `P` and says so; with two prefixes it names both
+/// and asks for `--prefix`.
+#[test]
+fn offline_tools_find_the_one_prefix() {
+    let (tmp, dir, node) = node_home(4);
+    let prefixed = tmp.path().join("prefixed");
+    copy_with_prefix(&dir, &prefixed, "node-1");
+    let d = p(&prefixed);
+    let into = tmp.path().join("replayed");
+    let note = "holds the blocks of prefix \"node-1\" only";
+    let runs = [
+        vec!["verify", d],
+        vec!["dump", d],
+        vec!["stats", d],
+        vec!["tail", d],
+        vec!["replay", d, "--into", p(&into)],
+    ];
+    for args in &runs {
+        let run = statestream(args).ok();
+        assert!(run.stderr.contains(note), "{args:?}: {run:#?}");
+        assert!(run.stderr.contains("--prefix node-1"), "{args:?}: {run:#?}");
+    }
+    let verify = statestream(["verify", d]).ok();
+    assert!(verify.stdout.contains("ok: 4 blocks"), "{verify:#?}");
+    let replay = statestream(["replay", d, "--into", p(&tmp.path().join("r2")), "--json"]).ok();
+    assert_eq!(replay.json()["app_hash"], node["app_hash"]);
+    // --prefix as given still wins, and the empty prefix has no note.
+    let run = statestream(["dump", d, "--prefix", "node-1"]).ok();
+    assert!(!run.stderr.contains("note"), "{run:#?}");
+    let run = statestream(["stats", p(&dir)]).ok();
+    assert!(!run.stderr.contains("note"), "{run:#?}");
+
+    // A second prefix, and the files without one: which is meant is not
+    // guessed.
+    copy_with_prefix(&dir, &prefixed, "b");
+    copy_dir(&dir, &prefixed);
+    for args in &runs {
+        let code = if args[0] == "verify" { 2 } else { 1 };
+        let run = statestream(args).fails(code, "block files of 3 prefixes");
+        for named in [
+            "\"\" (block-N-data)",
+            "\"b\" (b-block-N-data)",
+            "\"node-1\"",
+        ] {
+            assert!(
+                run.stderr.contains(named),
+                "{args:?} lacks {named}: {run:#?}"
+            );
+        }
+        assert!(run.stderr.contains("choose one with --prefix"), "{run:#?}");
+    }
+    statestream(["verify", d, "--prefix", "b"]).ok();
+    statestream(["verify", d, "--prefix", ""]).ok();
+}

@@ -82,6 +82,25 @@ impl BlockDir {
         })
     }
 
+    /// The prefixes that have at least one data file in `dir`, sorted
+    /// (`""`: files named `block-N-data`). Lets a reader that was given no
+    /// prefix find the one a directory holds.
+    pub fn prefixes(dir: &Path) -> Result<Vec<String>, Error> {
+        let io_err = |source| Error::Io {
+            path: dir.to_path_buf(),
+            what: "cannot list the directory",
+            source,
+        };
+        let mut prefixes = std::collections::BTreeSet::new();
+        for entry in fs::read_dir(dir).map_err(io_err)? {
+            let name = entry.map_err(io_err)?.file_name();
+            if let Some(prefix) = name.to_str().and_then(layout::data_file_prefix) {
+                prefixes.insert(prefix.to_string());
+            }
+        }
+        Ok(prefixes.into_iter().collect())
+    }
+
     /// The directory.
     pub fn dir(&self) -> &Path {
         &self.dir

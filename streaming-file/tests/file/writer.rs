@@ -234,6 +234,13 @@ fn writer_prefixes_do_not_see_each_other() {
     assert_eq!(heights("a-block-1"), [1]);
     assert_eq!(heights("b"), Vec::<u64>::new());
     assert!(names(dir.path()).contains(&"a-block-1-block-1-data".to_string()));
+    // Each data file belongs to exactly one prefix; other files to none.
+    fs::write(dir.path().join("notes-block-x-data"), b"").unwrap();
+    fs::write(dir.path().join(".b-block-1-data.tmp"), b"").unwrap();
+    assert_eq!(
+        BlockDir::prefixes(dir.path()).unwrap(),
+        ["", "a", "a-block-1"]
+    );
 }
 
 #[test]

@@ -3,6 +3,8 @@
 use std::fs;
 use std::time::Duration;
 
+use prost::Message;
+
 use statestream_core::Streamer;
 use statestream_file::{BlockDir, Error, FileStreamerConfig, ReadOptions};
 
@@ -49,8 +51,11 @@ fn writer_meta_matches_block_metadata() {
     for b in &bs {
         let file = bd.open_block(b.height()).unwrap();
         let crc = statestream_core::crc32c_append(0, file.payload());
-        let expected = b.metadata(file.payload().len() as u64, crc);
+        let mut expected = b.metadata(file.payload().len() as u64, crc);
+        let covered = expected.encode_to_vec();
+        expected.meta_crc32c = Some(statestream_core::crc32c_append(0, &covered));
         assert_eq!(file.meta(), Some(&expected));
+        assert!(file.meta_has_checksum());
     }
 }
 

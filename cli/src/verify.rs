@@ -27,9 +27,10 @@
 //! fields (block time, transactions) are then not verified.
 //!
 //! Exit codes: 0 when every check passed, [`EXIT_INVALID`] when the blocks
-//! are not whole (the data is at fault), [`EXIT_CANNOT_RUN`] when the check
-//! could not be made (a missing directory, no block files, a file that cannot
-//! be read: the command or the system is at fault), as `diff` and `cmp` do.
+//! are not whole or cannot be shown whole (the data is at fault),
+//! [`EXIT_CANNOT_RUN`] when the check could not be made (a missing
+//! directory, no block files, a file that cannot be read: the command or the
+//! system is at fault), as `diff` and `cmp` do.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

@@ -555,7 +555,7 @@ impl Corpus {
     fn dir_args(&self) -> DirArgs {
         DirArgs {
             dir: self.dir.clone(),
-            prefix: String::new(),
+            prefix: Some(String::new()),
             mmap: false,
         }
     }

@@ -1,7 +1,7 @@
 //! What the offline tools share: the block directory arguments, opening it,
 //! and showing keys and values.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 use statestream_core::{Record, to_hex};
@@ -14,9 +14,11 @@ pub struct DirArgs {
     #[arg(value_name = "DIR")]
     pub dir: PathBuf,
 
-    /// The file streamer's prefix (files named P-block-N-data).
-    #[arg(long, value_name = "P", default_value = "")]
-    pub prefix: String,
+    /// The file streamer's prefix (files named P-block-N-data; "" for
+    /// block-N-data). Without it: the one prefix whose files the directory
+    /// holds (several: an error naming them).
+    #[arg(long, value_name = "P")]
+    pub prefix: Option<String>,
 
     /// Map files into memory instead of reading them (faster on large
     /// files; the files must not change while they are read).
@@ -25,7 +27,9 @@ pub struct DirArgs {
 }
 
 impl DirArgs {
-    /// Opens the directory; a missing one is an error naming it.
+    /// Opens the directory; a missing one is an error naming it. Without
+    /// `--prefix`, reads the blocks of the one prefix the directory holds
+    /// (see [`find_prefix`]).
     pub fn open(&self) -> Result<BlockDir> {
         match std::fs::metadata(&self.dir) {
             Ok(m) if m.is_dir() => {}
@@ -35,9 +39,13 @@ impl DirArgs {
                 self.dir.display()
             ),
         }
+        let prefix = match &self.prefix {
+            Some(p) => p.clone(),
+            None => find_prefix(&self.dir)?,
+        };
         Ok(BlockDir::open(
             &self.dir,
-            &self.prefix,
+            &prefix,
             ReadOptions::default().mmap(self.mmap),
         )?)
     }
@@ -50,14 +58,70 @@ impl DirArgs {
             bail!(
                 "{}: no block files{}",
                 self.dir.display(),
-                if self.prefix.is_empty() {
+                if dir.prefix().is_empty() {
                     String::new()
                 } else {
-                    format!(" with prefix {:?}", self.prefix)
+                    format!(" with prefix {:?}", dir.prefix())
                 }
             );
         }
         Ok(heights)
+    }
+}
+
+/// The prefix to read `dir` with when none was given: the one prefix whose
+/// data files the directory holds, said on stderr when it is not the empty
+/// one (a directory of `P-block-N-data` files is read as such instead of
+/// looking empty); the empty prefix when the directory holds no block file
+/// yet (`tail --follow` waits for one); several are an error naming them.
+/// Every offline tool (`verify`, `dump`, `stats`, `tail`, `replay`) reads
+/// its directory through this.
+fn find_prefix(dir: &Path) -> Result<String> {
+    let mut prefixes = BlockDir::prefixes(dir)?;
+    match prefixes.len() {
+        0 => Ok(String::new()),
+        1 => {
+            let prefix = prefixes.remove(0);
+            if !prefix.is_empty() {
+                eprintln!(
+                    "statestream: note: {} holds the blocks of prefix {prefix:?} only ({prefix}-block-N-data): reading those, as with --prefix {}",
+                    dir.display(),
+                    shell_word(&prefix)
+                );
+            }
+            Ok(prefix)
+        }
+        _ => {
+            let listed: Vec<String> = prefixes
+                .iter()
+                .map(|p| {
+                    if p.is_empty() {
+                        "\"\" (block-N-data)".to_string()
+                    } else {
+                        format!("{p:?} ({p}-block-N-data)")
+                    }
+                })
+                .collect();
+            bail!(
+                "{}: block files of {} prefixes: {}; choose one with --prefix",
+                dir.display(),
+                prefixes.len(),
+                listed.join(", ")
+            )
+        }
+    }
+}
+
+/// `s` as one word for a POSIX shell: as it is when it holds only
+/// characters no shell treats specially, else single-quoted.
+fn shell_word(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.,:+=@%/".contains(&b));
+    if plain {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
     }
 }
 

@@ -33,7 +33,8 @@ const EXIT_CODES: &str = "\
 Exit codes:
   0    success (verify: every check passed)
   1    a failure: bad configuration, missing or corrupt block files, ...
-       (verify: the blocks are not whole; the first bad file is named)
+       (verify: the blocks are not whole, or some cannot be shown whole;
+       the first bad file is named)
   2    a usage error (unknown flag, missing argument, bad value);
        verify: the check could not be made (missing directory, no block
        files, unreadable file)

@@ -908,3 +908,267 @@ fn bench_quick_json_reports_every_figure() {
         }
     }
 }
+
+/// Copies the block files of `from` (no prefix) into `to` under `prefix`.
+fn copy_with_prefix(from: &Path, to: &Path, prefix: &str) {
+    std::fs::create_dir_all(to).expect("create copy");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let name = entry.expect("dir entry").file_name();
+        let name = name.to_str().expect("UTF-8 name");
+        std::fs::copy(from.join(name), to.join(format!("{prefix}-{name}"))).expect("copy file");
+    }
+}
+
+/// Every offline tool, given a directory of `P-block-N-data` files and no
+/// `--prefix`, reads prefix `P` and says so; with two prefixes it names both
+/// and asks for `--prefix`.
+#[test]
+fn offline_tools_find_the_one_prefix() {
+    let (tmp, dir, node) = node_home(4);
+    let prefixed = tmp.path().join("prefixed");
+    copy_with_prefix(&dir, &prefixed, "node-1");
+    let d = p(&prefixed);
+    let into = tmp.path().join("replayed");
+    let note = "holds the blocks of prefix \"node-1\" only";
+    let runs = [
+        vec!["verify", d],
+        vec!["dump", d],
+        vec!["stats", d],
+        vec!["tail", d],
+        vec!["replay", d, "--into", p(&into)],
+    ];
+    for args in &runs {
+        let run = statestream(args).ok();
+        assert!(run.stderr.contains(note), "{args:?}: {run:#?}");
+        assert!(run.stderr.contains("--prefix node-1"), "{args:?}: {run:#?}");
+    }
+    let verify = statestream(["verify", d]).ok();
+    assert!(verify.stdout.contains("ok: 4 blocks"), "{verify:#?}");
+    let replay = statestream(["replay", d, "--into", p(&tmp.path().join("r2")), "--json"]).ok();
+    assert_eq!(replay.json()["app_hash"], node["app_hash"]);
+    // --prefix as given still wins, and the empty prefix has no note.
+    let run = statestream(["dump", d, "--prefix", "node-1"]).ok();
+    assert!(!run.stderr.contains("note"), "{run:#?}");
+    let run = statestream(["stats", p(&dir)]).ok();
+    assert!(!run.stderr.contains("note"), "{run:#?}");
+
+    // A second prefix, and the files without one: which is meant is not
+    // guessed.
+    copy_with_prefix(&dir, &prefixed, "b");
+    copy_dir(&dir, &prefixed);
+    for args in &runs {
+        let code = if args[0] == "verify" { 2 } else { 1 };
+        let run = statestream(args).fails(code, "block files of 3 prefixes");
+        for named in [
+            "\"\" (block-N-data)",
+            "\"b\" (b-block-N-data)",
+            "\"node-1\"",
+        ] {
+            assert!(
+                run.stderr.contains(named),
+                "{args:?} lacks {named}: {run:#?}"
+            );
+        }
+        assert!(run.stderr.contains("choose one with --prefix"), "{run:#?}");
+    }
+    statestream(["verify", d, "--prefix", "b"]).ok();
+    statestream(["verify", d, "--prefix", ""]).ok();
+}
+
+/// Flips one bit in the last byte of a value that block `height` sets (its
+/// record found in the data file by its key and value fields); returns the
+/// data file.
+fn change_a_value_byte(dir: &Path, height: u64) -> PathBuf {
+    let h = height.to_string();
+    let dump = statestream(["dump", p(dir), "--json", "--from", &h, "--to", &h]).ok();
+    let record = dump
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("JSON line"))
+        .find(|r| r["value"].is_string())
+        .expect("block sets a value");
+    let hex = |v: &Value| -> Vec<u8> {
+        let s = v.as_str().expect("hex");
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex digit"))
+            .collect()
+    };
+    let (key, value) = (hex(&record["key"]), hex(&record["value"]));
+    assert!(key.len() < 128 && value.len() < 128 && !value.is_empty());
+    let mut needle = vec![0x1a, key.len() as u8];
+    needle.extend_from_slice(&key);
+    needle.extend_from_slice(&[0x22, value.len() as u8]);
+    needle.extend_from_slice(&value);
+    let file = dir.join(format!("block-{height}-data"));
+    let mut bytes = std::fs::read(&file).unwrap();
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("the record is in the file");
+    bytes[at + needle.len() - 1] ^= 0x01;
+    std::fs::write(&file, bytes).unwrap();
+    file
+}
+
+/// A block without a meta file is checked through the hash chain by the
+/// next block's meta file: a value changed in it is found and its data file
+/// named (it used to reset the chain and pass).
+#[test]
+fn verify_chains_through_a_block_without_meta() {
+    let (tmp, dir, _) = node_home(12);
+    let copy = tmp.path().join("nometa");
+    copy_dir(&dir, &copy);
+    std::fs::remove_file(copy.join("block-10-meta")).unwrap();
+    let run = statestream(["verify", p(&copy)]).ok();
+    assert!(run.stdout.contains("ok: 12 blocks"), "{run:#?}");
+    assert!(
+        run.stdout.contains("1 blocks have no meta file"),
+        "{run:#?}"
+    );
+    // The links of block 10 are checked by block 11's meta file.
+    assert!(run.stdout.contains("48 store hash links"), "{run:#?}");
+
+    let data = change_a_value_byte(&copy, 10);
+    let run = statestream(["verify", p(&copy)]).fails(1, "hash chain broken");
+    assert!(run.stderr.contains(p(&data)), "{run:#?}");
+    assert!(run.stderr.contains("block 10 has no meta file"), "{run:#?}");
+    let j = statestream(["verify", p(&copy), "--json"]).json();
+    assert_eq!(j["problem"]["kind"], "invalid");
+    assert_eq!(j["problem"]["file"], p(&data));
+    assert_eq!(j["problem"]["height"], 10);
+
+    // Two blocks in a row without a meta file: both carried to block 12.
+    let copy2 = tmp.path().join("nometa2");
+    copy_dir(&dir, &copy2);
+    for h in [10, 11] {
+        std::fs::remove_file(copy2.join(format!("block-{h}-meta"))).unwrap();
+    }
+    statestream(["verify", p(&copy2)]).ok();
+    change_a_value_byte(&copy2, 11);
+    let run = statestream(["verify", p(&copy2)]).fails(1, "blocks 10 to 11 have no meta file");
+    assert!(
+        run.stderr.contains(p(&copy2.join("block-10-data"))),
+        "{run:#?}"
+    );
+}
+
+/// A data file that no meta file confirms (after the last one) is not
+/// verified: a copy of block 5 saved as block 21 fails, named.
+#[test]
+fn verify_refuses_blocks_after_the_last_meta_file() {
+    let (tmp, dir, _) = node_home(20);
+    let copy = tmp.path().join("copied");
+    copy_dir(&dir, &copy);
+    std::fs::copy(copy.join("block-5-data"), copy.join("block-21-data")).unwrap();
+    let named = copy.join("block-21-data");
+    let run = statestream(["verify", p(&copy)]).fails(1, "block 21 cannot be verified");
+    assert!(run.stderr.contains(p(&named)), "{run:#?}");
+    assert!(
+        run.stderr.contains("the last block with one is 20"),
+        "{run:#?}"
+    );
+    let j = statestream(["verify", p(&copy), "--json"]).json();
+    assert_eq!(j["ok"], false);
+    assert_eq!(j["blocks"], 21, "every block was checked");
+    assert_eq!(j["problem"]["kind"], "unverifiable");
+    assert_eq!(j["problem"]["file"], p(&named));
+    assert_eq!(j["problem"]["height"], 21);
+    assert_eq!(j["unverifiable"], 1);
+    assert_eq!(j["unverifiable_heights"], serde_json::json!([[21, 21]]));
+
+    // A directory that starts later, without a meta file for its first
+    // block: nothing gives the hashes block 3 follows.
+    let later = tmp.path().join("later");
+    copy_dir(&dir, &later);
+    for name in [
+        "block-1-data",
+        "block-1-meta",
+        "block-2-data",
+        "block-2-meta",
+        "block-3-meta",
+    ] {
+        std::fs::remove_file(later.join(name)).unwrap();
+    }
+    let run = statestream(["verify", p(&later)]).fails(1, "block 3 cannot be verified");
+    assert!(
+        run.stderr.contains("does not start at height 1"),
+        "{run:#?}"
+    );
+    assert!(
+        run.stderr.contains(p(&later.join("block-3-data"))),
+        "{run:#?}"
+    );
+
+    // Without any meta file, nothing is verified (the records still are
+    // checked, and all blocks are listed).
+    for h in 1..=20 {
+        std::fs::remove_file(copy.join(format!("block-{h}-meta"))).unwrap();
+    }
+    std::fs::remove_file(&named).unwrap();
+    let run =
+        statestream(["verify", p(&copy)]).fails(1, "no block of the directory has a meta file");
+    assert!(
+        run.stderr
+            .contains("20 blocks cannot be verified in all (heights 1-20)"),
+        "{run:#?}"
+    );
+}
+
+/// A meta file changed after it was written (a transaction, the block
+/// time) fails its own checksum, named; one without a checksum (an older
+/// writer) passes but is listed as not verified.
+#[test]
+fn verify_checks_the_meta_files_own_checksum() {
+    let (tmp, dir, _) = node_home(6);
+    let meta = std::fs::read(dir.join("block-5-meta")).unwrap();
+    // The message starts with the height (08 05), then the block time
+    // (10 and a varint); the transactions hold "transfer from=".
+    assert_eq!(meta[8..11], [0x08, 0x05, 0x10]);
+    let tx = b"transfer from=";
+    let tx_at = meta
+        .windows(tx.len())
+        .position(|w| w == tx)
+        .expect("a transaction");
+    for (what, at) in [("time", 11), ("transaction", tx_at + tx.len())] {
+        let copy = tmp.path().join(what);
+        copy_dir(&dir, &copy);
+        let mut changed = meta.clone();
+        changed[at] ^= 0x01;
+        let named = copy.join("block-5-meta");
+        std::fs::write(&named, &changed).unwrap();
+        let run = statestream(["verify", p(&copy)]).fails(1, "meta checksum mismatch");
+        assert!(run.stderr.contains(p(&named)), "{what}: {run:#?}");
+        let j = statestream(["verify", p(&copy), "--json"]).json();
+        assert_eq!(j["problem"]["kind"], "invalid", "{what}");
+        assert_eq!(j["problem"]["file"], p(&named), "{what}");
+    }
+
+    // Without the checksum (the last five bytes, field 12): accepted, said.
+    let copy = tmp.path().join("old");
+    copy_dir(&dir, &copy);
+    for h in [2, 3, 5] {
+        let f = copy.join(format!("block-{h}-meta"));
+        let bytes = std::fs::read(&f).unwrap();
+        let message = &bytes[8..bytes.len() - 5];
+        let mut old = (message.len() as u64).to_be_bytes().to_vec();
+        old.extend_from_slice(message);
+        std::fs::write(&f, old).unwrap();
+    }
+    let run = statestream(["verify", p(&copy)]).ok();
+    assert!(run.stdout.contains("ok: 6 blocks"), "{run:#?}");
+    assert!(
+        run.stdout
+            .contains("not verified: 3 meta files have no checksum of their own (heights 2-3, 5)"),
+        "{run:#?}"
+    );
+    let j = statestream(["verify", p(&copy), "--json"]).json();
+    assert_eq!(j["ok"], true);
+    assert_eq!(j["meta_without_checksum"], 3);
+    assert_eq!(
+        j["meta_without_checksum_heights"],
+        serde_json::json!([[2, 3], [5, 5]])
+    );
+    let j = statestream(["verify", p(&dir), "--json"]).json();
+    assert_eq!(j["meta_without_checksum"], 0);
+}

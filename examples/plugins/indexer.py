@@ -71,6 +71,7 @@ SCHEMA = [
         ("streamed_stores", 9, F.TYPE_STRING, F.LABEL_REPEATED, None),
         ("data_length", 10, F.TYPE_UINT64, F.LABEL_OPTIONAL, None),
         ("data_crc32c", 11, F.TYPE_UINT32, F.LABEL_OPTIONAL, None),
+        # meta_crc32c (12) is left out: only meta files carry it, frames never.
     ]),
     ("Hello", [
         ("protocol_version", 1, F.TYPE_UINT32, F.LABEL_OPTIONAL, None),

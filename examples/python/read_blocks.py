@@ -10,8 +10,9 @@ The first form prints every record of every block of DIR (the files
     {"height": 1, "store": "bank", "delete": false, "key": "616c696365", "value": "3130"}
 
 (`key` and `value` in lowercase hex; `value` is null for a delete). When a
-block has a `[P-]block-N-meta` file, its BlockMetadata is decoded and the data
-payload's length and CRC-32C are checked against it. Any error is printed on
+block has a `[P-]block-N-meta` file, its BlockMetadata is decoded, its own
+checksum (meta_crc32c) is checked when it has one, and the data payload's
+length and CRC-32C are checked against it. Any error is printed on
 stderr with the file and byte offset, and the exit status is 1.
 
 The message classes are built at run time from a FileDescriptorProto written
@@ -35,35 +36,36 @@ FDP = descriptor_pb2.FieldDescriptorProto
 # exactly as in the .proto files.
 SCHEMA = [
     ("StoreKVPair", [
-        ("store_key", 1, FDP.TYPE_STRING, False, None),
-        ("delete", 2, FDP.TYPE_BOOL, False, None),
-        ("key", 3, FDP.TYPE_BYTES, False, None),
-        ("value", 4, FDP.TYPE_BYTES, False, None),
+        ("store_key", 1, FDP.TYPE_STRING, "", None),
+        ("delete", 2, FDP.TYPE_BOOL, "", None),
+        ("key", 3, FDP.TYPE_BYTES, "", None),
+        ("value", 4, FDP.TYPE_BYTES, "", None),
     ]),
     ("TxRecord", [
-        ("request", 1, FDP.TYPE_BYTES, False, None),
-        ("response", 2, FDP.TYPE_BYTES, False, None),
+        ("request", 1, FDP.TYPE_BYTES, "", None),
+        ("response", 2, FDP.TYPE_BYTES, "", None),
     ]),
     ("CommitInfo", [
-        ("version", 1, FDP.TYPE_UINT64, False, None),
-        ("app_hash", 2, FDP.TYPE_BYTES, False, None),
+        ("version", 1, FDP.TYPE_UINT64, "", None),
+        ("app_hash", 2, FDP.TYPE_BYTES, "", None),
     ]),
     ("StoreHash", [
-        ("store_key", 1, FDP.TYPE_STRING, False, None),
-        ("hash", 2, FDP.TYPE_BYTES, False, None),
+        ("store_key", 1, FDP.TYPE_STRING, "", None),
+        ("hash", 2, FDP.TYPE_BYTES, "", None),
     ]),
     ("BlockMetadata", [
-        ("height", 1, FDP.TYPE_UINT64, False, None),
-        ("time_seconds", 2, FDP.TYPE_INT64, False, None),
-        ("time_nanos", 3, FDP.TYPE_UINT32, False, None),
-        ("begin_block", 4, FDP.TYPE_BYTES, False, None),
-        ("end_block", 5, FDP.TYPE_BYTES, False, None),
-        ("txs", 6, FDP.TYPE_MESSAGE, True, "TxRecord"),
-        ("commit", 7, FDP.TYPE_MESSAGE, False, "CommitInfo"),
-        ("store_hashes", 8, FDP.TYPE_MESSAGE, True, "StoreHash"),
-        ("streamed_stores", 9, FDP.TYPE_STRING, True, None),
-        ("data_length", 10, FDP.TYPE_UINT64, False, None),
-        ("data_crc32c", 11, FDP.TYPE_UINT32, False, None),
+        ("height", 1, FDP.TYPE_UINT64, "", None),
+        ("time_seconds", 2, FDP.TYPE_INT64, "", None),
+        ("time_nanos", 3, FDP.TYPE_UINT32, "", None),
+        ("begin_block", 4, FDP.TYPE_BYTES, "", None),
+        ("end_block", 5, FDP.TYPE_BYTES, "", None),
+        ("txs", 6, FDP.TYPE_MESSAGE, "repeated", "TxRecord"),
+        ("commit", 7, FDP.TYPE_MESSAGE, "", "CommitInfo"),
+        ("store_hashes", 8, FDP.TYPE_MESSAGE, "repeated", "StoreHash"),
+        ("streamed_stores", 9, FDP.TYPE_STRING, "repeated", None),
+        ("data_length", 10, FDP.TYPE_UINT64, "", None),
+        ("data_crc32c", 11, FDP.TYPE_UINT32, "", None),
+        ("meta_crc32c", 12, FDP.TYPE_FIXED32, "optional", None),
     ]),
 ]
 
@@ -78,9 +80,15 @@ def build_classes():
     )
     for message, fields in SCHEMA:
         m = fd.message_type.add(name=message)
-        for name, number, ftype, repeated, type_name in fields:
+        for name, number, ftype, label, type_name in fields:
             f = m.field.add(name=name, number=number, type=ftype, json_name=_json_name(name))
-            f.label = FDP.LABEL_REPEATED if repeated else FDP.LABEL_OPTIONAL
+            f.label = FDP.LABEL_REPEATED if label == "repeated" else FDP.LABEL_OPTIONAL
+            if label == "optional":
+                # As protoc describes a proto3 `optional` field: in a
+                # synthetic oneof of its own, so that HasField works.
+                f.proto3_optional = True
+                f.oneof_index = len(m.oneof_decl)
+                m.oneof_decl.add(name="_" + name)
             if type_name:
                 f.type_name = "." + PACKAGE + "." + type_name
     pool = descriptor_pool.DescriptorPool()
@@ -173,10 +181,22 @@ def read_block(directory, prefix, height, classes):
     payload = read_framed(data_path)
     if os.path.exists(meta_path):
         meta = classes["BlockMetadata"]()
+        raw = read_framed(meta_path)
         try:
-            meta.ParseFromString(read_framed(meta_path))
+            meta.ParseFromString(raw)
         except Exception as e:  # DecodeError
             raise FormatError(f"{meta_path}: block metadata does not decode: {e}")
+        # The meta file's own checksum, when it has one (older files and
+        # other writers do not): the last 5 bytes of the message are its
+        # key 0x65 and the CRC-32C, fixed32 little-endian, of the bytes before.
+        if meta.HasField("meta_crc32c"):
+            if raw[-5:] != b"\x65" + struct.pack("<I", meta.meta_crc32c):
+                raise FormatError(f"{meta_path}: the checksum field is not the message's last 5 bytes")
+            crc = crc32c(raw[:-5])
+            if crc != meta.meta_crc32c:
+                raise FormatError(
+                    f"{meta_path}: meta checksum mismatch: stored {meta.meta_crc32c:08x}, computed {crc:08x}"
+                )
         if meta.height != height:
             raise FormatError(f"{meta_path}: height mismatch: {meta.height}")
         if meta.data_length != len(payload):
@@ -217,11 +237,11 @@ _SCALARS = {
     "float": FDP.TYPE_FLOAT,
 }
 _MESSAGE_RE = re.compile(r"^message\s+(\w+)\s*\{(.*?)^\}", re.S | re.M)
-_FIELD_RE = re.compile(r"^\s*(repeated\s+)?([\w.]+)\s+(\w+)\s*=\s*(\d+)\s*;", re.M)
+_FIELD_RE = re.compile(r"^\s*(?:(repeated|optional)\s+)?([\w.]+)\s+(\w+)\s*=\s*(\d+)\s*;", re.M)
 
 
 def proto_messages(proto_dir):
-    """{message: {(name, number, type, repeated, message type)}} from .proto text."""
+    """{message: {(name, number, type, label, message type)}} from .proto text."""
     messages = {}
     for file in sorted(os.listdir(proto_dir)):
         if not file.endswith(".proto"):
@@ -230,11 +250,11 @@ def proto_messages(proto_dir):
             text = re.sub(r"//[^\n]*", "", f.read())
         for m in _MESSAGE_RE.finditer(text):
             fields = set()
-            for repeated, ftype, name, number in _FIELD_RE.findall(m.group(2)):
+            for label, ftype, name, number in _FIELD_RE.findall(m.group(2)):
                 if ftype in _SCALARS:
-                    fields.add((name, int(number), _SCALARS[ftype], bool(repeated), None))
+                    fields.add((name, int(number), _SCALARS[ftype], label, None))
                 else:
-                    fields.add((name, int(number), FDP.TYPE_MESSAGE, bool(repeated), ftype))
+                    fields.add((name, int(number), FDP.TYPE_MESSAGE, label, ftype))
             messages[m.group(1)] = fields
     return messages
 

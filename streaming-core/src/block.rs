@@ -1,7 +1,7 @@
 use std::sync::Arc;
 
 use crate::changeset::{ChangeSet, CommitInfo, StoreChanges};
-use crate::checksum::crc32c_combine;
+use crate::checksum::{crc32c_append, crc32c_combine};
 use crate::key::StoreKey;
 use crate::record::Record;
 use prost::Message;
@@ -159,6 +159,57 @@ impl BlockMeta {
     }
 }
 
+/// The key of `BlockMetadata.meta_crc32c`: field 12, wire type 5 (fixed32).
+const META_CRC_KEY: u8 = (12 << 3) | 5;
+
+/// Length of the `meta_crc32c` field at the end of a meta file's message:
+/// its one-byte key, then the CRC-32C as a protobuf fixed32 (4 bytes,
+/// little-endian by protobuf's definition).
+pub const META_CRC_FIELD_LEN: usize = 5;
+
+/// How a meta file's `BlockMetadata` message stands with its own checksum
+/// (`meta_crc32c`, field 12), as [`check_metadata_checksum`] finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MetaChecksum {
+    /// The message ends with its checksum, and it matches the bytes before.
+    Valid,
+    /// The message has no checksum: written before statestream wrote one,
+    /// or by another writer. Nothing but its own decoding checks it.
+    Absent,
+    /// The message has a checksum field, but not as its last
+    /// [`META_CRC_FIELD_LEN`] bytes, where a writer puts it.
+    Misplaced,
+    /// The checksum does not match the bytes before it: the file changed
+    /// after it was written.
+    Mismatch { stored: u32, computed: u32 },
+}
+
+/// Checks a meta file's message (`message`, the bytes after the 8-byte
+/// header) against the checksum its decoding (`decoded`) carries. The
+/// checksum covers every byte of the message before the checksum field,
+/// which must be the message's last [`META_CRC_FIELD_LEN`] bytes; that it is
+/// there at all is known from the decoding, so a message without it that
+/// happens to end in similar bytes is not mistaken for one with it.
+pub fn check_metadata_checksum(message: &[u8], decoded: &proto::BlockMetadata) -> MetaChecksum {
+    let Some(stored) = decoded.meta_crc32c else {
+        return MetaChecksum::Absent;
+    };
+    let Some(split) = message.len().checked_sub(META_CRC_FIELD_LEN) else {
+        return MetaChecksum::Misplaced;
+    };
+    let (covered, field) = message.split_at(split);
+    if field[0] != META_CRC_KEY || field[1..] != stored.to_le_bytes() {
+        return MetaChecksum::Misplaced;
+    }
+    let computed = crc32c_append(0, covered);
+    if computed == stored {
+        MetaChecksum::Valid
+    } else {
+        MetaChecksum::Mismatch { stored, computed }
+    }
+}
+
 /// A committed block as one streamer sees it: the shared change set (never
 /// copied per streamer), the application's metadata, and the streamer's
 /// selection of stores.
@@ -303,17 +354,23 @@ impl Block {
         m
     }
 
-    /// Appends the `BlockMetadata` message's bytes to `out`: the same bytes
-    /// as `metadata(..).encode_to_vec()`, but the application's payloads
-    /// and transactions are written straight from the block, not copied into
-    /// a message first. Fields 1-6 come from the application's metadata,
-    /// 7-11 from the commit; both parts are in field order, so their
-    /// concatenation is the canonical encoding.
+    /// Appends a meta file's `BlockMetadata` message to `out`: the bytes
+    /// of `metadata(..).encode_to_vec()`, then its own checksum
+    /// (`meta_crc32c`, see [`check_metadata_checksum`]). The application's
+    /// payloads and transactions are written straight from the block, not
+    /// copied into a message first. Fields 1-6 come from the application's
+    /// metadata, 7-11 from the commit, 12 is the checksum of the bytes
+    /// before it; the parts are in field order, so their concatenation is
+    /// the canonical encoding.
     pub fn encode_metadata(&self, data_length: u64, data_crc32c: u32, out: &mut Vec<u8>) {
+        let start = out.len();
         self.meta.encode_app_fields(self.height(), out);
         self.system_fields(data_length, data_crc32c)
             .encode(out)
             .expect("a Vec grows as needed, so encoding cannot run out of space");
+        let crc = crc32c_append(0, &out[start..]);
+        out.push(META_CRC_KEY);
+        out.extend_from_slice(&crc.to_le_bytes());
     }
 
     /// Fields 7-11 of `BlockMetadata` (all others default).
@@ -484,6 +541,41 @@ mod tests {
         ]
     }
 
+    /// Any changed byte of a meta file's message is found: as a checksum
+    /// mismatch, a misplaced or missing checksum field, or a message that
+    /// no longer decodes. A message without the field is `Absent`.
+    #[test]
+    fn metadata_checksum_finds_changed_bytes() {
+        let b = block(metas().remove(1));
+        let mut message = Vec::new();
+        b.encode_metadata(11, 22, &mut message);
+        let without = b.metadata(11, 22).encode_to_vec();
+        assert_eq!(
+            check_metadata_checksum(&without, &b.metadata(11, 22)),
+            MetaChecksum::Absent
+        );
+        let (mut valid, mut absent, mut other, mut undecodable) = (0, 0, 0, 0);
+        for i in 0..message.len() {
+            for bit in 0..8 {
+                let mut m = message.clone();
+                m[i] ^= 1 << bit;
+                let Ok(decoded) = proto::BlockMetadata::decode(&m[..]) else {
+                    undecodable += 1;
+                    continue;
+                };
+                match check_metadata_checksum(&m, &decoded) {
+                    MetaChecksum::Valid => valid += 1,
+                    MetaChecksum::Absent => absent += 1,
+                    MetaChecksum::Misplaced | MetaChecksum::Mismatch { .. } => other += 1,
+                }
+            }
+        }
+        assert_eq!(valid, 0, "a changed byte passed the checksum");
+        // Only a change of the checksum field's key can make it unknown.
+        assert!(absent <= 8, "{absent}");
+        assert!(other > undecodable, "{other} {undecodable}");
+    }
+
     #[test]
     fn block_encodings_equal_prost() {
         for meta in metas() {
@@ -497,9 +589,20 @@ mod tests {
                 meta.to_proto(3).encode_to_vec().len()
             );
             let b = block(meta.clone());
-            let mut out = Vec::new();
+            let mut out = vec![0xaa; 3];
             b.encode_metadata(11, 22, &mut out);
-            assert_eq!(out, b.metadata(11, 22).encode_to_vec());
+            let message = &out[3..];
+            let mut sealed = b.metadata(11, 22);
+            let unsealed = sealed.encode_to_vec();
+            sealed.meta_crc32c = Some(crate::checksum::crc32c_append(0, &unsealed));
+            assert_eq!(message, sealed.encode_to_vec());
+            assert_eq!(message[..unsealed.len()], unsealed);
+            let decoded = proto::BlockMetadata::decode(message).unwrap();
+            assert_eq!(
+                check_metadata_checksum(message, &decoded),
+                MetaChecksum::Valid
+            );
+            let mut out = Vec::new();
             b.encode_frame(&mut out);
             let records: Vec<u8> = b.encoded().flatten().copied().collect();
             let crc = crate::checksum::crc32c_append(0, &records);

@@ -63,7 +63,9 @@ mod push;
 mod record;
 mod streamer;
 
-pub use block::{Block, BlockMeta, StoreSelection, Tx};
+pub use block::{
+    Block, BlockMeta, META_CRC_FIELD_LEN, MetaChecksum, StoreSelection, Tx, check_metadata_checksum,
+};
 pub use changeset::{Action, ChangeSet, CommitInfo, StoreChanges, StoreParts};
 pub use checksum::{crc32c_append, crc32c_combine};
 pub use context::{

@@ -72,6 +72,19 @@ pub enum Error {
         reason: String,
     },
 
+    /// A meta file's own checksum (`meta_crc32c`) disagrees with its bytes:
+    /// the file changed after it was written.
+    #[error(
+        "{}: meta checksum mismatch: the checksum at the end of the metadata is {expected:08x}, the metadata's CRC-32C is {actual:08x}",
+        path.display()
+    )]
+    MetaCrc {
+        path: PathBuf,
+        height: u64,
+        expected: u32,
+        actual: u32,
+    },
+
     /// A meta file describes another height than its name says.
     #[error("{}: height mismatch: the metadata says height {actual}, the file name {expected}", path.display())]
     MetaHeight {
@@ -132,6 +145,7 @@ impl Error {
             | Error::TruncatedHeader { height, .. }
             | Error::HeaderLength { height, .. }
             | Error::BadMeta { height, .. }
+            | Error::MetaCrc { height, .. }
             | Error::PayloadLength { height, .. }
             | Error::Crc { height, .. }
             | Error::BadRecord { height, .. }

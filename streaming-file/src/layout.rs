@@ -118,6 +118,25 @@ pub(crate) fn parse_name(prefix: &str, name: &str) -> Option<(u64, FileKind)> {
     parse_height(digits).map(|h| (h, kind))
 }
 
+/// The prefix whose data-file pattern `name` matches, or `None` when it is
+/// no data file of any prefix: the inverse of [`parse_name`]. The height
+/// follows the last `block-` of the name (a height has no `block-` in it),
+/// so every data-file name belongs to exactly one prefix.
+pub(crate) fn data_file_prefix(name: &str) -> Option<&str> {
+    let rest = name.strip_suffix(DATA_SUFFIX)?;
+    let at = rest.rfind(BLOCK_WORD)?;
+    parse_height(&rest[at + BLOCK_WORD.len()..])?;
+    let before = &rest[..at];
+    let prefix = if before.is_empty() {
+        before
+    } else {
+        before
+            .strip_suffix(PREFIX_SEPARATOR)
+            .filter(|p| !p.is_empty())?
+    };
+    check_prefix(prefix).ok().map(|()| prefix)
+}
+
 /// A height as written in names: canonical decimal only, so that every
 /// height has exactly one name.
 fn parse_height(digits: &str) -> Option<u64> {
@@ -215,6 +234,31 @@ mod tests {
             assert_eq!(parse_name("", bad), None, "{bad}");
         }
         assert_eq!(parse_name("", "block-0-data"), Some((0, FileKind::Data)));
+    }
+
+    #[test]
+    fn layout_data_file_prefix_inverts_parse_name() {
+        for (name, prefix) in [
+            ("block-1-data", Some("")),
+            ("a-block-1-data", Some("a")),
+            ("a-block-1-block-2-data", Some("a-block-1")),
+            ("x.y-block-10-data", Some("x.y")),
+            ("-block-1-data", None),
+            ("block-1-meta", None),
+            ("block-01-data", None),
+            (".block-1-data.tmp", None),
+            ("ablock-1-data", None),
+            ("a..b-block-1-data", None),
+            ("notes.txt", None),
+        ] {
+            assert_eq!(data_file_prefix(name), prefix, "{name}");
+            if let Some(p) = prefix {
+                assert!(
+                    matches!(parse_name(p, name), Some((_, FileKind::Data))),
+                    "{name}"
+                );
+            }
+        }
     }
 
     #[test]

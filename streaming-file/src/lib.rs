@@ -6,9 +6,10 @@
 //! uvarint-delimited Cosmos `StoreKVPair` messages, ordered by store then
 //! key) and, with `output-metadata`, `[P-]block-N-meta` (an 8-byte
 //! big-endian length, then a `BlockMetadata` message holding the payload's
-//! length and CRC-32C). A file gets its final name only once complete (on
-//! Linux written unnamed and linked in; elsewhere, and with `fsync = true`,
-//! through a temporary name and a rename). The byte layout is in
+//! length and CRC-32C, and its own CRC-32C at its end). A file gets its
+//! final name only once complete (on Linux written unnamed and linked in;
+//! elsewhere, and with `fsync = true`, through a temporary name and a
+//! rename). The byte layout is in
 //! `docs/file-format.md`.
 //!
 //! - [`FileStreamerConfig`] is the `app.toml` table of `type = "file"` and

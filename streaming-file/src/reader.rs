@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use prost::Message;
 use statestream_core::proto::BlockMetadata;
-use statestream_core::{Record, Records, crc32c_append, to_hex};
+use statestream_core::{
+    META_CRC_FIELD_LEN, MetaChecksum, Record, Records, check_metadata_checksum, crc32c_append,
+    to_hex,
+};
 
 use crate::error::Error;
 use crate::layout::{self, FileKind, HEADER_LEN};
@@ -82,6 +85,25 @@ impl BlockDir {
         })
     }
 
+    /// The prefixes that have at least one data file in `dir`, sorted
+    /// (`""`: files named `block-N-data`). Lets a reader that was given no
+    /// prefix find the one a directory holds.
+    pub fn prefixes(dir: &Path) -> Result<Vec<String>, Error> {
+        let io_err = |source| Error::Io {
+            path: dir.to_path_buf(),
+            what: "cannot list the directory",
+            source,
+        };
+        let mut prefixes = std::collections::BTreeSet::new();
+        for entry in fs::read_dir(dir).map_err(io_err)? {
+            let name = entry.map_err(io_err)?.file_name();
+            if let Some(prefix) = name.to_str().and_then(layout::data_file_prefix) {
+                prefixes.insert(prefix.to_string());
+            }
+        }
+        Ok(prefixes.into_iter().collect())
+    }
+
     /// The directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -129,8 +151,10 @@ impl BlockDir {
     }
 
     /// Opens block `height`: reads (or maps) its data file and checks its
-    /// header against its size; when a meta file exists, decodes it and
-    /// checks the payload's length and CRC-32C against it.
+    /// header against its size; when a meta file exists, decodes it, checks
+    /// its own checksum when it has one (see
+    /// [`BlockFile::meta_has_checksum`]), and checks the payload's length and
+    /// CRC-32C against it.
     pub fn open_block(&self, height: u64) -> Result<BlockFile, Error> {
         let data_path = self.data_path(height);
         let bytes = match read_file(&data_path, self.options.mmap) {
@@ -151,9 +175,12 @@ impl BlockDir {
         };
         check_header(&data_path, height, &bytes)?;
         let meta_path = self.meta_path(height);
-        let meta = match read_file(&meta_path, false) {
-            Ok(b) => Some(decode_meta(&meta_path, height, &b)?),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        let (meta, meta_checksum) = match read_file(&meta_path, false) {
+            Ok(b) => {
+                let (meta, checksum) = decode_meta(&meta_path, height, &b)?;
+                (Some(meta), checksum)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => (None, false),
             Err(source) => {
                 return Err(Error::Io {
                     path: meta_path,
@@ -168,6 +195,7 @@ impl BlockDir {
             meta_path,
             bytes,
             meta,
+            meta_checksum,
         };
         if let Some(meta) = &block.meta {
             let payload = block.payload();
@@ -262,13 +290,38 @@ fn check_header(path: &Path, height: u64, bytes: &[u8]) -> Result<(), Error> {
     Ok(())
 }
 
-fn decode_meta(path: &Path, height: u64, bytes: &[u8]) -> Result<BlockMetadata, Error> {
+/// Decodes a meta file and checks it: its own checksum when it has one
+/// (returned: whether it has), then its height.
+fn decode_meta(path: &Path, height: u64, bytes: &[u8]) -> Result<(BlockMetadata, bool), Error> {
     check_header(path, height, bytes)?;
-    let meta = BlockMetadata::decode(&bytes[HEADER_LEN..]).map_err(|e| Error::BadMeta {
+    let message = &bytes[HEADER_LEN..];
+    let meta = BlockMetadata::decode(message).map_err(|e| Error::BadMeta {
         path: path.to_path_buf(),
         height,
         reason: e.to_string(),
     })?;
+    let has_checksum = match check_metadata_checksum(message, &meta) {
+        MetaChecksum::Valid => true,
+        MetaChecksum::Mismatch { stored, computed } => {
+            return Err(Error::MetaCrc {
+                path: path.to_path_buf(),
+                height,
+                expected: stored,
+                actual: computed,
+            });
+        }
+        MetaChecksum::Misplaced => {
+            return Err(Error::BadMeta {
+                path: path.to_path_buf(),
+                height,
+                reason: format!(
+                    "the checksum field (meta_crc32c) is not the message's last {META_CRC_FIELD_LEN} bytes"
+                ),
+            });
+        }
+        // `MetaChecksum` is non-exhaustive: anything else is no checksum.
+        _ => false,
+    };
     if meta.height != height {
         return Err(Error::MetaHeight {
             path: path.to_path_buf(),
@@ -276,7 +329,7 @@ fn decode_meta(path: &Path, height: u64, bytes: &[u8]) -> Result<BlockMetadata, 
             actual: meta.height,
         });
     }
-    Ok(meta)
+    Ok((meta, has_checksum))
 }
 
 /// A file's bytes, read or mapped.
@@ -302,6 +355,8 @@ pub struct BlockFile {
     meta_path: PathBuf,
     bytes: Bytes,
     meta: Option<BlockMetadata>,
+    /// Whether the meta file carries its own checksum (checked at open).
+    meta_checksum: bool,
 }
 
 impl std::fmt::Debug for BlockFile {
@@ -345,6 +400,15 @@ impl BlockFile {
     /// The decoded meta file, when there is one.
     pub fn meta(&self) -> Option<&BlockMetadata> {
         self.meta.as_ref()
+    }
+
+    /// Whether the meta file carries its own checksum (`meta_crc32c`), which
+    /// [`BlockDir::open_block`] checked. `false` without a meta file, and for
+    /// a meta file written before statestream wrote the checksum or by
+    /// another writer: nothing then shows that its fields (block time,
+    /// transactions, hashes) are as written.
+    pub fn meta_has_checksum(&self) -> bool {
+        self.meta_checksum
     }
 
     /// Iterates the records of the payload. A record that does not decode

@@ -81,11 +81,7 @@ impl FileStreamer {
             source,
         })?;
         let probe = dir.join(layout::probe_name(&prefix));
-        OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&probe)
+        create_file(&probe)
             .and_then(|f| {
                 drop(f);
                 fs::remove_file(&probe)
@@ -432,23 +428,41 @@ fn write_temp(temp: &Path, parts: &[&[u8]], fsync: bool) -> Result<(), Error> {
     Ok(())
 }
 
-/// Creates (or truncates) a block file with mode `0o644` (less the umask):
-/// block files are for readers, any user may read them, only the node's
-/// user may change them, whatever umask the node runs under.
-#[cfg(unix)]
+/// Creates a new file under a temporary name with mode `0o644` (less the
+/// umask): block files are for readers, any user may read them, only the
+/// node's user may change them, whatever umask the node runs under.
+///
+/// The name must not exist yet (`O_EXCL`) and is never followed as a symlink
+/// (`O_NOFOLLOW`): in a directory another user can write to, a link planted
+/// under the temporary name would otherwise redirect the node's write to a
+/// file of that user's choice. Something already under the name (a temporary
+/// file a failed write could not remove, or a planted link) is removed, which
+/// removes a link and not its target, and the file is created once more; if
+/// the name is taken again, that is the error.
 fn create_file(path: &Path) -> io::Result<File> {
+    match open_new(path) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            fs::remove_file(path)?;
+            open_new(path)
+        }
+        other => other,
+    }
+}
+
+#[cfg(unix)]
+fn open_new(path: &Path) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .mode(layout::FILE_MODE)
         .open(path)
 }
 
 #[cfg(not(unix))]
-fn create_file(path: &Path) -> io::Result<File> {
-    File::create(path)
+fn open_new(path: &Path) -> io::Result<File> {
+    OpenOptions::new().write(true).create_new(true).open(path)
 }
 
 /// `write_all` over several slices, in as few system calls as the OS allows.

@@ -46,6 +46,14 @@ fn framed(payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// `meta` as a meta file, with its own checksum computed again.
+fn sealed(mut meta: BlockMetadata) -> Vec<u8> {
+    meta.meta_crc32c = None;
+    let covered = meta.encode_to_vec();
+    meta.meta_crc32c = Some(statestream_core::crc32c_append(0, &covered));
+    framed(&meta.encode_to_vec())
+}
+
 /// The meta file of `good_meta`, with the CRC and length of `payload`: used
 /// for corrupt data files whose meta agrees with them, so that the reader
 /// reaches the records.
@@ -53,7 +61,7 @@ fn meta_for(good_meta: &[u8], payload: &[u8]) -> Vec<u8> {
     let mut meta = BlockMetadata::decode(&good_meta[8..]).expect("good meta decodes");
     meta.data_length = payload.len() as u64;
     meta.data_crc32c = statestream_core::crc32c_append(0, payload);
-    framed(&meta.encode_to_vec())
+    sealed(meta)
 }
 
 /// Every fixture file: path relative to `tests/fixtures` -> bytes.
@@ -106,6 +114,28 @@ pub fn generate() -> BTreeMap<String, Vec<u8>> {
     // A meta file whose message does not decode (a truncated varint).
     put("bad-meta", "block-1-data", data.clone());
     put("bad-meta", "block-1-meta", framed(&[0x08, 0xff]));
+
+    // A meta file as written before meta files had their own checksum (and
+    // as other writers write them): read, but nothing checks its fields.
+    let mut old = BlockMetadata::decode(&meta[8..]).expect("good meta decodes");
+    old.meta_crc32c = None;
+    put("meta-without-checksum", "block-1-data", data.clone());
+    put(
+        "meta-without-checksum",
+        "block-1-meta",
+        framed(&old.encode_to_vec()),
+    );
+
+    // The block time changed in a meta file after it was written: it
+    // decodes, and the data agrees with it, but its own checksum does not.
+    let mut changed = BlockMetadata::decode(&meta[8..]).expect("good meta decodes");
+    changed.time_seconds += 1;
+    put("bad-meta-crc", "block-1-data", data.clone());
+    put(
+        "bad-meta-crc",
+        "block-1-meta",
+        framed(&changed.encode_to_vec()),
+    );
 
     // Stores out of order: bank's records before acc's.
     let segs: Vec<&[u8]> = bs[0].encoded().collect();

@@ -73,9 +73,12 @@ fn python_reader_matches_rust_reader() {
         assert!(!rust.is_empty());
         assert_eq!(python, rust, "prefix {prefix:?}");
     }
-    let good = fixture("good");
-    let python = parse_lines(&run_reader(&[good.to_str().unwrap()]));
-    assert_eq!(python, records_json(&good, "", ReadOptions::default()));
+    // Meta files with their own checksum, and one without (older).
+    for case in ["good", "meta-without-checksum"] {
+        let dir = fixture(case);
+        let python = parse_lines(&run_reader(&[dir.to_str().unwrap()]));
+        assert_eq!(python, records_json(&dir, "", ReadOptions::default()));
+    }
 }
 
 #[test]
@@ -89,6 +92,7 @@ fn python_reader_reports_corruption() {
         ("truncated-header", "truncated header"),
         ("bad-meta", "does not decode"),
         ("bad-varint", "bad record at offset"),
+        ("bad-meta-crc", "meta checksum mismatch"),
     ] {
         let out = run_reader(&[fixture(case).to_str().unwrap()]);
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -208,6 +208,50 @@ fn reader_bad_meta() {
 }
 
 #[test]
+fn reader_meta_checksum() {
+    let good = open("good");
+    for h in 1..=3 {
+        assert!(good.open_block(h).unwrap().meta_has_checksum(), "block {h}");
+    }
+    // The block time changed after the file was written.
+    let err = open("bad-meta-crc").open_block(1).unwrap_err();
+    assert!(matches!(err, Error::MetaCrc { height: 1, .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("bad-meta-crc/block-1-meta") && msg.contains("meta checksum mismatch"),
+        "{msg}"
+    );
+    // Without the checksum (an older or another writer): read, and said.
+    let old = open("meta-without-checksum").open_block(1).unwrap();
+    assert!(!old.meta_has_checksum());
+    assert_eq!(old.meta().unwrap().meta_crc32c, None);
+    assert_eq!(
+        old.meta().map(|m| m.time_seconds),
+        good.open_block(1).unwrap().meta().map(|m| m.time_seconds)
+    );
+    // The checksum field anywhere but at the end is refused.
+    let dir = tempfile::tempdir().unwrap();
+    fs::copy(
+        fixture("good/block-1-data"),
+        dir.path().join("block-1-data"),
+    )
+    .unwrap();
+    let meta = fs::read(fixture("good/block-1-meta")).unwrap();
+    let field = &meta[meta.len() - 5..];
+    let mut moved = field.to_vec();
+    moved.extend_from_slice(&meta[8..meta.len() - 5]);
+    let mut file = (moved.len() as u64).to_be_bytes().to_vec();
+    file.extend_from_slice(&moved);
+    fs::write(dir.path().join("block-1-meta"), file).unwrap();
+    let bd = BlockDir::open(dir.path(), "", ReadOptions::default()).unwrap();
+    let err = bd.open_block(1).unwrap_err();
+    assert!(
+        matches!(err, Error::BadMeta { height: 1, .. }) && err.to_string().contains("last 5 bytes"),
+        "{err:?}"
+    );
+}
+
+#[test]
 fn reader_unordered_stores() {
     let file = open("unordered-stores").open_block(1).unwrap();
     assert_eq!(file.records().count(), 9, "the records themselves decode");

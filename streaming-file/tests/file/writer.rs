@@ -3,6 +3,8 @@
 use std::fs;
 use std::time::Duration;
 
+use prost::Message;
+
 use statestream_core::Streamer;
 use statestream_file::{BlockDir, Error, FileStreamerConfig, ReadOptions};
 
@@ -49,8 +51,11 @@ fn writer_meta_matches_block_metadata() {
     for b in &bs {
         let file = bd.open_block(b.height()).unwrap();
         let crc = statestream_core::crc32c_append(0, file.payload());
-        let expected = b.metadata(file.payload().len() as u64, crc);
+        let mut expected = b.metadata(file.payload().len() as u64, crc);
+        let covered = expected.encode_to_vec();
+        expected.meta_crc32c = Some(statestream_core::crc32c_append(0, &covered));
         assert_eq!(file.meta(), Some(&expected));
+        assert!(file.meta_has_checksum());
     }
 }
 
@@ -234,6 +239,13 @@ fn writer_prefixes_do_not_see_each_other() {
     assert_eq!(heights("a-block-1"), [1]);
     assert_eq!(heights("b"), Vec::<u64>::new());
     assert!(names(dir.path()).contains(&"a-block-1-block-1-data".to_string()));
+    // Each data file belongs to exactly one prefix; other files to none.
+    fs::write(dir.path().join("notes-block-x-data"), b"").unwrap();
+    fs::write(dir.path().join(".b-block-1-data.tmp"), b"").unwrap();
+    assert_eq!(
+        BlockDir::prefixes(dir.path()).unwrap(),
+        ["", "a", "a-block-1"]
+    );
 }
 
 #[test]
@@ -285,4 +297,42 @@ fn writer_follow_without_metadata() {
         .map(|b| b.unwrap().height())
         .collect();
     assert_eq!(heights, [1, 2]);
+}
+
+/// A symlink planted under a temporary name (by another user of a shared
+/// `write_dir`) is not followed: the file it points to keeps its bytes, and
+/// the block gets a regular file of its own. With `fsync = true` every file
+/// goes through its temporary name.
+#[cfg(unix)]
+#[test]
+fn writer_does_not_follow_a_planted_temp_symlink() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("blocks");
+    let victim = tmp.path().join("victim");
+    fs::write(&victim, b"not yours").unwrap();
+    let bs = blocks(1);
+    let mut s = streamer(
+        &dir,
+        FileStreamerConfig {
+            fsync: true,
+            ..FileStreamerConfig::default()
+        },
+    );
+    // Planted after the streamer started, so that its removal of stale
+    // temporary files does not take them away.
+    for name in [".block-1-data.tmp", ".block-1-meta.tmp"] {
+        std::os::unix::fs::symlink(&victim, dir.join(name)).unwrap();
+    }
+    s.on_block(&bs[0]).unwrap();
+    assert_eq!(fs::read(&victim).unwrap(), b"not yours");
+    for name in ["block-1-data", "block-1-meta"] {
+        let md = fs::symlink_metadata(dir.join(name)).unwrap();
+        assert!(md.file_type().is_file(), "{name} is {md:?}");
+    }
+    assert_eq!(names(&dir), ["block-1-data", "block-1-meta"]);
+    let bd = BlockDir::open(&dir, "", ReadOptions::default()).unwrap();
+    assert_eq!(
+        bd.open_block(1).unwrap().payload().len(),
+        bs[0].encoded_len()
+    );
 }

@@ -397,3 +397,50 @@ fn config_check_accepts_streamers_writing_distinct_places() {
     let run = statestream_in(tmp.path(), &["config", "check", "--home", p(&home)]).ok();
     assert!(run.stdout.contains("8 streamers run"), "{run:#?}");
 }
+
+/// docs/config.md lists every key of every built-in type: the keys each
+/// type expects (as its unknown-key error lists them) all appear, in either
+/// spelling, in that type's section.
+#[test]
+fn config_md_lists_every_key_of_every_type() {
+    let doc = std::fs::read_to_string(repo_root().join("docs/config.md")).expect("read config.md");
+    let tmp = tempfile::tempdir().expect("temp dir");
+    for type_name in [
+        "file", "log", "process", "nats", "postgres", "webhook", "serve",
+    ] {
+        let heading = format!("## `type = \"{type_name}\"`");
+        let start = doc
+            .find(&heading)
+            .unwrap_or_else(|| panic!("docs/config.md has no section {heading}"));
+        let section = &doc[start..];
+        let section = &section[..section[3..].find("\n## ").map_or(section.len(), |e| e + 3)];
+        let home = home_with(
+            &tmp.path().join(type_name),
+            &format!(
+                "[store]\nstreamers = [\"s\"]\n[streamers.s]\ntype = \"{type_name}\"\nkeys = [\"*\"]\nzz_not_a_key = 1\n"
+            ),
+        );
+        let run = statestream_in(tmp.path(), &["config", "check", "--home", p(&home)])
+            .fails(&["unknown key `zz_not_a_key`"]);
+        // serde's "expected one of `a`, `b`", or "expected `a`" for one.
+        let expected = ["expected one of ", "expected "]
+            .iter()
+            .find_map(|lead| run.stderr.split(lead).nth(1))
+            .unwrap_or_else(|| panic!("{type_name}: no list of keys: {run:#?}"));
+        let keys: Vec<&str> = expected
+            .lines()
+            .next()
+            .unwrap_or("")
+            .split(", ")
+            .map(|k| k.trim().trim_matches('`'))
+            .collect();
+        assert!(!keys.is_empty(), "{type_name}: {run:#?}");
+        for key in keys {
+            let hyphen = key.replace('_', "-");
+            assert!(
+                section.contains(&format!("`{key}`")) || section.contains(&format!("`{hyphen}`")),
+                "docs/config.md's {heading} section lacks the key `{key}`"
+            );
+        }
+    }
+}

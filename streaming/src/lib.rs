@@ -5,7 +5,7 @@
 //! - [`Registry`]: streamer type name -> constructor.
 //!   [`Registry::with_builtins`] holds every built-in type of this build:
 //!   `log`, `process`, and each streamer crate enabled by its cargo feature
-//!   (`file`, `nats`, `postgres`; all on by default).
+//!   (`file`, `nats`, `postgres`, `serve`, `webhook`; all on by default).
 //! - [`DeliveryManager`]: commits blocks and delivers them, sync or async,
 //!   with persisted cursors, catch-up from the store's change log, and the
 //!   `stop-node-on-error` policy.
@@ -49,6 +49,17 @@
 //! ```
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
+/// The README's example of a node, compiled as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeExamples;
+
+/// docs/serve.md's example of a node draining pushed writes, compiled as a
+/// doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/serve.md")]
+struct ServeDocExamples;
 
 mod builtin;
 mod driver;

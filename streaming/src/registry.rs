@@ -101,7 +101,7 @@ impl Registry {
     /// A registry with every built-in streamer type this build enables:
     /// `log` and `process` always, and each streamer crate's type behind
     /// its cargo feature of the same name (`file`, `nats`, `postgres`,
-    /// `webhook`; all on by default).
+    /// `serve`, `webhook`; all on by default).
     pub fn with_builtins() -> Registry {
         let mut r = Registry::new();
         crate::builtin::register(&mut r);

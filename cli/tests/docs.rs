@@ -213,3 +213,52 @@ fn docs_cite_only_paths_and_names_that_exist() {
     // The rule finds citations at all (a broken parser would pass).
     assert!(paths > 50 && names > 30, "{paths} paths, {names} names");
 }
+
+/// The ```rust block of `doc` after `heading`.
+fn rust_block_after(doc: &str, heading: &str) -> String {
+    let start = doc
+        .find(heading)
+        .unwrap_or_else(|| panic!("no heading {heading:?}"));
+    let open = start
+        + doc[start..]
+            .find("```rust\n")
+            .unwrap_or_else(|| panic!("no ```rust block after {heading:?}"))
+        + "```rust\n".len();
+    let close = open + doc[open..].find("\n```").expect("the block is closed") + 1;
+    doc[open..close].to_string()
+}
+
+/// The embedding examples of the documents are compiled: each is, line for
+/// line, between the markers of an example program that `cargo test`
+/// builds.
+#[test]
+fn docs_rust_examples_are_compiled_examples() {
+    let root = repo_root();
+    for (doc, heading, example, marker) in [
+        (
+            "README.md",
+            "## Use it in your node",
+            "streaming/examples/embedding.rs",
+            "README example",
+        ),
+        (
+            "docs/serve.md",
+            "## PushUpdate",
+            "streaming/examples/push_updates.rs",
+            "docs/serve.md example",
+        ),
+    ] {
+        let text = std::fs::read_to_string(root.join(doc)).expect("read the document");
+        let shown = rust_block_after(&text, heading);
+        let program = std::fs::read_to_string(root.join(example)).expect("read the example");
+        let begin = format!("// {marker}: begin\n");
+        let end = format!("// {marker}: end\n");
+        let from = program.find(&begin).expect("the begin marker") + begin.len();
+        let to = program.find(&end).expect("the end marker");
+        assert_eq!(
+            shown,
+            program[from..to],
+            "the example of {doc} ({heading}) differs from {example}: copy one onto the other"
+        );
+    }
+}

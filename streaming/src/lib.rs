@@ -50,17 +50,6 @@
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
-/// The README's example of a node, compiled as a doctest.
-#[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
-struct ReadmeExamples;
-
-/// docs/serve.md's example of a node draining pushed writes, compiled as a
-/// doctest.
-#[cfg(doctest)]
-#[doc = include_str!("../../docs/serve.md")]
-struct ServeDocExamples;
-
 mod builtin;
 mod driver;
 mod error;

@@ -52,36 +52,64 @@ pub struct BenchArgs {
     #[arg(long)]
     quick: bool,
 
-    /// Run only these figures (comma-separated names, as printed), e.g.
-    /// `--only reader_vs_raw,verify_mb_s`.
+    /// Run only these figures (comma-separated names, as printed, or the
+    /// name of a figure that prints several lines: `serve_latency_ms`),
+    /// e.g. `--only reader_vs_raw,verify_mb_s`.
     #[arg(long, value_delimiter = ',', value_name = "NAMES",
-          value_parser = clap::builder::PossibleValuesParser::new(FIGURES))]
+          value_parser = clap::builder::PossibleValuesParser::new(only_names()))]
     only: Vec<String>,
 
     /// A PostgreSQL database for `postgres_rows_per_s` (it creates and
     /// drops the schemas bench_stream, bench_plain and
-    /// bench_plain_changes); without it that figure is skipped.
+    /// bench_plain_changes); without it, the URL in the environment
+    /// variable STATESTREAM_BENCH_POSTGRES; without either that figure is
+    /// skipped. A command line is visible to every user of the machine
+    /// (`ps`): give a URL holding a password through the variable, or the
+    /// password through PGPASSWORD.
     #[arg(long, value_name = "URL")]
     postgres: Option<String>,
 }
 
-/// Every figure, in the order they run.
-const FIGURES: [&str; 14] = [
-    "commit_overhead_async",
-    "commit_overhead_sync",
-    "writer_vs_raw",
-    "reader_vs_raw",
-    "verify_mb_s",
-    "replay_mb_s",
-    "node_peak_rss_mb",
-    "serve_commit_overhead",
-    "serve_latency_ms",
-    "snapshot_vs_scan",
-    "serve_stalled_rss_mb",
-    "sse_commit_overhead",
-    "sse_latency_ms",
-    "postgres_rows_per_s",
+/// Where `--postgres` is read from when it is not given.
+const POSTGRES_ENV: &str = "STATESTREAM_BENCH_POSTGRES";
+
+/// Every figure, in the order they run, with the names of the lines it
+/// prints when they are not its own name (one per case it measures).
+const FIGURES: [(&str, &[&str]); 14] = [
+    ("commit_overhead_async", &[]),
+    ("commit_overhead_sync", &[]),
+    ("writer_vs_raw", &[]),
+    ("reader_vs_raw", &[]),
+    ("verify_mb_s", &[]),
+    ("replay_mb_s", &[]),
+    ("node_peak_rss_mb", &[]),
+    ("serve_commit_overhead", &[]),
+    (
+        "serve_latency_ms",
+        &[
+            "serve_latency_ms_p50_10",
+            "serve_latency_ms_p99_10",
+            "serve_latency_ms_p50_100",
+            "serve_latency_ms_p99_100",
+        ],
+    ),
+    ("snapshot_vs_scan", &[]),
+    ("serve_stalled_rss_mb", &[]),
+    ("sse_commit_overhead", &[]),
+    (
+        "sse_latency_ms",
+        &["sse_latency_ms_p50", "sse_latency_ms_p99"],
+    ),
+    ("postgres_rows_per_s", &[]),
 ];
+
+/// What `--only` accepts: every figure and every line a figure prints.
+fn only_names() -> Vec<&'static str> {
+    FIGURES
+        .iter()
+        .flat_map(|(figure, lines)| std::iter::once(*figure).chain(lines.iter().copied()))
+        .collect()
+}
 
 const KEY_LEN: usize = 32;
 const VALUE_LEN: usize = 100;
@@ -182,7 +210,17 @@ fn round3(v: f64) -> f64 {
 
 pub fn run(args: BenchArgs, _quiet: bool) -> Result<ExitCode> {
     let sizes = if args.quick { &QUICK } else { &FULL };
-    let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|n| n == name);
+    // A figure runs when it, or one of its lines, is asked for; a line is
+    // printed when it, or its figure, is.
+    let asked = |name: &str| args.only.iter().any(|n| n == name);
+    let wanted = |figure: &str| {
+        args.only.is_empty()
+            || asked(figure)
+            || FIGURES
+                .iter()
+                .any(|(f, lines)| *f == figure && lines.iter().any(|l| asked(l)))
+    };
+    let shown = |figure: &str, line: &str| args.only.is_empty() || asked(figure) || asked(line);
     let tmp = tempfile::Builder::new()
         .prefix("statestream-bench-")
         .tempdir()
@@ -231,7 +269,9 @@ pub fn run(args: BenchArgs, _quiet: bool) -> Result<ExitCode> {
     }
     if wanted("serve_latency_ms") {
         for f in serve::latency(sizes, &stores, serve::Front::Grpc)? {
-            f.print(args.json)?;
+            if shown("serve_latency_ms", f.name) {
+                f.print(args.json)?;
+            }
         }
     }
     if wanted("snapshot_vs_scan") {
@@ -246,11 +286,18 @@ pub fn run(args: BenchArgs, _quiet: bool) -> Result<ExitCode> {
     }
     if wanted("sse_latency_ms") {
         for f in serve::latency(sizes, &stores, serve::Front::Sse)? {
-            f.print(args.json)?;
+            if shown("sse_latency_ms", f.name) {
+                f.print(args.json)?;
+            }
         }
     }
+    let postgres = args.postgres.clone().or_else(|| {
+        std::env::var(POSTGRES_ENV)
+            .ok()
+            .filter(|url| !url.is_empty())
+    });
     if wanted("postgres_rows_per_s")
-        && let Some(f) = pg::rows_per_s(sizes, args.quick, args.postgres.as_deref())?
+        && let Some(f) = pg::rows_per_s(sizes, args.quick, postgres.as_deref())?
     {
         f.print(args.json)?;
     }

@@ -20,7 +20,8 @@ pub(super) fn rows_per_s(sizes: &Sizes, quick: bool, url: Option<&str>) -> Resul
     let Some(url) = url else {
         eprintln!(
             "postgres_rows_per_s: skipped (needs a PostgreSQL database it may create schemas \
-             in: --postgres postgresql://user:password@host:port/database)"
+             in: --postgres URL, or STATESTREAM_BENCH_POSTGRES=URL, with a URL such as \
+             postgresql://user@host:port/database)"
         );
         return Ok(None);
     };

@@ -1,14 +1,11 @@
 //! `statestream config check`: parses and validates an app.toml as the node
-//! would, without starting anything.
+//! would, without starting anything: only the registry's validators run,
+//! which bind no port, create nothing and start no program.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use statestream::{Registry, StreamerContext};
-use statestream_config::StreamerSpec;
-use statestream_file::{FILE_TYPE, FileStreamerConfig};
-use statestream_nats::{NATS_TYPE, NatsStreamerConfig};
 use statestream_store::StoreKey;
 
 use crate::node::{ConfigSource, registry};
@@ -59,11 +56,14 @@ fn check(args: CheckArgs, quiet: bool) -> Result<ExitCode> {
     };
     let config = source.load()?;
     let specs = config.resolve(&STORE_NAMES)?;
-    let registry = registry();
-    let scratch = tempfile::tempdir().context("cannot create a temporary directory")?;
-    let errors: Vec<String> = specs
+    let all_stores = STORE_NAMES
         .iter()
-        .filter_map(|spec| check_streamer(spec, &registry, &home, scratch.path()).err())
+        .map(|name| StoreKey::new(name))
+        .collect::<Result<Vec<_>, _>>()?;
+    let errors: Vec<String> = registry()
+        .validate(&specs, &all_stores, &home)
+        .into_iter()
+        .map(|e| crate::chain(&anyhow::Error::new(e)))
         .collect();
     if !errors.is_empty() {
         for error in &errors {
@@ -103,67 +103,5 @@ fn home_of(file: &Path) -> Result<PathBuf> {
             Ok(dir.parent().unwrap_or(Path::new(".")).to_path_buf())
         }
         _ => std::env::current_dir().context("cannot read the current directory"),
-    }
-}
-
-/// Checks one streamer's options as its type does when the node builds it,
-/// with no effect outside `scratch`: a file streamer is built on a scratch
-/// directory (its `write_dir` is only checked to be a directory when it
-/// exists), a NATS streamer's options are checked without connecting, and
-/// every other type is built (a `process` streamer starts its program only
-/// with the first block).
-fn check_streamer(
-    spec: &StreamerSpec,
-    registry: &Registry,
-    home: &Path,
-    scratch: &Path,
-) -> Result<(), String> {
-    let stores = spec
-        .stores
-        .iter()
-        .map(|name| StoreKey::new(name))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())?;
-    let ctx = StreamerContext {
-        name: &spec.name,
-        stores: &stores,
-        all_stores: &stores,
-        home,
-        reader: None,
-        shutdown: &statestream_core::Shutdown::default(),
-        push: None,
-    };
-    let built = |type_name: &str| {
-        registry
-            .build(type_name, &ctx, &spec.options)
-            .map(drop)
-            .map_err(|e| crate::chain(&anyhow::Error::new(e)))
-    };
-    match spec.type_name.as_str() {
-        FILE_TYPE if registry.contains(FILE_TYPE) => {
-            let mut config: FileStreamerConfig = spec.options.parse().map_err(|e| e.to_string())?;
-            let write_dir = home.join(&config.write_dir);
-            if write_dir.exists() && !write_dir.is_dir() {
-                return Err(spec
-                    .options
-                    .error(
-                        "write_dir",
-                        format!("{} is not a directory", write_dir.display()),
-                    )
-                    .to_string());
-            }
-            config.write_dir = scratch.join(&spec.name);
-            config
-                .build(&ctx, &spec.options)
-                .map(drop)
-                .map_err(|e| crate::chain(&anyhow::Error::new(e)))
-        }
-        NATS_TYPE if registry.contains(NATS_TYPE) => {
-            let config: NatsStreamerConfig = spec.options.parse().map_err(|e| e.to_string())?;
-            config
-                .check()
-                .map_err(|(key, message)| spec.options.error(key, message).to_string())
-        }
-        other => built(other),
     }
 }

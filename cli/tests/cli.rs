@@ -846,12 +846,86 @@ fn bench_only_refuses_an_unknown_figure() {
         run.stderr.contains(
             "[possible values: commit_overhead_async, commit_overhead_sync, writer_vs_raw, \
              reader_vs_raw, verify_mb_s, replay_mb_s, node_peak_rss_mb, serve_commit_overhead, \
-             serve_latency_ms, snapshot_vs_scan, serve_stalled_rss_mb, sse_commit_overhead, \
-             sse_latency_ms, postgres_rows_per_s]"
+             serve_latency_ms, serve_latency_ms_p50_10, serve_latency_ms_p99_10, \
+             serve_latency_ms_p50_100, serve_latency_ms_p99_100, snapshot_vs_scan, \
+             serve_stalled_rss_mb, sse_commit_overhead, sse_latency_ms, sse_latency_ms_p50, \
+             sse_latency_ms_p99, postgres_rows_per_s]"
         ),
         "{run:#?}"
     );
     assert!(run.stdout.is_empty(), "{run:#?}");
+}
+
+#[test]
+fn bench_only_accepts_a_printed_line_name_and_prints_that_line() {
+    // `bench` prints serve_latency_ms as four lines: each name selects its
+    // own line.
+    let run = statestream([
+        "bench",
+        "--json",
+        "--quick",
+        "--only",
+        "serve_latency_ms_p99_10,sse_latency_ms_p50",
+    ])
+    .ok();
+    let names: Vec<String> = run
+        .stdout
+        .lines()
+        .map(|l| {
+            let j: Value = serde_json::from_str(l).unwrap();
+            j["name"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(
+        names,
+        ["serve_latency_ms_p99_10", "sse_latency_ms_p50"],
+        "{run:#?}"
+    );
+}
+
+#[test]
+fn bench_postgres_url_comes_from_the_environment_and_help_warns_of_ps() {
+    let help = statestream(["bench", "--help"]).ok();
+    assert!(
+        help.stdout.contains("STATESTREAM_BENCH_POSTGRES") && help.stdout.contains("`ps`"),
+        "{help:#?}"
+    );
+    // Without the flag or the variable the figure is skipped; with the
+    // variable it is attempted (here against a port nothing listens on).
+    let mut cmd = Command::new(BIN);
+    cmd.args(["bench", "--quick", "--only", "postgres_rows_per_s"])
+        .env_remove("STATESTREAM_BENCH_POSTGRES")
+        .env("RUST_LOG", "error");
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("skipped"),
+        "{out:?}"
+    );
+    // A "server" that hangs up on every connection: the attempt fails at
+    // once, and the error is the figure's.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(16) {
+            drop(stream);
+        }
+    });
+    let out = Command::new(BIN)
+        .args(["bench", "--quick", "--only", "postgres_rows_per_s"])
+        .env(
+            "STATESTREAM_BENCH_POSTGRES",
+            format!("postgresql://nobody@127.0.0.1:{port}/none"),
+        )
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        stderr.contains("postgres_rows_per_s") && !stderr.contains("skipped"),
+        "{stderr}"
+    );
 }
 
 #[test]

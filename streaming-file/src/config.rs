@@ -1,6 +1,6 @@
 //! The options of `type = "file"`, which build the streamer.
 
-use std::path::PathBuf;
+use std::path::{Component, Path, PathBuf};
 
 use serde::Deserialize;
 use statestream_config::StreamerOptions;
@@ -71,15 +71,15 @@ impl Default for FileStreamerConfig {
 }
 
 impl FileStreamerConfig {
-    /// Builds the streamer: checks the prefix, creates `write_dir` when
-    /// missing (relative to `ctx.home`), checks that it is writable and
-    /// removes the temporary files a previous run of this prefix left.
-    /// `options` is the table it was parsed from, for errors that name it.
-    pub fn build(
+    /// Checks the options as [`build`](FileStreamerConfig::build) does,
+    /// without creating or writing anything: the prefix, and that
+    /// `write_dir`, when it exists, is a directory. `options` is the table
+    /// it was parsed from, for errors that name it.
+    pub fn validate(
         &self,
         ctx: &StreamerContext<'_>,
         options: &StreamerOptions,
-    ) -> Result<FileStreamer, Error> {
+    ) -> Result<(), Error> {
         if let Err(reason) = layout::check_prefix(&self.prefix) {
             return Err(options
                 .error(
@@ -88,17 +88,122 @@ impl FileStreamerConfig {
                 )
                 .into());
         }
-        let dir = if self.write_dir.is_absolute() {
+        let dir = self.dir(ctx.home);
+        if dir.exists() && !dir.is_dir() {
+            return Err(options
+                .error("write_dir", format!("{} is not a directory", dir.display()))
+                .into());
+        }
+        Ok(())
+    }
+
+    /// Where this streamer writes, as a key equal for two configurations
+    /// exactly when their files would overwrite each other: the absolute
+    /// `write_dir` (symbolic links of its existing part resolved) and the
+    /// prefix. Reads the file system, writes nothing.
+    pub fn destination(&self, home: &Path) -> String {
+        format!(
+            "block files {:?} with prefix {:?}",
+            normalise(&self.dir(home)),
+            self.prefix
+        )
+    }
+
+    /// `write_dir`, relative to `home` unless absolute.
+    fn dir(&self, home: &Path) -> PathBuf {
+        if self.write_dir.is_absolute() {
             self.write_dir.clone()
         } else {
-            ctx.home.join(&self.write_dir)
-        };
+            home.join(&self.write_dir)
+        }
+    }
+
+    /// Builds the streamer: checks the options
+    /// ([`validate`](FileStreamerConfig::validate)), creates `write_dir`
+    /// when missing (relative to `ctx.home`), checks that it is writable and
+    /// removes the temporary files a previous run of this prefix left.
+    /// `options` is the table it was parsed from, for errors that name it.
+    pub fn build(
+        &self,
+        ctx: &StreamerContext<'_>,
+        options: &StreamerOptions,
+    ) -> Result<FileStreamer, Error> {
+        self.validate(ctx, options)?;
         FileStreamer::create(
-            dir,
+            self.dir(ctx.home),
             self.prefix.clone(),
             self.output_metadata,
             self.fsync,
             ctx.name,
         )
+    }
+}
+
+/// `path` made absolute, without `.` and `..`, and with the symbolic links
+/// of its longest existing ancestor resolved, so that two spellings of one
+/// directory compare equal (as far as the file system tells before the
+/// directory exists).
+fn normalise(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut lexical = PathBuf::new();
+    for component in absolute.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                lexical.pop();
+            }
+            other => lexical.push(other),
+        }
+    }
+    let mut existing = lexical.as_path();
+    let mut missing = Vec::new();
+    loop {
+        if let Ok(real) = std::fs::canonicalize(existing) {
+            return missing.iter().rev().fold(real, |p, name| p.join(name));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                missing.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => return lexical,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(write_dir: &str, prefix: &str) -> FileStreamerConfig {
+        FileStreamerConfig {
+            write_dir: PathBuf::from(write_dir),
+            prefix: prefix.to_string(),
+            ..FileStreamerConfig::default()
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn destination_is_one_key_per_directory_and_prefix() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let home = tmp.path().join("home");
+        std::fs::create_dir_all(home.join("data")).expect("mkdir");
+        std::os::unix::fs::symlink(home.join("data"), tmp.path().join("link")).expect("symlink");
+        let base = config("data/streaming", "").destination(&home);
+        for same in [
+            config("data/streaming/", ""),
+            config("./data/x/../streaming", ""),
+            config(home.join("data/streaming").to_str().expect("utf-8"), ""),
+            config(
+                tmp.path().join("link/streaming").to_str().expect("utf-8"),
+                "",
+            ),
+        ] {
+            assert_eq!(same.destination(&home), base, "{same:?}");
+        }
+        for other in [config("data/streaming", "p"), config("data/other", "")] {
+            assert_ne!(other.destination(&home), base, "{other:?}");
+        }
     }
 }

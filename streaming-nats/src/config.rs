@@ -278,6 +278,39 @@ impl NatsStreamerConfig {
         Ok(())
     }
 
+    /// Checks the options as [`build`](NatsStreamerConfig::build) does,
+    /// naming the bad key of `options` (the table they were parsed from).
+    /// Connects to nothing and reads no file.
+    pub fn validate(&self, options: &StreamerOptions) -> Result<(), ConfigError> {
+        self.check()
+            .map_err(|(key, message)| options.error(key, message))
+    }
+
+    /// Where this streamer writes, one key per server of `url`: its
+    /// stream, and its subject, on that server (host and port as written,
+    /// credentials left out). Two streamers sharing a key would publish into
+    /// one stream (or one subject) of one server. Empty when `url` does not
+    /// parse ([`check`](NatsStreamerConfig::check) reports that).
+    pub fn destinations(&self) -> Vec<String> {
+        let Ok(servers) = parse_servers(&self.url) else {
+            return Vec::new();
+        };
+        servers
+            .iter()
+            .flat_map(|server| {
+                let at = if server.host.contains(':') {
+                    format!("[{}]:{}", server.host.to_ascii_lowercase(), server.port)
+                } else {
+                    format!("{}:{}", server.host.to_ascii_lowercase(), server.port)
+                };
+                [
+                    format!("NATS stream {:?} on {at}", self.stream),
+                    format!("NATS subject {:?} on {at}", self.blocks_subject()),
+                ]
+            })
+            .collect()
+    }
+
     /// Checks the options and builds the streamer. Nothing connects yet:
     /// the first block connects, so a node starts even while the server is
     /// down (its blocks wait in the change log).
@@ -287,8 +320,7 @@ impl NatsStreamerConfig {
         ctx: &StreamerContext<'_>,
         options: &StreamerOptions,
     ) -> Result<NatsStreamer, ConfigError> {
-        self.check()
-            .map_err(|(key, message)| options.error(key, message))?;
+        self.validate(options)?;
         Ok(NatsStreamer::with_context(
             ctx.name,
             self.clone(),
@@ -343,4 +375,48 @@ fn check_subject(subject: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::NatsStreamerConfig;
+
+    fn config(url: &str, stream: &str, subject: &str) -> NatsStreamerConfig {
+        NatsStreamerConfig {
+            url: url.to_string(),
+            stream: stream.to_string(),
+            subject: subject.to_string(),
+            ..NatsStreamerConfig::default()
+        }
+    }
+
+    fn shares(a: &NatsStreamerConfig, b: &NatsStreamerConfig) -> bool {
+        let b = b.destinations();
+        a.destinations().iter().any(|d| b.contains(d))
+    }
+
+    #[test]
+    fn destinations_are_stream_and_subject_per_server() {
+        let base = config("nats://127.0.0.1:4222", "s", "x");
+        assert_eq!(
+            base.destinations(),
+            [
+                "NATS stream \"s\" on 127.0.0.1:4222",
+                "NATS subject \"x.blocks\" on 127.0.0.1:4222"
+            ]
+        );
+        // Credentials, scheme and the other servers of a cluster do not
+        // make another place.
+        assert!(shares(
+            &base,
+            &config("tls://u:p@127.0.0.1:4222,nats://b:4222", "s", "x")
+        ));
+        // One stream on one server with another subject, or one subject
+        // into another stream: still one place.
+        assert!(shares(&base, &config("127.0.0.1", "s", "y")));
+        assert!(shares(&base, &config("127.0.0.1", "t", "x")));
+        // Another server, or another stream and subject.
+        assert!(!shares(&base, &config("127.0.0.1:4223", "s", "x")));
+        assert!(!shares(&base, &config("127.0.0.1", "t", "y")));
+    }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use statestream_config::{ConfigError, StreamerOptions};
-use statestream_core::StreamerContext;
+use statestream_core::{StoreKey, StreamerContext};
 
 use crate::connect::{ConnectSettings, describe_target};
 use crate::schema::{MAX_SCHEMA_LEN, check_schema_name};
@@ -255,6 +255,64 @@ impl PostgresStreamerConfig {
         Ok(ConnectSettings::new(config, tls, ca))
     }
 
+    /// Checks the options as [`build`](PostgresStreamerConfig::build)
+    /// does, naming the bad key of `options` (the table they were parsed
+    /// from): it reads `password_file` and `ca_file` but connects to
+    /// nothing.
+    pub fn validate(
+        &self,
+        ctx: &StreamerContext<'_>,
+        options: &StreamerOptions,
+    ) -> Result<(), ConfigError> {
+        self.settings(ctx.home)
+            .map(drop)
+            .map_err(|(key, message)| options.error(key, message))
+    }
+
+    /// Where the streamer `name` writes the changes of `stores`, one key
+    /// per server of `url` (host, port, database): its cursor row, and per
+    /// store the rows of each table it fills. Streamers sharing a schema
+    /// share no key as long as they fill different stores' rows (the
+    /// `blocks` rows are meant to be shared). Empty when `url` does not
+    /// parse ([`validate`](PostgresStreamerConfig::validate) reports that).
+    pub fn destinations(&self, name: &str, stores: &[StoreKey]) -> Vec<String> {
+        let Ok(config) = postgres::Config::from_str(&self.url) else {
+            return Vec::new();
+        };
+        let ports = config.get_ports();
+        let database = config
+            .get_dbname()
+            .or(config.get_user())
+            .unwrap_or_default();
+        let schema = &self.schema;
+        let mut out = Vec::new();
+        for (i, host) in config.get_hosts().iter().enumerate() {
+            let port = match ports {
+                [] => 5432,
+                [one] => *one,
+                many => many.get(i).copied().unwrap_or(5432),
+            };
+            let host = match host {
+                postgres::config::Host::Tcp(h) => h.to_ascii_lowercase(),
+                #[cfg(unix)]
+                postgres::config::Host::Unix(p) => p.display().to_string(),
+            };
+            let at = format!("PostgreSQL {host}:{port}/{database}, schema {schema}");
+            out.push(format!("{at}, cursor row {name:?}"));
+            for (table, written) in [
+                ("changes", self.tables.changes()),
+                ("state", self.tables.state()),
+            ] {
+                if written {
+                    out.extend(stores.iter().map(|store| {
+                        format!("{at}, table {table} rows of store {:?}", store.name())
+                    }));
+                }
+            }
+        }
+        out
+    }
+
     /// Checks the options and builds the streamer. It connects in
     /// `on_start`; a server that cannot be reached then is tried again at
     /// each block (a node starts while its database is down, its blocks
@@ -266,6 +324,7 @@ impl PostgresStreamerConfig {
         ctx: &StreamerContext<'_>,
         options: &StreamerOptions,
     ) -> Result<PostgresStreamer, ConfigError> {
+        // The checks of `validate`, keeping what they resolved.
         let settings = self
             .settings(ctx.home)
             .map_err(|(key, message)| options.error(key, message))?;
@@ -281,3 +340,75 @@ impl PostgresStreamerConfig {
 }
 
 const _: () = assert!(MAX_SCHEMA_LEN + "statestream_".len() <= 63);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(url: &str, schema: &str, tables: Tables) -> PostgresStreamerConfig {
+        PostgresStreamerConfig {
+            url: url.to_string(),
+            schema: schema.to_string(),
+            tables,
+            ..PostgresStreamerConfig::default()
+        }
+    }
+
+    fn stores(names: &[&str]) -> Vec<StoreKey> {
+        names
+            .iter()
+            .map(|n| StoreKey::new(n).expect("store name"))
+            .collect()
+    }
+
+    fn shares(
+        a: (&PostgresStreamerConfig, &str, &[&str]),
+        b: (&PostgresStreamerConfig, &str, &[&str]),
+    ) -> bool {
+        let b = b.0.destinations(b.1, &stores(b.2));
+        a.0.destinations(a.1, &stores(a.2))
+            .iter()
+            .any(|d| b.contains(d))
+    }
+
+    #[test]
+    fn destinations_are_cursor_rows_and_store_rows_per_schema() {
+        let url = "postgresql://u:secret@DB.example:5433/app";
+        let both = config(url, "s", Tables::Both);
+        assert!(
+            both.destinations("pg", &stores(&["bank"]))
+                .iter()
+                .all(|d| d.contains("db.example:5433/app, schema s") && !d.contains("secret")),
+            "{:?}",
+            both.destinations("pg", &stores(&["bank"]))
+        );
+        // One store into one schema twice: the same rows.
+        assert!(shares(
+            (&both, "a", &["bank"]),
+            (&both, "b", &["acc", "bank"])
+        ));
+        // The same name in one schema: one cursor row.
+        assert!(shares((&both, "a", &["bank"]), (&both, "a", &["acc"])));
+        // Other stores, another table, another schema, another database:
+        // allowed side by side.
+        assert!(!shares((&both, "a", &["bank"]), (&both, "b", &["acc"])));
+        let changes = config(url, "s", Tables::Changes);
+        let state = config(url, "s", Tables::State);
+        assert!(!shares(
+            (&changes, "a", &["bank"]),
+            (&state, "b", &["bank"])
+        ));
+        assert!(!shares(
+            (&both, "a", &["bank"]),
+            (&config(url, "t", Tables::Both), "b", &["bank"])
+        ));
+        let other_db = config("postgresql://u@db.example:5433/other", "s", Tables::Both);
+        assert!(!shares(
+            (&both, "a", &["bank"]),
+            (&other_db, "b", &["bank"])
+        ));
+        // The database defaults to the user's name, as in libpq.
+        let implicit = config("host=db.example port=5433 user=app", "s", Tables::Both);
+        assert!(shares((&both, "a", &["bank"]), (&implicit, "b", &["bank"])));
+    }
+}

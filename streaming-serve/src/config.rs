@@ -225,6 +225,20 @@ impl ServeConfig {
         Ok(Addresses { grpc, http })
     }
 
+    /// Checks the options as [`build`](ServeConfig::build) does (the
+    /// addresses resolve, `value_types` names stores of `ctx.stores`, ...),
+    /// naming the bad key of `options`, without binding anything or
+    /// needing read access to the store.
+    pub fn validate(
+        &self,
+        ctx: &StreamerContext<'_>,
+        options: &StreamerOptions,
+    ) -> Result<(), ConfigError> {
+        self.check(ctx)
+            .map(drop)
+            .map_err(|(key, message)| options.error(key, message))
+    }
+
     /// Checks the options, binds the listen address and starts the server.
     /// Errors name the key (bad options) or say why the address cannot be
     /// bound (in use, not local, no permission).

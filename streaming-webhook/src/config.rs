@@ -607,6 +607,32 @@ impl WebhookConfig {
         })
     }
 
+    /// Checks the options as [`build`](WebhookConfig::build) does, naming
+    /// the bad key of `options` (the table they were parsed from), without
+    /// sending anything or creating the dead-letter directory (only that it
+    /// is a directory when it exists).
+    pub fn validate(
+        &self,
+        ctx: &StreamerContext<'_>,
+        options: &StreamerOptions,
+    ) -> Result<(), Error> {
+        let plan = self
+            .plan(ctx.name, ctx.home)
+            .map_err(|(key, message)| options.error(key, message))?;
+        if plan.on_exhausted == OnExhausted::DeadLetter
+            && plan.dead_letter_dir.exists()
+            && !plan.dead_letter_dir.is_dir()
+        {
+            return Err(options
+                .error(
+                    "dead_letter_dir",
+                    format!("{} is not a directory", plan.dead_letter_dir.display()),
+                )
+                .into());
+        }
+        Ok(())
+    }
+
     /// Checks the options and builds the streamer. Nothing is sent yet;
     /// with `on_exhausted = "dead-letter"` the dead-letter directory is
     /// created, so a directory that cannot be written stops the node at

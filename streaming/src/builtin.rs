@@ -2,71 +2,117 @@
 //! type of each streamer crate enabled by its cargo feature.
 
 use serde::Deserialize;
-use statestream_core::{Block, StreamError, Streamer};
+use statestream_config::StreamerOptions;
+use statestream_core::{Block, BoxError, StreamError, Streamer};
 
 use crate::process::ProcessStreamerConfig;
 use crate::registry::Registry;
 
-/// Registers every built-in type of this build.
+/// Registers every built-in type of this build, each with its validator:
+/// the type's own checks of its options, and where it writes, with no
+/// effect outside the process (see [`Registry::register_with_validator`]).
 pub(crate) fn register(registry: &mut Registry) {
-    registry.register("log", |ctx, options| {
-        let opts: LogConfig = options.parse()?;
-        if opts.every == 0 {
-            return Err(options
-                .error("every", "expected a positive integer (at least 1), got 0")
-                .into());
-        }
-        Ok(Box::new(LogStreamer {
-            name: ctx.name.to_string(),
-            every: opts.every,
-        }))
-    });
+    registry.register_with_validator(
+        "log",
+        |_, options| {
+            LogConfig::parse(options)?;
+            Ok(Vec::new())
+        },
+        |ctx, options| {
+            let opts = LogConfig::parse(options)?;
+            Ok(Box::new(LogStreamer {
+                name: ctx.name.to_string(),
+                every: opts.every,
+            }))
+        },
+    );
     // Every other type's config is the factory: parse the options into it,
-    // then build with the context.
-    macro_rules! config_type {
-        ($type_name:expr, $config:ty) => {
-            registry.register($type_name, |ctx, options| {
-                let config: $config = options.parse()?;
-                Ok(Box::new(config.build(ctx, options)?))
-            });
-        };
-    }
-    config_type!("process", ProcessStreamerConfig);
+    // then validate it, or build with the context.
+    registry.register_with_validator(
+        "process",
+        |ctx, options| {
+            let config: ProcessStreamerConfig = options.parse()?;
+            config.validate(ctx, options)?;
+            Ok(Vec::new())
+        },
+        |ctx, options| {
+            let config: ProcessStreamerConfig = options.parse()?;
+            Ok(Box::new(config.build(ctx, options)?))
+        },
+    );
     #[cfg(feature = "file")]
-    config_type!(
+    registry.register_with_validator(
         statestream_file::FILE_TYPE,
-        statestream_file::FileStreamerConfig
+        |ctx, options| {
+            let config: statestream_file::FileStreamerConfig = options.parse()?;
+            config.validate(ctx, options)?;
+            Ok(vec![config.destination(ctx.home)])
+        },
+        |ctx, options| {
+            let config: statestream_file::FileStreamerConfig = options.parse()?;
+            Ok(Box::new(config.build(ctx, options)?))
+        },
     );
     #[cfg(feature = "nats")]
-    config_type!(
+    registry.register_with_validator(
         statestream_nats::NATS_TYPE,
-        statestream_nats::NatsStreamerConfig
+        |_, options| {
+            let config: statestream_nats::NatsStreamerConfig = options.parse()?;
+            config.validate(options)?;
+            Ok(config.destinations())
+        },
+        |ctx, options| {
+            let config: statestream_nats::NatsStreamerConfig = options.parse()?;
+            Ok(Box::new(config.build(ctx, options)?))
+        },
     );
     #[cfg(feature = "postgres")]
-    config_type!(
+    registry.register_with_validator(
         statestream_postgres::POSTGRES_TYPE,
-        statestream_postgres::PostgresStreamerConfig
+        |ctx, options| {
+            let config: statestream_postgres::PostgresStreamerConfig = options.parse()?;
+            config.validate(ctx, options)?;
+            Ok(config.destinations(ctx.name, ctx.stores))
+        },
+        |ctx, options| {
+            let config: statestream_postgres::PostgresStreamerConfig = options.parse()?;
+            Ok(Box::new(config.build(ctx, options)?))
+        },
     );
     #[cfg(feature = "webhook")]
-    config_type!(
+    registry.register_with_validator(
         statestream_webhook::WEBHOOK_TYPE,
-        statestream_webhook::WebhookConfig
+        |ctx, options| {
+            let config: statestream_webhook::WebhookConfig = options.parse()?;
+            config.validate(ctx, options)?;
+            Ok(Vec::new())
+        },
+        |ctx, options| {
+            let config: statestream_webhook::WebhookConfig = options.parse()?;
+            Ok(Box::new(config.build(ctx, options)?))
+        },
     );
-    #[cfg(all(feature = "serve", not(feature = "telemetry")))]
-    config_type!(
-        statestream_serve::SERVE_TYPE,
-        statestream_serve::ServeConfig
-    );
-    // With telemetry, the streamer's counters go on the node's `/metrics`.
-    #[cfg(all(feature = "serve", feature = "telemetry"))]
+    #[cfg(feature = "serve")]
     {
+        // With telemetry, the streamer's counters go on the node's
+        // `/metrics`.
+        #[cfg(feature = "telemetry")]
         let metrics = registry.metrics().clone();
-        registry.register(statestream_serve::SERVE_TYPE, move |ctx, options| {
-            let config: statestream_serve::ServeConfig = options.parse()?;
-            let streamer = config.build(ctx, options)?;
-            crate::register_serve_metrics(&metrics, ctx.name, streamer.handle().metrics())?;
-            Ok(Box::new(streamer))
-        });
+        registry.register_with_validator(
+            statestream_serve::SERVE_TYPE,
+            |ctx, options| {
+                let config: statestream_serve::ServeConfig = options.parse()?;
+                config.validate(ctx, options)?;
+                Ok(Vec::new())
+            },
+            move |ctx, options| {
+                let config: statestream_serve::ServeConfig = options.parse()?;
+                let streamer = config.build(ctx, options)?;
+                #[cfg(feature = "telemetry")]
+                crate::register_serve_metrics(&metrics, ctx.name, streamer.handle().metrics())?;
+                Ok(Box::new(streamer))
+            },
+        );
     }
 }
 
@@ -81,6 +127,18 @@ struct LogConfig {
 
 fn one() -> u64 {
     1
+}
+
+impl LogConfig {
+    fn parse(options: &StreamerOptions) -> Result<LogConfig, BoxError> {
+        let opts: LogConfig = options.parse()?;
+        if opts.every == 0 {
+            return Err(options
+                .error("every", "expected a positive integer (at least 1), got 0")
+                .into());
+        }
+        Ok(opts)
+    }
 }
 
 /// `type = "log"`: logs one line per block (or per `every` blocks) with the

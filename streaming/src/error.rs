@@ -22,6 +22,27 @@ pub enum Error {
         source: BoxError,
     },
 
+    /// A streamer's type refused its options (found without building it).
+    #[error("streamer \"{streamer}\" (type \"{type_name}\") is invalid: {source}")]
+    Invalid {
+        streamer: String,
+        type_name: String,
+        #[source]
+        source: BoxError,
+    },
+
+    /// Two streamers would write the same place (a directory and prefix, a
+    /// stream, a table's rows): each would overwrite or interleave with the
+    /// other's output.
+    #[error(
+        "streamers \"{first}\" and \"{second}\" both write to {destination}: give each a place of its own"
+    )]
+    SameDestination {
+        first: String,
+        second: String,
+        destination: String,
+    },
+
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),

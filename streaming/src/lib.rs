@@ -5,7 +5,7 @@
 //! - [`Registry`]: streamer type name -> constructor.
 //!   [`Registry::with_builtins`] holds every built-in type of this build:
 //!   `log`, `process`, and each streamer crate enabled by its cargo feature
-//!   (`file`, `nats`, `postgres`; all on by default).
+//!   (`file`, `nats`, `postgres`, `serve`, `webhook`; all on by default).
 //! - [`DeliveryManager`]: commits blocks and delivers them, sync or async,
 //!   with persisted cursors, catch-up from the store's change log, and the
 //!   `stop-node-on-error` policy.

@@ -218,6 +218,11 @@ impl DeliveryManager {
         let all = statestream_store::KvStore::stores(store).to_vec();
         let reader: Arc<dyn StateReader> = Arc::new(store.reader());
         let shutdown = Shutdown::new();
+        // Every streamer's options, and that no two write one place, before
+        // any is built (a built one may already hold a port or a directory).
+        if let Some(error) = registry.validate(specs, &all, home).into_iter().next() {
+            return Err(error);
+        }
         let mut built = Vec::with_capacity(specs.len());
         for spec in specs {
             if !registry.contains(&spec.type_name) {

@@ -130,6 +130,19 @@ impl ProcessStreamerConfig {
         }
     }
 
+    /// Checks the options as [`build`](ProcessStreamerConfig::build) does
+    /// (the program exists, `working_dir` is a directory, the timeouts),
+    /// starting nothing.
+    pub fn validate(
+        &self,
+        ctx: &StreamerContext<'_>,
+        opts: &StreamerOptions,
+    ) -> Result<(), ConfigError> {
+        // Building starts nothing (the plugin starts with the first block),
+        // so the checks are build's own.
+        self.clone().build(ctx, opts).map(drop)
+    }
+
     /// Checks the options and builds the streamer. The plugin is not started
     /// yet (it starts with the first block), but its program must exist.
     /// Errors name the option, its table, file and line.

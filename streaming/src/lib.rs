@@ -37,8 +37,9 @@
 //! let mut store = MultiStore::in_memory(&[bank.clone()])?;
 //! let seen = Arc::new(Mutex::new(Vec::new()));
 //! let setup = StreamerSetup::new("heights", &[bank.clone()]);
-//! let mut manager =
-//!     DeliveryManager::with_streamers(&mut store, vec![(setup, Box::new(Heights(seen.clone())))])?;
+//! let mut manager = DeliveryManager::builder()
+//!     .streamer(setup, Box::new(Heights(seen.clone())))
+//!     .start(&mut store)?;
 //! for i in 0..3u8 {
 //!     store.set(&bank, b"k", &[i])?;
 //!     manager.commit(&mut store, BlockMeta::default())?;
@@ -63,7 +64,7 @@ mod serve_metrics;
 mod telemetry;
 
 pub use error::{Error, Result};
-pub use manager::{DeliveryManager, StreamerSetup, StreamerStats};
+pub use manager::{DeliveryManager, DeliveryManagerBuilder, StreamerSetup, StreamerStats};
 pub use observe::{
     Bucket, COMMIT_BUCKETS, ChangeLogStatus, HistogramStatus, NodeState, NodeStatus, Observer,
     StreamerState, StreamerStatus,

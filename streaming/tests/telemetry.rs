@@ -169,8 +169,10 @@ fn telemetry_metrics_status_and_health_until_a_halt() {
     let specs = config.resolve(&["bank", "acc"]).expect("resolve");
     let registry = registry();
     let home = tempfile::tempdir().expect("home");
-    let mut manager =
-        DeliveryManager::start(&mut store, &specs, &registry, home.path()).expect("start");
+    let mut manager = DeliveryManager::builder()
+        .configured(&specs, &registry, home.path())
+        .start(&mut store)
+        .expect("start");
     let address = config.telemetry().expect("telemetry is on").address;
     let server = TelemetryServer::start(address, manager.observer(), registry.metrics().clone())
         .expect("server");
@@ -308,7 +310,10 @@ fn telemetry_metrics_status_and_health_until_a_halt() {
 fn telemetry_stopped_manager_is_unhealthy_and_unknown_paths_are_404() {
     let bank = StoreKey::new("bank").expect("name");
     let mut store = MultiStore::in_memory(std::slice::from_ref(&bank)).expect("store");
-    let manager = DeliveryManager::with_streamers(&mut store, Vec::new()).expect("manager");
+    let manager = DeliveryManager::builder()
+        .streamers(Vec::new())
+        .start(&mut store)
+        .expect("manager");
     let server = TelemetryServer::start(
         "127.0.0.1:0".parse().expect("address"),
         manager.observer(),
@@ -328,7 +333,9 @@ fn telemetry_stopped_manager_is_unhealthy_and_unknown_paths_are_404() {
     let taken = server.local_addr();
     let err = TelemetryServer::start(
         taken,
-        DeliveryManager::with_streamers(&mut store, Vec::new())
+        DeliveryManager::builder()
+            .streamers(Vec::new())
+            .start(&mut store)
             .expect("manager")
             .observer(),
         prometheus::Registry::new(),
@@ -404,8 +411,10 @@ fn telemetry_docs_list_every_metric_and_the_dashboard_and_alerts_use_only_them()
     let specs = config.resolve(&["bank"]).expect("resolve");
     let registry = Registry::with_builtins();
     let home = tempfile::tempdir().expect("home");
-    let mut manager =
-        DeliveryManager::start(&mut store, &specs, &registry, home.path()).expect("start");
+    let mut manager = DeliveryManager::builder()
+        .configured(&specs, &registry, home.path())
+        .start(&mut store)
+        .expect("start");
     manager
         .commit(&mut store, BlockMeta::default())
         .expect("commit");

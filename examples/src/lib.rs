@@ -82,7 +82,9 @@ pub fn custom_streamer_demo(home: &Path) -> Result<Vec<String>> {
         &[acc.clone(), bank.clone()],
         Default::default(),
     )?;
-    let mut manager = DeliveryManager::start(&mut store, &specs, &registry, home)?;
+    let mut manager = DeliveryManager::builder()
+        .configured(&specs, &registry, home)
+        .start(&mut store)?;
     let first = store.version() + 1;
     for height in first..first + 3 {
         let mut tx = store.cache();

@@ -591,7 +591,9 @@ pub fn start_from_config(
         .collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let specs = config.resolve(&names)?;
-    DeliveryManager::start(store, &specs, registry, home)
+    DeliveryManager::builder()
+        .configured(&specs, registry, home)
+        .start(store)
 }
 
 // ---------------------------------------------------------------------------

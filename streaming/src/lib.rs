@@ -5,15 +5,20 @@
 //! - [`Registry`]: streamer type name -> constructor.
 //!   [`Registry::with_builtins`] holds every built-in type of this build:
 //!   `log`, `process`, and each streamer crate enabled by its cargo feature
-//!   (`file`, `nats`, `postgres`; all on by default).
-//! - [`DeliveryManager`]: commits blocks and delivers them, sync or async,
-//!   with persisted cursors, catch-up from the store's change log, and the
-//!   `stop-node-on-error` policy.
+//!   of the same name (`file`, `nats`, `postgres`, `serve`, `webhook`; all
+//!   on by default).
+//! - [`DeliveryManager`] (set up with [`DeliveryManager::builder`]):
+//!   commits blocks and delivers them, sync or async, with persisted
+//!   cursors, catch-up from the store's change log, the
+//!   `stop-node-on-error` policy (a panicking streamer included), and a
+//!   bounded drain at close.
 //! - [`Observer`] ([`DeliveryManager::observer`]): committed height, commit
 //!   durations, the change log's size and every streamer's progress, read
 //!   from any thread; `TelemetryServer` (cargo feature `telemetry`, on by
 //!   default) serves them as `GET /metrics` (Prometheus), `GET /status`
 //!   (JSON) and `GET /healthz` (`docs/operations.md`).
+//! - `register_serve_metrics` (cargo features `serve` and `telemetry`): a
+//!   `serve` streamer's counters, by front-end, in the Prometheus registry.
 //! - [`ProcessStreamer`] (`type = "process"`): a streamer that is a separate
 //!   program in any language (`docs/plugin-protocol.md`).
 //! - The data model and the extension point, re-exported from

@@ -324,3 +324,104 @@ fn webhook_node_blackholed_endpoint_with_a_full_queue_stops_within_the_drain_lim
     assert!(log.contains("drain limit reached"), "{log}");
     assert!(log.contains("resumes_at=1"), "{log}");
 }
+
+#[test]
+fn webhook_node_sigterm_mid_retry_exits_0_and_the_next_run_delivers_the_rest() {
+    // Every first attempt fails; the retry, a minute later, would succeed.
+    let delivered: Arc<Mutex<BTreeSet<u64>>> = Arc::default();
+    let rx = {
+        let delivered = Arc::clone(&delivered);
+        let mut tried = HashSet::new();
+        Receiver::start(move |req, _| {
+            if tried.insert(req.id().to_string()) {
+                return Reply::status(500);
+            }
+            let height = req.json()["height"].as_u64().expect("height");
+            delivered.lock().unwrap().insert(height);
+            Reply::status(200)
+        })
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let config = tmp.path().join("app.toml");
+    let write_config = |schedule: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[store]\nstreamers = [\"hook\"]\nshutdown_timeout_ms = 300\n\n\
+                 [streamers.hook]\ntype = \"webhook\"\nkeys = [\"*\"]\nbatch = \"block\"\n\
+                 url = \"{}/\"\nretry_schedule_ms = {schedule}\nstop-node-on-error = true\n",
+                rx.url()
+            ),
+        )
+        .unwrap();
+    };
+    write_config("[0, 60000]");
+    let mut node = Command::new(BIN)
+        .args(["node", "--home", p(&home), "--config", p(&config)])
+        .args(["--blocks", "0", "--block-time-ms", "10"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the node starts");
+    let mut stderr = node.stderr.take().expect("piped stderr");
+    let reader = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let _ = stderr.read_to_end(&mut text);
+        text
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while rx.requests().is_empty() {
+        if Instant::now() >= deadline {
+            let _ = node.kill();
+            let _ = node.wait();
+            panic!("no webhook attempt within a minute");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let term = Command::new("kill")
+        .args(["-TERM", &node.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(term.success());
+    let status = loop {
+        if let Some(status) = node.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = node.kill();
+            let _ = node.wait();
+            panic!("the node did not stop after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let log = String::from_utf8_lossy(&reader.join().expect("stderr reader")).into_owned();
+    assert!(status.success(), "{status:?}: {log}");
+    assert!(
+        log.contains("delivery interrupted by the shutdown"),
+        "{log}"
+    );
+    assert!(log.contains("resumes_at=1"), "{log}");
+    assert!(delivered.lock().unwrap().is_empty());
+
+    // The next run, with a short retry, delivers everything from block 1.
+    write_config("[0, 10]");
+    let out = run_node(&home, &config, 1, Duration::from_secs(60));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    let cursors = Command::new(BIN)
+        .args(["cursors", "--home", p(&home), "--json"])
+        .output()
+        .expect("cursors runs");
+    assert!(cursors.status.success(), "{cursors:?}");
+    let v: serde_json::Value = serde_json::from_slice(&cursors.stdout).expect("JSON");
+    let height = v["height"].as_u64().expect("height");
+    assert_eq!(v["cursors"][0]["name"], "hook", "{v}");
+    assert_eq!(v["cursors"][0]["height"], height, "{v}");
+    let delivered = delivered.lock().unwrap().clone();
+    assert_eq!(
+        delivered,
+        (1..=height).collect::<BTreeSet<u64>>(),
+        "not every committed block reached the receiver"
+    );
+}

@@ -506,13 +506,16 @@ fn telemetry_docs_list_every_metric_and_the_dashboard_and_alerts_use_only_them()
     server.stop();
 }
 
+/// Heights recorded by a streamer, shared with the test.
+type Heights = std::sync::Arc<std::sync::Mutex<Vec<u64>>>;
+
 /// Panics in `on_block` at height `at`, `times` times; records every
 /// delivered height and every `on_start`.
 struct Panicky {
     at: u64,
     times: u32,
-    delivered: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
-    starts: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
+    delivered: Heights,
+    starts: Heights,
 }
 
 impl Streamer for Panicky {
@@ -538,8 +541,8 @@ fn panicky(
     MultiStore,
     DeliveryManager,
     TelemetryServer,
-    std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
-    std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
+    Heights,
+    Heights,
 ) {
     let bank = StoreKey::new("bank").expect("name");
     let mut store = MultiStore::in_memory(std::slice::from_ref(&bank)).expect("store");

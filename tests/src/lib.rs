@@ -576,7 +576,7 @@ impl Slots {
 }
 
 /// The full configuration path: `AppConfig::parse` -> `resolve` against the
-/// store's stores -> `DeliveryManager::start` with `registry`.
+/// store's stores -> `DeliveryManager::builder()...start` with `registry`.
 pub fn start_from_config(
     text: &str,
     store: &mut MultiStore,

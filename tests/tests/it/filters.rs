@@ -1,5 +1,5 @@
 //! `keys` filters, through the full path: app.toml -> `AppConfig::parse` ->
-//! `resolve` -> `DeliveryManager::start` with a registry whose `"record"`
+//! `resolve` -> `DeliveryManager::builder()...start` with a registry whose `"record"`
 //! type hands out recorders.
 
 use statestream::{Delivery, DeliveryManager, Error, Registry};

@@ -401,15 +401,7 @@ impl Parser<'_> {
             }
         };
         let described = self.describe(value);
-        let number = match value.get_ref() {
-            DeValue::Integer(_) => toml::Value::deserialize(ValueDeserializer::from(value.clone()))
-                .ok()
-                .and_then(|converted| converted.as_integer())
-                .map(i128::from),
-            DeValue::String(text) => parse_integer(text),
-            _ => None,
-        };
-        match number.and_then(|n| u64::try_from(n).ok()) {
+        match integer(value).and_then(|n| u64::try_from(n).ok()) {
             Some(ms) if ms <= MAX_SHUTDOWN_TIMEOUT_MS => Ok(Duration::from_millis(ms)),
             _ => Err(self.key_error(
                 "[store]",
@@ -694,16 +686,8 @@ impl Parser<'_> {
     /// Reads `queue`; the error is the message only.
     fn queue(&self, value: &Value<'_>) -> Result<usize, String> {
         let described = self.describe(value);
-        let number = match value.get_ref() {
-            DeValue::Integer(_) => toml::Value::deserialize(ValueDeserializer::from(value.clone()))
-                .ok()
-                .and_then(|converted| converted.as_integer())
-                .map(i128::from),
-            // As Cosmos reads it: a decimal string is the integer it spells.
-            DeValue::String(text) => parse_integer(text),
-            _ => None,
-        }
-        .ok_or_else(|| format!("expected a positive integer, got {described}"))?;
+        let number = integer(value)
+            .ok_or_else(|| format!("expected a positive integer, got {described}"))?;
         match usize::try_from(number) {
             Ok(0) | Err(_) if number < 1 => Err(format!(
                 "expected a positive integer (at least 1), got {described}"
@@ -743,6 +727,19 @@ impl Parser<'_> {
             line: Some(self.index.line(key.span().start)),
             message: format!("expected a table, got {}", self.describe(value)),
         }
+    }
+}
+
+/// An integer value of a common key: a TOML integer, or as Cosmos reads it,
+/// a decimal string is the integer it spells.
+fn integer(value: &Value<'_>) -> Option<i128> {
+    match value.get_ref() {
+        DeValue::Integer(_) => toml::Value::deserialize(ValueDeserializer::from(value.clone()))
+            .ok()
+            .and_then(|converted| converted.as_integer())
+            .map(i128::from),
+        DeValue::String(text) => parse_integer(text),
+        _ => None,
     }
 }
 

@@ -145,45 +145,80 @@ fn webhook_node_sigkill_mid_retry_then_restart_loses_nothing() {
     );
 }
 
+/// A running node whose stderr is read on a thread (so a chatty node
+/// cannot block on the pipe).
+struct Node {
+    child: Child,
+    stderr: Option<std::thread::JoinHandle<Vec<u8>>>,
+}
+
+impl Node {
+    fn spawn(home: &Path, config: &Path, blocks: u64) -> Node {
+        let mut child = Command::new(BIN)
+            .args(["node", "--home", p(home), "--config", p(config)])
+            .args(["--blocks", &blocks.to_string(), "--block-time-ms", "5"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the node starts");
+        let mut stderr = child.stderr.take().expect("piped stderr");
+        let reader = std::thread::spawn(move || {
+            let mut text = Vec::new();
+            let _ = stderr.read_to_end(&mut text);
+            text
+        });
+        Node {
+            child,
+            stderr: Some(reader),
+        }
+    }
+
+    fn log(&mut self) -> Vec<u8> {
+        self.stderr
+            .take()
+            .map(|r| r.join().unwrap_or_default())
+            .unwrap_or_default()
+    }
+
+    /// Waits for the node to exit; kills it (and fails, with its log) at
+    /// `deadline`.
+    fn wait(mut self, deadline: Instant) -> Output {
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "the node did not exit in time:\n{}",
+                    String::from_utf8_lossy(&self.log())
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        Output {
+            status,
+            stdout: Vec::new(),
+            stderr: self.log(),
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // A failed assertion must not leave the node running.
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// Runs the node to its end, killing it (and failing) if it has not exited
 /// within `limit`.
 fn run_node(home: &Path, config: &Path, blocks: u64, limit: Duration) -> Output {
-    let mut child: Child = Command::new(BIN)
-        .args(["node", "--home", p(home), "--config", p(config)])
-        .args(["--blocks", &blocks.to_string(), "--block-time-ms", "5"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the node starts");
-    // Read stderr on a thread, so a chatty node cannot block on the pipe.
-    let mut stderr = child.stderr.take().expect("piped stderr");
-    let reader = std::thread::spawn(move || {
-        let mut text = Vec::new();
-        let _ = stderr.read_to_end(&mut text);
-        text
-    });
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            let log = reader.join().unwrap_or_default();
-            panic!(
-                "the node did not exit within {limit:?}:\n{}",
-                String::from_utf8_lossy(&log)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let stderr = reader.join().expect("stderr reader");
-    Output {
-        status,
-        stdout: Vec::new(),
-        stderr,
-    }
+    Node::spawn(home, config, blocks).wait(Instant::now() + limit)
 }
 
 #[test]
@@ -357,45 +392,22 @@ fn webhook_node_sigterm_mid_retry_exits_0_and_the_next_run_delivers_the_rest() {
         .unwrap();
     };
     write_config("[0, 60000]");
-    let mut node = Command::new(BIN)
-        .args(["node", "--home", p(&home), "--config", p(&config)])
-        .args(["--blocks", "0", "--block-time-ms", "10"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the node starts");
-    let mut stderr = node.stderr.take().expect("piped stderr");
-    let reader = std::thread::spawn(move || {
-        let mut text = Vec::new();
-        let _ = stderr.read_to_end(&mut text);
-        text
-    });
     let deadline = Instant::now() + Duration::from_secs(60);
+    let node = Node::spawn(&home, &config, 0);
     while rx.requests().is_empty() {
-        if Instant::now() >= deadline {
-            let _ = node.kill();
-            let _ = node.wait();
-            panic!("no webhook attempt within a minute");
-        }
+        assert!(
+            Instant::now() < deadline,
+            "no webhook attempt within a minute"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     let term = Command::new("kill")
-        .args(["-TERM", &node.id().to_string()])
+        .args(["-TERM", &node.child.id().to_string()])
         .status()
         .expect("kill runs");
     assert!(term.success());
-    let status = loop {
-        if let Some(status) = node.try_wait().expect("try_wait") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = node.kill();
-            let _ = node.wait();
-            panic!("the node did not stop after SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let log = String::from_utf8_lossy(&reader.join().expect("stderr reader")).into_owned();
+    let out = node.wait(deadline);
+    let (status, log) = (out.status, String::from_utf8_lossy(&out.stderr));
     assert!(status.success(), "{status:?}: {log}");
     assert!(
         log.contains("delivery interrupted by the shutdown"),

@@ -84,6 +84,7 @@ pub fn custom_streamer_demo(home: &Path) -> Result<Vec<String>> {
     )?;
     let mut manager = DeliveryManager::builder()
         .configured(&specs, &registry, home)
+        .shutdown_timeout(config.shutdown_timeout())
         .start(&mut store)?;
     let first = store.version() + 1;
     for height in first..first + 3 {

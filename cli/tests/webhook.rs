@@ -337,15 +337,16 @@ fn webhook_node_blackholed_endpoint_with_a_full_queue_stops_within_the_drain_lim
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path().join("home");
     let config = tmp.path().join("app.toml");
-    // Each request waits for its whole timeout; the queue is full well
-    // before the node stops. Retrying once per queued block at close would
-    // take 30 x timeout_ms.
+    // Each request waits for its whole timeout (a minute); the queue is
+    // full well before the node stops. Retrying once per queued block at
+    // close would take a request timeout per queued block, minutes in all;
+    // the limit below is one request timeout.
     std::fs::write(
         &config,
         format!(
             "[store]\nstreamers = [\"hook\"]\nshutdown_timeout_ms = 1000\n\n\
              [streamers.hook]\ntype = \"webhook\"\nkeys = [\"*\"]\nbatch = \"block\"\n\
-             url = \"http://{}/\"\ntimeout_ms = 20000\nretry_schedule_ms = [0, 10]\n\
+             url = \"http://{}/\"\ntimeout_ms = 60000\nretry_schedule_ms = [0, 10]\n\
              queue = 2\nstop-node-on-error = false\n",
             hole.addr
         ),

@@ -533,8 +533,9 @@ impl Streamer for Panicky {
     }
 }
 
-/// A manager with one async `Panicky` streamer `p` and a telemetry server.
+/// A manager with one `Panicky` streamer `p` (panicking at block 3) and a telemetry server.
 fn panicky(
+    delivery: Delivery,
     stop_node_on_error: bool,
     times: u32,
 ) -> (
@@ -555,7 +556,7 @@ fn panicky(
         starts: std::sync::Arc::clone(&starts),
     };
     let setup = StreamerSetup::new("p", &[bank])
-        .delivery(Delivery::Async)
+        .delivery(delivery)
         .stop_node_on_error(stop_node_on_error);
     let manager = DeliveryManager::builder()
         .streamer(setup, Box::new(streamer))
@@ -585,7 +586,7 @@ fn commit_blocks(
 
 #[test]
 fn telemetry_panicking_streamer_halts_the_node_when_stop_node_on_error() {
-    let (mut store, mut manager, server, delivered, _) = panicky(true, u32::MAX);
+    let (mut store, mut manager, server, delivered, _) = panicky(Delivery::Async, true, u32::MAX);
     commit_blocks(&mut manager, &mut store, 5).expect("the panic is on the worker's thread");
     // The worker's panic is the streamer's error: the node halts.
     let deadline = Instant::now() + PATIENCE;
@@ -629,7 +630,7 @@ fn telemetry_panicking_streamer_halts_the_node_when_stop_node_on_error() {
 
 #[test]
 fn telemetry_panicking_streamer_is_restarted_from_its_cursor_otherwise() {
-    let (mut store, mut manager, server, delivered, starts) = panicky(false, 2);
+    let (mut store, mut manager, server, delivered, starts) = panicky(Delivery::Async, false, 2);
     commit_blocks(&mut manager, &mut store, 6).expect("no halt with stop-node-on-error = false");
     let deadline = Instant::now() + PATIENCE;
     while manager.stats()[0].delivered_height < 6 {
@@ -672,5 +673,39 @@ fn telemetry_panicking_streamer_is_restarted_from_its_cursor_otherwise() {
     );
     manager.close(&mut store).expect("a clean close");
     assert_eq!(store.cursor("p").expect("cursor"), Some(6));
+    server.stop();
+}
+
+#[test]
+fn telemetry_panicking_sync_streamer_fails_its_commit_or_is_restarted() {
+    // stop-node-on-error = true: the commit of block 3 reports the halt.
+    let (mut store, mut manager, server, delivered, _) = panicky(Delivery::Sync, true, 1);
+    commit_blocks(&mut manager, &mut store, 2).expect("blocks 1 and 2");
+    let err = commit_blocks(&mut manager, &mut store, 1).expect_err("block 3 halts");
+    assert!(
+        matches!(&err, Error::Halted { height: 3, message, .. } if message.contains("panicked in on_block")),
+        "{err:?}"
+    );
+    assert_eq!(*delivered.lock().expect("lock"), vec![1, 2]);
+    let (_, status) = json(&server, "/status");
+    assert_eq!(status["streamers"][0]["panics"], 1);
+    assert!(manager.close(&mut store).is_err());
+    server.stop();
+
+    // false: block 3's commit succeeds, the next one restarts the streamer
+    // from its cursor and delivers 3 and 4.
+    let (mut store, mut manager, server, delivered, starts) = panicky(Delivery::Sync, false, 1);
+    commit_blocks(&mut manager, &mut store, 4).expect("no halt");
+    let seen = delivered.lock().expect("lock").clone();
+    assert_eq!(seen.last(), Some(&4), "{seen:?}");
+    assert!(seen.contains(&3), "{seen:?}");
+    assert_eq!(starts.lock().expect("lock").len(), 2);
+    let m = metrics(&server);
+    assert_eq!(
+        value(&m, "statestream_streamer_panics_total", Some("p")),
+        1.0
+    );
+    manager.close(&mut store).expect("a clean close");
+    assert_eq!(store.cursor("p").expect("cursor"), Some(4));
     server.stop();
 }

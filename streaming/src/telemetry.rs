@@ -138,7 +138,7 @@ impl TelemetryServer {
         self.address
     }
 
-    /// Stops serving: requests in flight get [`GRACE`] to finish, then the
+    /// Stops serving: requests in flight get a short grace period (`GRACE`) to finish, then the
     /// thread ends.
     pub fn stop(mut self) {
         self.shutdown();

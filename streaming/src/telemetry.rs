@@ -138,8 +138,8 @@ impl TelemetryServer {
         self.address
     }
 
-    /// Stops serving: requests in flight get a short grace period (`GRACE`) to finish, then the
-    /// thread ends.
+    /// Stops serving: requests in flight get a short grace period
+    /// (`GRACE`) to finish, then the thread ends.
     pub fn stop(mut self) {
         self.shutdown();
     }

@@ -5,6 +5,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -20,6 +21,15 @@ pub const DEFAULT_QUEUE: usize = 64;
 
 /// The largest accepted `queue`: a bound on the memory one streamer may hold.
 pub const MAX_QUEUE: usize = 1_000_000;
+
+/// `[store] shutdown_timeout_ms` when it is not set: how long, at shutdown,
+/// asynchronous streamers may go on delivering (and retrying) before their
+/// waits are cut short. A few seconds: enough for a short retry, short
+/// enough for a service manager's stop timeout.
+pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 5_000;
+
+/// The largest accepted `shutdown_timeout_ms`: an hour.
+pub const MAX_SHUTDOWN_TIMEOUT_MS: u64 = 3_600_000;
 
 /// How blocks reach a streamer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -83,6 +93,8 @@ pub struct AppConfig {
     warnings: Vec<String>,
     /// `[telemetry]`, when it sets an address.
     telemetry: Option<TelemetryConfig>,
+    /// `[store] shutdown_timeout_ms`.
+    shutdown_timeout: Duration,
 }
 
 /// The keys of the Cosmos SDK's own `[telemetry]` table (its app.toml
@@ -243,6 +255,14 @@ impl AppConfig {
         &self.origin
     }
 
+    /// `[store] shutdown_timeout_ms` (default
+    /// [`DEFAULT_SHUTDOWN_TIMEOUT_MS`]): at shutdown, how long asynchronous
+    /// streamers may go on delivering before their waits are cut short and
+    /// the rest is left to the change log.
+    pub fn shutdown_timeout(&self) -> Duration {
+        self.shutdown_timeout
+    }
+
     /// `[telemetry]`: `None` when the table or its `address` is absent
     /// (telemetry off).
     pub fn telemetry(&self) -> Option<&TelemetryConfig> {
@@ -292,10 +312,15 @@ impl Parser<'_> {
             tracing::warn!("{warning}");
         }
 
-        let listed = match find(root, "store") {
-            None => Vec::new(),
+        let (listed, shutdown_timeout) = match find(root, "store") {
+            None => (
+                Vec::new(),
+                Duration::from_millis(DEFAULT_SHUTDOWN_TIMEOUT_MS),
+            ),
             Some((key, value)) => match value.get_ref() {
-                DeValue::Table(store) => self.listed_streamers(store)?,
+                DeValue::Table(store) => {
+                    (self.listed_streamers(store)?, self.shutdown_timeout(store)?)
+                }
                 _ => return Err(self.not_a_table("[store]", key, value)),
             },
         };
@@ -353,7 +378,40 @@ impl Parser<'_> {
             streamers,
             warnings,
             telemetry,
+            shutdown_timeout,
         })
+    }
+
+    /// Reads `[store] shutdown_timeout_ms` (or `shutdown-timeout-ms`).
+    fn shutdown_timeout(&self, store: &DeTable<'_>) -> Result<Duration, ConfigError> {
+        let found: Vec<_> = store
+            .iter()
+            .filter(|(key, _)| normalise_key(key.get_ref()) == "shutdown_timeout_ms")
+            .collect();
+        let (key, value) = match found.as_slice() {
+            [] => return Ok(Duration::from_millis(DEFAULT_SHUTDOWN_TIMEOUT_MS)),
+            [one] => *one,
+            [_, (key, _), ..] => {
+                return Err(self.key_error(
+                    "[store]",
+                    key.get_ref(),
+                    key.span(),
+                    "`shutdown_timeout_ms` is given twice (in its two spellings)".to_owned(),
+                ));
+            }
+        };
+        let described = self.describe(value);
+        match integer(value).and_then(|n| u64::try_from(n).ok()) {
+            Some(ms) if ms <= MAX_SHUTDOWN_TIMEOUT_MS => Ok(Duration::from_millis(ms)),
+            _ => Err(self.key_error(
+                "[store]",
+                key.get_ref(),
+                key.span(),
+                format!(
+                    "expected milliseconds, an integer from 0 to {MAX_SHUTDOWN_TIMEOUT_MS}, got {described}"
+                ),
+            )),
+        }
     }
 
     /// Reads `[telemetry]`: `address` is statestream's only key. The Cosmos
@@ -628,16 +686,8 @@ impl Parser<'_> {
     /// Reads `queue`; the error is the message only.
     fn queue(&self, value: &Value<'_>) -> Result<usize, String> {
         let described = self.describe(value);
-        let number = match value.get_ref() {
-            DeValue::Integer(_) => toml::Value::deserialize(ValueDeserializer::from(value.clone()))
-                .ok()
-                .and_then(|converted| converted.as_integer())
-                .map(i128::from),
-            // As Cosmos reads it: a decimal string is the integer it spells.
-            DeValue::String(text) => parse_integer(text),
-            _ => None,
-        }
-        .ok_or_else(|| format!("expected a positive integer, got {described}"))?;
+        let number = integer(value)
+            .ok_or_else(|| format!("expected a positive integer, got {described}"))?;
         match usize::try_from(number) {
             Ok(0) | Err(_) if number < 1 => Err(format!(
                 "expected a positive integer (at least 1), got {described}"
@@ -677,6 +727,19 @@ impl Parser<'_> {
             line: Some(self.index.line(key.span().start)),
             message: format!("expected a table, got {}", self.describe(value)),
         }
+    }
+}
+
+/// An integer value of a common key: a TOML integer, or as Cosmos reads it,
+/// a decimal string is the integer it spells.
+fn integer(value: &Value<'_>) -> Option<i128> {
+    match value.get_ref() {
+        DeValue::Integer(_) => toml::Value::deserialize(ValueDeserializer::from(value.clone()))
+            .ok()
+            .and_then(|converted| converted.as_integer())
+            .map(i128::from),
+        DeValue::String(text) => parse_integer(text),
+        _ => None,
     }
 }
 

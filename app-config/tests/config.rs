@@ -1082,3 +1082,48 @@ fn config_telemetry_errors_name_file_key_and_line() {
     assert_eq!(err.table(), Some("[telemetry]"), "{err}");
     assert_eq!(err.line(), Some(1), "{err}");
 }
+
+#[test]
+fn config_store_shutdown_timeout_ms() {
+    use statestream_config::DEFAULT_SHUTDOWN_TIMEOUT_MS;
+    use std::time::Duration;
+    let default = parse("[store]\nstreamers = []\n").unwrap();
+    assert_eq!(
+        default.shutdown_timeout(),
+        Duration::from_millis(DEFAULT_SHUTDOWN_TIMEOUT_MS)
+    );
+    assert_eq!(
+        parse("").unwrap().shutdown_timeout(),
+        Duration::from_millis(DEFAULT_SHUTDOWN_TIMEOUT_MS)
+    );
+    for text in [
+        "[store]\nshutdown_timeout_ms = 250\n",
+        "[store]\nshutdown-timeout-ms = 250\n",
+        "[store]\nshutdown_timeout_ms = \"250\"\n",
+    ] {
+        let config = parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        assert_eq!(
+            config.shutdown_timeout(),
+            Duration::from_millis(250),
+            "{text}"
+        );
+    }
+    for (text, needle) in [
+        (
+            "[store]\nshutdown_timeout_ms = -1\n",
+            "expected milliseconds",
+        ),
+        ("[store]\nshutdown_timeout_ms = \"soon\"\n", "got string"),
+        ("[store]\nshutdown_timeout_ms = 3600001\n", "3600000"),
+        (
+            "[store]\nshutdown_timeout_ms = 1\nshutdown-timeout-ms = 2\n",
+            "given twice",
+        ),
+    ] {
+        let err = parse(text).expect_err(text).to_string();
+        assert!(err.contains("[store]"), "{err}");
+        assert!(err.contains("shutdown"), "{err}");
+        assert!(err.contains("line"), "{err}");
+        assert!(err.contains(needle), "{text}: {err}");
+    }
+}

@@ -494,8 +494,9 @@ fn commit_overhead(
     let mut streamed = MultiStore::open(&streamed_dir.join("store.redb"), stores, options)?;
     let streamer = file_streamer(&streamed_dir.join("streaming"), stores)?;
     let setup = StreamerSetup::new("file", stores).delivery(delivery);
-    let mut manager =
-        DeliveryManager::with_streamers(&mut streamed, vec![(setup, Box::new(streamer))])?;
+    let mut manager = DeliveryManager::builder()
+        .streamer(setup, Box::new(streamer))
+        .start(&mut streamed)?;
     // Both stores get the same blocks.
     let (mut rng_alone, mut rng_streamed) = (Rng::new(7), Rng::new(7));
     let blocks = sizes.commit_blocks;

@@ -102,7 +102,9 @@ fn serve_manager_with(
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let handle = streamer.handle();
     let setup = StreamerSetup::new("serve", stores);
-    let manager = DeliveryManager::with_streamers(store, vec![(setup, Box::new(streamer))])?;
+    let manager = DeliveryManager::builder()
+        .streamer(setup, Box::new(streamer))
+        .start(store)?;
     Ok((manager, handle))
 }
 

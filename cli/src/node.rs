@@ -251,13 +251,11 @@ pub fn execute(args: &NodeArgs, quiet: bool) -> Result<Summary> {
     // next block; attached before the servers start, so none is refused.
     let push = PushQueue::new();
     push.attach();
-    let mut manager = DeliveryManager::start_with_push_queue(
-        &mut store,
-        &specs,
-        &registry,
-        &args.home,
-        push.clone(),
-    )?;
+    let mut manager = DeliveryManager::builder()
+        .configured(&specs, &registry, &args.home)
+        .push_queue(push.clone())
+        .shutdown_timeout(config.shutdown_timeout())
+        .start(&mut store)?;
     // After the streamers, so that it serves their metrics from the first
     // scrape; stopped after the manager closed, so that the last scrape
     // can see the final state.

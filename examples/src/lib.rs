@@ -82,7 +82,10 @@ pub fn custom_streamer_demo(home: &Path) -> Result<Vec<String>> {
         &[acc.clone(), bank.clone()],
         Default::default(),
     )?;
-    let mut manager = DeliveryManager::start(&mut store, &specs, &registry, home)?;
+    let mut manager = DeliveryManager::builder()
+        .configured(&specs, &registry, home)
+        .shutdown_timeout(config.shutdown_timeout())
+        .start(&mut store)?;
     let first = store.version() + 1;
     for height in first..first + 3 {
         let mut tx = store.cache();

@@ -78,13 +78,15 @@ pub trait StateReader: Send + Sync {
     fn change_set(&self, height: u64) -> Result<Arc<ChangeSet>, StreamError>;
 }
 
-/// Tells streamers that the node is shutting down, so that a wait of their
+/// Tells streamers that the node is stopping now, so that a wait of their
 /// own (a retry after a backoff, a reconnection) ends at once: the block
 /// they were delivering stays in the change log and is delivered again at
-/// the next start. The delivery manager triggers it when it closes (and
-/// when it is dropped); deliveries that need no wait go on, so a healthy
-/// streamer still drains everything committed. Cloning shares the signal;
-/// once triggered it stays so.
+/// the next start. The delivery manager triggers it once the drain at close
+/// has run for its limit (`[store] shutdown_timeout_ms`; at once when the
+/// manager is dropped without closing). During the drain deliveries and
+/// retries go on, so a healthy streamer drains everything committed; a
+/// delivery that fails after the signal is not counted as the streamer's
+/// failure. Cloning shares the signal; once triggered it stays so.
 #[derive(Debug, Clone, Default)]
 pub struct Shutdown(Arc<(Mutex<bool>, Condvar)>);
 
@@ -137,7 +139,8 @@ pub struct StreamerContext<'a> {
     /// store (tools, tests). A streamer that needs it fails to build
     /// without it.
     pub reader: Option<&'a Arc<dyn StateReader>>,
-    /// Triggered when the node shuts down: end long waits at once.
+    /// Triggered when the node stops (after the drain at close): end long
+    /// waits at once.
     pub shutdown: &'a Shutdown,
     /// The queue of writes pushed by consumers, which the application
     /// drains between blocks (a `serve` streamer's `PushUpdate`). The

@@ -16,7 +16,12 @@
 //!
 //! No storage engine, TOML, channels or threads: the store
 //! (`statestream-store`), the delivery manager and the registry
-//! (`statestream`) build on this crate, and so does every streamer.
+//! (`statestream`) build on this crate, and so does every streamer. The one
+//! piece of shared state here is [`PushQueue`], a mutex-guarded list of
+//! pushed writes: it is part of the streamer contract (a streamer receives
+//! it in its [`StreamerContext`], and streamer crates depend on this crate
+//! alone), so it cannot live in the facade, which depends on the streamer
+//! crates.
 //!
 //! ```
 //! use statestream_core::{

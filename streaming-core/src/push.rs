@@ -10,6 +10,11 @@
 //! commit tells the batch the height ([`PushBatch::committed`]). A write
 //! the application refuses gets [`PushedWrite::reject`]; a batch dropped
 //! unanswered rejects what is left, so no pusher waits for ever.
+//!
+//! Why in the core: the queue is handed to streamers in their context, and
+//! a streamer crate (`statestream-serve`) depends on the core alone; the
+//! facade depends on the streamer crates, so the type cannot live there. It
+//! is a plain mutex-guarded list: no channel, no thread, no I/O.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};

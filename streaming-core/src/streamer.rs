@@ -20,9 +20,9 @@ use crate::error::StreamError;
 ///   so far survives a crash of the machine. The persisted cursor only ever
 ///   covers flushed blocks, and the change log keeps every block above it, so
 ///   a power loss cannot skip a block: whatever was delivered but not flushed
-///   is delivered again at the next start. The node calls `on_flush` at most
-///   every 50 ms while blocks flow, whenever the streamer goes idle, and at
-///   clean shutdown. A streamer whose `on_block` is already durable (it
+///   is delivered again at the next start. The node calls `on_flush` at a
+///   short interval while blocks flow (the facade's `FLUSH_INTERVAL`),
+///   whenever the streamer goes idle, and at clean shutdown. A streamer whose `on_block` is already durable (it
 ///   fsyncs, or waits for a server's acknowledgement) keeps the default no-op.
 /// - **Idempotency per height.** After a crash, or after a failed
 ///   `on_flush`, the same height may be delivered again, with the same
@@ -33,6 +33,19 @@ use crate::error::StreamError;
 ///   true` the node stops committing; otherwise the error is logged and the
 ///   block is delivered again later (async: after a backoff; sync: at the
 ///   next commit), from the change log, so nothing is skipped.
+/// - **Panics.** A panic in any hook is caught and is that hook's error,
+///   under the same policy. Since the streamer's state is then unknown,
+///   the blocks since its last successful `on_flush` are delivered again,
+///   and before them `on_start` is called again with the height after the
+///   cursor: after a panic `on_start` may come more than once.
+/// - **Shutdown.** At clean shutdown an async streamer first drains for
+///   the node's drain limit (`[store] shutdown_timeout_ms`): `on_block` goes
+///   on, retries included. Then [`Shutdown`](crate::Shutdown) (in
+///   [`StreamerContext`](crate::StreamerContext)) is triggered: a wait of the
+///   streamer's own should end at once and return an error, which the node
+///   takes as a delivery cut by the stop, not a failure (the block stays in
+///   the change log). A streamer still inside a hook shortly after that is
+///   left behind without `on_close`; keep each blocking call bounded.
 pub trait Streamer: Send {
     /// Delivers one committed block.
     fn on_block(&mut self, block: &Block) -> Result<(), StreamError>;

@@ -43,7 +43,9 @@
 //!
 //! let bank = StoreKey::new("bank")?;
 //! let mut store = MultiStore::in_memory(&[bank.clone()])?;
-//! let mut manager = DeliveryManager::start(&mut store, &specs, &registry, std::path::Path::new("."))?;
+//! let mut manager = DeliveryManager::builder()
+//!     .configured(&specs, &registry, std::path::Path::new("."))
+//!     .start(&mut store)?;
 //! // ... write to `store`, then:
 //! manager.commit(&mut store, Default::default())?;
 //! manager.close(&mut store)?;

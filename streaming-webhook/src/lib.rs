@@ -47,7 +47,9 @@
 //!
 //! let bank = StoreKey::new("bank")?;
 //! let mut store = MultiStore::in_memory(&[bank.clone()])?;
-//! let mut manager = DeliveryManager::start(&mut store, &specs, &registry, std::path::Path::new("."))?;
+//! let mut manager = DeliveryManager::builder()
+//!     .configured(&specs, &registry, std::path::Path::new("."))
+//!     .start(&mut store)?;
 //! store.set(&bank, b"balance/alice", br#"{"amount": 10}"#)?;
 //! manager.commit(&mut store, BlockMeta::default())?;
 //! // At shutdown: a retry wait in progress ends, the block stays for the

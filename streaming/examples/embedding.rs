@@ -21,7 +21,10 @@ fn run_node(home: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let config = AppConfig::from_file(&home.join("config/app.toml"))?;
     let specs = config.resolve(&["acc", "bank"])?;
     let registry = Registry::with_builtins();
-    let mut streaming = DeliveryManager::start(&mut store, &specs, &registry, home)?;
+    let mut streaming = DeliveryManager::builder()
+        .configured(&specs, &registry, home)
+        .shutdown_timeout(config.shutdown_timeout()) // [store] shutdown_timeout_ms
+        .start(&mut store)?;
 
     // per block: write through caches, then commit through the manager
     let mut tx = store.cache();

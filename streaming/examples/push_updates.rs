@@ -18,8 +18,10 @@ fn run_node(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let push = PushQueue::new();
     push.attach(); // we drain it: pushes are accepted from the start
-    let mut manager =
-        DeliveryManager::start_with_push_queue(store, specs, registry, home, push.clone())?;
+    let mut manager = DeliveryManager::builder()
+        .configured(specs, registry, home)
+        .push_queue(push.clone())
+        .start(store)?;
     loop {
         // ... the block's own writes ...
         let mut batch = push.drain();

@@ -5,13 +5,14 @@
 //! failure with `stop-node-on-error` halts. The sync path steps it on the
 //! committing thread; the async worker steps it in its loop.
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use statestream_core::{Block, StoreSelection, Streamer};
+use statestream_core::{Block, Shutdown, StoreSelection, StreamError, Streamer};
 use statestream_store::ChangeLog;
-use tracing::{debug, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::error::Error;
 
@@ -20,8 +21,7 @@ use crate::error::Error;
 /// blocks a power loss can make a non-fsyncing streamer deliver again, and
 /// how many blocks the change log holds for it (the log keeps every block
 /// above the flushed cursor, and the store's commits cost more the more it
-/// holds: `docs/performance.md`, "Flush interval 50 ms instead of 200 ms"),
-/// so it is short.
+/// holds: `docs/performance.md` measures the trade-off), so it is short.
 pub(crate) const FLUSH_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Why a streamer stopped the node: the first failure of a streamer with
@@ -58,17 +58,31 @@ pub(crate) struct Progress {
     /// Async: blocks in its queue, as last seen by the committing thread
     /// (after a send) or the worker (after a receive). For observers only.
     pub(crate) queued: AtomicU64,
+    /// Panics caught in the streamer's hooks.
+    pub(crate) panics: AtomicU64,
     last_error: Mutex<Option<String>>,
     halt: Mutex<Option<Halt>>,
-    /// Set at shutdown: a failing delivery is not retried (the block stays
-    /// in the change log for the next start).
-    pub(crate) closing: AtomicBool,
-    /// Set when the manager is dropped without `close`: stop at once.
+    /// Triggered when the manager starts closing: a failing delivery is not
+    /// retried (the block stays in the change log for the next start), and
+    /// a backoff pause ends at once.
+    pub(crate) closing: Shutdown,
+    /// The streamers' own signal, triggered once the drain limit has passed
+    /// (or at once when the manager is dropped): a failure after it is a
+    /// delivery cut by the stop, not the streamer's failure.
+    pub(crate) shutdown: Shutdown,
+    /// Set when the manager stops waiting for the streamer (dropped without
+    /// `close`, or still busy past the drain limit): stop at once.
     pub(crate) abandoned: AtomicBool,
 }
 
 impl Progress {
-    pub(crate) fn new(name: &str, stop_node_on_error: bool, cursor: u64) -> Progress {
+    pub(crate) fn new(
+        name: &str,
+        stop_node_on_error: bool,
+        cursor: u64,
+        closing: Shutdown,
+        shutdown: Shutdown,
+    ) -> Progress {
         Progress {
             name: name.to_string(),
             stop_node_on_error,
@@ -78,9 +92,11 @@ impl Progress {
             fell_behind: AtomicU64::new(0),
             caught_up: AtomicU64::new(0),
             queued: AtomicU64::new(0),
+            panics: AtomicU64::new(0),
             last_error: Mutex::new(None),
             halt: Mutex::new(None),
-            closing: AtomicBool::new(false),
+            closing,
+            shutdown,
             abandoned: AtomicBool::new(false),
         }
     }
@@ -102,8 +118,16 @@ impl Progress {
     }
 
     /// Records a failed attempt at `height`; returns whether the node must
-    /// stop (the streamer is then halted).
+    /// stop (the streamer is then halted). A failure once the streamers'
+    /// shutdown signal is triggered is a delivery the stop cut short (a
+    /// retry wait that ended, a request abandoned): it is logged, not
+    /// counted, and never halts; the block stays in the change log.
     pub(crate) fn failed(&self, height: u64, error: &dyn std::fmt::Display) -> bool {
+        if self.shutdown.is_triggered() {
+            info!(height, streamer = %self.name, error = %error,
+                "delivery interrupted by the shutdown; the block stays in the change log for the next start");
+            return false;
+        }
         let errors = self.errors.fetch_add(1, Ordering::Relaxed) + 1;
         let message = error.to_string();
         warn!(height, streamer = %self.name, error = %message, errors, "delivery failed");
@@ -119,7 +143,7 @@ impl Progress {
         true
     }
 
-    fn stopped(&self) -> bool {
+    pub(crate) fn stopped(&self) -> bool {
         self.halt().is_some() || self.abandoned.load(Ordering::Acquire)
     }
 }
@@ -152,6 +176,9 @@ pub(crate) struct Driver {
     progress: Arc<Progress>,
     change_log: ChangeLog,
     last_flush: Instant,
+    /// Set when a hook panicked: the streamer's state is unknown, so before
+    /// the next delivery it is started again (`on_start`) from its cursor.
+    restart: bool,
 }
 
 impl Driver {
@@ -167,6 +194,7 @@ impl Driver {
             progress,
             change_log,
             last_flush: Instant::now(),
+            restart: false,
         }
     }
 
@@ -176,8 +204,8 @@ impl Driver {
 
     /// Calls `on_start` with the first height the streamer will receive.
     pub(crate) fn start(&mut self) -> Result<(), Error> {
-        self.streamer
-            .on_start(self.progress.delivered() + 1)
+        let next = self.progress.delivered() + 1;
+        self.call("on_start", |s| s.on_start(next))
             .map_err(|source| Error::Lifecycle {
                 streamer: self.progress.name.clone(),
                 action: "start",
@@ -185,11 +213,60 @@ impl Driver {
             })
     }
 
+    /// Runs one hook of the streamer. A panic is caught and becomes the
+    /// hook's error (counted in `panics`), and the streamer is marked for a
+    /// restart: a panic must not end the thread silently, nor leave
+    /// `stop-node-on-error` unapplied.
+    fn call<T>(
+        &mut self,
+        hook: &'static str,
+        f: impl FnOnce(&mut dyn Streamer) -> Result<T, StreamError>,
+    ) -> Result<T, StreamError> {
+        let streamer = &mut *self.streamer;
+        match catch_unwind(AssertUnwindSafe(|| f(streamer))) {
+            Ok(r) => r,
+            Err(payload) => {
+                let message = panic_message(payload.as_ref());
+                self.progress.panics.fetch_add(1, Ordering::Relaxed);
+                self.restart = true;
+                error!(streamer = %self.progress.name, hook, panic = %message, "streamer panicked");
+                Err(StreamError::msg(format_args!(
+                    "panicked in {hook}: {message}"
+                )))
+            }
+        }
+    }
+
+    /// After a panic: the blocks since the last flush may be lost inside the
+    /// streamer, so delivery falls back to the cursor, and the streamer is
+    /// started again from there. Returns whether it is ready.
+    fn restart(&mut self) -> Result<(), Step> {
+        let durable = self.progress.durable();
+        self.progress.delivered.store(durable, Ordering::Release);
+        let next = durable + 1;
+        match self.call("on_start", |s| s.on_start(next)) {
+            Ok(()) => {
+                self.restart = false;
+                info!(streamer = %self.progress.name, next, "streamer restarted after a panic");
+                Ok(())
+            }
+            Err(e) => Err(self.fail(next, &e)),
+        }
+    }
+
     /// Delivers every block after the delivered height up to `target`, in
     /// order: `live` when it is the one due, the others read from the change
     /// log. Then flushes, if `force_flush` or [`FLUSH_INTERVAL`] has passed
     /// since the last flush. Stops at the first failure.
     pub(crate) fn step(&mut self, live: Option<&Block>, target: u64, force_flush: bool) -> Step {
+        if self.restart {
+            if self.progress.stopped() {
+                return Step::Stopped;
+            }
+            if let Err(step) = self.restart() {
+                return step;
+            }
+        }
         let first = self.progress.delivered() + 1;
         if first < target {
             debug!(streamer = %self.progress.name, from = first, to = target, "catching up");
@@ -213,7 +290,13 @@ impl Driver {
                     }
                 }
             };
-            if let Err(e) = self.streamer.on_block(&block) {
+            if let Err(e) = self.call("on_block", |s| s.on_block(&block)) {
+                if self.restart {
+                    // The streamer panicked: what it did since its last
+                    // flush cannot be trusted.
+                    let durable = self.progress.durable();
+                    self.progress.delivered.store(durable, Ordering::Release);
+                }
                 return self.fail(height, &e);
             }
             self.progress.delivered.store(height, Ordering::Release);
@@ -237,12 +320,15 @@ impl Driver {
 
     /// Flushes, then calls `on_close`.
     pub(crate) fn close(&mut self) -> Result<(), Error> {
-        self.flush(true);
-        self.streamer.on_close().map_err(|source| Error::Lifecycle {
-            streamer: self.progress.name.clone(),
-            action: "close",
-            source,
-        })
+        if !self.restart {
+            self.flush(true);
+        }
+        self.call("on_close", |s| s.on_close())
+            .map_err(|source| Error::Lifecycle {
+                streamer: self.progress.name.clone(),
+                action: "close",
+                source,
+            })
     }
 
     fn read(&self, height: u64) -> Result<Block, Error> {
@@ -269,7 +355,7 @@ impl Driver {
             return true;
         }
         self.last_flush = Instant::now();
-        match self.streamer.on_flush() {
+        match self.call("on_flush", |s| s.on_flush()) {
             Ok(()) => {
                 self.progress.durable.store(delivered, Ordering::Release);
                 true
@@ -281,5 +367,16 @@ impl Driver {
                 false
             }
         }
+    }
+}
+
+/// The text of a panic's payload (`panic!` with a literal or a format).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".to_owned()
     }
 }

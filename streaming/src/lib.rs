@@ -5,15 +5,20 @@
 //! - [`Registry`]: streamer type name -> constructor.
 //!   [`Registry::with_builtins`] holds every built-in type of this build:
 //!   `log`, `process`, and each streamer crate enabled by its cargo feature
-//!   (`file`, `nats`, `postgres`, `serve`, `webhook`; all on by default).
-//! - [`DeliveryManager`]: commits blocks and delivers them, sync or async,
-//!   with persisted cursors, catch-up from the store's change log, and the
-//!   `stop-node-on-error` policy.
+//!   of the same name (`file`, `nats`, `postgres`, `serve`, `webhook`; all
+//!   on by default).
+//! - [`DeliveryManager`] (set up with [`DeliveryManager::builder`]):
+//!   commits blocks and delivers them, sync or async, with persisted
+//!   cursors, catch-up from the store's change log, the
+//!   `stop-node-on-error` policy (a panicking streamer included), and a
+//!   bounded drain at close.
 //! - [`Observer`] ([`DeliveryManager::observer`]): committed height, commit
 //!   durations, the change log's size and every streamer's progress, read
 //!   from any thread; `TelemetryServer` (cargo feature `telemetry`, on by
 //!   default) serves them as `GET /metrics` (Prometheus), `GET /status`
 //!   (JSON) and `GET /healthz` (`docs/operations.md`).
+//! - `register_serve_metrics` (cargo features `serve` and `telemetry`): a
+//!   `serve` streamer's counters, by front-end, in the Prometheus registry.
 //! - [`ProcessStreamer`] (`type = "process"`): a streamer that is a separate
 //!   program in any language (`docs/plugin-protocol.md`).
 //! - The data model and the extension point, re-exported from
@@ -37,8 +42,9 @@
 //! let mut store = MultiStore::in_memory(&[bank.clone()])?;
 //! let seen = Arc::new(Mutex::new(Vec::new()));
 //! let setup = StreamerSetup::new("heights", &[bank.clone()]);
-//! let mut manager =
-//!     DeliveryManager::with_streamers(&mut store, vec![(setup, Box::new(Heights(seen.clone())))])?;
+//! let mut manager = DeliveryManager::builder()
+//!     .streamer(setup, Box::new(Heights(seen.clone())))
+//!     .start(&mut store)?;
 //! for i in 0..3u8 {
 //!     store.set(&bank, b"k", &[i])?;
 //!     manager.commit(&mut store, BlockMeta::default())?;
@@ -63,7 +69,7 @@ mod serve_metrics;
 mod telemetry;
 
 pub use error::{Error, Result};
-pub use manager::{DeliveryManager, StreamerSetup, StreamerStats};
+pub use manager::{DeliveryManager, DeliveryManagerBuilder, StreamerSetup, StreamerStats};
 pub use observe::{
     Bucket, COMMIT_BUCKETS, ChangeLogStatus, HistogramStatus, NodeState, NodeStatus, Observer,
     StreamerState, StreamerStatus,

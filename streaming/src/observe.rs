@@ -129,6 +129,7 @@ impl Observer {
                     errors: p.errors.load(Ordering::Relaxed),
                     fell_behind: p.fell_behind.load(Ordering::Relaxed),
                     caught_up: p.caught_up.load(Ordering::Relaxed),
+                    panics: p.panics.load(Ordering::Relaxed),
                     last_error: p.last_error(),
                 }
             })
@@ -249,7 +250,7 @@ pub struct StreamerStatus {
     /// Instance name (`[streamers.<name>]`).
     pub name: String,
     /// Its type (`type`); `application` for a streamer given to
-    /// [`DeliveryManager::with_streamers`](crate::DeliveryManager::with_streamers).
+    /// [`DeliveryManagerBuilder::streamer`](crate::DeliveryManagerBuilder::streamer).
     #[serde(rename = "type")]
     pub type_name: String,
     /// `sync` or `async`.
@@ -276,6 +277,11 @@ pub struct StreamerStatus {
     pub fell_behind: u64,
     /// Blocks delivered from the change log rather than live.
     pub caught_up: u64,
+    /// Panics caught in the streamer's hooks. Each is also a delivery error
+    /// (`errors`, `last_error` "panicked in on_block: ..."): it halts the
+    /// node with `stop-node-on-error = true`; otherwise the streamer is
+    /// started again from its cursor after a backoff.
+    pub panics: u64,
     /// The last delivery error, if any (also after a successful retry).
     pub last_error: Option<String>,
 }

@@ -28,7 +28,7 @@ struct Type {
 /// (`options.parse::<YourConfig>()`). A type may also have a validator
 /// ([`register_with_validator`](Registry::register_with_validator)), which
 /// [`validate`](Registry::validate) runs: `statestream config check`, and
-/// [`DeliveryManager::start`](crate::DeliveryManager::start) before it
+/// [`DeliveryManager::builder`](crate::DeliveryManager::builder) before it
 /// builds anything.
 pub struct Registry {
     types: BTreeMap<String, Type>,

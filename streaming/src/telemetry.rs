@@ -138,8 +138,8 @@ impl TelemetryServer {
         self.address
     }
 
-    /// Stops serving: requests in flight get [`GRACE`] to finish, then the
-    /// thread ends.
+    /// Stops serving: requests in flight get a short grace period
+    /// (`GRACE`) to finish, then the thread ends.
     pub fn stop(mut self) {
         self.shutdown();
     }
@@ -335,6 +335,12 @@ const METRICS: &[(&str, &str, MetricType, &[&str])] = &[
         &["streamer"],
     ),
     (
+        "statestream_streamer_panics_total",
+        "Panics caught in the streamer's hooks (each also counts as a delivery error).",
+        MetricType::COUNTER,
+        &["streamer"],
+    ),
+    (
         "statestream_streamer_halted",
         "1 when the streamer halted the node (stop-node-on-error = true), else 0.",
         MetricType::GAUGE,
@@ -439,6 +445,7 @@ impl Collector for NodeCollector {
                                 "statestream_streamer_errors_total" => s.errors,
                                 "statestream_streamer_fell_behind_total" => s.fell_behind,
                                 "statestream_streamer_caught_up_blocks_total" => s.caught_up,
+                                "statestream_streamer_panics_total" => s.panics,
                                 _ => u64::from(s.state == StreamerState::Halted),
                             };
                             let labels = if *name == "statestream_streamer_info" {

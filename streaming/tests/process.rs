@@ -81,8 +81,9 @@ impl Node {
         );
         let config = AppConfig::parse(&text, Path::new("app.toml"))?;
         let specs = config.resolve(&["bank", "other"])?;
-        let manager =
-            DeliveryManager::start(&mut store, &specs, &Registry::with_builtins(), home.path())?;
+        let manager = DeliveryManager::builder()
+            .configured(&specs, &Registry::with_builtins(), home.path())
+            .start(&mut store)?;
         Ok(Node {
             _home: home,
             out,
@@ -344,12 +345,11 @@ fn process_echo_resumes_after_node_restart() -> TestResult {
         toml_str(&node.out.to_string_lossy())
     );
     let specs = AppConfig::parse(&text, Path::new("app.toml"))?.resolve(&["bank", "other"])?;
-    node.manager = Some(DeliveryManager::start(
-        &mut node.store,
-        &specs,
-        &Registry::with_builtins(),
-        Path::new("."),
-    )?);
+    node.manager = Some(
+        DeliveryManager::builder()
+            .configured(&specs, &Registry::with_builtins(), Path::new("."))
+            .start(&mut node.store)?,
+    );
     node.commit_n(2)?;
     node.close()?;
     assert_eq!(node.out_lines(), echo_expected(5));
@@ -733,8 +733,9 @@ fn process_command_is_the_exact_argv_no_shell() -> TestResult {
     let bank = StoreKey::new("bank")?;
     let mut store = MultiStore::in_memory(std::slice::from_ref(&bank))?;
     let specs = AppConfig::parse(&text, Path::new("app.toml"))?.resolve(&["bank"])?;
-    let mut manager =
-        DeliveryManager::start(&mut store, &specs, &Registry::with_builtins(), home.path())?;
+    let mut manager = DeliveryManager::builder()
+        .configured(&specs, &Registry::with_builtins(), home.path())
+        .start(&mut store)?;
     store.set(&bank, b"k", b"v")?;
     manager.commit(&mut store, BlockMeta::default())?;
     manager.close(&mut store)?;
@@ -754,7 +755,9 @@ fn process_command_is_the_exact_argv_no_shell() -> TestResult {
     );
     let specs = AppConfig::parse(&text, Path::new("app.toml"))?.resolve(&["bank"])?;
     let mut store = MultiStore::in_memory(std::slice::from_ref(&bank))?;
-    let err = DeliveryManager::start(&mut store, &specs, &Registry::with_builtins(), home.path())
+    let err = DeliveryManager::builder()
+        .configured(&specs, &Registry::with_builtins(), home.path())
+        .start(&mut store)
         .expect_err("\"sh -c true\" is not a program");
     assert!(
         err.to_string().contains("program \"sh -c true\" not found"),

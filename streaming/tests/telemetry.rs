@@ -12,7 +12,8 @@ use serde_json::Value;
 use statestream::config::AppConfig;
 use statestream::store::{KvStore, MultiStore, StoreKey};
 use statestream::{
-    Block, BlockMeta, DeliveryManager, Error, Registry, StreamError, Streamer, TelemetryServer,
+    Block, BlockMeta, Delivery, DeliveryManager, Error, Registry, StreamError, Streamer,
+    StreamerSetup, TelemetryServer,
 };
 
 /// How long any wait may take before the test fails; nothing asserts a
@@ -169,8 +170,10 @@ fn telemetry_metrics_status_and_health_until_a_halt() {
     let specs = config.resolve(&["bank", "acc"]).expect("resolve");
     let registry = registry();
     let home = tempfile::tempdir().expect("home");
-    let mut manager =
-        DeliveryManager::start(&mut store, &specs, &registry, home.path()).expect("start");
+    let mut manager = DeliveryManager::builder()
+        .configured(&specs, &registry, home.path())
+        .start(&mut store)
+        .expect("start");
     let address = config.telemetry().expect("telemetry is on").address;
     let server = TelemetryServer::start(address, manager.observer(), registry.metrics().clone())
         .expect("server");
@@ -308,7 +311,9 @@ fn telemetry_metrics_status_and_health_until_a_halt() {
 fn telemetry_stopped_manager_is_unhealthy_and_unknown_paths_are_404() {
     let bank = StoreKey::new("bank").expect("name");
     let mut store = MultiStore::in_memory(std::slice::from_ref(&bank)).expect("store");
-    let manager = DeliveryManager::with_streamers(&mut store, Vec::new()).expect("manager");
+    let manager = DeliveryManager::builder()
+        .start(&mut store)
+        .expect("manager");
     let server = TelemetryServer::start(
         "127.0.0.1:0".parse().expect("address"),
         manager.observer(),
@@ -328,7 +333,8 @@ fn telemetry_stopped_manager_is_unhealthy_and_unknown_paths_are_404() {
     let taken = server.local_addr();
     let err = TelemetryServer::start(
         taken,
-        DeliveryManager::with_streamers(&mut store, Vec::new())
+        DeliveryManager::builder()
+            .start(&mut store)
             .expect("manager")
             .observer(),
         prometheus::Registry::new(),
@@ -404,8 +410,10 @@ fn telemetry_docs_list_every_metric_and_the_dashboard_and_alerts_use_only_them()
     let specs = config.resolve(&["bank"]).expect("resolve");
     let registry = Registry::with_builtins();
     let home = tempfile::tempdir().expect("home");
-    let mut manager =
-        DeliveryManager::start(&mut store, &specs, &registry, home.path()).expect("start");
+    let mut manager = DeliveryManager::builder()
+        .configured(&specs, &registry, home.path())
+        .start(&mut store)
+        .expect("start");
     manager
         .commit(&mut store, BlockMeta::default())
         .expect("commit");
@@ -495,5 +503,209 @@ fn telemetry_docs_list_every_metric_and_the_dashboard_and_alerts_use_only_them()
         );
     }
     manager.close(&mut store).expect("close");
+    server.stop();
+}
+
+/// Heights recorded by a streamer, shared with the test.
+type Heights = std::sync::Arc<std::sync::Mutex<Vec<u64>>>;
+
+/// Panics in `on_block` at height `at`, `times` times; records every
+/// delivered height and every `on_start`.
+struct Panicky {
+    at: u64,
+    times: u32,
+    delivered: Heights,
+    starts: Heights,
+}
+
+impl Streamer for Panicky {
+    fn on_start(&mut self, next: u64) -> Result<(), StreamError> {
+        self.starts.lock().expect("lock").push(next);
+        Ok(())
+    }
+    fn on_block(&mut self, block: &Block) -> Result<(), StreamError> {
+        if block.height() == self.at && self.times > 0 {
+            self.times -= 1;
+            panic!("the streamer's invariant broke at {}", self.at);
+        }
+        self.delivered.lock().expect("lock").push(block.height());
+        Ok(())
+    }
+}
+
+/// A manager with one `Panicky` streamer `p` (panicking at block 3) and a telemetry server.
+fn panicky(
+    delivery: Delivery,
+    stop_node_on_error: bool,
+    times: u32,
+) -> (
+    MultiStore,
+    DeliveryManager,
+    TelemetryServer,
+    Heights,
+    Heights,
+) {
+    let bank = StoreKey::new("bank").expect("name");
+    let mut store = MultiStore::in_memory(std::slice::from_ref(&bank)).expect("store");
+    let delivered = std::sync::Arc::default();
+    let starts = std::sync::Arc::default();
+    let streamer = Panicky {
+        at: 3,
+        times,
+        delivered: std::sync::Arc::clone(&delivered),
+        starts: std::sync::Arc::clone(&starts),
+    };
+    let setup = StreamerSetup::new("p", &[bank])
+        .delivery(delivery)
+        .stop_node_on_error(stop_node_on_error);
+    let manager = DeliveryManager::builder()
+        .streamer(setup, Box::new(streamer))
+        .start(&mut store)
+        .expect("manager");
+    let server = TelemetryServer::start(
+        "127.0.0.1:0".parse().expect("address"),
+        manager.observer(),
+        prometheus::Registry::new(),
+    )
+    .expect("server");
+    (store, manager, server, delivered, starts)
+}
+
+fn commit_blocks(
+    manager: &mut DeliveryManager,
+    store: &mut MultiStore,
+    n: u64,
+) -> Result<(), Error> {
+    let bank = StoreKey::new("bank").expect("name");
+    for i in 0..n {
+        store.set(&bank, b"k", &i.to_be_bytes()).expect("set");
+        manager.commit(store, BlockMeta::default())?;
+    }
+    Ok(())
+}
+
+#[test]
+fn telemetry_panicking_streamer_halts_the_node_when_stop_node_on_error() {
+    let (mut store, mut manager, server, delivered, _) = panicky(Delivery::Async, true, u32::MAX);
+    commit_blocks(&mut manager, &mut store, 5).expect("the panic is on the worker's thread");
+    // The worker's panic is the streamer's error: the node halts.
+    let deadline = Instant::now() + PATIENCE;
+    let err = loop {
+        match manager.commit(&mut store, BlockMeta::default()) {
+            Err(e) => break e,
+            Ok(_) => assert!(
+                Instant::now() < deadline,
+                "the panicking streamer never halted the node"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert!(
+        matches!(&err, Error::Halted { streamer, height: 3, message }
+            if streamer == "p" && message.contains("panicked in on_block")
+                && message.contains("invariant broke at 3")),
+        "{err:?}"
+    );
+    assert_eq!(*delivered.lock().expect("lock"), vec![1, 2]);
+    let (code, health) = json(&server, "/healthz");
+    assert_eq!(code, 503, "{health}");
+    let (_, status) = json(&server, "/status");
+    assert_eq!(status["streamers"][0]["state"], "halted");
+    assert_eq!(status["streamers"][0]["halted_at"], 3);
+    assert_eq!(status["streamers"][0]["panics"], 1);
+    let m = metrics(&server);
+    assert_eq!(
+        value(&m, "statestream_streamer_panics_total", Some("p")),
+        1.0
+    );
+    assert_eq!(value(&m, "statestream_streamer_halted", Some("p")), 1.0);
+    let closed = manager.close(&mut store);
+    assert!(
+        matches!(closed, Err(Error::Halted { height: 3, .. })),
+        "{closed:?}"
+    );
+    assert!(store.cursor("p").expect("cursor").is_some_and(|c| c <= 2));
+    server.stop();
+}
+
+#[test]
+fn telemetry_panicking_streamer_is_restarted_from_its_cursor_otherwise() {
+    let (mut store, mut manager, server, delivered, starts) = panicky(Delivery::Async, false, 2);
+    commit_blocks(&mut manager, &mut store, 6).expect("no halt with stop-node-on-error = false");
+    let deadline = Instant::now() + PATIENCE;
+    while manager.stats()[0].delivered_height < 6 {
+        assert!(
+            Instant::now() < deadline,
+            "the streamer was not restarted to deliver block 6: {:?}",
+            manager.stats()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Restarted twice, each time from its cursor (at most block 3).
+    let starts = starts.lock().expect("lock").clone();
+    assert_eq!(starts.len(), 3, "{starts:?}");
+    assert!(starts[1..].iter().all(|&next| next <= 3), "{starts:?}");
+    // In order and nothing skipped: blocks after the cursor may come again.
+    let delivered = delivered.lock().expect("lock").clone();
+    let mut seen: Vec<u64> = delivered.clone();
+    seen.dedup();
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen, (1..=6).collect::<Vec<_>>(), "{delivered:?}");
+    let (_, status) = json(&server, "/status");
+    assert_eq!(status["state"], "committing");
+    assert_eq!(status["streamers"][0]["state"], "running");
+    assert_eq!(status["streamers"][0]["panics"], 2);
+    assert!(
+        status["streamers"][0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("panicked in on_block")),
+        "{status}"
+    );
+    let m = metrics(&server);
+    assert_eq!(
+        value(&m, "statestream_streamer_panics_total", Some("p")),
+        2.0
+    );
+    assert_eq!(
+        value(&m, "statestream_streamer_errors_total", Some("p")),
+        2.0
+    );
+    manager.close(&mut store).expect("a clean close");
+    assert_eq!(store.cursor("p").expect("cursor"), Some(6));
+    server.stop();
+}
+
+#[test]
+fn telemetry_panicking_sync_streamer_fails_its_commit_or_is_restarted() {
+    // stop-node-on-error = true: the commit of block 3 reports the halt.
+    let (mut store, mut manager, server, delivered, _) = panicky(Delivery::Sync, true, 1);
+    commit_blocks(&mut manager, &mut store, 2).expect("blocks 1 and 2");
+    let err = commit_blocks(&mut manager, &mut store, 1).expect_err("block 3 halts");
+    assert!(
+        matches!(&err, Error::Halted { height: 3, message, .. } if message.contains("panicked in on_block")),
+        "{err:?}"
+    );
+    assert_eq!(*delivered.lock().expect("lock"), vec![1, 2]);
+    let (_, status) = json(&server, "/status");
+    assert_eq!(status["streamers"][0]["panics"], 1);
+    assert!(manager.close(&mut store).is_err());
+    server.stop();
+
+    // false: block 3's commit succeeds, the next one restarts the streamer
+    // from its cursor and delivers 3 and 4.
+    let (mut store, mut manager, server, delivered, starts) = panicky(Delivery::Sync, false, 1);
+    commit_blocks(&mut manager, &mut store, 4).expect("no halt");
+    let seen = delivered.lock().expect("lock").clone();
+    assert_eq!(seen.last(), Some(&4), "{seen:?}");
+    assert!(seen.contains(&3), "{seen:?}");
+    assert_eq!(starts.lock().expect("lock").len(), 2);
+    let m = metrics(&server);
+    assert_eq!(
+        value(&m, "statestream_streamer_panics_total", Some("p")),
+        1.0
+    );
+    manager.close(&mut store).expect("a clean close");
+    assert_eq!(store.cursor("p").expect("cursor"), Some(4));
     server.stop();
 }

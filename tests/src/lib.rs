@@ -576,7 +576,7 @@ impl Slots {
 }
 
 /// The full configuration path: `AppConfig::parse` -> `resolve` against the
-/// store's stores -> `DeliveryManager::start` with `registry`.
+/// store's stores -> `DeliveryManager::builder()...start` with `registry`.
 pub fn start_from_config(
     text: &str,
     store: &mut MultiStore,
@@ -591,7 +591,9 @@ pub fn start_from_config(
         .collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let specs = config.resolve(&names)?;
-    DeliveryManager::start(store, &specs, registry, home)
+    DeliveryManager::builder()
+        .configured(&specs, registry, home)
+        .start(store)
 }
 
 // ---------------------------------------------------------------------------

@@ -28,7 +28,9 @@ fn config_documented_example_parses() -> anyhow::Result<()> {
     assert_eq!(parsed.blocks_subject(), "statestream.blocks");
     // The registry builds it without connecting.
     let mut store = memory_store();
-    let m = statestream::DeliveryManager::start(&mut store, &specs, &registry(), Path::new("."))?;
+    let m = statestream::DeliveryManager::builder()
+        .configured(&specs, &registry(), Path::new("."))
+        .start(&mut store)?;
     m.close(&mut store)?;
     Ok(())
 }
@@ -56,7 +58,10 @@ fn build_error(table: &str) -> String {
     let config = AppConfig::parse(&text, Path::new("config/app.toml")).expect("parses");
     let specs = config.resolve(&STORES).expect("resolves");
     let mut store = memory_store();
-    match statestream::DeliveryManager::start(&mut store, &specs, &registry(), Path::new(".")) {
+    match statestream::DeliveryManager::builder()
+        .configured(&specs, &registry(), Path::new("."))
+        .start(&mut store)
+    {
         Ok(_) => panic!("{table:?} was accepted"),
         Err(e) => e.to_string(),
     }

@@ -47,12 +47,9 @@ pub fn app_toml(url: &str, extra: &str) -> String {
 pub fn manager(store: &mut MultiStore, toml: &str) -> anyhow::Result<DeliveryManager> {
     let config = AppConfig::parse(toml, Path::new("app.toml"))?;
     let specs = config.resolve(&STORES)?;
-    Ok(DeliveryManager::start(
-        store,
-        &specs,
-        &registry(),
-        Path::new("."),
-    )?)
+    Ok(DeliveryManager::builder()
+        .configured(&specs, &registry(), Path::new("."))
+        .start(store)?)
 }
 
 /// Writes block `b`'s changes: sets and deletes over the three stores,

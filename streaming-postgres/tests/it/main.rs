@@ -65,12 +65,9 @@ pub fn manager_in(
 ) -> anyhow::Result<DeliveryManager> {
     let config = AppConfig::parse(toml, Path::new("app.toml"))?;
     let specs = config.resolve(&STORES)?;
-    Ok(DeliveryManager::start(
-        store,
-        &specs,
-        &Registry::with_builtins(),
-        home,
-    )?)
+    Ok(DeliveryManager::builder()
+        .configured(&specs, &Registry::with_builtins(), home)
+        .start(store)?)
 }
 
 /// Writes block `b`'s changes: sets and deletes over the three stores,

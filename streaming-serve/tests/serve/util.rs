@@ -82,7 +82,9 @@ pub fn start_manager_with_metrics(
         *stash.lock().unwrap() = Some(streamer.handle());
         Ok(Box::new(streamer))
     });
-    let manager = DeliveryManager::start(store, &specs, &registry, home)?;
+    let manager = DeliveryManager::builder()
+        .configured(&specs, &registry, home)
+        .start(store)?;
     let handle = slot
         .lock()
         .unwrap()

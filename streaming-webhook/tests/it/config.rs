@@ -1,4 +1,4 @@
-//! Configuration errors reach the user through `DeliveryManager::start`,
+//! Configuration errors reach the user through `DeliveryManager::builder()...start`,
 //! naming the file, the table and the key.
 
 use crate::*;

@@ -1,5 +1,5 @@
 //! Bad app.toml files, through the full path (parse -> resolve ->
-//! `DeliveryManager::start` with the registry): every error names the file,
+//! `DeliveryManager::builder()...start` with the registry): every error names the file,
 //! the offending key and, where there is one, its line.
 
 use statestream_tests::{Expect, Slots, TempHome, memory_store, recorder, start_from_config};

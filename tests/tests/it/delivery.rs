@@ -15,8 +15,10 @@ fn change_set_equals_what_was_written(delivery: Delivery) {
     // which come from the workload's model as it writes.
     let (rec, handle) = recorder("rec", Expect::new().start(1).blocks(1..=6).close());
     let setup = StreamerSetup::new("rec", &all).delivery(delivery);
-    let mut manager =
-        DeliveryManager::with_streamers(&mut store, vec![(setup, Box::new(rec))]).unwrap();
+    let mut manager = DeliveryManager::builder()
+        .streamer(setup, Box::new(rec))
+        .start(&mut store)
+        .unwrap();
     let written = commit_workload(&mut manager, &mut store, 1..=6);
     manager.close(&mut store).unwrap();
 
@@ -62,8 +64,10 @@ fn delivery_block_carries_commit_info_and_store_hashes() {
     let all = keys(&STORES);
     let (rec, handle) = recorder("rec", Expect::new().start(1).blocks(1..=3).close());
     let setup = StreamerSetup::new("rec", &all[1..2]).delivery(Delivery::Sync);
-    let mut manager =
-        DeliveryManager::with_streamers(&mut store, vec![(setup, Box::new(rec))]).unwrap();
+    let mut manager = DeliveryManager::builder()
+        .streamer(setup, Box::new(rec))
+        .start(&mut store)
+        .unwrap();
     let mut infos = Vec::new();
     for h in 1..=3 {
         statestream_tests::workload(&mut store, h);
@@ -91,8 +95,10 @@ fn delivery_slow_async_streamer_never_blocks_commits() {
     let setup = StreamerSetup::new("slow", &all)
         .delivery(Delivery::Async)
         .queue(1);
-    let mut manager =
-        DeliveryManager::with_streamers(&mut store, vec![(setup, Box::new(rec))]).unwrap();
+    let mut manager = DeliveryManager::builder()
+        .streamer(setup, Box::new(rec))
+        .start(&mut store)
+        .unwrap();
 
     // The streamer is held at its gate: it cannot deliver anything until the
     // loop is over. If a commit waited for it, this loop would never end.
@@ -128,8 +134,10 @@ fn delivery_async_stats_reach_zero_lag() {
     let setup = StreamerSetup::new("rec", &all)
         .delivery(Delivery::Async)
         .queue(2);
-    let mut manager =
-        DeliveryManager::with_streamers(&mut store, vec![(setup, Box::new(rec))]).unwrap();
+    let mut manager = DeliveryManager::builder()
+        .streamer(setup, Box::new(rec))
+        .start(&mut store)
+        .unwrap();
     let written = commit_workload(&mut manager, &mut store, 1..=5);
     wait_until("lag 0", || manager.stats()[0].lag == 0);
     let s = manager.stats().remove(0);
@@ -151,9 +159,8 @@ fn delivery_sync_and_async_side_by_side_share_blocks() {
     let all = keys(&STORES);
     let (a, ha) = recorder("a", Expect::new().start(1).blocks(1..=4).close());
     let (b, hb) = recorder("b", Expect::new().start(1).blocks(1..=4).close());
-    let mut manager = DeliveryManager::with_streamers(
-        &mut store,
-        vec![
+    let mut manager = DeliveryManager::builder()
+        .streamers(vec![
             (
                 StreamerSetup::new("a", &all).delivery(Delivery::Sync),
                 Box::new(a),
@@ -162,9 +169,9 @@ fn delivery_sync_and_async_side_by_side_share_blocks() {
                 StreamerSetup::new("b", &all[..1]).delivery(Delivery::Async),
                 Box::new(b),
             ),
-        ],
-    )
-    .unwrap();
+        ])
+        .start(&mut store)
+        .unwrap();
     let written = commit_workload(&mut manager, &mut store, 1..=4);
     manager.close(&mut store).unwrap();
     ha.with_expect(|e| e.written(&written, &STORES)).verify();
@@ -178,13 +185,12 @@ fn delivery_duplicate_names_are_an_error() {
     let all = keys(&STORES);
     let (a, _) = recorder("a", Expect::new());
     let (b, _) = recorder("b", Expect::new());
-    let err = DeliveryManager::with_streamers(
-        &mut store,
-        vec![
+    let err = DeliveryManager::builder()
+        .streamers(vec![
             (StreamerSetup::new("same", &all), Box::new(a)),
             (StreamerSetup::new("same", &all), Box::new(b)),
-        ],
-    )
-    .unwrap_err();
+        ])
+        .start(&mut store)
+        .unwrap_err();
     assert!(err.to_string().contains("same"), "{err}");
 }

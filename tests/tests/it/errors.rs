@@ -22,8 +22,10 @@ fn errors_sync_stop_node_on_error_halts_at_the_failing_block() {
     let setup = StreamerSetup::new("rec", &all)
         .delivery(Delivery::Sync)
         .stop_node_on_error(true);
-    let mut manager =
-        DeliveryManager::with_streamers(&mut store, vec![(setup, Box::new(rec))]).unwrap();
+    let mut manager = DeliveryManager::builder()
+        .streamer(setup, Box::new(rec))
+        .start(&mut store)
+        .unwrap();
     let mut written = commit_workload(&mut manager, &mut store, 1..=2);
 
     // Block 3: committed, but its commit call reports the halt.
@@ -73,8 +75,10 @@ fn errors_sync_stop_node_on_error_halts_at_the_failing_block() {
     let setup = StreamerSetup::new("rec", &all)
         .delivery(Delivery::Sync)
         .stop_node_on_error(true);
-    let mut manager =
-        DeliveryManager::with_streamers(&mut store, vec![(setup, Box::new(rec))]).unwrap();
+    let mut manager = DeliveryManager::builder()
+        .streamer(setup, Box::new(rec))
+        .start(&mut store)
+        .unwrap();
     assert_eq!(handle.heights(), [3], "caught up before any new block");
     written.extend(commit_workload(&mut manager, &mut store, 4..=5));
     manager.close(&mut store).unwrap();
@@ -99,8 +103,10 @@ fn errors_sync_without_stop_catches_up_at_the_next_commit() {
     let setup = StreamerSetup::new("rec", &all)
         .delivery(Delivery::Sync)
         .stop_node_on_error(false);
-    let mut manager =
-        DeliveryManager::with_streamers(&mut store, vec![(setup, Box::new(rec))]).unwrap();
+    let mut manager = DeliveryManager::builder()
+        .streamer(setup, Box::new(rec))
+        .start(&mut store)
+        .unwrap();
     let mut written = commit_workload(&mut manager, &mut store, 1..=3);
     // Block 3 failed; the commit succeeded and the error is counted.
     assert_eq!(handle.heights(), [1, 2]);
@@ -150,8 +156,10 @@ fn errors_async_stop_node_on_error_halts_a_later_commit() {
     let setup = StreamerSetup::new("rec", &all)
         .delivery(Delivery::Async)
         .stop_node_on_error(true);
-    let mut manager =
-        DeliveryManager::with_streamers(&mut store, vec![(setup, Box::new(rec))]).unwrap();
+    let mut manager = DeliveryManager::builder()
+        .streamer(setup, Box::new(rec))
+        .start(&mut store)
+        .unwrap();
     let mut written = commit_workload(&mut manager, &mut store, 1..=3);
 
     // The failure surfaces at some later commit: commit empty blocks until
@@ -200,8 +208,10 @@ fn errors_async_stop_node_on_error_halts_a_later_commit() {
             .failed_attempts(&[]),
     );
     let setup = StreamerSetup::new("rec", &all).delivery(Delivery::Async);
-    let mut manager =
-        DeliveryManager::with_streamers(&mut store, vec![(setup, Box::new(rec))]).unwrap();
+    let mut manager = DeliveryManager::builder()
+        .streamer(setup, Box::new(rec))
+        .start(&mut store)
+        .unwrap();
     written.extend(commit_workload(
         &mut manager,
         &mut store,
@@ -238,8 +248,10 @@ fn errors_async_without_stop_retries_until_delivered() {
     let setup = StreamerSetup::new("rec", &all)
         .delivery(Delivery::Async)
         .stop_node_on_error(false);
-    let mut manager =
-        DeliveryManager::with_streamers(&mut store, vec![(setup, Box::new(rec))]).unwrap();
+    let mut manager = DeliveryManager::builder()
+        .streamer(setup, Box::new(rec))
+        .start(&mut store)
+        .unwrap();
     let written = commit_workload(&mut manager, &mut store, 1..=5);
     wait_until("every block to be delivered", || {
         manager.stats()[0].delivered_height == 5
@@ -260,9 +272,10 @@ fn errors_start_failure_of_sync_streamer_fails_start() {
     commit_without_manager(&mut store, 1..=3);
     let (rec, handle) = recorder("rec", Expect::new().start(4));
     let setup = StreamerSetup::new("rec", &all).delivery(Delivery::Sync);
-    let err =
-        DeliveryManager::with_streamers(&mut store, vec![(setup, Box::new(rec.fail_start()))])
-            .unwrap_err();
+    let err = DeliveryManager::builder()
+        .streamer(setup, Box::new(rec.fail_start()))
+        .start(&mut store)
+        .unwrap_err();
     assert!(
         matches!(&err, Error::Lifecycle { streamer, action: "start", .. } if streamer == "rec"),
         "{err:?}"
@@ -277,9 +290,10 @@ fn errors_start_failure_of_async_streamer_halts() {
     commit_without_manager(&mut store, 1..=3);
     let (rec, handle) = recorder("rec", Expect::new().start(4));
     let setup = StreamerSetup::new("rec", &all).delivery(Delivery::Async);
-    let mut manager =
-        DeliveryManager::with_streamers(&mut store, vec![(setup, Box::new(rec.fail_start()))])
-            .unwrap();
+    let mut manager = DeliveryManager::builder()
+        .streamer(setup, Box::new(rec.fail_start()))
+        .start(&mut store)
+        .unwrap();
     let mut err = None;
     wait_until("a commit to report the halt", || {
         match manager.commit(&mut store, BlockMeta::default()) {
@@ -309,8 +323,10 @@ fn errors_async_without_stop_failing_streamer_does_not_hold_up_close() {
             .delivery(Delivery::Async)
             .stop_node_on_error(false)
     };
-    let mut manager =
-        DeliveryManager::with_streamers(&mut store, vec![(setup(), Box::new(rec))]).unwrap();
+    let mut manager = DeliveryManager::builder()
+        .streamer(setup(), Box::new(rec))
+        .start(&mut store)
+        .unwrap();
     let mut written = commit_workload(&mut manager, &mut store, 1..=5);
     wait_until("block 3 to fail twice", || {
         handle.failed_attempts().len() >= 2
@@ -328,8 +344,10 @@ fn errors_async_without_stop_failing_streamer_does_not_hold_up_close() {
 
     // Nothing was skipped: after a restart it resumes at 3.
     let (rec, handle) = recorder("rec", Expect::new().start(3).blocks(3..=8).close());
-    let mut manager =
-        DeliveryManager::with_streamers(&mut store, vec![(setup(), Box::new(rec))]).unwrap();
+    let mut manager = DeliveryManager::builder()
+        .streamer(setup(), Box::new(rec))
+        .start(&mut store)
+        .unwrap();
     written.extend(commit_workload(&mut manager, &mut store, 8..=8));
     manager.close(&mut store).unwrap();
     handle

@@ -33,8 +33,10 @@ output-metadata = false
     let specs = config.resolve(&names_).unwrap();
     let registry = statestream::Registry::with_builtins();
     let mut store = statestream_store::MultiStore::in_memory(&stores).unwrap();
-    let mut manager =
-        statestream::DeliveryManager::start(&mut store, &specs, &registry, home.path()).unwrap();
+    let mut manager = statestream::DeliveryManager::builder()
+        .configured(&specs, &registry, home.path())
+        .start(&mut store)
+        .unwrap();
     for h in 1..=3u64 {
         statestream_store::KvStore::set(&mut store, &stores[1], b"k", &h.to_be_bytes()).unwrap();
         let meta = BlockMeta {

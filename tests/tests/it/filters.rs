@@ -1,5 +1,5 @@
 //! `keys` filters, through the full path: app.toml -> `AppConfig::parse` ->
-//! `resolve` -> `DeliveryManager::start` with a registry whose `"record"`
+//! `resolve` -> `DeliveryManager::builder()...start` with a registry whose `"record"`
 //! type hands out recorders.
 
 use statestream::{Delivery, DeliveryManager, Error, Registry};
@@ -118,8 +118,10 @@ fn filters_unknown_store_is_an_error() {
         stop_node_on_error: true,
         options: StreamerOptions::default(),
     };
-    let err =
-        DeliveryManager::start(&mut store, &[spec], &slots.registry(), home.path()).unwrap_err();
+    let err = DeliveryManager::builder()
+        .configured(&[spec], &slots.registry(), home.path())
+        .start(&mut store)
+        .unwrap_err();
     assert!(
         matches!(&err, Error::Store(statestream_store::Error::UnknownStore { store, .. }) if store == "nope"),
         "{err:?}"

@@ -43,9 +43,10 @@ fn run(delivery: Delivery) {
     let failing = Flushing::default();
     *failing.fail_flush.lock().unwrap() = true;
     let mut store = home.open_store();
-    let mut manager =
-        DeliveryManager::with_streamers(&mut store, vec![(setup(), Box::new(failing.clone()))])
-            .unwrap();
+    let mut manager = DeliveryManager::builder()
+        .streamer(setup(), Box::new(failing.clone()))
+        .start(&mut store)
+        .unwrap();
     commit_workload(&mut manager, &mut store, 1..=4);
     let closed = manager.close(&mut store);
     assert!(closed.is_ok(), "{closed:?}");
@@ -61,9 +62,10 @@ fn run(delivery: Delivery) {
     // Second run: the blocks come again, and this time they are flushed.
     let healthy = Flushing::default();
     let mut store = home.open_store();
-    let mut manager =
-        DeliveryManager::with_streamers(&mut store, vec![(setup(), Box::new(healthy.clone()))])
-            .unwrap();
+    let mut manager = DeliveryManager::builder()
+        .streamer(setup(), Box::new(healthy.clone()))
+        .start(&mut store)
+        .unwrap();
     commit_workload(&mut manager, &mut store, 5..=5);
     manager.close(&mut store).unwrap();
     assert_eq!(*healthy.heights.lock().unwrap(), vec![1, 2, 3, 4, 5]);

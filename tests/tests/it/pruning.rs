@@ -30,9 +30,8 @@ fn pruning_keeps_nothing_below_the_lowest_cursor_and_everything_a_lagging_stream
             .failed_attempts(&[3, 3, 3, 3, 3]),
     );
     let slow = slow.fail(3, Fail::Always);
-    let mut manager = DeliveryManager::with_streamers(
-        &mut store,
-        vec![
+    let mut manager = DeliveryManager::builder()
+        .streamers(vec![
             (
                 StreamerSetup::new("fast", &all).delivery(Delivery::Sync),
                 Box::new(fast),
@@ -43,9 +42,9 @@ fn pruning_keeps_nothing_below_the_lowest_cursor_and_everything_a_lagging_stream
                     .stop_node_on_error(false),
                 Box::new(slow),
             ),
-        ],
-    )
-    .unwrap();
+        ])
+        .start(&mut store)
+        .unwrap();
     let log = store.change_log();
     let mut written = commit_workload(&mut manager, &mut store, 1..=2);
     for h in 3..=7 {
@@ -91,14 +90,13 @@ fn pruning_follows_an_async_streamer() {
     let mut store = memory_store();
     let all = keys(&STORES);
     let (rec, handle) = recorder("rec", Expect::new().start(1).blocks(1..=8).close());
-    let mut manager = DeliveryManager::with_streamers(
-        &mut store,
-        vec![(
+    let mut manager = DeliveryManager::builder()
+        .streamer(
             StreamerSetup::new("rec", &all).delivery(Delivery::Async),
             Box::new(rec),
-        )],
-    )
-    .unwrap();
+        )
+        .start(&mut store)
+        .unwrap();
     let log = store.change_log();
     let mut written = commit_workload(&mut manager, &mut store, 1..=6);
     wait_until("block 6 delivered", || handle.last_height() == 6);

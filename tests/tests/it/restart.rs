@@ -15,8 +15,10 @@ fn cursor_behind_committed_height(delivery: Delivery) {
     // Run 1: blocks 1..=4 delivered.
     let mut store = home.open_store();
     let (rec, handle) = recorder("rec", Expect::new().start(1).blocks(1..=4).close());
-    let mut manager =
-        DeliveryManager::with_streamers(&mut store, vec![(setup(), Box::new(rec))]).unwrap();
+    let mut manager = DeliveryManager::builder()
+        .streamer(setup(), Box::new(rec))
+        .start(&mut store)
+        .unwrap();
     let mut written = commit_workload(&mut manager, &mut store, 1..=4);
     manager.close(&mut store).unwrap();
     handle
@@ -35,8 +37,10 @@ fn cursor_behind_committed_height(delivery: Delivery) {
     assert_eq!(store.version(), 8);
     assert_eq!(store.cursor("rec").unwrap(), Some(4));
     let (rec, handle) = recorder("rec", Expect::new().start(5).blocks(5..=11).close());
-    let mut manager =
-        DeliveryManager::with_streamers(&mut store, vec![(setup(), Box::new(rec))]).unwrap();
+    let mut manager = DeliveryManager::builder()
+        .streamer(setup(), Box::new(rec))
+        .start(&mut store)
+        .unwrap();
     written.extend(commit_workload(&mut manager, &mut store, 9..=11));
     wait_until("every block to be delivered", || {
         manager.stats()[0].delivered_height == 11
@@ -69,8 +73,10 @@ fn restart_after_a_crash_without_close_resumes_from_the_persisted_cursor() {
     let setup = || StreamerSetup::new("rec", &all).delivery(Delivery::Sync);
     let mut store = home.open_store();
     let (rec, handle) = recorder("rec", Expect::new().start(1).blocks(1..=5));
-    let mut manager =
-        DeliveryManager::with_streamers(&mut store, vec![(setup(), Box::new(rec))]).unwrap();
+    let mut manager = DeliveryManager::builder()
+        .streamer(setup(), Box::new(rec))
+        .start(&mut store)
+        .unwrap();
     let mut written = commit_workload(&mut manager, &mut store, 1..=5);
     // No close: the cursor persisted is the one that rode along with the
     // last commit (4); block 5 is delivered again after the restart.
@@ -88,8 +94,10 @@ fn restart_after_a_crash_without_close_resumes_from_the_persisted_cursor() {
             .blocks(persisted + 1..=7)
             .close(),
     );
-    let mut manager =
-        DeliveryManager::with_streamers(&mut store, vec![(setup(), Box::new(rec))]).unwrap();
+    let mut manager = DeliveryManager::builder()
+        .streamer(setup(), Box::new(rec))
+        .start(&mut store)
+        .unwrap();
     written.extend(commit_workload(&mut manager, &mut store, 6..=7));
     manager.close(&mut store).unwrap();
     handle
@@ -102,11 +110,10 @@ fn new_streamer_starts_with_the_next_block(delivery: Delivery) {
     let all = keys(&STORES);
     let mut store = home.open_store();
     let (old, old_handle) = recorder("old", Expect::new().start(1).blocks(1..=3).close());
-    let mut manager = DeliveryManager::with_streamers(
-        &mut store,
-        vec![(StreamerSetup::new("old", &all), Box::new(old))],
-    )
-    .unwrap();
+    let mut manager = DeliveryManager::builder()
+        .streamer(StreamerSetup::new("old", &all), Box::new(old))
+        .start(&mut store)
+        .unwrap();
     let mut written = commit_workload(&mut manager, &mut store, 1..=3);
     manager.close(&mut store).unwrap();
     old_handle
@@ -117,17 +124,16 @@ fn new_streamer_starts_with_the_next_block(delivery: Delivery) {
     let mut store = home.open_store();
     let (new, handle) = recorder("new", Expect::new().start(4).blocks(4..=6).close());
     let (old, old_handle) = recorder("old", Expect::new().start(4).blocks(4..=6).close());
-    let mut manager = DeliveryManager::with_streamers(
-        &mut store,
-        vec![
+    let mut manager = DeliveryManager::builder()
+        .streamers(vec![
             (StreamerSetup::new("old", &all), Box::new(old)),
             (
                 StreamerSetup::new("new", &all).delivery(delivery),
                 Box::new(new),
             ),
-        ],
-    )
-    .unwrap();
+        ])
+        .start(&mut store)
+        .unwrap();
     // The new streamer's cursor is persisted at once.
     assert_eq!(store.cursor("new").unwrap(), Some(3));
     written.extend(commit_workload(&mut manager, &mut store, 4..=6));
@@ -159,25 +165,26 @@ fn restart_streamer_left_out_of_the_config_loses_pruned_blocks_with_a_clear_erro
     let all = keys(&STORES);
     let mut store = home.open_store();
     let (rec, handle) = recorder("rec", Expect::new().start(1).blocks(1..=3).close());
-    let mut manager = DeliveryManager::with_streamers(
-        &mut store,
-        vec![(StreamerSetup::new("rec", &all), Box::new(rec))],
-    )
-    .unwrap();
+    let mut manager = DeliveryManager::builder()
+        .streamer(StreamerSetup::new("rec", &all), Box::new(rec))
+        .start(&mut store)
+        .unwrap();
     commit_workload(&mut manager, &mut store, 1..=3);
     manager.close(&mut store).unwrap();
     handle.verify();
 
-    let mut manager = DeliveryManager::with_streamers(&mut store, Vec::new()).unwrap();
+    let mut manager = DeliveryManager::builder()
+        .streamers(Vec::new())
+        .start(&mut store)
+        .unwrap();
     commit_workload(&mut manager, &mut store, 4..=6);
     manager.close(&mut store).unwrap();
 
     let (rec, handle) = recorder("rec", Expect::new());
-    let err = DeliveryManager::with_streamers(
-        &mut store,
-        vec![(StreamerSetup::new("rec", &all), Box::new(rec))],
-    )
-    .unwrap_err();
+    let err = DeliveryManager::builder()
+        .streamer(StreamerSetup::new("rec", &all), Box::new(rec))
+        .start(&mut store)
+        .unwrap_err();
     assert!(
         matches!(&err, Error::CursorPruned { streamer, .. } if streamer == "rec"),
         "{err:?}"
@@ -195,11 +202,10 @@ fn restart_streamer_left_out_of_the_config_loses_pruned_blocks_with_a_clear_erro
     // Deleting the cursor, as the message offers, lets it start anew.
     assert!(store.delete_cursor("rec").unwrap());
     let (rec, handle2) = recorder("rec", Expect::new());
-    let manager = DeliveryManager::with_streamers(
-        &mut store,
-        vec![(StreamerSetup::new("rec", &all), Box::new(rec))],
-    )
-    .unwrap();
+    let manager = DeliveryManager::builder()
+        .streamer(StreamerSetup::new("rec", &all), Box::new(rec))
+        .start(&mut store)
+        .unwrap();
     drop(manager);
     handle2.verify();
     handle.verify();

@@ -15,8 +15,10 @@ fn run(streamer: impl Streamer + 'static, delivery: Delivery, blocks: u64) {
     let setup = StreamerSetup::new("s", &all)
         .delivery(delivery)
         .stop_node_on_error(false);
-    let mut manager =
-        DeliveryManager::with_streamers(&mut store, vec![(setup, Box::new(streamer))]).unwrap();
+    let mut manager = DeliveryManager::builder()
+        .streamer(setup, Box::new(streamer))
+        .start(&mut store)
+        .unwrap();
     commit_workload(&mut manager, &mut store, 1..=blocks);
     manager.close(&mut store).unwrap();
 }
@@ -94,11 +96,10 @@ fn streamer_option_none_is_a_no_op() {
     let mut store = memory_store();
     let all = keys(&STORES);
     let setup = StreamerSetup::new("none", &all).delivery(Delivery::Sync);
-    let mut manager = DeliveryManager::with_streamers(
-        &mut store,
-        vec![(setup, Box::new(Option::<Recorder>::None))],
-    )
-    .unwrap();
+    let mut manager = DeliveryManager::builder()
+        .streamer(setup, Box::new(Option::<Recorder>::None))
+        .start(&mut store)
+        .unwrap();
     commit_workload(&mut manager, &mut store, 1..=3);
     let s = manager.stats().remove(0);
     assert_eq!((s.delivered_height, s.errors), (3, 0));
@@ -119,11 +120,10 @@ fn streamer_option_some_forwards_errors() {
     let mut store = memory_store();
     let all = keys(&STORES);
     let setup = StreamerSetup::new("some", &all).delivery(Delivery::Sync);
-    let mut manager = DeliveryManager::with_streamers(
-        &mut store,
-        vec![(setup, Box::new(Some(rec.fail(3, Fail::Always))))],
-    )
-    .unwrap();
+    let mut manager = DeliveryManager::builder()
+        .streamer(setup, Box::new(Some(rec.fail(3, Fail::Always))))
+        .start(&mut store)
+        .unwrap();
     commit_workload(&mut manager, &mut store, 1..=2);
     statestream_tests::workload(&mut store, 3);
     let err = manager

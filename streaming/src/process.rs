@@ -11,7 +11,7 @@
 //!
 //! The plugin does not inherit the node's environment, which may hold
 //! secrets (`PGPASSWORD`): it gets only the variables of
-//! [`INHERITED_ENV`] (and `LC_*`) from it, plus those of `env`.
+//! [`PLUGIN_INHERITED_ENV`] (and `LC_*`) from it, plus those of `env`.
 //!
 //! Any misbehaviour (exit, crash, silence past the timeout, garbage, an ack
 //! of the wrong height, a protocol version mismatch) is a [`ProcessError`]:
@@ -58,7 +58,7 @@ const EXIT_POLL: Duration = Duration::from_millis(5);
 /// the time zone, a temporary directory). Every other variable of the node
 /// is withheld, since it may be a secret meant for the node alone
 /// (`PGPASSWORD`, a token); a plugin gets what else it needs from `env`.
-pub const INHERITED_ENV: &[&str] = &[
+pub const PLUGIN_INHERITED_ENV: &[&str] = &[
     "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR",
 ];
 
@@ -125,7 +125,7 @@ pub struct ProcessStreamerConfig {
     #[serde(default = "default_max_frame_bytes")]
     pub max_frame_bytes: u64,
     /// Environment variables set for the plugin. The plugin does not
-    /// inherit the node's environment: only [`INHERITED_ENV`] and `LC_*`
+    /// inherit the node's environment: only [`PLUGIN_INHERITED_ENV`] and `LC_*`
     /// are passed on, and these are set on top (they may override them).
     /// Default: none.
     #[serde(default)]
@@ -426,7 +426,7 @@ impl ProcessError {
 ///
 /// The plugin is started at the first block, with the exact argv of
 /// `command` (never through a shell), in an environment of its own
-/// ([`INHERITED_ENV`] and `env`). The node sends `Hello` and waits for
+/// ([`PLUGIN_INHERITED_ENV`] and `env`). The node sends `Hello` and waits for
 /// `HelloAck`, then sends one `BlockFrame` per block and waits for the
 /// matching `Ack`: `on_block` returns `Ok` only then, so the cursor
 /// advances only on acknowledgement. A block over `max_frame_bytes` is not
@@ -570,9 +570,9 @@ impl Plugin {
             frame: frame.to_string(),
             timeout_ms: timeout.as_millis(),
         };
-        // The writer thread takes a frame only once it wrote the previous
-        // one, so this wait ends early only for a plugin that stopped
-        // reading.
+        // Every exchange that leaves the plugin running waited for its frame
+        // to be written, so the writer thread is idle and this does not
+        // wait; the deadline only guards that.
         let sent = match &self.frames {
             Some(tx) => tx.send_deadline(payload, deadline),
             None => Err(SendTimeoutError::Disconnected(payload)),
@@ -885,7 +885,7 @@ fn read_loop(stdout: ChildStdout, events: &Sender<Event>) {
 }
 
 /// The plugin's environment: the variables of `node` (the node's
-/// environment) named in [`INHERITED_ENV`] or starting with `LC_`, then
+/// environment) named in [`PLUGIN_INHERITED_ENV`] or starting with `LC_`, then
 /// `extra` (the `env` option), which may override them.
 fn plugin_env(
     node: impl Iterator<Item = (OsString, OsString)>,
@@ -893,7 +893,7 @@ fn plugin_env(
 ) -> Vec<(OsString, OsString)> {
     let inherited = |name: &OsStr| {
         name.to_str()
-            .is_some_and(|n| INHERITED_ENV.contains(&n) || n.starts_with("LC_"))
+            .is_some_and(|n| PLUGIN_INHERITED_ENV.contains(&n) || n.starts_with("LC_"))
     };
     let mut vars: BTreeMap<OsString, OsString> = node.filter(|(name, _)| inherited(name)).collect();
     for (name, value) in extra {

@@ -892,10 +892,10 @@ fn process_block_over_the_frame_limit_is_named() -> TestResult {
     Ok(())
 }
 
-/// The values written into blocks that must not fit into a pipe's buffer
-/// (64 KiB on Linux), so that a plugin that does not read blocks the
-/// node's writes.
-const PIPE_FILLER: usize = 1 << 20;
+/// The size of a value that makes a block's frame larger than a pipe's
+/// buffer (64 KiB on Linux), so that a plugin that does not read blocks the
+/// node's write.
+const PIPE_FILLER: usize = 256 << 10;
 
 /// A plugin that acknowledges blocks without reading its stdin is timed
 /// out (the node does not wait on the pipe for ever), killed and
@@ -904,19 +904,20 @@ const PIPE_FILLER: usize = 1 << 20;
 fn process_plugin_not_reading_stdin_times_out_and_restarts() -> TestResult {
     let mut node = Node::start(
         &echo_cmd(),
-        "delivery = \"sync\"\nstop-node-on-error = false\ntimeout_ms = 1000\n\
+        "delivery = \"sync\"\nstop-node-on-error = false\ntimeout_ms = 5000\n\
          env = { ECHO_PLUGIN_DEAF_AT = \"3\" }",
     )?;
-    node.commit_big(PIPE_FILLER)?;
-    node.commit_big(PIPE_FILLER)?;
+    node.commit_n(2)?;
     assert_eq!(node.delivered(), 2);
     // The commits run on a thread of their own so that a node blocked on
     // the plugin's pipe fails this test instead of hanging it.
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let mut results = Vec::new();
-        for _ in 3..=6 {
-            results.push(node.commit_big(PIPE_FILLER).map_err(|e| e.to_string()));
+        // Block 3 does not fit into the pipe; before the fix, block 5
+        // waited for ever behind block 4, which waited behind block 3.
+        let mut results = vec![node.commit_big(PIPE_FILLER).map_err(|e| e.to_string())];
+        for _ in 4..=6 {
+            results.push(node.commit().map_err(|e| e.to_string()));
         }
         let _ = tx.send((node, results));
     });
@@ -924,7 +925,7 @@ fn process_plugin_not_reading_stdin_times_out_and_restarts() -> TestResult {
         .recv_timeout(Duration::from_secs(180))
         .unwrap_or_else(|_| {
             panic!(
-                "committing blocks 3 to 6 did not end within 180 s (timeout_ms 1000): the node \
+                "committing blocks 3 to 6 did not end within 180 s (timeout_ms 5000): the node \
              blocked on a plugin that does not read its stdin"
             )
         });
@@ -935,7 +936,7 @@ fn process_plugin_not_reading_stdin_times_out_and_restarts() -> TestResult {
     assert!(
         error.contains("plugin \"echo\"")
             && error.contains("timed out: it did not read the frame of height 3")
-            && error.contains("within 1000 ms; it was killed"),
+            && error.contains("within 5000 ms; it was killed"),
         "{error}"
     );
     assert_eq!(node.manager().stats()[0].errors, 1);

@@ -95,12 +95,14 @@ queue = 64
 # type = "process"
 # keys = ["*"]
 # command = ["python3", "examples/plugins/indexer.py", "index.jsonl"]
-# env = {}                           # environment variables added for it
-# timeout_ms = 10000                 # to acknowledge one block
+# env = {}                           # its environment variables (of the node's
+#                                    # own it gets only PATH, HOME, LANG, ...)
+# timeout_ms = 10000                 # to read and acknowledge one block
 # handshake_timeout_ms = 10000       # to answer the handshake
 # close_timeout_ms = 5000            # to exit at shutdown
 # restart_backoff_ms = 100           # first pause before a restart
 # restart_backoff_max_ms = 10000     # longest pause between restarts
+# max_frame_bytes = 67108864         # largest block sent; raise the plugin's too
 
 # type = "nats": one message per block to a NATS JetStream stream
 # (docs/nats.md), on the official async-nats client. Several servers of a

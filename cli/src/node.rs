@@ -15,7 +15,8 @@ use statestream::{
     Block, DeliveryManager, PushQueue, Registry, StreamError, Streamer, StreamerStats,
     TelemetryServer,
 };
-use statestream_config::AppConfig;
+use statestream_config::{AppConfig, StreamerSpec};
+use statestream_serve::{SERVE_TYPE, ServeConfig};
 use statestream_store::{CommitInfo, MultiStore, StoreKey, StoreOptions, WriteListener};
 
 use crate::workload::{self, STORE_NAMES, Stores};
@@ -132,7 +133,10 @@ pub struct NodeArgs {
 
     /// Do not fsync every commit (faster; a crash rolls the store back to
     /// its last durable commit and the node re-executes the blocks after
-    /// it, identically). The default fsyncs every commit.
+    /// it, identically). The default fsyncs every commit. Refused with a
+    /// `serve` streamer that has `push_updates = true`: a pusher is
+    /// answered once its write is committed, and a crash could undo that
+    /// commit.
     #[arg(long)]
     no_fsync: bool,
 
@@ -222,6 +226,9 @@ pub fn execute(args: &NodeArgs, quiet: bool) -> Result<Summary> {
     tracing::info!(config = %source.origin().display(), "{}", source.describe());
     let config = source.load()?;
     let specs = config.resolve(&STORE_NAMES)?;
+    if args.no_fsync {
+        refuse_push_without_fsync(&specs)?;
+    }
 
     std::fs::create_dir_all(args.home.join("data"))
         .with_context(|| format!("cannot create the home directory {}", args.home.display()))?;
@@ -363,6 +370,32 @@ pub fn execute(args: &NodeArgs, quiet: bool) -> Result<Summary> {
         stats,
         cursors,
     })
+}
+
+/// With `--no-fsync`, no `serve` streamer may accept `PushUpdate`: a pusher
+/// is answered once the block holding its write is committed, and a crash
+/// rolls the store back to its last durable commit, losing a write that was
+/// acknowledged (and that the streamers, NATS or PostgreSQL, may already
+/// hold: the re-executed block would differ from theirs).
+fn refuse_push_without_fsync(specs: &[StreamerSpec]) -> Result<()> {
+    for spec in specs.iter().filter(|s| s.type_name == SERVE_TYPE) {
+        // A table the serve type refuses is reported when it is built.
+        let Ok(serve) = spec.options.parse::<ServeConfig>() else {
+            continue;
+        };
+        if serve.push_updates {
+            return Err(spec
+                .options
+                .error(
+                    "push_updates",
+                    "is true, which --no-fsync does not allow: a pushed write is \
+                     acknowledged once committed, and without fsync a crash can undo that \
+                     commit; run the node without --no-fsync, or set push_updates = false",
+                )
+                .into());
+        }
+    }
+    Ok(())
 }
 
 /// Starts the telemetry server when `[telemetry] address` is set; the

@@ -831,3 +831,55 @@ fn bad_input_store_that_is_not_a_database() {
     let run = statestream(["node", "--home", p(&home), "--blocks", "1"]);
     assert!(run.stdout.is_empty(), "{run:#?}");
 }
+
+/// `--no-fsync` with a `serve` streamer accepting `PushUpdate` is refused at
+/// start, naming the key, its line and the flag, before anything is
+/// created; either one alone runs.
+#[test]
+fn bad_input_no_fsync_refuses_push_updates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("app.toml");
+    let table = |push: &str| {
+        format!(
+            "[store]\nstreamers = [\"serve\"]\n\n[streamers.serve]\nkeys = [\"*\"]\n\
+             grpc_address = \"127.0.0.1:0\"\npush_updates = {push}\n"
+        )
+    };
+    // Cosmos-style string booleans are read as booleans too.
+    for push in ["true", "\"true\""] {
+        let home = tmp.path().join("refused");
+        std::fs::write(&config, table(push)).unwrap();
+        let line = statestream([
+            "node",
+            "--home",
+            p(&home),
+            "--config",
+            p(&config),
+            "--blocks",
+            "1",
+            "--no-fsync",
+        ])
+        .fails(
+            "--no-fsync with push_updates",
+            1,
+            &[
+                p(&config),
+                "[streamers.serve]",
+                "push_updates",
+                "(line 7)",
+                "--no-fsync",
+                "set push_updates = false",
+            ],
+        );
+        assert!(!home.exists(), "{line}: the home was created");
+    }
+    for (push, flags) in [("true", &[][..]), ("false", &["--no-fsync"][..])] {
+        std::fs::write(&config, table(push)).unwrap();
+        let home = tmp.path().join(format!("runs-{push}"));
+        let mut args = vec!["node", "--home", p(&home), "--config", p(&config)];
+        args.extend(["--blocks", "1"]);
+        args.extend(flags);
+        let run = statestream(&args);
+        assert_eq!(run.code, 0, "push_updates = {push} {flags:?}: {run:#?}");
+    }
+}

@@ -24,6 +24,11 @@ streaming-core/proto/statestream/v1/*.proto, field numbers included. No protoc.
 
 Stdout carries the protocol; logs go to stderr, which the node logs under
 the streamer's name.
+
+It reads frames of up to 64 MiB, the node's default `max_frame_bytes`. A
+node whose `max_frame_bytes` is raised sets the same value for it:
+
+    env = { INDEXER_MAX_FRAME_BYTES = "268435456" }
 """
 
 import json
@@ -33,7 +38,7 @@ import sys
 from google.protobuf import descriptor_pb2, descriptor_pool
 
 PROTOCOL_VERSION = 1
-MAX_FRAME_LEN = 64 << 20
+MAX_FRAME_LEN = int(os.environ.get("INDEXER_MAX_FRAME_BYTES", 64 << 20))
 PLUGIN_NAME = "indexer.py"
 PLUGIN_VERSION = "0.1.0"
 
@@ -182,7 +187,10 @@ def read_frame(stream, cls):
     if length is None:
         return None
     if length > MAX_FRAME_LEN:
-        raise ProtocolError(f"frame of {length} bytes exceeds the limit")
+        raise ProtocolError(
+            f"frame of {length} bytes exceeds the limit of {MAX_FRAME_LEN} bytes "
+            "(INDEXER_MAX_FRAME_BYTES)"
+        )
     payload = stream.read(length)
     if len(payload) != length:
         raise ProtocolError("stream ended inside a frame")

@@ -39,8 +39,12 @@ use crate::proto;
 /// `HelloAck.protocol_version`).
 pub const PROTOCOL_VERSION: u32 = 1;
 
-/// The largest frame either side accepts: a longer length prefix is an
-/// error, not an allocation.
+/// The largest frame either side accepts by default, in bytes of its
+/// message (the length prefix not counted): a longer length prefix is an
+/// error, not an allocation. The node checks each block against its limit
+/// (the `process` streamer's `max_frame_bytes`, this by default) before
+/// sending it; a plugin reads with its own ([`PluginIo::set_max_frame_len`],
+/// [`serve_with_max_frame_len`]). Raise both together.
 pub const MAX_FRAME_LEN: usize = 64 << 20;
 
 /// A framing or protocol error.
@@ -221,6 +225,7 @@ pub struct PluginIo<R, W> {
     reader: R,
     writer: W,
     buf: Vec<u8>,
+    max_frame_len: usize,
 }
 
 impl PluginIo<BufReader<io::Stdin>, BufWriter<io::Stdout>> {
@@ -238,7 +243,21 @@ impl<R: BufRead, W: Write> PluginIo<R, W> {
             reader,
             writer,
             buf: Vec::new(),
+            max_frame_len: MAX_FRAME_LEN,
         }
+    }
+
+    /// Sets the largest frame this plugin reads, in bytes of its message
+    /// ([`MAX_FRAME_LEN`] by default). A node whose `max_frame_bytes` is
+    /// raised sends larger blocks: raise this to the same value, or reading
+    /// such a block fails with [`FrameError::TooLarge`].
+    pub fn set_max_frame_len(&mut self, max: usize) {
+        self.max_frame_len = max;
+    }
+
+    /// The largest frame this plugin reads.
+    pub fn max_frame_len(&self) -> usize {
+        self.max_frame_len
     }
 
     /// Reads the node's `Hello` and answers a `HelloAck` naming this plugin.
@@ -256,7 +275,7 @@ impl<R: BufRead, W: Write> PluginIo<R, W> {
         version: &str,
         protocol_version: u32,
     ) -> Result<proto::Hello, FrameError> {
-        if !read_frame(&mut self.reader, &mut self.buf, MAX_FRAME_LEN)? {
+        if !read_frame(&mut self.reader, &mut self.buf, self.max_frame_len)? {
             return Err(FrameError::Eof { expected: "Hello" });
         }
         let hello: proto::Hello = decode_frame(&self.buf, "Hello")?;
@@ -278,7 +297,7 @@ impl<R: BufRead, W: Write> PluginIo<R, W> {
     /// The next block, or `None` when the node closed the stream (a clean
     /// shutdown: the plugin should exit with status 0).
     pub fn next_block(&mut self) -> Result<Option<PluginBlock>, FrameError> {
-        if !read_frame(&mut self.reader, &mut self.buf, MAX_FRAME_LEN)? {
+        if !read_frame(&mut self.reader, &mut self.buf, self.max_frame_len)? {
             return Ok(None);
         }
         let frame: proto::BlockFrame = decode_frame(&self.buf, "BlockFrame")?;
@@ -324,11 +343,32 @@ impl<R: BufRead, W: Write> PluginIo<R, W> {
 /// `handler` must have handled the block durably when it returns `Ok`: the
 /// node advances its cursor on the acknowledgement. It may see a height
 /// again (at least once delivery) and must then give the same result.
-pub fn serve<F>(name: &str, version: &str, mut handler: F) -> Result<(), FrameError>
+///
+/// Frames are read up to [`MAX_FRAME_LEN`] bytes; a plugin of a node whose
+/// `max_frame_bytes` is raised uses [`serve_with_max_frame_len`].
+pub fn serve<F>(name: &str, version: &str, handler: F) -> Result<(), FrameError>
+where
+    F: FnMut(&PluginBlock) -> Result<(), BoxError>,
+{
+    serve_with_max_frame_len(name, version, MAX_FRAME_LEN, handler)
+}
+
+/// [`serve`], reading frames of up to `max_frame_len` bytes: the value of
+/// the node's `max_frame_bytes` for this plugin. A block over this plugin's
+/// limit ends `serve` with [`FrameError::TooLarge`] (the plugin then exits,
+/// and the node restarts it with the same block), so the two limits must
+/// match.
+pub fn serve_with_max_frame_len<F>(
+    name: &str,
+    version: &str,
+    max_frame_len: usize,
+    mut handler: F,
+) -> Result<(), FrameError>
 where
     F: FnMut(&PluginBlock) -> Result<(), BoxError>,
 {
     let mut io = PluginIo::stdio();
+    io.set_max_frame_len(max_frame_len);
     io.handshake(name, version)?;
     while let Some(block) = io.next_block()? {
         match handler(&block) {
@@ -425,6 +465,38 @@ mod tests {
         assert!(read_frame(&mut r, &mut buf, MAX_FRAME_LEN).unwrap());
         let ack: proto::Ack = decode_frame(&buf, "Ack").unwrap();
         assert_eq!(ack.height, 7);
+    }
+
+    #[test]
+    fn plugin_io_max_frame_len_is_exact() {
+        let hello = proto::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            ..Default::default()
+        };
+        let block = proto::BlockFrame {
+            height: 1,
+            meta: None,
+            records: vec![7; 2000],
+        };
+        let size = block.encoded_len();
+        let mut input = Vec::new();
+        write_frame(&mut input, &hello).unwrap();
+        write_frame(&mut input, &block).unwrap();
+
+        let mut io = PluginIo::new(&input[..], Vec::new());
+        io.set_max_frame_len(size);
+        assert_eq!(io.max_frame_len(), size);
+        io.handshake("p", "1.0").unwrap();
+        assert_eq!(io.next_block().unwrap().unwrap().height(), 1);
+
+        let mut io = PluginIo::new(&input[..], Vec::new());
+        io.set_max_frame_len(size - 1);
+        io.handshake("p", "1.0").unwrap();
+        let r = io.next_block();
+        assert!(
+            matches!(r, Err(FrameError::TooLarge { len, max }) if len == size as u64 && max == size - 1),
+            "{r:?}"
+        );
     }
 
     #[test]

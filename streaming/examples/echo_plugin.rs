@@ -21,10 +21,14 @@
 //! - `ECHO_PLUGIN_GARBAGE_AT`: write bytes that are not an `Ack`;
 //! - `ECHO_PLUGIN_WRONG_ACK_AT`: acknowledge another height;
 //! - `ECHO_PLUGIN_ERROR_AT`: acknowledge it with an error;
+//! - `ECHO_PLUGIN_DEAF_AT`: stop reading stdin before it, and acknowledge it
+//!   and the next 100 heights at once, unread;
 //!
 //! and `ECHO_PLUGIN_PROTOCOL_VERSION`: claim this protocol version in the
-//! handshake (always). At each start it writes its pid to `<output>.pid`
-//! and appends the resume height of the `Hello` to `<output>.starts`.
+//! handshake (always); `ECHO_PLUGIN_MAX_FRAME_BYTES`: read frames of up to
+//! this many bytes (the node's `max_frame_bytes`) instead of
+//! `MAX_FRAME_LEN`. At each start it writes its pid to `<output>.pid` and
+//! appends the resume height of the `Hello` to `<output>.starts`.
 
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
@@ -86,6 +90,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         .map_or(PROTOCOL_VERSION, |v| u32::try_from(v).unwrap_or(u32::MAX));
 
     let mut io = PluginIo::stdio();
+    if let Some(max) = env_height("ECHO_PLUGIN_MAX_FRAME_BYTES") {
+        io.set_max_frame_len(usize::try_from(max)?);
+    }
     let hello = io.handshake_as("echo", env!("CARGO_PKG_VERSION"), version)?;
     eprintln!(
         "echo_plugin: streaming {:?} of {} from height {}",
@@ -110,9 +117,24 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let garbage_at = env_height("ECHO_PLUGIN_GARBAGE_AT");
     let wrong_ack_at = env_height("ECHO_PLUGIN_WRONG_ACK_AT");
     let error_at = env_height("ECHO_PLUGIN_ERROR_AT");
+    let deaf_at = env_height("ECHO_PLUGIN_DEAF_AT");
 
-    while let Some(block) = io.next_block()? {
+    let mut next = hello.resume_height;
+    loop {
+        if deaf_at == Some(next) && first_time(&out_path, "deaf", next) {
+            eprintln!("echo_plugin: acknowledging height {next} and on without reading as asked");
+            for h in next..next + 101 {
+                io.ack(h)?;
+            }
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            }
+        }
+        let Some(block) = io.next_block()? else {
+            break;
+        };
         let h = block.height();
+        next = h + 1;
         write_block(&mut out, &block)?;
         if crash_at == Some(h) && first_time(&out_path, "crash", h) {
             eprintln!("echo_plugin: crashing at height {h} as asked");

@@ -74,7 +74,7 @@ pub use observe::{
     Bucket, COMMIT_BUCKETS, ChangeLogStatus, HistogramStatus, NodeState, NodeStatus, Observer,
     StreamerState, StreamerStatus,
 };
-pub use process::{ProcessError, ProcessStreamer, ProcessStreamerConfig};
+pub use process::{PLUGIN_INHERITED_ENV, ProcessError, ProcessStreamer, ProcessStreamerConfig};
 /// The Prometheus client (`telemetry` feature), for streamers that register
 /// metrics of their own in [`Registry::metrics`].
 #[cfg(feature = "telemetry")]

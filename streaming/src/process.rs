@@ -6,7 +6,12 @@
 //! stdout, then sends one `BlockFrame` per block and waits for the matching
 //! `Ack`: [`Streamer::on_block`] returns `Ok` only then, so the cursor
 //! advances only on acknowledgement. The plugin's stderr is logged line by
-//! line under the streamer's name.
+//! line under the streamer's name, each line cut at 64 KiB and at most 100
+//! lines per second.
+//!
+//! The plugin does not inherit the node's environment, which may hold
+//! secrets (`PGPASSWORD`): it gets only the variables of
+//! [`PLUGIN_INHERITED_ENV`] (and `LC_*`) from it, plus those of `env`.
 //!
 //! Any misbehaviour (exit, crash, silence past the timeout, garbage, an ack
 //! of the wrong height, a protocol version mismatch) is a [`ProcessError`]:
@@ -18,28 +23,50 @@
 //!
 //! Architecture invariant: reads from and writes to the plugin happen on
 //! helper threads, so that no pipe operation can block the streamer past
-//! its timeouts (std offers no timeout on pipes).
+//! its timeouts (std offers no timeout on pipes). Every wait of the
+//! streamer on its plugin ends at a deadline: handing a frame over and
+//! getting its answer share one (`timeout_ms`, or `handshake_timeout_ms`),
+//! and a frame counts as handed over only once the plugin has read it all,
+//! so a plugin that answers without reading its stdin times out.
+
+mod stderr;
 
 use std::collections::BTreeMap;
-use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::ffi::{OsStr, OsString};
+use std::io::{self, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender};
 use serde::Deserialize;
 use statestream_config::ConfigError;
 use tracing::{info, warn};
 
 use statestream_config::StreamerOptions;
 use statestream_core::plugin::{self, FrameError, MAX_FRAME_LEN, PROTOCOL_VERSION};
-use statestream_core::{Block, StreamError, Streamer, StreamerContext, proto};
+use statestream_core::{Block, Shutdown, StreamError, Streamer, StreamerContext, proto};
 
 /// How long the node waits for the exit status of a plugin that closed its
 /// stdout or stdin, before killing it.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
 /// Polling step while waiting for a child to exit.
 const EXIT_POLL: Duration = Duration::from_millis(5);
+
+/// The variables of the node's environment a plugin inherits (with every
+/// `LC_*`): what programs need to run (find programs, a home, the locale,
+/// the time zone, a temporary directory). Every other variable of the node
+/// is withheld, since it may be a secret meant for the node alone
+/// (`PGPASSWORD`, a token); a plugin gets what else it needs from `env`.
+pub const PLUGIN_INHERITED_ENV: &[&str] = &[
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR",
+];
+
+/// The smallest `max_frame_bytes`.
+const MIN_FRAME_BYTES: u64 = 1024;
+/// The largest `max_frame_bytes`: protobuf runtimes refuse messages of
+/// 2 GiB and more.
+const MAX_FRAME_BYTES: u64 = i32::MAX as u64;
 
 /// Options of `type = "process"`.
 ///
@@ -53,6 +80,7 @@ const EXIT_POLL: Duration = Duration::from_millis(5);
 /// close_timeout_ms = 5000
 /// restart_backoff_ms = 100
 /// restart_backoff_max_ms = 10000
+/// max_frame_bytes = 67108864
 /// working_dir = "plugins"
 /// env = { INDEX_LEVEL = "full" }
 /// ```
@@ -65,13 +93,14 @@ pub struct ProcessStreamerConfig {
     /// up in `PATH`; a relative program path with `/` is relative to the
     /// plugin's working directory (see `working_dir`).
     pub command: Vec<String>,
-    /// How long the plugin may take to acknowledge one block, in
-    /// milliseconds, counted from when the node hands over the frame. Past
-    /// it the plugin is killed and the block fails. Default 10000.
+    /// How long the plugin may take to read one block's frame and
+    /// acknowledge it, in milliseconds, counted from when the node starts
+    /// handing the frame over. Past it the plugin is killed and the block
+    /// fails. Default 10000.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
-    /// How long the plugin may take to answer `Hello` after it is started,
-    /// in milliseconds. Default 10000.
+    /// How long the plugin may take to read `Hello` and answer it after it
+    /// is started, in milliseconds. Default 10000.
     #[serde(default = "default_timeout_ms")]
     pub handshake_timeout_ms: u64,
     /// At shutdown, how long the plugin may take to exit once its stdin is
@@ -87,8 +116,18 @@ pub struct ProcessStreamerConfig {
     /// The longest pause between restarts, in milliseconds. Default 10000.
     #[serde(default = "default_timeout_ms")]
     pub restart_backoff_max_ms: u64,
-    /// Environment variables set for the plugin, on top of the node's own
-    /// environment (which the plugin inherits). Default: none.
+    /// The largest block frame sent to the plugin, in bytes of the
+    /// `BlockFrame` message (its length prefix not counted). A block over
+    /// it is not sent: its delivery fails with an error naming its height
+    /// and size. Raise it together with the plugin's own limit
+    /// ([`plugin::serve_with_max_frame_len`]). From 1024 to 2147483647;
+    /// default 67108864 ([`MAX_FRAME_LEN`], 64 MiB).
+    #[serde(default = "default_max_frame_bytes")]
+    pub max_frame_bytes: u64,
+    /// Environment variables set for the plugin. The plugin does not
+    /// inherit the node's environment: only [`PLUGIN_INHERITED_ENV`] and `LC_*`
+    /// are passed on, and these are set on top (they may override them).
+    /// Default: none.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// The plugin's working directory; a relative path is under the node's
@@ -110,6 +149,10 @@ fn default_restart_backoff_ms() -> u64 {
     100
 }
 
+fn default_max_frame_bytes() -> u64 {
+    MAX_FRAME_LEN as u64
+}
+
 impl ProcessStreamerConfig {
     /// A configuration running `command` with every other option at its
     /// default.
@@ -125,6 +168,7 @@ impl ProcessStreamerConfig {
             close_timeout_ms: default_close_timeout_ms(),
             restart_backoff_ms: default_restart_backoff_ms(),
             restart_backoff_max_ms: default_timeout_ms(),
+            max_frame_bytes: default_max_frame_bytes(),
             env: BTreeMap::new(),
             working_dir: None,
         }
@@ -170,6 +214,28 @@ impl ProcessStreamerConfig {
                 return Err(opts.error(key, "must be at least 1 (milliseconds)"));
             }
         }
+        if !(MIN_FRAME_BYTES..=MAX_FRAME_BYTES).contains(&self.max_frame_bytes) {
+            return Err(opts.error(
+                "max_frame_bytes",
+                format!(
+                    "must be from {MIN_FRAME_BYTES} to {MAX_FRAME_BYTES} (bytes), not {}",
+                    self.max_frame_bytes
+                ),
+            ));
+        }
+        let max_frame = usize::try_from(self.max_frame_bytes)
+            .map_err(|_| opts.error("max_frame_bytes", "is more than this machine can address"))?;
+        for (name, value) in &self.env {
+            if name.is_empty() || name.contains(['=', '\0']) {
+                return Err(opts.error(
+                    "env",
+                    format!("{name:?} is not a variable name (empty, or holds '=' or NUL)"),
+                ));
+            }
+            if value.contains('\0') {
+                return Err(opts.error("env", format!("the value of {name} holds a NUL byte")));
+            }
+        }
         if self.restart_backoff_max_ms < self.restart_backoff_ms {
             return Err(opts.error(
                 "restart_backoff_max_ms",
@@ -211,6 +277,8 @@ impl ProcessStreamerConfig {
             backoff_max: Duration::from_millis(self.restart_backoff_max_ms),
             backoff: Duration::from_millis(self.restart_backoff_ms),
             not_before: None,
+            max_frame,
+            shutdown: ctx.shutdown.clone(),
             plugin: None,
         })
     }
@@ -276,6 +344,36 @@ pub enum ProcessError {
         waiting: String,
         timeout_ms: u128,
     },
+    /// The plugin did not read the node's frame in time (it may have
+    /// answered anyway: a plugin must read every frame before answering).
+    #[error(
+        "{plugin} timed out: it did not read the {frame} from its stdin within {timeout_ms} ms; it was killed"
+    )]
+    NotReading {
+        plugin: String,
+        frame: String,
+        timeout_ms: u128,
+    },
+    /// The block's frame is over `max_frame_bytes`: it was not sent, and
+    /// the plugin keeps running.
+    #[error(
+        "height {height} is a plugin frame of {size} bytes, over the limit of {max} bytes, so it \
+         was not sent; raise max_frame_bytes in [streamers.{streamer}] and the plugin's own \
+         frame limit together (docs/plugin-protocol.md)"
+    )]
+    FrameTooLarge {
+        streamer: String,
+        height: u64,
+        size: usize,
+        max: usize,
+    },
+    /// The node began shutting down while the plugin waited to be
+    /// restarted: it is not restarted, and the block stays in the change
+    /// log for the next start.
+    #[error(
+        "plugin program \"{program}\" not restarted for height {height}: the node is shutting down"
+    )]
+    ShuttingDown { program: String, height: u64 },
     /// The plugin wrote something that is not the expected frame.
     #[error("{plugin} wrote garbage instead of the {waiting}: {source}; it was killed")]
     BadFrame {
@@ -323,19 +421,35 @@ pub enum ProcessError {
     CloseTimeout { plugin: String, timeout_ms: u128 },
 }
 
+impl ProcessError {
+    /// Whether the plugin was killed (or is gone) and must be restarted,
+    /// after the backoff, for the next attempt.
+    fn needs_restart(&self) -> bool {
+        !matches!(
+            self,
+            ProcessError::Rejected { .. }
+                | ProcessError::FrameTooLarge { .. }
+                | ProcessError::ShuttingDown { .. }
+        )
+    }
+}
+
 /// `type = "process"`: a streamer that is a separate program. Built by
 /// [`ProcessStreamerConfig::build`].
 ///
 /// The plugin is started at the first block, with the exact argv of
-/// `command` (never through a shell). The node sends `Hello` and waits for
+/// `command` (never through a shell), in an environment of its own
+/// ([`PLUGIN_INHERITED_ENV`] and `env`). The node sends `Hello` and waits for
 /// `HelloAck`, then sends one `BlockFrame` per block and waits for the
 /// matching `Ack`: `on_block` returns `Ok` only then, so the cursor
-/// advances only on acknowledgement. The plugin's stderr is logged line by
-/// line under the streamer's name.
+/// advances only on acknowledgement. A block over `max_frame_bytes` is not
+/// sent ([`ProcessError::FrameTooLarge`]). The plugin's stderr is logged
+/// line by line under the streamer's name.
 ///
 /// Any misbehaviour is a [`ProcessError`]; the plugin is then killed and
 /// reaped, and the next `on_block` (the delivery manager's retry of the same
-/// block) starts it again, after the restart backoff, with `resume_height`
+/// block) starts it again, after the restart backoff (cut short when the
+/// node shuts down: the block then fails), with `resume_height`
 /// set to that block: blocks sent but not acknowledged are sent again (at
 /// least once delivery). An `Ack` carrying an error is the exception: the
 /// plugin keeps running and receives the block again. `on_close` closes the
@@ -361,6 +475,10 @@ pub struct ProcessStreamer {
     backoff: Duration,
     /// No restart before this instant (set by a failure).
     not_before: Option<Instant>,
+    /// `max_frame_bytes`.
+    max_frame: usize,
+    /// Ends the restart backoff early.
+    shutdown: Shutdown,
     plugin: Option<Plugin>,
 }
 
@@ -372,6 +490,9 @@ enum Event {
     Eof,
     /// Stdout held something that is not a frame.
     ReadFailed(FrameError),
+    /// The last frame handed over was written to stdin in full: the
+    /// plugin has read all but what the pipe holds.
+    Written,
     /// Writing a frame to stdin failed.
     WriteFailed(io::Error),
 }
@@ -394,6 +515,7 @@ impl std::fmt::Debug for Event {
         match self {
             Event::Frame(b) => write!(f, "Frame({} bytes)", b.len()),
             Event::Eof => f.write_str("Eof"),
+            Event::Written => f.write_str("Written"),
             Event::ReadFailed(e) => write!(f, "ReadFailed({e})"),
             Event::WriteFailed(e) => write!(f, "WriteFailed({e})"),
         }
@@ -443,24 +565,53 @@ impl Plugin {
         }
     }
 
-    /// Sends one frame's payload.
-    fn send(&mut self, payload: Vec<u8>, waiting: &str) -> Result<(), ProcessError> {
-        let sent = self.frames.as_ref().map(|tx| tx.send(payload).is_ok());
-        if sent == Some(true) {
-            Ok(())
-        } else {
-            Err(self.gone(waiting))
-        }
-    }
-
-    /// The next frame from the plugin, within `timeout`.
-    fn recv(&mut self, timeout: Duration, waiting: &str) -> Result<Vec<u8>, ProcessError> {
+    /// Hands `payload` (the `frame`, for messages) to the plugin and waits
+    /// for its answer (the `waiting`), both within `timeout`: the answer
+    /// counts only once the whole frame is written, so a plugin that
+    /// answers without reading its stdin times out
+    /// ([`ProcessError::NotReading`]).
+    fn exchange(
+        &mut self,
+        payload: Vec<u8>,
+        frame: &str,
+        waiting: &str,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, ProcessError> {
         let mut deadline = Instant::now() + timeout;
+        let not_reading = |plugin: &Plugin| ProcessError::NotReading {
+            plugin: plugin.label.clone(),
+            frame: frame.to_string(),
+            timeout_ms: timeout.as_millis(),
+        };
+        // Every exchange that leaves the plugin running waited for its frame
+        // to be written, so the writer thread is idle and this does not
+        // wait; the deadline only guards that.
+        let sent = match &self.frames {
+            Some(tx) => tx.send_deadline(payload, deadline),
+            None => Err(SendTimeoutError::Disconnected(payload)),
+        };
+        match sent {
+            Ok(()) => {}
+            Err(SendTimeoutError::Timeout(_)) => return Err(not_reading(self)),
+            Err(SendTimeoutError::Disconnected(_)) => return Err(self.gone(waiting)),
+        }
+        let mut written = false;
+        let mut answer = None;
         let mut write_failed = false;
         loop {
+            if written && let Some(answer) = answer.take() {
+                return Ok(answer);
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             match self.events.recv_timeout(left) {
-                Ok(Event::Frame(payload)) => return Ok(payload),
+                Ok(Event::Written) => written = true,
+                // The first frame is the answer. One more before the
+                // frame was read can only come from a plugin answering
+                // ahead without reading: dropped, the wait for the write
+                // then times out.
+                Ok(Event::Frame(payload)) => {
+                    answer.get_or_insert(payload);
+                }
                 Ok(Event::ReadFailed(source)) => {
                     return Err(ProcessError::BadFrame {
                         plugin: self.label.clone(),
@@ -479,6 +630,7 @@ impl Plugin {
                     return Err(self.gone(waiting));
                 }
                 Err(RecvTimeoutError::Timeout) if write_failed => return Err(self.gone(waiting)),
+                Err(RecvTimeoutError::Timeout) if !written => return Err(not_reading(self)),
                 Err(RecvTimeoutError::Timeout) => {
                     return Err(ProcessError::Timeout {
                         plugin: self.label.clone(),
@@ -504,17 +656,23 @@ impl ProcessStreamer {
     }
 
     /// Starts the plugin and runs the handshake; `resume` is the next height
-    /// it will receive.
+    /// it will receive. Waits for the restart backoff first, unless the node
+    /// shuts down meanwhile.
     fn start(&mut self, resume: u64) -> Result<(), ProcessError> {
-        if let Some(t) = self.not_before.take() {
+        if let Some(t) = self.not_before {
             let now = Instant::now();
-            if t > now {
-                std::thread::sleep(t - now);
+            if t > now && self.shutdown.wait(t - now) {
+                return Err(ProcessError::ShuttingDown {
+                    program: self.shown.clone(),
+                    height: resume,
+                });
             }
+            self.not_before = None;
         }
         let mut cmd = Command::new(&self.program);
         cmd.args(&self.args)
-            .envs(&self.env)
+            .env_clear()
+            .envs(plugin_env(std::env::vars_os(), &self.env))
             .current_dir(&self.cwd)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -550,7 +708,7 @@ impl ProcessStreamer {
             }),
             spawn_named(format!("plugin-{}-err", self.name), {
                 let name = self.name.clone();
-                move || log_stderr(stderr, &name, pid)
+                move || stderr::forward(stderr, &name, pid)
             }),
         ];
         for t in threads {
@@ -570,8 +728,12 @@ impl ProcessStreamer {
             resume_height: resume,
         };
         let waiting = "HelloAck";
-        plugin.send(prost::Message::encode_to_vec(&hello), waiting)?;
-        let payload = plugin.recv(self.handshake_timeout, waiting)?;
+        let payload = plugin.exchange(
+            prost::Message::encode_to_vec(&hello),
+            "Hello",
+            waiting,
+            self.handshake_timeout,
+        )?;
         let ack: proto::HelloAck =
             plugin::decode_frame(&payload, "HelloAck").map_err(|source| {
                 ProcessError::BadFrame {
@@ -602,15 +764,25 @@ impl ProcessStreamer {
     /// Sends `block` and waits for its acknowledgement.
     fn deliver(&mut self, block: &Block) -> Result<(), ProcessError> {
         let height = block.height();
+        let mut payload = Vec::new();
+        block.encode_frame(&mut payload);
+        // Checked before sending (or starting the plugin): the plugin would
+        // refuse the frame, the same way at every restart.
+        if payload.len() > self.max_frame {
+            return Err(ProcessError::FrameTooLarge {
+                streamer: self.name.clone(),
+                height,
+                size: payload.len(),
+                max: self.max_frame,
+            });
+        }
         if self.plugin.is_none() {
             self.start(height)?;
         }
         let plugin = self.plugin.as_mut().expect("started above");
         let waiting = format!("ack of height {height}");
-        let mut payload = Vec::new();
-        block.encode_frame(&mut payload);
-        plugin.send(payload, &waiting)?;
-        let payload = plugin.recv(self.timeout, &waiting)?;
+        let frame = format!("frame of height {height}");
+        let payload = plugin.exchange(payload, &frame, &waiting, self.timeout)?;
         let ack: proto::Ack =
             plugin::decode_frame(&payload, "Ack").map_err(|source| ProcessError::BadFrame {
                 plugin: plugin.label.clone(),
@@ -643,7 +815,7 @@ impl Streamer for ProcessStreamer {
                 Ok(())
             }
             Err(e) => {
-                if !matches!(e, ProcessError::Rejected { .. }) {
+                if e.needs_restart() {
                     // Killed and reaped here; restarted by the next attempt,
                     // after the backoff.
                     self.plugin = None;
@@ -691,12 +863,17 @@ where
 }
 
 /// Writes frames to the plugin's stdin until the sender is dropped (which
-/// closes stdin) or a write fails.
+/// closes stdin) or a write fails; reports each frame written in full.
 fn write_loop(stdin: ChildStdin, frames: &Receiver<Vec<u8>>, events: &Sender<Event>) {
     let mut w = BufWriter::new(stdin);
     for payload in frames.iter() {
-        if let Err(e) = plugin::write_frame_bytes(&mut w, &payload).and_then(|()| w.flush()) {
-            let _ = events.send(Event::WriteFailed(e));
+        let event = match plugin::write_frame_bytes(&mut w, &payload).and_then(|()| w.flush()) {
+            Ok(()) => Event::Written,
+            Err(e) => Event::WriteFailed(e),
+        };
+        let failed = matches!(event, Event::WriteFailed(_));
+        // A send fails once the plugin is dropped: nobody listens any more.
+        if events.send(event).is_err() || failed {
             return;
         }
     }
@@ -720,23 +897,22 @@ fn read_loop(stdout: ChildStdout, events: &Sender<Event>) {
     }
 }
 
-/// Logs the plugin's stderr, line by line, under the streamer's name.
-fn log_stderr(stderr: ChildStderr, name: &str, pid: u32) {
-    let mut r = BufReader::new(stderr);
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        match r.read_until(b'\n', &mut line) {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {
-                let text = String::from_utf8_lossy(&line);
-                let text = text.trim_end();
-                if !text.is_empty() {
-                    info!(streamer = %name, pid, "plugin: {text}");
-                }
-            }
-        }
+/// The plugin's environment: the variables of `node` (the node's
+/// environment) named in [`PLUGIN_INHERITED_ENV`] or starting with `LC_`, then
+/// `extra` (the `env` option), which may override them.
+fn plugin_env(
+    node: impl Iterator<Item = (OsString, OsString)>,
+    extra: &BTreeMap<String, String>,
+) -> Vec<(OsString, OsString)> {
+    let inherited = |name: &OsStr| {
+        name.to_str()
+            .is_some_and(|n| PLUGIN_INHERITED_ENV.contains(&n) || n.starts_with("LC_"))
+    };
+    let mut vars: BTreeMap<OsString, OsString> = node.filter(|(name, _)| inherited(name)).collect();
+    for (name, value) in extra {
+        vars.insert(name.into(), value.into());
     }
+    vars.into_iter().collect()
 }
 
 #[cfg(test)]
@@ -772,9 +948,11 @@ mod tests {
         let s = build(
             "command = [\"sh\", \"-c\", \"exit 0\"]\ntimeout_ms = 10000\n\
              handshake_timeout_ms = 10000\nclose-timeout-ms = 5000\nrestart_backoff_ms = 100\n\
-             restart_backoff_max_ms = 10000\nenv = { INDEX_LEVEL = \"full\" }\n",
+             restart_backoff_max_ms = 10000\nmax_frame_bytes = 67108864\n\
+             env = { INDEX_LEVEL = \"full\" }\n",
         )
         .unwrap();
+        assert_eq!(s.max_frame, 64 << 20);
         assert_eq!(s.args, ["-c", "exit 0"]);
         assert_eq!(s.env["INDEX_LEVEL"], "full");
         assert_eq!(s.close_timeout, Duration::from_millis(5000));
@@ -789,6 +967,8 @@ mod tests {
         assert_eq!(s.close_timeout, Duration::from_secs(5));
         assert_eq!(s.backoff_min, Duration::from_millis(100));
         assert_eq!(s.backoff_max, Duration::from_secs(10));
+        assert_eq!(s.max_frame, MAX_FRAME_LEN);
+        assert!(s.env.is_empty());
         assert_eq!(s.cwd, std::env::current_dir().unwrap());
     }
 
@@ -821,5 +1001,48 @@ mod tests {
             e.contains("working_dir") && e.contains("not a directory"),
             "{e}"
         );
+        for bad in [0u64, 1023, 1 << 31] {
+            let e = build(&format!("command = [\"sh\"]\nmax-frame-bytes = {bad}\n")).unwrap_err();
+            assert!(
+                e.contains("max-frame-bytes") && e.contains("from 1024 to 2147483647"),
+                "{e}"
+            );
+        }
+        for bad in ["\"A=B\" = \"1\"", "\"\" = \"1\"", "A = \"x\\u0000y\""] {
+            let e = build(&format!("command = [\"sh\"]\nenv = {{ {bad} }}\n")).unwrap_err();
+            assert!(e.contains("env"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn process_env_keeps_only_the_allow_list_and_adds_env() {
+        let node = [
+            ("PATH", "/usr/bin"),
+            ("HOME", "/home/n"),
+            ("LC_ALL", "C.UTF-8"),
+            ("TZ", "UTC"),
+            ("PGPASSWORD", "secret"),
+            ("AWS_SECRET_ACCESS_KEY", "k"),
+            ("LD_PRELOAD", "/tmp/x.so"),
+        ]
+        .map(|(k, v)| (OsString::from(k), OsString::from(v)));
+        let extra = BTreeMap::from([
+            ("INDEX_LEVEL".to_string(), "full".to_string()),
+            ("TZ".to_string(), "Europe/Paris".to_string()),
+        ]);
+        let env = plugin_env(node.into_iter(), &extra);
+        let env: Vec<(String, String)> = env
+            .into_iter()
+            .map(|(k, v)| (k.into_string().unwrap(), v.into_string().unwrap()))
+            .collect();
+        let expected = [
+            ("HOME", "/home/n"),
+            ("INDEX_LEVEL", "full"),
+            ("LC_ALL", "C.UTF-8"),
+            ("PATH", "/usr/bin"),
+            ("TZ", "Europe/Paris"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        assert_eq!(env, expected);
     }
 }

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::{OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use statestream::{BlockMeta, DeliveryManager, Error, Registry};
@@ -53,7 +53,8 @@ fn toml_str(s: &str) -> String {
 }
 
 /// A node with stores `bank` and `other`, one `process` streamer named
-/// `plug` on `bank`, configured by `extra` (TOML lines of its table).
+/// `plug` on `bank`, configured by `extra` (TOML lines of its table; the
+/// restart backoff is 10 ms to 200 ms unless `extra` sets it).
 struct Node {
     _home: tempfile::TempDir,
     out: PathBuf,
@@ -73,10 +74,14 @@ impl Node {
         let mut store = MultiStore::in_memory(&[bank.clone(), other.clone()])?;
         let mut argv: Vec<String> = command.iter().map(|a| toml_str(a)).collect();
         argv.push(toml_str(&out.to_string_lossy()));
+        let backoff = if extra.contains("restart_backoff") {
+            ""
+        } else {
+            "restart_backoff_ms = 10\nrestart_backoff_max_ms = 200\n"
+        };
         let text = format!(
             "[store]\nstreamers = [\"plug\"]\n\n[streamers.plug]\ntype = \"process\"\n\
-             keys = [\"bank\"]\ncommand = [{}]\nrestart_backoff_ms = 10\n\
-             restart_backoff_max_ms = 200\n{extra}\n",
+             keys = [\"bank\"]\ncommand = [{}]\n{backoff}{extra}\n",
             argv.join(", ")
         );
         let config = AppConfig::parse(&text, Path::new("app.toml"))?;
@@ -103,7 +108,16 @@ impl Node {
     /// the second block on) and one in `other`, which the plugin must not
     /// see.
     fn commit(&mut self) -> Result<u64, Error> {
+        self.commit_big(0)
+    }
+
+    /// [`Node::commit`], plus a value of `len` bytes at key `big` of `bank`
+    /// when `len` is not 0.
+    fn commit_big(&mut self, len: usize) -> Result<u64, Error> {
         let h = self.height + 1;
+        if len > 0 {
+            self.store.set(&self.bank, b"big", &vec![b'x'; len])?;
+        }
         self.store.set(
             &self.bank,
             format!("k{h}").as_bytes(),
@@ -763,5 +777,295 @@ fn process_command_is_the_exact_argv_no_shell() -> TestResult {
         err.to_string().contains("program \"sh -c true\" not found"),
         "{err}"
     );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Bounds: frame size, a plugin that does not read, shutdown, environment
+
+/// The size a halt message gives for the frame of `height`: "height H is a
+/// plugin frame of S bytes, over the limit of M bytes".
+fn frame_too_large(message: &str, height: u64) -> (usize, usize) {
+    let prefix = format!("height {height} is a plugin frame of ");
+    let rest = message
+        .split_once(&prefix)
+        .unwrap_or_else(|| panic!("not a frame size error for height {height}: {message}"))
+        .1;
+    let number = |s: &str| -> usize {
+        s.chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .unwrap_or_else(|_| panic!("no number in {message}"))
+    };
+    let size = number(rest);
+    let max = number(
+        rest.split_once("over the limit of ")
+            .unwrap_or_else(|| panic!("no limit in {message}"))
+            .1,
+    );
+    (size, max)
+}
+
+/// Commits a small block 1 and a block 2 with a 4000-byte value into a node
+/// whose plugin runs with `extra`; returns the node and block 2's result.
+fn frame_limit_run(extra: &str) -> Result<(Node, Result<u64, Error>), Box<dyn std::error::Error>> {
+    let mut node = Node::start(&echo_cmd(), &format!("delivery = \"sync\"\n{extra}"))?;
+    node.commit()?;
+    let second = node.commit_big(4000);
+    Ok((node, second))
+}
+
+/// A block over `max_frame_bytes` is refused before it is sent, with its
+/// height and size, and the plugin is not restarted over it; one byte less
+/// than the frame is refused, exactly the frame's size passes on both
+/// sides, and a plugin whose own limit is lower refuses it.
+#[test]
+fn process_block_over_the_frame_limit_is_named() -> TestResult {
+    // The frame's size, as the node reports it.
+    let (mut node, second) = frame_limit_run("max_frame_bytes = 1024")?;
+    let message = match second {
+        Err(Error::Halted {
+            height: 2, message, ..
+        }) => message,
+        other => panic!("expected a halt at height 2, got {other:?}"),
+    };
+    let (size, max) = frame_too_large(&message, 2);
+    assert_eq!(max, 1024);
+    assert!(size > 4000, "{message}");
+    assert!(
+        message.contains("max_frame_bytes") && message.contains("[streamers.plug]"),
+        "{message}"
+    );
+    node.close_halted();
+
+    // One byte over the limit.
+    let (mut node, second) = frame_limit_run(&format!("max_frame_bytes = {}", size - 1))?;
+    match second {
+        Err(Error::Halted {
+            height: 2, message, ..
+        }) => assert_eq!(frame_too_large(&message, 2), (size, size - 1), "{message}"),
+        other => panic!("expected a halt at height 2, got {other:?}"),
+    }
+    assert_eq!(node.delivered(), 1);
+    node.close_halted();
+    // The plugin was never sent the block, so never killed or restarted.
+    assert_eq!(node.starts(), [1]);
+    assert_eq!(node.out_heights(), [1]);
+
+    // Without stop-node-on-error, every attempt fails the same clear way and
+    // the plugin keeps running.
+    let (mut node, second) = frame_limit_run(&format!(
+        "max_frame_bytes = {}\nstop-node-on-error = false",
+        size - 1
+    ))?;
+    second?;
+    node.commit()?;
+    assert_eq!(node.delivered(), 1);
+    assert_eq!(frame_too_large(&node.last_error(), 2), (size, size - 1));
+    assert_eq!(node.manager().stats()[0].errors, 2);
+    node.close()?;
+    assert_eq!(node.starts(), [1]);
+
+    // Exactly the limit, on both sides: delivered.
+    let (mut node, second) = frame_limit_run(&format!(
+        "max_frame_bytes = {size}\nenv = {{ ECHO_PLUGIN_MAX_FRAME_BYTES = \"{size}\" }}"
+    ))?;
+    second?;
+    assert_eq!(node.delivered(), 2);
+    node.close()?;
+    assert_eq!(node.out_heights().last(), Some(&2));
+
+    // The plugin's own limit one byte lower: the plugin refuses the frame
+    // and exits, and says why on its stderr.
+    let (mut node, second) = frame_limit_run(&format!(
+        "max_frame_bytes = {size}\nenv = {{ ECHO_PLUGIN_MAX_FRAME_BYTES = \"{}\" }}",
+        size - 1
+    ))?;
+    match second {
+        Err(Error::Halted {
+            height: 2, message, ..
+        }) => assert!(
+            message.contains("exited (exit status: 1) instead of sending the ack of height 2"),
+            "{message}"
+        ),
+        other => panic!("expected a halt at height 2, got {other:?}"),
+    }
+    node.close_halted();
+    Ok(())
+}
+
+/// The size of a value that makes a block's frame larger than a pipe's
+/// buffer (64 KiB on Linux), so that a plugin that does not read blocks the
+/// node's write.
+const PIPE_FILLER: usize = 256 << 10;
+
+/// A plugin that acknowledges blocks without reading its stdin is timed
+/// out (the node does not wait on the pipe for ever), killed and
+/// restarted with the block it did not read; every block then arrives.
+#[test]
+fn process_plugin_not_reading_stdin_times_out_and_restarts() -> TestResult {
+    let mut node = Node::start(
+        &echo_cmd(),
+        "delivery = \"sync\"\nstop-node-on-error = false\ntimeout_ms = 5000\n\
+         env = { ECHO_PLUGIN_DEAF_AT = \"3\" }",
+    )?;
+    node.commit_n(2)?;
+    assert_eq!(node.delivered(), 2);
+    // The commits run on a thread of their own so that a node blocked on
+    // the plugin's pipe fails this test instead of hanging it.
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        // Block 3 does not fit into the pipe; before the fix, block 5
+        // waited for ever behind block 4, which waited behind block 3.
+        let mut results = vec![node.commit_big(PIPE_FILLER).map_err(|e| e.to_string())];
+        for _ in 4..=6 {
+            results.push(node.commit().map_err(|e| e.to_string()));
+        }
+        let _ = tx.send((node, results));
+    });
+    let (mut node, results) = rx
+        .recv_timeout(Duration::from_secs(180))
+        .unwrap_or_else(|_| {
+            panic!(
+                "committing blocks 3 to 6 did not end within 180 s (timeout_ms 5000): the node \
+             blocked on a plugin that does not read its stdin"
+            )
+        });
+    for r in &results {
+        assert!(r.is_ok(), "{results:?}");
+    }
+    let error = node.last_error();
+    assert!(
+        error.contains("plugin \"echo\"")
+            && error.contains("timed out: it did not read the frame of height 3")
+            && error.contains("within 5000 ms; it was killed"),
+        "{error}"
+    );
+    assert_eq!(node.manager().stats()[0].errors, 1);
+    // Block 3 failed at its commit and was delivered again at the next one,
+    // by a restarted plugin.
+    assert_eq!(node.delivered(), 6);
+    node.close()?;
+    assert_eq!(node.starts(), [1, 3]);
+    assert_at_least_once(&node.out_heights(), 6);
+    Ok(())
+}
+
+/// A clean stop while a failed plugin waits out its restart backoff ends
+/// that wait: the node closes long before the backoff is over.
+#[test]
+fn process_clean_stop_during_restart_backoff_is_prompt() -> TestResult {
+    const BACKOFF_S: u64 = 120;
+    let mut node = Node::start(
+        &echo_cmd(),
+        &format!(
+            "delivery = \"async\"\nstop-node-on-error = false\n\
+             restart_backoff_ms = {ms}\nrestart_backoff_max_ms = {ms}\n\
+             env = {{ ECHO_PLUGIN_CRASH_AT = \"2\" }}",
+            ms = BACKOFF_S * 1000
+        ),
+    )?;
+    node.commit_n(3)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while node.manager().stats()[0].errors == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the plugin's crash at height 2 was not reported within 60 s: {:?}",
+            node.manager().stats()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(node.last_error().contains("exited (exit status: 3)"));
+    // The delivery worker retries after a pause of its own (50 ms), and then
+    // waits in the plugin's restart backoff: let it get there.
+    std::thread::sleep(Duration::from_secs(1));
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let closed = node.close().map_err(|e| e.to_string());
+        let _ = tx.send((node, closed));
+    });
+    let limit = Duration::from_secs(BACKOFF_S / 4);
+    let (node, closed) = rx.recv_timeout(limit).unwrap_or_else(|_| {
+        panic!(
+            "the node did not close within {} s while the plugin waited out a {BACKOFF_S} s \
+             restart backoff",
+            limit.as_secs()
+        )
+    });
+    closed?;
+    // Block 2 was not delivered: it waits in the change log.
+    assert_eq!(node.store.cursors()?, [("plug".to_string(), 1)]);
+    assert_eq!(node.starts(), [1]);
+    Ok(())
+}
+
+/// Where [`process_plugin_environment_child`] copies what the plugin saw.
+const ENV_DUMP_VAR: &str = "STATESTREAM_TEST_ENV_DUMP";
+
+/// A plugin does not see the node's environment: `PATH` (of the allow-list)
+/// passes, `PGPASSWORD` does not, and a variable of `env` is set. The node
+/// runs in a child process (this test binary, running only
+/// [`process_plugin_environment_child`]) with `PGPASSWORD` set: setting a
+/// variable in this process would race the tests running beside it.
+#[test]
+fn process_plugin_environment_is_the_allow_list() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let dump = dir.path().join("plugin.env");
+    let out = Command::new(std::env::current_exe()?)
+        .args([
+            "process_plugin_environment_child",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("PGPASSWORD", "hunter2")
+        .env(ENV_DUMP_VAR, &dump)
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "the child node failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&dump)?;
+    let vars: Vec<(&str, &str)> = text.lines().filter_map(|l| l.split_once('=')).collect();
+    let get = |name: &str| vars.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
+    let path = std::env::var("PATH")?;
+    assert_eq!(get("PATH"), Some(path.as_str()), "{text}");
+    assert_eq!(get("PLUGIN_SETTING"), Some("from env"), "{text}");
+    assert_eq!(get("PGPASSWORD"), None, "{text}");
+    assert_eq!(get(ENV_DUMP_VAR), None, "{text}");
+    // Cargo's variables of this test process are not passed on either.
+    assert!(!vars.iter().any(|(n, _)| n.starts_with("CARGO")), "{text}");
+    Ok(())
+}
+
+/// The node of [`process_plugin_environment_is_the_allow_list`]: a plugin
+/// that writes its environment to a file, then runs the echo plugin.
+#[test]
+#[ignore = "run by process_plugin_environment_is_the_allow_list, with PGPASSWORD set"]
+fn process_plugin_environment_child() -> TestResult {
+    let dump = PathBuf::from(
+        std::env::var_os(ENV_DUMP_VAR).ok_or("STATESTREAM_TEST_ENV_DUMP is not set")?,
+    );
+    assert_eq!(std::env::var("PGPASSWORD")?, "hunter2");
+    // sh -c SCRIPT ECHO_PLUGIN OUTPUT: $0 is the echo plugin, $1 its output.
+    let command = [
+        "sh".to_string(),
+        "-c".to_string(),
+        "env > \"$1.env\" && exec \"$0\" \"$1\"".to_string(),
+        echo_cmd()[0].clone(),
+    ];
+    let mut node = Node::start(
+        &command,
+        "delivery = \"sync\"\nenv = { PLUGIN_SETTING = \"from env\" }",
+    )?;
+    node.commit()?;
+    assert_eq!(node.delivered(), 1);
+    node.close()?;
+    let mut seen = node.out.clone().into_os_string();
+    seen.push(".env");
+    std::fs::copy(PathBuf::from(seen), dump)?;
     Ok(())
 }

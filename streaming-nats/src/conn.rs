@@ -430,6 +430,28 @@ impl Connection {
         }
     }
 
+    /// The message at sequence `seq` of `stream`, or `None` when there is
+    /// none (deleted, or removed by the stream's limits).
+    pub(crate) async fn message_at(
+        &self,
+        stream: &str,
+        seq: u64,
+    ) -> Result<Option<jetstream::message::StreamMessage>> {
+        use async_nats::jetstream::stream::RawMessageErrorKind as K;
+        let s = self
+            .js
+            .get_stream_no_info(stream)
+            .await
+            .map_err(|e| self.request_failed(&format!("stream {stream:?}"), &e))?;
+        match s.get_raw_message(seq).await {
+            Ok(m) => Ok(Some(m)),
+            Err(e) if e.kind() == K::NoMessageFound => Ok(None),
+            Err(e) => {
+                Err(self.request_failed(&format!("reading message {seq} of stream {stream:?}"), &e))
+            }
+        }
+    }
+
     pub(crate) fn request_failed(&self, what: &str, e: &dyn std::fmt::Display) -> NatsError {
         NatsError::Request {
             url: self.url.clone(),

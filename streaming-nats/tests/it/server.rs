@@ -217,6 +217,15 @@ impl Js {
         })
     }
 
+    /// Deletes the message at sequence `seq` from `stream` (JetStream's
+    /// `STREAM.MSG.DELETE`); whether it was there.
+    pub fn delete_message(&self, stream: &str, seq: u64) -> anyhow::Result<bool> {
+        self.rt.block_on(async {
+            let s = self.js.get_stream_no_info(stream).await?;
+            Ok(s.delete_message(seq).await?)
+        })
+    }
+
     /// The first message on `subject` at sequence `seq` or after.
     pub fn message(
         &self,

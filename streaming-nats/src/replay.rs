@@ -228,15 +228,20 @@ impl Pending {
         }
     }
 
-    /// The part numbers not received yet, for messages (the first few).
+    /// The part numbers not received yet, for messages.
     fn missing(&self) -> String {
-        let missing: Vec<String> = (1..=self.parts)
-            .filter(|i| !self.have.contains_key(i))
-            .take(8)
-            .map(|i| i.to_string())
-            .collect();
-        missing.join(", ")
+        missing_parts(self.parts, &self.have)
     }
+}
+
+/// The first few numbers in 1..=`parts` that `have` lacks, for messages.
+pub(crate) fn missing_parts<V>(parts: u64, have: &BTreeMap<u64, V>) -> String {
+    let missing: Vec<String> = (1..=parts)
+        .filter(|i| !have.contains_key(i))
+        .take(8)
+        .map(|i| i.to_string())
+        .collect();
+    missing.join(", ")
 }
 
 impl Assembler {

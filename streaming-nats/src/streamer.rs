@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 use crate::config::NatsStreamerConfig;
 use crate::conn::{Connection, StreamSpec, block_on, jetstream_error, runtime};
 use crate::error::{NatsError, Result};
-use crate::replay::check_block;
+use crate::replay::{check_block, missing_parts};
 
 /// Header with the deduplication id: `<stream>-<height>`, or
 /// `<stream>-<height>-<part>` for the parts of a split block.
@@ -68,7 +68,10 @@ const PART_SEARCH_MAX: u64 = 10_000;
 /// (re)connection and each error the streamer looks up the last block in
 /// the stream and does not publish heights at or below it again, and
 /// JetStream drops a message whose `Nats-Msg-Id` it saw within the
-/// stream's duplicate window.
+/// stream's duplicate window. A split last block counts only when every
+/// part is there and they decode as the block; otherwise its missing parts
+/// are published before anything later. A retry sends the messages of the
+/// first attempt unchanged (same bytes, same split, same ids).
 pub struct NatsStreamer {
     name: String,
     config: NatsStreamerConfig,
@@ -127,14 +130,9 @@ struct StoredParts {
 }
 
 impl StoredParts {
-    /// The part numbers missing, for messages (the first few).
+    /// The part numbers missing, for messages.
     fn missing(&self) -> String {
-        let missing: Vec<String> = (1..=self.parts)
-            .filter(|i| !self.have.contains_key(i))
-            .take(8)
-            .map(|i| i.to_string())
-            .collect();
-        missing.join(", ")
+        missing_parts(self.parts, &self.have)
     }
 }
 

@@ -162,6 +162,109 @@ fn security_tls_server_verified_with_tls_ca_file() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The common one-line self-signed certificate (`openssl req -x509`, RSA,
+/// basicConstraints CA:TRUE as OpenSSL's defaults add it) for `san`:
+/// (certificate PEM file, key PEM file). `None` (the test is skipped with
+/// a notice) when the `openssl` tool is missing.
+pub fn one_line_certificate(
+    test: &str,
+    dir: &Path,
+    name: &str,
+    san: &str,
+) -> Option<(PathBuf, PathBuf)> {
+    let found = std::process::Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !statestream_test_support::require(
+        test,
+        "openssl (command line tool)",
+        found,
+        "apt-get install -y openssl",
+    ) {
+        return None;
+    }
+    let (cert, key) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}-key.pem")),
+    );
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .args(["-subj", "/CN=statestream test", "-addext"])
+        .arg(format!("subjectAltName={san}"))
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl req -x509 failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some((cert, key))
+}
+
+#[test]
+fn security_tls_one_line_self_signed_certificate_is_pinned() -> anyhow::Result<()> {
+    // The server's certificate is the one-line self-signed one, and
+    // tls_ca_file names that very certificate: accepted as pinned (webpki
+    // alone refuses it: CaUsedAsEndEntity). Another self-signed
+    // certificate in tls_ca_file is refused.
+    let test = "security_tls_one_line_self_signed_certificate_is_pinned";
+    let certs = tempfile::tempdir()?;
+    let Some((cert, key)) =
+        one_line_certificate(test, certs.path(), "server", "IP:127.0.0.1,DNS:localhost")
+    else {
+        return Ok(());
+    };
+    let Some(server) = server::start_conf(
+        test,
+        &tls_block(&cert, &key, None),
+        Some(Auth::Tls {
+            ca: cert.clone(),
+            client: None,
+        }),
+    ) else {
+        return Ok(());
+    };
+    let tls_url = server.url().replace("nats://", "tls://");
+    let mut store = memory_store();
+    let toml = app_toml(
+        &tls_url,
+        &format!("delivery = \"sync\"\ntls_ca_file = \"{}\"", cert.display()),
+    );
+    let mut m = manager(&mut store, &toml)?;
+    for b in 1..=4 {
+        commit_block(&mut m, &mut store, b)?;
+    }
+    m.close(&mut store)?;
+    assert_exactly_once(&server.client(), "statestream", 4);
+    // The reader connects the same way.
+    let replay = replay_stream(&server.reader_config("statestream", "statestream"))?;
+    assert_eq!(replay.app_hash, store.last_commit().app_hash);
+
+    // Another one-line certificate in tls_ca_file: not the server's, not
+    // its issuer.
+    let Some((other, _)) = one_line_certificate(test, certs.path(), "other", "IP:127.0.0.1") else {
+        return Ok(());
+    };
+    let mut store = memory_store();
+    let toml = app_toml(
+        &tls_url,
+        &format!("delivery = \"sync\"\ntls_ca_file = \"{}\"", other.display()),
+    );
+    let mut m = manager(&mut store, &toml)?;
+    let err = commit_block(&mut m, &mut store, 1).expect_err("another certificate");
+    let text = err.to_string();
+    assert!(text.contains("cannot connect to tls://127.0.0.1"), "{text}");
+    assert!(text.contains("invalid peer certificate"), "{text}");
+    Ok(())
+}
+
 #[test]
 fn security_tls_client_certificate() -> anyhow::Result<()> {
     let certs = tempfile::tempdir()?;

@@ -201,3 +201,81 @@ fn tls_require_without_server_tls_is_a_clear_error() {
     assert!(e.contains("does not support TLS"), "{e}");
     assert!(e.contains("tls = \"require\""), "{e}");
 }
+
+/// The common one-line self-signed certificate (`openssl req -x509`, RSA,
+/// basicConstraints CA:TRUE as OpenSSL's defaults add it) for `san`:
+/// (certificate file, certificate PEM, key PEM).
+fn one_line_certificate(dir: &Path, name: &str, san: &str) -> (PathBuf, String, String) {
+    let (cert, key) = (format!("{name}.pem"), format!("{name}.key"));
+    run_openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &cert,
+            "-days",
+            "2",
+            "-subj",
+            "/CN=statestream test",
+            "-addext",
+            &format!("subjectAltName={san}"),
+        ],
+    );
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).expect("read a PEM file");
+    (dir.join(&cert), read(&cert), read(&key))
+}
+
+/// A server whose certificate is the one-line self-signed one, with that
+/// very certificate as `ca_file`: accepted as pinned (webpki alone refuses
+/// it as a CA used as an end entity), next to the CA-signed case above.
+/// Another self-signed certificate as `ca_file` is refused.
+#[test]
+fn tls_one_line_self_signed_certificate_is_pinned() {
+    let test = "tls_one_line_self_signed_certificate_is_pinned";
+    if !openssl(test) {
+        return;
+    }
+    let Some((mut srv, url)) = server(test) else {
+        return;
+    };
+    let pki = tempfile::tempdir().expect("temp dir");
+    let (pinned, cert, key) =
+        one_line_certificate(pki.path(), "server", "IP:127.0.0.1,DNS:localhost");
+    srv.enable_tls(&cert, &key);
+
+    let mut store = memory_store();
+    let extra = format!(
+        "delivery = \"sync\"\ntls = \"require\"\nca_file = \"{}\"",
+        pinned.display()
+    );
+    let mut m = manager(&mut store, &app_toml(&url, &extra)).expect("start over TLS");
+    let mut log = Vec::new();
+    for b in 1..=4 {
+        commit_block(&mut m, &mut store, b, &mut log).expect("commit");
+    }
+    m.close(&mut store).expect("close");
+    let mut c = connect(&url);
+    assert_eq!(
+        db_heights(&mut c, "statestream"),
+        (1..=4).collect::<Vec<_>>()
+    );
+
+    let (other, _, _) = one_line_certificate(pki.path(), "other", "IP:127.0.0.1");
+    let extra = format!(
+        "delivery = \"sync\"\ntls = \"require\"\nca_file = \"{}\"",
+        other.display()
+    );
+    let e = match manager(&mut memory_store(), &app_toml(&url, &extra)) {
+        Ok(_) => panic!("another self-signed certificate was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("cannot connect to PostgreSQL at"), "{e}");
+    assert!(e.contains("verification"), "{e}");
+    assert!(e.contains(&other.display().to_string()), "{e}");
+}

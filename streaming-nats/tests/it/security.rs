@@ -9,6 +9,7 @@ use rcgen::{
     KeyPair,
 };
 use statestream_nats::replay_stream;
+use statestream_test_support::tls::{one_line_certificate, openssl};
 
 use crate::server::{self, Auth};
 use crate::{app_toml, assert_exactly_once, commit_block, manager, memory_store};
@@ -162,52 +163,6 @@ fn security_tls_server_verified_with_tls_ca_file() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The common one-line self-signed certificate (`openssl req -x509`, RSA,
-/// basicConstraints CA:TRUE as OpenSSL's defaults add it) for `san`:
-/// (certificate PEM file, key PEM file). `None` (the test is skipped with
-/// a notice) when the `openssl` tool is missing.
-pub fn one_line_certificate(
-    test: &str,
-    dir: &Path,
-    name: &str,
-    san: &str,
-) -> Option<(PathBuf, PathBuf)> {
-    let found = std::process::Command::new("openssl")
-        .arg("version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !statestream_test_support::require(
-        test,
-        "openssl (command line tool)",
-        found,
-        "apt-get install -y openssl",
-    ) {
-        return None;
-    }
-    let (cert, key) = (
-        dir.join(format!("{name}.pem")),
-        dir.join(format!("{name}-key.pem")),
-    );
-    let out = std::process::Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .args(["-subj", "/CN=statestream test", "-addext"])
-        .arg(format!("subjectAltName={san}"))
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl req -x509 failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Some((cert, key))
-}
-
 #[test]
 fn security_tls_one_line_self_signed_certificate_is_pinned() -> anyhow::Result<()> {
     // The server's certificate is the one-line self-signed one, and
@@ -215,12 +170,11 @@ fn security_tls_one_line_self_signed_certificate_is_pinned() -> anyhow::Result<(
     // alone refuses it: CaUsedAsEndEntity). Another self-signed
     // certificate in tls_ca_file is refused.
     let test = "security_tls_one_line_self_signed_certificate_is_pinned";
-    let certs = tempfile::tempdir()?;
-    let Some((cert, key)) =
-        one_line_certificate(test, certs.path(), "server", "IP:127.0.0.1,DNS:localhost")
-    else {
+    if !openssl(test) {
         return Ok(());
-    };
+    }
+    let certs = tempfile::tempdir()?;
+    let (cert, key) = one_line_certificate(certs.path(), "server", "IP:127.0.0.1,DNS:localhost");
     let Some(server) = server::start_conf(
         test,
         &tls_block(&cert, &key, None),
@@ -249,9 +203,7 @@ fn security_tls_one_line_self_signed_certificate_is_pinned() -> anyhow::Result<(
 
     // Another one-line certificate in tls_ca_file: not the server's, not
     // its issuer.
-    let Some((other, _)) = one_line_certificate(test, certs.path(), "other", "IP:127.0.0.1") else {
-        return Ok(());
-    };
+    let (other, _) = one_line_certificate(certs.path(), "other", "IP:127.0.0.1");
     let mut store = memory_store();
     let toml = app_toml(
         &tls_url,

@@ -6,21 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::{app_toml, commit_block, connect, db_heights, manager, memory_store, server};
+use statestream_test_support::tls::{one_line_certificate, openssl};
 
-/// Whether the `openssl` tool runs; under `CI` its absence fails the test.
-fn openssl(test: &str) -> bool {
-    let found = Command::new("openssl")
-        .arg("version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    statestream_test_support::require(
-        test,
-        "openssl (command line tool)",
-        found,
-        "apt-get install -y openssl",
-    )
-}
+use crate::{app_toml, commit_block, connect, db_heights, manager, memory_store, server};
 
 fn run_openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
@@ -202,35 +190,6 @@ fn tls_require_without_server_tls_is_a_clear_error() {
     assert!(e.contains("tls = \"require\""), "{e}");
 }
 
-/// The common one-line self-signed certificate (`openssl req -x509`, RSA,
-/// basicConstraints CA:TRUE as OpenSSL's defaults add it) for `san`:
-/// (certificate file, certificate PEM, key PEM).
-fn one_line_certificate(dir: &Path, name: &str, san: &str) -> (PathBuf, String, String) {
-    let (cert, key) = (format!("{name}.pem"), format!("{name}.key"));
-    run_openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &cert,
-            "-days",
-            "2",
-            "-subj",
-            "/CN=statestream test",
-            "-addext",
-            &format!("subjectAltName={san}"),
-        ],
-    );
-    let read = |name: &str| std::fs::read_to_string(dir.join(name)).expect("read a PEM file");
-    (dir.join(&cert), read(&cert), read(&key))
-}
-
 /// A server whose certificate is the one-line self-signed one, with that
 /// very certificate as `ca_file`: accepted as pinned (webpki alone refuses
 /// it as a CA used as an end entity), next to the CA-signed case above.
@@ -245,9 +204,9 @@ fn tls_one_line_self_signed_certificate_is_pinned() {
         return;
     };
     let pki = tempfile::tempdir().expect("temp dir");
-    let (pinned, cert, key) =
-        one_line_certificate(pki.path(), "server", "IP:127.0.0.1,DNS:localhost");
-    srv.enable_tls(&cert, &key);
+    let (pinned, key) = one_line_certificate(pki.path(), "server", "IP:127.0.0.1,DNS:localhost");
+    let read = |path: &Path| std::fs::read_to_string(path).expect("read a PEM file");
+    srv.enable_tls(&read(&pinned), &read(&key));
 
     let mut store = memory_store();
     let extra = format!(
@@ -266,7 +225,7 @@ fn tls_one_line_self_signed_certificate_is_pinned() {
         (1..=4).collect::<Vec<_>>()
     );
 
-    let (other, _, _) = one_line_certificate(pki.path(), "other", "IP:127.0.0.1");
+    let (other, _) = one_line_certificate(pki.path(), "other", "IP:127.0.0.1");
     let extra = format!(
         "delivery = \"sync\"\ntls = \"require\"\nca_file = \"{}\"",
         other.display()

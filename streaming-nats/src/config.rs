@@ -67,8 +67,11 @@ pub struct NatsStreamerConfig {
     #[serde(default)]
     pub nkey_seed_file: Option<String>,
     /// PEM file of the certificate authorities that verify the server's
-    /// certificate (default: the system's roots, from `webpki-roots`).
-    /// Relative to the node's home. Default: none.
+    /// certificate, or of the server's own certificate, accepted as pinned
+    /// (the exact certificate, within its validity period, naming the
+    /// host: the one-line self-signed certificate). Without it, the
+    /// system's certificate store. Relative to the node's home. Default:
+    /// none.
     #[serde(default)]
     pub tls_ca_file: Option<String>,
     /// PEM client certificate for TLS client authentication (with

@@ -200,13 +200,21 @@ impl Connection {
         if s.tls() {
             o = o.require_tls(true);
         }
+        let client_auth = match (&s.tls_cert_file, &s.tls_key_file) {
+            (Some(cert), Some(key)) => {
+                check_file("tls_cert_file", cert)?;
+                check_file("tls_key_file", key)?;
+                Some((cert, key))
+            }
+            _ => None,
+        };
         if let Some(ca) = &s.tls_ca_file {
+            // The project's verifier: a certificate that chains to the
+            // file's CAs, or one listed in the file itself (pinned), which
+            // async-nats' own webpki check refuses.
             check_file("tls_ca_file", ca)?;
-            o = o.add_root_certificates(ca.clone());
-        }
-        if let (Some(cert), Some(key)) = (&s.tls_cert_file, &s.tls_key_file) {
-            check_file("tls_cert_file", cert)?;
-            check_file("tls_key_file", key)?;
+            o = o.tls_client_config(tls_config(ca, client_auth)?);
+        } else if let Some((cert, key)) = client_auth {
             o = o.add_client_certificate(cert.clone(), key.clone());
         }
         // Credentials: the options first, then those written in a URL.
@@ -430,6 +438,28 @@ impl Connection {
         }
     }
 
+    /// The message at sequence `seq` of `stream`, or `None` when there is
+    /// none (deleted, or removed by the stream's limits).
+    pub(crate) async fn message_at(
+        &self,
+        stream: &str,
+        seq: u64,
+    ) -> Result<Option<jetstream::message::StreamMessage>> {
+        use async_nats::jetstream::stream::RawMessageErrorKind as K;
+        let s = self
+            .js
+            .get_stream_no_info(stream)
+            .await
+            .map_err(|e| self.request_failed(&format!("stream {stream:?}"), &e))?;
+        match s.get_raw_message(seq).await {
+            Ok(m) => Ok(Some(m)),
+            Err(e) if e.kind() == K::NoMessageFound => Ok(None),
+            Err(e) => {
+                Err(self.request_failed(&format!("reading message {seq} of stream {stream:?}"), &e))
+            }
+        }
+    }
+
     pub(crate) fn request_failed(&self, what: &str, e: &dyn std::fmt::Display) -> NatsError {
         NatsError::Request {
             url: self.url.clone(),
@@ -447,6 +477,39 @@ pub(crate) fn jetstream_error(api: &str, e: &async_nats::jetstream::Error) -> Na
         err_code: u32::try_from(e.error_code().0).unwrap_or(u32::MAX),
         description: e.to_string(),
     }
+}
+
+/// The TLS configuration with `tls_ca_file`: the server's certificate
+/// verified by [`statestream_tls::CaFileVerifier`], and the client
+/// certificate when there is one.
+fn tls_config(
+    ca: &Path,
+    client_auth: Option<(&PathBuf, &PathBuf)>,
+) -> Result<async_nats::rustls::ClientConfig> {
+    fn file(key: &'static str, path: &Path) -> impl FnOnce(statestream_tls::TlsError) -> NatsError {
+        let path = path.to_path_buf();
+        move |e| NatsError::File {
+            key,
+            path,
+            reason: e.to_string(),
+        }
+    }
+    let provider = statestream_tls::provider();
+    let roots = statestream_tls::read_certificates(ca).map_err(file("tls_ca_file", ca))?;
+    let verifier = statestream_tls::CaFileVerifier::new(roots, provider.clone());
+    let cert_path = client_auth.map(|(cert, _)| cert.clone());
+    let client_auth = match client_auth {
+        Some((cert, key)) => Some((
+            statestream_tls::read_certificates(cert).map_err(file("tls_cert_file", cert))?,
+            statestream_tls::read_private_key(key).map_err(file("tls_key_file", key))?,
+        )),
+        None => None,
+    };
+    // Only a client key that does not match its certificate fails here.
+    statestream_tls::client_config(provider, verifier, client_auth).map_err(|e| match &cert_path {
+        Some(cert) => file("tls_cert_file", cert)(e),
+        None => file("tls_ca_file", ca)(e),
+    })
 }
 
 /// Fails early, naming the option, when a file cannot be read.

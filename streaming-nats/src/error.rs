@@ -108,6 +108,19 @@ pub enum NatsError {
         description: String,
     },
 
+    /// The stream holds some parts of a split block, and they are not the
+    /// parts of the node's block: publishing the missing ones under the
+    /// same message ids would make a block that does not decode.
+    #[error(
+        "stream {stream:?} holds parts of block {height} that are not the node's block \
+         ({reason}): remove that block's messages from the stream before publishing it again"
+    )]
+    StoredPartsDiffer {
+        stream: String,
+        height: u64,
+        reason: String,
+    },
+
     /// A JSON answer of the server does not decode.
     #[error("{what}: unexpected answer from the server: {reason}")]
     BadAnswer { what: String, reason: String },

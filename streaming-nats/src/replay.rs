@@ -41,7 +41,11 @@ pub struct StreamBlock {
 /// consumer is ephemeral, in memory, and removed by the server when the
 /// reader goes away).
 ///
-/// - Split blocks are put back together.
+/// - Split blocks are put back together from parts 1..n of their height,
+///   in whatever order the stream holds them (a part the streamer
+///   published again after a reconnection comes after the later parts);
+///   a block that begins while the previous one still lacks a part is an
+///   error naming the missing parts.
 /// - A block stored twice (published again after the duplicate window) is
 ///   returned once: heights at or below the last returned one are skipped
 ///   and counted in [`duplicates`](StreamReader::duplicates).
@@ -122,7 +126,8 @@ impl StreamReader {
         })
     }
 
-    /// Messages skipped because their block was already returned.
+    /// Messages skipped as copies: of a block already returned, or of a
+    /// part of a split block already received.
     pub fn duplicates(&self) -> u64 {
         self.assembler.duplicates
     }
@@ -207,8 +212,36 @@ pub(crate) struct Assembler {
 struct Pending {
     height: u64,
     parts: u64,
-    next_part: u64,
-    data: Vec<u8>,
+    /// The parts received so far, by number. A part the streamer published
+    /// again after a reconnection (one that was lost, or a whole block sent
+    /// again) may come after later parts, so they are collected, not
+    /// appended.
+    have: BTreeMap<u64, Vec<u8>>,
+}
+
+impl Pending {
+    fn new(height: u64, parts: u64) -> Pending {
+        Pending {
+            height,
+            parts,
+            have: BTreeMap::new(),
+        }
+    }
+
+    /// The part numbers not received yet, for messages.
+    fn missing(&self) -> String {
+        missing_parts(self.parts, &self.have)
+    }
+}
+
+/// The first few numbers in 1..=`parts` that `have` lacks, for messages.
+pub(crate) fn missing_parts<V>(parts: u64, have: &BTreeMap<u64, V>) -> String {
+    let missing: Vec<String> = (1..=parts)
+        .filter(|i| !have.contains_key(i))
+        .take(8)
+        .map(|i| i.to_string())
+        .collect();
+    missing.join(", ")
 }
 
 impl Assembler {
@@ -228,6 +261,20 @@ impl Assembler {
             seq,
             reason,
         }
+    }
+
+    /// The error for block `height` beginning while a split block is
+    /// incomplete: that block has a hole the streamer never filled.
+    fn incomplete(&self, seq: u64, height: u64, p: &Pending) -> NatsError {
+        self.bad(
+            seq,
+            format!(
+                "block {} is incomplete (part {} of {} missing) where block {height} begins",
+                p.height,
+                p.missing(),
+                p.parts
+            ),
+        )
     }
 
     /// Takes the next message; a block when it completes one.
@@ -259,61 +306,58 @@ impl Assembler {
         }
         let (data, parts) = match m.part {
             None => {
-                if let Some(p) = &self.pending {
-                    return Err(self.bad(
-                        m.seq,
-                        format!(
-                            "block {height} follows part {} of {} of block {}",
-                            p.next_part - 1,
-                            p.parts,
-                            p.height
-                        ),
-                    ));
+                match self.pending.take() {
+                    // The block was published again in one message (the
+                    // server's limit grew): the parts seen are superseded.
+                    Some(p) if p.height == height => {}
+                    Some(p) => return Err(self.incomplete(m.seq, height, &p)),
+                    None => {}
                 }
                 (m.payload.to_vec(), 1)
             }
             Some(text) => {
                 let (i, n, _) = parse_part(text)
                     .ok_or_else(|| self.bad(m.seq, format!("bad {HEADER_PART} header {text:?}")))?;
-                if i == 1 {
-                    // A block published again starts over.
-                    self.pending = Some(Pending {
-                        height,
-                        parts: n,
-                        next_part: 1,
-                        data: Vec::new(),
-                    });
-                }
-                let Some(p) = self.pending.as_ref() else {
-                    return Err(self.bad(
-                        m.seq,
-                        format!("part {i}/{n} of block {height} without its first part"),
-                    ));
+                let mut p = match self.pending.take() {
+                    Some(p) if p.height == height && p.parts == n => p,
+                    // The block was split again differently (the server's
+                    // limit changed between attempts): start over.
+                    Some(p) if p.height == height => Pending::new(height, n),
+                    Some(p) => return Err(self.incomplete(m.seq, height, &p)),
+                    None => Pending::new(height, n),
                 };
-                if p.height == height && p.parts == n && p.next_part > i {
-                    // A part stored twice.
-                    self.duplicates += 1;
+                match p.have.get(&i) {
+                    Some(stored) if stored.as_slice() == m.payload => {
+                        // A part stored twice (published again after the
+                        // duplicate window).
+                        self.duplicates += 1;
+                        self.pending = Some(p);
+                        return Ok(None);
+                    }
+                    Some(_) if i == 1 => {
+                        // A first part with other bytes: the block was
+                        // published again from its start, split otherwise.
+                        p = Pending::new(height, n);
+                    }
+                    Some(_) => {
+                        return Err(self.bad(
+                            m.seq,
+                            format!(
+                                "part {i}/{n} of block {height} is stored twice with different content"
+                            ),
+                        ));
+                    }
+                    None => {}
+                }
+                p.have.insert(i, m.payload.to_vec());
+                if (p.have.len() as u64) < n {
+                    self.pending = Some(p);
                     return Ok(None);
                 }
-                if p.height != height || p.parts != n || p.next_part != i {
-                    return Err(self.bad(
-                        m.seq,
-                        format!(
-                            "part {i}/{n} of block {height} where part {}/{} of block {} was expected",
-                            p.next_part, p.parts, p.height
-                        ),
-                    ));
+                let mut data = Vec::with_capacity(p.have.values().map(Vec::len).sum());
+                for part in p.have.values() {
+                    data.extend_from_slice(part);
                 }
-                let Some(p) = self.pending.as_mut() else {
-                    return Ok(None);
-                };
-                p.data.extend_from_slice(m.payload);
-                p.next_part += 1;
-                if i < n {
-                    return Ok(None);
-                }
-                let data = std::mem::take(&mut p.data);
-                self.pending = None;
                 (data, n)
             }
         };
@@ -328,9 +372,7 @@ impl Assembler {
                 ),
             ));
         }
-        let frame = BlockFrame::decode(data.as_slice())
-            .map_err(|e| self.bad(m.seq, format!("block {height}: frame does not decode: {e}")))?;
-        self.check_frame(m.seq, height, &frame)?;
+        let frame = check_block(&self.stream, m.seq, height, &data)?;
         self.last_height = Some(height);
         Ok(Some(StreamBlock {
             height,
@@ -339,43 +381,44 @@ impl Assembler {
             parts,
         }))
     }
+}
 
-    fn check_frame(&self, seq: u64, height: u64, frame: &BlockFrame) -> Result<()> {
-        if frame.height != height {
-            return Err(self.bad(
-                seq,
-                format!(
-                    "header says block {height}, the frame says {}",
-                    frame.height
-                ),
-            ));
-        }
-        let meta = frame
-            .meta
-            .as_ref()
-            .ok_or_else(|| self.bad(seq, format!("block {height}: the frame has no metadata")))?;
-        if meta.data_length != frame.records.len() as u64 {
-            return Err(self.bad(
-                seq,
-                format!(
-                    "block {height}: records are {} bytes, the metadata says {}",
-                    frame.records.len(),
-                    meta.data_length
-                ),
-            ));
-        }
-        let crc = statestream_core::crc32c_append(0, &frame.records);
-        if crc != meta.data_crc32c {
-            return Err(self.bad(
-                seq,
-                format!(
-                    "block {height}: records have CRC-32C {crc:08x}, the metadata says {:08x}",
-                    meta.data_crc32c
-                ),
-            ));
-        }
-        Ok(())
+/// Decodes the frame of block `height` (its parts put together) and checks
+/// it: the height it names, and its records against the metadata's length
+/// and CRC-32C. `seq` is the sequence of its (last) message, for errors.
+pub(crate) fn check_block(stream: &str, seq: u64, height: u64, data: &[u8]) -> Result<BlockFrame> {
+    let bad = |reason: String| NatsError::BadMessage {
+        stream: stream.to_string(),
+        seq,
+        reason,
+    };
+    let frame = BlockFrame::decode(data)
+        .map_err(|e| bad(format!("block {height}: frame does not decode: {e}")))?;
+    if frame.height != height {
+        return Err(bad(format!(
+            "header says block {height}, the frame says {}",
+            frame.height
+        )));
     }
+    let meta = frame
+        .meta
+        .as_ref()
+        .ok_or_else(|| bad(format!("block {height}: the frame has no metadata")))?;
+    if meta.data_length != frame.records.len() as u64 {
+        return Err(bad(format!(
+            "block {height}: records are {} bytes, the metadata says {}",
+            frame.records.len(),
+            meta.data_length
+        )));
+    }
+    let crc = statestream_core::crc32c_append(0, &frame.records);
+    if crc != meta.data_crc32c {
+        return Err(bad(format!(
+            "block {height}: records have CRC-32C {crc:08x}, the metadata says {:08x}",
+            meta.data_crc32c
+        )));
+    }
+    Ok(frame)
 }
 
 impl Iterator for StreamReader {
@@ -702,14 +745,87 @@ mod tests {
         assert!(err.contains("largest possible"), "{err}");
     }
 
+    /// A valid frame of block `height` without records.
+    fn frame(height: u64) -> Vec<u8> {
+        BlockFrame {
+            height,
+            meta: Some(statestream_core::proto::BlockMetadata {
+                height,
+                ..Default::default()
+            }),
+            records: Vec::new(),
+        }
+        .encode_to_vec()
+    }
+
+    fn part<'a>(seq: u64, height: &'a str, part: &'a str, payload: &'a [u8]) -> RawMessage<'a> {
+        RawMessage {
+            seq,
+            height: Some(height),
+            part: Some(part),
+            payload,
+        }
+    }
+
+    #[test]
+    fn replay_part_published_again_after_later_parts_completes_the_block() {
+        let data = frame(1);
+        let (a, rest) = data.split_at(data.len() / 3);
+        let (b, c) = rest.split_at(rest.len() / 2);
+        let mut asm = Assembler::new("s");
+        assert!(asm.push(part(1, "1", "1/3", a)).unwrap().is_none());
+        assert!(asm.push(part(3, "1", "3/3", c)).unwrap().is_none());
+        let block = asm.push(part(7, "1", "2/3", b)).unwrap().expect("block 1");
+        assert_eq!((block.height, block.parts, block.seq), (1, 3, 7));
+        // A copy of a part stored again is skipped.
+        assert!(asm.push(part(8, "1", "3/3", c)).unwrap().is_none());
+        assert_eq!(asm.duplicates, 1);
+    }
+
+    #[test]
+    fn replay_block_after_an_incomplete_one_names_the_missing_part() {
+        let mut asm = Assembler::new("s");
+        assert!(asm.push(part(1, "1", "1/3", b"a")).unwrap().is_none());
+        assert!(asm.push(part(3, "1", "3/3", b"c")).unwrap().is_none());
+        let next = frame(2);
+        let err = asm
+            .push(RawMessage {
+                seq: 4,
+                height: Some("2"),
+                part: None,
+                payload: &next,
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("block 1 is incomplete (part 2 of 3 missing) where block 2 begins"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn replay_part_without_its_first_part_is_an_error() {
+        // Parts may come in any order (a lost one is published again
+        // later), so the error comes when the next block begins.
         let mut a = Assembler::new("s");
         let m = RawMessage {
             part: Some("2/3"),
             ..raw(1)
         };
-        let err = a.push(m).unwrap_err().to_string();
-        assert!(err.contains("without its first part"), "{err}");
+        assert!(a.push(m).unwrap().is_none());
+        let next = frame(2);
+        let err = a
+            .push(RawMessage {
+                seq: 2,
+                height: Some("2"),
+                part: None,
+                payload: &next,
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("block 1 is incomplete (part 1, 3 of 3 missing)"),
+            "{err}"
+        );
     }
 }

@@ -2,6 +2,7 @@
 //! block is bigger than the server's `max_payload`), acknowledged before
 //! `on_block` returns.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use tracing::{debug, info, warn};
 use crate::config::NatsStreamerConfig;
 use crate::conn::{Connection, StreamSpec, block_on, jetstream_error, runtime};
 use crate::error::{NatsError, Result};
+use crate::replay::{check_block, missing_parts};
 
 /// Header with the deduplication id: `<stream>-<height>`, or
 /// `<stream>-<height>-<part>` for the parts of a split block.
@@ -31,6 +33,17 @@ const HEADER_EXPECTED_STREAM: &str = "Nats-Expected-Stream";
 /// `Nats-Expected-Stream` carry it): more than the longest header block
 /// (four headers with 20-digit numbers).
 const HEADER_ROOM: usize = 256;
+
+/// How many messages before the last one preparing looks at, besides two
+/// per part, to find every part of a split last block (messages deleted
+/// from the stream, parts stored twice); past that the block counts as
+/// incomplete and its missing parts are published again, which is always
+/// safe.
+const PART_SEARCH_SLACK: u64 = 16;
+
+/// The most messages preparing looks at for the parts of the last block,
+/// whatever part count its header claims.
+const PART_SEARCH_MAX: u64 = 10_000;
 
 /// `type = "nats"`: publishes every block to a JetStream stream.
 ///
@@ -55,7 +68,10 @@ const HEADER_ROOM: usize = 256;
 /// (re)connection and each error the streamer looks up the last block in
 /// the stream and does not publish heights at or below it again, and
 /// JetStream drops a message whose `Nats-Msg-Id` it saw within the
-/// stream's duplicate window.
+/// stream's duplicate window. A split last block counts only when every
+/// part is there and they decode as the block; otherwise its missing parts
+/// are published before anything later. A retry sends the messages of the
+/// first attempt unchanged (same bytes, same split, same ids).
 pub struct NatsStreamer {
     name: String,
     config: NatsStreamerConfig,
@@ -73,7 +89,51 @@ pub struct NatsStreamer {
     /// The stream's `max_msg_size` when it has one (then messages are
     /// split to fit it as well as the server's `max_payload`).
     stream_max_msg: Option<usize>,
+    /// The parts of the block after `last_in_stream` that the stream
+    /// already holds, when preparing found that block split and incomplete.
+    stored: Option<StoredParts>,
+    /// The messages of a block whose publish failed, kept so that every
+    /// retry sends exactly the same bytes under the same message ids
+    /// (JetStream then deduplicates what the failed attempt stored).
+    outgoing: Option<Outgoing>,
     frame: Vec<u8>,
+}
+
+/// A block's messages, built once per block.
+#[derive(Debug)]
+struct Outgoing {
+    height: u64,
+    /// The encoded frame the parts are slices of.
+    frame: bytes::Bytes,
+    /// In part order (one message when the block is not split).
+    messages: Vec<OutMessage>,
+}
+
+#[derive(Debug)]
+struct OutMessage {
+    /// `Nats-Msg-Id`.
+    id: String,
+    /// `(i, n)` of `Statestream-Part`; `None` when not split.
+    part: Option<(u64, u64)>,
+    payload: bytes::Bytes,
+}
+
+/// What the stream holds of a split block: its parts by number, as found
+/// from its last message backwards.
+#[derive(Debug)]
+struct StoredParts {
+    height: u64,
+    parts: u64,
+    have: BTreeMap<u64, bytes::Bytes>,
+    /// The sequence of the stream's last message when the parts were read.
+    last_seq: u64,
+}
+
+impl StoredParts {
+    /// The part numbers missing, for messages.
+    fn missing(&self) -> String {
+        missing_parts(self.parts, &self.have)
+    }
 }
 
 impl std::fmt::Debug for NatsStreamer {
@@ -117,6 +177,8 @@ impl NatsStreamer {
             prepared: false,
             last_in_stream: 0,
             stream_max_msg: None,
+            stored: None,
+            outgoing: None,
             frame: Vec::new(),
         }
     }
@@ -159,7 +221,7 @@ impl NatsStreamer {
         };
         self.ensure_connection()?;
         let (rt, conn) = self.connection()?;
-        let (max_msg, last) = block_on(rt, async {
+        let (max_msg, last, stored) = block_on(rt, async {
             let mut max_msg = None;
             match conn.stream_info(&stream).await? {
                 Some(info) => {
@@ -187,21 +249,38 @@ impl NatsStreamer {
                 }
             }
             let last = conn.last_message(&stream, &subject).await?;
-            Ok::<_, NatsError>((max_msg, last))
+            let stored = match &last {
+                Some(m) => stored_parts(conn, &stream, &subject, m).await?,
+                None => None,
+            };
+            Ok::<_, NatsError>((max_msg, last, stored))
         })?;
-        let last_in_stream = match last {
-            None => 0,
-            Some(m) => {
+        let (last_in_stream, stored) = match (last, stored) {
+            (None, _) => (0, None),
+            (Some(m), None) => {
                 let height = m
                     .headers
                     .get(HEADER_HEIGHT)
                     .and_then(|h| h.as_str().parse::<u64>().ok());
-                let part = m.headers.get(HEADER_PART).map(|p| parse_part(p.as_str()));
-                match (height, part) {
-                    (Some(h), None | Some(Some((_, _, true)))) => h,
-                    // The last block is only partly there: publish it again.
-                    (Some(h), Some(_)) => h.saturating_sub(1),
-                    (None, _) => 0,
+                (height.unwrap_or(0), None)
+            }
+            (Some(_), Some(stored)) => {
+                let whole = stored.have.len() as u64 == stored.parts && {
+                    let mut data = Vec::with_capacity(stored.have.values().map(|p| p.len()).sum());
+                    for p in stored.have.values() {
+                        data.extend_from_slice(p);
+                    }
+                    check_block(&stream, 0, stored.height, &data).is_ok()
+                };
+                if whole {
+                    (stored.height, None)
+                } else {
+                    // The last block is only partly there: publish what is
+                    // missing before anything after it.
+                    warn!(streamer = %self.name, stream = %stream, height = stored.height,
+                        parts = stored.parts, missing = %stored.missing(),
+                        "the stream's last block lacks parts; publishing them again");
+                    (stored.height.saturating_sub(1), Some(stored))
                 }
             }
         };
@@ -209,6 +288,7 @@ impl NatsStreamer {
             max_payload = conn.max_payload(), "ready to publish to JetStream");
         self.stream_max_msg = max_msg;
         self.last_in_stream = last_in_stream;
+        self.stored = stored;
         self.prepared = true;
         Ok(())
     }
@@ -229,83 +309,232 @@ impl NatsStreamer {
         if height <= self.last_in_stream {
             debug!(streamer = %self.name, height, last_in_stream = self.last_in_stream,
                 "the stream already holds this block");
+            self.outgoing = None;
             return Ok(());
         }
-        block.encode_frame(&mut self.frame);
-        match self.publish_frame(height) {
+        if let Some(stored) = &self.stored
+            && stored.height < height
+        {
+            warn!(streamer = %self.name, height, incomplete = stored.height,
+                missing = %stored.missing(),
+                "publishing after a block the stream holds only in part, which this node no longer delivers");
+        }
+        // A block whose publish failed before is sent again as it was.
+        let out = match self.outgoing.take() {
+            Some(out) if out.height == height => out,
+            _ => {
+                block.encode_frame(&mut self.frame);
+                let frame = bytes::Bytes::from(std::mem::take(&mut self.frame));
+                self.split(height, frame)?
+            }
+        };
+        let result = match self.publish(&out) {
             Ok(()) => Ok(()),
             // The connection broke under the publish (a server restart):
-            // wait for the client to reconnect, then publish again once.
-            // Safe: the stream is read again first, and JetStream
-            // deduplicates.
+            // wait for the client to reconnect, then publish the same
+            // messages again once. Safe: the stream is read again first,
+            // and JetStream deduplicates what the first attempt stored.
             Err(e) if self.conn.as_ref().is_some_and(|c| !c.is_connected()) => {
                 debug!(streamer = %self.name, height, error = %e, "waiting for the reconnection");
                 self.prepared = false;
-                if let Some(conn) = self.conn.as_ref() {
-                    conn.wait_connected(&self.shutdown)?;
+                let retried = self
+                    .conn
+                    .as_ref()
+                    .map_or(Ok(()), |conn| conn.wait_connected(&self.shutdown))
+                    .and_then(|()| self.prepare());
+                match retried {
+                    Ok(()) if height <= self.last_in_stream => Ok(()),
+                    Ok(()) => self.publish(&out),
+                    Err(e) => Err(e),
                 }
-                self.prepare()?;
-                if height <= self.last_in_stream {
-                    return Ok(());
-                }
-                self.publish_frame(height)
             }
             Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => {
+                self.last_in_stream = self.last_in_stream.max(height);
+                self.stored = None;
+                // Keep the buffer for the next block when nothing else
+                // holds it.
+                let Outgoing {
+                    frame, messages, ..
+                } = out;
+                drop(messages);
+                if let Ok(buf) = frame.try_into_mut() {
+                    self.frame = buf.into();
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.outgoing = Some(out);
+                Err(e)
+            }
         }
     }
 
-    fn publish_frame(&mut self, height: u64) -> Result<()> {
-        let stream = self.config.stream.clone();
-        let subject = async_nats::Subject::from(self.subject.as_str());
-        let frame = bytes::Bytes::from(std::mem::take(&mut self.frame));
-        self.ensure_connection()?;
-        let (rt, conn) = self.connection()?;
-        let height_text = height.to_string();
-        let max = match self.stream_max_msg {
+    /// The largest message the server and the stream accept.
+    fn max_message(&self) -> Result<usize> {
+        let (_, conn) = self.connection()?;
+        Ok(match self.stream_max_msg {
             Some(m) => m.min(conn.max_payload()),
             None => conn.max_payload(),
-        };
+        })
+    }
+
+    /// Block `height`'s messages: one, or parts that fit the largest
+    /// message. When the stream already holds some parts of this block,
+    /// the split is theirs (the server's limit may have changed since),
+    /// so that the parts published again are the missing pieces of the
+    /// same frame.
+    fn split(&self, height: u64, frame: bytes::Bytes) -> Result<Outgoing> {
+        let stream = &self.config.stream;
+        let max = self.max_message()?;
+        let stored = self.stored.as_ref().filter(|s| s.height == height);
+        let height_text = height.to_string();
         let single_id = format!("{stream}-{height}");
         let single_len = frame.len()
             + headers_len(&[
                 (HEADER_MSG_ID, &single_id),
                 (HEADER_HEIGHT, &height_text),
-                (HEADER_EXPECTED_STREAM, &stream),
+                (HEADER_EXPECTED_STREAM, stream),
             ]);
-        let mut messages = Vec::new();
-        if single_len <= max {
-            messages.push(
-                PublishMessage::build()
-                    .payload(frame.clone())
-                    .message_id(&single_id)
-                    .expected_stream(&stream)
-                    .header(HEADER_HEIGHT, height_text.as_str()),
-            );
-        } else {
-            let chunk = max
+        if stored.is_none() && single_len <= max {
+            return Ok(Outgoing {
+                height,
+                messages: vec![OutMessage {
+                    id: single_id,
+                    part: None,
+                    payload: frame.clone(),
+                }],
+                frame,
+            });
+        }
+        let chunk = match stored {
+            Some(stored) => stored_chunk(stored, frame.len()).ok_or_else(|| {
+                NatsError::StoredPartsDiffer {
+                    stream: stream.clone(),
+                    height,
+                    reason: format!(
+                        "their sizes do not split a frame of {} bytes into {} parts",
+                        frame.len(),
+                        stored.parts
+                    ),
+                }
+            })?,
+            None => max
                 .checked_sub(HEADER_ROOM + 2 * stream.len())
                 .filter(|&c| c >= 1024)
                 .ok_or_else(|| NatsError::Unsupported {
-                    url: conn.url().to_string(),
+                    url: self.connection().map(|(_, c)| c.url().to_string()).unwrap_or_default(),
                     message: format!(
                         "the largest message the server and the stream accept ({max} bytes) is too small to split blocks into"
                     ),
-                })?;
-            let parts = frame.len().div_ceil(chunk);
-            for i in 1..=parts {
-                let start = (i - 1) * chunk;
-                let end = (start + chunk).min(frame.len());
-                messages.push(
-                    PublishMessage::build()
-                        .payload(frame.slice(start..end))
-                        .message_id(format!("{stream}-{height}-{i}"))
-                        .expected_stream(&stream)
-                        .header(HEADER_HEIGHT, height_text.as_str())
-                        .header(HEADER_PART, format!("{i}/{parts}").as_str()),
-                );
-            }
-            debug!(streamer = %self.name, height, parts, bytes = frame.len(), "publishing a split block");
+                })?,
+        };
+        let parts = frame.len().div_ceil(chunk) as u64;
+        let mut messages = Vec::new();
+        for i in 1..=parts {
+            let start = (i as usize - 1) * chunk;
+            let end = (start + chunk).min(frame.len());
+            messages.push(OutMessage {
+                id: format!("{stream}-{height}-{i}"),
+                part: Some((i, parts)),
+                payload: frame.slice(start..end),
+            });
         }
+        debug!(streamer = %self.name, height, parts, bytes = frame.len(), "publishing a split block");
+        Ok(Outgoing {
+            height,
+            frame,
+            messages,
+        })
+    }
+
+    /// Publishes the messages of `out` that the stream does not hold yet
+    /// and waits for every acknowledgement.
+    fn publish(&self, out: &Outgoing) -> Result<()> {
+        let height = out.height;
+        let stream = self.config.stream.clone();
+        let (rt, conn) = self.connection()?;
+        // Parts the stream holds (found when preparing) must be the node's
+        // own bytes, and are not sent again.
+        let held: BTreeSet<u64> = match &self.stored {
+            Some(s) if s.height == height => {
+                for (i, held) in &s.have {
+                    let same = out
+                        .messages
+                        .get(*i as usize - 1)
+                        .is_some_and(|m| m.part == Some((*i, s.parts)) && m.payload == held);
+                    if !same {
+                        return Err(NatsError::StoredPartsDiffer {
+                            stream: stream.clone(),
+                            height,
+                            reason: format!("part {i}/{} holds other bytes", s.parts),
+                        });
+                    }
+                }
+                s.have.keys().copied().collect()
+            }
+            _ => BTreeSet::new(),
+        };
+        let to_send: Vec<&OutMessage> = out
+            .messages
+            .iter()
+            .filter(|m| !m.part.is_some_and(|(i, _)| held.contains(&i)))
+            .collect();
+        if !held.is_empty() {
+            info!(streamer = %self.name, height, parts = to_send.len(),
+                "publishing the parts of the block that the stream lacks");
+        }
+        let acks = self.send(rt, conn, height, to_send.iter().map(|m| (*m, m.id.clone())))?;
+        if let Some(s) = self.stored.as_ref().filter(|s| s.height == height) {
+            // A missing part acknowledged as a duplicate: the server saw
+            // its message id within the duplicate window but the stream
+            // does not hold it (it was deleted). Publish it under an id of
+            // its own, derived from the stream's state when the hole was
+            // found, so that a retry of this publish is deduplicated too.
+            let again: Vec<(&OutMessage, String)> = to_send
+                .iter()
+                .zip(&acks)
+                .filter(|(_, ack)| ack.duplicate)
+                .map(|(m, _)| (*m, format!("{}-again-{}", m.id, s.last_seq)))
+                .collect();
+            if !again.is_empty() {
+                warn!(streamer = %self.name, height, parts = again.len(),
+                    "JetStream took missing parts for duplicates; publishing them under new ids");
+                self.send(rt, conn, height, again.into_iter())?;
+            }
+        } else if acks.iter().all(|a| a.duplicate) {
+            debug!(streamer = %self.name, height, "JetStream already had this block (duplicate)");
+        }
+        Ok(())
+    }
+
+    /// Sends `messages` (each with its `Nats-Msg-Id`) and waits for every
+    /// acknowledgement, each naming the configured stream.
+    fn send<'a>(
+        &self,
+        rt: &Runtime,
+        conn: &Connection,
+        height: u64,
+        messages: impl Iterator<Item = (&'a OutMessage, String)>,
+    ) -> Result<Vec<async_nats::jetstream::publish::PublishAck>> {
+        let stream = self.config.stream.clone();
+        let subject = async_nats::Subject::from(self.subject.as_str());
+        let height_text = height.to_string();
+        let messages: Vec<PublishMessage> = messages
+            .map(|(m, id)| {
+                let b = PublishMessage::build()
+                    .payload(m.payload.clone())
+                    .message_id(id)
+                    .expected_stream(&stream)
+                    .header(HEADER_HEIGHT, height_text.as_str());
+                match m.part {
+                    Some((i, n)) => b.header(HEADER_PART, format!("{i}/{n}").as_str()),
+                    None => b,
+                }
+            })
+            .collect();
         let js = conn.jetstream();
         let fail = |e: async_nats::jetstream::context::PublishError| {
             publish_error(conn, &self.subject, &stream, height, e)
@@ -332,16 +561,81 @@ impl NatsStreamer {
                 });
             }
         }
-        if acks.iter().all(|a| a.duplicate) {
-            debug!(streamer = %self.name, height, "JetStream already had this block (duplicate)");
-        }
-        // Keep the buffer for the next block when nothing else holds it.
-        if let Ok(buf) = frame.try_into_mut() {
-            self.frame = buf.into();
-        }
-        self.last_in_stream = height;
-        Ok(())
+        Ok(acks)
     }
+}
+
+/// The parts of the split block whose last stored message is `last`, by
+/// number, found from `last` backwards; `None` when `last` is not a part
+/// of a split block.
+async fn stored_parts(
+    conn: &Connection,
+    stream: &str,
+    subject: &str,
+    last: &async_nats::jetstream::message::StreamMessage,
+) -> Result<Option<StoredParts>> {
+    let header = |m: &async_nats::jetstream::message::StreamMessage, name: &str| {
+        m.headers.get(name).map(|v| v.as_str().to_string())
+    };
+    let Some(height) = header(last, HEADER_HEIGHT).and_then(|h| h.parse::<u64>().ok()) else {
+        return Ok(None);
+    };
+    let Some((i, parts, _)) = header(last, HEADER_PART).and_then(|p| parse_part(&p)) else {
+        return Ok(None);
+    };
+    let mut have = BTreeMap::from([(i, last.payload.clone())]);
+    let mut seq = last.sequence;
+    let mut budget = parts
+        .saturating_mul(2)
+        .saturating_add(PART_SEARCH_SLACK)
+        .min(PART_SEARCH_MAX);
+    while (have.len() as u64) < parts && seq > 1 && budget > 0 {
+        seq -= 1;
+        budget -= 1;
+        let Some(m) = conn.message_at(stream, seq).await? else {
+            continue;
+        };
+        if m.subject.as_str() != subject {
+            continue;
+        }
+        let h = header(&m, HEADER_HEIGHT).and_then(|h| h.parse::<u64>().ok());
+        let part = header(&m, HEADER_PART).and_then(|p| parse_part(&p));
+        match (h, part) {
+            // The latest copy of a part wins (found first, going back).
+            (Some(h), Some((i, n, _))) if h == height && n == parts => {
+                have.entry(i).or_insert(m.payload);
+            }
+            // An earlier block, or an earlier attempt at this one split
+            // otherwise: the parts of this split all come after it.
+            _ => break,
+        }
+    }
+    Ok(Some(StoredParts {
+        height,
+        parts,
+        have,
+        last_seq: last.sequence,
+    }))
+}
+
+/// The part size that split a frame of `len` bytes into the stored parts:
+/// any part but the last is that size, the last one holds the rest.
+fn stored_chunk(stored: &StoredParts, len: usize) -> Option<usize> {
+    let n = usize::try_from(stored.parts).ok()?;
+    if n < 2 {
+        return None;
+    }
+    let (i, part) = stored.have.iter().next()?;
+    let chunk = if *i < stored.parts {
+        part.len()
+    } else {
+        let rest = len.checked_sub(part.len())?;
+        if rest % (n - 1) != 0 {
+            return None;
+        }
+        rest / (n - 1)
+    };
+    (chunk > 0 && len.div_ceil(chunk) == n).then_some(chunk)
 }
 
 /// The size of a header block as NATS encodes it (`NATS/1.0`, one line per
@@ -464,6 +758,22 @@ mod tests {
         assert_eq!(parse_part("0/3"), None);
         assert_eq!(parse_part("4/3"), None);
         assert_eq!(parse_part("x"), None);
+    }
+
+    #[test]
+    fn stored_chunk_is_found_from_any_part() {
+        let stored = |i: u64, len: usize| StoredParts {
+            height: 1,
+            parts: 3,
+            have: BTreeMap::from([(i, bytes::Bytes::from(vec![0u8; len]))]),
+            last_seq: 9,
+        };
+        // A frame of 2500 bytes in parts of 1000: 1000, 1000, 500.
+        assert_eq!(stored_chunk(&stored(1, 1000), 2500), Some(1000));
+        assert_eq!(stored_chunk(&stored(3, 500), 2500), Some(1000));
+        // Sizes that do not split this frame into three parts.
+        assert_eq!(stored_chunk(&stored(3, 501), 2500), None);
+        assert_eq!(stored_chunk(&stored(1, 2000), 2500), None);
     }
 
     #[test]

@@ -101,13 +101,14 @@ pub struct PostgresStreamerConfig {
     /// `"disable"`, `"prefer"` (TLS when the server offers it) or
     /// `"require"`. Without `ca_file` the server's certificate is not
     /// verified (libpq's `require`); with it, the chain must lead to
-    /// `ca_file` and name the host (libpq's `verify-full`). Default
+    /// `ca_file`, or the certificate be one of `ca_file`'s own (pinned),
+    /// and name the host (libpq's `verify-full`). Default
     /// `"prefer"`.
     #[serde(default = "default_tls")]
     pub tls: TlsMode,
     /// PEM file of the certificate authorities to verify the server's
-    /// certificate with (relative paths are under the node's home).
-    /// Default: none.
+    /// certificate with, or of the server's own self-signed certificate
+    /// (relative paths are under the node's home). Default: none.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
     /// A file holding the password (its first line; relative paths are

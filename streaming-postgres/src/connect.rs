@@ -8,9 +8,8 @@ use postgres::config::Host;
 use postgres::{Client, NoTls};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 
 use crate::error::{PostgresError, describe};
 
@@ -169,32 +168,23 @@ pub(crate) fn describe_target(config: &postgres::Config) -> String {
     format!("{user}@{}/{db}", hosts.join(","))
 }
 
-/// The rustls configuration: with `ca_file`, the server's chain must lead
-/// to one of its certificates and name the host (verify-full); without, the
-/// connection is encrypted but the certificate is not checked (libpq's
+/// The rustls configuration: with `ca_file`, the server's certificate must
+/// chain to one of its certificates or be one of them itself (pinned, as
+/// the one-line self-signed certificate), and name the host (verify-full;
+/// `statestream_tls::CaFileVerifier`); without, the connection is
+/// encrypted but the certificate is not checked (libpq's
 /// `sslmode=require`).
 pub(crate) fn tls_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup: {e}"))?;
+    let provider = statestream_tls::provider();
     let config = match ca_file {
         Some(path) => {
-            let mut roots = RootCertStore::empty();
-            let certs = CertificateDer::pem_file_iter(path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            for cert in certs {
-                let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("{}: unusable certificate: {e}", path.display()))?;
-            }
-            if roots.is_empty() {
-                return Err(format!("{} holds no PEM certificate", path.display()));
-            }
-            builder.with_root_certificates(roots).with_no_client_auth()
+            let roots = statestream_tls::read_certificates(path).map_err(|e| e.to_string())?;
+            let verifier = statestream_tls::CaFileVerifier::new(roots, provider.clone());
+            statestream_tls::client_config(provider, verifier, None).map_err(|e| e.to_string())?
         }
-        None => builder
+        None => ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS setup: {e}"))?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(NoCertificateCheck(provider)))
             .with_no_client_auth(),

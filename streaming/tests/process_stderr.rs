@@ -45,8 +45,10 @@ fn process_stderr_flood_keeps_memory_bounded() -> TestResult {
     let bank = StoreKey::new("bank")?;
     let mut store = MultiStore::in_memory(std::slice::from_ref(&bank))?;
     let specs = AppConfig::parse(&text, Path::new("app.toml"))?.resolve(&["bank"])?;
-    let mut manager =
-        DeliveryManager::start(&mut store, &specs, &Registry::with_builtins(), home.path())?;
+    let registry = Registry::with_builtins();
+    let mut manager = DeliveryManager::builder()
+        .configured(&specs, &registry, home.path())
+        .start(&mut store)?;
     store.set(&bank, b"k", b"v")?;
     match manager.commit(&mut store, BlockMeta::default()) {
         Err(Error::Halted { message, .. }) => assert!(

@@ -18,6 +18,7 @@
 //! ```
 
 pub mod postgres;
+pub mod tls;
 
 use std::io::Write;
 use std::process::Command;

@@ -2,12 +2,15 @@
 //! stop-node-on-error; configuration the server refuses.
 
 use std::net::TcpListener;
+use std::time::Duration;
 
 use statestream::Error;
-use statestream_nats::replay_stream;
+use statestream_nats::{StreamReader, replay_stream};
+use statestream_store::{KvStore, StoreKey};
 
 use crate::{
-    app_toml, assert_exactly_once, commit_block, manager, memory_store, server, wait_delivered,
+    app_toml, assert_every_message_whole, assert_exactly_once, commit_block, manager, memory_store,
+    server, wait_delivered,
 };
 
 #[test]
@@ -429,5 +432,112 @@ fn faults_subject_of_another_stream_is_refused_not_stored() -> anyhow::Result<()
     );
     let other = client.stream_info("other")?.expect("stream other");
     assert_eq!(other.state.messages, 0, "stored in the wrong stream");
+    Ok(())
+}
+
+#[test]
+fn faults_server_killed_during_publishes_stores_whole_blocks() -> anyhow::Result<()> {
+    // The server is killed (SIGKILL) while the streamer is publishing: a
+    // backlog of blocks keeps it busy, so the kill lands inside a publish,
+    // and the server stays down longer than request_timeout_ms, so the
+    // publish fails while the client is disconnected and the streamer
+    // retries it after the reconnection. Several cycles. Every message
+    // the stream then holds must be a whole block (a retry once published
+    // an empty payload under the block's headers, which JetStream
+    // acknowledged), and the reader must return the node's blocks.
+    let Some(mut server) =
+        server::start("faults_server_killed_during_publishes_stores_whole_blocks")
+    else {
+        return Ok(());
+    };
+    let mut store = memory_store();
+    let toml = format!(
+        "[store]\nstreamers = [\"nats\"]\n\n[streamers.nats]\ntype = \"nats\"\nkeys = [\"*\"]\n\
+         url = \"{}\"\nconnect_timeout_ms = 10000\nrequest_timeout_ms = 1000\n\
+         stop-node-on-error = false\n",
+        server.url()
+    );
+    let mut m = manager(&mut store, &toml)?;
+    // The app hash the node committed at each height.
+    let mut app_hashes = std::collections::BTreeMap::new();
+    fn commit(
+        m: &mut statestream::DeliveryManager,
+        store: &mut statestream_store::MultiStore,
+        app_hashes: &mut std::collections::BTreeMap<u64, statestream_store::Hash>,
+        count: u64,
+    ) -> anyhow::Result<()> {
+        let bank = StoreKey::new("bank")?;
+        for _ in 0..count {
+            let b = app_hashes.len() as u64 + 1;
+            // Large blocks (some over the server's 1 MiB max_payload, so
+            // split): a publish takes long enough on the wire that the
+            // kill lands inside one, with the message lost.
+            let len = if b.is_multiple_of(7) {
+                1_500_000
+            } else {
+                150_000 + (b as usize % 5) * 40_000
+            };
+            let mut value = vec![b as u8; len];
+            value[..8].copy_from_slice(&b.to_be_bytes());
+            store.set(&bank, format!("big-{}", b % 3).as_bytes(), &value)?;
+            let info = commit_block(m, store, b)?;
+            app_hashes.insert(b, info.app_hash);
+        }
+        Ok(())
+    }
+    for cycle in 0..5u64 {
+        let first = app_hashes.len() as u64 + 1;
+        commit(&mut m, &mut store, &mut app_hashes, 40)?;
+        // Kill while the streamer works through the backlog, at a
+        // different block each cycle.
+        let target = first + 4 + cycle * 5;
+        crate::wait_for(
+            &format!("delivery of block {target}"),
+            Duration::from_secs(60),
+            || m.stats()[0].delivered_height >= target,
+        );
+        server.kill();
+        commit(&mut m, &mut store, &mut app_hashes, 10)?;
+        // Down for longer than request_timeout_ms: the publish under way
+        // fails while the client is disconnected.
+        std::thread::sleep(Duration::from_millis(1600));
+        server.restart();
+    }
+    commit(&mut m, &mut store, &mut app_hashes, 5)?;
+    let last = app_hashes.len() as u64;
+    wait_delivered(&m, last);
+    m.close(&mut store)?;
+
+    let client = server.client();
+    let frames = assert_every_message_whole(&client, "statestream", "statestream");
+    assert_eq!(
+        frames.keys().copied().collect::<Vec<_>>(),
+        (1..=last).collect::<Vec<_>>(),
+        "blocks in the stream"
+    );
+    let blocks: Vec<_> = StreamReader::open(&server.reader_config("statestream", "statestream"))?
+        .collect::<Result<_, _>>()?;
+    assert_eq!(
+        blocks.iter().map(|b| b.height).collect::<Vec<_>>(),
+        (1..=last).collect::<Vec<_>>()
+    );
+    for block in &blocks {
+        let commit = block
+            .frame
+            .meta
+            .as_ref()
+            .and_then(|meta| meta.commit.as_ref())
+            .expect("commit info in the frame");
+        assert_eq!(
+            commit.app_hash.as_slice(),
+            app_hashes[&block.height].as_slice(),
+            "app hash of block {}",
+            block.height
+        );
+        assert_eq!(frames[&block.height], block.frame, "block {}", block.height);
+    }
+    let replay = replay_stream(&server.reader_config("statestream", "statestream"))?;
+    assert_eq!(replay.height, last);
+    assert_eq!(replay.app_hash, store.last_commit().app_hash);
     Ok(())
 }

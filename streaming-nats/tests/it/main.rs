@@ -156,6 +156,83 @@ pub fn raw_messages(client: &Js, stream: &str, subject: &str) -> Vec<Raw> {
     out
 }
 
+/// Checks every message on `<subject>.blocks` of `stream` on its own (the
+/// reader skips a message whose height it already returned, so it would
+/// not see a broken copy): each unsplit message, and each split block's
+/// parts put together, decodes as the block its height header names, with
+/// records that match the metadata. Returns the frames by height (the
+/// last copy of each).
+pub fn assert_every_message_whole(
+    client: &Js,
+    stream: &str,
+    subject: &str,
+) -> std::collections::BTreeMap<u64, statestream_core::proto::BlockFrame> {
+    use std::collections::BTreeMap;
+    let subject = format!("{subject}.blocks");
+    let mut frames = BTreeMap::new();
+    // (height, parts) -> part number -> payload
+    let mut parts: BTreeMap<(u64, u64), BTreeMap<u64, Vec<u8>>> = BTreeMap::new();
+    let mut seq = 1;
+    while let Some(m) = client
+        .message(stream, seq, &subject)
+        .expect("read a stored message")
+    {
+        seq = m.sequence + 1;
+        let header = |name: &str| m.headers.get(name).map(|v| v.as_str().to_string());
+        let height: u64 = header(HEADER_HEIGHT)
+            .expect("height header")
+            .parse()
+            .expect("numeric height");
+        match header(HEADER_PART) {
+            None => {
+                let frame = decode_checked(height, &m.payload)
+                    .unwrap_or_else(|e| panic!("message {} (block {height}): {e}", m.sequence));
+                frames.insert(height, frame);
+            }
+            Some(p) => {
+                let (i, n) = p.split_once('/').expect("i/n");
+                let (i, n): (u64, u64) = (i.parse().expect("i"), n.parse().expect("n"));
+                parts
+                    .entry((height, n))
+                    .or_default()
+                    .insert(i, m.payload.to_vec());
+            }
+        }
+    }
+    for ((height, n), have) in parts {
+        assert_eq!(
+            have.keys().copied().collect::<Vec<_>>(),
+            (1..=n).collect::<Vec<_>>(),
+            "parts of block {height} in the stream"
+        );
+        let data: Vec<u8> = have.into_values().flatten().collect();
+        let frame = decode_checked(height, &data)
+            .unwrap_or_else(|e| panic!("block {height}, {n} parts put together: {e}"));
+        frames.insert(height, frame);
+    }
+    frames
+}
+
+/// Decodes a block frame and checks its height and records.
+fn decode_checked(height: u64, data: &[u8]) -> Result<statestream_core::proto::BlockFrame, String> {
+    use prost::Message as _;
+    if data.is_empty() {
+        return Err("an empty payload".into());
+    }
+    let frame = statestream_core::proto::BlockFrame::decode(data)
+        .map_err(|e| format!("{} bytes that do not decode as a frame: {e}", data.len()))?;
+    if frame.height != height {
+        return Err(format!("the frame says block {}", frame.height));
+    }
+    let meta = frame.meta.as_ref().ok_or("the frame has no metadata")?;
+    if meta.data_length != frame.records.len() as u64
+        || meta.data_crc32c != statestream_core::crc32c_append(0, &frame.records)
+    {
+        return Err("the records do not match the metadata's length and CRC-32C".into());
+    }
+    Ok(frame)
+}
+
 /// Checks that the stream holds exactly one message per block 1..=n, in
 /// order, and nothing else.
 pub fn assert_exactly_once(client: &Js, stream: &str, n: u64) {

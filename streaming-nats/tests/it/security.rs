@@ -9,6 +9,7 @@ use rcgen::{
     KeyPair,
 };
 use statestream_nats::replay_stream;
+use statestream_test_support::tls::{one_line_certificate, openssl};
 
 use crate::server::{self, Auth};
 use crate::{app_toml, assert_exactly_once, commit_block, manager, memory_store};
@@ -159,6 +160,60 @@ fn security_tls_server_verified_with_tls_ca_file() -> anyhow::Result<()> {
         err.to_string().contains("tls_ca_file /nonexistent/ca.pem"),
         "{err}"
     );
+    Ok(())
+}
+
+#[test]
+fn security_tls_one_line_self_signed_certificate_is_pinned() -> anyhow::Result<()> {
+    // The server's certificate is the one-line self-signed one, and
+    // tls_ca_file names that very certificate: accepted as pinned (webpki
+    // alone refuses it: CaUsedAsEndEntity). Another self-signed
+    // certificate in tls_ca_file is refused.
+    let test = "security_tls_one_line_self_signed_certificate_is_pinned";
+    if !openssl(test) {
+        return Ok(());
+    }
+    let certs = tempfile::tempdir()?;
+    let (cert, key) = one_line_certificate(certs.path(), "server", "IP:127.0.0.1,DNS:localhost");
+    let Some(server) = server::start_conf(
+        test,
+        &tls_block(&cert, &key, None),
+        Some(Auth::Tls {
+            ca: cert.clone(),
+            client: None,
+        }),
+    ) else {
+        return Ok(());
+    };
+    let tls_url = server.url().replace("nats://", "tls://");
+    let mut store = memory_store();
+    let toml = app_toml(
+        &tls_url,
+        &format!("delivery = \"sync\"\ntls_ca_file = \"{}\"", cert.display()),
+    );
+    let mut m = manager(&mut store, &toml)?;
+    for b in 1..=4 {
+        commit_block(&mut m, &mut store, b)?;
+    }
+    m.close(&mut store)?;
+    assert_exactly_once(&server.client(), "statestream", 4);
+    // The reader connects the same way.
+    let replay = replay_stream(&server.reader_config("statestream", "statestream"))?;
+    assert_eq!(replay.app_hash, store.last_commit().app_hash);
+
+    // Another one-line certificate in tls_ca_file: not the server's, not
+    // its issuer.
+    let (other, _) = one_line_certificate(certs.path(), "other", "IP:127.0.0.1");
+    let mut store = memory_store();
+    let toml = app_toml(
+        &tls_url,
+        &format!("delivery = \"sync\"\ntls_ca_file = \"{}\"", other.display()),
+    );
+    let mut m = manager(&mut store, &toml)?;
+    let err = commit_block(&mut m, &mut store, 1).expect_err("another certificate");
+    let text = err.to_string();
+    assert!(text.contains("cannot connect to tls://127.0.0.1"), "{text}");
+    assert!(text.contains("invalid peer certificate"), "{text}");
     Ok(())
 }
 

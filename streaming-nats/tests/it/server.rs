@@ -142,10 +142,23 @@ impl Js {
             Some(Auth::User(u, p)) => o = o.user_and_password(u.clone(), p.clone()),
             Some(Auth::Nkey(seed, _)) => o = o.nkey(seed.clone()),
             Some(Auth::Tls { ca, client }) => {
-                o = o.require_tls(true).add_root_certificates(ca.clone());
-                if let Some((cert, key)) = client {
-                    o = o.add_client_certificate(cert.clone(), key.clone());
-                }
+                // The project's verifier, so that a server whose own
+                // certificate is the CA file (pinned) is reachable too.
+                let provider = statestream_tls::provider();
+                let verifier = statestream_tls::CaFileVerifier::new(
+                    statestream_tls::read_certificates(ca)?,
+                    provider.clone(),
+                );
+                let auth = match client {
+                    Some((cert, key)) => Some((
+                        statestream_tls::read_certificates(cert)?,
+                        statestream_tls::read_private_key(key)?,
+                    )),
+                    None => None,
+                };
+                o = o
+                    .require_tls(true)
+                    .tls_client_config(statestream_tls::client_config(provider, verifier, auth)?);
             }
             None => {}
         }
@@ -214,6 +227,15 @@ impl Js {
                 .await?
                 .await?;
             Ok(ack)
+        })
+    }
+
+    /// Deletes the message at sequence `seq` from `stream` (JetStream's
+    /// `STREAM.MSG.DELETE`); whether it was there.
+    pub fn delete_message(&self, stream: &str, seq: u64) -> anyhow::Result<bool> {
+        self.rt.block_on(async {
+            let s = self.js.get_stream_no_info(stream).await?;
+            Ok(s.delete_message(seq).await?)
         })
     }
 

@@ -6,21 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::{app_toml, commit_block, connect, db_heights, manager, memory_store, server};
+use statestream_test_support::tls::{one_line_certificate, openssl};
 
-/// Whether the `openssl` tool runs; under `CI` its absence fails the test.
-fn openssl(test: &str) -> bool {
-    let found = Command::new("openssl")
-        .arg("version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    statestream_test_support::require(
-        test,
-        "openssl (command line tool)",
-        found,
-        "apt-get install -y openssl",
-    )
-}
+use crate::{app_toml, commit_block, connect, db_heights, manager, memory_store, server};
 
 fn run_openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
@@ -200,4 +188,53 @@ fn tls_require_without_server_tls_is_a_clear_error() {
     assert!(e.contains("cannot connect to PostgreSQL at"), "{e}");
     assert!(e.contains("does not support TLS"), "{e}");
     assert!(e.contains("tls = \"require\""), "{e}");
+}
+
+/// A server whose certificate is the one-line self-signed one, with that
+/// very certificate as `ca_file`: accepted as pinned (webpki alone refuses
+/// it as a CA used as an end entity), next to the CA-signed case above.
+/// Another self-signed certificate as `ca_file` is refused.
+#[test]
+fn tls_one_line_self_signed_certificate_is_pinned() {
+    let test = "tls_one_line_self_signed_certificate_is_pinned";
+    if !openssl(test) {
+        return;
+    }
+    let Some((mut srv, url)) = server(test) else {
+        return;
+    };
+    let pki = tempfile::tempdir().expect("temp dir");
+    let (pinned, key) = one_line_certificate(pki.path(), "server", "IP:127.0.0.1,DNS:localhost");
+    let read = |path: &Path| std::fs::read_to_string(path).expect("read a PEM file");
+    srv.enable_tls(&read(&pinned), &read(&key));
+
+    let mut store = memory_store();
+    let extra = format!(
+        "delivery = \"sync\"\ntls = \"require\"\nca_file = \"{}\"",
+        pinned.display()
+    );
+    let mut m = manager(&mut store, &app_toml(&url, &extra)).expect("start over TLS");
+    let mut log = Vec::new();
+    for b in 1..=4 {
+        commit_block(&mut m, &mut store, b, &mut log).expect("commit");
+    }
+    m.close(&mut store).expect("close");
+    let mut c = connect(&url);
+    assert_eq!(
+        db_heights(&mut c, "statestream"),
+        (1..=4).collect::<Vec<_>>()
+    );
+
+    let (other, _) = one_line_certificate(pki.path(), "other", "IP:127.0.0.1");
+    let extra = format!(
+        "delivery = \"sync\"\ntls = \"require\"\nca_file = \"{}\"",
+        other.display()
+    );
+    let e = match manager(&mut memory_store(), &app_toml(&url, &extra)) {
+        Ok(_) => panic!("another self-signed certificate was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("cannot connect to PostgreSQL at"), "{e}");
+    assert!(e.contains("verification"), "{e}");
+    assert!(e.contains(&other.display().to_string()), "{e}");
 }

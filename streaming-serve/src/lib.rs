@@ -9,10 +9,14 @@
 //!   starts the server (errors name the key, or say why the address cannot
 //!   be bound).
 //! - [`Hub`]: the blocks by height (recent ones in memory, older ones from
-//!   the store's change log), subscriptions, limits. Front-ends (gRPC here;
-//!   HTTP/SSE beside it) only translate its events.
-//! - HTTP: Server-Sent Events (`GET /stream`, `/stream/ping`) and
+//!   the store's change log), subscriptions, limits, the one snapshot
+//!   reader. The front-ends only translate its events:
+//! - gRPC (`grpc/`): `StateStream`, `DataService`, health and reflection
+//!   on `grpc_address`.
+//! - HTTP (`http/`): Server-Sent Events (`GET /stream`, `/stream/ping`) and
 //!   `GET /snapshot` on `http_address` (axum), see `docs/serve.md`.
+//! - Shared by both: the access check (`access`), the outbox with its stall
+//!   rule (`outbox`), a block under a filter (`selection`).
 //! - [`metrics`]: subscribers, messages and bytes sent, slow disconnects,
 //!   per front-end ([`ServeHandle::metrics`]).
 //! - [`client`]: a resumable subscription with a pluggable cursor store.
@@ -20,26 +24,25 @@
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
+mod access;
 pub mod client;
 mod config;
-mod datastream;
 mod error;
 pub mod filter;
 mod grpc;
+mod http;
 mod hub;
 pub mod metrics;
 mod outbox;
 pub mod proto;
-mod shared_frames;
-mod sse;
+mod selection;
 mod streamer;
-mod wire;
 
 pub use config::{DEFAULT_GRPC_ADDRESS, DEFAULT_VALUE_TYPE, SERVE_TYPE, ServeConfig};
-pub use datastream::DELETED;
 pub use error::{HubError, ServeError};
 pub use filter::{Filter, FilterBuilder};
-pub use hub::{Event, Hub, RING_BLOCKS, SubscriberGuard, Subscription};
+pub use grpc::DELETED;
+pub use hub::{Event, Hub, HubBlock, RING_BLOCKS, SubscriberGuard, Subscription};
 pub use metrics::{FrontEnd, FrontEndMetrics, ServeMetrics};
 pub use outbox::CLIENT_BUFFER;
 pub use streamer::{ServeHandle, ServeStreamer};

@@ -11,13 +11,8 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use crate::config::{Addresses, DEFAULT_VALUE_TYPE, ServeConfig};
-use crate::datastream::DataStreamService;
 use crate::error::ServeError;
-use crate::grpc::{Auth, StateStreamService};
 use crate::hub::{Hub, HubSetup};
-use crate::proto::datastream::data_service_server::DataServiceServer;
-use crate::proto::server::state_stream_server::StateStreamServer;
-use crate::shared_frames::StateStreamRoute;
 
 /// How long a clean shutdown waits for the servers to end their streams.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
@@ -165,7 +160,7 @@ impl ServeStreamer {
         let mut grpc_address = None;
         if let Some((std_listener, local, key)) = grpc_listener {
             let listener = to_tokio(&runtime, &name, std_listener, local, key)?;
-            let (router, set_health) = grpc_router(&hub, &config)?;
+            let (router, set_health) = crate::grpc::router(&hub, &config)?;
             let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
             let (stopped_tx, stopped_rx) = std::sync::mpsc::channel();
             let server_name = name.clone();
@@ -176,7 +171,7 @@ impl ServeStreamer {
                 set_health.await;
                 let served = router
                     // No Nagle: a block's last small frame must not wait
-                    // for the client's delayed ACK (40 ms stalls).
+                    // for the client's delayed ACK.
                     .serve_with_incoming_shutdown(
                         tonic::transport::server::TcpIncoming::from(listener)
                             .with_nodelay(Some(true)),
@@ -201,7 +196,7 @@ impl ServeStreamer {
         let mut http_address = None;
         if let Some((std_listener, local, key)) = http_listener {
             let listener = to_tokio(&runtime, &name, std_listener, local, key)?;
-            let app = crate::sse::router(crate::sse::HttpSetup {
+            let app = crate::http::router(crate::http::HttpSetup {
                 hub: Arc::clone(&hub),
                 token: config.token.clone(),
                 max_connection: (config.max_connection_ms > 0)
@@ -348,70 +343,6 @@ fn below_commits() {
     unsafe {
         libc::nice(NICE_INCREMENT);
     }
-}
-
-fn grpc_router(
-    hub: &Arc<Hub>,
-    config: &ServeConfig,
-) -> Result<
-    (
-        tonic::transport::server::Router,
-        impl std::future::Future<Output = ()> + Send + 'static,
-    ),
-    ServeError,
-> {
-    let auth = Auth::new(&config.token);
-    let state = StateStreamService {
-        hub: Arc::clone(hub),
-        push_updates: config.push_updates,
-        encoded: Arc::new(crate::grpc::EncodedBlocks::new(crate::filter::Filter::all(
-            hub.stores(),
-        ))),
-    };
-    let data = DataStreamService {
-        hub: Arc::clone(hub),
-        push_updates: config.push_updates,
-    };
-    let (health_reporter, health) = tonic_health::server::health_reporter();
-    // Only the served services and "" (the whole server) report SERVING.
-    let reporter = health_reporter.clone();
-    let set_health = async move {
-        reporter
-            .set_serving::<StateStreamServer<StateStreamService>>()
-            .await;
-        reporter
-            .set_serving::<DataServiceServer<DataStreamService>>()
-            .await;
-    };
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| ServeError::Runtime {
-            streamer: hub.name().to_string(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
-    let a1 = auth.clone();
-    let a2 = auth.clone();
-    let a3 = auth.clone();
-    let heartbeat = hub.heartbeat();
-    let router = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(heartbeat))
-        .http2_keepalive_timeout(Some(heartbeat.max(Duration::from_secs(1)) * 2))
-        .add_service(health)
-        .add_service(StateStreamRoute {
-            inner: StateStreamServer::with_interceptor(state.clone(), move |r| a1.check(r)),
-            service: state,
-            auth: auth.clone(),
-        })
-        .add_service(DataServiceServer::with_interceptor(data, move |r| {
-            a2.check(r)
-        }))
-        .add_service(tonic::service::interceptor::InterceptedService::new(
-            reflection,
-            move |r| a3.check(r),
-        ));
-    Ok((router, set_health))
 }
 
 impl Streamer for ServeStreamer {

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::Stream;
 
 use crate::error::HubError;
-use crate::hub::Hub;
+use crate::hub::{Event, Hub, Subscription};
 use crate::metrics::{FrontEnd, ServeMetrics};
 
 /// Messages buffered per client (gRPC messages; SSE: one block's events
@@ -220,7 +220,7 @@ impl From<HubError> for SubscriptionEnd {
 
 impl<T: Measured> Sink<T> {
     /// Ends the stream according to why its task ended.
-    pub fn finish(self, end: SubscriptionEnd) {
+    fn finish(self, end: SubscriptionEnd) {
         match end {
             SubscriptionEnd::Ended(why) => tracing::debug!(?why, "subscription ended"),
             SubscriptionEnd::Error(e) => {
@@ -229,4 +229,32 @@ impl<T: Measured> Sink<T> {
             }
         }
     }
+
+    /// The subscription's next event; the end when the client goes away
+    /// first.
+    pub async fn next_event(&self, sub: &mut Subscription) -> Result<Event, SubscriptionEnd> {
+        tokio::select! {
+            e = sub.next() => Ok(e?),
+            _ = self.closed() => Err(Ended::Gone.into()),
+        }
+    }
+}
+
+/// A subscriber's outbox, fed by `task` on a task of its own. The task
+/// hands its sink back with how it ended; the stream ends accordingly
+/// (an error is sent to the client, anything else just ends it).
+pub fn spawn<T, F, Fut>(hub: &Hub, front_end: FrontEnd, task: F) -> Outbox<T>
+where
+    T: Measured + Send + 'static,
+    F: FnOnce(Sink<T>) -> Fut,
+    Fut: Future<Output = (Sink<T>, Result<(), SubscriptionEnd>)> + Send + 'static,
+{
+    let (sink, outbox) = channel(hub, front_end);
+    let task = task(sink);
+    tokio::spawn(async move {
+        if let (sink, Err(end)) = task.await {
+            sink.finish(end);
+        }
+    });
+    outbox
 }

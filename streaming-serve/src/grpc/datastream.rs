@@ -16,7 +16,7 @@ use crate::filter::{Filter, FilterBuilder, key_from_text, key_to_text};
 use crate::hub::snapshot::SnapshotWriter;
 use crate::hub::{Event, Hub, SubscriberGuard};
 use crate::metrics::FrontEnd;
-use crate::outbox::{self, Ended, Measured, Sink, SubscriptionEnd};
+use crate::outbox::{self, Measured, Sink, SubscriptionEnd};
 use crate::proto::datastream::{
     Capability, Data, DataRequest, DataResponse, ListCapabilitiesRequest, ListCapabilitiesResponse,
     data_service_server::DataService,
@@ -163,11 +163,7 @@ impl DataStreamService {
         }
         let mut sub = hub.subscribe(guard, reader.height() + 1);
         loop {
-            let event = tokio::select! {
-                e = sub.next() => e?,
-                _ = sink.closed() => return Err(Ended::Gone.into()),
-            };
-            match event {
+            match sink.next_event(&mut sub).await? {
                 Event::Block(block) => {
                     if let Some(r) = block_response(&hub, &block, &filter) {
                         sink.send(r).await?;
@@ -224,11 +220,9 @@ impl DataService for DataStreamService {
         let grant = grant(&request)?;
         let filter = parse_keys(&hub, &grant, &request.into_inner().keys)?;
         let guard = hub.admit(FrontEnd::Grpc)?;
-        let (mut sink, outbox) = outbox::channel(&hub, FrontEnd::Grpc);
-        tokio::spawn(async move {
-            if let Err(end) = DataStreamService::run(hub, guard, filter, &mut sink).await {
-                sink.finish(end);
-            }
+        let outbox = outbox::spawn(&self.hub, FrontEnd::Grpc, |mut sink| async move {
+            let ended = DataStreamService::run(hub, guard, filter, &mut sink).await;
+            (sink, ended)
         });
         Ok(Response::new(Responses(outbox)))
     }

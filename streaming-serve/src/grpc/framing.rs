@@ -25,11 +25,12 @@ use tonic::codegen::{BoxFuture, Service};
 use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
 
-use super::state_stream::StateStreamService;
+use super::state_stream::{Method, Start, StateStreamService};
 use super::wire::Framed;
 use super::{credential, denied};
 use crate::access::Access;
 use crate::outbox::Outbox;
+use crate::proto::v1 as pb;
 
 /// The methods of `statestream.v1.StateStream`.
 const SUBSCRIBE: &str = "/statestream.v1.StateStream/Subscribe";
@@ -87,23 +88,32 @@ impl StateStreamRoute {
         let service = self.service;
         match request.uri().path() {
             SUBSCRIBE => {
-                let r = decode(request).await?;
-                Ok(response(service.subscribe(&grant, r)?))
+                let r: pb::SubscribeRequest = decode(request).await?;
+                let start = Start::subscribe(&service.hub, r.start)?;
+                Ok(response(service.open(
+                    &grant,
+                    r.filter,
+                    Method::Subscribe(start),
+                )?))
             }
             SNAPSHOT => {
-                let r = decode(request).await?;
-                Ok(response(service.snapshot(&grant, r)?))
+                let r: pb::SnapshotRequest = decode(request).await?;
+                Ok(response(service.open(
+                    &grant,
+                    r.filter,
+                    Method::Snapshot,
+                )?))
             }
             LIST_STORES => Ok(unary(
                 request,
-                move |_: Request<crate::proto::v1::ListStoresRequest>| async move {
+                move |_: Request<pb::ListStoresRequest>| async move {
                     service.list_stores().map(Response::new)
                 },
             )
             .await),
             PUSH_UPDATE => Ok(unary(
                 request,
-                move |r: Request<crate::proto::v1::PushUpdateRequest>| async move {
+                move |r: Request<pb::PushUpdateRequest>| async move {
                     service.push_update(r.into_inner()).await.map(Response::new)
                 },
             )

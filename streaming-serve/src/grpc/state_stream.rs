@@ -16,7 +16,7 @@ use crate::error::HubError;
 use crate::filter::{Filter, FilterBuilder};
 use crate::hub::{Event, Hub, SubscriberGuard};
 use crate::metrics::FrontEnd;
-use crate::outbox::{self, Ended, Outbox, Sink, SubscriptionEnd};
+use crate::outbox::{self, Outbox, Sink, SubscriptionEnd};
 use crate::proto::v1 as pb;
 use crate::selection::{Format, Selection};
 
@@ -40,9 +40,42 @@ fn parse_filter(hub: &Hub, grant: &Grant, filter: Option<pb::Filter>) -> Result<
     Ok(grant.select(b.build()))
 }
 
-enum Start {
+/// The streaming methods of the service.
+pub(crate) enum Method {
+    /// `Snapshot`: the chunks of a snapshot, then the stream ends.
     Snapshot,
+    /// `Subscribe`, from where it starts.
+    Subscribe(Start),
+}
+
+/// Where a `Subscribe` stream starts.
+pub(crate) enum Start {
+    /// A snapshot, then the blocks after it.
+    Snapshot,
+    /// Every block from this height.
     From(u64),
+}
+
+impl Start {
+    /// Where a `Subscribe` request starts; `OUT_OF_RANGE` outside the
+    /// retained window.
+    pub(crate) fn subscribe(
+        hub: &Hub,
+        start: Option<pb::subscribe_request::Start>,
+    ) -> Result<Start, HubError> {
+        use pb::subscribe_request::Start as S;
+        Ok(match start {
+            // Live: from the block after the head when the request arrives
+            // (read before the subscription is counted), not when its
+            // task first runs: a block committed in between is sent.
+            None | Some(S::Live(_)) => Start::From(hub.head() + 1),
+            Some(S::Snapshot(_)) => Start::Snapshot,
+            Some(S::FromHeight(h)) => {
+                hub.check_from(h)?;
+                Start::From(h)
+            }
+        })
+    }
 }
 
 /// Sends the filter's keys as encoded `SnapshotChunk`s (each made a
@@ -62,14 +95,19 @@ async fn send_snapshot(
 }
 
 impl StateStreamService {
+    /// Feeds a stream: a snapshot alone (`subscriber` none), or a
+    /// subscriber from where it starts.
     async fn run(
         hub: Arc<Hub>,
-        guard: SubscriberGuard,
         selection: Selection,
-        start: Start,
+        subscriber: Option<(SubscriberGuard, Start)>,
         sink: &mut Sink<Framed>,
     ) -> Result<(), SubscriptionEnd> {
         let filter = selection.filter();
+        let Some((guard, start)) = subscriber else {
+            send_snapshot(&hub, filter, sink, Framed::whole).await?;
+            return Ok(());
+        };
         let next = match start {
             Start::From(h) => h.max(1),
             Start::Snapshot => {
@@ -79,11 +117,7 @@ impl StateStreamService {
         };
         let mut sub = hub.subscribe(guard, next);
         loop {
-            let event = tokio::select! {
-                e = sub.next() => e?,
-                _ = sink.closed() => return Err(Ended::Gone.into()),
-            };
-            match event {
+            match sink.next_event(&mut sub).await? {
                 Event::Block(block) => {
                     let messages = block.rendered(&selection, |b| encode_block(b, filter));
                     for m in messages.iter() {
@@ -116,54 +150,32 @@ impl StateStreamService {
         })
     }
 
-    pub(crate) fn snapshot(
+    /// A `Snapshot` or `Subscribe` stream of `filter`.
+    pub(crate) fn open(
         &self,
         grant: &Grant,
-        request: pb::SnapshotRequest,
+        filter: Option<pb::Filter>,
+        method: Method,
     ) -> Result<Outbox<Framed>, Status> {
         let hub = Arc::clone(&self.hub);
         if hub.is_closing() {
             return Err(HubError::ShuttingDown.into());
         }
-        let filter = parse_filter(&hub, grant, request.filter)?;
-        let (mut sink, outbox) = outbox::channel(&hub, FrontEnd::Grpc);
-        tokio::spawn(async move {
-            if let Err(end) = send_snapshot(&hub, &filter, &mut sink, Framed::whole).await {
-                sink.finish(end);
-            }
-        });
-        Ok(outbox)
-    }
-
-    pub(crate) fn subscribe(
-        &self,
-        grant: &Grant,
-        request: pb::SubscribeRequest,
-    ) -> Result<Outbox<Framed>, Status> {
-        use pb::subscribe_request::Start as S;
-        let hub = Arc::clone(&self.hub);
-        let filter = parse_filter(&hub, grant, request.filter)?;
-        let start = match request.start {
-            // Live: from the block after the head when the request arrives
-            // (read before the subscription is counted), not when its
-            // task first runs: a block committed in between is sent.
-            None | Some(S::Live(_)) => Start::From(hub.head() + 1),
-            Some(S::Snapshot(_)) => Start::Snapshot,
-            Some(S::FromHeight(h)) => {
-                hub.check_from(h)?;
-                Start::From(h)
-            }
+        let filter = parse_filter(&hub, grant, filter)?;
+        // A one-shot snapshot is not a subscriber.
+        let subscriber = match method {
+            Method::Snapshot => None,
+            Method::Subscribe(start) => Some((hub.admit(FrontEnd::Grpc)?, start)),
         };
-        let guard = hub.admit(FrontEnd::Grpc)?;
         let selection = Selection::new(filter, Format::Protobuf);
-        let (mut sink, outbox) = outbox::channel(&hub, FrontEnd::Grpc);
-        tokio::spawn(async move {
-            if let Err(end) = StateStreamService::run(hub, guard, selection, start, &mut sink).await
-            {
-                sink.finish(end);
-            }
-        });
-        Ok(outbox)
+        Ok(outbox::spawn(
+            &self.hub,
+            FrontEnd::Grpc,
+            |mut sink| async move {
+                let ended = StateStreamService::run(hub, selection, subscriber, &mut sink).await;
+                (sink, ended)
+            },
+        ))
     }
 
     pub(crate) async fn push_update(

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::Request;
+use axum::extract::{RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -52,8 +52,14 @@ pub(crate) fn router(setup: HttpSetup) -> Router {
         max_connection: setup.max_connection,
     };
     let router = Router::new()
-        .route("/stream", get(sse::stream))
-        .route("/stream/ping", get(sse::ping))
+        .route(
+            "/stream",
+            get(|State(st), h, RawQuery(q)| sse::open_stream(st, h, q, false)),
+        )
+        .route(
+            "/stream/ping",
+            get(|State(st), h, RawQuery(q)| sse::open_stream(st, h, q, true)),
+        )
         .route("/snapshot", get(snapshot::snapshot))
         .with_state(state);
     match cors(&setup.cors_origins) {

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::Response;
 use serde_json::json;
@@ -148,8 +147,7 @@ impl Feed {
         let deadline = max_connection.map(|d| tokio::time::Instant::now() + d);
         loop {
             let event = tokio::select! {
-                e = subscription.next() => e,
-                () = self.sink.closed() => return Err(Ended::Gone.into()),
+                e = self.sink.next_event(&mut subscription) => e,
                 () = sleep_until(deadline) => return Ok(()),
             };
             match event? {
@@ -179,25 +177,8 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// `GET /stream`.
-pub(super) async fn stream(
-    State(st): State<AppState>,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
-) -> Result<Response, HttpError> {
-    open_stream(st, headers, query, false).await
-}
-
-/// `GET /stream/ping`.
-pub(super) async fn ping(
-    State(st): State<AppState>,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
-) -> Result<Response, HttpError> {
-    open_stream(st, headers, query, true).await
-}
-
-async fn open_stream(
+/// `GET /stream` (`ping` false) and `GET /stream/ping`.
+pub(super) async fn open_stream(
     st: AppState,
     headers: HeaderMap,
     query: Option<String>,
@@ -234,20 +215,18 @@ async fn open_stream(
     } else {
         Format::SseChanges(encoding)
     };
-    let (sink, outbox) = outbox::channel(&st.hub, FrontEnd::Sse);
-    let mut feed = Feed {
-        hub: Arc::clone(&st.hub),
-        selection: Selection::new(filter, format),
-        sink,
-        first: true,
-        last_sent: tokio::time::Instant::now(),
-    };
+    let hub = Arc::clone(&st.hub);
     let max_connection = st.max_connection;
-    tokio::spawn(async move {
+    let outbox = outbox::spawn(&st.hub, FrontEnd::Sse, |sink| async move {
+        let mut feed = Feed {
+            hub,
+            selection: Selection::new(filter, format),
+            sink,
+            first: true,
+            last_sent: tokio::time::Instant::now(),
+        };
         let ended = feed.run(guard, next, put, max_connection).await;
-        if let Err(end) = ended {
-            feed.sink.finish(end);
-        }
+        (feed.sink, ended)
     });
     // The body is the event stream as rendered text (one shared buffer per
     // block and selection), not axum's `Sse`: that would encode every

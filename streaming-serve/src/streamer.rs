@@ -1,7 +1,9 @@
 //! The `serve` streamer: owns the hub, a named tokio runtime and the
 //! servers; `on_block` hands each block to the hub without waiting.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,6 +54,7 @@ impl ServeHandle {
 }
 
 /// The `serve` streamer. Build it with [`ServeConfig::build`].
+#[derive(Debug)]
 pub struct ServeStreamer {
     name: String,
     hub: Arc<Hub>,
@@ -63,19 +66,43 @@ pub struct ServeStreamer {
     servers: Vec<Server>,
 }
 
+#[derive(Debug)]
 struct Server {
     what: &'static str,
     shutdown: Option<oneshot::Sender<()>>,
     stopped: Option<std::sync::mpsc::Receiver<()>>,
 }
 
-impl std::fmt::Debug for ServeStreamer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServeStreamer")
-            .field("name", &self.name)
-            .field("grpc_address", &self.grpc_address)
-            .field("http_address", &self.http_address)
-            .finish_non_exhaustive()
+impl Server {
+    /// Runs the server future that `serve` makes on `runtime`; `serve` is
+    /// given the future that resolves when the server is to shut down.
+    fn spawn<F, E>(
+        runtime: &Runtime,
+        what: &'static str,
+        streamer: &str,
+        serve: impl FnOnce(Pin<Box<dyn Future<Output = ()> + Send>>) -> F,
+    ) -> Server
+    where
+        F: Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Display,
+    {
+        let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+        let (stopped_tx, stopped_rx) = std::sync::mpsc::channel();
+        let served = serve(Box::pin(async {
+            let _ = shutdown_rx.await;
+        }));
+        let streamer = streamer.to_string();
+        runtime.spawn(async move {
+            if let Err(e) = served.await {
+                warn!(streamer = %streamer, error = %e, "{what} server stopped");
+            }
+            let _ = stopped_tx.send(());
+        });
+        Server {
+            what,
+            shutdown: Some(shutdown_tx),
+            stopped: Some(stopped_rx),
+        }
     }
 }
 
@@ -113,14 +140,10 @@ impl ServeStreamer {
                 streamer: name.clone(),
                 source,
             })?;
-        let grpc_listener = addresses
-            .grpc
-            .map(|a| bind_std(&name, a, "grpc_address"))
-            .transpose()?;
-        let http_listener = addresses
-            .http
-            .map(|a| bind_std(&name, a, "http_address"))
-            .transpose()?;
+        let bind =
+            |address: Option<SocketAddr>, key| address.map(|a| bind_std(&name, a, key)).transpose();
+        let grpc_listener = bind(addresses.grpc, "grpc_address")?;
+        let http_listener = bind(addresses.http, "http_address")?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name(format!("serve-{name}"))
@@ -161,36 +184,25 @@ impl ServeStreamer {
         if let Some((std_listener, local, key)) = grpc_listener {
             let listener = to_tokio(&runtime, &name, std_listener, local, key)?;
             let (router, set_health) = crate::grpc::router(&hub, &config)?;
-            let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-            let (stopped_tx, stopped_rx) = std::sync::mpsc::channel();
-            let server_name = name.clone();
-            runtime.spawn(async move {
-                // Health answers SERVING from the first request on: set
-                // before the first connection is accepted (the listener is
-                // bound).
-                set_health.await;
-                let served = router
-                    // No Nagle: a block's last small frame must not wait
-                    // for the client's delayed ACK.
-                    .serve_with_incoming_shutdown(
-                        tonic::transport::server::TcpIncoming::from(listener)
-                            .with_nodelay(Some(true)),
-                        async {
-                            let _ = shutdown_rx.await;
-                        },
-                    )
-                    .await;
-                if let Err(e) = served {
-                    warn!(streamer = %server_name, error = %e, "gRPC server stopped");
-                }
-                let _ = stopped_tx.send(());
-            });
+            servers.push(Server::spawn(
+                &runtime,
+                "gRPC",
+                &name,
+                |shutdown| async move {
+                    // Health answers SERVING from the first request on: set
+                    // before the first connection is accepted (the listener is
+                    // bound).
+                    set_health.await;
+                    // No Nagle: a block's last small frame must not wait for the
+                    // client's delayed ACK.
+                    let incoming = tonic::transport::server::TcpIncoming::from(listener)
+                        .with_nodelay(Some(true));
+                    router
+                        .serve_with_incoming_shutdown(incoming, shutdown)
+                        .await
+                },
+            ));
             info!(streamer = %name, address = %local, head, "serve: gRPC listening");
-            servers.push(Server {
-                what: "gRPC",
-                shutdown: Some(shutdown_tx),
-                stopped: Some(stopped_rx),
-            });
             grpc_address = Some(local);
         }
         let mut http_address = None;
@@ -203,33 +215,24 @@ impl ServeStreamer {
                     .then(|| Duration::from_millis(config.max_connection_ms)),
                 cors_origins: config.cors_origins.clone(),
             });
-            let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-            let (stopped_tx, stopped_rx) = std::sync::mpsc::channel();
-            let server_name = name.clone();
-            runtime.spawn(async move {
-                use axum::serve::ListenerExt;
-                // No Nagle, as on gRPC: an event must not wait for an ACK.
-                let listener = listener.tap_io(|tcp| {
-                    if let Err(e) = tcp.set_nodelay(true) {
-                        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-                    }
-                });
-                let served = axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = shutdown_rx.await;
-                    })
-                    .await;
-                if let Err(e) = served {
-                    warn!(streamer = %server_name, error = %e, "HTTP server stopped");
-                }
-                let _ = stopped_tx.send(());
-            });
+            servers.push(Server::spawn(
+                &runtime,
+                "HTTP",
+                &name,
+                |shutdown| async move {
+                    use axum::serve::ListenerExt;
+                    // No Nagle, as on gRPC: an event must not wait for an ACK.
+                    let listener = listener.tap_io(|tcp| {
+                        if let Err(e) = tcp.set_nodelay(true) {
+                            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                        }
+                    });
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(shutdown)
+                        .await
+                },
+            ));
             info!(streamer = %name, address = %local, head, "serve: HTTP (SSE) listening");
-            servers.push(Server {
-                what: "HTTP",
-                shutdown: Some(shutdown_tx),
-                stopped: Some(stopped_rx),
-            });
             http_address = Some(local);
         }
         Ok(ServeStreamer {

@@ -38,7 +38,10 @@ pub mod proto;
 mod selection;
 mod streamer;
 
-pub use config::{DEFAULT_GRPC_ADDRESS, DEFAULT_VALUE_TYPE, SERVE_TYPE, ServeConfig};
+pub use config::{
+    DEFAULT_GRPC_ADDRESS, DEFAULT_HEARTBEAT_MS, DEFAULT_MAX_SUBSCRIBERS, DEFAULT_RETAIN_BLOCKS,
+    DEFAULT_VALUE_TYPE, SERVE_TYPE, ServeConfig,
+};
 pub use error::{HubError, ServeError};
 pub use filter::{Filter, FilterBuilder};
 pub use grpc::DELETED;

@@ -26,7 +26,7 @@ use crate::proto::datastream::{
 pub const DELETED: &str = "deleted";
 
 /// Bytes of one `DataResponse` before the initial state is split: under
-/// the 4 MiB gRPC clients accept by default.
+/// [`GRPC_DEFAULT_MAX_MESSAGE`](super::GRPC_DEFAULT_MAX_MESSAGE).
 pub const DATASTREAM_MESSAGE_BYTES: usize = 3 * 1024 * 1024;
 
 #[derive(Clone)]

@@ -14,8 +14,8 @@ use crate::hub::snapshot::SnapshotWriter;
 use crate::proto::v1 as pb;
 use crate::selection::selected;
 
-/// Payload bytes per message (entries or changes): well under the 4 MiB
-/// that gRPC clients accept by default.
+/// Payload bytes per message (entries or changes): well under
+/// [`GRPC_DEFAULT_MAX_MESSAGE`](super::GRPC_DEFAULT_MAX_MESSAGE).
 pub const MESSAGE_BYTES: usize = 256 * 1024;
 
 /// Bytes counted per change or entry beside its store, key and value (the

@@ -38,8 +38,8 @@ const SNAPSHOT: &str = "/statestream.v1.StateStream/Snapshot";
 const LIST_STORES: &str = "/statestream.v1.StateStream/ListStores";
 const PUSH_UPDATE: &str = "/statestream.v1.StateStream/PushUpdate";
 
-/// The largest request accepted (tonic's default decoding limit).
-const MAX_REQUEST: usize = 4 * 1024 * 1024;
+/// The largest request accepted.
+const MAX_REQUEST: usize = super::GRPC_DEFAULT_MAX_MESSAGE;
 
 /// The bytes of a gRPC frame's header: a compression flag and a
 /// big-endian length.

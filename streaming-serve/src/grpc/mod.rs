@@ -33,6 +33,10 @@ use crate::hub::Hub;
 use crate::outbox::{End, Outbox};
 use crate::proto::datastream::data_service_server::DataServiceServer;
 
+/// The largest message gRPC clients accept by default (and the largest
+/// request tonic decodes).
+pub const GRPC_DEFAULT_MAX_MESSAGE: usize = 4 * 1024 * 1024;
+
 /// The status of a refused request.
 fn denied(d: Denied) -> Status {
     match d {

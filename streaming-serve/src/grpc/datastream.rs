@@ -155,8 +155,8 @@ impl DataStreamService {
         filter: Filter,
         sink: &mut Sink<DataResponse>,
     ) -> Result<(), SubscriptionEnd> {
-        let mut reader = hub.read_snapshot(filter.clone(), |_, time| {
-            Responder::new(&hub, time, DATASTREAM_MESSAGE_BYTES)
+        let mut reader = hub.read_snapshot(filter.clone(), |at| {
+            Responder::new(&hub, at.time(), DATASTREAM_MESSAGE_BYTES)
         })?;
         while let Some(response) = reader.next().await? {
             sink.send(response).await?;
@@ -200,8 +200,8 @@ impl DataService for DataStreamService {
         let grant = grant(&request)?;
         let filter = parse_keys(&self.hub, &grant, &request.into_inner().keys)?;
         // One response: no batch is ever full.
-        let reader = self.hub.read_snapshot(filter, |_, time| {
-            Responder::new(&self.hub, time, usize::MAX)
+        let reader = self.hub.read_snapshot(filter, |at| {
+            Responder::new(&self.hub, at.time(), usize::MAX)
         })?;
         let mut all = HashMap::new();
         for response in reader.collect().await? {

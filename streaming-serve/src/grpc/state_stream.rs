@@ -87,7 +87,8 @@ async fn send_snapshot(
     sink: &mut Sink<Framed>,
     frame: impl Fn(Bytes) -> Framed,
 ) -> Result<u64, SubscriptionEnd> {
-    let mut reader = hub.read_snapshot(filter.clone(), ChunkEncoder::new)?;
+    let mut reader =
+        hub.read_snapshot(filter.clone(), |at| ChunkEncoder::new(at.height, at.time()))?;
     while let Some(chunk) = reader.next().await? {
         sink.send(frame(chunk)).await?;
     }

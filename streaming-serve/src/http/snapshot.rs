@@ -61,8 +61,8 @@ pub(super) async fn read_state(
     filter: &Filter,
     encoding: Encoding,
 ) -> Result<(u64, Value), HubError> {
-    let reader = hub.read_snapshot(filter.clone(), |height, _| JsonState {
-        height,
+    let reader = hub.read_snapshot(filter.clone(), |at| JsonState {
+        height: at.height,
         encoding,
         data: Map::new(),
         store: None,

@@ -72,18 +72,31 @@ impl<P> SnapshotReader<P> {
     }
 }
 
+/// The height a snapshot was taken at, for the writer it starts.
+pub struct At<'a> {
+    pub height: u64,
+    hub: &'a Hub,
+}
+
+impl At<'_> {
+    /// The time of the snapshot's block, when known (read only when a
+    /// writer asks).
+    pub fn time(&self) -> Option<(i64, u32)> {
+        self.hub.block_time(self.height)
+    }
+}
+
 impl Hub {
     /// Takes a read snapshot now and reads the keys `filter` selects into
-    /// the writer that `writer` makes from its height and block time.
+    /// the writer that `writer` makes for it.
     pub(crate) fn read_snapshot<W: SnapshotWriter>(
         &self,
         filter: Filter,
-        writer: impl FnOnce(u64, Option<(i64, u32)>) -> W,
+        writer: impl FnOnce(At<'_>) -> W,
     ) -> Result<SnapshotReader<W::Piece>, HubError> {
         let snapshot = self.reader().snapshot().map_err(Hub::store_error)?;
         let height = snapshot.height();
-        let time = self.block_time(height);
-        let mut writer = writer(height, time);
+        let mut writer = writer(At { height, hub: self });
         let (tx, rx) = mpsc::channel(PIECES_AHEAD);
         tokio::task::spawn_blocking(move || {
             let mut gone = false;

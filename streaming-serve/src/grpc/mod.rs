@@ -28,7 +28,7 @@ use state_stream::StateStreamService;
 
 use crate::access::{Access, Denied, Grant, bearer};
 use crate::config::ServeConfig;
-use crate::error::ServeError;
+use crate::error::{HubError, ServeError};
 use crate::hub::Hub;
 use crate::outbox::{End, Outbox};
 use crate::proto::datastream::data_service_server::DataServiceServer;
@@ -71,6 +71,19 @@ fn grant<T>(request: &Request<T>) -> Result<Grant, Status> {
         .get::<Grant>()
         .cloned()
         .ok_or_else(|| Status::internal("the request was not admitted"))
+}
+
+impl From<HubError> for Status {
+    fn from(e: HubError) -> Status {
+        let message = e.to_string();
+        match e {
+            HubError::OutOfRange { .. } => Status::out_of_range(message),
+            HubError::InvalidArgument(_) => Status::invalid_argument(message),
+            HubError::TooManySubscribers(_) => Status::resource_exhausted(message),
+            HubError::ShuttingDown => Status::unavailable(message),
+            HubError::Store(_) => Status::internal(message),
+        }
+    }
 }
 
 impl From<End> for Status {

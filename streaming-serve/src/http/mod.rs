@@ -145,9 +145,15 @@ impl HttpError {
 
 impl From<HubError> for HttpError {
     fn from(e: HubError) -> HttpError {
+        let status = match e {
+            HubError::OutOfRange { .. } | HubError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+            HubError::TooManySubscribers(_) | HubError::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            HubError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
         HttpError {
-            status: StatusCode::from_u16(e.http_status())
-                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            status,
             message: e.to_string(),
         }
     }

@@ -1,9 +1,9 @@
 //! `statestream-serve`: the `serve` streamer. A subscription hub fed by the
-//! streamer's `on_block`, served over gRPC: statestream's own
+//! streamer's `on_block`, served over gRPC and HTTP: statestream's own
 //! `statestream.v1.StateStream` (snapshot, resume by height, live, with
 //! heartbeats and `PushUpdate`) and the datastream seed's
 //! `datastream.DataService`, plus the standard health and reflection
-//! services. See `docs/serve.md`.
+//! services; Server-Sent Events and JSON snapshots. See `docs/serve.md`.
 //!
 //! - [`ServeConfig`]: the options of `type = "serve"`; [`ServeConfig::build`]
 //!   starts the server (errors name the key, or say why the address cannot

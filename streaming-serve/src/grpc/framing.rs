@@ -25,7 +25,7 @@ use tonic::codegen::{BoxFuture, Service};
 use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
 
-use super::state_stream::{Method, Start, StateStreamService};
+use super::state_stream::{Method, StateStreamService};
 use super::wire::Framed;
 use super::{credential, denied};
 use crate::access::Access;
@@ -89,12 +89,8 @@ impl StateStreamRoute {
         match request.uri().path() {
             SUBSCRIBE => {
                 let r: pb::SubscribeRequest = decode(request).await?;
-                let start = Start::subscribe(&service.hub, r.start)?;
-                Ok(response(service.open(
-                    &grant,
-                    r.filter,
-                    Method::Subscribe(start),
-                )?))
+                let method = Method::Subscribe(r.start);
+                Ok(response(service.open(&grant, r.filter, method)?))
             }
             SNAPSHOT => {
                 let r: pb::SnapshotRequest = decode(request).await?;

@@ -44,8 +44,8 @@ fn parse_filter(hub: &Hub, grant: &Grant, filter: Option<pb::Filter>) -> Result<
 pub(crate) enum Method {
     /// `Snapshot`: the chunks of a snapshot, then the stream ends.
     Snapshot,
-    /// `Subscribe`, from where it starts.
-    Subscribe(Start),
+    /// `Subscribe`, from where the request says.
+    Subscribe(Option<pb::subscribe_request::Start>),
 }
 
 /// Where a `Subscribe` stream starts.
@@ -59,7 +59,7 @@ pub(crate) enum Start {
 impl Start {
     /// Where a `Subscribe` request starts; `OUT_OF_RANGE` outside the
     /// retained window.
-    pub(crate) fn subscribe(
+    fn subscribe(
         hub: &Hub,
         start: Option<pb::subscribe_request::Start>,
     ) -> Result<Start, HubError> {
@@ -159,14 +159,18 @@ impl StateStreamService {
         method: Method,
     ) -> Result<Outbox<Framed>, Status> {
         let hub = Arc::clone(&self.hub);
-        if hub.is_closing() {
+        // A one-shot snapshot is not a subscriber: no place to take, which
+        // would refuse it at shutdown.
+        if matches!(method, Method::Snapshot) && hub.is_closing() {
             return Err(HubError::ShuttingDown.into());
         }
         let filter = parse_filter(&hub, grant, filter)?;
-        // A one-shot snapshot is not a subscriber.
         let subscriber = match method {
             Method::Snapshot => None,
-            Method::Subscribe(start) => Some((hub.admit(FrontEnd::Grpc)?, start)),
+            Method::Subscribe(start) => {
+                let start = Start::subscribe(&hub, start)?;
+                Some((hub.admit(FrontEnd::Grpc)?, start))
+            }
         };
         let selection = Selection::new(filter, Format::Protobuf);
         Ok(outbox::spawn(

@@ -20,22 +20,5 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .compile_fds(descriptors)?;
-    // The server's own build of statestream.v1: a `BlockChanges` is sent as
-    // bytes encoded once per block and shared by every subscriber with the
-    // same filter, and a `SnapshotChunk` as bytes encoded straight from the
-    // store's iterator (the wire format is the same: a length-delimited
-    // field).
-    let server_out = out.join("server");
-    std::fs::create_dir_all(&server_out)?;
-    tonic_prost_build::configure()
-        .build_client(false)
-        .build_server(true)
-        .out_dir(&server_out)
-        .extern_path(".statestream.v1.BlockChanges", "crate::wire::Encoded")
-        .extern_path(".statestream.v1.SnapshotChunk", "crate::wire::Encoded")
-        .compile_fds(protox::compile(
-            ["proto/statestream/v1/serve.proto"],
-            ["proto"],
-        )?)?;
     Ok(())
 }

@@ -38,7 +38,7 @@ pub const SERVE_TYPE: &str = "serve";
 pub struct ServeConfig {
     /// The gRPC listen address, `host:port` (port 0: any free port; the
     /// bound address is logged and [`ServeStreamer::grpc_address`] tells
-    /// it). Default: `"127.0.0.1:9090"` (loopback only) when
+    /// it). Default: [`DEFAULT_GRPC_ADDRESS`] (loopback only) when
     /// `http_address` is not set either; when only `http_address` is set,
     /// no gRPC server.
     #[serde(default)]
@@ -63,21 +63,22 @@ pub struct ServeConfig {
     #[serde(default)]
     pub token: String,
     /// How many of the latest blocks the change log keeps for subscribers
-    /// resuming by height. Default 10000.
+    /// resuming by height. Default [`DEFAULT_RETAIN_BLOCKS`].
     #[serde(default = "default_retain_blocks")]
     pub retain_blocks: u64,
     /// Heartbeat interval of idle subscriptions, in milliseconds. Default
-    /// 10000.
+    /// [`DEFAULT_HEARTBEAT_MS`].
     #[serde(default = "default_heartbeat_ms")]
     pub heartbeat_ms: u64,
-    /// Subscriptions open at once, over every front-end. Default 1024.
+    /// Subscriptions open at once, over every front-end. Default
+    /// [`DEFAULT_MAX_SUBSCRIBERS`].
     #[serde(default = "default_max_subscribers")]
     pub max_subscribers: usize,
     /// Accept `PushUpdate`. Default `false`.
     #[serde(default)]
     pub push_updates: bool,
     /// Per store, the `value_type` datastream clients see. Default
-    /// `"bytes"` for every store.
+    /// [`DEFAULT_VALUE_TYPE`] for every store.
     #[serde(default)]
     pub value_types: BTreeMap<String, String>,
 }
@@ -125,14 +126,22 @@ pub(crate) struct Addresses {
     pub grpc: Option<SocketAddr>,
     pub http: Option<SocketAddr>,
 }
+
+/// The default `retain_blocks`.
+pub const DEFAULT_RETAIN_BLOCKS: u64 = 10_000;
+/// The default `heartbeat_ms`.
+pub const DEFAULT_HEARTBEAT_MS: u64 = 10_000;
+/// The default `max_subscribers`.
+pub const DEFAULT_MAX_SUBSCRIBERS: usize = 1024;
+
 fn default_retain_blocks() -> u64 {
-    10_000
+    DEFAULT_RETAIN_BLOCKS
 }
 fn default_heartbeat_ms() -> u64 {
-    10_000
+    DEFAULT_HEARTBEAT_MS
 }
 fn default_max_subscribers() -> usize {
-    1024
+    DEFAULT_MAX_SUBSCRIBERS
 }
 
 /// The default `value_type`.

@@ -54,27 +54,3 @@ pub enum HubError {
     #[error("cannot read the store: {0}")]
     Store(String),
 }
-
-impl HubError {
-    /// The HTTP status of this error.
-    pub fn http_status(&self) -> u16 {
-        match self {
-            HubError::OutOfRange { .. } | HubError::InvalidArgument(_) => 400,
-            HubError::TooManySubscribers(_) | HubError::ShuttingDown => 503,
-            HubError::Store(_) => 500,
-        }
-    }
-}
-
-impl From<HubError> for tonic::Status {
-    fn from(e: HubError) -> tonic::Status {
-        let message = e.to_string();
-        match e {
-            HubError::OutOfRange { .. } => tonic::Status::out_of_range(message),
-            HubError::InvalidArgument(_) => tonic::Status::invalid_argument(message),
-            HubError::TooManySubscribers(_) => tonic::Status::resource_exhausted(message),
-            HubError::ShuttingDown => tonic::Status::unavailable(message),
-            HubError::Store(_) => tonic::Status::internal(message),
-        }
-    }
-}

@@ -13,7 +13,7 @@ use crate::error::HubError;
 pub type KeyRange = (Bound<Vec<u8>>, Bound<Vec<u8>>);
 
 /// The part of one store a filter selects.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct StoreFilter {
     /// The whole store.
     pub whole: bool,
@@ -83,7 +83,7 @@ impl StoreFilter {
 
 /// A subscription's selection, per streamed store (stores not in it are
 /// not selected).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Filter {
     stores: BTreeMap<StoreKey, StoreFilter>,
 }

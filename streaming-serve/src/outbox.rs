@@ -1,6 +1,9 @@
-//! A gRPC server stream with a bounded buffer per client, and a way to end
-//! it with a status even when that buffer is full (a stalled client, a
-//! shutdown).
+//! The outbox of one subscriber, for every front-end: a bounded buffer
+//! between the subscription's task and the connection, and the one stall
+//! rule. A message that finds no room for the stall timeout ends the stream
+//! (the client resumes from where it was), counted as a slow disconnect;
+//! messages and bytes sent are counted per front-end. The stream ends with
+//! an [`End`] that each front-end maps to its own status.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -10,34 +13,66 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::Stream;
-use tonic::Status;
 
+use crate::error::HubError;
+use crate::hub::{Event, Hub, Subscription};
 use crate::metrics::{FrontEnd, ServeMetrics};
 
-/// Messages buffered per client.
+/// Messages buffered per client (gRPC messages; SSE: one block's events
+/// each).
 pub const CLIENT_BUFFER: usize = 16;
+
+/// How long one message may wait for a client before it counts as
+/// stalled: twice the heartbeat interval, at least [`MIN_STALL`].
+pub fn stall_timeout(hub: &Hub) -> Duration {
+    (hub.heartbeat() * 2).max(MIN_STALL)
+}
+
+/// The shortest stall timeout, for very short heartbeat intervals.
+const MIN_STALL: Duration = Duration::from_secs(1);
+
+/// The size of a message as the metrics count it (its bytes on the wire,
+/// before the transport's framing).
+pub trait Measured {
+    fn wire_len(&self) -> usize;
+}
+
+/// SSE: the event text.
+impl Measured for prost::bytes::Bytes {
+    fn wire_len(&self) -> usize {
+        self.len()
+    }
+}
 
 /// Why a send did not happen; the stream has ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ended {
     /// The client went away.
     Gone,
-    /// The client did not take a message for the stall timeout; it was
-    /// ended with `ABORTED`.
+    /// The client did not take a message for the stall timeout.
     Stalled,
-    /// The server shuts down; the client was sent `UNAVAILABLE`.
+    /// The server shuts down.
     Shutdown,
 }
 
-/// The response stream tonic polls.
+/// What a stream ends with, for the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum End {
+    /// The client did not take a message for this long.
+    Stalled(Duration),
+    /// An error (including [`HubError::ShuttingDown`]).
+    Failed(HubError),
+}
+
+/// The receiving side, read by the connection.
 pub struct Outbox<T> {
-    rx: mpsc::Receiver<Result<T, Status>>,
-    kill: Option<oneshot::Receiver<Status>>,
+    rx: mpsc::Receiver<Result<T, End>>,
+    kill: Option<oneshot::Receiver<End>>,
     done: bool,
 }
 
 impl<T> Stream for Outbox<T> {
-    type Item = Result<T, Status>;
+    type Item = Result<T, End>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if self.done {
@@ -45,18 +80,18 @@ impl<T> Stream for Outbox<T> {
         }
         if let Some(kill) = self.kill.as_mut() {
             match Pin::new(kill).poll(cx) {
-                Poll::Ready(Ok(status)) => {
+                Poll::Ready(Ok(end)) => {
                     self.done = true;
-                    return Poll::Ready(Some(Err(status)));
+                    return Poll::Ready(Some(Err(end)));
                 }
                 Poll::Ready(Err(_)) => self.kill = None,
                 Poll::Pending => {}
             }
         }
         match self.rx.poll_recv(cx) {
-            Poll::Ready(Some(Err(status))) => {
+            Poll::Ready(Some(Err(end))) => {
                 self.done = true;
-                Poll::Ready(Some(Err(status)))
+                Poll::Ready(Some(Err(end)))
             }
             other => other,
         }
@@ -65,30 +100,29 @@ impl<T> Stream for Outbox<T> {
 
 /// The sending side, owned by the subscription's task.
 pub struct Sink<T> {
-    tx: mpsc::Sender<Result<T, Status>>,
-    kill: Option<oneshot::Sender<Status>>,
+    tx: mpsc::Sender<Result<T, End>>,
+    kill: Option<oneshot::Sender<End>>,
     stall: Duration,
     closing: watch::Receiver<bool>,
     metrics: Arc<ServeMetrics>,
+    front_end: FrontEnd,
+    streamer: Arc<str>,
 }
 
-/// A stream and its sink. `stall`: how long one message may wait for room
-/// before the client counts as stalled. Messages sent and stalls are
-/// counted in `metrics` (gRPC).
-pub fn channel<T>(
-    stall: Duration,
-    closing: watch::Receiver<bool>,
-    metrics: Arc<ServeMetrics>,
-) -> (Sink<T>, Outbox<T>) {
+/// A subscriber's outbox and its sink, on `hub` (stall timeout, shutdown,
+/// metrics) for `front_end`.
+pub fn channel<T>(hub: &Hub, front_end: FrontEnd) -> (Sink<T>, Outbox<T>) {
     let (tx, rx) = mpsc::channel(CLIENT_BUFFER);
     let (kill_tx, kill_rx) = oneshot::channel();
     (
         Sink {
             tx,
             kill: Some(kill_tx),
-            stall,
-            closing,
-            metrics,
+            stall: stall_timeout(hub),
+            closing: hub.closing(),
+            metrics: Arc::clone(hub.metrics()),
+            front_end,
+            streamer: hub.name().into(),
         },
         Outbox {
             rx,
@@ -98,57 +132,63 @@ pub fn channel<T>(
     )
 }
 
-impl<T: prost::Message> Sink<T> {
-    /// Ends the stream with `status` ahead of anything buffered.
-    fn kill(&mut self, status: Status) {
+impl<T: Measured> Sink<T> {
+    /// Ends the stream with `end` ahead of anything buffered.
+    fn kill(&mut self, end: End) {
         if let Some(kill) = self.kill.take() {
-            let _ = kill.send(status);
+            let _ = kill.send(end);
         }
     }
 
     /// Sends one message, waiting for room at most the stall timeout.
     pub async fn send(&mut self, message: T) -> Result<(), Ended> {
         let stall = self.stall;
-        let bytes = message.encoded_len();
+        let bytes = message.wire_len();
         let outcome = {
             let closing = &mut self.closing;
             tokio::select! {
                 sent = self.tx.send(Ok(message)) => {
                     sent.map_err(|_| Ended::Gone)?;
-                    self.metrics.sent(FrontEnd::Grpc, bytes);
+                    self.metrics.sent(self.front_end, bytes);
                     return Ok(());
                 }
                 _ = tokio::time::sleep(stall) => Ended::Stalled,
                 _ = closing.wait_for(|c| *c) => Ended::Shutdown,
             }
         };
-        if outcome == Ended::Stalled {
-            self.metrics.slow(FrontEnd::Grpc);
-        }
-        let status = match outcome {
-            Ended::Stalled => Status::aborted(format!(
-                "slow subscriber: no message taken for {} ms, disconnected; resume from the height after the last block you saw end",
+        let end = if outcome == Ended::Stalled {
+            self.metrics.slow(self.front_end);
+            tracing::info!(
+                streamer = %self.streamer,
+                front_end = self.front_end.name(),
+                "slow subscriber disconnected: no message taken for {} ms; it resumes from the last block it saw",
                 stall.as_millis()
-            )),
-            _ => crate::error::HubError::ShuttingDown.into(),
+            );
+            End::Stalled(stall)
+        } else {
+            End::Failed(HubError::ShuttingDown)
         };
-        self.kill(status);
+        self.kill(end);
         Err(outcome)
     }
 
-    /// Sends a message only if there is room now (heartbeats).
-    pub fn try_send(&mut self, message: T) -> Result<(), Ended> {
+    /// Sends a message only if there is room now (heartbeats: a full
+    /// buffer is not idle); not counted.
+    pub fn try_send(&mut self, message: T) -> Result<bool, Ended> {
         match self.tx.try_send(Ok(message)) {
-            Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => Ok(()),
+            Ok(()) => Ok(true),
+            Err(mpsc::error::TrySendError::Full(_)) => Ok(false),
             Err(mpsc::error::TrySendError::Closed(_)) => Err(Ended::Gone),
         }
     }
 
-    /// Ends the stream with `status` (after what is buffered when there is
+    /// Ends the stream with `error` (after what is buffered when there is
     /// room, else at once).
-    pub fn finish(mut self, status: Status) {
-        if let Err(mpsc::error::TrySendError::Full(Err(status))) = self.tx.try_send(Err(status)) {
-            self.kill(status);
+    pub fn fail(mut self, error: HubError) {
+        if let Err(mpsc::error::TrySendError::Full(Err(end))) =
+            self.tx.try_send(Err(End::Failed(error)))
+        {
+            self.kill(end);
         }
     }
 
@@ -156,4 +196,65 @@ impl<T: prost::Message> Sink<T> {
     pub async fn closed(&self) {
         self.tx.closed().await
     }
+}
+
+/// Why a subscription's task ends.
+pub enum SubscriptionEnd {
+    /// The stream is over already (client gone, stalled, shutdown).
+    Ended(Ended),
+    /// End the stream with this error.
+    Error(HubError),
+}
+
+impl From<Ended> for SubscriptionEnd {
+    fn from(e: Ended) -> Self {
+        SubscriptionEnd::Ended(e)
+    }
+}
+
+impl From<HubError> for SubscriptionEnd {
+    fn from(e: HubError) -> Self {
+        SubscriptionEnd::Error(e)
+    }
+}
+
+impl<T: Measured> Sink<T> {
+    /// Ends the stream according to why its task ended.
+    fn finish(self, end: SubscriptionEnd) {
+        match end {
+            SubscriptionEnd::Ended(why) => tracing::debug!(?why, "subscription ended"),
+            SubscriptionEnd::Error(e) => {
+                tracing::debug!(error = %e, "subscription ended");
+                self.fail(e);
+            }
+        }
+    }
+
+    /// The subscription's next event; the end when the client goes away
+    /// first.
+    pub async fn next_event(&self, sub: &mut Subscription) -> Result<Event, SubscriptionEnd> {
+        tokio::select! {
+            e = sub.next() => Ok(e?),
+            _ = self.closed() => Err(Ended::Gone.into()),
+        }
+    }
+}
+
+/// A subscriber's outbox, fed by `task` on a task of its own. The task
+/// hands its sink back with how it ended; the stream ends accordingly
+/// (an error is sent to the client, anything else just ends it).
+pub fn spawn<T, F, Fut>(hub: &Hub, front_end: FrontEnd, task: F) -> Outbox<T>
+where
+    T: Measured + Send + 'static,
+    F: FnOnce(Sink<T>) -> Fut,
+    Fut: Future<Output = (Sink<T>, Result<(), SubscriptionEnd>)> + Send + 'static,
+{
+    let (sink, outbox) = channel(hub, front_end);
+    let task = task(sink);
+    tokio::spawn(async move {
+        if let (sink, Err(end)) = task.await {
+            sink.finish(end);
+        }
+    });
+    outbox
 }

@@ -8,14 +8,6 @@ pub mod v1 {
     tonic::include_proto!("statestream.v1");
 }
 
-/// The server's build of `statestream.v1`: the same messages and service,
-/// with `BlockChanges` replaced by [`crate::wire::Encoded`] (bytes
-/// encoded once per block).
-pub(crate) mod server {
-    #![allow(missing_docs, clippy::all, clippy::pedantic, dead_code)]
-    include!(concat!(env!("OUT_DIR"), "/server/statestream.v1.rs"));
-}
-
 /// `package datastream` of `proto/datastream/datastream.proto`.
 pub mod datastream {
     #![allow(missing_docs, clippy::all, clippy::pedantic)]

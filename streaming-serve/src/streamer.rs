@@ -1,7 +1,9 @@
 //! The `serve` streamer: owns the hub, a named tokio runtime and the
 //! servers; `on_block` hands each block to the hub without waiting.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,13 +13,8 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use crate::config::{Addresses, DEFAULT_VALUE_TYPE, ServeConfig};
-use crate::datastream::DataStreamService;
 use crate::error::ServeError;
-use crate::grpc::{Auth, StateStreamService};
 use crate::hub::{Hub, HubSetup};
-use crate::proto::datastream::data_service_server::DataServiceServer;
-use crate::proto::server::state_stream_server::StateStreamServer;
-use crate::shared_frames::StateStreamRoute;
 
 /// How long a clean shutdown waits for the servers to end their streams.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
@@ -57,6 +54,7 @@ impl ServeHandle {
 }
 
 /// The `serve` streamer. Build it with [`ServeConfig::build`].
+#[derive(Debug)]
 pub struct ServeStreamer {
     name: String,
     hub: Arc<Hub>,
@@ -68,19 +66,43 @@ pub struct ServeStreamer {
     servers: Vec<Server>,
 }
 
+#[derive(Debug)]
 struct Server {
     what: &'static str,
     shutdown: Option<oneshot::Sender<()>>,
     stopped: Option<std::sync::mpsc::Receiver<()>>,
 }
 
-impl std::fmt::Debug for ServeStreamer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServeStreamer")
-            .field("name", &self.name)
-            .field("grpc_address", &self.grpc_address)
-            .field("http_address", &self.http_address)
-            .finish_non_exhaustive()
+impl Server {
+    /// Runs the server future that `serve` makes on `runtime`; `serve` is
+    /// given the future that resolves when the server is to shut down.
+    fn spawn<F, E>(
+        runtime: &Runtime,
+        what: &'static str,
+        streamer: &str,
+        serve: impl FnOnce(Pin<Box<dyn Future<Output = ()> + Send>>) -> F,
+    ) -> Server
+    where
+        F: Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Display,
+    {
+        let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+        let (stopped_tx, stopped_rx) = std::sync::mpsc::channel();
+        let served = serve(Box::pin(async {
+            let _ = shutdown_rx.await;
+        }));
+        let streamer = streamer.to_string();
+        runtime.spawn(async move {
+            if let Err(e) = served.await {
+                warn!(streamer = %streamer, error = %e, "{what} server stopped");
+            }
+            let _ = stopped_tx.send(());
+        });
+        Server {
+            what,
+            shutdown: Some(shutdown_tx),
+            stopped: Some(stopped_rx),
+        }
     }
 }
 
@@ -118,14 +140,10 @@ impl ServeStreamer {
                 streamer: name.clone(),
                 source,
             })?;
-        let grpc_listener = addresses
-            .grpc
-            .map(|a| bind_std(&name, a, "grpc_address"))
-            .transpose()?;
-        let http_listener = addresses
-            .http
-            .map(|a| bind_std(&name, a, "http_address"))
-            .transpose()?;
+        let bind =
+            |address: Option<SocketAddr>, key| address.map(|a| bind_std(&name, a, key)).transpose();
+        let grpc_listener = bind(addresses.grpc, "grpc_address")?;
+        let http_listener = bind(addresses.http, "http_address")?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name(format!("serve-{name}"))
@@ -165,76 +183,56 @@ impl ServeStreamer {
         let mut grpc_address = None;
         if let Some((std_listener, local, key)) = grpc_listener {
             let listener = to_tokio(&runtime, &name, std_listener, local, key)?;
-            let (router, set_health) = grpc_router(&hub, &config)?;
-            let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-            let (stopped_tx, stopped_rx) = std::sync::mpsc::channel();
-            let server_name = name.clone();
-            runtime.spawn(async move {
-                // Health answers SERVING from the first request on: set
-                // before the first connection is accepted (the listener is
-                // bound).
-                set_health.await;
-                let served = router
-                    // No Nagle: a block's last small frame must not wait
-                    // for the client's delayed ACK (40 ms stalls).
-                    .serve_with_incoming_shutdown(
-                        tonic::transport::server::TcpIncoming::from(listener)
-                            .with_nodelay(Some(true)),
-                        async {
-                            let _ = shutdown_rx.await;
-                        },
-                    )
-                    .await;
-                if let Err(e) = served {
-                    warn!(streamer = %server_name, error = %e, "gRPC server stopped");
-                }
-                let _ = stopped_tx.send(());
-            });
+            let (router, set_health) = crate::grpc::router(&hub, &config)?;
+            servers.push(Server::spawn(
+                &runtime,
+                "gRPC",
+                &name,
+                |shutdown| async move {
+                    // Health answers SERVING from the first request on: set
+                    // before the first connection is accepted (the listener is
+                    // bound).
+                    set_health.await;
+                    // No Nagle: a block's last small frame must not wait for the
+                    // client's delayed ACK.
+                    let incoming = tonic::transport::server::TcpIncoming::from(listener)
+                        .with_nodelay(Some(true));
+                    router
+                        .serve_with_incoming_shutdown(incoming, shutdown)
+                        .await
+                },
+            ));
             info!(streamer = %name, address = %local, head, "serve: gRPC listening");
-            servers.push(Server {
-                what: "gRPC",
-                shutdown: Some(shutdown_tx),
-                stopped: Some(stopped_rx),
-            });
             grpc_address = Some(local);
         }
         let mut http_address = None;
         if let Some((std_listener, local, key)) = http_listener {
             let listener = to_tokio(&runtime, &name, std_listener, local, key)?;
-            let app = crate::sse::router(crate::sse::HttpSetup {
+            let app = crate::http::router(crate::http::HttpSetup {
                 hub: Arc::clone(&hub),
                 token: config.token.clone(),
                 max_connection: (config.max_connection_ms > 0)
                     .then(|| Duration::from_millis(config.max_connection_ms)),
                 cors_origins: config.cors_origins.clone(),
             });
-            let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-            let (stopped_tx, stopped_rx) = std::sync::mpsc::channel();
-            let server_name = name.clone();
-            runtime.spawn(async move {
-                use axum::serve::ListenerExt;
-                // No Nagle, as on gRPC: an event must not wait for an ACK.
-                let listener = listener.tap_io(|tcp| {
-                    if let Err(e) = tcp.set_nodelay(true) {
-                        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-                    }
-                });
-                let served = axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = shutdown_rx.await;
-                    })
-                    .await;
-                if let Err(e) = served {
-                    warn!(streamer = %server_name, error = %e, "HTTP server stopped");
-                }
-                let _ = stopped_tx.send(());
-            });
+            servers.push(Server::spawn(
+                &runtime,
+                "HTTP",
+                &name,
+                |shutdown| async move {
+                    use axum::serve::ListenerExt;
+                    // No Nagle, as on gRPC: an event must not wait for an ACK.
+                    let listener = listener.tap_io(|tcp| {
+                        if let Err(e) = tcp.set_nodelay(true) {
+                            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                        }
+                    });
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(shutdown)
+                        .await
+                },
+            ));
             info!(streamer = %name, address = %local, head, "serve: HTTP (SSE) listening");
-            servers.push(Server {
-                what: "HTTP",
-                shutdown: Some(shutdown_tx),
-                stopped: Some(stopped_rx),
-            });
             http_address = Some(local);
         }
         Ok(ServeStreamer {
@@ -348,70 +346,6 @@ fn below_commits() {
     unsafe {
         libc::nice(NICE_INCREMENT);
     }
-}
-
-fn grpc_router(
-    hub: &Arc<Hub>,
-    config: &ServeConfig,
-) -> Result<
-    (
-        tonic::transport::server::Router,
-        impl std::future::Future<Output = ()> + Send + 'static,
-    ),
-    ServeError,
-> {
-    let auth = Auth::new(&config.token);
-    let state = StateStreamService {
-        hub: Arc::clone(hub),
-        push_updates: config.push_updates,
-        encoded: Arc::new(crate::grpc::EncodedBlocks::new(crate::filter::Filter::all(
-            hub.stores(),
-        ))),
-    };
-    let data = DataStreamService {
-        hub: Arc::clone(hub),
-        push_updates: config.push_updates,
-    };
-    let (health_reporter, health) = tonic_health::server::health_reporter();
-    // Only the served services and "" (the whole server) report SERVING.
-    let reporter = health_reporter.clone();
-    let set_health = async move {
-        reporter
-            .set_serving::<StateStreamServer<StateStreamService>>()
-            .await;
-        reporter
-            .set_serving::<DataServiceServer<DataStreamService>>()
-            .await;
-    };
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| ServeError::Runtime {
-            streamer: hub.name().to_string(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
-    let a1 = auth.clone();
-    let a2 = auth.clone();
-    let a3 = auth.clone();
-    let heartbeat = hub.heartbeat();
-    let router = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(heartbeat))
-        .http2_keepalive_timeout(Some(heartbeat.max(Duration::from_secs(1)) * 2))
-        .add_service(health)
-        .add_service(StateStreamRoute {
-            inner: StateStreamServer::with_interceptor(state.clone(), move |r| a1.check(r)),
-            service: state,
-            auth: auth.clone(),
-        })
-        .add_service(DataServiceServer::with_interceptor(data, move |r| {
-            a2.check(r)
-        }))
-        .add_service(tonic::service::interceptor::InterceptedService::new(
-            reflection,
-            move |r| a3.check(r),
-        ));
-    Ok((router, set_health))
 }
 
 impl Streamer for ServeStreamer {

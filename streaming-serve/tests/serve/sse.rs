@@ -625,7 +625,8 @@ fn cors_headers_only_for_the_configured_origins() {
             .headers()
             .get("access-control-allow-headers")
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.contains("Authorization"))
+            // Header names are case-insensitive (RFC 9110).
+            .is_some_and(|v| v.to_ascii_lowercase().contains("authorization"))
     );
     node.close();
 

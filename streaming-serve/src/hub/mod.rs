@@ -1,5 +1,6 @@
 //! The subscription hub: the blocks the streamer was given, by height, for
-//! every front-end (gRPC now; HTTP/SSE beside it later).
+//! every front-end (gRPC and HTTP), and the one snapshot reader they share
+//! ([`snapshot`]).
 //!
 //! The hub keeps the latest [`RING_BLOCKS`] blocks in memory and reads
 //! older ones from the store's change log, so every subscription is just a
@@ -9,20 +10,27 @@
 //! snapshot at height S continues with block S + 1, wherever that block is
 //! read from. The committing thread only pushes into the ring and bumps a
 //! `watch` channel ([`Hub::publish`]), which never blocks on a subscriber.
+//!
+//! Each block in the ring is a [`HubBlock`]: the block and what the
+//! front-ends rendered of it ([`slot`]), so subscribers with the same
+//! selection and encoding share one rendering of each block.
+
+mod slot;
+pub(crate) mod snapshot;
 
 use std::collections::VecDeque;
-use std::ops::Bound;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use statestream_core::{Block, PushQueue, StateReader, StateSnapshot, StoreKey, StoreSelection};
-use tokio::sync::{mpsc, watch};
+use statestream_core::{Block, PushQueue, StateReader, StoreKey, StoreSelection};
+use tokio::sync::watch;
 use tokio::time::{Interval, MissedTickBehavior};
 
 use crate::error::HubError;
-use crate::filter::Filter;
 use crate::metrics::{FrontEnd, ServeMetrics};
+
+pub use slot::HubBlock;
 
 /// Blocks kept in memory for subscribers at or near the head.
 pub const RING_BLOCKS: usize = 64;
@@ -47,7 +55,7 @@ pub struct Hub {
     selection: StoreSelection,
     reader: Arc<dyn StateReader>,
     push: Option<PushQueue>,
-    ring: Mutex<VecDeque<Block>>,
+    ring: Mutex<VecDeque<HubBlock>>,
     head: watch::Sender<u64>,
     closing: watch::Sender<bool>,
     subscribers: AtomicUsize,
@@ -70,7 +78,7 @@ impl std::fmt::Debug for Hub {
 #[derive(Debug, Clone)]
 pub enum Event {
     /// The next block, in height order.
-    Block(Block),
+    Block(HubBlock),
     /// Nothing happened for a heartbeat interval; the head height.
     Heartbeat(u64),
 }
@@ -115,6 +123,10 @@ impl Hub {
         self.push.as_ref()
     }
 
+    pub(crate) fn reader(&self) -> &Arc<dyn StateReader> {
+        &self.reader
+    }
+
     /// The heartbeat interval.
     pub fn heartbeat(&self) -> Duration {
         self.heartbeat
@@ -125,12 +137,12 @@ impl Hub {
         *self.head.borrow()
     }
 
-    /// Subscriptions open now.
     /// The counters per front-end.
     pub fn metrics(&self) -> &Arc<ServeMetrics> {
         &self.metrics
     }
 
+    /// Subscriptions open now.
     pub fn subscribers(&self) -> usize {
         self.subscribers.load(Ordering::Relaxed)
     }
@@ -140,7 +152,7 @@ impl Hub {
         self.ring().len()
     }
 
-    fn ring(&self) -> MutexGuard<'_, VecDeque<Block>> {
+    fn ring(&self) -> MutexGuard<'_, VecDeque<HubBlock>> {
         self.ring.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -160,7 +172,7 @@ impl Hub {
             if ring.len() == RING_BLOCKS {
                 ring.pop_front();
             }
-            ring.push_back(block.clone());
+            ring.push_back(HubBlock::shared(block.clone()));
         }
         self.head.send_replace(height);
     }
@@ -208,7 +220,7 @@ impl Hub {
         })
     }
 
-    fn store_error(e: impl std::fmt::Display) -> HubError {
+    pub(crate) fn store_error(e: impl std::fmt::Display) -> HubError {
         HubError::Store(e.to_string())
     }
 
@@ -248,7 +260,7 @@ impl Hub {
 
     /// Block `height` (at most the head): from memory, else from the
     /// change log; `OUT_OF_RANGE` when the log no longer holds it.
-    pub fn block(&self, height: u64) -> Result<Block, HubError> {
+    pub fn block(&self, height: u64) -> Result<HubBlock, HubError> {
         {
             let ring = self.ring();
             if let Some(front) = ring.front() {
@@ -261,7 +273,9 @@ impl Hub {
             }
         }
         match self.reader.change_set(height) {
-            Ok(cs) => Block::from_change_set(cs, &self.selection).map_err(Hub::store_error),
+            Ok(cs) => Block::from_change_set(cs, &self.selection)
+                .map(HubBlock::own)
+                .map_err(Hub::store_error),
             Err(e) => {
                 let oldest = self.oldest()?;
                 if height < oldest {
@@ -285,11 +299,6 @@ impl Hub {
         }
         let b = self.block(height).ok()?;
         Some((b.meta().time_seconds, b.meta().time_nanos))
-    }
-
-    /// A read snapshot of the committed state.
-    pub fn snapshot(&self) -> Result<Box<dyn StateSnapshot>, HubError> {
-        self.reader.snapshot().map_err(Hub::store_error)
     }
 
     /// Follows blocks from `next` (inclusive).
@@ -363,88 +372,4 @@ impl Subscription {
             }
         }
     }
-}
-
-/// One key of a snapshot.
-pub type Entry = (StoreKey, Vec<u8>, Vec<u8>);
-
-/// The batches of a snapshot being read.
-pub type SnapshotBatches = mpsc::Receiver<Result<Vec<Entry>, HubError>>;
-
-/// Calls `f` with each of the filter's keys in `snapshot`, in store then
-/// key order, until `f` returns `false`.
-pub fn visit_snapshot(
-    snapshot: &dyn StateSnapshot,
-    filter: &Filter,
-    mut f: impl FnMut(&StoreKey, Vec<u8>, Vec<u8>) -> bool,
-) -> Result<(), HubError> {
-    for (store, part) in filter.stores() {
-        for (start, end) in part.ranges() {
-            let iter = snapshot
-                .range(store, as_ref(&start), as_ref(&end))
-                .map_err(Hub::store_error)?;
-            for kv in iter {
-                let (k, v) = kv.map_err(Hub::store_error)?;
-                if !f(store, k, v) {
-                    return Ok(());
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Reads the filter's keys from `snapshot` in store then key order, in
-/// batches of about `batch_bytes`, into `tx`; stops when the receiver goes
-/// away. Blocking: run it on a blocking thread.
-pub fn read_snapshot(
-    snapshot: &dyn StateSnapshot,
-    filter: &Filter,
-    batch_bytes: usize,
-    tx: &mpsc::Sender<Result<Vec<Entry>, HubError>>,
-) {
-    let mut batch = Vec::new();
-    let mut bytes = 0usize;
-    let mut gone = false;
-    let visited = visit_snapshot(snapshot, filter, |store, k, v| {
-        bytes += store.name().len() + k.len() + v.len() + 8;
-        batch.push((store.clone(), k, v));
-        if bytes >= batch_bytes {
-            bytes = 0;
-            gone = tx.blocking_send(Ok(std::mem::take(&mut batch))).is_err();
-        }
-        !gone
-    });
-    if gone {
-        return;
-    }
-    let _ = match visited {
-        Err(e) => tx.blocking_send(Err(e)),
-        Ok(()) if !batch.is_empty() => tx.blocking_send(Ok(batch)),
-        Ok(()) => Ok(()),
-    };
-}
-
-pub(crate) fn as_ref(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
-    match b {
-        Bound::Included(v) => Bound::Included(v.as_slice()),
-        Bound::Excluded(v) => Bound::Excluded(v.as_slice()),
-        Bound::Unbounded => Bound::Unbounded,
-    }
-}
-
-/// Streams a snapshot: takes it now (its height is returned at once) and
-/// reads it on a blocking thread into a channel of batches.
-pub fn stream_snapshot(
-    hub: &Hub,
-    filter: Filter,
-    batch_bytes: usize,
-) -> Result<(u64, SnapshotBatches), HubError> {
-    let snapshot = hub.snapshot()?;
-    let height = snapshot.height();
-    let (tx, rx) = mpsc::channel(2);
-    tokio::task::spawn_blocking(move || {
-        read_snapshot(snapshot.as_ref(), &filter, batch_bytes, &tx)
-    });
-    Ok((height, rx))
 }

@@ -5,14 +5,18 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use statestream_core::Block;
+use statestream_core::{Block, StoreKey};
 use tonic::{Request, Response, Status};
 
+use super::encoding::{block_timestamp, timestamp};
+use super::push::push_write;
+use super::{Responses, grant};
+use crate::access::Grant;
 use crate::filter::{Filter, FilterBuilder, key_from_text, key_to_text};
-use crate::grpc::{SubscriptionEnd, finish, push_write, send_snapshot, stall_timeout};
-use crate::hub::{Entry, Event, Hub, stream_snapshot};
+use crate::hub::snapshot::SnapshotWriter;
+use crate::hub::{Event, Hub, SubscriberGuard};
 use crate::metrics::FrontEnd;
-use crate::outbox::{self, Ended, Outbox, Sink};
+use crate::outbox::{self, Measured, Sink, SubscriptionEnd};
 use crate::proto::datastream::{
     Capability, Data, DataRequest, DataResponse, ListCapabilitiesRequest, ListCapabilitiesResponse,
     data_service_server::DataService,
@@ -22,7 +26,7 @@ use crate::proto::datastream::{
 pub const DELETED: &str = "deleted";
 
 /// Bytes of one `DataResponse` before the initial state is split: under
-/// the 4 MiB gRPC clients accept by default.
+/// [`GRPC_DEFAULT_MAX_MESSAGE`](super::GRPC_DEFAULT_MAX_MESSAGE).
 pub const DATASTREAM_MESSAGE_BYTES: usize = 3 * 1024 * 1024;
 
 #[derive(Clone)]
@@ -32,7 +36,7 @@ pub(crate) struct DataStreamService {
 }
 
 /// Parses datastream keys: `store`, `store/key`, `store/prefix*`.
-fn parse_keys(hub: &Hub, keys: &[String]) -> Result<Filter, Status> {
+fn parse_keys(hub: &Hub, grant: &Grant, keys: &[String]) -> Result<Filter, Status> {
     let mut b = FilterBuilder::new(hub.stores());
     for k in keys {
         match k.split_once('/') {
@@ -49,14 +53,7 @@ fn parse_keys(hub: &Hub, keys: &[String]) -> Result<Filter, Status> {
             },
         }
     }
-    Ok(b.build())
-}
-
-fn timestamp(time: Option<(i64, u32)>) -> Option<prost_types::Timestamp> {
-    time.map(|(seconds, nanos)| prost_types::Timestamp {
-        seconds,
-        nanos: nanos.min(999_999_999) as i32,
-    })
+    Ok(grant.select(b.build()))
 }
 
 fn value_type<'a>(hub: &'a Hub, store: &str) -> &'a str {
@@ -67,82 +64,106 @@ fn value_type<'a>(hub: &'a Hub, store: &str) -> &'a str {
         .map_or(crate::config::DEFAULT_VALUE_TYPE, String::as_str)
 }
 
-fn entries_response(hub: &Hub, time: Option<(i64, u32)>, entries: Vec<Entry>) -> DataResponse {
-    let updated_at = timestamp(time);
-    let data = entries
-        .into_iter()
-        .map(|(store, key, value)| {
-            let key = format!("{}/{}", store.name(), key_to_text(&key));
+/// A snapshot's keys as `DataResponse`s of about `batch_bytes` each.
+struct Responder {
+    hub: Arc<Hub>,
+    updated_at: Option<prost_types::Timestamp>,
+    batch_bytes: usize,
+    data: HashMap<String, Data>,
+    bytes: usize,
+    sent: bool,
+}
+
+impl Responder {
+    fn new(hub: &Arc<Hub>, time: Option<(i64, u32)>, batch_bytes: usize) -> Responder {
+        Responder {
+            hub: Arc::clone(hub),
+            updated_at: timestamp(time),
+            batch_bytes,
+            data: HashMap::new(),
+            bytes: 0,
+            sent: false,
+        }
+    }
+}
+
+/// Bytes counted per key beside its store, key and value, when a
+/// response is cut.
+const ENTRY_OVERHEAD: usize = 8;
+
+impl SnapshotWriter for Responder {
+    type Piece = DataResponse;
+
+    fn entry(&mut self, store: &StoreKey, key: Vec<u8>, value: Vec<u8>) -> Option<DataResponse> {
+        self.bytes += store.name().len() + key.len() + value.len() + ENTRY_OVERHEAD;
+        let key = format!("{}/{}", store.name(), key_to_text(&key));
+        let d = Data {
+            key: key.clone(),
+            value,
+            value_type: value_type(&self.hub, store.name()).to_string(),
+            updated_at: self.updated_at,
+        };
+        self.data.insert(key, d);
+        if self.bytes < self.batch_bytes {
+            return None;
+        }
+        self.bytes = 0;
+        self.sent = true;
+        Some(DataResponse {
+            data: std::mem::take(&mut self.data),
+        })
+    }
+
+    /// The rest; an empty snapshot is one empty response.
+    fn finish(self) -> Option<DataResponse> {
+        (!self.data.is_empty() || !self.sent).then_some(DataResponse { data: self.data })
+    }
+}
+
+/// The net changes of `block` under `filter`; `None` when none matched.
+fn block_response(hub: &Hub, block: &Block, filter: &Filter) -> Option<DataResponse> {
+    let updated_at = block_timestamp(block);
+    let data: HashMap<String, Data> = crate::selection::selected(block, filter)
+        .map(|c| {
+            let key = format!("{}/{}", c.store, key_to_text(c.key));
+            let (value, value_type) = match c.value {
+                Some(v) => (v.to_vec(), value_type(hub, c.store)),
+                None => (Vec::new(), DELETED),
+            };
             let d = Data {
                 key: key.clone(),
                 value,
-                value_type: value_type(hub, store.name()).to_string(),
+                value_type: value_type.to_string(),
                 updated_at,
             };
             (key, d)
         })
         .collect();
-    DataResponse { data }
+    (!data.is_empty()).then_some(DataResponse { data })
 }
 
-/// The net changes of `block` under `filter`; `None` when none matched.
-fn block_response(hub: &Hub, block: &Block, filter: &Filter) -> Option<DataResponse> {
-    let updated_at = timestamp(Some((block.meta().time_seconds, block.meta().time_nanos)));
-    let mut data = HashMap::new();
-    for store in block.stores() {
-        let Some(part) = filter.store(store.store().name()) else {
-            continue;
-        };
-        for record in store.records() {
-            if !part.matches(record.key) {
-                continue;
-            }
-            let key = format!("{}/{}", record.store, key_to_text(record.key));
-            let d = match record.value {
-                Some(v) => Data {
-                    key: key.clone(),
-                    value: v.to_vec(),
-                    value_type: value_type(hub, record.store).to_string(),
-                    updated_at,
-                },
-                None => Data {
-                    key: key.clone(),
-                    value: Vec::new(),
-                    value_type: DELETED.to_string(),
-                    updated_at,
-                },
-            };
-            data.insert(key, d);
-        }
+impl Measured for DataResponse {
+    fn wire_len(&self) -> usize {
+        prost::Message::encoded_len(self)
     }
-    (!data.is_empty()).then_some(DataResponse { data })
 }
 
 impl DataStreamService {
     async fn run(
         hub: Arc<Hub>,
-        guard: crate::hub::SubscriberGuard,
+        guard: SubscriberGuard,
         filter: Filter,
         sink: &mut Sink<DataResponse>,
     ) -> Result<(), SubscriptionEnd> {
-        let height = {
-            let hub2 = Arc::clone(&hub);
-            send_snapshot(
-                &hub,
-                &filter,
-                DATASTREAM_MESSAGE_BYTES,
-                sink,
-                move |_, time, entries, _| entries_response(&hub2, time, entries),
-            )
-            .await?
-        };
-        let mut sub = hub.subscribe(guard, height + 1);
+        let mut reader = hub.read_snapshot(filter.clone(), |at| {
+            Responder::new(&hub, at.time(), DATASTREAM_MESSAGE_BYTES)
+        })?;
+        while let Some(response) = reader.next().await? {
+            sink.send(response).await?;
+        }
+        let mut sub = hub.subscribe(guard, reader.height() + 1);
         loop {
-            let event = tokio::select! {
-                e = sub.next() => e?,
-                _ = sink.closed() => return Err(Ended::Gone.into()),
-            };
-            match event {
+            match sink.next_event(&mut sub).await? {
                 Event::Block(block) => {
                     if let Some(r) = block_response(&hub, &block, &filter) {
                         sink.send(r).await?;
@@ -176,36 +197,34 @@ impl DataService for DataStreamService {
     }
 
     async fn sync(&self, request: Request<DataRequest>) -> Result<Response<DataResponse>, Status> {
-        let filter = parse_keys(&self.hub, &request.into_inner().keys)?;
-        let (height, mut rx) = stream_snapshot(&self.hub, filter, DATASTREAM_MESSAGE_BYTES)?;
-        let time = self.hub.block_time(height);
-        let mut all = Vec::new();
-        while let Some(batch) = rx.recv().await {
-            all.extend(batch?);
+        let grant = grant(&request)?;
+        let filter = parse_keys(&self.hub, &grant, &request.into_inner().keys)?;
+        // One response: no batch is ever full.
+        let reader = self.hub.read_snapshot(filter, |at| {
+            Responder::new(&self.hub, at.time(), usize::MAX)
+        })?;
+        let mut all = HashMap::new();
+        for response in reader.collect().await? {
+            all.extend(response.data);
         }
-        Ok(Response::new(entries_response(&self.hub, time, all)))
+        Ok(Response::new(DataResponse { data: all }))
     }
 
-    type SubscribeStream = Outbox<DataResponse>;
+    type SubscribeStream = Responses<DataResponse>;
 
     async fn subscribe(
         &self,
         request: Request<DataRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let hub = Arc::clone(&self.hub);
-        let filter = parse_keys(&hub, &request.into_inner().keys)?;
+        let grant = grant(&request)?;
+        let filter = parse_keys(&hub, &grant, &request.into_inner().keys)?;
         let guard = hub.admit(FrontEnd::Grpc)?;
-        let (mut sink, outbox) = outbox::channel(
-            stall_timeout(&hub),
-            hub.closing(),
-            Arc::clone(hub.metrics()),
-        );
-        tokio::spawn(async move {
-            if let Err(end) = DataStreamService::run(hub, guard, filter, &mut sink).await {
-                finish(sink, end);
-            }
+        let outbox = outbox::spawn(&self.hub, FrontEnd::Grpc, |mut sink| async move {
+            let ended = DataStreamService::run(hub, guard, filter, &mut sink).await;
+            (sink, ended)
         });
-        Ok(Response::new(outbox))
+        Ok(Response::new(Responses(outbox)))
     }
 
     async fn push_update(&self, request: Request<Data>) -> Result<Response<()>, Status> {

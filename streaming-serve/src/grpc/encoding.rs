@@ -1,0 +1,260 @@
+//! The gRPC encodings of blocks and snapshots: a block under a filter as
+//! `BlockChanges` messages (prost's encoder, once per block and selection),
+//! and `SnapshotChunk`s written straight from the store's iterator.
+
+use prost::Message;
+use prost::bytes::Bytes;
+use statestream_core::{Action, Block, StoreKey};
+
+use super::wire::{
+    CHUNK_END, CHUNK_ENTRIES, CHUNK_HEIGHT, CHUNK_TIME, ENTRY_KEY, ENTRY_STORE, ENTRY_VALUE,
+};
+use crate::filter::Filter;
+use crate::hub::snapshot::SnapshotWriter;
+use crate::proto::v1 as pb;
+use crate::selection::selected;
+
+/// Payload bytes per message (entries or changes): well under
+/// [`GRPC_DEFAULT_MAX_MESSAGE`](super::GRPC_DEFAULT_MAX_MESSAGE).
+pub const MESSAGE_BYTES: usize = 256 * 1024;
+
+/// Bytes counted per change or entry beside its store, key and value (the
+/// fields' keys and lengths, roughly), when a message is cut.
+const FIELD_OVERHEAD: usize = 8;
+
+/// A block time (seconds, nanoseconds) as a protobuf `Timestamp`.
+pub fn timestamp(time: Option<(i64, u32)>) -> Option<prost_types::Timestamp> {
+    time.map(|(seconds, nanos)| prost_types::Timestamp {
+        seconds,
+        nanos: nanos.min(999_999_999) as i32,
+    })
+}
+
+/// The time of `block` as a protobuf `Timestamp`.
+pub fn block_timestamp(block: &Block) -> Option<prost_types::Timestamp> {
+    timestamp(Some((block.meta().time_seconds, block.meta().time_nanos)))
+}
+
+/// The encoded `BlockChanges` messages of one block under `filter`: one or
+/// more, the last with `end = true`.
+pub fn encode_block(block: &Block, filter: &Filter) -> Vec<Bytes> {
+    let height = block.height();
+    let time = block_timestamp(block);
+    let mut out = Vec::new();
+    let mut changes = Vec::new();
+    let mut bytes = 0;
+    let message = |changes, end| {
+        Bytes::from(
+            pb::BlockChanges {
+                height,
+                time,
+                changes,
+                end,
+            }
+            .encode_to_vec(),
+        )
+    };
+    for c in selected(block, filter) {
+        let op = match c.action {
+            Action::Create => pb::Op::Create,
+            Action::Update => pb::Op::Update,
+            Action::Delete => pb::Op::Delete,
+        };
+        bytes += c.store.len() + c.key.len() + c.value.map_or(0, <[u8]>::len) + FIELD_OVERHEAD;
+        changes.push(pb::Change {
+            store: c.store.to_string(),
+            key: c.key.to_vec(),
+            value: c.value.map(<[u8]>::to_vec).unwrap_or_default(),
+            op: op as i32,
+        });
+        if bytes >= MESSAGE_BYTES {
+            out.push(message(std::mem::take(&mut changes), false));
+            bytes = 0;
+        }
+    }
+    out.push(message(changes, true));
+    out
+}
+
+/// `SnapshotChunk` messages encoded straight from the store's iterator:
+/// no `Entry` values, no store name copied per key.
+pub struct ChunkEncoder {
+    /// `height` and `time`, the fields every chunk starts with.
+    header: Vec<u8>,
+    chunk: Vec<u8>,
+}
+
+/// The capacity each chunk starts with: [`MESSAGE_BYTES`] of entries and
+/// room for the one that crosses it.
+const CHUNK_CAPACITY: usize = MESSAGE_BYTES + MESSAGE_BYTES / 8;
+
+impl ChunkEncoder {
+    pub fn new(height: u64, time: Option<(i64, u32)>) -> ChunkEncoder {
+        use prost::encoding::{message, uint64};
+        let mut header = Vec::new();
+        if height != 0 {
+            uint64::encode(CHUNK_HEIGHT.tag, &height, &mut header);
+        }
+        if let Some(ts) = timestamp(time) {
+            message::encode(CHUNK_TIME.tag, &ts, &mut header);
+        }
+        let mut chunk = Vec::with_capacity(CHUNK_CAPACITY);
+        chunk.extend_from_slice(&header);
+        ChunkEncoder { header, chunk }
+    }
+
+    /// Appends one `Entry` (proto3 leaves empty fields out). When the
+    /// chunk holds entries and this one would take it past
+    /// [`MESSAGE_BYTES`], the chunk is returned first and the entry starts
+    /// the next one (an entry larger than that is a chunk of its own).
+    fn push(&mut self, store: &str, key: &[u8], value: &[u8]) -> Option<Bytes> {
+        let fields = [
+            (ENTRY_STORE, store.as_bytes()),
+            (ENTRY_KEY, key),
+            (ENTRY_VALUE, value),
+        ];
+        let entry: usize = fields
+            .iter()
+            .filter(|(_, b)| !b.is_empty())
+            .map(|(f, b)| f.encoded_len(b.len()))
+            .sum();
+        let full = (self.chunk.len() > self.header.len()
+            && self.chunk.len() + CHUNK_ENTRIES.encoded_len(entry) > MESSAGE_BYTES)
+            .then(|| self.take());
+        CHUNK_ENTRIES.len_prefix(entry, &mut self.chunk);
+        for (field, bytes) in fields {
+            if !bytes.is_empty() {
+                field.len_prefix(bytes.len(), &mut self.chunk);
+                self.chunk.extend_from_slice(bytes);
+            }
+        }
+        full
+    }
+
+    /// The chunk so far, without `end`; starts the next one.
+    fn take(&mut self) -> Bytes {
+        let mut next = Vec::with_capacity(CHUNK_CAPACITY);
+        next.extend_from_slice(&self.header);
+        let mut chunk = std::mem::replace(&mut self.chunk, next);
+        if chunk.capacity() > 2 * chunk.len() {
+            chunk.shrink_to_fit();
+        }
+        chunk.into()
+    }
+
+    /// The last chunk: what is left, with `end = true`.
+    fn last(mut self) -> Bytes {
+        prost::encoding::bool::encode(CHUNK_END.tag, &true, &mut self.chunk);
+        if self.chunk.capacity() > 2 * self.chunk.len() {
+            self.chunk.shrink_to_fit();
+        }
+        self.chunk.into()
+    }
+}
+
+impl SnapshotWriter for ChunkEncoder {
+    type Piece = Bytes;
+
+    fn entry(&mut self, store: &StoreKey, key: Vec<u8>, value: Vec<u8>) -> Option<Bytes> {
+        self.push(store.name(), &key, &value)
+    }
+
+    fn finish(self) -> Option<Bytes> {
+        Some(self.last())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(e: &Bytes) -> pb::SnapshotChunk {
+        pb::SnapshotChunk::decode(&e[..]).expect("a SnapshotChunk")
+    }
+
+    #[test]
+    fn encoded_chunks_decode_as_the_messages_prost_would_build() {
+        // Field order differs from prost's (time comes before the entries),
+        // which protobuf allows; the decoded messages are equal.
+        let mut chunks = ChunkEncoder::new(42, Some((1_700_000_000, 5)));
+        assert!(chunks.push("bank", b"k1", b"v1").is_none());
+        assert!(chunks.push("acc", b"", b"").is_none());
+        let first = chunks.take();
+        assert!(chunks.push("bank", b"k2", &[7u8; 300]).is_none());
+        let last = chunks.last();
+        let time = Some(prost_types::Timestamp {
+            seconds: 1_700_000_000,
+            nanos: 5,
+        });
+        let entry = |store: &str, key: &[u8], value: &[u8]| pb::Entry {
+            store: store.into(),
+            key: key.to_vec(),
+            value: value.to_vec(),
+        };
+        let expected_first = pb::SnapshotChunk {
+            height: 42,
+            entries: vec![entry("bank", b"k1", b"v1"), entry("acc", b"", b"")],
+            end: false,
+            time,
+        };
+        assert_eq!(decode(&first), expected_first);
+        let expected_last = pb::SnapshotChunk {
+            height: 42,
+            entries: vec![entry("bank", b"k2", &[7u8; 300])],
+            end: true,
+            time,
+        };
+        assert_eq!(decode(&last), expected_last);
+    }
+
+    #[test]
+    fn a_chunk_is_cut_before_the_entry_that_would_take_it_past_the_limit() {
+        let mut chunks = ChunkEncoder::new(7, None);
+        let value = vec![1u8; MESSAGE_BYTES / 3];
+        let mut cut = Vec::new();
+        for i in 0..7u8 {
+            if let Some(chunk) = chunks.push("s", &[i], &value) {
+                cut.push(chunk);
+            }
+        }
+        // A huge entry is a chunk of its own.
+        let huge = vec![2u8; MESSAGE_BYTES * 2];
+        cut.extend(chunks.push("s", b"huge", &huge));
+        cut.extend(chunks.push("s", b"z", b"1"));
+        cut.push(chunks.last());
+        let decoded: Vec<pb::SnapshotChunk> = cut.iter().map(decode).collect();
+        let sizes: Vec<usize> = decoded.iter().map(|c| c.entries.len()).collect();
+        assert_eq!(sizes, [2, 2, 2, 1, 1, 1], "{sizes:?}");
+        for (c, e) in cut.iter().zip(&decoded) {
+            assert!(
+                c.len() <= MESSAGE_BYTES || e.entries.len() == 1,
+                "a chunk of {} bytes with {} entries",
+                c.len(),
+                e.entries.len()
+            );
+        }
+        assert!(
+            decoded
+                .iter()
+                .rev()
+                .skip(1)
+                .all(|c| !c.end && c.height == 7)
+        );
+        assert!(decoded.last().is_some_and(|c| c.end));
+        assert_eq!(decoded[4].entries[0].key, b"huge");
+    }
+
+    #[test]
+    fn an_empty_snapshot_is_one_chunk_that_ends_it() {
+        let chunk = decode(&ChunkEncoder::new(0, None).last());
+        assert_eq!(
+            chunk,
+            pb::SnapshotChunk {
+                height: 0,
+                entries: vec![],
+                end: true,
+                time: None,
+            }
+        );
+    }
+}

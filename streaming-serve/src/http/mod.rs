@@ -1,0 +1,178 @@
+//! The HTTP front-end (axum): Server-Sent Events on `GET /stream` and
+//! `GET /stream/ping` ([`sse`]), `GET /snapshot` ([`snapshot`]), their
+//! query parameters ([`params`]), and CORS for the configured origins
+//! (tower-http's `CorsLayer`). Every request passes the access check first
+//! ([`crate::access`]); a refusal is 401.
+
+mod params;
+mod snapshot;
+mod sse;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{RawQuery, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+pub use params::Encoding;
+
+use crate::access::{Access, Denied, Grant, bearer};
+use crate::error::HubError;
+use crate::hub::Hub;
+
+/// The header an SSE client resumes by.
+const LAST_EVENT_ID: &str = "last-event-id";
+
+/// What the HTTP server is built from.
+pub(crate) struct HttpSetup {
+    pub hub: Arc<Hub>,
+    pub token: String,
+    pub max_connection: Option<Duration>,
+    pub cors_origins: Vec<String>,
+}
+
+#[derive(Clone)]
+struct AppState {
+    hub: Arc<Hub>,
+    access: Access,
+    max_connection: Option<Duration>,
+}
+
+/// The routes, with CORS when origins are configured.
+pub(crate) fn router(setup: HttpSetup) -> Router {
+    let state = AppState {
+        hub: setup.hub,
+        access: Access::new(&setup.token),
+        max_connection: setup.max_connection,
+    };
+    let router = Router::new()
+        .route(
+            "/stream",
+            get(|State(st), h, RawQuery(q)| sse::open_stream(st, h, q, false)),
+        )
+        .route(
+            "/stream/ping",
+            get(|State(st), h, RawQuery(q)| sse::open_stream(st, h, q, true)),
+        )
+        .route("/snapshot", get(snapshot::snapshot))
+        .with_state(state);
+    match cors(&setup.cors_origins) {
+        Some(cors) => router
+            .layer(cors)
+            .layer(middleware::from_fn(preflight_no_content)),
+        None => router,
+    }
+}
+
+/// CORS for `origins` (`["*"]`: any); `None` when there are none. The
+/// configuration checked every origin already.
+fn cors(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::OPTIONS])
+            .allow_headers([
+                header::AUTHORIZATION,
+                HeaderName::from_static(LAST_EVENT_ID),
+            ]),
+    )
+}
+
+/// A preflight answered by the CORS layer is `204 No Content` (it has no
+/// body), not `200`.
+async fn preflight_no_content(request: Request, next: Next) -> Response {
+    let preflight = request.method() == Method::OPTIONS;
+    let mut response = next.run(request).await;
+    if preflight && response.status() == StatusCode::OK {
+        *response.status_mut() = StatusCode::NO_CONTENT;
+    }
+    response
+}
+
+impl AppState {
+    /// Admits a request by `Authorization: Bearer <token>`, or `?token=`
+    /// (for EventSource, which cannot set headers).
+    fn admit(&self, headers: &HeaderMap, query_token: Option<&str>) -> Result<Grant, HttpError> {
+        let credential = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(bearer)
+            .or(query_token);
+        self.access.check(credential).map_err(|d| {
+            let message = match d {
+                Denied::Missing => {
+                    "missing token: send `Authorization: Bearer <token>` (or ?token=)"
+                }
+                Denied::Wrong => "wrong token",
+            };
+            HttpError {
+                status: StatusCode::UNAUTHORIZED,
+                message: message.to_string(),
+            }
+        })
+    }
+}
+
+/// An error answered as an HTTP status with a one-line JSON body.
+#[derive(Debug)]
+pub(crate) struct HttpError {
+    status: StatusCode,
+    message: String,
+}
+
+impl HttpError {
+    fn bad_request(message: impl Into<String>) -> HttpError {
+        HttpError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<HubError> for HttpError {
+    fn from(e: HubError) -> HttpError {
+        let status = match e {
+            HubError::OutOfRange { .. } | HubError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+            HubError::TooManySubscribers(_) | HubError::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            HubError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        HttpError {
+            status,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let body = format!("{}\n", json!({ "error": self.message }));
+        let mut response = (
+            self.status,
+            [(header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}

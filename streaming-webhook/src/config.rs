@@ -290,12 +290,29 @@ impl Default for WebhookConfig {
 }
 
 /// Where and how one action's changes are sent.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Endpoint {
     pub(crate) url: Template,
     pub(crate) method: Method,
     /// Lowercase names, in name order.
     pub(crate) headers: Vec<(HeaderName, Template)>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL and header templates may hold credentials: names only.
+        f.debug_struct("Endpoint")
+            .field("method", &self.method)
+            .field(
+                "headers",
+                &self
+                    .headers
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 /// A `data` value with its strings parsed as templates.

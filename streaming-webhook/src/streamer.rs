@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use statestream_core::{Block, Shutdown, StreamError, Streamer};
 use tracing::{debug, warn};
-use ureq::http::{self};
+use ureq::http;
 
 use crate::config::{OnExhausted, Plan};
 use crate::dead_letter;

@@ -120,6 +120,12 @@ pub struct PostgresStreamerConfig {
     /// Default 5000.
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
+    /// The session's `statement_timeout` and `lock_timeout`, in
+    /// milliseconds: a statement that runs (or waits for a lock held by
+    /// another session) longer fails, and the block is tried again. At
+    /// least 1. Default 30000.
+    #[serde(default = "default_statement_timeout_ms")]
+    pub statement_timeout_ms: u64,
 }
 
 impl std::fmt::Debug for PostgresStreamerConfig {
@@ -139,6 +145,7 @@ impl std::fmt::Debug for PostgresStreamerConfig {
             .field("ca_file", &self.ca_file)
             .field("password_file", &self.password_file)
             .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("statement_timeout_ms", &self.statement_timeout_ms)
             .finish()
     }
 }
@@ -163,6 +170,23 @@ fn default_connect_timeout_ms() -> u64 {
     5000
 }
 
+fn default_statement_timeout_ms() -> u64 {
+    30_000
+}
+
+/// The largest `statement_timeout_ms`: PostgreSQL's settings are 32-bit.
+const MAX_STATEMENT_TIMEOUT_MS: u64 = i32::MAX as u64;
+
+/// TCP keepalives, unless the URL sets libpq's parameter of the same
+/// name: a server that vanished (a partition, a powered-off host) is
+/// noticed after about a minute instead of the system's two hours.
+const KEEPALIVES_IDLE: Duration = Duration::from_secs(30);
+const KEEPALIVES_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVES_RETRIES: u32 = 3;
+/// How long sent data may stay unacknowledged before the connection is
+/// dropped (Linux), unless the URL sets `tcp_user_timeout`.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(60);
+
 fn yes() -> bool {
     true
 }
@@ -179,6 +203,7 @@ impl Default for PostgresStreamerConfig {
             ca_file: None,
             password_file: None,
             connect_timeout_ms: default_connect_timeout_ms(),
+            statement_timeout_ms: default_statement_timeout_ms(),
         }
     }
 }
@@ -195,6 +220,12 @@ impl PostgresStreamerConfig {
         check_schema_name(&self.schema).map_err(|m| ("schema", m))?;
         if self.connect_timeout_ms == 0 {
             return Err(("connect_timeout_ms", "must be at least 1".into()));
+        }
+        if !(1..=MAX_STATEMENT_TIMEOUT_MS).contains(&self.statement_timeout_ms) {
+            return Err((
+                "statement_timeout_ms",
+                format!("must be between 1 and {MAX_STATEMENT_TIMEOUT_MS}"),
+            ));
         }
         let mut config = postgres::Config::from_str(&self.url).map_err(|e| {
             (
@@ -234,6 +265,22 @@ impl PostgresStreamerConfig {
             config.password(password);
         }
         config.connect_timeout(Duration::from_millis(self.connect_timeout_ms));
+        // What the URL sets stays; the rest gets values that notice a dead
+        // server in about a minute.
+        config.keepalives(true);
+        let set_in_url = |name: &str| self.url.contains(name);
+        if !set_in_url("keepalives_idle") {
+            config.keepalives_idle(KEEPALIVES_IDLE);
+        }
+        if !set_in_url("keepalives_interval") {
+            config.keepalives_interval(KEEPALIVES_INTERVAL);
+        }
+        if !set_in_url("keepalives_retries") {
+            config.keepalives_retries(KEEPALIVES_RETRIES);
+        }
+        if !set_in_url("tcp_user_timeout") {
+            config.tcp_user_timeout(TCP_USER_TIMEOUT);
+        }
         config.ssl_mode(match self.tls {
             TlsMode::Disable => postgres::config::SslMode::Disable,
             TlsMode::Prefer => postgres::config::SslMode::Prefer,
@@ -253,7 +300,12 @@ impl PostgresStreamerConfig {
             TlsMode::Disable => None,
             _ => Some(crate::connect::tls_config(ca.as_deref()).map_err(|e| ("ca_file", e))?),
         };
-        Ok(ConnectSettings::new(config, tls, ca))
+        Ok(ConnectSettings::new(
+            config,
+            tls,
+            ca,
+            Duration::from_millis(self.statement_timeout_ms),
+        ))
     }
 
     /// Checks the options as [`build`](PostgresStreamerConfig::build)
@@ -331,6 +383,7 @@ impl PostgresStreamerConfig {
             .map_err(|(key, message)| options.error(key, message))?;
         Ok(PostgresStreamer::new(
             ctx.name,
+            ctx.shutdown.clone(),
             settings,
             self.schema.clone(),
             self.tables,

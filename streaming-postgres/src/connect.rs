@@ -4,8 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use postgres::config::Host;
-use postgres::{Client, NoTls};
+use postgres::{CancelToken, Client, NoTls};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -23,6 +25,8 @@ pub(crate) struct ConnectSettings {
     /// messages.
     ca_file: Option<PathBuf>,
     target: String,
+    /// The session's `statement_timeout` and `lock_timeout`.
+    statement_timeout: Duration,
 }
 
 impl ConnectSettings {
@@ -30,6 +34,7 @@ impl ConnectSettings {
         config: postgres::Config,
         tls: Option<Arc<ClientConfig>>,
         ca_file: Option<PathBuf>,
+        statement_timeout: Duration,
     ) -> Self {
         let target = describe_target(&config);
         ConnectSettings {
@@ -37,6 +42,7 @@ impl ConnectSettings {
             tls,
             ca_file,
             target,
+            statement_timeout,
         }
     }
 
@@ -45,8 +51,41 @@ impl ConnectSettings {
         &self.target
     }
 
-    /// Opens a connection.
+    /// Opens a connection and sets the session's `statement_timeout` and
+    /// `lock_timeout` (as statements rather than startup options, which
+    /// poolers such as PgBouncer refuse).
     pub(crate) fn connect(&self) -> Result<Client, PostgresError> {
+        let mut client = self.open()?;
+        let ms = self.statement_timeout.as_millis();
+        client
+            .batch_execute(&format!(
+                "SET statement_timeout = {ms}; SET lock_timeout = {ms}"
+            ))
+            .map_err(|e| PostgresError::Query {
+                target: self.target.clone(),
+                what: "set statement_timeout and lock_timeout".into(),
+                reason: describe(&e),
+            })?;
+        Ok(client)
+    }
+
+    /// Asks the server to cancel the statement running on the connection
+    /// of `token` (a new connection, with the same TLS settings).
+    pub(crate) fn cancel(&self, token: &CancelToken) -> Result<(), PostgresError> {
+        let result = match &self.tls {
+            None => token.cancel_query(NoTls),
+            Some(tls) => token.cancel_query(tokio_postgres_rustls::MakeRustlsConnect::new(
+                ClientConfig::clone(tls),
+            )),
+        };
+        result.map_err(|e| PostgresError::Query {
+            target: self.target.clone(),
+            what: "cancel the running statement".into(),
+            reason: describe(&e),
+        })
+    }
+
+    fn open(&self) -> Result<Client, PostgresError> {
         let result = match &self.tls {
             None => self.config.connect(NoTls),
             Some(tls) => self

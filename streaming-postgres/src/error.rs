@@ -66,6 +66,20 @@ pub enum PostgresError {
     #[error("block {height}: {reason}")]
     OutOfRange { height: u64, reason: String },
 
+    /// The node is stopping and a statement still running after the grace
+    /// period was cancelled; nothing more is written until the next start,
+    /// which resumes from the cursor in the database.
+    #[error(
+        "PostgreSQL at {target}: block {height} not written: the node is stopping and the \
+         statement still running after {grace_ms} ms was cancelled; the next start resumes \
+         from the cursor in the database"
+    )]
+    Stopped {
+        target: String,
+        height: u64,
+        grace_ms: u64,
+    },
+
     /// `password_file` or `ca_file` could not be read or used.
     #[error("{path}: {reason}")]
     File { path: String, reason: String },

@@ -55,6 +55,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 mod bench;
+mod cancel;
 mod config;
 mod connect;
 mod error;

@@ -3,9 +3,10 @@
 use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::types::{ToSql, Type};
 use postgres::{Client, SimpleQueryMessage, Statement};
-use statestream_core::{Block, StreamError, Streamer};
+use statestream_core::{Block, Shutdown, StreamError, Streamer};
 use tracing::{debug, info, warn};
 
+use crate::cancel::{Canceller, STOP_GRACE};
 use crate::config::Tables;
 use crate::connect::ConnectSettings;
 use crate::error::{PostgresError, describe};
@@ -27,6 +28,8 @@ pub struct PostgresStreamer {
     sql: Sql,
     channel: String,
     conn: Option<Connection>,
+    /// Cancels the running statement when the node stops.
+    canceller: Canceller,
 }
 
 /// An open connection with its prepared statements and the cursor read
@@ -54,6 +57,7 @@ const COPY_TYPES: [Type; 5] = [Type::INT8, Type::TEXT, Type::BYTEA, Type::BYTEA,
 impl PostgresStreamer {
     pub(crate) fn new(
         name: &str,
+        shutdown: Shutdown,
         settings: ConnectSettings,
         schema: String,
         tables: Tables,
@@ -70,6 +74,17 @@ impl PostgresStreamer {
             create_schema,
             notify,
             conn: None,
+            canceller: Canceller::new(shutdown),
+        }
+    }
+
+    /// The error for block `height` once a statement was cancelled because
+    /// the node stops.
+    fn stopped(&self, height: u64) -> PostgresError {
+        PostgresError::Stopped {
+            target: self.settings.target().to_string(),
+            height,
+            grace_ms: STOP_GRACE.as_millis() as u64,
         }
     }
 
@@ -96,6 +111,10 @@ impl PostgresStreamer {
     /// cursor.
     fn open(&self) -> Result<Connection, PostgresError> {
         let mut client = self.settings.connect()?;
+        self.canceller.set_token(Some(client.cancel_token()));
+        if self.canceller.cancelled() {
+            return Err(self.stopped(0));
+        }
         let target = self.settings.target();
         prepare(
             &mut client,
@@ -261,9 +280,13 @@ impl PostgresStreamer {
 
 impl Streamer for PostgresStreamer {
     fn on_start(&mut self, next_height: u64) -> Result<(), StreamError> {
-        match self.connection() {
-            Ok(conn) => {
-                if conn.cursor.is_none() && next_height > 1 {
+        self.canceller.start(&self.name, &self.settings);
+        let busy = self.canceller.busy();
+        let result = self.connection().map(|c| c.cursor);
+        drop(busy);
+        match result {
+            Ok(cursor) => {
+                if cursor.is_none() && next_height > 1 {
                     info!(
                         streamer = %self.name,
                         next_height,
@@ -283,16 +306,30 @@ impl Streamer for PostgresStreamer {
     }
 
     fn on_block(&mut self, block: &Block) -> Result<(), StreamError> {
-        self.write_block(block).map_err(|e| {
+        // Once a statement was cancelled the node is stopping: nothing more
+        // is written, the blocks stay in the change log.
+        if self.canceller.cancelled() {
+            return Err(StreamError::new(self.stopped(block.height())));
+        }
+        let busy = self.canceller.busy();
+        let result = self.write_block(block);
+        drop(busy);
+        result.map_err(|e| {
             // Whatever failed, start from a fresh connection next time: it
             // reads the cursor again, which settles whether a commit whose
             // answer was lost went through.
             self.conn = None;
-            StreamError::new(e)
+            self.canceller.set_token(None);
+            if self.canceller.cancelled() {
+                StreamError::new(self.stopped(block.height()))
+            } else {
+                StreamError::new(e)
+            }
         })
     }
 
     fn on_close(&mut self) -> Result<(), StreamError> {
+        self.canceller.close();
         if let Some(conn) = self.conn.take() {
             conn.client
                 .close()

@@ -11,6 +11,7 @@ use statestream_core::StreamerContext;
 use ureq::http::{HeaderName, HeaderValue, Method, Uri};
 
 use crate::error::Error;
+use crate::redact;
 use crate::sign::Secret;
 use crate::streamer::WebhookStreamer;
 use crate::template::{Escape, KeyPattern, Scope, Template, Vars};
@@ -177,7 +178,7 @@ pub struct WebhookConfig {
 impl std::fmt::Debug for ActionOverride {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ActionOverride")
-            .field("url", &self.url)
+            .field("url", &self.url.as_deref().map(redact::url))
             .field("method", &self.method)
             .field("headers", &redacted_headers(&self.headers))
             .finish()
@@ -198,7 +199,7 @@ impl std::fmt::Debug for WebhookConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print secrets or header values (they often hold tokens).
         f.debug_struct("WebhookConfig")
-            .field("url", &self.url)
+            .field("url", &redact::url(&self.url))
             .field("method", &self.method)
             .field("headers", &redacted_headers(&self.headers))
             .field("key_pattern", &self.key_pattern)
@@ -289,12 +290,29 @@ impl Default for WebhookConfig {
 }
 
 /// Where and how one action's changes are sent.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Endpoint {
     pub(crate) url: Template,
     pub(crate) method: Method,
     /// Lowercase names, in name order.
     pub(crate) headers: Vec<(HeaderName, Template)>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL and header templates may hold credentials: names only.
+        f.debug_struct("Endpoint")
+            .field("method", &self.method)
+            .field(
+                "headers",
+                &self
+                    .headers
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 /// A `data` value with its strings parsed as templates.
@@ -393,19 +411,35 @@ fn sample_vars<'a>(wild: &'a [String]) -> Vars<'a> {
     }
 }
 
+/// A URL template: it parses, its scheme and host are literal text, and
+/// it forms a valid URL. Errors show the URL redacted.
 fn check_url(text: &str, scope: Scope<'_>) -> Result<Template, String> {
-    let t = Template::parse(text, scope)?;
+    let shown = redact::url(text);
+    let t = Template::parse_shown(text, &shown, scope)?;
+    t.check_fixed_origin(&shown)?;
     let wild: Vec<String> = scope
         .wildcards
         .map(|w| w.iter().map(|_| "x".to_string()).collect())
         .unwrap_or_default();
     let sample = t.render(&sample_vars(&wild), Escape::Url);
-    check_uri(&sample).map_err(|e| format!("{text:?} is not a valid URL: {e}"))?;
+    check_uri(&sample).map_err(|e| format!("{shown:?} is not a valid URL: {e}"))?;
     Ok(t)
 }
 
-/// An absolute `http` or `https` URL with a host.
+/// An absolute `http` or `https` URL with a host and no `.` or `..` path
+/// segment (which would send the request to another path).
 pub(crate) fn check_uri(text: &str) -> Result<Uri, String> {
+    let (start, end) = crate::template::path_range(text);
+    if text[start..end]
+        .split('/')
+        .any(|segment| segment == "." || segment == "..")
+    {
+        return Err(
+            "its path has a \".\" or \"..\" segment, which would send the request \
+                    to another path"
+                .into(),
+        );
+    }
     let uri: Uri = text.parse().map_err(|e| format!("{e}"))?;
     match uri.scheme_str() {
         Some("http" | "https") => {}
@@ -450,14 +484,16 @@ fn check_headers(
                 "header {name:?} is set by the streamer and cannot be configured"
             ));
         }
-        let t = Template::parse(value, scope).map_err(|e| format!("header {name:?}: {e}"))?;
+        let shown = redact::header(name, value);
+        let t = Template::parse_shown(value, &shown, scope)
+            .map_err(|e| format!("header {name:?}: {e}"))?;
         let wild: Vec<String> = scope
             .wildcards
             .map(|w| w.iter().map(|_| "x".to_string()).collect())
             .unwrap_or_default();
         let sample = t.render(&sample_vars(&wild), Escape::Header);
         HeaderValue::from_bytes(sample.as_bytes())
-            .map_err(|_| format!("header {name:?}: {value:?} is not a valid header value"))?;
+            .map_err(|_| format!("header {name:?}: {shown:?} is not a valid header value"))?;
         out.insert(header.as_str().to_string(), (header, t));
     }
     Ok(out.into_values().collect())
@@ -649,7 +685,7 @@ impl WebhookConfig {
             .plan(ctx.name, ctx.home)
             .map_err(|(key, message)| options.error(key, message))?;
         if plan.on_exhausted == OnExhausted::DeadLetter {
-            std::fs::create_dir_all(&plan.dead_letter_dir).map_err(|source| {
+            crate::dead_letter::create_dir(&plan.dead_letter_dir).map_err(|source| {
                 Error::DeadLetterDir {
                     path: plan.dead_letter_dir.clone(),
                     source,
@@ -837,9 +873,11 @@ headers = { b = "3", c = "{key}" }
 
     #[test]
     fn config_debug_hides_secrets() {
-        let c = parse("url = \"http://x/\"\nsecret = \"whsec_c2VjcmV0\"\nheaders = { Authorization = \"Bearer abc\" }").unwrap();
+        let c = parse("url = \"http://u:pw@x/T0/?apikey=k\"\nsecret = \"whsec_c2VjcmV0\"\nheaders = { Authorization = \"Bearer abc\" }\n[actions.delete]\nurl = \"http://u:pw@x/\"").unwrap();
         let s = format!("{c:?}");
-        assert!(!s.contains("c2VjcmV0") && !s.contains("Bearer"), "{s}");
+        for secret in ["c2VjcmV0", "Bearer", "pw", "T0", "=k"] {
+            assert!(!s.contains(secret), "{secret}: {s}");
+        }
     }
 
     #[test]

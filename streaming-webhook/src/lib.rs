@@ -61,12 +61,17 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 mod config;
+mod dead_letter;
 mod envelope;
 mod error;
+mod policy;
+mod redact;
+mod request;
 mod sign;
 mod streamer;
 mod template;
 
 pub use config::{ActionOverride, Actions, Batch, OnExhausted, WEBHOOK_TYPE, WebhookConfig};
 pub use error::Error;
-pub use streamer::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, WebhookStreamer};
+pub use request::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
+pub use streamer::WebhookStreamer;

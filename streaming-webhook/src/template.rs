@@ -68,8 +68,8 @@ pub(crate) struct Template {
 }
 
 /// Splits `text` into literals and `{name}`s; `{{` and `}}` are literal
-/// braces.
-fn split(text: &str) -> Result<Vec<Result<String, String>>, String> {
+/// braces. Errors quote `shown` (the text as it may be shown).
+fn split(text: &str, shown: &str) -> Result<Vec<Result<String, String>>, String> {
     let mut out = Vec::new();
     let mut lit = String::new();
     let mut chars = text.chars().peekable();
@@ -90,7 +90,7 @@ fn split(text: &str) -> Result<Vec<Result<String, String>>, String> {
                         Some('}') => break,
                         Some('{') | None => {
                             return Err(format!(
-                                "unclosed '{{' in {text:?} (write '{{{{' for a literal brace)"
+                                "unclosed '{{' in {shown:?} (write '{{{{' for a literal brace)"
                             ));
                         }
                         Some(c) => name.push(c),
@@ -103,7 +103,7 @@ fn split(text: &str) -> Result<Vec<Result<String, String>>, String> {
             }
             '}' => {
                 return Err(format!(
-                    "a lone '}}' in {text:?} (write '}}}}' for a literal brace)"
+                    "a lone '}}' in {shown:?} (write '}}}}' for a literal brace)"
                 ));
             }
             c => lit.push(c),
@@ -118,8 +118,18 @@ fn split(text: &str) -> Result<Vec<Result<String, String>>, String> {
 impl Template {
     /// Parses `text`; every variable must be known in `scope`.
     pub(crate) fn parse(text: &str, scope: Scope<'_>) -> Result<Template, String> {
+        Template::parse_shown(text, text, scope)
+    }
+
+    /// Parses `text` as [`parse`](Template::parse) does; its errors quote
+    /// `shown` instead (the text with its secrets redacted).
+    pub(crate) fn parse_shown(
+        text: &str,
+        shown: &str,
+        scope: Scope<'_>,
+    ) -> Result<Template, String> {
         let mut pieces = Vec::new();
-        for part in split(text)? {
+        for part in split(text, shown)? {
             let name = match part {
                 Ok(lit) => {
                     pieces.push(Piece::Lit(lit));
@@ -139,7 +149,7 @@ impl Template {
                 Some(var) if scope.per_change => var,
                 Some(_) => {
                     return Err(format!(
-                        "{{{name}}} in {text:?} has no single value with batch = \"block\" \
+                        "{{{name}}} in {shown:?} has no single value with batch = \"block\" \
                          (only {{height}} does)"
                     ));
                 }
@@ -147,23 +157,23 @@ impl Template {
                     Some(w) => match w.iter().position(|n| *n == name) {
                         Some(_) if !scope.per_change => {
                             return Err(format!(
-                                "{{{name}}} in {text:?} has no single value with batch = \
+                                "{{{name}}} in {shown:?} has no single value with batch = \
                                  \"block\" (only {{height}} does)"
                             ));
                         }
                         Some(i) => Var::Wild(i),
                         None => {
-                            return Err(unknown_var(&name, text, w));
+                            return Err(unknown_var(&name, shown, w));
                         }
                     },
                     None if is_wildcard_name(&name) => {
                         return Err(format!(
-                            "unknown template variable {{{name}}} in {text:?}: not one of {}, \
+                            "unknown template variable {{{name}}} in {shown:?}: not one of {}, \
                              and key_pattern is not set to define it as a wildcard",
                             BUILTIN_VARS.join(", ")
                         ));
                     }
-                    None => return Err(unknown_var(&name, text, &[])),
+                    None => return Err(unknown_var(&name, shown, &[])),
                 },
             };
             pieces.push(Piece::Var(var));
@@ -177,9 +187,38 @@ impl Template {
         self.pieces.iter().all(|p| matches!(p, Piece::Lit(_)))
     }
 
+    /// For a URL template: an error unless the scheme and the host (the
+    /// whole authority: user information, host, port) are literal text, so
+    /// that no change's values choose where the request goes. Quotes
+    /// `shown`.
+    pub(crate) fn check_fixed_origin(&self, shown: &str) -> Result<(), String> {
+        let mut prefix = String::new();
+        for piece in &self.pieces {
+            match piece {
+                Piece::Lit(l) => prefix.push_str(l),
+                Piece::Var(_) => {
+                    let fixed = prefix
+                        .split_once("://")
+                        .is_some_and(|(_, rest)| rest.contains(['/', '?', '#']));
+                    if !fixed {
+                        return Err(format!(
+                            "{shown:?} has a template variable in its scheme or host: a \
+                             change's values must not choose where the request goes (use \
+                             variables in the path or the query)"
+                        ));
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The text with the variables replaced.
     pub(crate) fn render(&self, vars: &Vars<'_>, escape: Escape) -> String {
         let mut out = String::new();
+        // Which bytes of `out` came from a variable (URLs only).
+        let mut from_var: Vec<bool> = Vec::new();
         for piece in &self.pieces {
             match piece {
                 Piece::Lit(l) => out.push_str(l),
@@ -195,12 +234,69 @@ impl Template {
                         Var::Action => vars.action,
                         Var::Wild(i) => vars.wild.get(*i).map_or("", String::as_str),
                     };
+                    if escape == Escape::Url {
+                        from_var.resize(out.len(), false);
+                    }
                     escape_into(&mut out, value, escape);
+                    if escape == Escape::Url {
+                        from_var.resize(out.len(), true);
+                    }
                 }
             }
         }
-        out
+        if escape == Escape::Url {
+            from_var.resize(out.len(), false);
+            escape_dot_segments(&out, &from_var)
+        } else {
+            out
+        }
     }
+}
+
+/// `url` with every `.` that a variable put into a path segment of only
+/// dots (`.` or `..`) written `%2E`: a value must not move the request to
+/// another path (`/hooks/{id}/notify` with `id = ".."` is
+/// `/hooks/%2E%2E/notify`, not `/hooks/../notify`, which is `/notify`).
+/// Dot segments written in the template itself are refused when it is
+/// checked.
+fn escape_dot_segments(url: &str, from_var: &[bool]) -> String {
+    let (start, end) = path_range(url);
+    let mut out = String::with_capacity(url.len());
+    out.push_str(&url[..start]);
+    let mut pos = start;
+    for segment in url[start..end].split('/') {
+        let seg_end = pos + segment.len();
+        if segment == "." || segment == ".." {
+            for i in pos..seg_end {
+                if from_var.get(i).copied().unwrap_or(false) {
+                    out.push_str("%2E");
+                } else {
+                    out.push('.');
+                }
+            }
+        } else {
+            out.push_str(segment);
+        }
+        if seg_end < end {
+            out.push('/');
+        }
+        pos = seg_end + 1;
+    }
+    out.push_str(&url[end..]);
+    out
+}
+
+/// The byte range of the path of `url`: after the authority, up to the
+/// query or the fragment.
+pub(crate) fn path_range(url: &str) -> (usize, usize) {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    let start = url[after_scheme..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| after_scheme + i);
+    let end = url[start..]
+        .find(['?', '#'])
+        .map_or(url.len(), |i| start + i);
+    (start, end)
 }
 
 fn unknown_var(name: &str, text: &str, wildcards: &[String]) -> String {
@@ -270,7 +366,7 @@ impl KeyPattern {
         }
         let mut pieces = Vec::new();
         let mut names: Vec<String> = Vec::new();
-        for part in split(text)? {
+        for part in split(text, text)? {
             match part {
                 Ok(lit) => pieces.push(PatternPiece::Lit(lit)),
                 Err(name) => {
@@ -387,6 +483,49 @@ mod tests {
         assert_eq!(h.render(&vars, Escape::Header), "k=a%0Ab");
         assert_eq!(h.render(&vars, Escape::None), "k=a\nb");
         assert!(Template::parse("plain", scope(None)).unwrap().is_literal());
+    }
+
+    #[test]
+    fn template_values_never_form_dot_segments() {
+        let wild = vec!["id".to_string()];
+        let t =
+            Template::parse("http://h/a/{id}/b/.{id}/{id}x?q={id}", scope(Some(&wild))).unwrap();
+        let render = |id: &str| {
+            let wild = [id.to_string()];
+            let vars = Vars {
+                store: "s",
+                key: "k",
+                height: 1,
+                action: "update",
+                wild: &wild,
+            };
+            t.render(&vars, Escape::Url)
+        };
+        assert_eq!(render(".."), "http://h/a/%2E%2E/b/.../..x?q=..");
+        assert_eq!(render("."), "http://h/a/%2E/b/.%2E/.x?q=.");
+        assert_eq!(render("a.b"), "http://h/a/a.b/b/.a.b/a.bx?q=a.b");
+        assert_eq!(render("..."), "http://h/a/.../b/..../...x?q=...");
+    }
+
+    #[test]
+    fn template_origin_must_be_literal() {
+        let ok = |text: &str| {
+            Template::parse(text, scope(None))
+                .unwrap()
+                .check_fixed_origin(text)
+        };
+        assert!(ok("http://h/{key}").is_ok());
+        assert!(ok("http://h?k={key}").is_ok());
+        assert!(ok("http://h").is_ok());
+        for bad in [
+            "http://{key}/",
+            "http://h{key}/",
+            "{store}://h/",
+            "http://h:{height}/x",
+        ] {
+            let e = ok(bad).unwrap_err();
+            assert!(e.contains("scheme or host"), "{bad}: {e}");
+        }
     }
 
     #[test]

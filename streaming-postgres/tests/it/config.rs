@@ -64,7 +64,7 @@ fn config_unknown_key_and_bad_tls() {
 #[test]
 fn config_checks_name_their_key() {
     let home = tempfile::tempdir().expect("temp dir");
-    let cases: [(&str, &str, &str); 6] = [
+    let cases: [(&str, &str, &str); 8] = [
         ("schema = \"Bad-Name\"", "schema", "lower-case"),
         ("schema = \"pg_x\"", "schema", "reserved"),
         ("url = \"postgresql://u@h:notaport/db\"", "url", "URL"),
@@ -83,6 +83,16 @@ fn config_checks_name_their_key() {
             "ca_file",
             "disable",
         ),
+        (
+            "statement_timeout_ms = 0",
+            "statement_timeout_ms",
+            "between 1",
+        ),
+        (
+            "statement_timeout_ms = 4294967296",
+            "statement_timeout_ms",
+            "between 1",
+        ),
     ];
     std::fs::write(home.path().join("pw.txt"), "secret\n").expect("write pw.txt");
     for (table, key, words) in cases {
@@ -97,4 +107,17 @@ fn config_checks_name_their_key() {
         assert!(e.contains(key), "{table:?}: {e}");
         assert!(e.contains(words), "{table:?}: {e}");
     }
+}
+
+#[test]
+fn config_statement_timeout_is_documented_and_checked() {
+    let c = parse("").expect("defaults");
+    assert_eq!(c.statement_timeout_ms, 30_000);
+    let c = parse("statement-timeout-ms = 250\n").expect("parses");
+    assert_eq!(c.statement_timeout_ms, 250);
+    let doc = include_str!("../../../docs/postgres.md");
+    assert!(
+        doc.contains("| `statement_timeout_ms` | `30000` |"),
+        "docs/postgres.md documents statement_timeout_ms with its default"
+    );
 }

@@ -5,6 +5,8 @@ mod config;
 mod delivery;
 mod python;
 mod receiver;
+mod secrets;
+mod templates;
 
 use std::path::Path;
 

@@ -393,7 +393,8 @@ impl Parser<'_> {
             if COSMOS_TELEMETRY_KEYS.contains(&spelled) {
                 continue;
             }
-            match spelled {
+            // As every statestream key: `-` or `_`.
+            match spelled.replace('-', "_").as_str() {
                 "address" => {
                     let parsed = value
                         .get_ref()

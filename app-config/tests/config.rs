@@ -1050,7 +1050,7 @@ fn config_telemetry_connection_keys() {
     assert_eq!(telemetry.header_timeout_ms, None);
     assert!(telemetry.allowed_hosts.is_empty());
     let set = parse(
-        "[telemetry]\naddress = \"127.0.0.1:9100\"\nmax_connections = 32\n\
+        "[telemetry]\naddress = \"127.0.0.1:9100\"\nmax-connections = 32\n\
          header_timeout_ms = \"2500\"\nallowed_hosts = [\"metrics.internal\", \"10.0.0.7\", \"[::2]\", \"*\"]\n",
     )
     .unwrap();

@@ -7,8 +7,9 @@
 //!   ([`Limits::max_connections`]; beyond it a new connection is closed at
 //!   once and counted in [`ConnectionStats::refused`]), sets `TCP_NODELAY`,
 //!   and serves HTTP/1.1 and HTTP/2 (prior knowledge) with hyper under a
-//!   header-read timeout, an HTTP/2 handshake timeout and keep-alive pings,
-//!   `max_concurrent_streams`, and h2's cap on locally reset streams.
+//!   header-read timeout; for HTTP/2 a handshake timeout, an idle timeout,
+//!   keep-alive pings, `max_concurrent_streams` and h2's cap on locally
+//!   reset streams.
 //! - [`HostCheck`]: a tower layer that answers `421 Misdirected Request`
 //!   to a request whose `Host` (or HTTP/2 `:authority`) is not a name the
 //!   listener is for: the defence against DNS rebinding, where a web page
@@ -44,6 +45,7 @@
 //! # }
 //! ```
 
+mod activity;
 mod host;
 mod listener;
 mod nofile;

@@ -16,6 +16,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
+use crate::activity::{Activity, Tracked};
 use crate::prefixed::Prefixed;
 
 /// Default of [`Limits::max_connections`]: well below the usual soft
@@ -61,9 +62,10 @@ pub struct Limits {
     /// for the first bytes of any connection: the HTTP/2 preface or the
     /// start of an HTTP/1 request. Default [`DEFAULT_HEADER_TIMEOUT`].
     pub header_timeout: Duration,
-    /// HTTP/2: the interval of keep-alive pings; a client that answers
-    /// none within `header_timeout` is disconnected. Default
-    /// [`DEFAULT_IDLE_TIMEOUT`].
+    /// HTTP/2: a connection with no stream open for this long is closed
+    /// (GOAWAY, then the close); also the interval of keep-alive pings, a
+    /// client that answers none within `header_timeout` being
+    /// disconnected. Default [`DEFAULT_IDLE_TIMEOUT`].
     pub idle_timeout: Duration,
     /// HTTP/2: streams one connection may have open at once. Default
     /// [`DEFAULT_MAX_CONCURRENT_STREAMS`].
@@ -272,9 +274,9 @@ async fn connection<S, B>(
         return;
     };
     let io = TokioIo::new(Prefixed::new(prefix, stream));
-    let service = TowerToHyperService::new(service);
     let result = match protocol {
         Protocol::Http1 => {
+            let service = TowerToHyperService::new(service);
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
@@ -298,11 +300,22 @@ async fn connection<S, B>(
                 .max_local_error_reset_streams(H2_MAX_LOCAL_RESET_STREAMS)
                 .keep_alive_interval(limits.idle_timeout)
                 .keep_alive_timeout(limits.header_timeout);
+            let activity = Arc::new(Activity::default());
+            let service = TowerToHyperService::new(Tracked {
+                inner: service,
+                activity: Arc::clone(&activity),
+            });
             let conn = builder.serve_connection(io, service);
             let mut conn = pin!(conn);
+            // Pings keep a live client's connection open; with no stream
+            // for `idle_timeout` it is closed (GOAWAY) all the same.
             tokio::select! {
                 result = conn.as_mut() => result,
                 () = stopped(&mut stopping) => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+                () = activity.idle_for(limits.idle_timeout) => {
                     conn.as_mut().graceful_shutdown();
                     conn.await
                 }

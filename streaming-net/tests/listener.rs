@@ -289,3 +289,60 @@ fn listener_http2_announces_max_concurrent_streams() {
     // SETTINGS_MAX_CONCURRENT_STREAMS is 0x3.
     assert!(settings.contains(&(3, 7)), "{settings:?}");
 }
+
+#[test]
+fn listener_http2_closes_a_connection_idle_without_streams() {
+    let mut limits = Limits::default();
+    limits.idle_timeout = Duration::from_millis(300);
+    // Far beyond the test: only the idle timeout can close it.
+    limits.header_timeout = Duration::from_secs(3600);
+    let server = Server::start(limits, &[]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut stream = connect(server.address, deadline);
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .expect("send the preface and empty settings");
+    let mut frames = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "waited for the idle connection to close");
+        stream.set_read_timeout(Some(left)).expect("read timeout");
+        match h2_frame_or_end(&mut stream) {
+            Some((kind, flags, payload)) => {
+                // Answer pings, as a live client would.
+                if kind == 6 && flags & 1 == 0 {
+                    let mut ack = vec![0, 0, 8, 6, 1, 0, 0, 0, 0];
+                    ack.extend_from_slice(&payload);
+                    let _ = stream.write_all(&ack);
+                }
+                frames.push(kind);
+            }
+            None => break,
+        }
+    }
+    // GOAWAY (type 7) before the close.
+    assert!(frames.contains(&7), "{frames:?}");
+}
+
+/// One frame, or `None` at the end of the connection.
+fn h2_frame_or_end(stream: &mut TcpStream) -> Option<(u8, u8, Vec<u8>)> {
+    let mut head = [0u8; 9];
+    match stream.read_exact(&mut head) {
+        Ok(()) => {}
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            return None;
+        }
+        Err(e) => panic!("waited for the server to close the idle HTTP/2 connection: {e}"),
+    }
+    let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+    let mut payload = vec![0u8; len];
+    stream
+        .read_exact(&mut payload)
+        .expect("an HTTP/2 frame payload");
+    Some((head[3], head[4], payload))
+}

@@ -45,6 +45,11 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// descriptors, most often) before it tries again, rather than spinning.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
+/// HTTP/1: the most a connection buffers while reading a request head (a
+/// larger head is refused); hyper's default would let each of
+/// `max_connections` strangers hold hundreds of kilobytes.
+const H1_MAX_BUF_SIZE: usize = 64 * 1024;
+
 /// How long a stopping listener lets its connections finish their requests.
 const GRACE: Duration = Duration::from_secs(2);
 
@@ -158,7 +163,9 @@ impl Listener {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let Listener { tcp, limits, stats } = self;
-        let permits = Arc::new(Semaphore::new(limits.max_connections));
+        let permits = Arc::new(Semaphore::new(
+            limits.max_connections.min(Semaphore::MAX_PERMITS),
+        ));
         let (stop, stopping) = watch::channel(false);
         let mut shutdown = pin!(shutdown);
         loop {
@@ -281,6 +288,7 @@ async fn connection<S, B>(
             builder
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_timeout)
+                .max_buf_size(H1_MAX_BUF_SIZE)
                 .keep_alive(true);
             let conn = builder.serve_connection(io, service).with_upgrades();
             let mut conn = pin!(conn);

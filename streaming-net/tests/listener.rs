@@ -346,3 +346,20 @@ fn h2_frame_or_end(stream: &mut TcpStream) -> Option<(u8, u8, Vec<u8>)> {
         .expect("an HTTP/2 frame payload");
     Some((head[3], head[4], payload))
 }
+
+#[test]
+fn listener_refuses_an_oversized_request_head() {
+    let server = Server::start(Limits::default(), &[]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut stream = connect(server.address, deadline);
+    let cookie = "a".repeat(128 * 1024);
+    // The server may close while the head is still being sent.
+    let _ = write!(
+        stream,
+        "GET / HTTP/1.1\r\nHost: localhost\r\nCookie: {cookie}\r\n\r\n"
+    );
+    let got = read_until_closed(&mut stream, deadline, "a connection with a 128 KiB head");
+    let text = String::from_utf8_lossy(&got);
+    assert!(got.is_empty() || text.starts_with("HTTP/1.1 431"), "{text}");
+    assert_eq!(get(server.address, "localhost", deadline).0, 200);
+}

@@ -113,8 +113,9 @@ impl ConnectionStats {
         self.open.load(Ordering::Relaxed)
     }
 
-    /// Connections closed because the client sent nothing recognisable
-    /// within `header_timeout` (before hyper took the connection over).
+    /// Connections closed before hyper took them over: the client sent
+    /// nothing, or only part of the HTTP/2 preface, within
+    /// `header_timeout`, or closed first.
     pub fn timed_out(&self) -> u64 {
         self.timed_out.load(Ordering::Relaxed)
     }

@@ -113,11 +113,15 @@ const COSMOS_TELEMETRY_KEYS: &[&str] = &[
 ];
 
 /// The `[telemetry]` table: where the node serves its metrics and status
-/// (`GET /metrics`, `GET /status`, `GET /healthz`).
+/// (`GET /metrics`, `GET /status`, `GET /healthz`), and what a client of
+/// that listener may hold.
 ///
 /// ```toml
 /// [telemetry]
 /// address = "127.0.0.1:9100"   # unset: off
+/// max_connections = 256         # open connections at once
+/// header_timeout_ms = 10000     # to send a request head
+/// allowed_hosts = []            # Host names beyond loopback and the address
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -130,7 +134,23 @@ pub struct TelemetryConfig {
     pub address: SocketAddr,
     /// The 1-based line of `address`, for errors found later (binding).
     pub line: Option<usize>,
+    /// `max_connections`: connections open at once; one more is closed as
+    /// soon as it is accepted. `None`: the server's default (256).
+    pub max_connections: Option<usize>,
+    /// `header_timeout_ms`: how long a client has to send a request head
+    /// (and how long a keep-alive connection may idle). `None`: the
+    /// server's default (10000).
+    pub header_timeout_ms: Option<u64>,
+    /// `allowed_hosts`: `Host` names accepted beyond `localhost`,
+    /// `127.0.0.1`, `[::1]` and the bound address; `"*"` accepts any.
+    pub allowed_hosts: Vec<String>,
 }
+
+/// The largest `[telemetry] max_connections`.
+const MAX_TELEMETRY_CONNECTIONS: i128 = 1 << 20;
+
+/// The largest `[telemetry] header_timeout_ms`: one hour.
+const MAX_HEADER_TIMEOUT_MS: i128 = 3_600_000;
 
 /// One listed streamer, before resolution against the node's stores.
 #[derive(Debug, Clone)]
@@ -414,48 +434,133 @@ impl Parser<'_> {
         }
     }
 
-    /// Reads `[telemetry]`: `address` is statestream's only key. The Cosmos
-    /// SDK's app.toml has a `[telemetry]` table of its own (its keys are in
+    /// Reads `[telemetry]`: `address`, `max_connections`,
+    /// `header_timeout_ms` and `allowed_hosts`. The Cosmos SDK's app.toml
+    /// has a `[telemetry]` table of its own (its keys are in
     /// [`COSMOS_TELEMETRY_KEYS`]): those are left to the application, so an
     /// existing Cosmos app.toml runs unchanged; any other key is an error.
     fn telemetry(&self, table: &DeTable<'_>) -> Result<Option<TelemetryConfig>, ConfigError> {
         const TABLE: &str = "[telemetry]";
         let mut address = None;
+        let mut max_connections = None;
+        let mut header_timeout_ms = None;
+        let mut allowed_hosts = Vec::new();
         for (key, value) in table.iter() {
             let spelled = key.get_ref().as_ref();
             let error = |message: String| self.key_error(TABLE, spelled, key.span(), message);
             if COSMOS_TELEMETRY_KEYS.contains(&spelled) {
                 continue;
             }
-            if spelled != "address" {
-                return Err(error(
-                    "unknown key; statestream reads one key of [telemetry], `address` (such as \
-                     \"127.0.0.1:9100\"), and leaves the Cosmos SDK's own keys \
-                     (`enabled`, `service-name`, ...) to the application"
-                        .to_owned(),
-                ));
-            }
-            let parsed = value
-                .get_ref()
-                .as_str()
-                .and_then(|text| text.trim().parse::<SocketAddr>().ok());
-            match parsed {
-                Some(addr) => {
-                    address = Some(TelemetryConfig {
-                        address: addr,
-                        line: Some(self.index.line(key.span().start)),
-                    });
+            // As every statestream key: `-` or `_`.
+            match spelled.replace('-', "_").as_str() {
+                "address" => {
+                    let parsed = value
+                        .get_ref()
+                        .as_str()
+                        .and_then(|text| text.trim().parse::<SocketAddr>().ok());
+                    let Some(addr) = parsed else {
+                        return Err(error(format!(
+                            "expected an IP address and a port such as \"127.0.0.1:9100\" \
+                             (\"127.0.0.1:0\": a port the system chooses), got {}",
+                            self.describe(value)
+                        )));
+                    };
+                    address = Some((addr, self.index.line(key.span().start)));
                 }
-                None => {
-                    return Err(error(format!(
-                        "expected an IP address and a port such as \"127.0.0.1:9100\" \
-                         (\"127.0.0.1:0\": a port the system chooses), got {}",
-                        self.describe(value)
-                    )));
+                "max_connections" => {
+                    let n = self
+                        .bounded_integer(value, MAX_TELEMETRY_CONNECTIONS)
+                        .map_err(error)?;
+                    max_connections = Some(
+                        usize::try_from(n)
+                            .map_err(|_| error(format!("too large for this machine: {n}")))?,
+                    );
+                }
+                "header_timeout_ms" => {
+                    let n = self
+                        .bounded_integer(value, MAX_HEADER_TIMEOUT_MS)
+                        .map_err(error)?;
+                    header_timeout_ms = Some(n);
+                }
+                "allowed_hosts" => {
+                    allowed_hosts = self.allowed_hosts(value).map_err(error)?;
+                }
+                _ => {
+                    return Err(error(
+                        "unknown key; statestream reads `address` (such as \"127.0.0.1:9100\"), \
+                         `max_connections`, `header_timeout_ms` and `allowed_hosts` in \
+                         [telemetry], and leaves the Cosmos SDK's own keys (`enabled`, \
+                         `service-name`, ...) to the application"
+                            .to_owned(),
+                    ));
                 }
             }
         }
-        Ok(address)
+        Ok(address.map(|(address, line)| TelemetryConfig {
+            address,
+            line: Some(line),
+            max_connections,
+            header_timeout_ms,
+            allowed_hosts,
+        }))
+    }
+
+    /// An integer from 1 to `max` (a decimal string counts, as Cosmos
+    /// reads them); the error is the message only.
+    fn bounded_integer(&self, value: &Value<'_>, max: i128) -> Result<u64, String> {
+        let described = self.describe(value);
+        let number = match value.get_ref() {
+            DeValue::Integer(_) => toml::Value::deserialize(ValueDeserializer::from(value.clone()))
+                .ok()
+                .and_then(|converted| converted.as_integer())
+                .map(i128::from),
+            DeValue::String(text) => parse_integer(text),
+            _ => None,
+        }
+        .ok_or_else(|| format!("expected a positive integer, got {described}"))?;
+        if number < 1 {
+            return Err(format!(
+                "expected a positive integer (at least 1), got {described}"
+            ));
+        }
+        if number > max {
+            return Err(format!("must be at most {max}, got {described}"));
+        }
+        u64::try_from(number).map_err(|_| format!("must be at most {max}, got {described}"))
+    }
+
+    /// Reads `allowed_hosts`: host names or IP addresses, without a port
+    /// or a path; the error is the message only.
+    fn allowed_hosts(&self, value: &Value<'_>) -> Result<Vec<String>, String> {
+        let DeValue::Array(items) = value.get_ref() else {
+            return Err(format!(
+                "expected an array of host names such as [\"metrics.example.org\"], got {}",
+                self.describe(value)
+            ));
+        };
+        let mut hosts = Vec::new();
+        for item in items.iter() {
+            let Some(host) = item.get_ref().as_str() else {
+                return Err(format!(
+                    "expected an array of host names (strings), got {} in the array",
+                    self.describe(item)
+                ));
+            };
+            let bracketed_v6 = host.starts_with('[') && host.ends_with(']');
+            let plain = !host.is_empty()
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+            let ip = host.parse::<std::net::IpAddr>().is_ok();
+            if host != "*" && !plain && !ip && !bracketed_v6 {
+                return Err(format!(
+                    "{host:?} is not a host name: write a name or an IP address without a \
+                     scheme, port or path (such as \"metrics.example.org\"), or \"*\" for any"
+                ));
+            }
+            hosts.push(host.to_owned());
+        }
+        Ok(hosts)
     }
 
     /// The warning about `[streaming.abci]`, the Cosmos SDK v0.47+ table of

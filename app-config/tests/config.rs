@@ -1043,6 +1043,27 @@ fn config_telemetry_address() {
 }
 
 #[test]
+fn config_telemetry_connection_keys() {
+    let defaults = parse("[telemetry]\naddress = \"127.0.0.1:9100\"\n").unwrap();
+    let telemetry = defaults.telemetry().unwrap();
+    assert_eq!(telemetry.max_connections, None);
+    assert_eq!(telemetry.header_timeout_ms, None);
+    assert!(telemetry.allowed_hosts.is_empty());
+    let set = parse(
+        "[telemetry]\naddress = \"127.0.0.1:9100\"\nmax-connections = 32\n\
+         header_timeout_ms = \"2500\"\nallowed_hosts = [\"metrics.internal\", \"10.0.0.7\", \"[::2]\", \"*\"]\n",
+    )
+    .unwrap();
+    let telemetry = set.telemetry().unwrap();
+    assert_eq!(telemetry.max_connections, Some(32));
+    assert_eq!(telemetry.header_timeout_ms, Some(2500));
+    assert_eq!(
+        telemetry.allowed_hosts,
+        ["metrics.internal", "10.0.0.7", "[::2]", "*"]
+    );
+}
+
+#[test]
 fn config_telemetry_errors_name_file_key_and_line() {
     for (text, key, line, needle) in [
         (
@@ -1068,6 +1089,36 @@ fn config_telemetry_errors_name_file_key_and_line() {
             "adress",
             2,
             "unknown key",
+        ),
+        (
+            "[telemetry]\naddress = \"127.0.0.1:9100\"\nmax_connections = 0\n",
+            "max_connections",
+            3,
+            "at least 1",
+        ),
+        (
+            "[telemetry]\naddress = \"127.0.0.1:9100\"\nheader_timeout_ms = \"soon\"\n",
+            "header_timeout_ms",
+            3,
+            "expected a positive integer",
+        ),
+        (
+            "[telemetry]\naddress = \"127.0.0.1:9100\"\nheader_timeout_ms = 3600001\n",
+            "header_timeout_ms",
+            3,
+            "at most 3600000",
+        ),
+        (
+            "[telemetry]\naddress = \"127.0.0.1:9100\"\nallowed_hosts = \"a.example\"\n",
+            "allowed_hosts",
+            3,
+            "expected an array of host names",
+        ),
+        (
+            "[telemetry]\naddress = \"127.0.0.1:9100\"\nallowed_hosts = [\"http://a.example/\"]\n",
+            "allowed_hosts",
+            3,
+            "is not a host name",
         ),
     ] {
         let err = parse(text).unwrap_err();

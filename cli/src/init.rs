@@ -171,8 +171,15 @@ queue = 64
 # (JSON) and GET /healthz; unset: off. Port 0 lets the system choose one (the
 # node logs it). Keep it on loopback unless other machines must reach it: it
 # has no authentication. Metrics and alerts: docs/operations.md.
+# The listener closes a connection beyond max_connections at once, and a
+# client that has not sent a request head within header_timeout_ms; it
+# answers 421 to a Host header other than localhost, 127.0.0.1, [::1], the
+# address's IP and allowed_hosts (against DNS rebinding).
 # [telemetry]
 # address = "127.0.0.1:9100"
+# max_connections = 256
+# header_timeout_ms = 10000
+# allowed_hosts = []
 "##;
 
 #[derive(Debug, clap::Args)]
@@ -305,6 +312,19 @@ mod tests {
             config.telemetry().unwrap().address,
             "127.0.0.1:9100".parse().unwrap()
         );
+        // Written at the listener's defaults.
+        let telemetry = config.telemetry().unwrap();
+        assert_eq!(
+            telemetry.max_connections,
+            Some(statestream_net::DEFAULT_MAX_CONNECTIONS)
+        );
+        assert_eq!(
+            telemetry
+                .header_timeout_ms
+                .map(std::time::Duration::from_millis),
+            Some(statestream_net::DEFAULT_HEADER_TIMEOUT)
+        );
+        assert!(telemetry.allowed_hosts.is_empty());
         let default = AppConfig::parse(TEMPLATE, Path::new("app.toml")).unwrap();
         assert!(default.telemetry().is_none());
     }

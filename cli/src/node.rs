@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use statestream::to_hex;
 use statestream::{
     Block, DeliveryManager, PushQueue, Registry, StreamError, Streamer, StreamerStats,
-    TelemetryServer,
+    TelemetryOptions, TelemetryServer,
 };
 use statestream_config::{AppConfig, StreamerSpec};
 use statestream_serve::{SERVE_TYPE, ServeConfig};
@@ -224,6 +224,12 @@ pub fn execute(args: &NodeArgs, quiet: bool) -> Result<Summary> {
     let source = ConfigSource::locate(args.config.as_deref(), &args.home);
     // The first log line: which configuration the node runs on.
     tracing::info!(config = %source.origin().display(), "{}", source.describe());
+    // Before any file or socket is opened: the listeners' connections and
+    // the streamers' files share one descriptor table.
+    match statestream_net::raise_nofile_limit() {
+        Ok(limit) => tracing::info!(soft = limit.after, hard = limit.hard, "{limit}"),
+        Err(error) => tracing::warn!(%error, "open file limit left as it is"),
+    }
     let config = source.load()?;
     let specs = config.resolve(&STORE_NAMES)?;
     if args.no_fsync {
@@ -408,8 +414,9 @@ fn start_telemetry(
     let Some(telemetry) = config.telemetry() else {
         return Ok(None);
     };
-    let server = TelemetryServer::start(
+    let server = TelemetryServer::start_with(
         telemetry.address,
+        &TelemetryOptions::from_config(telemetry),
         manager.observer(),
         registry.metrics().clone(),
     )

@@ -524,3 +524,227 @@ fn telemetry_node_address_in_use_names_file_key_and_line() {
         "{stderr}"
     );
 }
+
+/// `home.node(args)` run by `sh` under `ulimit ULIMIT` (such as `-n 200`:
+/// soft and hard; `-S -n 200`: the soft limit alone).
+fn node_under_ulimit(home: &Home, ulimit: &str, args: &[&str]) -> Command {
+    let node = home.node(args);
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!("ulimit {ulimit} && exec \"$@\""))
+        .arg("sh")
+        .arg(node.get_program())
+        .args(node.get_args())
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// The highest block the file streamer wrote to `dir` (0: none yet).
+fn written_height(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| {
+                    let name = e.ok()?.file_name().into_string().ok()?;
+                    name.strip_prefix("block-")?
+                        .strip_suffix("-data")?
+                        .parse::<u64>()
+                        .ok()
+                })
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
+
+/// Opens `n` connections to `address`, each sending half a request
+/// header, and keeps them open.
+fn half_open(address: &str, n: usize) -> Vec<std::net::TcpStream> {
+    use std::io::Write;
+    (0..n)
+        .map(|i| {
+            let mut s = std::net::TcpStream::connect(address)
+                .unwrap_or_else(|e| panic!("connection {i} to {address}: {e}"));
+            // The server may have closed it already (refused): a failed
+            // write is part of what is tested, not an error of the test.
+            let _ = s.write_all(b"GET /status HTTP/1.1\r\nHost: 127.0.");
+            s
+        })
+        .collect()
+}
+
+/// Waits (by `deadline`) until the server closed `stream`: EOF or reset.
+/// Returns what it sent before closing.
+fn closed_by_server(stream: &mut std::net::TcpStream, deadline: Instant, what: &str) -> Vec<u8> {
+    use std::io::Read;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "waited for the node to close {what}");
+        stream.set_read_timeout(Some(left)).expect("read timeout");
+        match stream.read(&mut buf) {
+            Ok(0) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return got,
+            Err(e) => panic!("waited for the node to close {what}: {e}"),
+        }
+    }
+}
+
+/// One raw `GET /healthz` with `host`: the status code, or `None` when
+/// the node closed the connection without a response (refused).
+fn try_healthz_as(address: &str, host: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(address).expect("connect");
+    s.set_read_timeout(Some(PATIENCE)).expect("read timeout");
+    write!(
+        s,
+        "GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.split(' ').nth(1).and_then(|c| c.parse().ok())
+}
+
+/// Waits until the file streamer wrote `blocks` more blocks than now,
+/// failing if the node exits.
+fn wait_for_more_blocks(node: &mut Running, dir: &std::path::Path, blocks: u64, deadline: Instant) {
+    let from = written_height(dir);
+    while written_height(dir) < from + blocks {
+        if let Some(status) = node.child.try_wait().expect("poll the node") {
+            panic!(
+                "the node exited ({status}) at block {}: {}",
+                written_height(dir),
+                node.stderr()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "waited for the file streamer to write {blocks} more blocks after {from} (at {}): {}",
+            written_height(dir),
+            node.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+const LIMITED_CONFIG: &str = r#"[store]
+streamers = ["file"]
+
+[streamers.file]
+keys = ["*"]
+write_dir = "data/streaming"
+
+[telemetry]
+address = "127.0.0.1:0"
+max_connections = 100
+header_timeout_ms = 1000
+"#;
+
+#[test]
+fn telemetry_node_half_open_connections_cannot_stop_the_file_streamer() {
+    let home = Home::new(LIMITED_CONFIG);
+    let dir = home.home.join("data/streaming");
+    let deadline = Instant::now() + PATIENCE;
+    // Soft and hard limit 200: the node cannot raise it.
+    let mut node = Running::start(node_under_ulimit(
+        &home,
+        "-n 200",
+        &["--blocks", "0", "--block-time-ms", "20"],
+    ));
+    let address = node.telemetry_address();
+    wait_for_more_blocks(&mut node, &dir, 1, deadline);
+    // More half-open connections than the node has descriptors: those
+    // beyond the cap are closed at once, the others after the timeout.
+    let mut strangers = half_open(&address, 250);
+    wait_for_more_blocks(&mut node, &dir, 20, deadline);
+    for (i, stream) in strangers.iter_mut().enumerate() {
+        let got = closed_by_server(stream, deadline, &format!("half-open connection {i}"));
+        let text = String::from_utf8_lossy(&got);
+        assert!(got.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
+    }
+    drop(strangers);
+    wait_for_more_blocks(&mut node, &dir, 5, deadline);
+    let mut status = None;
+    wait_for("GET /healthz after the strangers left", || {
+        status = try_healthz_as(&address, &address);
+        status.is_some()
+    });
+    assert_eq!(status, Some(200));
+    let (code, _, stderr) = node.interrupt();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!stderr.contains("Too many open files"), "{stderr}");
+    assert!(stderr.contains("connection limit reached"), "{stderr}");
+}
+
+#[test]
+fn telemetry_node_refuses_connections_beyond_the_cap_and_checks_host() {
+    let config = LIMITED_CONFIG
+        .replace("max_connections = 100", "max_connections = 20")
+        // Held connections are not timed out during the test: a closed
+        // one was refused.
+        .replace("header_timeout_ms = 1000", "header_timeout_ms = 3600000")
+        + "allowed_hosts = [\"metrics.internal\"]\n";
+    let home = Home::new(&config);
+    let dir = home.home.join("data/streaming");
+    let deadline = Instant::now() + PATIENCE;
+    // The soft limit alone: the node raises it to the hard one.
+    let mut node = Running::start(node_under_ulimit(
+        &home,
+        "-S -n 200",
+        &["--blocks", "0", "--block-time-ms", "20"],
+    ));
+    let address = node.telemetry_address();
+    let port = address.rsplit(':').next().expect("a port");
+    let mut held = half_open(&address, 20);
+    // Connections are accepted in order; one that got through the cap
+    // would stay open for the hour of the header timeout.
+    let mut extra = half_open(&address, 30);
+    for (i, stream) in extra.iter_mut().enumerate() {
+        closed_by_server(stream, deadline, &format!("connection {i} beyond the cap"));
+    }
+    wait_for_more_blocks(&mut node, &dir, 10, deadline);
+    // One held connection goes: one new connection gets through.
+    drop(held.pop());
+    let mut served = None;
+    // Refused until the node noticed the closed connection.
+    wait_for("a connection to get through after one closed", || {
+        served = try_healthz_as(&address, &format!("localhost:{port}"));
+        served.is_some()
+    });
+    assert_eq!(served, Some(200));
+    drop(held);
+    // Each answered, once the node saw the closed connections go.
+    for (host, expected) in [
+        (format!("127.0.0.1:{port}"), 200),
+        ("metrics.internal".to_owned(), 200),
+        (format!("rebinding.example:{port}"), 421),
+    ] {
+        let mut status = None;
+        wait_for(&format!("a response for host {host}"), || {
+            status = try_healthz_as(&address, &host);
+            status.is_some()
+        });
+        assert_eq!(status, Some(expected), "{host}");
+    }
+    let (code, _, stderr) = node.interrupt();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("connection limit reached"), "{stderr}");
+    let hard: u64 = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|limits| {
+            let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+            line.split_whitespace().nth(4)?.parse().ok()
+        })
+        .unwrap_or(0);
+    if hard > 200 {
+        assert!(
+            stderr.contains(&format!("raised the open file limit from 200 to {hard}")),
+            "{stderr}"
+        );
+    }
+}

@@ -95,4 +95,4 @@ pub use statestream_core::{
 /// crate alone.
 pub use statestream_store as store;
 #[cfg(feature = "telemetry")]
-pub use telemetry::{TelemetryError, TelemetryServer};
+pub use telemetry::{TelemetryError, TelemetryOptions, TelemetryServer};

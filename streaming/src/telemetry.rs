@@ -12,6 +12,12 @@
 //! The server runs on a tokio runtime of its own, on one thread named
 //! `telemetry`; it reads the manager's atomics and never touches the commit
 //! path. Every metric is documented in `docs/operations.md`.
+//!
+//! Its listener is [`statestream_net`]'s: a cap on open connections, a
+//! timeout for a client that does not send its request head, and a `Host`
+//! check (`421` for a host the server is not for), set by
+//! [`TelemetryOptions`]. A stranger's connections cannot take the
+//! descriptors the node needs to write blocks.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -27,13 +33,12 @@ use axum::routing::get;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::{Encoder, TextEncoder};
+use statestream_config::TelemetryConfig;
+use statestream_net::{HostCheck, Limits, Listener};
 use tokio::sync::watch;
+use tower::Layer;
 
 use crate::observe::{NodeState, NodeStatus, Observer, StreamerState};
-
-/// How long a stopping server waits for requests in flight before it drops
-/// their connections.
-const GRACE: Duration = Duration::from_secs(2);
 
 /// Errors of the telemetry server.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +70,56 @@ pub enum TelemetryError {
     },
 }
 
+/// What the telemetry server allows its clients: start from
+/// [`TelemetryOptions::default`] or the node's `[telemetry]` table
+/// ([`TelemetryOptions::from_config`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TelemetryOptions {
+    /// Connections open at once; one more is closed as soon as it is
+    /// accepted. Default [`statestream_net::DEFAULT_MAX_CONNECTIONS`].
+    pub max_connections: usize,
+    /// How long a client has to send a request head (and how long a
+    /// keep-alive connection may idle). Default
+    /// [`statestream_net::DEFAULT_HEADER_TIMEOUT`].
+    pub header_timeout: Duration,
+    /// `Host` names accepted beyond `localhost`, `127.0.0.1`, `[::1]` and
+    /// the bound address (`"*"`: any host).
+    pub allowed_hosts: Vec<String>,
+}
+
+impl Default for TelemetryOptions {
+    fn default() -> TelemetryOptions {
+        TelemetryOptions {
+            max_connections: statestream_net::DEFAULT_MAX_CONNECTIONS,
+            header_timeout: statestream_net::DEFAULT_HEADER_TIMEOUT,
+            allowed_hosts: Vec::new(),
+        }
+    }
+}
+
+impl TelemetryOptions {
+    /// The options `[telemetry]` sets (`max_connections`,
+    /// `header_timeout_ms`, `allowed_hosts`), defaults for the rest.
+    pub fn from_config(config: &TelemetryConfig) -> TelemetryOptions {
+        let defaults = TelemetryOptions::default();
+        TelemetryOptions {
+            max_connections: config.max_connections.unwrap_or(defaults.max_connections),
+            header_timeout: config
+                .header_timeout_ms
+                .map_or(defaults.header_timeout, Duration::from_millis),
+            allowed_hosts: config.allowed_hosts.clone(),
+        }
+    }
+
+    fn limits(&self) -> Limits {
+        let mut limits = Limits::default();
+        limits.max_connections = self.max_connections;
+        limits.header_timeout = self.header_timeout;
+        limits
+    }
+}
+
 /// A running telemetry server. Stop it with [`stop`](TelemetryServer::stop)
 /// (dropping it stops it too).
 #[derive(Debug)]
@@ -82,10 +137,21 @@ struct AppState {
 impl TelemetryServer {
     /// Binds `address` (port 0: the system chooses one; read it back with
     /// [`local_addr`](TelemetryServer::local_addr)) and serves `observer`'s
-    /// node. The node's metrics are registered in `metrics`, next to
-    /// whatever the streamers registered there.
+    /// node with the default [`TelemetryOptions`]. The node's metrics are
+    /// registered in `metrics`, next to whatever the streamers registered
+    /// there.
     pub fn start(
         address: SocketAddr,
+        observer: Observer,
+        metrics: prometheus::Registry,
+    ) -> Result<TelemetryServer, TelemetryError> {
+        TelemetryServer::start_with(address, &TelemetryOptions::default(), observer, metrics)
+    }
+
+    /// [`start`](TelemetryServer::start) with `options`.
+    pub fn start_with(
+        address: SocketAddr,
+        options: &TelemetryOptions,
         observer: Observer,
         metrics: prometheus::Registry,
     ) -> Result<TelemetryServer, TelemetryError> {
@@ -114,10 +180,12 @@ impl TelemetryServer {
             .route("/status", get(status_handler))
             .route("/healthz", get(healthz_handler))
             .with_state(state);
+        let service = HostCheck::for_listener(bound, &options.allowed_hosts).layer(app);
+        let limits = options.limits();
         let (stop, stopped) = watch::channel(false);
         let thread = std::thread::Builder::new()
             .name("telemetry".to_owned())
-            .spawn(move || runtime.block_on(serve(listener, app, stopped)))
+            .spawn(move || runtime.block_on(serve(listener, limits, service, stopped)))
             .map_err(|source| {
                 // Unregistered so that a later attempt can register again
                 // (collectors are matched by their descriptions).
@@ -162,7 +230,12 @@ impl Drop for TelemetryServer {
     }
 }
 
-async fn serve(listener: std::net::TcpListener, app: Router, stopped: watch::Receiver<bool>) {
+async fn serve(
+    listener: std::net::TcpListener,
+    limits: Limits,
+    service: statestream_net::HostCheckService<Router>,
+    mut stopped: watch::Receiver<bool>,
+) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(error) => {
@@ -170,25 +243,13 @@ async fn serve(listener: std::net::TcpListener, app: Router, stopped: watch::Rec
             return;
         }
     };
-    let mut graceful = stopped.clone();
-    let mut deadline = stopped;
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = graceful.wait_for(|s| *s).await;
-    });
-    // Graceful shutdown waits for every connection to close; a scraper that
-    // holds one open must not hold up the node's exit.
-    let give_up = async move {
-        let _ = deadline.wait_for(|s| *s).await;
-        tokio::time::sleep(GRACE).await;
-    };
-    tokio::select! {
-        result = server => {
-            if let Err(error) = result {
-                tracing::warn!(%error, "telemetry server failed");
-            }
-        }
-        () = give_up => {}
-    }
+    // Once stopped, requests in flight get a short grace period; a scraper
+    // that holds its connection open does not hold up the node's exit.
+    Listener::new(listener, limits)
+        .serve(service, async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        })
+        .await;
 }
 
 async fn metrics_handler(State(state): State<Arc<AppState>>) -> Response {

@@ -13,7 +13,7 @@ use statestream::config::AppConfig;
 use statestream::store::{KvStore, MultiStore, StoreKey};
 use statestream::{
     Block, BlockMeta, Delivery, DeliveryManager, Error, Registry, StreamError, Streamer,
-    StreamerSetup, TelemetryServer,
+    StreamerSetup, TelemetryOptions, TelemetryServer,
 };
 
 /// How long any wait may take before the test fails; nothing asserts a
@@ -708,4 +708,86 @@ fn telemetry_panicking_sync_streamer_fails_its_commit_or_is_restarted() {
     manager.close(&mut store).expect("a clean close");
     assert_eq!(store.cursor("p").expect("cursor"), Some(4));
     server.stop();
+}
+
+/// One raw `GET /healthz` naming `host`: the status and the body. Raw, so
+/// that the `Host` header is the test's, not the client's.
+fn get_as(address: std::net::SocketAddr, host: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).expect("connect");
+    stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    write!(
+        stream,
+        "GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut text = String::new();
+    stream
+        .read_to_string(&mut text)
+        .unwrap_or_else(|e| panic!("reading the response for host {host}: {e}"));
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+#[test]
+fn telemetry_foreign_host_is_421_and_allowed_hosts_adds_names() {
+    let config = AppConfig::parse(
+        "[telemetry]\naddress = \"127.0.0.1:0\"\nallowed_hosts = [\"metrics.internal\"]\n",
+        Path::new("app.toml"),
+    )
+    .expect("config");
+    let options = TelemetryOptions::from_config(config.telemetry().expect("telemetry"));
+    let bank = StoreKey::new("bank").expect("name");
+    let mut store = MultiStore::in_memory(std::slice::from_ref(&bank)).expect("store");
+    let manager = DeliveryManager::builder().start(&mut store).expect("manager");
+    let server = TelemetryServer::start_with(
+        "127.0.0.1:0".parse().expect("address"),
+        &options,
+        manager.observer(),
+        prometheus::Registry::new(),
+    )
+    .expect("server");
+    let address = server.local_addr();
+    let port = address.port();
+    for host in [
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        format!("[::1]:{port}"),
+        "metrics.internal".to_owned(),
+    ] {
+        let (status, body) = get_as(address, &host);
+        assert_eq!(status, 200, "{host}: {body}");
+    }
+    for host in [
+        format!("rebound.attacker.example:{port}"),
+        "metrics.internal.attacker.example".to_owned(),
+    ] {
+        let (status, body) = get_as(address, &host);
+        assert_eq!(status, 421, "{host}: {body}");
+        assert_eq!(body.lines().count(), 1, "{body}");
+        let error: Value = serde_json::from_str(&body).expect("a JSON body");
+        assert!(
+            error["error"].as_str().is_some_and(|e| e.contains(&host)),
+            "{body}"
+        );
+    }
+    // Without allowed_hosts, the added name is foreign too.
+    let strict = TelemetryServer::start(
+        "127.0.0.1:0".parse().expect("address"),
+        manager.observer(),
+        prometheus::Registry::new(),
+    )
+    .expect("server");
+    assert_eq!(get_as(strict.local_addr(), "metrics.internal").0, 421);
+    strict.stop();
+    server.stop();
+    manager.close(&mut store).expect("close");
 }

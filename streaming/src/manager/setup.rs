@@ -242,7 +242,12 @@ fn build(
     let reader: Arc<dyn StateReader> = Arc::new(store.reader());
     // Every streamer's options, and that no two write one place, before
     // any is built (a built one may already hold a port or a directory).
-    if let Some(error) = c.registry.validate(c.specs, &all, c.home).into_iter().next() {
+    if let Some(error) = c
+        .registry
+        .validate(c.specs, &all, c.home)
+        .into_iter()
+        .next()
+    {
         return Err(error);
     }
     let mut built = Vec::with_capacity(c.specs.len());

@@ -747,7 +747,9 @@ fn telemetry_foreign_host_is_421_and_allowed_hosts_adds_names() {
     let options = TelemetryOptions::from_config(config.telemetry().expect("telemetry"));
     let bank = StoreKey::new("bank").expect("name");
     let mut store = MultiStore::in_memory(std::slice::from_ref(&bank)).expect("store");
-    let manager = DeliveryManager::builder().start(&mut store).expect("manager");
+    let manager = DeliveryManager::builder()
+        .start(&mut store)
+        .expect("manager");
     let server = TelemetryServer::start_with(
         "127.0.0.1:0".parse().expect("address"),
         &options,

@@ -12,7 +12,7 @@ use super::encoding::{block_timestamp, timestamp};
 use super::push::push_write;
 use super::{Responses, grant};
 use crate::access::Grant;
-use crate::filter::{Filter, FilterBuilder, key_from_text, key_to_text};
+use crate::filter::{Filter, key_from_text, key_to_text};
 use crate::hub::snapshot::SnapshotWriter;
 use crate::hub::{Event, Hub, SubscriberGuard};
 use crate::metrics::FrontEnd;
@@ -37,7 +37,7 @@ pub(crate) struct DataStreamService {
 
 /// Parses datastream keys: `store`, `store/key`, `store/prefix*`.
 fn parse_keys(hub: &Hub, grant: &Grant, keys: &[String]) -> Result<Filter, Status> {
-    let mut b = FilterBuilder::new(hub.stores());
+    let mut b = hub.filter_builder();
     for k in keys {
         match k.split_once('/') {
             None => {

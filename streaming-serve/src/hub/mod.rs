@@ -28,6 +28,7 @@ use tokio::sync::watch;
 use tokio::time::{Interval, MissedTickBehavior};
 
 use crate::error::HubError;
+use crate::filter::FilterBuilder;
 use crate::metrics::{FrontEnd, ServeMetrics};
 
 pub use slot::HubBlock;
@@ -44,6 +45,7 @@ pub(crate) struct HubSetup {
     pub push: Option<PushQueue>,
     pub heartbeat: Duration,
     pub max_subscribers: usize,
+    pub max_filter_entries: usize,
     pub value_types: Vec<String>,
 }
 
@@ -60,6 +62,7 @@ pub struct Hub {
     closing: watch::Sender<bool>,
     subscribers: AtomicUsize,
     max_subscribers: usize,
+    max_filter_entries: usize,
     heartbeat: Duration,
     metrics: Arc<ServeMetrics>,
 }
@@ -97,6 +100,7 @@ impl Hub {
             closing: watch::Sender::new(false),
             subscribers: AtomicUsize::new(0),
             max_subscribers: setup.max_subscribers,
+            max_filter_entries: setup.max_filter_entries,
             heartbeat: setup.heartbeat,
             metrics: Arc::default(),
         }
@@ -116,6 +120,12 @@ impl Hub {
     /// [`stores`](Hub::stores)).
     pub fn value_types(&self) -> &[String] {
         &self.value_types
+    }
+
+    /// A filter over the streamed stores, of at most `max_filter_entries`
+    /// entries: every front-end builds its requests' filters here.
+    pub fn filter_builder(&self) -> FilterBuilder<'_> {
+        FilterBuilder::new(&self.stores, self.max_filter_entries)
     }
 
     /// The queue pushed writes go to, when the manager gave one.

@@ -175,6 +175,7 @@ impl ServeStreamer {
                 heartbeat: Duration::from_millis(config.heartbeat_ms),
                 max_subscribers: config.max_subscribers,
                 max_filter_entries: config.max_filter_entries,
+                max_snapshots: config.max_snapshots,
                 value_types,
             },
             head,

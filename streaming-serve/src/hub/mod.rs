@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use statestream_core::{Block, PushQueue, StateReader, StoreKey, StoreSelection};
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::{Interval, MissedTickBehavior};
 
 use crate::error::HubError;
@@ -46,6 +46,7 @@ pub(crate) struct HubSetup {
     pub heartbeat: Duration,
     pub max_subscribers: usize,
     pub max_filter_entries: usize,
+    pub max_snapshots: usize,
     pub value_types: Vec<String>,
 }
 
@@ -63,6 +64,10 @@ pub struct Hub {
     subscribers: AtomicUsize,
     max_subscribers: usize,
     max_filter_entries: usize,
+    /// Places for one-shot snapshots; also what bounds their store reads
+    /// on the blocking threads, apart from the live subscribers.
+    snapshots: Arc<Semaphore>,
+    max_snapshots: usize,
     heartbeat: Duration,
     metrics: Arc<ServeMetrics>,
 }
@@ -101,6 +106,8 @@ impl Hub {
             subscribers: AtomicUsize::new(0),
             max_subscribers: setup.max_subscribers,
             max_filter_entries: setup.max_filter_entries,
+            snapshots: Arc::new(Semaphore::new(setup.max_snapshots)),
+            max_snapshots: setup.max_snapshots,
             heartbeat: setup.heartbeat,
             metrics: Arc::default(),
         }
@@ -230,6 +237,19 @@ impl Hub {
         })
     }
 
+    /// Takes a place for a one-shot snapshot (`GET /snapshot`,
+    /// `DataService.Sync`), or refuses it over `max_snapshots` or at
+    /// shutdown. The place is freed when the permit is dropped.
+    pub fn admit_snapshot(&self) -> Result<SnapshotPermit, HubError> {
+        if self.is_closing() {
+            return Err(HubError::ShuttingDown);
+        }
+        Arc::clone(&self.snapshots)
+            .try_acquire_owned()
+            .map(|permit| SnapshotPermit { _permit: permit })
+            .map_err(|_| HubError::TooManySnapshots(self.max_snapshots))
+    }
+
     pub(crate) fn store_error(e: impl std::fmt::Display) -> HubError {
         HubError::Store(e.to_string())
     }
@@ -325,6 +345,12 @@ impl Hub {
             _guard: guard,
         }
     }
+}
+
+/// One place of a one-shot snapshot; freed when dropped.
+#[derive(Debug)]
+pub struct SnapshotPermit {
+    _permit: OwnedSemaphorePermit,
 }
 
 /// One counted subscription; uncounted when dropped.

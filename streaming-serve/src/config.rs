@@ -28,6 +28,8 @@ pub const SERVE_TYPE: &str = "serve";
 /// retain_blocks = 10000
 /// heartbeat_ms = 10000
 /// max_subscribers = 1024
+/// max_filter_entries = 4096
+/// max_snapshots = 4
 /// push_updates = false
 /// value_types = { bank = "int" }
 /// max_connection_ms = 0
@@ -74,6 +76,17 @@ pub struct ServeConfig {
     /// [`DEFAULT_MAX_SUBSCRIBERS`].
     #[serde(default = "default_max_subscribers")]
     pub max_subscribers: usize,
+    /// Stores, prefixes and keys one request's filter may name together
+    /// (every front-end); more is refused as an invalid argument naming
+    /// the limit. Default [`DEFAULT_MAX_FILTER_ENTRIES`].
+    #[serde(default = "default_max_filter_entries")]
+    pub max_filter_entries: usize,
+    /// One-shot snapshots (`GET /snapshot`, `DataService.Sync`) read at
+    /// once, over every front-end; more are refused (HTTP 503 with
+    /// `Retry-After`, gRPC `RESOURCE_EXHAUSTED`). Default
+    /// [`DEFAULT_MAX_SNAPSHOTS`].
+    #[serde(default = "default_max_snapshots")]
+    pub max_snapshots: usize,
     /// Accept `PushUpdate`. Default `false`.
     #[serde(default)]
     pub push_updates: bool,
@@ -94,6 +107,8 @@ impl Default for ServeConfig {
             retain_blocks: default_retain_blocks(),
             heartbeat_ms: default_heartbeat_ms(),
             max_subscribers: default_max_subscribers(),
+            max_filter_entries: default_max_filter_entries(),
+            max_snapshots: default_max_snapshots(),
             push_updates: false,
             value_types: BTreeMap::new(),
         }
@@ -111,6 +126,8 @@ impl std::fmt::Debug for ServeConfig {
             .field("retain_blocks", &self.retain_blocks)
             .field("heartbeat_ms", &self.heartbeat_ms)
             .field("max_subscribers", &self.max_subscribers)
+            .field("max_filter_entries", &self.max_filter_entries)
+            .field("max_snapshots", &self.max_snapshots)
             .field("push_updates", &self.push_updates)
             .field("value_types", &self.value_types)
             .finish()
@@ -133,6 +150,10 @@ pub const DEFAULT_RETAIN_BLOCKS: u64 = 10_000;
 pub const DEFAULT_HEARTBEAT_MS: u64 = 10_000;
 /// The default `max_subscribers`.
 pub const DEFAULT_MAX_SUBSCRIBERS: usize = 1024;
+/// The default `max_filter_entries`.
+pub const DEFAULT_MAX_FILTER_ENTRIES: usize = 4096;
+/// The default `max_snapshots`.
+pub const DEFAULT_MAX_SNAPSHOTS: usize = 4;
 
 fn default_retain_blocks() -> u64 {
     DEFAULT_RETAIN_BLOCKS
@@ -142,6 +163,12 @@ fn default_heartbeat_ms() -> u64 {
 }
 fn default_max_subscribers() -> usize {
     DEFAULT_MAX_SUBSCRIBERS
+}
+fn default_max_filter_entries() -> usize {
+    DEFAULT_MAX_FILTER_ENTRIES
+}
+fn default_max_snapshots() -> usize {
+    DEFAULT_MAX_SNAPSHOTS
 }
 
 /// The default `value_type`.
@@ -201,6 +228,18 @@ impl ServeConfig {
             return Err((
                 "max_subscribers",
                 "expected a positive number of subscribers (at least 1), got 0".into(),
+            ));
+        }
+        if self.max_filter_entries == 0 {
+            return Err((
+                "max_filter_entries",
+                "expected a positive number of filter entries (at least 1), got 0".into(),
+            ));
+        }
+        if self.max_snapshots == 0 {
+            return Err((
+                "max_snapshots",
+                "expected a positive number of snapshots (at least 1), got 0".into(),
             ));
         }
         if self

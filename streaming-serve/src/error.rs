@@ -47,6 +47,11 @@ pub enum HubError {
     /// Too many subscribers.
     #[error("{0} subscribers already: the limit (max_subscribers) is reached; try again later")]
     TooManySubscribers(usize),
+    /// Too many one-shot snapshots being read.
+    #[error(
+        "{0} one-shot snapshots are being read already: the limit (max_snapshots) is reached; try again later"
+    )]
+    TooManySnapshots(usize),
     /// The server is shutting down.
     #[error("the server is shutting down; resume from the height after the last block you saw end")]
     ShuttingDown,

@@ -27,7 +27,7 @@ impl StoreFilter {
     /// Whether `key` is selected.
     pub fn matches(&self, key: &[u8]) -> bool {
         self.whole
-            || self.prefixes.iter().any(|p| key.starts_with(p))
+            || under_prefix(&self.prefixes, key)
             || self
                 .keys
                 .binary_search_by(|k| k.as_slice().cmp(key))
@@ -63,22 +63,33 @@ impl StoreFilter {
             self.keys.clear();
             return;
         }
-        self.prefixes.sort();
+        self.prefixes.sort_unstable();
         self.prefixes.dedup();
-        // Drop a prefix that a shorter one covers (sorted: it comes after).
-        let mut kept: Vec<Vec<u8>> = Vec::new();
+        // Drop a prefix that a shorter kept one covers. Sorted, every
+        // prefix between a kept `k` and one it covers also starts with `k`
+        // (anything not starting with `k` sorts before `k` or after all its
+        // extensions), so the last kept prefix is the only one to compare.
+        let mut kept: Vec<Vec<u8>> = Vec::with_capacity(self.prefixes.len());
         for p in std::mem::take(&mut self.prefixes) {
-            if !kept.iter().any(|k| p.starts_with(k)) {
+            if !kept.last().is_some_and(|k| p.starts_with(k)) {
                 kept.push(p);
             }
         }
         self.prefixes = kept;
-        self.keys.sort();
+        self.keys.sort_unstable();
         self.keys.dedup();
         let prefixes = &self.prefixes;
-        self.keys
-            .retain(|k| !prefixes.iter().any(|p| k.starts_with(p)));
+        self.keys.retain(|k| !under_prefix(prefixes, k));
     }
+}
+
+/// Whether `key` starts with one of `prefixes` (sorted, none a prefix of
+/// another). A prefix of `key` sorts at or before it, and any prefix
+/// between it and `key` would have to extend it, so only the greatest
+/// prefix not above `key` can match: one binary search.
+fn under_prefix(prefixes: &[Vec<u8>], key: &[u8]) -> bool {
+    let at = prefixes.partition_point(|p| p.as_slice() <= key);
+    at > 0 && key.starts_with(&prefixes[at - 1])
 }
 
 /// A subscription's selection, per streamed store (stores not in it are
@@ -88,24 +99,39 @@ pub struct Filter {
     stores: BTreeMap<StoreKey, StoreFilter>,
 }
 
-/// Builds a [`Filter`], checking every store against the streamed ones.
+/// Builds a [`Filter`], checking every store against the streamed ones and
+/// the number of entries against the streamer's `max_filter_entries`.
 #[derive(Debug)]
 pub struct FilterBuilder<'a> {
     streamed: &'a [StoreKey],
     stores: BTreeMap<StoreKey, StoreFilter>,
+    entries: usize,
+    max_entries: usize,
 }
 
 impl<'a> FilterBuilder<'a> {
     /// An empty selection over `streamed` (which, left empty, selects every
-    /// streamed store).
-    pub fn new(streamed: &'a [StoreKey]) -> FilterBuilder<'a> {
+    /// streamed store) of at most `max_entries` stores, prefixes and keys
+    /// together.
+    pub fn new(streamed: &'a [StoreKey], max_entries: usize) -> FilterBuilder<'a> {
         FilterBuilder {
             streamed,
             stores: BTreeMap::new(),
+            entries: 0,
+            max_entries,
         }
     }
 
     fn store(&mut self, name: &str, what: &str) -> Result<&mut StoreFilter, HubError> {
+        // Counted before anything is kept, so an oversized request is
+        // refused after at most `max_entries` cheap steps.
+        if self.entries >= self.max_entries {
+            return Err(HubError::InvalidArgument(format!(
+                "{what}: the filter has more than {} entries (stores, prefixes and keys together), the limit (max_filter_entries)",
+                self.max_entries
+            )));
+        }
+        self.entries += 1;
         let key = self
             .streamed
             .iter()
@@ -173,7 +199,7 @@ impl<'a> FilterBuilder<'a> {
 impl Filter {
     /// Every streamed store.
     pub fn all(streamed: &[StoreKey]) -> Filter {
-        FilterBuilder::new(streamed).build()
+        FilterBuilder::new(streamed, usize::MAX).build()
     }
 
     /// The selected stores and their parts, in store-name order.
@@ -241,9 +267,9 @@ mod tests {
     #[test]
     fn empty_selects_every_store_and_unknown_stores_are_named() {
         let s = stores();
-        let f = FilterBuilder::new(&s).build();
+        let f = FilterBuilder::new(&s, 100).build();
         assert!(f.store("acc").unwrap().whole && f.store("bank").unwrap().whole);
-        let mut b = FilterBuilder::new(&s);
+        let mut b = FilterBuilder::new(&s, 100);
         let err = b.whole("nope", "stores").unwrap_err();
         assert!(err.to_string().contains("\"nope\""), "{err}");
     }
@@ -251,7 +277,7 @@ mod tests {
     #[test]
     fn prefixes_and_keys_are_normalised() {
         let s = stores();
-        let mut b = FilterBuilder::new(&s);
+        let mut b = FilterBuilder::new(&s, 100);
         b.prefix("acc", b"ab", "p").unwrap();
         b.prefix("acc", b"a", "p").unwrap();
         b.key("acc", b"abc", "k").unwrap();
@@ -263,6 +289,72 @@ mod tests {
         assert!(a.matches(b"abc") && a.matches(b"z") && !a.matches(b"y"));
         assert!(f.store("bank").is_none());
         assert_eq!(a.ranges().len(), 2);
+    }
+
+    #[test]
+    fn more_entries_than_the_limit_are_refused_naming_it() {
+        let s = stores();
+        let mut b = FilterBuilder::new(&s, 2);
+        b.prefix("acc", b"a", "filter.prefixes").unwrap();
+        b.key("bank", b"k", "keys").unwrap();
+        let err = b.prefix("acc", b"b", "filter.prefixes").unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, HubError::InvalidArgument(_)), "{err:?}");
+        assert!(
+            text.contains("max_filter_entries") && text.contains('2'),
+            "{text}"
+        );
+        assert!(text.starts_with("filter.prefixes"), "{text}");
+    }
+
+    /// The normalisation as it was: every prefix against every kept one,
+    /// every key against every prefix, a linear scan per lookup.
+    fn quadratic(prefixes: &[Vec<u8>], keys: &[Vec<u8>]) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+        let mut ps = prefixes.to_vec();
+        ps.sort();
+        ps.dedup();
+        let mut kept: Vec<Vec<u8>> = Vec::new();
+        for p in ps {
+            if !kept.iter().any(|k| p.starts_with(k)) {
+                kept.push(p);
+            }
+        }
+        let mut ks = keys.to_vec();
+        ks.sort();
+        ks.dedup();
+        ks.retain(|k| !kept.iter().any(|p| k.starts_with(p)));
+        (kept, ks)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn normalisation_and_lookup_agree_with_the_quadratic_ones(
+            // A small alphabet, so prefixes often cover one another.
+            prefixes in proptest::collection::vec(proptest::collection::vec(0u8..3, 1..5), 0..40),
+            keys in proptest::collection::vec(proptest::collection::vec(0u8..3, 1..6), 0..40),
+            probes in proptest::collection::vec(proptest::collection::vec(0u8..3, 0..6), 0..40),
+        ) {
+            let mut f = StoreFilter {
+                whole: false,
+                prefixes: prefixes.clone(),
+                keys: keys.clone(),
+            };
+            f.normalise();
+            let (kept, ks) = quadratic(&prefixes, &keys);
+            proptest::prop_assert_eq!(&f.prefixes, &kept);
+            proptest::prop_assert_eq!(&f.keys, &ks);
+            for probe in probes.iter().chain(&prefixes).chain(&keys) {
+                let linear = kept.iter().any(|p| probe.starts_with(p))
+                    || ks.contains(probe);
+                proptest::prop_assert_eq!(f.matches(probe), linear, "probe {:?}", probe);
+                // Every selected key is also in exactly the ranges read.
+                let in_ranges = f.ranges().iter().any(|r| {
+                    use std::ops::RangeBounds;
+                    r.contains(probe)
+                });
+                proptest::prop_assert_eq!(in_ranges, linear, "ranges, probe {:?}", probe);
+            }
+        }
     }
 
     #[test]

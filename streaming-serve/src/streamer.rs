@@ -174,6 +174,8 @@ impl ServeStreamer {
                 push: ctx.push.cloned(),
                 heartbeat: Duration::from_millis(config.heartbeat_ms),
                 max_subscribers: config.max_subscribers,
+                max_filter_entries: config.max_filter_entries,
+                max_snapshots: config.max_snapshots,
                 value_types,
             },
             head,

@@ -12,7 +12,7 @@ use super::encoding::{block_timestamp, timestamp};
 use super::push::push_write;
 use super::{Responses, grant};
 use crate::access::Grant;
-use crate::filter::{Filter, FilterBuilder, key_from_text, key_to_text};
+use crate::filter::{Filter, key_from_text, key_to_text};
 use crate::hub::snapshot::SnapshotWriter;
 use crate::hub::{Event, Hub, SubscriberGuard};
 use crate::metrics::FrontEnd;
@@ -29,6 +29,12 @@ pub const DELETED: &str = "deleted";
 /// [`GRPC_DEFAULT_MAX_MESSAGE`](super::GRPC_DEFAULT_MAX_MESSAGE).
 pub const DATASTREAM_MESSAGE_BYTES: usize = 3 * 1024 * 1024;
 
+/// The largest `Sync` answer: gRPC's default message size limit.
+pub(crate) const SYNC_MAX_BYTES: usize = super::GRPC_DEFAULT_MAX_MESSAGE;
+
+/// The batches a `Sync` answer is read in.
+const SYNC_BATCH_BYTES: usize = 256 * 1024;
+
 #[derive(Clone)]
 pub(crate) struct DataStreamService {
     pub hub: Arc<Hub>,
@@ -37,7 +43,7 @@ pub(crate) struct DataStreamService {
 
 /// Parses datastream keys: `store`, `store/key`, `store/prefix*`.
 fn parse_keys(hub: &Hub, grant: &Grant, keys: &[String]) -> Result<Filter, Status> {
-    let mut b = FilterBuilder::new(hub.stores());
+    let mut b = hub.filter_builder();
     for k in keys {
         match k.split_once('/') {
             None => {
@@ -199,12 +205,25 @@ impl DataService for DataStreamService {
     async fn sync(&self, request: Request<DataRequest>) -> Result<Response<DataResponse>, Status> {
         let grant = grant(&request)?;
         let filter = parse_keys(&self.hub, &grant, &request.into_inner().keys)?;
-        // One response: no batch is ever full.
-        let reader = self.hub.read_snapshot(filter, |at| {
-            Responder::new(&self.hub, at.time(), usize::MAX)
+        let _permit = self.hub.admit_snapshot()?;
+        // `Sync` is unary: its answer is one message, which a client
+        // refuses over its message size limit (gRPC's default unless it
+        // raised it). Read in batches and stop at the limit, so an
+        // oversized answer is refused before it is held whole.
+        let mut reader = self.hub.read_snapshot(filter, |at| {
+            Responder::new(&self.hub, at.time(), SYNC_BATCH_BYTES)
         })?;
         let mut all = HashMap::new();
-        for response in reader.collect().await? {
+        let mut bytes = 0;
+        while let Some(response) = reader.next().await? {
+            // A map's entries are encoded one by one: the whole answer's
+            // size is the sum of its batches'.
+            bytes += prost::Message::encoded_len(&response);
+            if bytes > SYNC_MAX_BYTES {
+                return Err(Status::resource_exhausted(format!(
+                    "the answer is over {SYNC_MAX_BYTES} bytes, the gRPC message size limit (Sync answers in one message); ask for fewer keys, or use Subscribe, which sends the state in several messages"
+                )));
+            }
             all.extend(response.data);
         }
         Ok(Response::new(DataResponse { data: all }))

@@ -79,7 +79,9 @@ impl From<HubError> for Status {
         match e {
             HubError::OutOfRange { .. } => Status::out_of_range(message),
             HubError::InvalidArgument(_) => Status::invalid_argument(message),
-            HubError::TooManySubscribers(_) => Status::resource_exhausted(message),
+            HubError::TooManySubscribers(_) | HubError::TooManySnapshots(_) => {
+                Status::resource_exhausted(message)
+            }
             HubError::ShuttingDown => Status::unavailable(message),
             HubError::Store(_) => Status::internal(message),
         }

@@ -13,7 +13,7 @@ use super::push::push_write;
 use super::wire::{Framed, SUBSCRIBE_BLOCK, SUBSCRIBE_HEARTBEAT, SUBSCRIBE_SNAPSHOT};
 use crate::access::Grant;
 use crate::error::HubError;
-use crate::filter::{Filter, FilterBuilder};
+use crate::filter::Filter;
 use crate::hub::{Event, Hub, SubscriberGuard};
 use crate::metrics::FrontEnd;
 use crate::outbox::{self, Outbox, Sink, SubscriptionEnd};
@@ -28,7 +28,7 @@ pub(crate) struct StateStreamService {
 }
 
 fn parse_filter(hub: &Hub, grant: &Grant, filter: Option<pb::Filter>) -> Result<Filter, Status> {
-    let mut b = FilterBuilder::new(hub.stores());
+    let mut b = hub.filter_builder();
     if let Some(f) = filter {
         for s in &f.stores {
             b.whole(s, "filter.stores")?;

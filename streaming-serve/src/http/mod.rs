@@ -121,6 +121,7 @@ impl AppState {
             };
             HttpError {
                 status: StatusCode::UNAUTHORIZED,
+                retry_after: false,
                 message: message.to_string(),
             }
         })
@@ -131,6 +132,8 @@ impl AppState {
 #[derive(Debug)]
 pub(crate) struct HttpError {
     status: StatusCode,
+    /// Answered with `Retry-After: 1`.
+    retry_after: bool,
     message: String,
 }
 
@@ -138,6 +141,7 @@ impl HttpError {
     fn bad_request(message: impl Into<String>) -> HttpError {
         HttpError {
             status: StatusCode::BAD_REQUEST,
+            retry_after: false,
             message: message.into(),
         }
     }
@@ -147,13 +151,15 @@ impl From<HubError> for HttpError {
     fn from(e: HubError) -> HttpError {
         let status = match e {
             HubError::OutOfRange { .. } | HubError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
-            HubError::TooManySubscribers(_) | HubError::ShuttingDown => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            HubError::TooManySubscribers(_)
+            | HubError::TooManySnapshots(_)
+            | HubError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             HubError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         HttpError {
             status,
+            // A one-shot snapshot is short: worth retrying soon.
+            retry_after: matches!(e, HubError::TooManySnapshots(_)),
             message: e.to_string(),
         }
     }
@@ -168,6 +174,11 @@ impl IntoResponse for HttpError {
             body,
         )
             .into_response();
+        if self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()

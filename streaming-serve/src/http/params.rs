@@ -6,7 +6,7 @@ use base64::Engine as _;
 
 use super::HttpError;
 use crate::access::Grant;
-use crate::filter::{Filter, FilterBuilder, key_from_text};
+use crate::filter::{Filter, key_from_text};
 use crate::hub::Hub;
 
 /// How keys and values are written in the JSON.
@@ -120,7 +120,7 @@ pub(super) fn parse_params(raw: Option<&str>) -> Result<Params, HttpError> {
 impl Params {
     /// The selection asked for, within what `grant` allows.
     pub(super) fn filter(&self, hub: &Hub, grant: &Grant) -> Result<Filter, HttpError> {
-        let mut b = FilterBuilder::new(hub.stores());
+        let mut b = hub.filter_builder();
         for s in &self.stores {
             b.whole(s, "stores")?;
         }

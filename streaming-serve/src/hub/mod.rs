@@ -24,10 +24,11 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use statestream_core::{Block, PushQueue, StateReader, StoreKey, StoreSelection};
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::{Interval, MissedTickBehavior};
 
 use crate::error::HubError;
+use crate::filter::FilterBuilder;
 use crate::metrics::{FrontEnd, ServeMetrics};
 
 pub use slot::HubBlock;
@@ -44,6 +45,8 @@ pub(crate) struct HubSetup {
     pub push: Option<PushQueue>,
     pub heartbeat: Duration,
     pub max_subscribers: usize,
+    pub max_filter_entries: usize,
+    pub max_snapshots: usize,
     pub value_types: Vec<String>,
 }
 
@@ -60,6 +63,11 @@ pub struct Hub {
     closing: watch::Sender<bool>,
     subscribers: AtomicUsize,
     max_subscribers: usize,
+    max_filter_entries: usize,
+    /// Places for one-shot snapshots; also what bounds their store reads
+    /// on the blocking threads, apart from the live subscribers.
+    snapshots: Arc<Semaphore>,
+    max_snapshots: usize,
     heartbeat: Duration,
     metrics: Arc<ServeMetrics>,
 }
@@ -97,6 +105,9 @@ impl Hub {
             closing: watch::Sender::new(false),
             subscribers: AtomicUsize::new(0),
             max_subscribers: setup.max_subscribers,
+            max_filter_entries: setup.max_filter_entries,
+            snapshots: Arc::new(Semaphore::new(setup.max_snapshots)),
+            max_snapshots: setup.max_snapshots,
             heartbeat: setup.heartbeat,
             metrics: Arc::default(),
         }
@@ -116,6 +127,12 @@ impl Hub {
     /// [`stores`](Hub::stores)).
     pub fn value_types(&self) -> &[String] {
         &self.value_types
+    }
+
+    /// A filter over the streamed stores, of at most `max_filter_entries`
+    /// entries: every front-end builds its requests' filters here.
+    pub fn filter_builder(&self) -> FilterBuilder<'_> {
+        FilterBuilder::new(&self.stores, self.max_filter_entries)
     }
 
     /// The queue pushed writes go to, when the manager gave one.
@@ -220,6 +237,19 @@ impl Hub {
         })
     }
 
+    /// Takes a place for a one-shot snapshot (`GET /snapshot`,
+    /// `DataService.Sync`), or refuses it over `max_snapshots` or at
+    /// shutdown. The place is freed when the permit is dropped.
+    pub fn admit_snapshot(&self) -> Result<SnapshotPermit, HubError> {
+        if self.is_closing() {
+            return Err(HubError::ShuttingDown);
+        }
+        Arc::clone(&self.snapshots)
+            .try_acquire_owned()
+            .map(|permit| SnapshotPermit { _permit: permit })
+            .map_err(|_| HubError::TooManySnapshots(self.max_snapshots))
+    }
+
     pub(crate) fn store_error(e: impl std::fmt::Display) -> HubError {
         HubError::Store(e.to_string())
     }
@@ -315,6 +345,12 @@ impl Hub {
             _guard: guard,
         }
     }
+}
+
+/// One place of a one-shot snapshot; freed when dropped.
+#[derive(Debug)]
+pub struct SnapshotPermit {
+    _permit: OwnedSemaphorePermit,
 }
 
 /// One counted subscription; uncounted when dropped.

@@ -198,6 +198,8 @@ fn startup_errors_name_the_key_or_say_why_the_address_is_unusable() {
     for (extra, key) in [
         ("grpc_address = \"nonsense\"", "grpc_address"),
         ("max_subscribers = 0", "max_subscribers"),
+        ("max_filter_entries = 0", "max_filter_entries"),
+        ("max_snapshots = 0", "max_snapshots"),
         ("heartbeat_ms = 0", "heartbeat_ms"),
         ("retain_blocks = 0", "retain_blocks"),
         ("value_types = { zzz = \"int\" }", "value_types"),

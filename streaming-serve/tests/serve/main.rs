@@ -4,6 +4,7 @@
 
 mod util;
 
+mod bounds;
 mod datastream;
 mod es;
 mod limits;

@@ -322,14 +322,15 @@ pub fn execute(args: &NodeArgs, quiet: bool) -> Result<Summary> {
         }
         let height = store.version() + 1;
         let mut pushed = push.drain();
+        // `commit_pushed` answers the pushers with the height once the
+        // block committed, also when a streamer then halts the node.
         let step = workload::run_block(&mut store, &stores, seed, height, args.writes_per_block)
             .and_then(|mut meta| {
                 workload::apply_pushed(&mut store, &stores, &mut pushed, &mut meta)?;
-                Ok(manager.commit(&mut store, meta)?)
+                Ok(manager.commit_pushed(&mut store, meta, pushed)?)
             });
         match step {
             Ok(info) => {
-                pushed.committed(info.version);
                 committed += 1;
                 tracing::debug!(height = info.version, app_hash = %to_hex(&info.app_hash), "committed");
                 if let Some(p) = &progress {

@@ -79,6 +79,8 @@ pub use context::{
 pub use error::{BoxError, Error, Result, StreamError};
 pub use hash::{Hash, ZERO_HASH, app_hash, chain_store_hash, to_hex};
 pub use key::{MAX_STORE_KEY_LEN, StoreKey};
-pub use push::{PUSH_QUEUE_LIMIT, PushBatch, PushError, PushQueue, PushReply, PushedWrite};
+pub use push::{
+    PUSH_BLOCK_BYTES, PUSH_QUEUE_LIMIT, PushBatch, PushError, PushQueue, PushReply, PushedWrite,
+};
 pub use record::{Record, Records, decode_message, encode_record};
 pub use streamer::Streamer;

@@ -7,7 +7,9 @@
 //! application [`attach`](PushQueue::attach)es to say it drains the queue,
 //! then before each commit takes a [`PushBatch`] with
 //! [`drain`](PushQueue::drain), applies what it accepts, and after the
-//! commit tells the batch the height ([`PushBatch::committed`]). A write
+//! commit tells the batch the height ([`PushBatch::committed`]; the
+//! delivery manager's `commit_pushed` does both, and answers a block that
+//! committed with its height even when a streamer then halts the node). A write
 //! the application refuses gets [`PushedWrite::reject`]; a batch dropped
 //! unanswered rejects what is left, so no pusher waits for ever.
 //!
@@ -22,12 +24,19 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 /// Writes a queue holds at most before [`PushQueue::push`] refuses more.
 pub const PUSH_QUEUE_LIMIT: usize = 10_000;
 
+/// Pushed bytes (keys and values) one [`PushQueue::drain`] takes at most:
+/// one block never carries more pushed bytes than this; the writes left
+/// wait for the next block, in push order. A single write larger than this
+/// is refused by [`PushQueue::push`].
+pub const PUSH_BLOCK_BYTES: usize = 4 << 20;
+
 /// What a pusher is told: the height that committed its write, or why it
 /// was not.
 pub type PushReply = Box<dyn FnOnce(Result<u64, String>) + Send>;
 
 /// Why [`PushQueue::push`] refused a write.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum PushError {
     /// No application drains this queue.
     #[error("the application does not accept pushed writes")]
@@ -35,6 +44,14 @@ pub enum PushError {
     /// The application has not drained the queue for a while.
     #[error("{0} pushed writes are waiting for the next block; try again later")]
     Full(usize),
+    /// The writes waiting would hold more than the pusher's byte limit.
+    #[error(
+        "{queued} bytes of pushed writes are waiting for the next blocks (limit {limit}); try again later"
+    )]
+    FullBytes { queued: usize, limit: usize },
+    /// One write (key and value) is larger than a block may carry.
+    #[error("the write's key and value are {size} bytes, more than the {limit} one block carries")]
+    TooLarge { size: usize, limit: usize },
 }
 
 /// One pushed write: set `store`/`key` to `value`, or delete it (`None`).
@@ -59,6 +76,12 @@ impl std::fmt::Debug for PushedWrite {
 }
 
 impl PushedWrite {
+    /// The bytes this write counts for in the queue's and a block's
+    /// limits: its key and value.
+    pub fn size(&self) -> usize {
+        write_size(&self.key, self.value.as_deref())
+    }
+
     /// The application refuses this write; the pusher is told `reason`.
     pub fn reject(mut self, reason: impl Into<String>) {
         if let Some(reply) = self.reply.take() {
@@ -77,9 +100,16 @@ impl Drop for PushedWrite {
     }
 }
 
+/// The bytes a write of `key` and `value` counts for.
+fn write_size(key: &[u8], value: Option<&[u8]>) -> usize {
+    key.len() + value.map_or(0, <[u8]>::len)
+}
+
 #[derive(Default)]
 struct Inner {
     writes: VecDeque<PushedWrite>,
+    /// The sum of the waiting writes' sizes.
+    bytes: usize,
     attached: bool,
 }
 
@@ -96,6 +126,7 @@ impl std::fmt::Debug for PushQueue {
         f.debug_struct("PushQueue")
             .field("attached", &inner.attached)
             .field("pending", &inner.writes.len())
+            .field("bytes", &inner.bytes)
             .finish()
     }
 }
@@ -121,16 +152,26 @@ impl PushQueue {
         self.lock().attached
     }
 
-    /// Queues a write; `reply` is called exactly once, with the committing
-    /// height or the reason it was not committed (possibly on another
-    /// thread; it must not block).
+    /// Queues a write unless the waiting writes would then hold more than
+    /// `max_queued_bytes` (keys and values; each pusher brings its own
+    /// limit, a `serve` streamer its `max_push_bytes`); `reply` is called
+    /// exactly once, with the committing height or the reason it was not
+    /// committed (possibly on another thread; it must not block).
     pub fn push(
         &self,
+        max_queued_bytes: usize,
         store: String,
         key: Vec<u8>,
         value: Option<Vec<u8>>,
         reply: PushReply,
     ) -> Result<(), PushError> {
+        let size = write_size(&key, value.as_deref());
+        if size > PUSH_BLOCK_BYTES {
+            return Err(PushError::TooLarge {
+                size,
+                limit: PUSH_BLOCK_BYTES,
+            });
+        }
         let mut inner = self.lock();
         if !inner.attached {
             return Err(PushError::NotAttached);
@@ -138,6 +179,13 @@ impl PushQueue {
         if inner.writes.len() >= PUSH_QUEUE_LIMIT {
             return Err(PushError::Full(inner.writes.len()));
         }
+        if inner.bytes.saturating_add(size) > max_queued_bytes {
+            return Err(PushError::FullBytes {
+                queued: inner.bytes,
+                limit: max_queued_bytes,
+            });
+        }
+        inner.bytes += size;
         inner.writes.push_back(PushedWrite {
             store,
             key,
@@ -157,11 +205,29 @@ impl PushQueue {
         self.len() == 0
     }
 
-    /// Takes every waiting write, in push order.
+    /// Bytes (keys and values) of the writes waiting.
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
+    /// Takes the waiting writes for one block, in push order, up to
+    /// [`PUSH_BLOCK_BYTES`] of keys and values; the rest wait for the next
+    /// drain.
     pub fn drain(&self) -> PushBatch {
-        PushBatch {
-            writes: self.lock().writes.drain(..).collect(),
+        let mut inner = self.lock();
+        let mut taken = 0usize;
+        let mut writes = Vec::new();
+        while let Some(w) = inner.writes.front() {
+            let size = w.size();
+            // `push` refuses a write over the limit, so the first always fits.
+            if taken + size > PUSH_BLOCK_BYTES {
+                break;
+            }
+            taken += size;
+            writes.extend(inner.writes.pop_front());
         }
+        inner.bytes -= taken;
+        PushBatch { writes }
     }
 }
 
@@ -227,13 +293,20 @@ mod tests {
             })
         };
         assert_eq!(
-            q.push("s".into(), b"k".to_vec(), None, reply(&tx)),
+            q.push(usize::MAX, "s".into(), b"k".to_vec(), None, reply(&tx)),
             Err(PushError::NotAttached)
         );
         q.attach();
-        q.push("s".into(), b"a".to_vec(), Some(b"1".to_vec()), reply(&tx))
+        q.push(
+            usize::MAX,
+            "s".into(),
+            b"a".to_vec(),
+            Some(b"1".to_vec()),
+            reply(&tx),
+        )
+        .unwrap();
+        q.push(usize::MAX, "t".into(), b"b".to_vec(), None, reply(&tx))
             .unwrap();
-        q.push("t".into(), b"b".to_vec(), None, reply(&tx)).unwrap();
         let mut batch = q.drain();
         assert!(q.is_empty());
         batch.retain(|w| {
@@ -246,8 +319,51 @@ mod tests {
         assert_eq!(rx.recv().unwrap(), Err("no".into()));
         batch.committed(7);
         assert_eq!(rx.recv().unwrap(), Ok(7));
-        q.push("s".into(), b"c".to_vec(), None, reply(&tx)).unwrap();
+        q.push(usize::MAX, "s".into(), b"c".to_vec(), None, reply(&tx))
+            .unwrap();
         drop(q.drain());
         assert!(rx.recv().unwrap().is_err());
+    }
+
+    #[test]
+    fn push_bounds_bytes_and_drain_takes_one_block_of_bytes() {
+        let q = PushQueue::new();
+        q.attach();
+        let reply = || -> PushReply { Box::new(|_| {}) };
+        let quarter = PUSH_BLOCK_BYTES / 4;
+        let value = |n: usize| Some(vec![b'v'; n - 1]);
+        assert_eq!(
+            q.push(
+                usize::MAX,
+                "s".into(),
+                b"k".to_vec(),
+                value(PUSH_BLOCK_BYTES + 1),
+                reply()
+            ),
+            Err(PushError::TooLarge {
+                size: PUSH_BLOCK_BYTES + 1,
+                limit: PUSH_BLOCK_BYTES
+            })
+        );
+        let limit = 9 * quarter;
+        for _ in 0..9 {
+            q.push(limit, "s".into(), b"k".to_vec(), value(quarter), reply())
+                .unwrap();
+        }
+        assert_eq!(q.bytes(), 9 * quarter);
+        assert_eq!(
+            q.push(limit, "s".into(), b"k".to_vec(), Some(vec![]), reply()),
+            Err(PushError::FullBytes {
+                queued: 9 * quarter,
+                limit
+            })
+        );
+        let sizes: Vec<usize> = std::iter::from_fn(|| {
+            let b = q.drain();
+            (!b.is_empty()).then(|| b.writes().iter().map(PushedWrite::size).sum())
+        })
+        .collect();
+        assert_eq!(sizes, vec![4 * quarter, 4 * quarter, quarter]);
+        assert_eq!(q.bytes(), 0);
     }
 }

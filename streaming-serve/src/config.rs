@@ -5,7 +5,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 
 use serde::Deserialize;
 use statestream_config::{ConfigError, StreamerOptions};
-use statestream_core::{BoxError, StreamerContext};
+use statestream_core::{BoxError, PUSH_BLOCK_BYTES, StreamerContext};
 
 use crate::streamer::ServeStreamer;
 
@@ -31,6 +31,8 @@ pub const SERVE_TYPE: &str = "serve";
 /// max_filter_entries = 4096
 /// max_snapshots = 4
 /// push_updates = false
+/// max_push_bytes = 67108864
+/// max_push_value_bytes = 1048576
 /// value_types = { bank = "int" }
 /// max_connection_ms = 0
 /// cors_origins = []
@@ -90,6 +92,17 @@ pub struct ServeConfig {
     /// Accept `PushUpdate`. Default `false`.
     #[serde(default)]
     pub push_updates: bool,
+    /// Bytes of pushed keys and values waiting for the next blocks beyond
+    /// which a `PushUpdate` is refused (`RESOURCE_EXHAUSTED`). Default
+    /// [`DEFAULT_MAX_PUSH_BYTES`].
+    #[serde(default = "default_max_push_bytes")]
+    pub max_push_bytes: usize,
+    /// Bytes of one pushed write's key and value beyond which it is
+    /// refused (`INVALID_ARGUMENT`); at most
+    /// [`PUSH_BLOCK_BYTES`](statestream_core::PUSH_BLOCK_BYTES). Default
+    /// [`DEFAULT_MAX_PUSH_VALUE_BYTES`].
+    #[serde(default = "default_max_push_value_bytes")]
+    pub max_push_value_bytes: usize,
     /// Per store, the `value_type` datastream clients see. Default
     /// [`DEFAULT_VALUE_TYPE`] for every store.
     #[serde(default)]
@@ -110,6 +123,8 @@ impl Default for ServeConfig {
             max_filter_entries: default_max_filter_entries(),
             max_snapshots: default_max_snapshots(),
             push_updates: false,
+            max_push_bytes: default_max_push_bytes(),
+            max_push_value_bytes: default_max_push_value_bytes(),
             value_types: BTreeMap::new(),
         }
     }
@@ -129,6 +144,8 @@ impl std::fmt::Debug for ServeConfig {
             .field("max_filter_entries", &self.max_filter_entries)
             .field("max_snapshots", &self.max_snapshots)
             .field("push_updates", &self.push_updates)
+            .field("max_push_bytes", &self.max_push_bytes)
+            .field("max_push_value_bytes", &self.max_push_value_bytes)
             .field("value_types", &self.value_types)
             .finish()
     }
@@ -155,6 +172,17 @@ pub const DEFAULT_MAX_FILTER_ENTRIES: usize = 4096;
 /// The default `max_snapshots`.
 pub const DEFAULT_MAX_SNAPSHOTS: usize = 4;
 
+/// The default `max_push_bytes`.
+pub const DEFAULT_MAX_PUSH_BYTES: usize = 64 << 20;
+/// The default `max_push_value_bytes`.
+pub const DEFAULT_MAX_PUSH_VALUE_BYTES: usize = 1 << 20;
+
+fn default_max_push_bytes() -> usize {
+    DEFAULT_MAX_PUSH_BYTES
+}
+fn default_max_push_value_bytes() -> usize {
+    DEFAULT_MAX_PUSH_VALUE_BYTES
+}
 fn default_retain_blocks() -> u64 {
     DEFAULT_RETAIN_BLOCKS
 }
@@ -240,6 +268,24 @@ impl ServeConfig {
             return Err((
                 "max_snapshots",
                 "expected a positive number of snapshots (at least 1), got 0".into(),
+            ));
+        }
+        if self.max_push_value_bytes == 0 || self.max_push_value_bytes > PUSH_BLOCK_BYTES {
+            return Err((
+                "max_push_value_bytes",
+                format!(
+                    "expected 1 to {PUSH_BLOCK_BYTES} bytes (what one block carries of pushed writes), got {}",
+                    self.max_push_value_bytes
+                ),
+            ));
+        }
+        if self.max_push_bytes < self.max_push_value_bytes {
+            return Err((
+                "max_push_bytes",
+                format!(
+                    "expected at least max_push_value_bytes ({}) bytes, got {}",
+                    self.max_push_value_bytes, self.max_push_bytes
+                ),
             ));
         }
         if self

@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use crate::config::{Addresses, DEFAULT_VALUE_TYPE, ServeConfig};
 use crate::error::ServeError;
-use crate::hub::{Hub, HubSetup};
+use crate::hub::{Hub, HubSetup, PushLimits};
 
 /// How long a clean shutdown waits for the servers to end their streams.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
@@ -172,6 +172,10 @@ impl ServeStreamer {
                 selection: StoreSelection::new(ctx.all_stores, ctx.stores),
                 reader,
                 push: ctx.push.cloned(),
+                push_limits: PushLimits {
+                    queued_bytes: config.max_push_bytes,
+                    write_bytes: config.max_push_value_bytes,
+                },
                 heartbeat: Duration::from_millis(config.heartbeat_ms),
                 max_subscribers: config.max_subscribers,
                 max_filter_entries: config.max_filter_entries,

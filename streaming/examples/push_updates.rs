@@ -38,8 +38,9 @@ fn run_node(
                 None => store.delete(&StoreKey::new(&w.store)?, &w.key)?,
             }
         }
-        let info = manager.commit(store, BlockMeta::default())?;
-        batch.committed(info.version); // each pusher is answered with the height
+        // Each pusher is answered with the height, also when a streamer
+        // halts the node on this block (it committed); then `?` stops.
+        manager.commit_pushed(store, BlockMeta::default(), batch)?;
     }
 }
 // docs/serve.md example: end

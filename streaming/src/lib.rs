@@ -87,9 +87,10 @@ pub use serve_metrics::register_serve_metrics;
 pub use statestream_config as config;
 pub use statestream_config::Delivery;
 pub use statestream_core::{
-    Action, Block, BlockMeta, BoxError, ChangeSet, CommitInfo, Hash, PushBatch, PushError,
-    PushQueue, PushedWrite, Record, Shutdown, StateReader, StateSnapshot, StoreKey, StoreSelection,
-    StreamError, Streamer, StreamerContext, Tx, crc32c_append, plugin, proto, to_hex,
+    Action, Block, BlockMeta, BoxError, ChangeSet, CommitInfo, Hash, PUSH_BLOCK_BYTES, PushBatch,
+    PushError, PushQueue, PushedWrite, Record, Shutdown, StateReader, StateSnapshot, StoreKey,
+    StoreSelection, StreamError, Streamer, StreamerContext, Tx, crc32c_append, plugin, proto,
+    to_hex,
 };
 /// The store (`statestream-store`), for an application that depends on this
 /// crate alone.

@@ -33,12 +33,23 @@ pub(crate) async fn push_write(
     if key.is_empty() {
         return Err(Status::invalid_argument("the key is empty"));
     }
+    let limits = hub.push_limits();
+    let size = key.len() + value.as_ref().map_or(0, Vec::len);
+    if size > limits.write_bytes {
+        return Err(Status::invalid_argument(format!(
+            "the write's key and value are {size} bytes, more than max_push_value_bytes ({}) \
+             of [streamers.{}]",
+            limits.write_bytes,
+            hub.name()
+        )));
+    }
     let queue = hub.push_queue().ok_or_else(|| {
         Status::failed_precondition("the application does not accept pushed writes")
     })?;
     let (tx, rx) = oneshot::channel();
     queue
         .push(
+            limits.queued_bytes,
             store.to_string(),
             key,
             value,
@@ -47,11 +58,20 @@ pub(crate) async fn push_write(
             }),
         )
         .map_err(|e| match e {
-            PushError::NotAttached => Status::failed_precondition(e.to_string()),
             PushError::Full(_) => Status::resource_exhausted(e.to_string()),
+            PushError::FullBytes { .. } => Status::resource_exhausted(format!(
+                "{e} (max_push_bytes of [streamers.{}])",
+                hub.name()
+            )),
+            PushError::TooLarge { .. } => Status::invalid_argument(e.to_string()),
+            _ => Status::failed_precondition(e.to_string()),
         })?;
     let mut closing = hub.closing();
+    // The reply first: a write that committed is answered with its height
+    // even when the node closes at the same time (a streamer halted it on
+    // that very block), or the pusher would write it again.
     tokio::select! {
+        biased;
         r = rx => match r {
             Ok(Ok(height)) => Ok(height),
             Ok(Err(reason)) => Err(Status::failed_precondition(format!(

@@ -36,6 +36,14 @@ pub use slot::HubBlock;
 /// Blocks kept in memory for subscribers at or near the head.
 pub const RING_BLOCKS: usize = 64;
 
+/// The serve options that bound `PushUpdate`: `max_push_bytes` and
+/// `max_push_value_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PushLimits {
+    pub queued_bytes: usize,
+    pub write_bytes: usize,
+}
+
 /// What the hub is built from.
 pub(crate) struct HubSetup {
     pub name: String,
@@ -43,6 +51,7 @@ pub(crate) struct HubSetup {
     pub selection: StoreSelection,
     pub reader: Arc<dyn StateReader>,
     pub push: Option<PushQueue>,
+    pub push_limits: PushLimits,
     pub heartbeat: Duration,
     pub max_subscribers: usize,
     pub max_filter_entries: usize,
@@ -58,6 +67,7 @@ pub struct Hub {
     selection: StoreSelection,
     reader: Arc<dyn StateReader>,
     push: Option<PushQueue>,
+    push_limits: PushLimits,
     ring: Mutex<VecDeque<HubBlock>>,
     head: watch::Sender<u64>,
     closing: watch::Sender<bool>,
@@ -100,6 +110,7 @@ impl Hub {
             selection: setup.selection,
             reader: setup.reader,
             push: setup.push,
+            push_limits: setup.push_limits,
             ring: Mutex::new(VecDeque::with_capacity(RING_BLOCKS)),
             head: watch::Sender::new(head),
             closing: watch::Sender::new(false),
@@ -138,6 +149,11 @@ impl Hub {
     /// The queue pushed writes go to, when the manager gave one.
     pub fn push_queue(&self) -> Option<&PushQueue> {
         self.push.as_ref()
+    }
+
+    /// The bounds of this streamer's pushed writes.
+    pub(crate) fn push_limits(&self) -> PushLimits {
+        self.push_limits
     }
 
     pub(crate) fn reader(&self) -> &Arc<dyn StateReader> {

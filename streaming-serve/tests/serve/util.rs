@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use statestream::config::AppConfig;
 use statestream::prometheus;
-use statestream::{BlockMeta, DeliveryManager, PushQueue, Registry, StateReader};
+use statestream::{
+    BlockMeta, DeliveryManager, PushQueue, Registry, StateReader, Streamer, StreamerSetup,
+};
 use statestream_serve::proto::v1::{self, state_stream_client::StateStreamClient};
 use statestream_serve::{SERVE_TYPE, ServeConfig, ServeHandle};
 use statestream_store::{KvStore, MultiStore, StoreKey, StoreOptions};
@@ -68,6 +70,17 @@ pub fn start_manager_with_metrics(
     toml: &str,
     home: &Path,
 ) -> Result<(DeliveryManager, ServeHandle, prometheus::Registry), statestream::Error> {
+    start_manager_with_streamers(store, toml, home, Vec::new())
+}
+
+/// [`start_manager_with_metrics`] with the application's own streamers
+/// after the configured ones.
+pub fn start_manager_with_streamers(
+    store: &mut MultiStore,
+    toml: &str,
+    home: &Path,
+    streamers: Vec<(StreamerSetup, Box<dyn Streamer>)>,
+) -> Result<(DeliveryManager, ServeHandle, prometheus::Registry), statestream::Error> {
     let app = AppConfig::parse(toml, Path::new("test.toml")).unwrap();
     let specs = app.resolve(&STORES).unwrap();
     let mut registry = Registry::with_builtins();
@@ -84,6 +97,7 @@ pub fn start_manager_with_metrics(
     });
     let manager = DeliveryManager::builder()
         .configured(&specs, &registry, home)
+        .streamers(streamers)
         .start(store)?;
     let handle = slot
         .lock()

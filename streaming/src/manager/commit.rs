@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use crossbeam_channel::TrySendError;
 use statestream_config::Delivery;
-use statestream_core::{Block, BlockMeta, CommitInfo};
+use statestream_core::{Block, BlockMeta, CommitInfo, PushBatch};
 use statestream_store::{CommitInput, MultiStore};
 use tracing::{info, warn};
 
@@ -125,6 +125,32 @@ impl DeliveryManager {
             return Err(h.clone().into());
         }
         Ok(changes.commit_info())
+    }
+
+    /// [`commit`](DeliveryManager::commit) for a block holding the pushed
+    /// writes of `batch` (already applied to `store`), then answers each
+    /// pusher. A block that committed answers with its height whatever
+    /// `commit` returns: when a streamer halts the node on that block
+    /// ([`Error::Halted`](crate::Error::Halted)), the writes are in the
+    /// state all the same, and a pusher told otherwise would write again.
+    /// A block that did not commit (the store failed, or the node was
+    /// already halted) rejects them with the error.
+    pub fn commit_pushed(
+        &mut self,
+        store: &mut MultiStore,
+        meta: BlockMeta,
+        batch: PushBatch,
+    ) -> Result<CommitInfo> {
+        let before = store.version();
+        let result = self.commit(store, meta);
+        match &result {
+            Ok(info) => batch.committed(info.version),
+            // The store's version moves only when `commit_block` committed
+            // this call's block; every error after it is a halt.
+            Err(_) if store.version() > before => batch.committed(store.version()),
+            Err(e) => batch.reject(&format!("the block did not commit: {e}")),
+        }
+        result
     }
 
     /// Every streamer's progress.

@@ -143,9 +143,9 @@ impl DeliveryManager {
     /// (`DeliveryManager::commit`), take a batch with
     /// [`PushQueue::drain`], apply the writes it accepts to the store
     /// (rejecting the others with
-    /// [`PushBatch::retain`](statestream_core::PushBatch::retain)), commit,
-    /// and tell the batch the height with
-    /// [`PushBatch::committed`](statestream_core::PushBatch::committed).
+    /// [`PushBatch::retain`](statestream_core::PushBatch::retain)), and
+    /// commit with [`commit_pushed`](DeliveryManager::commit_pushed), which
+    /// tells the batch the height.
     ///
     /// [`commit`]: DeliveryManager::commit
     pub fn push_queue(&self) -> PushQueue {

@@ -160,7 +160,6 @@ fn max_height(dir: &Path) -> u64 {
     data_files(dir).0.last().copied().unwrap_or(0)
 }
 
-/// Polls `cond` until it holds; fails the test after [`PATIENCE`].
 /// The one `statestream: error:` line of stderr.
 fn error_line(stderr: &str) -> String {
     let lines: Vec<_> = stderr

@@ -7,9 +7,10 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::time::Duration;
+use std::time::Instant;
 
 use serde_json::Value;
+use statestream_test_support::PATIENCE;
 
 const BIN: &str = env!("CARGO_BIN_EXE_statestream");
 
@@ -221,11 +222,15 @@ impl Node {
         }
     }
 
-    /// Waits (at most a minute: a hung node fails the test rather than
-    /// hanging it) for a stderr line holding `fragment`.
+    /// Waits (at most [`PATIENCE`] in all: a hung or chatty node fails the
+    /// test rather than hanging it) for a stderr line holding `fragment`.
     fn wait_for(&mut self, fragment: &str) {
+        let deadline = Instant::now() + PATIENCE;
         loop {
-            match self.lines.recv_timeout(Duration::from_secs(60)) {
+            match self
+                .lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
                 Ok(line) => {
                     let found = line.contains(fragment);
                     self.stderr.push(line);

@@ -10,9 +10,8 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
 
-use common::{BIN, PATIENCE, p};
+use common::{BIN, PATIENCE, p, wait_for};
 use statestream_client::{FileCursor, ResumableSubscription, StartFrom, SubscribeOptions, Update};
 
 /// A node with a serve streamer; killed when dropped (also when a test
@@ -137,14 +136,12 @@ fn saved_cursor(path: &Path) -> Option<u64> {
 
 /// Waits (at most [`PATIENCE`]) for `child` to exit.
 fn wait_exit(child: &mut Child, what: &str) -> std::process::ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(start.elapsed() < PATIENCE, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut status = None;
+    wait_for(what, || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    status.expect("wait_for returns once the child exited")
 }
 
 /// The first JSON line of a new `subscribe --json --cursor-file F --from 1`.

@@ -15,6 +15,7 @@ use statestream::{
     Block, BlockMeta, Delivery, DeliveryManager, Error, Registry, StreamError, Streamer,
     StreamerSetup, TelemetryOptions, TelemetryServer,
 };
+use statestream_test_support::wait_for;
 
 /// How long any wait may take before the test fails; nothing asserts a
 /// duration.
@@ -92,14 +93,6 @@ fn value(m: &Samples, name: &str, streamer: Option<&str>) -> f64 {
         .unwrap_or_default();
     *m.get(&(name.to_owned(), labels))
         .unwrap_or_else(|| panic!("no {name} {streamer:?} in {m:#?}"))
-}
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < PATIENCE, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// Counts blocks in a metric of its own (the registration hook), and fails

@@ -1,5 +1,8 @@
-//! Test helpers shared by statestream's crates, with no dependency of their
-//! own (a streamer crate's tests can use them without pulling in the store).
+//! Test helpers shared by statestream's crates. The crate root, [`waits`],
+//! [`postgres`] and [`tls`] have no dependency of their own (a streamer
+//! crate's tests can use them without pulling in the store); [`node`], a
+//! store and a delivery manager built from an `app.toml`, is behind the
+//! `node` feature.
 //!
 //! A test that needs an external tool (`nats-server`, `python3` with a
 //! package, a PostgreSQL server) asks [`require`] first:
@@ -17,8 +20,13 @@
 //! }
 //! ```
 
+#[cfg(feature = "node")]
+pub mod node;
 pub mod postgres;
 pub mod tls;
+pub mod waits;
+
+pub use waits::{PATIENCE, wait_for, wait_for_within};
 
 use std::io::Write;
 use std::process::Command;

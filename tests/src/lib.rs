@@ -26,12 +26,9 @@ use statestream_store::{CommitInfo, KvStore, MultiStore, StoreKey, StoreOptions}
 /// One record as a streamer sees it: (store, key, value; `None` = delete).
 pub type Rec = (String, Vec<u8>, Option<Vec<u8>>);
 
-/// The stores of the test node, in name order.
-pub const STORES: [&str; 3] = ["acc", "bank", "gov"];
+pub use statestream_test_support::node::{STORES, memory_store};
 
-/// How long a test waits for a background condition before giving up. Only
-/// used to wait, never to assert speed.
-pub const PATIENCE: Duration = Duration::from_secs(60);
+pub use statestream_test_support::{PATIENCE, wait_for};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -395,7 +392,7 @@ impl RecorderHandle {
 
     /// Waits (bounded by [`PATIENCE`]) until block `height` is delivered.
     pub fn wait_for_height(&self, height: u64) {
-        wait_until(&format!("{} to deliver block {height}", self.name), || {
+        wait_for(&format!("{} to deliver block {height}", self.name), || {
             self.last_height() >= height
         });
     }
@@ -607,11 +604,6 @@ pub fn keys(names: &[&str]) -> Vec<StoreKey> {
         .collect()
 }
 
-/// An in-memory store with the [`STORES`].
-pub fn memory_store() -> MultiStore {
-    MultiStore::in_memory(&keys(&STORES)).expect("an in-memory store opens")
-}
-
 /// A node home in a temporary directory, removed on drop.
 pub struct TempHome {
     dir: tempfile::TempDir,
@@ -774,17 +766,4 @@ pub fn only(records: &[Rec], stores: &[&str]) -> Vec<Rec> {
         .filter(|r| stores.contains(&r.0.as_str()))
         .cloned()
         .collect()
-}
-
-/// Polls `cond` until it holds; panics after [`PATIENCE`]. For waiting on
-/// background threads only: it asserts nothing about speed.
-pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "gave up waiting for {what} after {PATIENCE:?}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }

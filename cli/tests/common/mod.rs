@@ -3,28 +3,17 @@
 //! Each test binary uses a part of it.
 #![allow(dead_code)]
 
+// Not every test binary uses both.
+#[allow(unused_imports)]
+pub use statestream_test_support::{PATIENCE, wait_for};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_statestream");
-
-/// How long any one wait may take before the test fails: generous, as the
-/// machines running CI are shared and noisy. No test asserts a duration.
-pub const PATIENCE: Duration = Duration::from_secs(120);
 
 /// A temp path as a command argument.
 pub fn p(path: &Path) -> &str {
     path.to_str().expect("temp paths are UTF-8")
-}
-
-/// Waits (at most [`PATIENCE`]) until `cond` holds.
-pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < PATIENCE, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// SplitMix64: the kill moments of the crash tests, reproducible by seed.

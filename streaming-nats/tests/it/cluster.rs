@@ -71,7 +71,7 @@ fn cluster_first_url_down_and_discovered_server_takes_over() -> anyhow::Result<(
     // The first URL of the list is down (it stays so): the next one is
     // used. Once JetStream has its leaders again (its business, not the
     // streamer's), no delivery fails.
-    crate::wait_for(
+    crate::wait_for_within(
         "JetStream leaders after the loss of a server",
         std::time::Duration::from_secs(60),
         || client.stream_info("second").is_ok_and(|i| i.is_some()),
@@ -94,7 +94,7 @@ fn cluster_first_url_down_and_discovered_server_takes_over() -> anyhow::Result<(
     let mut config = servers[2].reader_config("second", "second");
     config.url = url;
     let want = second.last_commit().app_hash;
-    crate::wait_for(
+    crate::wait_for_within(
         "the replay through the cluster",
         std::time::Duration::from_secs(60),
         || replay_stream(&config).is_ok_and(|r| r.height == 6 && r.app_hash == want),

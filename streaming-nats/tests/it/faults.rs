@@ -34,7 +34,7 @@ fn faults_async_server_restart_loses_and_duplicates_nothing() -> anyhow::Result<
     for b in 11..=20 {
         commit_block(&mut m, &mut store, b)?;
     }
-    crate::wait_for(
+    crate::wait_for_within(
         "a failed delivery",
         std::time::Duration::from_secs(60),
         || m.stats()[0].errors > 0,
@@ -151,7 +151,7 @@ fn faults_async_stop_node_on_error_halts_after_server_dies() -> anyhow::Result<(
     // returns Halted.
     let mut halted = None;
     let mut b = 6;
-    crate::wait_for(
+    crate::wait_for_within(
         "the node to halt",
         std::time::Duration::from_secs(60),
         || match commit_block(&mut m, &mut store, b) {
@@ -226,7 +226,7 @@ fn faults_server_without_jetstream_is_a_clear_error() -> anyhow::Result<()> {
             .spawn()?,
     );
     let url = format!("nats://127.0.0.1:{port}");
-    crate::wait_for(
+    crate::wait_for_within(
         "the plain server",
         std::time::Duration::from_secs(30),
         || server::Js::connect(&url, None, std::time::Duration::from_secs(1)).is_ok(),
@@ -491,7 +491,7 @@ fn faults_server_killed_during_publishes_stores_whole_blocks() -> anyhow::Result
         // Kill while the streamer works through the backlog, at a
         // different block each cycle.
         let target = first + 4 + cycle * 5;
-        crate::wait_for(
+        crate::wait_for_within(
             &format!("delivery of block {target}"),
             Duration::from_secs(60),
             || m.stats()[0].delivered_height >= target,

@@ -9,28 +9,15 @@ mod security;
 mod server;
 mod split;
 
-use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use statestream::{BlockMeta, DeliveryManager, Registry};
-use statestream_config::AppConfig;
 use statestream_nats::{HEADER_HEIGHT, HEADER_MSG_ID, HEADER_PART};
+pub use statestream_test_support::node::{STORES, manager, memory_store, store_keys};
+pub use statestream_test_support::wait_for_within;
 
 use crate::server::Js;
-use statestream_store::{KvStore, MultiStore, StoreKey};
-
-pub const STORES: [&str; 3] = ["acc", "bank", "gov"];
-
-pub fn store_keys() -> Vec<StoreKey> {
-    STORES
-        .iter()
-        .map(|s| StoreKey::new(s).expect("valid store name"))
-        .collect()
-}
-
-pub fn memory_store() -> MultiStore {
-    MultiStore::in_memory(&store_keys()).expect("in-memory store")
-}
+use statestream_store::{KvStore, MultiStore};
 
 pub fn registry() -> Registry {
     Registry::with_builtins()
@@ -42,14 +29,6 @@ pub fn app_toml(url: &str, extra: &str) -> String {
         "[store]\nstreamers = [\"nats\"]\n\n[streamers.nats]\ntype = \"nats\"\nkeys = [\"*\"]\n\
          url = \"{url}\"\nconnect_timeout_ms = 1000\nrequest_timeout_ms = 3000\n{extra}\n"
     )
-}
-
-pub fn manager(store: &mut MultiStore, toml: &str) -> anyhow::Result<DeliveryManager> {
-    let config = AppConfig::parse(toml, Path::new("app.toml"))?;
-    let specs = config.resolve(&STORES)?;
-    Ok(DeliveryManager::builder()
-        .configured(&specs, &registry(), Path::new("."))
-        .start(store)?)
 }
 
 /// Writes block `b`'s changes: sets and deletes over the three stores,
@@ -101,18 +80,9 @@ pub fn commit_block(
     )
 }
 
-/// Polls `cond` every 20 ms until it holds, or panics after `timeout`.
-pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Waits until the manager's only streamer delivered `height`.
 pub fn wait_delivered(manager: &DeliveryManager, height: u64) {
-    wait_for(
+    wait_for_within(
         &format!("delivery of block {height}"),
         Duration::from_secs(90),
         || manager.stats()[0].delivered_height >= height,

@@ -34,7 +34,7 @@ fn faults_server_restarted_mid_stream() {
         srv.start();
     }
     let n = b;
-    wait_for("the streamer to catch up", Duration::from_secs(120), || {
+    wait_for_within("the streamer to catch up", Duration::from_secs(120), || {
         m.stats()[0].delivered_height >= n
     });
     assert!(m.stats()[0].errors > 0, "the outage was not noticed");

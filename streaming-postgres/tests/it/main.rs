@@ -7,26 +7,11 @@ mod delivery;
 mod faults;
 mod tls;
 
-use std::path::Path;
-use std::time::{Duration, Instant};
-
-use statestream::{BlockMeta, DeliveryManager, Registry};
-use statestream_config::AppConfig;
-use statestream_store::{KvStore, MultiStore, Order, StoreKey};
+use statestream::{BlockMeta, DeliveryManager};
+use statestream_store::{KvStore, MultiStore, Order};
+pub use statestream_test_support::node::{STORES, manager, manager_in, memory_store, store_keys};
 use statestream_test_support::postgres::PgServer;
-
-pub const STORES: [&str; 3] = ["acc", "bank", "gov"];
-
-pub fn store_keys() -> Vec<StoreKey> {
-    STORES
-        .iter()
-        .map(|s| StoreKey::new(s).expect("valid store name"))
-        .collect()
-}
-
-pub fn memory_store() -> MultiStore {
-    MultiStore::in_memory(&store_keys()).expect("in-memory store")
-}
+pub use statestream_test_support::wait_for_within;
 
 /// A server with an empty database `statestream`; `None` when PostgreSQL
 /// is not installed (the test is skipped, or fails under CI).
@@ -52,22 +37,6 @@ pub fn app_toml(url: &str, extra: &str) -> String {
         "[store]\nstreamers = [\"pg\"]\n\n[streamers.pg]\ntype = \"postgres\"\nkeys = [\"*\"]\n\
          url = \"{url}\"\nconnect_timeout_ms = 2000\n{extra}\n"
     )
-}
-
-pub fn manager(store: &mut MultiStore, toml: &str) -> anyhow::Result<DeliveryManager> {
-    manager_in(store, toml, Path::new("."))
-}
-
-pub fn manager_in(
-    store: &mut MultiStore,
-    toml: &str,
-    home: &Path,
-) -> anyhow::Result<DeliveryManager> {
-    let config = AppConfig::parse(toml, Path::new("app.toml"))?;
-    let specs = config.resolve(&STORES)?;
-    Ok(DeliveryManager::builder()
-        .configured(&specs, &Registry::with_builtins(), home)
-        .start(store)?)
 }
 
 /// Writes block `b`'s changes: sets and deletes over the three stores,
@@ -126,15 +95,6 @@ pub fn record(store: &MultiStore, h: u64, log: &mut Vec<ChangeRow>) {
             r.key.to_vec(),
             r.value.map(<[u8]>::to_vec),
         ));
-    }
-}
-
-/// Polls `cond` every 20 ms until it holds, or panics after `timeout`.
-pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

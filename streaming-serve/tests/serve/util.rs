@@ -15,6 +15,7 @@ use statestream::{
 use statestream_serve::proto::v1::{self, state_stream_client::StateStreamClient};
 use statestream_serve::{SERVE_TYPE, ServeConfig, ServeHandle};
 use statestream_store::{KvStore, MultiStore, StoreKey, StoreOptions};
+pub use statestream_test_support::wait_for;
 use tonic::transport::Channel;
 
 pub const STORES: [&str; 3] = ["a", "b", "c"];
@@ -340,15 +341,4 @@ pub async fn read_until(
             .expect("the stream ended");
         received.take(m);
     }
-}
-
-/// Waits (bounded, generously) until `cond` holds.
-pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..600 {
-        if cond() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("gave up waiting for {what}");
 }

@@ -8,27 +8,12 @@ mod receiver;
 mod secrets;
 mod templates;
 
-use std::path::Path;
-
-use statestream::{BlockMeta, DeliveryManager, Registry};
-use statestream_config::AppConfig;
+use statestream::{BlockMeta, DeliveryManager};
 use statestream_store::{KvStore, MultiStore, StoreKey};
-
-pub const STORES: [&str; 2] = ["acc", "bank"];
+pub use statestream_test_support::node::{manager, manager_in, memory_store, store_keys};
 
 /// A secret in the Standard Webhooks form.
 pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-
-pub fn store_keys() -> Vec<StoreKey> {
-    STORES
-        .iter()
-        .map(|s| StoreKey::new(s).expect("valid store name"))
-        .collect()
-}
-
-pub fn memory_store() -> MultiStore {
-    MultiStore::in_memory(&store_keys()).expect("in-memory store")
-}
 
 /// An app.toml with one webhook streamer `hook`; `extra` lines go in its
 /// table (after `url`), `tables` after it.
@@ -37,22 +22,6 @@ pub fn app_toml(url: &str, extra: &str) -> String {
         "[store]\nstreamers = [\"hook\"]\n\n[streamers.hook]\ntype = \"webhook\"\nkeys = [\"*\"]\n\
          url = \"{url}\"\n{extra}\n"
     )
-}
-
-pub fn manager_in(
-    store: &mut MultiStore,
-    toml: &str,
-    home: &Path,
-) -> anyhow::Result<DeliveryManager> {
-    let config = AppConfig::parse(toml, Path::new("app.toml"))?;
-    let specs = config.resolve(&STORES)?;
-    Ok(DeliveryManager::builder()
-        .configured(&specs, &Registry::with_builtins(), home)
-        .start(store)?)
-}
-
-pub fn manager(store: &mut MultiStore, toml: &str) -> anyhow::Result<DeliveryManager> {
-    manager_in(store, toml, Path::new("."))
 }
 
 /// A block time: 2023-11-14T22:13:20Z plus `height` seconds.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use statestream::{Delivery, DeliveryManager, StreamerSetup};
 use statestream_tests::{
-    Expect, Gate, STORES, commit_workload, keys, memory_store, recorder, wait_until,
+    Expect, Gate, STORES, commit_workload, keys, memory_store, recorder, wait_for,
 };
 
 fn change_set_equals_what_was_written(delivery: Delivery) {
@@ -116,7 +116,7 @@ fn delivery_slow_async_streamer_never_blocks_commits() {
 
     gate.open();
     // Some progress happens in the background before shutdown.
-    wait_until("the slow streamer to deliver a few blocks", || {
+    wait_for("the slow streamer to deliver a few blocks", || {
         manager.stats()[0].delivered_height >= 3
     });
     manager.close(&mut store).unwrap();
@@ -139,7 +139,7 @@ fn delivery_async_stats_reach_zero_lag() {
         .start(&mut store)
         .unwrap();
     let written = commit_workload(&mut manager, &mut store, 1..=5);
-    wait_until("lag 0", || manager.stats()[0].lag == 0);
+    wait_for("lag 0", || manager.stats()[0].lag == 0);
     let s = manager.stats().remove(0);
     assert_eq!(s.name, "rec");
     assert_eq!(s.delivery, Delivery::Async);

@@ -3,7 +3,7 @@
 use statestream::{BlockMeta, Delivery, DeliveryManager, Error, StreamerSetup};
 use statestream_tests::{
     Expect, Fail, STORES, commit_without_manager, commit_workload, keys, memory_store, meta_for,
-    recorder, wait_until, workload,
+    recorder, wait_for, workload,
 };
 
 #[test]
@@ -165,7 +165,7 @@ fn errors_async_stop_node_on_error_halts_a_later_commit() {
     // The failure surfaces at some later commit: commit empty blocks until
     // one errors.
     let mut err = None;
-    wait_until("a commit to report the halt", || {
+    wait_for("a commit to report the halt", || {
         match manager.commit(&mut store, BlockMeta::default()) {
             Ok(_) => false,
             Err(e) => {
@@ -253,7 +253,7 @@ fn errors_async_without_stop_retries_until_delivered() {
         .start(&mut store)
         .unwrap();
     let written = commit_workload(&mut manager, &mut store, 1..=5);
-    wait_until("every block to be delivered", || {
+    wait_for("every block to be delivered", || {
         manager.stats()[0].delivered_height == 5
     });
     let s = manager.stats().remove(0);
@@ -295,7 +295,7 @@ fn errors_start_failure_of_async_streamer_halts() {
         .start(&mut store)
         .unwrap();
     let mut err = None;
-    wait_until("a commit to report the halt", || {
+    wait_for("a commit to report the halt", || {
         match manager.commit(&mut store, BlockMeta::default()) {
             Ok(_) => false,
             Err(e) => {
@@ -328,7 +328,7 @@ fn errors_async_without_stop_failing_streamer_does_not_hold_up_close() {
         .start(&mut store)
         .unwrap();
     let mut written = commit_workload(&mut manager, &mut store, 1..=5);
-    wait_until("block 3 to fail twice", || {
+    wait_for("block 3 to fail twice", || {
         handle.failed_attempts().len() >= 2
     });
     // Commits go on while it fails.

@@ -4,7 +4,7 @@
 use statestream::{Delivery, DeliveryManager, StreamerSetup};
 use statestream_store::MultiStore;
 use statestream_tests::{
-    Expect, Fail, STORES, commit_workload, keys, memory_store, recorder, wait_until,
+    Expect, Fail, STORES, commit_workload, keys, memory_store, recorder, wait_for,
 };
 
 /// The lowest persisted cursor of `names`.
@@ -99,9 +99,9 @@ fn pruning_follows_an_async_streamer() {
         .unwrap();
     let log = store.change_log();
     let mut written = commit_workload(&mut manager, &mut store, 1..=6);
-    wait_until("block 6 delivered", || handle.last_height() == 6);
+    wait_for("block 6 delivered", || handle.last_height() == 6);
     // An idle worker flushes its streamer: the cursor covers block 6.
-    wait_until("block 6 flushed", || manager.stats()[0].durable_height == 6);
+    wait_for("block 6 flushed", || manager.stats()[0].durable_height == 6);
     // The next commits carry the cursor: the log is pruned below it.
     written.extend(commit_workload(&mut manager, &mut store, 7..=8));
     let low = lowest_cursor(&store, &["rec"]);

@@ -4,7 +4,7 @@
 
 use statestream::{Delivery, DeliveryManager, Error, StreamerSetup};
 use statestream_tests::{
-    Expect, STORES, TempHome, commit_without_manager, commit_workload, keys, recorder, wait_until,
+    Expect, STORES, TempHome, commit_without_manager, commit_workload, keys, recorder, wait_for,
 };
 
 fn cursor_behind_committed_height(delivery: Delivery) {
@@ -42,7 +42,7 @@ fn cursor_behind_committed_height(delivery: Delivery) {
         .start(&mut store)
         .unwrap();
     written.extend(commit_workload(&mut manager, &mut store, 9..=11));
-    wait_until("every block to be delivered", || {
+    wait_for("every block to be delivered", || {
         manager.stats()[0].delivered_height == 11
     });
     let s = manager.stats().remove(0);

@@ -84,7 +84,7 @@ fn faults_locked_table_does_not_hold_up_stop() {
         let mut log = Vec::new();
         let mut m = manager(&mut store, &toml).expect("start");
         commit_block(&mut m, &mut store, 1, &mut log).expect("commit block 1");
-        wait_for("block 1 in the database", Duration::from_secs(60), || {
+        wait_for_within("block 1 in the database", Duration::from_secs(60), || {
             m.stats()[0].delivered_height >= 1
         });
 
@@ -99,7 +99,7 @@ fn faults_locked_table_does_not_hold_up_stop() {
                 .expect("commits go on while the table is locked");
         }
         let mut watch = connect(&url);
-        wait_for(
+        wait_for_within(
             "the streamer to wait for the lock",
             Duration::from_secs(60),
             || waiting_for_a_lock(&mut watch) >= 1,
@@ -131,7 +131,7 @@ fn faults_locked_table_does_not_hold_up_stop() {
         );
 
         let m = manager(&mut store, &toml).expect("restart");
-        wait_for(
+        wait_for_within(
             "blocks 2 and 3 after the restart",
             Duration::from_secs(60),
             || m.stats()[0].delivered_height >= 3,
@@ -161,7 +161,7 @@ fn faults_lock_timeout_fails_the_attempt_and_retries() {
     let mut m = manager(&mut store, &toml).expect("start");
     let observer = m.observer();
     commit_block(&mut m, &mut store, 1, &mut log).expect("commit block 1");
-    wait_for("block 1 in the database", Duration::from_secs(60), || {
+    wait_for_within("block 1 in the database", Duration::from_secs(60), || {
         m.stats()[0].delivered_height >= 1
     });
     let mut locker = connect(&url);
@@ -189,7 +189,7 @@ fn faults_lock_timeout_fails_the_attempt_and_retries() {
     }
     assert_eq!(m.stats()[0].delivered_height, 1);
     locker.batch_execute("ROLLBACK").expect("release the lock");
-    wait_for("block 2 after the lock", Duration::from_secs(60), || {
+    wait_for_within("block 2 after the lock", Duration::from_secs(60), || {
         m.stats()[0].delivered_height >= 2
     });
     m.close(&mut store).expect("close");

@@ -240,34 +240,26 @@ impl ServeConfig {
                 ));
             }
         }
-        if self.retain_blocks == 0 {
-            return Err((
-                "retain_blocks",
-                "expected a positive number of blocks (at least 1), got 0".into(),
-            ));
-        }
-        if self.heartbeat_ms == 0 {
-            return Err((
-                "heartbeat_ms",
-                "expected a positive number of milliseconds, got 0".into(),
-            ));
-        }
-        if self.max_subscribers == 0 {
-            return Err((
+        // Limits that must be positive: (key, value, what it counts).
+        let positive = [
+            ("retain_blocks", self.retain_blocks, "blocks"),
+            ("heartbeat_ms", self.heartbeat_ms, "milliseconds"),
+            (
                 "max_subscribers",
-                "expected a positive number of subscribers (at least 1), got 0".into(),
-            ));
-        }
-        if self.max_filter_entries == 0 {
-            return Err((
+                self.max_subscribers as u64,
+                "subscribers",
+            ),
+            (
                 "max_filter_entries",
-                "expected a positive number of filter entries (at least 1), got 0".into(),
-            ));
-        }
-        if self.max_snapshots == 0 {
+                self.max_filter_entries as u64,
+                "filter entries",
+            ),
+            ("max_snapshots", self.max_snapshots as u64, "snapshots"),
+        ];
+        if let Some((key, _, what)) = positive.iter().find(|(_, value, _)| *value == 0) {
             return Err((
-                "max_snapshots",
-                "expected a positive number of snapshots (at least 1), got 0".into(),
+                *key,
+                format!("expected a positive number of {what} (at least 1), got 0"),
             ));
         }
         if self.max_push_value_bytes == 0 || self.max_push_value_bytes > PUSH_BLOCK_BYTES {

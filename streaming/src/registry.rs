@@ -118,12 +118,7 @@ impl Registry {
             + Sync
             + 'static,
     {
-        let entry = Type {
-            build: Box::new(constructor),
-            validate: None,
-        };
-        self.types.insert(type_name.to_string(), entry);
-        self
+        self.insert(type_name, None, Box::new(constructor))
     }
 
     /// Registers (or replaces) a type with a validator: a check of the
@@ -155,11 +150,17 @@ impl Registry {
             + Sync
             + 'static,
     {
-        let entry = Type {
-            build: Box::new(constructor),
-            validate: Some(Box::new(validate)),
-        };
-        self.types.insert(type_name.to_string(), entry);
+        self.insert(type_name, Some(Box::new(validate)), Box::new(constructor))
+    }
+
+    fn insert(
+        &mut self,
+        type_name: &str,
+        validate: Option<Box<Validator>>,
+        build: Box<Constructor>,
+    ) -> &mut Registry {
+        self.types
+            .insert(type_name.to_string(), Type { build, validate });
         self
     }
 

@@ -47,15 +47,39 @@ pub struct BlockMeta {
     pub end_block: Vec<u8>,
     /// The block's transactions.
     pub txs: Vec<Tx>,
+    /// The app hash of the chain the block came from, when it came from a
+    /// source rather than from this store's own node (a Cosmos chain's
+    /// `ResponseFinalizeBlock.app_hash`, its IAVL root); empty otherwise.
+    /// statestream's own app hash (the commit info) is computed on the
+    /// replica from its per-store hash chains, as for any block.
+    pub source_app_hash: Vec<u8>,
 }
 
 impl BlockMeta {
     /// The bytes stored in the change log: a `BlockMetadata` message with
     /// only the application's fields set.
     pub fn encode_app_meta(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.app_fields_len(0));
+        let mut out = Vec::with_capacity(self.app_fields_len(0) + self.source_fields_len());
         self.encode_app_fields(0, &mut out);
+        self.encode_source_fields(&mut out);
         out
+    }
+
+    /// Encodes field 12 of `BlockMetadata` (the source's app hash), which
+    /// comes after the commit's fields 7-11.
+    fn encode_source_fields(&self, out: &mut Vec<u8>) {
+        if !self.source_app_hash.is_empty() {
+            prost::encoding::bytes::encode(12, &self.source_app_hash, out);
+        }
+    }
+
+    /// Length of [`encode_source_fields`](BlockMeta::encode_source_fields)'s bytes.
+    fn source_fields_len(&self) -> usize {
+        if self.source_app_hash.is_empty() {
+            0
+        } else {
+            prost::encoding::bytes::encoded_len(12, &self.source_app_hash)
+        }
     }
 
     /// Encodes fields 1 to 6 of `BlockMetadata` (the height and the
@@ -136,6 +160,7 @@ impl BlockMeta {
                     response: t.response,
                 })
                 .collect(),
+            source_app_hash: m.source_app_hash,
         })
     }
 
@@ -154,6 +179,7 @@ impl BlockMeta {
                     response: t.response.clone(),
                 })
                 .collect(),
+            source_app_hash: self.source_app_hash.clone(),
             ..Default::default()
         }
     }
@@ -300,6 +326,7 @@ impl Block {
         m.streamed_stores = system.streamed_stores;
         m.data_length = system.data_length;
         m.data_crc32c = system.data_crc32c;
+        m.source_app_hash = system.source_app_hash;
         m
     }
 
@@ -307,7 +334,8 @@ impl Block {
     /// as `metadata(..).encode_to_vec()`, but the application's payloads
     /// and transactions are written straight from the block, not copied into
     /// a message first. Fields 1-6 come from the application's metadata,
-    /// 7-11 from the commit; both parts are in field order, so their
+    /// 7-11 from the commit, 12 from the application's metadata again
+    /// (carried with the commit's fields); each part is in field order, so their
     /// concatenation is the canonical encoding.
     pub fn encode_metadata(&self, data_length: u64, data_crc32c: u32, out: &mut Vec<u8>) {
         self.meta.encode_app_fields(self.height(), out);
@@ -316,7 +344,7 @@ impl Block {
             .expect("a Vec grows as needed, so encoding cannot run out of space");
     }
 
-    /// Fields 7-11 of `BlockMetadata` (all others default).
+    /// Fields 7-12 of `BlockMetadata` (all others default).
     fn system_fields(&self, data_length: u64, data_crc32c: u32) -> proto::BlockMetadata {
         let info = self.commit_info();
         proto::BlockMetadata {
@@ -339,6 +367,7 @@ impl Block {
                 .collect(),
             data_length,
             data_crc32c,
+            source_app_hash: self.meta.source_app_hash.clone(),
             ..Default::default()
         }
     }
@@ -480,6 +509,7 @@ mod tests {
                         response: b"ok".to_vec(),
                     },
                 ],
+                source_app_hash: vec![0xab; 32],
             },
         ]
     }
@@ -493,7 +523,7 @@ mod tests {
                 "{meta:?}"
             );
             assert_eq!(
-                meta.app_fields_len(3),
+                meta.app_fields_len(3) + meta.source_fields_len(),
                 meta.to_proto(3).encode_to_vec().len()
             );
             let b = block(meta.clone());

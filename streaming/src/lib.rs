@@ -53,6 +53,7 @@
 mod builtin;
 mod driver;
 mod error;
+mod ingest;
 mod manager;
 mod observe;
 mod process;
@@ -63,6 +64,7 @@ mod serve_metrics;
 mod telemetry;
 
 pub use error::{Error, Result};
+pub use ingest::{Ingest, IngestStatus, Ingested, OnGap, SourceBlock, SourceWrite, StartManager};
 pub use manager::{DeliveryManager, StreamerSetup, StreamerStats};
 pub use observe::{
     Bucket, COMMIT_BUCKETS, ChangeLogStatus, HistogramStatus, NodeState, NodeStatus, Observer,

@@ -83,6 +83,35 @@ pub struct AppConfig {
     warnings: Vec<String>,
     /// `[telemetry]`, when it sets an address.
     telemetry: Option<TelemetryConfig>,
+    /// `[cosmos]`: `statestream cosmos-plugin`'s settings.
+    cosmos: CosmosConfig,
+}
+
+/// The `[cosmos]` table, read by `statestream cosmos-plugin`:
+///
+/// ```toml
+/// [cosmos]
+/// on_gap = "continue"   # or "halt"
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CosmosConfig {
+    /// `on_gap`: what the plugin does when the chain's next block is not
+    /// the next height (the chain committed blocks while the plugin was
+    /// down). The gap is recorded either way.
+    pub on_gap: GapPolicy,
+}
+
+/// `[cosmos] on_gap`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GapPolicy {
+    /// `"continue"` (the default): record the gap and go on.
+    #[default]
+    Continue,
+    /// `"halt"`: record the gap and answer the chain an error (a chain with
+    /// `stop-node-on-err = true` stops).
+    Halt,
 }
 
 /// The keys of the Cosmos SDK's own `[telemetry]` table (its app.toml
@@ -249,6 +278,30 @@ impl AppConfig {
         self.telemetry.as_ref()
     }
 
+    /// Every store named in a streamer's `keys` (not `["*"]`), sorted: a
+    /// replica that discovers its stores from its blocks creates these at
+    /// start, so that the streamers naming them can start before the
+    /// stores are first written.
+    pub fn named_stores(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .streamers
+            .iter()
+            .filter_map(|e| match &e.keys {
+                Keys::Names(names) => Some(names.iter().cloned()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+
+    /// `[cosmos]` (defaults when the table is absent).
+    pub fn cosmos(&self) -> &CosmosConfig {
+        &self.cosmos
+    }
+
     fn keys_error(&self, entry: &Entry, message: impl Into<String>) -> ConfigError {
         ConfigError::Key {
             path: self.origin.clone(),
@@ -348,12 +401,49 @@ impl Parser<'_> {
             },
         };
 
+        let cosmos = match find(root, "cosmos") {
+            None => CosmosConfig::default(),
+            Some((key, value)) => match value.get_ref() {
+                DeValue::Table(table) => self.cosmos(table)?,
+                _ => return Err(self.not_a_table("[cosmos]", key, value)),
+            },
+        };
+
         Ok(AppConfig {
             origin: self.origin.to_owned(),
             streamers,
             warnings,
             telemetry,
+            cosmos,
         })
+    }
+
+    /// Reads `[cosmos]`: `on_gap` is its only key.
+    fn cosmos(&self, table: &DeTable<'_>) -> Result<CosmosConfig, ConfigError> {
+        const TABLE: &str = "[cosmos]";
+        let mut config = CosmosConfig::default();
+        for (key, value) in table.iter() {
+            let spelled = key.get_ref().as_ref();
+            let error = |message: String| self.key_error(TABLE, spelled, key.span(), message);
+            if spelled != "on_gap" {
+                return Err(error(
+                    "unknown key; statestream reads one key of [cosmos], `on_gap` \
+                     (\"continue\" or \"halt\")"
+                        .to_owned(),
+                ));
+            }
+            config.on_gap = match value.get_ref().as_str() {
+                Some("continue") => GapPolicy::Continue,
+                Some("halt") => GapPolicy::Halt,
+                _ => {
+                    return Err(error(format!(
+                        "expected \"continue\" or \"halt\", got {}",
+                        self.describe(value)
+                    )));
+                }
+            };
+        }
+        Ok(config)
     }
 
     /// Reads `[telemetry]`: `address` is statestream's only key. The Cosmos

@@ -62,7 +62,8 @@ mod options;
 mod text;
 
 pub use crate::app::{
-    AppConfig, DEFAULT_QUEUE, Delivery, MAX_QUEUE, StreamerSpec, TelemetryConfig,
+    AppConfig, CosmosConfig, DEFAULT_QUEUE, Delivery, GapPolicy, MAX_QUEUE, StreamerSpec,
+    TelemetryConfig,
 };
 pub use crate::error::ConfigError;
 pub use crate::options::StreamerOptions;

@@ -1082,3 +1082,19 @@ fn config_telemetry_errors_name_file_key_and_line() {
     assert_eq!(err.table(), Some("[telemetry]"), "{err}");
     assert_eq!(err.line(), Some(1), "{err}");
 }
+
+#[test]
+fn config_cosmos_on_gap() {
+    use statestream_config::GapPolicy;
+    assert_eq!(parse("").unwrap().cosmos().on_gap, GapPolicy::Continue);
+    let halt = parse("[cosmos]\non_gap = \"halt\"\n").unwrap();
+    assert_eq!(halt.cosmos().on_gap, GapPolicy::Halt);
+    let cont = parse("[cosmos]\non_gap = \"continue\"\n").unwrap();
+    assert_eq!(cont.cosmos().on_gap, GapPolicy::Continue);
+    let bad = parse("[cosmos]\non_gap = \"skip\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(bad.contains("on_gap") && bad.contains("\"skip\""), "{bad}");
+    let unknown = parse("[cosmos]\ngaps = 1\n").unwrap_err().to_string();
+    assert!(unknown.contains("unknown key"), "{unknown}");
+}

@@ -107,6 +107,8 @@ def net(height, writes):
 
 
 class Plugin:
+    launched = []
+
     def __init__(self, mods, report):
         self.mods = mods
         self.report = report
@@ -115,6 +117,7 @@ class Plugin:
         self.proc = subprocess.Popen(
             ["sh", "-c", os.environ["COSMOS_SDK_ABCI"]],
             stdout=subprocess.PIPE, env=env, start_new_session=True)
+        Plugin.launched.append(self.proc)
         line = self._read_line()
         report["handshakes"].append(line)
         parts = line.split("|")
@@ -233,7 +236,7 @@ def main():
             for k, (a, b) in mods.items()}
     heights = parse_heights(args.heights)
     report = {"acked": [], "kills": 0, "handshakes": [], "extra_stdout": "",
-              "exit_codes": [], "error": None}
+              "exit_codes": [], "error": None, "blocks": {}}
     rnd = random.Random(args.seed)
     # Which sends get a kill, and where: between calls (after the answer),
     # during ListenFinalizeBlock, during ListenCommit.
@@ -244,6 +247,23 @@ def main():
             kill_at[i] = ("between", "finalize", "commit")[n % 3]
     expected = {}
     plugin = Plugin(mods, report)
+    try:
+        drive(args, mods, report, heights, kill_at, expected, plugin)
+    finally:
+        # Never leave a plugin behind, also when the host fails.
+        for p in Plugin.launched:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+    with open(os.path.join(args.out, "expected.jsonl"), "w") as f:
+        for h in sorted(expected):
+            for line in expected[h]:
+                f.write(json.dumps(line) + "\n")
+    with open(os.path.join(args.out, "report.json"), "w") as f:
+        json.dump(report, f)
+
+
+def drive(args, mods, report, heights, kill_at, expected, plugin):
     for i, height in enumerate(heights):
         mode = kill_at.get(i)
         during = mode if mode in ("finalize", "commit") else None
@@ -266,18 +286,14 @@ def main():
             sys.exit(f"host.py: block {height} was accepted, an error was expected")
         report["acked"].append(height)
         if height not in expected:
-            expected[height] = net(height, block(height, args.seed)[0])
+            writes, t, app_hash = block(height, args.seed)
+            expected[height] = net(height, writes)
+            report["blocks"][str(height)] = {"time": t, "app_hash": app_hash.hex()}
         if mode == "between":
             plugin.kill()
             report["kills"] += 1
             plugin = Plugin(mods, report)
     plugin.shutdown()
-    with open(os.path.join(args.out, "expected.jsonl"), "w") as f:
-        for h in sorted(expected):
-            for line in expected[h]:
-                f.write(json.dumps(line) + "\n")
-    with open(os.path.join(args.out, "report.json"), "w") as f:
-        json.dump(report, f)
 
 
 if __name__ == "__main__":

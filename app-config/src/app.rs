@@ -491,8 +491,10 @@ impl Parser<'_> {
     }
 
     /// The warning about `[streaming.abci]`, the Cosmos SDK v0.47+ table of
-    /// ABCI listener plugins (go-plugin): recognised so that a Cosmos
-    /// app.toml that has it is not silently half-read, but not supported.
+    /// ABCI listener plugins (go-plugin): it belongs in the chain's
+    /// app.toml, where it launches `statestream cosmos-plugin`; recognised
+    /// here so that a Cosmos app.toml given to statestream is not silently
+    /// half-read.
     fn abci_warning(&self, root: &DeTable<'_>) -> Option<String> {
         let (_, streaming) = find(root, "streaming")?;
         let DeValue::Table(streaming) = streaming.get_ref() else {
@@ -500,10 +502,12 @@ impl Parser<'_> {
         };
         let (key, _) = find(streaming, "abci")?;
         Some(format!(
-            "{}: [streaming.abci] (line {}): Cosmos SDK ABCI listener plugins (go-plugin) \
-             are not supported and this table is ignored; statestream runs out-of-process \
-             streamers with `type = \"process\"` in a [streamers.<name>] table listed in \
-             [store] streamers (see docs/plugin-protocol.md)",
+            "{}: [streaming.abci] (line {}): this table is ignored here: it belongs in a Cosmos \
+             chain's app.toml, where it launches statestream as the chain's ABCI listener \
+             plugin (COSMOS_SDK_ABCI=\"statestream cosmos-plugin --home DIR\", see \
+             docs/cosmos.md); statestream's own out-of-process streamers are \
+             `type = \"process\"` in a [streamers.<name>] table listed in [store] streamers \
+             (see docs/plugin-protocol.md)",
             self.origin.display(),
             self.index.line(key.span().start)
         ))

@@ -1006,6 +1006,7 @@ fn config_streaming_abci_is_recognised_with_a_warning() {
     assert!(warning.contains("[streaming.abci] (line 15)"), "{warning}");
     assert!(warning.contains("type = \"process\""), "{warning}");
     assert!(warning.contains("docs/plugin-protocol.md"), "{warning}");
+    assert!(warning.contains("statestream cosmos-plugin"), "{warning}");
 
     assert!(
         parse(COSMOS_TEMPLATE)

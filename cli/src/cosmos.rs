@@ -91,20 +91,118 @@ pub fn run(args: CosmosPluginArgs) -> Result<ExitCode> {
         );
         return Ok(ExitCode::from(1));
     }
-    let ingest = open(&args.home)?;
+    let state = open(&args.home)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .thread_name("cosmos-plugin")
         .build()
         .context("cannot start the plugin's runtime")?;
-    runtime.block_on(serve(ingest))?;
+    runtime.block_on(serve(state))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The plugin's state, behind one lock: the pipeline and the telemetry
+/// server that shows its streamers.
+struct State {
+    ingest: Ingest,
+    telemetry: Option<Telemetry>,
+}
+
+impl State {
+    /// Closes the streamers and the store, then stops the telemetry server.
+    fn close(self) -> statestream::Result<()> {
+        let closed = self.ingest.close();
+        if let Some(t) = self.telemetry
+            && let Some(server) = t.server
+        {
+            server.stop();
+        }
+        closed
+    }
+
+    /// After each block: the metrics, and a telemetry server on the new
+    /// observer when the streamers were restarted (new stores, a gap).
+    fn refresh(&mut self) {
+        let Some(t) = self.telemetry.as_mut() else {
+            return;
+        };
+        let status = self.ingest.status();
+        t.height
+            .set(i64::try_from(status.height()).unwrap_or(i64::MAX));
+        let gaps = status.gaps();
+        t.gaps.inc_by(gaps.saturating_sub(t.gaps.get()));
+        let replays = status.replays();
+        t.replays.inc_by(replays.saturating_sub(t.replays.get()));
+        let starts = status.streamer_starts();
+        if starts == t.starts {
+            return;
+        }
+        let Some(observer) = self.ingest.observer() else {
+            return;
+        };
+        if let Some(old) = t.server.take() {
+            old.stop();
+        }
+        match statestream::TelemetryServer::start(t.address, observer, t.metrics.clone()) {
+            Ok(server) => {
+                t.server = Some(server);
+                t.starts = starts;
+            }
+            Err(e) => warn!(error = %e, address = %t.address, "telemetry server not started"),
+        }
+    }
+}
+
+/// `[telemetry]`: the server (on the current streamers' observer) and the
+/// plugin's own metrics.
+struct Telemetry {
+    address: std::net::SocketAddr,
+    metrics: statestream::prometheus::Registry,
+    server: Option<statestream::TelemetryServer>,
+    /// The pipeline's `streamer_starts` the server was started for.
+    starts: u64,
+    height: statestream::prometheus::IntGauge,
+    gaps: statestream::prometheus::IntCounter,
+    replays: statestream::prometheus::IntCounter,
+}
+
+impl Telemetry {
+    fn new(
+        address: std::net::SocketAddr,
+        metrics: statestream::prometheus::Registry,
+    ) -> Result<Telemetry> {
+        use statestream::prometheus::{IntCounter, IntGauge};
+        let height = IntGauge::new(
+            "cosmos_plugin_height",
+            "The chain's last height committed into the replica.",
+        )?;
+        let gaps = IntCounter::new(
+            "cosmos_plugin_gaps_total",
+            "Height gaps: blocks the chain committed that the plugin never received (refused ones included).",
+        )?;
+        let replays = IntCounter::new(
+            "cosmos_plugin_replays_total",
+            "Blocks the chain delivered again, answered without committing or delivering them twice.",
+        )?;
+        metrics.register(Box::new(height.clone()))?;
+        metrics.register(Box::new(gaps.clone()))?;
+        metrics.register(Box::new(replays.clone()))?;
+        Ok(Telemetry {
+            address,
+            metrics,
+            server: None,
+            starts: 0,
+            height,
+            gaps,
+            replays,
+        })
+    }
 }
 
 /// Opens the replica and the pipeline, with the streamers of the home's
 /// configuration.
-fn open(home: &Path) -> Result<Ingest> {
+fn open(home: &Path) -> Result<State> {
     let source = ConfigSource::locate(None, home);
     info!(config = %source.origin().display(), "{}", source.describe());
     let config = source.load()?;
@@ -130,12 +228,21 @@ fn open(home: &Path) -> Result<Ingest> {
         .collect::<Result<Vec<_>, _>>()?;
     store.add_stores(&named)?;
     let registry = crate::node::registry();
+    let telemetry = config
+        .telemetry()
+        .map(|t| Telemetry::new(t.address, registry.metrics().clone()))
+        .transpose()?;
     let home_dir = home.to_path_buf();
     let start =
         Box::new(move |store: &mut MultiStore| start_manager(store, &config, &registry, &home_dir));
     info!(height = store.version(), stores = store.stores().len(), on_gap = ?on_gap,
         "replica opened");
-    Ok(Ingest::new(store, start, on_gap)?)
+    let mut state = State {
+        ingest: Ingest::new(store, start, on_gap)?,
+        telemetry,
+    };
+    state.refresh();
+    Ok(state)
 }
 
 /// Starts the streamers on the replica's current stores: the one place
@@ -206,12 +313,12 @@ async fn listen() -> Result<(Listener, String)> {
     Ok((Listener::Unix(l, path), line))
 }
 
-/// The pipeline, shared by the handlers; `None` once shut down.
-type Shared = Arc<Mutex<Option<Ingest>>>;
+/// The plugin's state, shared by the handlers; `None` once shut down.
+type Shared = Arc<Mutex<Option<State>>>;
 
-async fn serve(ingest: Ingest) -> Result<()> {
+async fn serve(state: State) -> Result<()> {
     let (listener, address) = listen().await?;
-    let shared: Shared = Arc::new(Mutex::new(Some(ingest)));
+    let shared: Shared = Arc::new(Mutex::new(Some(state)));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
@@ -262,8 +369,8 @@ async fn serve(ingest: Ingest) -> Result<()> {
     // Shut down by the host: the controller closed the pipeline already.
     // Served without a Shutdown call (not expected): close it here.
     let rest = shared.lock().ok().and_then(|mut g| g.take());
-    if let Some(ingest) = rest {
-        tokio::task::spawn_blocking(move || ingest.close())
+    if let Some(state) = rest {
+        tokio::task::spawn_blocking(move || state.close())
             .await
             .context("closing the pipeline panicked")??;
     }
@@ -288,7 +395,7 @@ impl GrpcController for Controller {
         let ingest = Arc::clone(&self.ingest);
         let closed = tokio::task::spawn_blocking(move || {
             let taken = ingest.lock().ok().and_then(|mut g| g.take());
-            taken.map(Ingest::close).transpose()
+            taken.map(State::close).transpose()
         })
         .await;
         if let Some(stop) = self.stop.lock().ok().and_then(|mut g| g.take()) {
@@ -400,10 +507,12 @@ impl AbciListenerService for AbciListener {
             let mut guard = ingest
                 .lock()
                 .map_err(|_| Status::internal("the pipeline is unusable after a panic"))?;
-            let Some(ingest) = guard.as_mut() else {
+            let Some(state) = guard.as_mut() else {
                 return Err(Status::unavailable("the plugin is shutting down"));
             };
-            ingest.commit(block).map_err(|e| {
+            let done = state.ingest.commit(block);
+            state.refresh();
+            done.map_err(|e| {
                 warn!(height, error = %e, "block not taken");
                 match e {
                     StreamError::SourceGap { .. } | StreamError::SourceDiverged { .. } => {

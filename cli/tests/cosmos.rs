@@ -297,8 +297,26 @@ fn cosmos_plugin_gap_halts_or_continues_per_config() {
         text.replace("on_gap = \"halt\"", "on_gap = \"continue\""),
     )
     .unwrap();
-    let report = s.host("6-8", &[], &[]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    s.append_config(&format!("\n[telemetry]\naddress = \"127.0.0.1:{port}\"\n"));
+    let scrape = format!("curl -sf http://127.0.0.1:{port}/metrics");
+    let report = s.host("6-8", &["--before-shutdown", &scrape], &[]);
     assert_eq!(heights(&report, "acked"), [6, 7, 8]);
+    // The gap is counted (this run saw it once) and the streamers
+    // restarted past it are the ones /metrics shows.
+    let metrics = report["before_shutdown"].as_str().unwrap();
+    let log = std::fs::read_to_string(s.dir.path().join("plugin.log")).unwrap();
+    assert!(!metrics.is_empty(), "no metrics; plugin log:\n{log}");
+    assert!(metrics.contains("cosmos_plugin_gaps_total 1"), "{metrics}");
+    assert!(metrics.contains("cosmos_plugin_height 8"), "{metrics}");
+    assert!(
+        metrics.contains("statestream_committed_height 8"),
+        "{metrics}"
+    );
     let mut all = first_run;
     all.extend(s.expected());
     assert_eq!(s.dump(), all);

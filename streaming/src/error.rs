@@ -91,7 +91,7 @@ pub enum Error {
     /// A source skipped heights and the pipeline is set to refuse that
     /// (`on_gap = "halt"`). The gap is recorded; the block is not committed.
     #[error(
-        "source block at height {height}: heights {first_missing}..={last_missing} were never          received (the source committed them while statestream was not there); refused          (on_gap = \"halt\")"
+        "source block at height {height}: heights {first_missing}..={last_missing} were never received (the source committed them while statestream was not there); refused (on_gap = \"halt\")"
     )]
     SourceGap {
         height: u64,
@@ -102,7 +102,7 @@ pub enum Error {
     /// A source gave a height again with another app hash than the one kept
     /// for it.
     #[error(
-        "source block at height {height} given again with app hash {given}, but the replica          kept {kept} for it: the source diverged"
+        "source block at height {height} given again with app hash {given}, but the replica kept {kept} for it: the source diverged"
     )]
     SourceDiverged {
         height: u64,

@@ -89,6 +89,7 @@ pub struct IngestStatus {
     height: AtomicU64,
     gaps: AtomicU64,
     replays: AtomicU64,
+    starts: AtomicU64,
     last_gap: Mutex<Option<(u64, u64)>>,
 }
 
@@ -106,6 +107,12 @@ impl IngestStatus {
     /// Blocks given again and answered without committing.
     pub fn replays(&self) -> u64 {
         self.replays.load(Ordering::Relaxed)
+    }
+
+    /// How many times the streamers were started: a new
+    /// [`Ingest::observer`] each time.
+    pub fn streamer_starts(&self) -> u64 {
+        self.starts.load(Ordering::Acquire)
     }
 
     /// The last gap seen: (first missing, last missing) heights.
@@ -141,12 +148,14 @@ impl Ingest {
     /// `start` now when the store already has stores, else with the first
     /// block.
     pub fn new(mut store: MultiStore, mut start: StartManager, on_gap: OnGap) -> Result<Ingest> {
+        let status = Arc::new(IngestStatus::default());
         let manager = if store.stores().is_empty() {
             None
         } else {
-            Some(start(&mut store)?)
+            let m = start(&mut store)?;
+            status.starts.fetch_add(1, Ordering::AcqRel);
+            Some(m)
         };
-        let status = Arc::new(IngestStatus::default());
         status.height.store(store.version(), Ordering::Release);
         Ok(Ingest {
             store,
@@ -253,6 +262,7 @@ impl Ingest {
         }
         if self.manager.is_none() && !self.store.stores().is_empty() {
             self.manager = Some((self.start)(&mut self.store)?);
+            self.status.starts.fetch_add(1, Ordering::AcqRel);
         }
         let Some(manager) = self.manager.as_mut() else {
             return Err(Error::BadSourceBlock {

@@ -16,6 +16,8 @@ height listed twice is a replay, a jump a gap). With --kills N the plugin is
 SIGKILLed N times, between and during calls; the host relaunches it and
 resends the block it got no answer for. --expect-error H: ListenCommit of
 height H must fail (on_gap = "halt"); the host then stops.
+--before-shutdown CMD: a shell command run before Shutdown (a scrape of the
+plugin's /metrics), its stdout kept in the report.
 
 Writes OUT/expected.jsonl (the net change of every acknowledged block, in
 canonical order, one record per line as `statestream dump --json` prints
@@ -222,6 +224,8 @@ def main():
     ap.add_argument("--kills", type=int, default=0)
     ap.add_argument("--expect-error", type=int)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--before-shutdown",
+                    help="a shell command run before Shutdown; its stdout goes into the report")
     args = ap.parse_args()
     generate(args.proto)
     mods = {
@@ -236,7 +240,7 @@ def main():
             for k, (a, b) in mods.items()}
     heights = parse_heights(args.heights)
     report = {"acked": [], "kills": 0, "handshakes": [], "extra_stdout": "",
-              "exit_codes": [], "error": None, "blocks": {}}
+              "exit_codes": [], "error": None, "blocks": {}, "before_shutdown": None}
     rnd = random.Random(args.seed)
     # Which sends get a kill, and where: between calls (after the answer),
     # during ListenFinalizeBlock, during ListenCommit.
@@ -293,6 +297,10 @@ def drive(args, mods, report, heights, kill_at, expected, plugin):
             plugin.kill()
             report["kills"] += 1
             plugin = Plugin(mods, report)
+    if args.before_shutdown:
+        report["before_shutdown"] = subprocess.run(
+            ["sh", "-c", args.before_shutdown], stdout=subprocess.PIPE,
+            timeout=DEADLINE, check=False).stdout.decode(errors="replace")
     plugin.shutdown()
 
 

@@ -35,6 +35,9 @@ mod serve;
 #[path = "bench_postgres.rs"]
 mod pg;
 
+#[path = "bench_cosmos.rs"]
+mod cosmos;
+
 use crate::blocks::DirArgs;
 use crate::workload::Rng;
 use crate::{replay, verify};
@@ -66,7 +69,7 @@ pub struct BenchArgs {
 }
 
 /// Every figure, in the order they run.
-const FIGURES: [&str; 14] = [
+const FIGURES: [&str; 15] = [
     "commit_overhead_async",
     "commit_overhead_sync",
     "writer_vs_raw",
@@ -81,6 +84,7 @@ const FIGURES: [&str; 14] = [
     "sse_commit_overhead",
     "sse_latency_ms",
     "postgres_rows_per_s",
+    "cosmos_plugin_commit_ms",
 ];
 
 const KEY_LEN: usize = 32;
@@ -253,6 +257,11 @@ pub fn run(args: BenchArgs, _quiet: bool) -> Result<ExitCode> {
         && let Some(f) = pg::rows_per_s(sizes, args.quick, args.postgres.as_deref())?
     {
         f.print(args.json)?;
+    }
+    if wanted("cosmos_plugin_commit_ms") {
+        for f in cosmos::commit_ms(sizes, &stores, &tmp.join("cosmos"))? {
+            f.print(args.json)?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -265,10 +265,16 @@ impl Ingest {
             self.status.starts.fetch_add(1, Ordering::AcqRel);
         }
         let Some(manager) = self.manager.as_mut() else {
-            return Err(Error::BadSourceBlock {
-                height,
-                reason: "the replica has no store yet and the block writes none".into(),
-            });
+            // No store yet and none written: nothing to stream, and no
+            // streamer can start on no store. The height is committed (the
+            // replica is at the source's height); the streamers start with
+            // the first block that writes.
+            let changes = self.store.commit_block(
+                statestream_store::CommitInput::new().app_meta(block.meta.encode_app_meta()),
+            )?;
+            let info = changes.commit_info();
+            self.status.height.store(info.version, Ordering::Release);
+            return Ok(Ingested::Committed(info));
         };
         for w in block.writes {
             let key = StoreKey::new(&w.store)?;

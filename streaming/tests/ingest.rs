@@ -230,6 +230,25 @@ fn a_gap_is_recorded_then_continued_past_or_refused() {
 }
 
 #[test]
+fn empty_blocks_before_the_first_store_are_committed_not_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut ingest, seen) = pipeline(&dir.path().join("r.redb"), OnGap::Continue);
+    ingest.commit(block(40, vec![])).unwrap();
+    ingest.commit(block(41, vec![])).unwrap();
+    assert_eq!(ingest.store().version(), 41);
+    ingest
+        .commit(block(42, vec![w("bank", "a", Some("1"))]))
+        .unwrap();
+    ingest.commit(block(43, vec![])).unwrap();
+    assert_eq!(ingest.store().gaps().unwrap(), vec![]);
+    assert_eq!(
+        seen.lock().unwrap().iter().map(|s| s.0).collect::<Vec<_>>(),
+        vec![42, 43]
+    );
+    ingest.close().unwrap();
+}
+
+#[test]
 fn a_bad_block_is_refused_whole() {
     let dir = tempfile::tempdir().unwrap();
     let (mut ingest, seen) = pipeline(&dir.path().join("r.redb"), OnGap::Continue);

@@ -194,13 +194,68 @@ fn assert_handshakes(report: &Value, network: &str) {
     }
 }
 
+/// A `serve` streamer beside the file streamer, on a free port; the
+/// command the host runs before Shutdown follows it from `from` to the end
+/// of block `to` and writes its JSON lines to `out`.
+fn with_serve(s: &Setup, from: u64, to: u64, out: &Path) -> String {
+    let port = free_port();
+    let path = s.home().join("config/app.toml");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "streamers = [\"file\"]",
+        "streamers = [\"file\", \"serve\"]",
+    );
+    std::fs::write(&path, text).unwrap();
+    s.append_config(&format!(
+        "\n[streamers.serve]\ntype = \"serve\"\nkeys = [\"*\"]\ngrpc_address = \"127.0.0.1:{port}\"\n"
+    ));
+    // Reads until the `end` line of block `to` (a Python loop: the host
+    // runs it with sh, and `subscribe` follows forever).
+    let script = "import json,subprocess,sys\n\
+        p=subprocess.Popen([sys.argv[1],'subscribe',sys.argv[2],'--json','--from',sys.argv[3]],stdout=subprocess.PIPE)\n\
+        out=open(sys.argv[5],'w')\n\
+        for line in p.stdout:\n    \
+            out.write(line.decode())\n    \
+            v=json.loads(line)\n    \
+            if v.get('type')=='end' and v['height']>=int(sys.argv[4]): break\n\
+        p.kill()\n";
+    let script_path = s.dir.path().join("follow.py");
+    std::fs::write(&script_path, script).unwrap();
+    format!(
+        "timeout 60 python3 '{}' '{BIN}' 127.0.0.1:{port} {from} {to} '{}'",
+        script_path.display(),
+        out.display()
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Hex of the text `subscribe` prints for a key or value (UTF-8 as is).
+fn hex_of_text(text: &str) -> String {
+    match text.strip_prefix("0x") {
+        Some(hex) => hex.to_string(),
+        None => statestream_core::to_hex(text.as_bytes()),
+    }
+}
+
 #[test]
 fn cosmos_plugin_survives_kills_and_streams_each_block_once() {
     if !have_python("cosmos_plugin_survives_kills_and_streams_each_block_once") {
         return;
     }
     let s = Setup::new("");
-    let report = s.host("1200001-1200040", &["--kills", "7"], &[]);
+    let followed = s.dir.path().join("serve.jsonl");
+    let follow = with_serve(&s, 1_200_001, 1_200_040, &followed);
+    let report = s.host(
+        "1200001-1200040",
+        &["--kills", "7", "--before-shutdown", &follow],
+        &[],
+    );
     assert_eq!(report["kills"], 7);
     assert_eq!(
         heights(&report, "acked"),
@@ -217,6 +272,27 @@ fn cosmos_plugin_survives_kills_and_streams_each_block_once() {
     let expected = s.expected();
     assert!(expected.len() > 200);
     assert_eq!(s.dump(), expected);
+
+    // serve, at the chain's heights, from its history: the same changes.
+    let text = std::fs::read_to_string(&followed).unwrap();
+    let served: Vec<(u64, String, String, Value)> = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| {
+            ["set", "create", "update", "delete"].contains(&v["type"].as_str().unwrap_or(""))
+        })
+        .map(|v| {
+            (
+                v["height"].as_u64().unwrap(),
+                v["store"].as_str().unwrap().to_string(),
+                hex_of_text(v["key"].as_str().unwrap()),
+                v["value"]
+                    .as_str()
+                    .map_or(Value::Null, |t| Value::from(hex_of_text(t))),
+            )
+        })
+        .collect();
+    assert_eq!(served, expected, "serve's changes differ from the host's");
 
     // The chain's app hash and time, and the raw FinalizeBlock request
     // with fields the plugin does not decode.

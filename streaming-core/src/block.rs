@@ -248,12 +248,31 @@ impl StoreSelection {
 }
 
 impl Block {
-    /// A view of `changes` for the stores in `selection`.
+    /// A view of `changes` for the stores in `selection`. A change set
+    /// with other stores than the selection was made for (a block
+    /// committed before stores were added at run time, read back from the
+    /// change log) is matched by store name; selected stores it does not
+    /// hold are left out.
     pub fn new(changes: Arc<ChangeSet>, meta: Arc<BlockMeta>, selection: &StoreSelection) -> Block {
+        let stores = changes.stores();
+        let same = selection
+            .indices
+            .iter()
+            .zip(selection.names.iter())
+            .all(|(&i, name)| stores.get(i).is_some_and(|s| s.store() == name));
+        let selected = if same {
+            Arc::clone(&selection.indices)
+        } else {
+            selection
+                .names
+                .iter()
+                .filter_map(|name| stores.binary_search_by(|s| s.store().cmp(name)).ok())
+                .collect()
+        };
         Block {
             changes,
             meta,
-            selected: Arc::clone(&selection.indices),
+            selected,
         }
     }
 
@@ -512,6 +531,33 @@ mod tests {
                 source_app_hash: vec![0xab; 32],
             },
         ]
+    }
+
+    /// A block committed before stores were added is read with a
+    /// selection made for the larger set of stores: matched by name.
+    #[test]
+    fn a_selection_matches_an_older_change_set_by_store_name() {
+        let key = |n: &str| StoreKey::new(n).unwrap();
+        let old = change_set(
+            1,
+            &[key("acc"), key("bank")],
+            &[
+                vec![(b"a".to_vec(), Some(b"1".to_vec()))],
+                vec![(b"b".to_vec(), None)],
+            ],
+            &BlockMeta::default(),
+        );
+        let now = [key("acc"), key("authz"), key("bank"), key("gov")];
+        for (wanted, expected) in [
+            (vec![key("bank"), key("gov")], vec!["bank"]),
+            (now.to_vec(), vec!["acc", "bank"]),
+            (vec![key("authz")], vec![]),
+        ] {
+            let b = Block::from_change_set(Arc::clone(&old), &StoreSelection::new(&now, &wanted))
+                .unwrap();
+            let names: Vec<&str> = b.stores().map(|s| s.store().name()).collect();
+            assert_eq!(names, expected);
+        }
     }
 
     #[test]

@@ -95,6 +95,35 @@ pub struct AppConfig {
     telemetry: Option<TelemetryConfig>,
     /// `[store] shutdown_timeout_ms`.
     shutdown_timeout: Duration,
+    /// `[cosmos]`: `statestream cosmos-plugin`'s settings.
+    cosmos: CosmosConfig,
+}
+
+/// The `[cosmos]` table, read by `statestream cosmos-plugin`:
+///
+/// ```toml
+/// [cosmos]
+/// on_gap = "continue"   # or "halt"
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CosmosConfig {
+    /// `on_gap`: what the plugin does when the chain's next block is not
+    /// the next height (the chain committed blocks while the plugin was
+    /// down). The gap is recorded either way.
+    pub on_gap: GapPolicy,
+}
+
+/// `[cosmos] on_gap`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GapPolicy {
+    /// `"continue"` (the default): record the gap and go on.
+    #[default]
+    Continue,
+    /// `"halt"`: record the gap and answer the chain an error (a chain with
+    /// `stop-node-on-err = true` stops).
+    Halt,
 }
 
 /// The keys of the Cosmos SDK's own `[telemetry]` table (its app.toml
@@ -289,6 +318,30 @@ impl AppConfig {
         self.telemetry.as_ref()
     }
 
+    /// Every store named in a streamer's `keys` (not `["*"]`), sorted: a
+    /// replica that discovers its stores from its blocks creates these at
+    /// start, so that the streamers naming them can start before the
+    /// stores are first written.
+    pub fn named_stores(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .streamers
+            .iter()
+            .filter_map(|e| match &e.keys {
+                Keys::Names(names) => Some(names.iter().cloned()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+
+    /// `[cosmos]` (defaults when the table is absent).
+    pub fn cosmos(&self) -> &CosmosConfig {
+        &self.cosmos
+    }
+
     fn keys_error(&self, entry: &Entry, message: impl Into<String>) -> ConfigError {
         ConfigError::Key {
             path: self.origin.clone(),
@@ -393,12 +446,21 @@ impl Parser<'_> {
             },
         };
 
+        let cosmos = match find(root, "cosmos") {
+            None => CosmosConfig::default(),
+            Some((key, value)) => match value.get_ref() {
+                DeValue::Table(table) => self.cosmos(table)?,
+                _ => return Err(self.not_a_table("[cosmos]", key, value)),
+            },
+        };
+
         Ok(AppConfig {
             origin: self.origin.to_owned(),
             streamers,
             warnings,
             telemetry,
             shutdown_timeout,
+            cosmos,
         })
     }
 
@@ -432,6 +494,34 @@ impl Parser<'_> {
                 ),
             )),
         }
+    }
+
+    /// Reads `[cosmos]`: `on_gap` is its only key.
+    fn cosmos(&self, table: &DeTable<'_>) -> Result<CosmosConfig, ConfigError> {
+        const TABLE: &str = "[cosmos]";
+        let mut config = CosmosConfig::default();
+        for (key, value) in table.iter() {
+            let spelled = key.get_ref().as_ref();
+            let error = |message: String| self.key_error(TABLE, spelled, key.span(), message);
+            if spelled != "on_gap" {
+                return Err(error(
+                    "unknown key; statestream reads one key of [cosmos], `on_gap` \
+                     (\"continue\" or \"halt\")"
+                        .to_owned(),
+                ));
+            }
+            config.on_gap = match value.get_ref().as_str() {
+                Some("continue") => GapPolicy::Continue,
+                Some("halt") => GapPolicy::Halt,
+                _ => {
+                    return Err(error(format!(
+                        "expected \"continue\" or \"halt\", got {}",
+                        self.describe(value)
+                    )));
+                }
+            };
+        }
+        Ok(config)
     }
 
     /// Reads `[telemetry]`: `address`, `max_connections`,
@@ -564,8 +654,10 @@ impl Parser<'_> {
     }
 
     /// The warning about `[streaming.abci]`, the Cosmos SDK v0.47+ table of
-    /// ABCI listener plugins (go-plugin): recognised so that a Cosmos
-    /// app.toml that has it is not silently half-read, but not supported.
+    /// ABCI listener plugins (go-plugin): it belongs in the chain's
+    /// app.toml, where it launches `statestream cosmos-plugin`; recognised
+    /// here so that a Cosmos app.toml given to statestream is not silently
+    /// half-read.
     fn abci_warning(&self, root: &DeTable<'_>) -> Option<String> {
         let (_, streaming) = find(root, "streaming")?;
         let DeValue::Table(streaming) = streaming.get_ref() else {
@@ -573,10 +665,12 @@ impl Parser<'_> {
         };
         let (key, _) = find(streaming, "abci")?;
         Some(format!(
-            "{}: [streaming.abci] (line {}): Cosmos SDK ABCI listener plugins (go-plugin) \
-             are not supported and this table is ignored; statestream runs out-of-process \
-             streamers with `type = \"process\"` in a [streamers.<name>] table listed in \
-             [store] streamers (see docs/plugin-protocol.md)",
+            "{}: [streaming.abci] (line {}): this table is ignored here: it belongs in a Cosmos \
+             chain's app.toml, where it launches statestream as the chain's ABCI listener \
+             plugin (COSMOS_SDK_ABCI=\"statestream cosmos-plugin --home DIR\", see \
+             docs/cosmos.md); statestream's own out-of-process streamers are \
+             `type = \"process\"` in a [streamers.<name>] table listed in [store] streamers \
+             (see docs/plugin-protocol.md)",
             self.origin.display(),
             self.index.line(key.span().start)
         ))

@@ -1006,6 +1006,7 @@ fn config_streaming_abci_is_recognised_with_a_warning() {
     assert!(warning.contains("[streaming.abci] (line 15)"), "{warning}");
     assert!(warning.contains("type = \"process\""), "{warning}");
     assert!(warning.contains("docs/plugin-protocol.md"), "{warning}");
+    assert!(warning.contains("statestream cosmos-plugin"), "{warning}");
 
     assert!(
         parse(COSMOS_TEMPLATE)
@@ -1177,4 +1178,20 @@ fn config_store_shutdown_timeout_ms() {
         assert!(err.contains("line"), "{err}");
         assert!(err.contains(needle), "{text}: {err}");
     }
+}
+
+#[test]
+fn config_cosmos_on_gap() {
+    use statestream_config::GapPolicy;
+    assert_eq!(parse("").unwrap().cosmos().on_gap, GapPolicy::Continue);
+    let halt = parse("[cosmos]\non_gap = \"halt\"\n").unwrap();
+    assert_eq!(halt.cosmos().on_gap, GapPolicy::Halt);
+    let cont = parse("[cosmos]\non_gap = \"continue\"\n").unwrap();
+    assert_eq!(cont.cosmos().on_gap, GapPolicy::Continue);
+    let bad = parse("[cosmos]\non_gap = \"skip\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(bad.contains("on_gap") && bad.contains("\"skip\""), "{bad}");
+    let unknown = parse("[cosmos]\ngaps = 1\n").unwrap_err().to_string();
+    assert!(unknown.contains("unknown key"), "{unknown}");
 }

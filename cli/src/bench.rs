@@ -35,6 +35,9 @@ mod serve;
 #[path = "bench_postgres.rs"]
 mod pg;
 
+#[path = "bench_cosmos.rs"]
+mod cosmos;
+
 use crate::blocks::DirArgs;
 use crate::workload::Rng;
 use crate::{replay, verify};
@@ -75,7 +78,7 @@ const POSTGRES_ENV: &str = "STATESTREAM_BENCH_POSTGRES";
 
 /// Every figure, in the order they run, with the names of the lines it
 /// prints when they are not its own name (one per case it measures).
-const FIGURES: [(&str, &[&str]); 14] = [
+const FIGURES: [(&str, &[&str]); 15] = [
     ("commit_overhead_async", &[]),
     ("commit_overhead_sync", &[]),
     ("writer_vs_raw", &[]),
@@ -101,6 +104,10 @@ const FIGURES: [(&str, &[&str]); 14] = [
         &["sse_latency_ms_p50", "sse_latency_ms_p99"],
     ),
     ("postgres_rows_per_s", &[]),
+    (
+        "cosmos_plugin_commit_ms",
+        &["cosmos_plugin_commit_ms_p50", "cosmos_plugin_commit_ms_p99"],
+    ),
 ];
 
 /// What `--only` accepts: every figure and every line a figure prints.
@@ -300,6 +307,11 @@ pub fn run(args: BenchArgs, _quiet: bool) -> Result<ExitCode> {
         && let Some(f) = pg::rows_per_s(sizes, args.quick, postgres.as_deref())?
     {
         f.print(args.json)?;
+    }
+    if wanted("cosmos_plugin_commit_ms") {
+        for f in cosmos::commit_ms(sizes, &stores, &tmp.join("cosmos"))? {
+            f.print(args.json)?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -9,6 +9,7 @@
 mod bench;
 mod blocks;
 mod config_cmd;
+mod cosmos;
 mod cursors;
 mod dump;
 mod init;
@@ -81,6 +82,10 @@ enum Command {
     /// streamed per app.toml. SIGINT or SIGTERM stop it after the current
     /// block.
     Node(node::NodeArgs),
+    /// A Cosmos SDK (v0.50+) ABCI listener plugin, launched by the chain's
+    /// node (COSMOS_SDK_ABCI): streams the chain's blocks per
+    /// HOME/config/app.toml. See docs/cosmos.md.
+    CosmosPlugin(cosmos::CosmosPluginArgs),
     /// Write a commented default HOME/config/app.toml.
     Init(init::InitArgs),
     /// Check an app.toml without starting anything (`config check`).
@@ -167,7 +172,7 @@ fn run() -> anyhow::Result<ExitCode> {
         Err(e) => return Ok(usage_error(e)),
     };
     let default_level = match cli.command {
-        Command::Node(_) => "info",
+        Command::Node(_) | Command::CosmosPlugin(_) => "info",
         _ => "warn",
     };
     logging::init(
@@ -176,6 +181,7 @@ fn run() -> anyhow::Result<ExitCode> {
     );
     match cli.command {
         Command::Node(args) => node::run(args, cli.quiet),
+        Command::CosmosPlugin(args) => cosmos::run(args),
         Command::Init(args) => init::run(args, cli.quiet),
         Command::Config(args) => config_cmd::run(args, cli.quiet),
         Command::Completions(args) => {

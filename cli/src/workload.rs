@@ -194,6 +194,7 @@ fn execute_block(
         )
         .into_bytes(),
         txs,
+        ..BlockMeta::default()
     })
 }
 

@@ -52,6 +52,15 @@ pub enum Error {
         source: Box<redb::Error>,
     },
 
+    /// [`MultiStore::continue_at`](crate::MultiStore::continue_at) was given
+    /// a height that is not after the next one.
+    #[error("store at {path}: cannot continue at height {height}, the next height is {next}")]
+    HeightNotAhead {
+        path: PathBuf,
+        height: u64,
+        next: u64,
+    },
+
     /// Bytes read back from the database do not decode.
     #[error("corrupt database at {path}: {what}")]
     Corrupt { path: PathBuf, what: String },

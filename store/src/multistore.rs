@@ -23,6 +23,8 @@ pub(crate) const META: TableDefinition<'static, &'static str, &'static [u8]> =
 const STORE_HASHES: TableDefinition<'static, &'static str, &'static [u8]> =
     TableDefinition::new("store_hashes");
 const CURSORS: TableDefinition<'static, &'static str, u64> = TableDefinition::new("cursors");
+/// Height gaps a source left (first missing height -> last missing height).
+const GAPS: TableDefinition<'static, u64, u64> = TableDefinition::new("gaps");
 
 pub(crate) const META_VERSION: &str = "version";
 const META_STORES: &str = "stores";
@@ -628,6 +630,130 @@ impl MultiStore {
         }
         txn.commit().map_err(|e| err(e.into()))?;
         Ok((cs, hashes, logged))
+    }
+
+    /// Adds stores at run time (the ones not held yet; the others are
+    /// ignored), in one durable transaction of their own: each starts empty,
+    /// with the zero hash, so its hash chain starts with the next commit. A
+    /// source that discovers its stores from its blocks (a Cosmos chain)
+    /// adds them as they first appear. Readers and change log handles taken
+    /// before see the old set of stores: take new ones.
+    pub fn add_stores(&mut self, stores: &[StoreKey]) -> Result<()> {
+        self.check_usable()?;
+        let mut added: Vec<StoreKey> = stores
+            .iter()
+            .filter(|s| self.stores.binary_search(s).is_err())
+            .cloned()
+            .collect();
+        added.sort();
+        added.dedup();
+        if added.is_empty() {
+            return Ok(());
+        }
+        let mut all = self.stores.clone();
+        all.extend(added.iter().cloned());
+        all.sort();
+        let names = all.iter().map(StoreKey::name).collect::<Vec<_>>().join(",");
+        let path = Arc::clone(&self.path);
+        let err = |e: redb::Error| Error::engine(&path, "adding stores", e);
+        let txn = self.db.begin_write().map_err(|e| err(e.into()))?;
+        {
+            let mut meta = txn.open_table(META).map_err(|e| err(e.into()))?;
+            meta.insert(META_STORES, names.as_bytes())
+                .map_err(|e| err(e.into()))?;
+            let mut hashes = txn.open_table(STORE_HASHES).map_err(|e| err(e.into()))?;
+            for s in &added {
+                hashes
+                    .insert(s.name(), &ZERO_HASH[..])
+                    .map_err(|e| err(e.into()))?;
+                let name = state_table_name(s);
+                txn.open_table(state_def(&name))
+                    .map_err(|e| err(e.into()))?;
+            }
+        }
+        txn.commit().map_err(|e| err(e.into()))?;
+        for s in added {
+            let Err(i) = self.stores.binary_search(&s) else {
+                continue;
+            };
+            self.stores.insert(i, s);
+            self.hashes.insert(i, ZERO_HASH);
+            self.pending.per_store.insert(i, BTreeMap::new());
+            for (mask, _) in &mut self.listeners {
+                mask.insert(i, false);
+            }
+        }
+        self.snapshot = open_snapshot(&self.db, &self.path, &self.stores)?;
+        Ok(())
+    }
+
+    /// Makes `height` the next height to commit, for a store fed by a source
+    /// with heights of its own. On a store that has never committed this is
+    /// where it starts (a replica of a chain joined at a later height), and
+    /// no gap. Otherwise the heights from the next one up to `height - 1`
+    /// are a gap: recorded (see [`gaps`](MultiStore::gaps)) in the same
+    /// transaction, and every cursor at the current height moves to the end
+    /// of the gap, as those blocks will never exist here. Returns the gap
+    /// recorded, if any. `height` at or below the next height is an error
+    /// ([`Error::HeightNotAhead`]). Pending writes are kept.
+    pub fn continue_at(&mut self, height: u64) -> Result<Option<(u64, u64)>> {
+        self.check_usable()?;
+        let next = self.version + 1;
+        if height <= next {
+            return Err(Error::HeightNotAhead {
+                path: self.path.to_path_buf(),
+                height,
+                next,
+            });
+        }
+        let path = Arc::clone(&self.path);
+        let err = |e: redb::Error| Error::engine(&path, "continuing past a height gap", e);
+        let fresh = self.version == 0;
+        let gap = (!fresh).then_some((next, height - 1));
+        let txn = self.db.begin_write().map_err(|e| err(e.into()))?;
+        {
+            let mut meta = txn.open_table(META).map_err(|e| err(e.into()))?;
+            meta.insert(META_VERSION, &(height - 1).to_be_bytes()[..])
+                .map_err(|e| err(e.into()))?;
+            if let Some((from, to)) = gap {
+                let mut gaps = txn.open_table(GAPS).map_err(|e| err(e.into()))?;
+                gaps.insert(from, to).map_err(|e| err(e.into()))?;
+            }
+            let mut cursors = txn.open_table(CURSORS).map_err(|e| err(e.into()))?;
+            let mut moved = Vec::new();
+            for item in cursors.iter().map_err(|e| err(e.into()))? {
+                let (k, v) = item.map_err(|e| err(e.into()))?;
+                if v.value() == self.version {
+                    moved.push(k.value().to_string());
+                }
+            }
+            for name in moved {
+                cursors
+                    .insert(name.as_str(), height - 1)
+                    .map_err(|e| err(e.into()))?;
+            }
+        }
+        txn.commit().map_err(|e| err(e.into()))?;
+        self.version = height - 1;
+        Ok(gap)
+    }
+
+    /// The height gaps recorded by [`continue_at`](MultiStore::continue_at),
+    /// as (first missing, last missing) pairs in height order.
+    pub fn gaps(&self) -> Result<Vec<(u64, u64)>> {
+        let err = |e: redb::Error| Error::engine(&self.path, "reading height gaps", e);
+        let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
+        let t = match txn.open_table(GAPS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(err(e.into())),
+        };
+        let mut out = Vec::new();
+        for item in t.iter().map_err(|e| err(e.into()))? {
+            let (k, v) = item.map_err(|e| err(e.into()))?;
+            out.push((k.value(), v.value()));
+        }
+        Ok(out)
     }
 
     /// The persisted cursor `name`, if any.

@@ -47,15 +47,39 @@ pub struct BlockMeta {
     pub end_block: Vec<u8>,
     /// The block's transactions.
     pub txs: Vec<Tx>,
+    /// The app hash of the chain the block came from, when it came from a
+    /// source rather than from this store's own node (a Cosmos chain's
+    /// `ResponseFinalizeBlock.app_hash`, its IAVL root); empty otherwise.
+    /// statestream's own app hash (the commit info) is computed on the
+    /// replica from its per-store hash chains, as for any block.
+    pub source_app_hash: Vec<u8>,
 }
 
 impl BlockMeta {
     /// The bytes stored in the change log: a `BlockMetadata` message with
     /// only the application's fields set.
     pub fn encode_app_meta(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.app_fields_len(0));
+        let mut out = Vec::with_capacity(self.app_fields_len(0) + self.source_fields_len());
         self.encode_app_fields(0, &mut out);
+        self.encode_source_fields(&mut out);
         out
+    }
+
+    /// Encodes field 13 of `BlockMetadata` (the source's app hash), which
+    /// comes after the commit's fields 7-11.
+    fn encode_source_fields(&self, out: &mut Vec<u8>) {
+        if !self.source_app_hash.is_empty() {
+            prost::encoding::bytes::encode(13, &self.source_app_hash, out);
+        }
+    }
+
+    /// Length of [`encode_source_fields`](BlockMeta::encode_source_fields)'s bytes.
+    fn source_fields_len(&self) -> usize {
+        if self.source_app_hash.is_empty() {
+            0
+        } else {
+            prost::encoding::bytes::encoded_len(13, &self.source_app_hash)
+        }
     }
 
     /// Encodes fields 1 to 6 of `BlockMetadata` (the height and the
@@ -136,6 +160,7 @@ impl BlockMeta {
                     response: t.response,
                 })
                 .collect(),
+            source_app_hash: m.source_app_hash,
         })
     }
 
@@ -154,6 +179,7 @@ impl BlockMeta {
                     response: t.response.clone(),
                 })
                 .collect(),
+            source_app_hash: self.source_app_hash.clone(),
             ..Default::default()
         }
     }
@@ -273,12 +299,31 @@ impl StoreSelection {
 }
 
 impl Block {
-    /// A view of `changes` for the stores in `selection`.
+    /// A view of `changes` for the stores in `selection`. A change set
+    /// with other stores than the selection was made for (a block
+    /// committed before stores were added at run time, read back from the
+    /// change log) is matched by store name; selected stores it does not
+    /// hold are left out.
     pub fn new(changes: Arc<ChangeSet>, meta: Arc<BlockMeta>, selection: &StoreSelection) -> Block {
+        let stores = changes.stores();
+        let same = selection
+            .indices
+            .iter()
+            .zip(selection.names.iter())
+            .all(|(&i, name)| stores.get(i).is_some_and(|s| s.store() == name));
+        let selected = if same {
+            Arc::clone(&selection.indices)
+        } else {
+            selection
+                .names
+                .iter()
+                .filter_map(|name| stores.binary_search_by(|s| s.store().cmp(name)).ok())
+                .collect()
+        };
         Block {
             changes,
             meta,
-            selected: Arc::clone(&selection.indices),
+            selected,
         }
     }
 
@@ -351,6 +396,7 @@ impl Block {
         m.streamed_stores = system.streamed_stores;
         m.data_length = system.data_length;
         m.data_crc32c = system.data_crc32c;
+        m.source_app_hash = system.source_app_hash;
         m
     }
 
@@ -359,9 +405,8 @@ impl Block {
     /// (`meta_crc32c`, see [`check_metadata_checksum`]). The application's
     /// payloads and transactions are written straight from the block, not
     /// copied into a message first. Fields 1-6 come from the application's
-    /// metadata, 7-11 from the commit, 12 is the checksum of the bytes
-    /// before it; the parts are in field order, so their concatenation is
-    /// the canonical encoding.
+    /// metadata, 7-11 and 13 (the source's app hash) from the commit, 12 is
+    /// the checksum of the bytes before it, written last.
     pub fn encode_metadata(&self, data_length: u64, data_crc32c: u32, out: &mut Vec<u8>) {
         let start = out.len();
         self.meta.encode_app_fields(self.height(), out);
@@ -373,7 +418,7 @@ impl Block {
         out.extend_from_slice(&crc.to_le_bytes());
     }
 
-    /// Fields 7-11 of `BlockMetadata` (all others default).
+    /// Fields 7-11 and 13 of `BlockMetadata` (all others default).
     fn system_fields(&self, data_length: u64, data_crc32c: u32) -> proto::BlockMetadata {
         let info = self.commit_info();
         proto::BlockMetadata {
@@ -396,6 +441,7 @@ impl Block {
                 .collect(),
             data_length,
             data_crc32c,
+            source_app_hash: self.meta.source_app_hash.clone(),
             ..Default::default()
         }
     }
@@ -537,6 +583,7 @@ mod tests {
                         response: b"ok".to_vec(),
                     },
                 ],
+                source_app_hash: vec![0xab; 32],
             },
         ]
     }
@@ -576,6 +623,33 @@ mod tests {
         assert!(other > undecodable, "{other} {undecodable}");
     }
 
+    /// A block committed before stores were added is read with a
+    /// selection made for the larger set of stores: matched by name.
+    #[test]
+    fn a_selection_matches_an_older_change_set_by_store_name() {
+        let key = |n: &str| StoreKey::new(n).unwrap();
+        let old = change_set(
+            1,
+            &[key("acc"), key("bank")],
+            &[
+                vec![(b"a".to_vec(), Some(b"1".to_vec()))],
+                vec![(b"b".to_vec(), None)],
+            ],
+            &BlockMeta::default(),
+        );
+        let now = [key("acc"), key("authz"), key("bank"), key("gov")];
+        for (wanted, expected) in [
+            (vec![key("bank"), key("gov")], vec!["bank"]),
+            (now.to_vec(), vec!["acc", "bank"]),
+            (vec![key("authz")], vec![]),
+        ] {
+            let b = Block::from_change_set(Arc::clone(&old), &StoreSelection::new(&now, &wanted))
+                .unwrap();
+            let names: Vec<&str> = b.stores().map(|s| s.store().name()).collect();
+            assert_eq!(names, expected);
+        }
+    }
+
     #[test]
     fn block_encodings_equal_prost() {
         for meta in metas() {
@@ -585,7 +659,7 @@ mod tests {
                 "{meta:?}"
             );
             assert_eq!(
-                meta.app_fields_len(3),
+                meta.app_fields_len(3) + meta.source_fields_len(),
                 meta.to_proto(3).encode_to_vec().len()
             );
             let b = block(meta.clone());
@@ -595,8 +669,12 @@ mod tests {
             let mut sealed = b.metadata(11, 22);
             let unsealed = sealed.encode_to_vec();
             sealed.meta_crc32c = Some(crate::checksum::crc32c_append(0, &unsealed));
-            assert_eq!(message, sealed.encode_to_vec());
+            // The checksum is the last field even where a field numbered
+            // above it (13, the source's app hash) is set, so the bytes are
+            // prost's without it, then the checksum field; decoded, the same.
             assert_eq!(message[..unsealed.len()], unsealed);
+            assert_eq!(message.len(), unsealed.len() + 5);
+            assert_eq!(proto::BlockMetadata::decode(message).unwrap(), sealed);
             let decoded = proto::BlockMetadata::decode(message).unwrap();
             assert_eq!(
                 check_metadata_checksum(message, &decoded),

@@ -105,6 +105,32 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A source gave a block that cannot be committed as it is.
+    #[error("source block at height {height}: {reason}")]
+    BadSourceBlock { height: u64, reason: String },
+
+    /// A source skipped heights and the pipeline is set to refuse that
+    /// (`on_gap = "halt"`). The gap is recorded; the block is not committed.
+    #[error(
+        "source block at height {height}: heights {first_missing}..={last_missing} were never received (the source committed them while statestream was not there); refused (on_gap = \"halt\")"
+    )]
+    SourceGap {
+        height: u64,
+        first_missing: u64,
+        last_missing: u64,
+    },
+
+    /// A source gave a height again with another app hash than the one kept
+    /// for it.
+    #[error(
+        "source block at height {height} given again with app hash {given}, but the replica kept {kept} for it: the source diverged"
+    )]
+    SourceDiverged {
+        height: u64,
+        kept: String,
+        given: String,
+    },
+
     /// An async streamer's worker thread panicked.
     #[error("streamer \"{streamer}\": its worker thread panicked")]
     WorkerPanicked { streamer: String },

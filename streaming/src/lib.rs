@@ -59,6 +59,7 @@
 mod builtin;
 mod driver;
 mod error;
+mod ingest;
 mod manager;
 mod observe;
 mod process;
@@ -69,6 +70,7 @@ mod serve_metrics;
 mod telemetry;
 
 pub use error::{Error, Result};
+pub use ingest::{Ingest, IngestStatus, Ingested, OnGap, SourceBlock, SourceWrite, StartManager};
 pub use manager::{DeliveryManager, DeliveryManagerBuilder, StreamerSetup, StreamerStats};
 pub use observe::{
     Bucket, COMMIT_BUCKETS, ChangeLogStatus, HistogramStatus, NodeState, NodeStatus, Observer,

@@ -127,6 +127,11 @@ pub struct TelemetryServer {
     address: SocketAddr,
     stop: Option<watch::Sender<bool>>,
     thread: Option<JoinHandle<()>>,
+    /// Where the node's metrics are registered, and their observer: they
+    /// are unregistered when the server stops, so that a server can be
+    /// started again on the same registry (a pipeline restarting its
+    /// streamers gets a new observer).
+    registered: Option<(prometheus::Registry, Observer)>,
 }
 
 struct AppState {
@@ -175,6 +180,7 @@ impl TelemetryServer {
             observer: observer.clone(),
             metrics: metrics.clone(),
         });
+        let registered = Some((metrics.clone(), observer.clone()));
         let app = Router::new()
             .route("/metrics", get(metrics_handler))
             .route("/status", get(status_handler))
@@ -197,6 +203,7 @@ impl TelemetryServer {
             address: bound,
             stop: Some(stop),
             thread: Some(thread),
+            registered,
         })
     }
 
@@ -220,6 +227,9 @@ impl TelemetryServer {
             && thread.join().is_err()
         {
             tracing::warn!("telemetry server thread panicked");
+        }
+        if let Some((metrics, observer)) = self.registered.take() {
+            let _ = metrics.unregister(Box::new(NodeCollector::new(observer)));
         }
     }
 }

@@ -660,6 +660,7 @@ pub fn meta_for(height: u64) -> BlockMeta {
                 response: if i == 0 { Vec::new() } else { vec![i as u8] },
             })
             .collect(),
+        ..BlockMeta::default()
     }
 }
 

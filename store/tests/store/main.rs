@@ -6,4 +6,5 @@ mod iter;
 mod listener;
 mod model;
 mod persist;
+mod source;
 mod util;

@@ -29,6 +29,7 @@ pub fn block_meta(height: u64) -> BlockMeta {
             request: format!("tx {height}").into_bytes(),
             response: b"ok".to_vec(),
         }],
+        ..BlockMeta::default()
     }
 }
 

@@ -1,0 +1,423 @@
+//! `statestream cosmos-plugin` driven by a go-plugin host written in
+//! Python (tests/cosmos/host.py) that does what the Cosmos SDK's host does.
+//! Downstream, the file streamer's block files must pass `statestream
+//! verify` and hold exactly the net changes the host sent.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use prost::Message as _;
+use serde_json::Value;
+use statestream_test_support::require_python;
+
+const BIN: &str = env!("CARGO_BIN_EXE_statestream");
+const COOKIE_KEY: &str = "ABCI_LISTENER_PLUGIN";
+/// One deadline for a whole host run.
+const HOST_DEADLINE: Duration = Duration::from_secs(300);
+
+fn host_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cosmos")
+}
+
+fn have_python(test: &str) -> bool {
+    require_python(test, &["grpc", "grpc_tools"], "grpcio and grpcio-tools")
+}
+
+/// A plugin home (its app.toml written with `statestream init`, plus
+/// `extra` appended) and a directory for the host's output.
+struct Setup {
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new(extra: &str) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Setup { dir };
+        let out = Command::new(BIN)
+            .args(["init", "--home"])
+            .arg(s.home())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "init: {out:?}");
+        s.append_config(extra);
+        std::fs::create_dir_all(s.out()).unwrap();
+        s
+    }
+
+    fn append_config(&self, extra: &str) {
+        let path = self.home().join("config/app.toml");
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str(extra);
+        std::fs::write(path, text).unwrap();
+    }
+
+    fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    fn out(&self) -> PathBuf {
+        self.dir.path().join("out")
+    }
+
+    fn files(&self) -> PathBuf {
+        self.home().join("data/streaming")
+    }
+
+    /// Runs the host over `heights` with `extra` arguments; returns its
+    /// report. The plugin's stderr goes to `plugin.log` beside the home.
+    fn host(&self, heights: &str, extra: &[&str], env: &[(&str, &str)]) -> Value {
+        let log = self.dir.path().join("plugin.log");
+        let plugin = format!(
+            "exec '{BIN}' cosmos-plugin --home '{}' 2>>'{}'",
+            self.home().display(),
+            log.display()
+        );
+        let mut cmd = Command::new("python3");
+        cmd.arg(host_dir().join("host.py"))
+            .arg("--proto")
+            .arg(host_dir().join("proto"))
+            .arg("--out")
+            .arg(self.out())
+            .args(["--heights", heights])
+            .args(extra)
+            .env("COSMOS_SDK_ABCI", plugin)
+            .env("PLUGIN_UNIX_SOCKET_DIR", self.dir.path())
+            .env_remove(COOKIE_KEY)
+            .stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("python3 runs");
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if started.elapsed() > HOST_DEADLINE {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "the go-plugin host did not finish within {HOST_DEADLINE:?}; plugin log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(
+            status.success(),
+            "the go-plugin host failed ({status}); plugin log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        let report = std::fs::read_to_string(self.out().join("report.json")).unwrap();
+        serde_json::from_str(&report).unwrap()
+    }
+
+    /// The expected records of every run so far (each run appends).
+    fn expected(&self) -> Vec<(u64, String, String, Value)> {
+        let text = std::fs::read_to_string(self.out().join("expected.jsonl")).unwrap();
+        records(&text)
+    }
+
+    fn dump(&self) -> Vec<(u64, String, String, Value)> {
+        let out = Command::new(BIN)
+            .arg("dump")
+            .arg(self.files())
+            .arg("--json")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "dump: {out:?}");
+        records(&String::from_utf8(out.stdout).unwrap())
+    }
+
+    /// `statestream verify` on the block files: (exit status, output).
+    fn verify(&self) -> (bool, String) {
+        let out = Command::new(BIN)
+            .arg("verify")
+            .arg(self.files())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
+    fn meta(&self, height: u64) -> statestream_core::proto::BlockMetadata {
+        let bytes = std::fs::read(self.files().join(format!("block-{height}-meta"))).unwrap();
+        statestream_core::proto::BlockMetadata::decode(&bytes[8..]).unwrap()
+    }
+}
+
+fn records(text: &str) -> Vec<(u64, String, String, Value)> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            (
+                v["height"].as_u64().unwrap(),
+                v["store"].as_str().unwrap().to_string(),
+                v["key"].as_str().unwrap().to_string(),
+                v["value"].clone(),
+            )
+        })
+        .collect()
+}
+
+fn heights(report: &Value, field: &str) -> Vec<u64> {
+    report[field]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h.as_u64().unwrap())
+        .collect()
+}
+
+/// The go-plugin contract's stdout: exactly one handshake line per launch.
+fn assert_handshakes(report: &Value, network: &str) {
+    assert_eq!(
+        report["extra_stdout"], "",
+        "the plugin wrote more than its handshake"
+    );
+    for line in report["handshakes"].as_array().unwrap() {
+        let line = line.as_str().unwrap();
+        let parts: Vec<&str> = line.split('|').collect();
+        assert_eq!(parts.len(), 5, "{line}");
+        assert_eq!(
+            (parts[0], parts[1], parts[2], parts[4]),
+            ("1", "1", network, "grpc")
+        );
+    }
+}
+
+/// A `serve` streamer beside the file streamer, on a free port; the
+/// command the host runs before Shutdown follows it from `from` to the end
+/// of block `to` and writes its JSON lines to `out`.
+fn with_serve(s: &Setup, from: u64, to: u64, out: &Path) -> String {
+    let port = free_port();
+    let path = s.home().join("config/app.toml");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "streamers = [\"file\"]",
+        "streamers = [\"file\", \"serve\"]",
+    );
+    std::fs::write(&path, text).unwrap();
+    s.append_config(&format!(
+        "\n[streamers.serve]\ntype = \"serve\"\nkeys = [\"*\"]\ngrpc_address = \"127.0.0.1:{port}\"\n"
+    ));
+    // Reads until the `end` line of block `to` (a Python loop: the host
+    // runs it with sh, and `subscribe` follows forever).
+    let script = "import json,subprocess,sys\n\
+        p=subprocess.Popen([sys.argv[1],'subscribe',sys.argv[2],'--json','--from',sys.argv[3]],stdout=subprocess.PIPE)\n\
+        out=open(sys.argv[5],'w')\n\
+        for line in p.stdout:\n    \
+            out.write(line.decode())\n    \
+            v=json.loads(line)\n    \
+            if v.get('type')=='end' and v['height']>=int(sys.argv[4]): break\n\
+        p.kill()\n";
+    let script_path = s.dir.path().join("follow.py");
+    std::fs::write(&script_path, script).unwrap();
+    format!(
+        "timeout 60 python3 '{}' '{BIN}' 127.0.0.1:{port} {from} {to} '{}'",
+        script_path.display(),
+        out.display()
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Hex of the text `subscribe` prints for a key or value (UTF-8 as is).
+fn hex_of_text(text: &str) -> String {
+    match text.strip_prefix("0x") {
+        Some(hex) => hex.to_string(),
+        None => statestream_core::to_hex(text.as_bytes()),
+    }
+}
+
+#[test]
+fn cosmos_plugin_survives_kills_and_streams_each_block_once() {
+    if !have_python("cosmos_plugin_survives_kills_and_streams_each_block_once") {
+        return;
+    }
+    let s = Setup::new("");
+    let followed = s.dir.path().join("serve.jsonl");
+    let follow = with_serve(&s, 1_200_001, 1_200_040, &followed);
+    let report = s.host(
+        "1200001-1200040",
+        &["--kills", "7", "--before-shutdown", &follow],
+        &[],
+    );
+    assert_eq!(report["kills"], 7);
+    assert_eq!(
+        heights(&report, "acked"),
+        (1_200_001..=1_200_040).collect::<Vec<_>>()
+    );
+    assert_handshakes(&report, "unix");
+    // Killed 7 times, shut down once: exit 0 after Shutdown.
+    let codes = report["exit_codes"].as_array().unwrap();
+    assert_eq!(codes.len(), 8);
+    assert_eq!(codes.last().unwrap(), 0);
+
+    let (ok, text) = s.verify();
+    assert!(ok, "verify: {text}");
+    let expected = s.expected();
+    assert!(expected.len() > 200);
+    assert_eq!(s.dump(), expected);
+
+    // serve, at the chain's heights, from its history: the same changes.
+    let text = std::fs::read_to_string(&followed).unwrap();
+    let served: Vec<(u64, String, String, Value)> = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| {
+            ["set", "create", "update", "delete"].contains(&v["type"].as_str().unwrap_or(""))
+        })
+        .map(|v| {
+            (
+                v["height"].as_u64().unwrap(),
+                v["store"].as_str().unwrap().to_string(),
+                hex_of_text(v["key"].as_str().unwrap()),
+                v["value"]
+                    .as_str()
+                    .map_or(Value::Null, |t| Value::from(hex_of_text(t))),
+            )
+        })
+        .collect();
+    assert_eq!(served, expected, "serve's changes differ from the host's");
+
+    // The chain's app hash and time, and the raw FinalizeBlock request
+    // with fields the plugin does not decode.
+    let first = s.meta(1_200_001);
+    let block = &report["blocks"]["1200001"];
+    assert_eq!(
+        statestream_core::to_hex(&first.source_app_hash),
+        block["app_hash"].as_str().unwrap()
+    );
+    assert_eq!(first.time_seconds, block["time"].as_i64().unwrap());
+    assert_eq!(first.height, 1_200_001);
+    assert!(
+        first.begin_block.windows(20).any(|w| w == [b'p'; 20]),
+        "the raw RequestFinalizeBlock lost its proposer_address"
+    );
+    assert_ne!(
+        first.commit.unwrap().app_hash,
+        first.source_app_hash,
+        "statestream's own app hash is not the chain's"
+    );
+}
+
+#[test]
+fn cosmos_plugin_answers_replays_without_duplicates_over_tcp() {
+    if !have_python("cosmos_plugin_answers_replays_without_duplicates_over_tcp") {
+        return;
+    }
+    let s = Setup::new("");
+    let report = s.host(
+        "1-6,3-6,7-9",
+        &[],
+        &[("PLUGIN_MIN_PORT", "21000"), ("PLUGIN_MAX_PORT", "21999")],
+    );
+    assert_handshakes(&report, "tcp");
+    assert_eq!(
+        heights(&report, "acked"),
+        [1, 2, 3, 4, 5, 6, 3, 4, 5, 6, 7, 8, 9]
+    );
+    let (ok, text) = s.verify();
+    assert!(ok, "verify: {text}");
+    assert!(text.contains("9 blocks"), "{text}");
+    assert_eq!(s.dump(), s.expected());
+}
+
+#[test]
+fn cosmos_plugin_gap_halts_or_continues_per_config() {
+    if !have_python("cosmos_plugin_gap_halts_or_continues_per_config") {
+        return;
+    }
+    let s = Setup::new("\n[cosmos]\non_gap = \"halt\"\n");
+    let report = s.host("1-3,6", &["--expect-error", "6"], &[]);
+    assert_eq!(heights(&report, "acked"), [1, 2, 3]);
+    assert_eq!(report["error"]["height"], 6);
+    assert!(
+        report["error"]["code"]
+            .as_str()
+            .unwrap()
+            .contains("FAILED_PRECONDITION"),
+        "{report}"
+    );
+    assert!(
+        report["error"]["details"]
+            .as_str()
+            .unwrap()
+            .contains("4..=5"),
+        "{report}"
+    );
+    let first_run = s.expected();
+    assert_eq!(s.dump(), first_run);
+    let log = std::fs::read_to_string(s.dir.path().join("plugin.log")).unwrap();
+    assert!(log.contains("height gap"), "{log}");
+
+    // With on_gap = "continue" the same block is taken; the gap stays a
+    // gap in the files (verify names it), nothing is invented.
+    let text = std::fs::read_to_string(s.home().join("config/app.toml")).unwrap();
+    std::fs::write(
+        s.home().join("config/app.toml"),
+        text.replace("on_gap = \"halt\"", "on_gap = \"continue\""),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    s.append_config(&format!("\n[telemetry]\naddress = \"127.0.0.1:{port}\"\n"));
+    let scrape = format!("curl -sf http://127.0.0.1:{port}/metrics");
+    let report = s.host("6-8", &["--before-shutdown", &scrape], &[]);
+    assert_eq!(heights(&report, "acked"), [6, 7, 8]);
+    // The gap is counted (this run saw it once) and the streamers
+    // restarted past it are the ones /metrics shows.
+    let metrics = report["before_shutdown"].as_str().unwrap();
+    let log = std::fs::read_to_string(s.dir.path().join("plugin.log")).unwrap();
+    assert!(!metrics.is_empty(), "no metrics; plugin log:\n{log}");
+    assert!(metrics.contains("cosmos_plugin_gaps_total 1"), "{metrics}");
+    assert!(metrics.contains("cosmos_plugin_height 8"), "{metrics}");
+    assert!(
+        metrics.contains("statestream_committed_height 8"),
+        "{metrics}"
+    );
+    let mut all = first_run;
+    all.extend(s.expected());
+    assert_eq!(s.dump(), all);
+    let (ok, text) = s.verify();
+    assert!(!ok && text.contains("block 4 is missing"), "{text}");
+}
+
+#[test]
+fn cosmos_plugin_refuses_to_run_without_the_cookie() {
+    let dir = tempfile::tempdir().unwrap();
+    for cookie in [None, Some("wrong"), Some("")] {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["cosmos-plugin", "--home"])
+            .arg(dir.path().join("home"));
+        match cookie {
+            Some(v) => cmd.env(COOKIE_KEY, v),
+            None => cmd.env_remove(COOKIE_KEY),
+        };
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{cookie:?}: {out:?}");
+        assert!(out.stdout.is_empty(), "{cookie:?}: stdout {out:?}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("plugin") && err.contains("Cosmos"), "{err}");
+        // Nothing was created: the plugin did not start.
+        assert!(!dir.path().join("home").exists());
+    }
+}

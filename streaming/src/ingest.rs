@@ -1,0 +1,325 @@
+//! The ingest pipeline: commits blocks that were committed somewhere else
+//! (a Cosmos chain through `statestream cosmos-plugin`, another
+//! statestream) into a local replica store, at the source's heights, and
+//! hands them to the delivery manager exactly as a node's commit does.
+//!
+//! - A block's change set is given in the source's write order, with
+//!   repeated keys: the replica stores its net change (last write wins) in
+//!   the canonical order (the store's pending layer does exactly that).
+//! - Stores are discovered from the change sets: a store first seen at
+//!   height N is added then and its hash chain starts at N.
+//! - The first block of a replica may have any height. A later jump is a
+//!   gap: recorded in the store and counted, then either continued past
+//!   ([`OnGap::Continue`]) or refused ([`OnGap::Halt`]).
+//! - A height at or below the replica's is a replay: answered OK, nothing
+//!   is committed or delivered again.
+//! - The block, its metadata (with the source's app hash) and the
+//!   streamers' cursors are committed in one store transaction: once
+//!   [`Ingest::commit`] returns, the block is durable (with `fsync` on).
+//!
+//! Adding stores or continuing past a gap restarts the streamers (closed,
+//! then started again on the new set of stores): the manager's store
+//! selection is fixed when it starts. Both are rare (a chain's first
+//! blocks, a chain upgrade adding a module, a plugin that was down).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use statestream_core::{BlockMeta, CommitInfo, StoreKey};
+use statestream_store::{KvStore, MultiStore};
+use tracing::{info, warn};
+
+use crate::error::{Error, Result};
+use crate::manager::DeliveryManager;
+use crate::observe::Observer;
+
+/// One write of a source's change set, in the source's order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceWrite {
+    /// The store's name (a Cosmos module store: `bank`, `acc`, ...).
+    pub store: String,
+    /// The key (not empty).
+    pub key: Vec<u8>,
+    /// The value written, `None` for a delete.
+    pub value: Option<Vec<u8>>,
+}
+
+/// A block committed by a source.
+#[derive(Debug, Clone, Default)]
+pub struct SourceBlock {
+    /// The source's height (at least 1).
+    pub height: u64,
+    /// Time, opaque payloads and the source's app hash
+    /// ([`BlockMeta::source_app_hash`]).
+    pub meta: BlockMeta,
+    /// The change set, in the order the source wrote it; a key may come
+    /// more than once.
+    pub writes: Vec<SourceWrite>,
+}
+
+/// What to do when a source's block is not the next height.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnGap {
+    /// Record the gap and go on with the block (the default).
+    #[default]
+    Continue,
+    /// Record the gap and refuse the block ([`Error::SourceGap`]).
+    Halt,
+}
+
+/// What [`Ingest::commit`] did with a block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Ingested {
+    /// Committed and handed to the streamers.
+    Committed(CommitInfo),
+    /// The replica already has this height (the source replays after a
+    /// restart): nothing was committed or delivered.
+    Replayed {
+        /// The height given.
+        height: u64,
+        /// The replica's height.
+        committed: u64,
+    },
+}
+
+/// The pipeline's counters, readable from any thread.
+#[derive(Debug, Default)]
+pub struct IngestStatus {
+    height: AtomicU64,
+    gaps: AtomicU64,
+    replays: AtomicU64,
+    starts: AtomicU64,
+    last_gap: Mutex<Option<(u64, u64)>>,
+}
+
+impl IngestStatus {
+    /// The replica's height (the source's last committed height).
+    pub fn height(&self) -> u64 {
+        self.height.load(Ordering::Acquire)
+    }
+
+    /// Height gaps seen since the pipeline started (refused ones included).
+    pub fn gaps(&self) -> u64 {
+        self.gaps.load(Ordering::Relaxed)
+    }
+
+    /// Blocks given again and answered without committing.
+    pub fn replays(&self) -> u64 {
+        self.replays.load(Ordering::Relaxed)
+    }
+
+    /// How many times the streamers were started: a new
+    /// [`Ingest::observer`] each time.
+    pub fn streamer_starts(&self) -> u64 {
+        self.starts.load(Ordering::Acquire)
+    }
+
+    /// The last gap seen: (first missing, last missing) heights.
+    pub fn last_gap(&self) -> Option<(u64, u64)> {
+        self.last_gap.lock().ok().and_then(|g| *g)
+    }
+}
+
+/// Starts the delivery manager on the replica's current stores; called
+/// again when the set of stores changes.
+pub type StartManager = Box<dyn FnMut(&mut MultiStore) -> Result<DeliveryManager> + Send>;
+
+/// The ingest pipeline over one replica store.
+pub struct Ingest {
+    store: MultiStore,
+    manager: Option<DeliveryManager>,
+    start: StartManager,
+    on_gap: OnGap,
+    status: Arc<IngestStatus>,
+}
+
+impl std::fmt::Debug for Ingest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ingest")
+            .field("store", &self.store)
+            .field("on_gap", &self.on_gap)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ingest {
+    /// A pipeline committing into `store`. The streamers are started with
+    /// `start` now when the store already has stores, else with the first
+    /// block.
+    pub fn new(mut store: MultiStore, mut start: StartManager, on_gap: OnGap) -> Result<Ingest> {
+        let status = Arc::new(IngestStatus::default());
+        let manager = if store.stores().is_empty() {
+            None
+        } else {
+            let m = start(&mut store)?;
+            status.starts.fetch_add(1, Ordering::AcqRel);
+            Some(m)
+        };
+        status.height.store(store.version(), Ordering::Release);
+        Ok(Ingest {
+            store,
+            manager,
+            start,
+            on_gap,
+            status,
+        })
+    }
+
+    /// The pipeline's counters.
+    pub fn status(&self) -> Arc<IngestStatus> {
+        Arc::clone(&self.status)
+    }
+
+    /// The running manager's observer (`None` before the first store is
+    /// known). A new one after each restart of the streamers.
+    pub fn observer(&self) -> Option<Observer> {
+        self.manager.as_ref().map(DeliveryManager::observer)
+    }
+
+    /// The replica store.
+    pub fn store(&self) -> &MultiStore {
+        &self.store
+    }
+
+    /// Commits `block` into the replica and delivers it; see the module
+    /// documentation. When this returns `Ok`, the block is in the store.
+    pub fn commit(&mut self, block: SourceBlock) -> Result<Ingested> {
+        let height = block.height;
+        let committed = self.store.version();
+        if height == 0 {
+            return Err(Error::BadSourceBlock {
+                height,
+                reason: "height 0 (a source's heights start at 1)".into(),
+            });
+        }
+        if height <= committed {
+            self.check_replay(&block)?;
+            self.status.replays.fetch_add(1, Ordering::Relaxed);
+            info!(
+                height,
+                committed, "block delivered again: already committed, nothing to do"
+            );
+            return Ok(Ingested::Replayed { height, committed });
+        }
+        // Everything is checked before the first write: a refused block
+        // must leave nothing pending in the store.
+        let mut new_stores = Vec::new();
+        for w in &block.writes {
+            let key = StoreKey::new(&w.store).map_err(|e| Error::BadSourceBlock {
+                height,
+                reason: format!("store name {:?}: {e}", w.store),
+            })?;
+            if w.key.is_empty() {
+                return Err(Error::BadSourceBlock {
+                    height,
+                    reason: format!("an empty key in store {}", w.store),
+                });
+            }
+            if self.store.check_store(&key).is_err() && !new_stores.contains(&key) {
+                new_stores.push(key);
+            }
+        }
+        let gap = (height > committed + 1 && committed != 0).then_some((committed + 1, height - 1));
+        if let Some((first, last)) = gap {
+            self.status.gaps.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut g) = self.status.last_gap.lock() {
+                *g = Some((first, last));
+            }
+            if self.on_gap == OnGap::Halt {
+                warn!(
+                    height,
+                    first_missing = first,
+                    last_missing = last,
+                    "height gap: the source skipped blocks; refusing the block (on_gap = \"halt\")"
+                );
+                return Err(Error::SourceGap {
+                    height,
+                    first_missing: first,
+                    last_missing: last,
+                });
+            }
+            warn!(
+                height,
+                first_missing = first,
+                last_missing = last,
+                "height gap: the source skipped blocks; recorded, going on (on_gap = \"continue\")"
+            );
+        }
+        if !new_stores.is_empty() || height > committed + 1 {
+            self.stop_streamers()?;
+            if !new_stores.is_empty() {
+                info!(
+                    height,
+                    stores = ?new_stores.iter().map(StoreKey::name).collect::<Vec<_>>(),
+                    "new stores: their hash chains start at this height"
+                );
+                self.store.add_stores(&new_stores)?;
+            }
+            if height > committed + 1 {
+                self.store.continue_at(height)?;
+            }
+        }
+        if self.manager.is_none() && !self.store.stores().is_empty() {
+            self.manager = Some((self.start)(&mut self.store)?);
+            self.status.starts.fetch_add(1, Ordering::AcqRel);
+        }
+        let Some(manager) = self.manager.as_mut() else {
+            // No store yet and none written: nothing to stream, and no
+            // streamer can start on no store. The height is committed (the
+            // replica is at the source's height); the streamers start with
+            // the first block that writes.
+            let changes = self.store.commit_block(
+                statestream_store::CommitInput::new().app_meta(block.meta.encode_app_meta()),
+            )?;
+            let info = changes.commit_info();
+            self.status.height.store(info.version, Ordering::Release);
+            return Ok(Ingested::Committed(info));
+        };
+        for w in block.writes {
+            let key = StoreKey::new(&w.store)?;
+            self.store.write_owned(&key, w.key, w.value)?;
+        }
+        let info = manager.commit(&mut self.store, block.meta)?;
+        self.status.height.store(info.version, Ordering::Release);
+        Ok(Ingested::Committed(info))
+    }
+
+    /// A replayed block whose source app hash differs from the one kept
+    /// for that height is a divergence, never a silent OK. Checked while
+    /// the change log keeps the height (always the last committed one; older
+    /// ones until every streamer has them).
+    fn check_replay(&self, block: &SourceBlock) -> Result<()> {
+        let Ok(kept) = self.store.change_log().read(block.height) else {
+            // Pruned or in a gap: nothing to compare with.
+            return Ok(());
+        };
+        let meta = BlockMeta::decode_app_meta(block.height, kept.app_meta())?;
+        if !block.meta.source_app_hash.is_empty()
+            && !meta.source_app_hash.is_empty()
+            && meta.source_app_hash != block.meta.source_app_hash
+        {
+            return Err(Error::SourceDiverged {
+                height: block.height,
+                kept: statestream_core::to_hex(&meta.source_app_hash),
+                given: statestream_core::to_hex(&block.meta.source_app_hash),
+            });
+        }
+        Ok(())
+    }
+
+    fn stop_streamers(&mut self) -> Result<()> {
+        if let Some(manager) = self.manager.take() {
+            manager.close(&mut self.store)?;
+        }
+        Ok(())
+    }
+
+    /// Closes the streamers (flushing them) and the store.
+    pub fn close(mut self) -> Result<()> {
+        let closed = self.stop_streamers();
+        let store_closed = self.store.close();
+        closed?;
+        Ok(store_closed?)
+    }
+}

@@ -7,6 +7,7 @@ mod util;
 mod datastream;
 mod es;
 mod limits;
+mod listeners;
 mod metrics;
 mod push;
 mod python;

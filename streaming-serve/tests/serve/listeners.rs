@@ -265,3 +265,31 @@ fn listener_keys_out_of_range_are_errors_naming_the_key() {
         assert!(err.contains(key) && err.contains(says), "{extra}: {err}");
     }
 }
+
+#[test]
+fn grpc_announces_max_concurrent_streams() {
+    let node = Node::in_memory("max_concurrent_streams = 7");
+    let grpc = node.handle.grpc_address().expect("gRPC is on");
+    let mut tcp = TcpStream::connect(grpc).unwrap();
+    tcp.set_read_timeout(Some(CLOSE_DEADLINE)).unwrap();
+    // The client preface and an empty SETTINGS frame.
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .unwrap();
+    // The server's first frame is its SETTINGS: 9-byte header, then
+    // 6-byte entries (identifier, value); MAX_CONCURRENT_STREAMS is 0x3.
+    let mut header = [0u8; 9];
+    tcp.read_exact(&mut header)
+        .expect("the server's SETTINGS frame header");
+    assert_eq!(header[3], 0x4, "the first frame is SETTINGS: {header:?}");
+    let len = usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+    let mut payload = vec![0u8; len];
+    tcp.read_exact(&mut payload)
+        .expect("the server's SETTINGS payload");
+    let announced = payload.chunks_exact(6).find_map(|entry| {
+        (u16::from_be_bytes([entry[0], entry[1]]) == 0x3)
+            .then(|| u32::from_be_bytes([entry[2], entry[3], entry[4], entry[5]]))
+    });
+    assert_eq!(announced, Some(7), "SETTINGS: {payload:?}");
+    drop(tcp);
+    node.close();
+}

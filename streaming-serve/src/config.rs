@@ -36,6 +36,10 @@ pub const SERVE_TYPE: &str = "serve";
 /// value_types = { bank = "int" }
 /// max_connection_ms = 0
 /// cors_origins = []
+/// max_connections = 256
+/// header_timeout_ms = 10000
+/// allowed_hosts = []
+/// max_concurrent_streams = 128
 /// ```
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -107,6 +111,28 @@ pub struct ServeConfig {
     /// [`DEFAULT_VALUE_TYPE`] for every store.
     #[serde(default)]
     pub value_types: BTreeMap<String, String>,
+    /// Connections open at once, per listener (gRPC and HTTP each); one
+    /// more is closed as soon as it is accepted. Default
+    /// [`DEFAULT_MAX_CONNECTIONS`].
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// How long a client has to send its first bytes and a whole HTTP/1
+    /// request head, in milliseconds (also how long an idle HTTP/1
+    /// keep-alive connection stays open, and how long an HTTP/2 client
+    /// has to answer a keep-alive ping). Default
+    /// [`DEFAULT_HEADER_TIMEOUT_MS`].
+    #[serde(default = "default_header_timeout_ms")]
+    pub header_timeout_ms: u64,
+    /// Host names (or IP addresses) requests may name beyond `localhost`,
+    /// `127.0.0.1`, `[::1]` and the bound address; any other gets `421`.
+    /// `["*"]`: any host. Default empty.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// HTTP/2 (every gRPC call, health `Watch` included): streams one
+    /// connection may have open at once. Default
+    /// [`DEFAULT_MAX_CONCURRENT_STREAMS`].
+    #[serde(default = "default_max_concurrent_streams")]
+    pub max_concurrent_streams: u32,
 }
 
 impl Default for ServeConfig {
@@ -126,6 +152,10 @@ impl Default for ServeConfig {
             max_push_bytes: default_max_push_bytes(),
             max_push_value_bytes: default_max_push_value_bytes(),
             value_types: BTreeMap::new(),
+            max_connections: default_max_connections(),
+            header_timeout_ms: default_header_timeout_ms(),
+            allowed_hosts: Vec::new(),
+            max_concurrent_streams: default_max_concurrent_streams(),
         }
     }
 }
@@ -147,6 +177,10 @@ impl std::fmt::Debug for ServeConfig {
             .field("max_push_bytes", &self.max_push_bytes)
             .field("max_push_value_bytes", &self.max_push_value_bytes)
             .field("value_types", &self.value_types)
+            .field("max_connections", &self.max_connections)
+            .field("header_timeout_ms", &self.header_timeout_ms)
+            .field("allowed_hosts", &self.allowed_hosts)
+            .field("max_concurrent_streams", &self.max_concurrent_streams)
             .finish()
     }
 }
@@ -182,6 +216,29 @@ fn default_max_push_bytes() -> usize {
 }
 fn default_max_push_value_bytes() -> usize {
     DEFAULT_MAX_PUSH_VALUE_BYTES
+}
+
+/// The default `max_connections` (as `[telemetry]`'s).
+pub const DEFAULT_MAX_CONNECTIONS: usize = statestream_net::DEFAULT_MAX_CONNECTIONS;
+/// The largest `max_connections`.
+pub const MAX_CONNECTIONS: usize = 1 << 20;
+/// The default `header_timeout_ms` (as `[telemetry]`'s).
+pub const DEFAULT_HEADER_TIMEOUT_MS: u64 = 10_000;
+/// The largest `header_timeout_ms`: one hour.
+pub const MAX_HEADER_TIMEOUT_MS: u64 = 3_600_000;
+/// The default `max_concurrent_streams`.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = statestream_net::DEFAULT_MAX_CONCURRENT_STREAMS;
+/// The largest `max_concurrent_streams`.
+pub const MAX_CONCURRENT_STREAMS: u32 = 1 << 20;
+
+fn default_max_connections() -> usize {
+    DEFAULT_MAX_CONNECTIONS
+}
+fn default_header_timeout_ms() -> u64 {
+    DEFAULT_HEADER_TIMEOUT_MS
+}
+fn default_max_concurrent_streams() -> u32 {
+    DEFAULT_MAX_CONCURRENT_STREAMS
 }
 fn default_retain_blocks() -> u64 {
     DEFAULT_RETAIN_BLOCKS
@@ -280,6 +337,36 @@ impl ServeConfig {
                 ),
             ));
         }
+        if !(1..=MAX_CONNECTIONS).contains(&self.max_connections) {
+            return Err((
+                "max_connections",
+                format!(
+                    "expected a number of connections from 1 to {MAX_CONNECTIONS}, got {}",
+                    self.max_connections
+                ),
+            ));
+        }
+        if !(1..=MAX_HEADER_TIMEOUT_MS).contains(&self.header_timeout_ms) {
+            return Err((
+                "header_timeout_ms",
+                format!(
+                    "expected milliseconds from 1 to {MAX_HEADER_TIMEOUT_MS}, got {}",
+                    self.header_timeout_ms
+                ),
+            ));
+        }
+        if !(1..=MAX_CONCURRENT_STREAMS).contains(&self.max_concurrent_streams) {
+            return Err((
+                "max_concurrent_streams",
+                format!(
+                    "expected a number of streams from 1 to {MAX_CONCURRENT_STREAMS}, got {}",
+                    self.max_concurrent_streams
+                ),
+            ));
+        }
+        for host in &self.allowed_hosts {
+            check_allowed_host(host).map_err(|m| ("allowed_hosts", m))?;
+        }
         if self
             .token
             .chars()
@@ -340,6 +427,30 @@ impl ServeConfig {
     }
 }
 
+/// One `allowed_hosts` entry: a host name, an IP address (IPv6 with or
+/// without brackets) or `*`, without a scheme, port or path (the same
+/// rule as `[telemetry] allowed_hosts`).
+fn check_allowed_host(host: &str) -> Result<(), String> {
+    let bracketed_v6 = host.starts_with('[')
+        && host.ends_with(']')
+        && host[1..host.len() - 1]
+            .parse::<std::net::Ipv6Addr>()
+            .is_ok();
+    let plain = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+    let ip = host.parse::<std::net::IpAddr>().is_ok();
+    if host == "*" || plain || ip || bracketed_v6 {
+        Ok(())
+    } else {
+        Err(format!(
+            "{host:?} is not a host name: write a name or an IP address without a scheme, \
+             port or path (such as \"node1.example.org\"), or \"*\" for any"
+        ))
+    }
+}
+
 /// `host:port` to one socket address (the first the name resolves to).
 fn resolve_address(text: &str) -> Result<SocketAddr, String> {
     if let Ok(a) = text.parse::<SocketAddr>() {
@@ -360,7 +471,24 @@ fn resolve_address(text: &str) -> Result<SocketAddr, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::resolve_address;
+    use super::{check_allowed_host, resolve_address};
+
+    #[test]
+    fn allowed_hosts() {
+        for ok in [
+            "*",
+            "node1.example.org",
+            "localhost",
+            "10.0.0.7",
+            "::1",
+            "[::1]",
+        ] {
+            assert!(check_allowed_host(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "http://x", "x:8080", "x/y", "a b", "[x]"] {
+            assert!(check_allowed_host(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn addresses() {

@@ -8,8 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use statestream_core::{Block, StoreSelection, StreamError, Streamer, StreamerContext};
+use statestream_net::{HostCheck, Limits, Listener};
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
+use tower::Layer;
 use tracing::{info, warn};
 
 use crate::config::{Addresses, DEFAULT_VALUE_TYPE, ServeConfig};
@@ -185,11 +187,16 @@ impl ServeStreamer {
             head,
         ));
         hub.metrics().set_max_subscribers(config.max_subscribers);
+        let limits = limits(&config, hub.heartbeat());
         let mut servers = Vec::new();
         let mut grpc_address = None;
         if let Some((std_listener, local, key)) = grpc_listener {
-            let listener = to_tokio(&runtime, &name, std_listener, local, key)?;
-            let (router, set_health) = crate::grpc::router(&hub, &config)?;
+            let listener =
+                Listener::new(to_tokio(&runtime, &name, std_listener, local, key)?, limits);
+            let (routes, set_health) = crate::grpc::router(&hub, &config)?;
+            // gRPC clients send the address they dialled as `:authority`,
+            // which the check accepts for a loopback or the bound address.
+            let service = HostCheck::for_listener(local, &config.allowed_hosts).layer(routes);
             servers.push(Server::spawn(
                 &runtime,
                 "gRPC",
@@ -199,13 +206,10 @@ impl ServeStreamer {
                     // before the first connection is accepted (the listener is
                     // bound).
                     set_health.await;
-                    // No Nagle: a block's last small frame must not wait for the
-                    // client's delayed ACK.
-                    let incoming = tonic::transport::server::TcpIncoming::from(listener)
-                        .with_nodelay(Some(true));
-                    router
-                        .serve_with_incoming_shutdown(incoming, shutdown)
-                        .await
+                    // The listener sets TCP_NODELAY: a block's last small
+                    // frame must not wait for the client's delayed ACK.
+                    listener.serve(service, shutdown).await;
+                    Ok::<(), std::convert::Infallible>(())
                 },
             ));
             info!(streamer = %name, address = %local, head, "serve: gRPC listening");
@@ -213,7 +217,8 @@ impl ServeStreamer {
         }
         let mut http_address = None;
         if let Some((std_listener, local, key)) = http_listener {
-            let listener = to_tokio(&runtime, &name, std_listener, local, key)?;
+            let listener =
+                Listener::new(to_tokio(&runtime, &name, std_listener, local, key)?, limits);
             let app = crate::http::router(crate::http::HttpSetup {
                 hub: Arc::clone(&hub),
                 token: config.token.clone(),
@@ -221,21 +226,18 @@ impl ServeStreamer {
                     .then(|| Duration::from_millis(config.max_connection_ms)),
                 cors_origins: config.cors_origins.clone(),
             });
+            // A web page reaching a loopback-bound node by DNS rebinding
+            // names its own host: 421, before the token or the routes.
+            let service = HostCheck::for_listener(local, &config.allowed_hosts).layer(app);
             servers.push(Server::spawn(
                 &runtime,
                 "HTTP",
                 &name,
                 |shutdown| async move {
-                    use axum::serve::ListenerExt;
-                    // No Nagle, as on gRPC: an event must not wait for an ACK.
-                    let listener = listener.tap_io(|tcp| {
-                        if let Err(e) = tcp.set_nodelay(true) {
-                            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-                        }
-                    });
-                    axum::serve(listener, app)
-                        .with_graceful_shutdown(shutdown)
-                        .await
+                    // TCP_NODELAY set by the listener, as on gRPC: an event
+                    // must not wait for an ACK.
+                    listener.serve(service, shutdown).await;
+                    Ok::<(), std::convert::Infallible>(())
                 },
             ));
             info!(streamer = %name, address = %local, head, "serve: HTTP (SSE) listening");
@@ -296,6 +298,18 @@ impl ServeStreamer {
             }
         }
     }
+}
+
+/// What each listener allows a client (`max_connections` and the rest);
+/// HTTP/2 pings at the heartbeat interval, as the subscriptions' own
+/// heartbeats, so a dead client's connection is found as soon.
+fn limits(config: &ServeConfig, heartbeat: Duration) -> Limits {
+    let mut limits = Limits::default();
+    limits.max_connections = config.max_connections;
+    limits.header_timeout = Duration::from_millis(config.header_timeout_ms);
+    limits.idle_timeout = heartbeat;
+    limits.max_concurrent_streams = config.max_concurrent_streams;
+    limits
 }
 
 /// Binds `address` (blocking, before the runtime exists, so bind errors

@@ -14,7 +14,6 @@ mod wire;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use tokio_stream::Stream;
 use tonic::service::interceptor::InterceptedService;
@@ -113,14 +112,16 @@ impl<T> Stream for Responses<T> {
     }
 }
 
-/// The gRPC services on one router, and a future that marks them SERVING
-/// in the health service.
+/// The gRPC services as one tower service (served by the streamer's
+/// `statestream_net` listener, which sets the HTTP/2 limits and
+/// keep-alive), and a future that marks them SERVING in the health
+/// service.
 pub(crate) fn router(
     hub: &Arc<Hub>,
     config: &ServeConfig,
 ) -> Result<
     (
-        tonic::transport::server::Router,
+        tonic::service::Routes,
         impl std::future::Future<Output = ()> + Send + 'static,
     ),
     ServeError,
@@ -156,11 +157,7 @@ pub(crate) fn router(
         })?;
     let data_access = access.clone();
     let reflection_access = access.clone();
-    let heartbeat = hub.heartbeat();
-    let router = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(heartbeat))
-        .http2_keepalive_timeout(Some(heartbeat.max(KEEPALIVE_MIN) * 2))
-        .add_service(health)
+    let router = tonic::service::Routes::new(health)
         .add_service(StateStreamRoute {
             service: state,
             access,
@@ -170,9 +167,7 @@ pub(crate) fn router(
         }))
         .add_service(InterceptedService::new(reflection, move |r| {
             admit(&reflection_access, r)
-        }));
+        }))
+        .prepare();
     Ok((router, set_health))
 }
-
-/// The shortest keepalive interval the timeout is derived from.
-const KEEPALIVE_MIN: Duration = Duration::from_secs(1);

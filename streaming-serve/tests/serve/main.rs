@@ -8,6 +8,7 @@ mod bounds;
 mod datastream;
 mod es;
 mod limits;
+mod listeners;
 mod metrics;
 mod push;
 mod python;

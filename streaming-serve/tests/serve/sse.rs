@@ -325,9 +325,7 @@ fn the_client_reconnects_by_itself_with_last_event_id_while_blocks_commit() {
 #[test]
 fn a_last_event_id_below_the_window_gives_a_fresh_put() {
     let mut node = Node::in_memory(&format!("{HTTP}retain_blocks = 5"));
-    for _ in 0..40 {
-        node.commit();
-    }
+    node.commit_pruned(40);
     let source = EventSource::open_with(
         &url(&node, "/stream"),
         &Options {

@@ -113,9 +113,7 @@ fn heartbeats_carry_the_head_height_on_an_idle_stream() {
 #[test]
 fn below_the_retained_window_is_out_of_range_with_the_oldest_height() {
     let mut node = Node::in_memory("retain_blocks = 5");
-    for _ in 0..40 {
-        node.commit();
-    }
+    node.commit_pruned(40);
     let rt = runtime();
     let address = node.address();
     let (status, oldest) = rt.block_on(async move {

@@ -159,6 +159,23 @@ impl Node {
         self.commit_sized(6, 8)
     }
 
+    /// Commits `n` blocks such that the change log is pruned at the last
+    /// one: before it, waits until the streamers' cursors are flushed (an
+    /// async streamer flushes on its own schedule, and the log keeps every
+    /// block above the lowest flushed cursor). For tests of what lies
+    /// below the retained window, which must not depend on that schedule.
+    pub fn commit_pruned(&mut self, n: u64) {
+        for _ in 1..n {
+            self.commit();
+        }
+        let height = self.store.version();
+        let manager = self.manager.as_ref().unwrap();
+        wait_for("the streamers' cursors to be flushed", || {
+            manager.stats().iter().all(|s| s.durable_height >= height)
+        });
+        self.commit();
+    }
+
     /// Like `commit`, with `writes` writes of `value_len` bytes.
     pub fn commit_sized(&mut self, writes: usize, value_len: usize) -> u64 {
         let h = self.store.version() + 1;

@@ -765,7 +765,8 @@ fn bad_input_corrupt_store_is_one_line_never_a_panic() {
 
     let mut internal = 0;
     for offset in [
-        4171usize, 8245, 8730, 16393, 20564, 20661, 0, 100, 4096, 4109, 4148, 4213,
+        8192usize, 8197, 8202, 20480, 4171, 8245, 8730, 16393, 20564, 20661, 0, 100, 4096, 4109,
+        4148, 4213,
     ] {
         let home = tmp.path().join(format!("flip-{offset}"));
         std::fs::create_dir_all(home.join("data")).unwrap();

@@ -66,6 +66,7 @@ SCHEMA = [
         ("data_length", 10, FDP.TYPE_UINT64, "", None),
         ("data_crc32c", 11, FDP.TYPE_UINT32, "", None),
         ("meta_crc32c", 12, FDP.TYPE_FIXED32, "optional", None),
+        ("source_app_hash", 13, FDP.TYPE_BYTES, "", None),
     ]),
 ]
 

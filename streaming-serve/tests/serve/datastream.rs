@@ -111,11 +111,16 @@ fn capabilities_sync_and_subscribe_follow_the_documented_mapping() {
         }
         (state, updates, deletes)
     });
-    for _ in 0..20 {
+    // Blocks go on until the subscriber has its eight updates, however
+    // late its request arrives: one overall deadline, not a fixed count.
+    let deadline = std::time::Instant::now() + statestream_test_support::PATIENCE;
+    while !task.is_finished() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for eight datastream updates"
+        );
         node.commit();
-        if task.is_finished() {
-            break;
-        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
     let (state, updates, deletes) = rt.block_on(task).unwrap();
     assert!(deletes > 0);

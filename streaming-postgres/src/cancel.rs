@@ -4,9 +4,9 @@
 //! statement waiting for a lock that another session holds, or for a server
 //! that stopped answering, would keep the streamer's worker (and so
 //! `DeliveryManager::close`) waiting up to `statement_timeout_ms`, or
-//! forever. When the node's [`Shutdown`] is triggered, a watcher thread
-//! gives the statement in flight [`STOP_GRACE`] to finish, as a healthy one
-//! does, then asks the server to cancel it through the connection's cancel
+//! forever. When the node's [`Shutdown`] is triggered (after the manager's
+//! drain), a watcher thread gives the statement in flight [`STOP_GRACE`]
+//! to finish, then asks the server to cancel it through the connection's cancel
 //! token. From then on the streamer writes nothing more: the blocks stay in
 //! the change log, and the cursor in the database says where the next
 //! start resumes.
@@ -20,9 +20,13 @@ use tracing::{info, warn};
 
 use crate::connect::ConnectSettings;
 
-/// How long a statement still running when the node begins to stop may go
-/// on before it is cancelled.
-pub(crate) const STOP_GRACE: Duration = Duration::from_secs(2);
+/// How long a statement still running when the streamers' shutdown signal
+/// fires may go on before it is cancelled. The manager triggers that signal
+/// only once its drain (`[store] shutdown_timeout_ms`) has passed, so a
+/// healthy statement has had its time already; this must stay well below
+/// the manager's own grace after the signal, or the worker is left behind
+/// with its statement still waiting, to finish once a lock is released.
+pub(crate) const STOP_GRACE: Duration = Duration::from_millis(200);
 
 /// How often the watcher, while the node runs, looks whether the streamer
 /// is gone ([`Shutdown`] wakes one kind of waiter only).

@@ -144,9 +144,17 @@ pub fn warn_gaps(heights: &[u64], then: &str) {
     if gaps.is_empty() {
         return;
     }
-    const SHOWN: usize = 5;
     let missing: u64 = gaps.iter().map(|(a, b)| b - a + 1).sum();
-    let mut ranges: Vec<String> = gaps
+    eprintln!(
+        "statestream: warning: {missing} heights have no block file: {}; {then}",
+        show_ranges(&gaps)
+    );
+}
+
+/// Inclusive height ranges for a human: `1-20, 25`, the first few only.
+pub fn show_ranges(ranges: &[(u64, u64)]) -> String {
+    const SHOWN: usize = 5;
+    let mut shown: Vec<String> = ranges
         .iter()
         .take(SHOWN)
         .map(|&(a, b)| {
@@ -157,13 +165,10 @@ pub fn warn_gaps(heights: &[u64], then: &str) {
             }
         })
         .collect();
-    if gaps.len() > SHOWN {
-        ranges.push(format!("and {} more ranges", gaps.len() - SHOWN));
+    if ranges.len() > SHOWN {
+        shown.push(format!("and {} more ranges", ranges.len() - SHOWN));
     }
-    eprintln!(
-        "statestream: warning: {missing} heights have no block file: {}; {then}",
-        ranges.join(", ")
-    );
+    shown.join(", ")
 }
 
 /// `bytes` as text when they are UTF-8 without control characters.

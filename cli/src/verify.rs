@@ -270,23 +270,7 @@ fn ranges(heights: &[u64]) -> Vec<(u64, u64)> {
 
 /// Sorted heights for a human: `1-20, 25`, the first ranges only.
 fn show_ranges(heights: &[u64]) -> String {
-    const SHOWN: usize = 5;
-    let all = ranges(heights);
-    let mut shown: Vec<String> = all
-        .iter()
-        .take(SHOWN)
-        .map(|&(a, b)| {
-            if a == b {
-                a.to_string()
-            } else {
-                format!("{a}-{b}")
-            }
-        })
-        .collect();
-    if all.len() > SHOWN {
-        shown.push(format!("and {} more ranges", all.len() - SHOWN));
-    }
-    shown.join(", ")
+    crate::blocks::show_ranges(&ranges(heights))
 }
 
 /// The outcome as one JSON object (see `--json`).

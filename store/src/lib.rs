@@ -53,6 +53,7 @@ mod kv;
 mod listener;
 mod multistore;
 mod reader;
+mod records;
 
 pub use cache::Cache;
 pub use changelog::{ChangeLog, ChangeLogMeter, ChangeLogSize};
@@ -62,6 +63,7 @@ pub use kv::KvStore;
 pub use listener::WriteListener;
 pub use multistore::{CommitInput, DEFAULT_CACHE_SIZE, MultiStore, StoreOptions};
 pub use reader::{ReadSnapshot, StoreReader};
+pub use records::Records;
 /// The data model the store commits in, from `statestream-core` (its
 /// signatures use these types).
 pub use statestream_core::{ChangeSet, CommitInfo, Hash, StoreChanges, StoreKey};

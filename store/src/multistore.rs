@@ -738,6 +738,13 @@ impl MultiStore {
         Ok(gap)
     }
 
+    /// The system table `name` (credentials, subscriptions, ...): records
+    /// of the node's own bookkeeping beside the stores, not streamed and
+    /// not hashed. See [`Records`](crate::Records).
+    pub fn records(&self, name: &str) -> crate::Records {
+        crate::Records::new(self.db.clone(), self.path.clone(), name)
+    }
+
     /// The height gaps recorded by [`continue_at`](MultiStore::continue_at),
     /// as (first missing, last missing) pairs in height order.
     pub fn gaps(&self) -> Result<Vec<(u64, u64)>> {

@@ -141,7 +141,7 @@ mod tests {
         let path = dir.path().join("store.redb");
         let bank = StoreKey::new("bank")?;
         {
-            let store = MultiStore::open(&path, &[bank.clone()], Default::default())?;
+            let store = MultiStore::open(&path, std::slice::from_ref(&bank), Default::default())?;
             let creds = store.records("credentials");
             assert!(creds.insert_new("wallet", b"one")?);
             assert!(

@@ -112,8 +112,18 @@ impl BlockFollower {
         let runtime = runtime("follower")?;
         let conn = Connection::open(&runtime, &settings, &Shutdown::new())?;
         let stream = config.stream.clone();
-        let subject = config.blocks_subject();
-        let (start, lookups) = block_on(&runtime, start_sequence(&conn, &stream, &subject, from))?;
+        let (subject, start, lookups) = block_on(&runtime, async {
+            let Some(info) = conn.stream_info(&stream).await? else {
+                return Err(NatsError::NoStream {
+                    url: conn.url().to_string(),
+                    stream: stream.clone(),
+                });
+            };
+            let subject = blocks_subject_of(&stream, &info.config.subjects, config)?;
+            let (start, lookups) =
+                start_sequence(&conn, &stream, &subject, info.state.last_seq, from).await?;
+            Ok((subject, start, lookups))
+        })?;
         debug!(stream = %stream, from, start, "following the stream");
         Ok(BlockFollower {
             consumer: None,
@@ -392,6 +402,50 @@ impl BlockFollower {
     }
 }
 
+/// The subject the blocks are on: `<subject>.blocks` of `config` when the
+/// stream captures it, else the one subject of the stream that ends in
+/// `.blocks` (a relay's upstream URL need not repeat the node's
+/// `subject`).
+fn blocks_subject_of(
+    stream: &str,
+    subjects: &[String],
+    config: &NatsStreamerConfig,
+) -> Result<String> {
+    let want = config.blocks_subject();
+    if subjects.iter().any(|s| subject_matches(s, &want)) {
+        return Ok(want);
+    }
+    let mut blocks = subjects
+        .iter()
+        .filter(|s| s.ends_with(".blocks") && !s.contains(['*', '>']));
+    match (blocks.next(), blocks.next()) {
+        (Some(one), None) => Ok(one.clone()),
+        _ => Err(NatsError::BadAnswer {
+            what: format!("stream {stream:?}"),
+            reason: format!(
+                "it does not capture {want} (its subjects: {}); name the node's subject \
+                 (&subject=… in the upstream URL)",
+                subjects.join(", ")
+            ),
+        }),
+    }
+}
+
+/// Whether the stream subject `pattern` (with `*` and `>` wildcards)
+/// captures `subject`.
+fn subject_matches(pattern: &str, subject: &str) -> bool {
+    let mut want = subject.split('.');
+    for p in pattern.split('.') {
+        match (p, want.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(_)) => {}
+            (p, Some(t)) if p == t => {}
+            _ => return false,
+        }
+    }
+    want.next().is_none()
+}
+
 /// The sequence to start reading at so that the first message taken is
 /// the first of block `from`.
 /// Also returns how many messages it read to find it.
@@ -399,19 +453,14 @@ async fn start_sequence(
     conn: &Connection,
     stream: &str,
     subject: &str,
+    last_seq: u64,
     from: u64,
 ) -> Result<(u64, u64)> {
-    let Some(info) = conn.stream_info(stream).await? else {
-        return Err(NatsError::NoStream {
-            url: conn.url().to_string(),
-            stream: stream.to_string(),
-        });
-    };
     let Some(first) = conn.next_message(stream, 1, subject).await? else {
         // Nothing on the subject yet: from whatever comes next (a stream
         // emptied by its limits starts after block 1: checked as the
         // blocks come).
-        return Ok((info.state.last_seq.saturating_add(1), 0));
+        return Ok((last_seq.saturating_add(1), 0));
     };
     let first_height = height_of(stream, &first)?;
     if from < first_height {
@@ -422,7 +471,7 @@ async fn start_sequence(
         });
     }
     let Some(last) = conn.last_message(stream, subject).await? else {
-        return Ok((info.state.last_seq.saturating_add(1), 1));
+        return Ok((last_seq.saturating_add(1), 1));
     };
     if height_of(stream, &last)? < from {
         return Ok((last.sequence.saturating_add(1), 2));
@@ -460,5 +509,38 @@ impl Drop for BlockFollower {
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_background();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn follow_subject_wildcards_match() {
+        assert!(subject_matches("a.blocks", "a.blocks"));
+        assert!(subject_matches("a.*", "a.blocks"));
+        assert!(subject_matches(">", "a.blocks"));
+        assert!(subject_matches("a.>", "a.blocks"));
+        assert!(!subject_matches("a.>", "a"));
+        assert!(!subject_matches("a", "a.blocks"));
+        assert!(!subject_matches("a.blocks.x", "a.blocks"));
+        assert!(!subject_matches("b.*", "a.blocks"));
+    }
+
+    #[test]
+    fn follow_subject_found_among_the_streams() {
+        let c = NatsStreamerConfig::default();
+        let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            blocks_subject_of("x", &s(&["statestream.>"]), &c).unwrap(),
+            "statestream.blocks"
+        );
+        assert_eq!(
+            blocks_subject_of("x", &s(&["chain.blocks", "other"]), &c).unwrap(),
+            "chain.blocks"
+        );
+        let err = blocks_subject_of("x", &s(&["a.blocks", "b.blocks"]), &c).unwrap_err();
+        assert!(err.to_string().contains("&subject="), "{err}");
     }
 }

@@ -23,7 +23,9 @@
 //! - [`BlockFollower`]: follows the stream live from a given height (the
 //!   start found by a binary search over the stream's sequences), through
 //!   server restarts, each height once; a height the stream no longer
-//!   holds is [`NatsError::HeightGone`]. A relay's JetStream upstream.
+//!   holds is [`NatsError::HeightGone`]. A relay's JetStream upstream:
+//!   [`upstream_config`] reads its URL (`nats://host:port?stream=NAME`)
+//!   with the `[relay.nats]` options ([`NatsUpstreamOptions`]).
 //!
 //! ```no_run
 //! use statestream::{DeliveryManager, Registry};
@@ -71,6 +73,7 @@ mod error;
 mod follow;
 mod replay;
 mod streamer;
+mod upstream;
 mod url;
 
 /// Fuzzing seam, compiled only with the `fuzzing` feature (which `fuzz/`
@@ -117,3 +120,4 @@ pub use replay::{
     Replay, ReplaySink, ReplayState, StreamBlock, StreamReader, replay_stream, replay_stream_into,
 };
 pub use streamer::{HEADER_HEIGHT, HEADER_MSG_ID, HEADER_PART, NatsStreamer};
+pub use upstream::{NatsUpstreamOptions, is_nats_upstream, upstream_config};

@@ -245,3 +245,36 @@ fn follow_height_the_stream_no_longer_holds_is_named() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn follow_upstream_url_finds_the_nodes_subject() -> anyhow::Result<()> {
+    let Some(server) = server::start("follow_upstream_url_finds_the_nodes_subject") else {
+        return Ok(());
+    };
+    let mut store = memory_store();
+    let toml = app_toml(
+        &server.url(),
+        "delivery = \"sync\"\nstream = \"chain\"\nsubject = \"node-a\"",
+    );
+    let mut m = manager(&mut store, &toml)?;
+    for b in 1..=4 {
+        commit_block(&mut m, &mut store, b)?;
+    }
+    m.close(&mut store)?;
+    let options = statestream_nats::NatsUpstreamOptions::default();
+    let url = format!("{}?stream=chain", server.url());
+    let config = statestream_nats::upstream_config(&url, &options)?;
+    let mut f = BlockFollower::open(&config, None, 2)?;
+    assert_eq!(heights(&follow_until(&mut f, 4)?), vec![2, 3, 4]);
+
+    let config =
+        statestream_nats::upstream_config(&format!("{}?stream=other", server.url()), &options)?;
+    let err = BlockFollower::open(&config, None, 1).expect_err("no such stream");
+    assert!(matches!(err, NatsError::NoStream { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("JetStream stream \"other\" does not exist"),
+        "{err}"
+    );
+    Ok(())
+}

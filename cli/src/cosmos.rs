@@ -47,6 +47,9 @@ pub mod pb {
         pub mod abci {
             tonic::include_proto!("tendermint.abci");
         }
+        pub mod types {
+            tonic::include_proto!("tendermint.types");
+        }
     }
     pub mod plugin {
         tonic::include_proto!("plugin");
@@ -103,15 +106,16 @@ pub fn run(args: CosmosPluginArgs) -> Result<ExitCode> {
 }
 
 /// The plugin's state, behind one lock: the pipeline and the telemetry
-/// server that shows its streamers.
-struct State {
-    ingest: Ingest,
+/// server that shows its streamers. `statestream ingest-files` runs on the
+/// same state.
+pub(crate) struct State {
+    pub(crate) ingest: Ingest,
     telemetry: Option<Telemetry>,
 }
 
 impl State {
     /// Closes the streamers and the store, then stops the telemetry server.
-    fn close(self) -> statestream::Result<()> {
+    pub(crate) fn close(self) -> statestream::Result<()> {
         let closed = self.ingest.close();
         if let Some(t) = self.telemetry
             && let Some(server) = t.server
@@ -123,7 +127,7 @@ impl State {
 
     /// After each block: the metrics, and a telemetry server on the new
     /// observer when the streamers were restarted (new stores, a gap).
-    fn refresh(&mut self) {
+    pub(crate) fn refresh(&mut self) {
         let Some(t) = self.telemetry.as_mut() else {
             return;
         };
@@ -202,7 +206,7 @@ impl Telemetry {
 
 /// Opens the replica and the pipeline, with the streamers of the home's
 /// configuration.
-fn open(home: &Path) -> Result<State> {
+pub(crate) fn open(home: &Path) -> Result<State> {
     let source = ConfigSource::locate(None, home);
     info!(config = %source.origin().display(), "{}", source.describe());
     let config = source.load()?;

@@ -12,6 +12,7 @@ mod config_cmd;
 mod cosmos;
 mod cursors;
 mod dump;
+mod ingest_files;
 mod init;
 mod logging;
 mod node;
@@ -86,6 +87,11 @@ enum Command {
     /// node (COSMOS_SDK_ABCI): streams the chain's blocks per
     /// HOME/config/app.toml. See docs/cosmos.md.
     CosmosPlugin(cosmos::CosmosPluginArgs),
+    /// Follow a Cosmos SDK (v0.46/v0.47) file streamer's directory
+    /// (block-N-data, block-N-meta) into a replica under HOME, streamed
+    /// per HOME/config/app.toml. SIGINT or SIGTERM stop it after the
+    /// current block. See docs/cosmos.md.
+    IngestFiles(ingest_files::IngestFilesArgs),
     /// Write a commented default HOME/config/app.toml.
     Init(init::InitArgs),
     /// Check an app.toml without starting anything (`config check`).
@@ -172,7 +178,7 @@ fn run() -> anyhow::Result<ExitCode> {
         Err(e) => return Ok(usage_error(e)),
     };
     let default_level = match cli.command {
-        Command::Node(_) | Command::CosmosPlugin(_) => "info",
+        Command::Node(_) | Command::CosmosPlugin(_) | Command::IngestFiles(_) => "info",
         _ => "warn",
     };
     logging::init(
@@ -182,6 +188,7 @@ fn run() -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Node(args) => node::run(args, cli.quiet),
         Command::CosmosPlugin(args) => cosmos::run(args),
+        Command::IngestFiles(args) => ingest_files::run(args),
         Command::Init(args) => init::run(args, cli.quiet),
         Command::Config(args) => config_cmd::run(args, cli.quiet),
         Command::Completions(args) => {

@@ -15,6 +15,7 @@ mod dump;
 mod init;
 mod logging;
 mod node;
+mod relay;
 mod replay;
 mod stats;
 mod subscribe;
@@ -86,6 +87,10 @@ enum Command {
     /// node (COSMOS_SDK_ABCI): streams the chain's blocks per
     /// HOME/config/app.toml. See docs/cosmos.md.
     CosmosPlugin(cosmos::CosmosPluginArgs),
+    /// Follow another statestream's `serve` (a node or a relay), check
+    /// every block against its hashes and serve it again, per
+    /// HOME/config/app.toml ([relay] upstreams). See docs/relay.md.
+    Relay(relay::RelayArgs),
     /// Write a commented default HOME/config/app.toml.
     Init(init::InitArgs),
     /// Check an app.toml without starting anything (`config check`).
@@ -172,7 +177,7 @@ fn run() -> anyhow::Result<ExitCode> {
         Err(e) => return Ok(usage_error(e)),
     };
     let default_level = match cli.command {
-        Command::Node(_) | Command::CosmosPlugin(_) => "info",
+        Command::Node(_) | Command::CosmosPlugin(_) | Command::Relay(_) => "info",
         _ => "warn",
     };
     logging::init(
@@ -182,6 +187,7 @@ fn run() -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Node(args) => node::run(args, cli.quiet),
         Command::CosmosPlugin(args) => cosmos::run(args),
+        Command::Relay(args) => relay::run(args),
         Command::Init(args) => init::run(args, cli.quiet),
         Command::Config(args) => config_cmd::run(args, cli.quiet),
         Command::Completions(args) => {

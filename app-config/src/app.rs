@@ -16,6 +16,12 @@ use crate::lenient::{not_a_bool, parse_bool, parse_integer};
 use crate::options::{Spelling, StreamerOptions};
 use crate::text::{LineIndex, check_name, describe, normalise_key};
 
+mod relay;
+
+pub use relay::{
+    DEFAULT_MAX_UPSTREAM_LAG_BLOCKS, DEFAULT_READY_LAG_BLOCKS, MAX_LAG_BLOCKS, RelayConfig,
+};
+
 /// Blocks buffered in memory per asynchronous streamer when `queue` is not set.
 pub const DEFAULT_QUEUE: usize = 64;
 
@@ -97,6 +103,8 @@ pub struct AppConfig {
     shutdown_timeout: Duration,
     /// `[cosmos]`: `statestream cosmos-plugin`'s settings.
     cosmos: CosmosConfig,
+    /// `[relay]`: `statestream relay`'s settings, when the table is there.
+    relay: Option<RelayConfig>,
 }
 
 /// The `[cosmos]` table, read by `statestream cosmos-plugin`:
@@ -342,6 +350,11 @@ impl AppConfig {
         &self.cosmos
     }
 
+    /// `[relay]`, when the file has the table.
+    pub fn relay(&self) -> Option<&RelayConfig> {
+        self.relay.as_ref()
+    }
+
     fn keys_error(&self, entry: &Entry, message: impl Into<String>) -> ConfigError {
         ConfigError::Key {
             path: self.origin.clone(),
@@ -454,6 +467,14 @@ impl Parser<'_> {
             },
         };
 
+        let relay = match find(root, "relay") {
+            None => None,
+            Some((key, value)) => match value.get_ref() {
+                DeValue::Table(table) => Some(self.relay(table)?),
+                _ => return Err(self.not_a_table("[relay]", key, value)),
+            },
+        };
+
         Ok(AppConfig {
             origin: self.origin.to_owned(),
             streamers,
@@ -461,6 +482,7 @@ impl Parser<'_> {
             telemetry,
             shutdown_timeout,
             cosmos,
+            relay,
         })
     }
 

@@ -16,6 +16,7 @@ mod ingest_files;
 mod init;
 mod logging;
 mod node;
+mod relay;
 mod replay;
 mod stats;
 mod subscribe;
@@ -92,6 +93,10 @@ enum Command {
     /// per HOME/config/app.toml. SIGINT or SIGTERM stop it after the
     /// current block. See docs/cosmos.md.
     IngestFiles(ingest_files::IngestFilesArgs),
+    /// Follow another statestream's `serve` (a node or a relay), check
+    /// every block against its hashes and serve it again, per
+    /// HOME/config/app.toml ([relay] upstreams). See docs/relay.md.
+    Relay(relay::RelayArgs),
     /// Write a commented default HOME/config/app.toml.
     Init(init::InitArgs),
     /// Check an app.toml without starting anything (`config check`).
@@ -178,7 +183,10 @@ fn run() -> anyhow::Result<ExitCode> {
         Err(e) => return Ok(usage_error(e)),
     };
     let default_level = match cli.command {
-        Command::Node(_) | Command::CosmosPlugin(_) | Command::IngestFiles(_) => "info",
+        Command::Node(_)
+        | Command::CosmosPlugin(_)
+        | Command::IngestFiles(_)
+        | Command::Relay(_) => "info",
         _ => "warn",
     };
     logging::init(
@@ -189,6 +197,7 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Node(args) => node::run(args, cli.quiet),
         Command::CosmosPlugin(args) => cosmos::run(args),
         Command::IngestFiles(args) => ingest_files::run(args),
+        Command::Relay(args) => relay::run(args),
         Command::Init(args) => init::run(args, cli.quiet),
         Command::Config(args) => config_cmd::run(args, cli.quiet),
         Command::Completions(args) => {

@@ -52,4 +52,4 @@ mod subscription;
 pub use cursor::{CursorStore, FileCursor, MemoryCursor};
 pub use error::{ClientError, CursorError};
 pub use options::{StartFrom, SubscribeOptions};
-pub use subscription::{ResumableSubscription, Update};
+pub use subscription::{BlockHashes, ResumableSubscription, Update};

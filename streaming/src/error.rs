@@ -131,6 +131,23 @@ pub enum Error {
         given: String,
     },
 
+    /// A source's block does not give the hash chain value (or the app
+    /// hash) the source says it committed: the replica refused it.
+    #[error(
+        "block {height} diverges from its source in store \"{store}\": the source's hash is {expected}, the replica computes {computed}"
+    )]
+    BlockDiverged {
+        height: u64,
+        /// The store, or `*app_hash*` for the app hash.
+        store: String,
+        expected: String,
+        computed: String,
+    },
+
+    /// A source's snapshot does not hold what a replica restores.
+    #[error("the source's snapshot at height {height} cannot be restored: {reason}")]
+    BadSnapshot { height: u64, reason: String },
+
     /// An async streamer's worker thread panicked.
     #[error("streamer \"{streamer}\": its worker thread panicked")]
     WorkerPanicked { streamer: String },

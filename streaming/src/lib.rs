@@ -70,7 +70,10 @@ mod serve_metrics;
 mod telemetry;
 
 pub use error::{Error, Result};
-pub use ingest::{Ingest, IngestStatus, Ingested, OnGap, SourceBlock, SourceWrite, StartManager};
+pub use ingest::{
+    Ingest, IngestStatus, Ingested, OnGap, SourceBlock, SourceHashes, SourceSnapshot, SourceWrite,
+    StartManager,
+};
 pub use manager::{
     DeliveryManager, DeliveryManagerBuilder, RuntimeCursor, RuntimeHandle, StartAt, StreamerSetup,
     StreamerStats,
@@ -101,4 +104,4 @@ pub use statestream_core::{
 /// crate alone.
 pub use statestream_store as store;
 #[cfg(feature = "telemetry")]
-pub use telemetry::{TelemetryError, TelemetryOptions, TelemetryServer};
+pub use telemetry::{StatusExtension, TelemetryError, TelemetryOptions, TelemetryServer};

@@ -137,6 +137,18 @@ pub struct TelemetryServer {
 struct AppState {
     observer: Observer,
     metrics: prometheus::Registry,
+    extension: Option<Arc<dyn StatusExtension>>,
+}
+
+/// What a program running the delivery manager adds to `/status` and
+/// `/healthz` (`statestream relay`: its upstream, lag and divergence).
+pub trait StatusExtension: Send + Sync {
+    /// Fields added to `/status`'s object (names it does not have).
+    fn status(&self) -> serde_json::Map<String, serde_json::Value>;
+
+    /// Why `/healthz` answers 503 although the node commits; `None`:
+    /// healthy.
+    fn unhealthy(&self) -> Option<String>;
 }
 
 impl TelemetryServer {
@@ -160,6 +172,18 @@ impl TelemetryServer {
         observer: Observer,
         metrics: prometheus::Registry,
     ) -> Result<TelemetryServer, TelemetryError> {
+        TelemetryServer::start_extended(address, options, observer, metrics, None)
+    }
+
+    /// [`start_with`](TelemetryServer::start_with), with `extension`'s
+    /// fields on `/status` and its health on `/healthz`.
+    pub fn start_extended(
+        address: SocketAddr,
+        options: &TelemetryOptions,
+        observer: Observer,
+        metrics: prometheus::Registry,
+        extension: Option<Arc<dyn StatusExtension>>,
+    ) -> Result<TelemetryServer, TelemetryError> {
         // Bound here, on the caller's thread, so that a bad address is an
         // error of this call and the chosen port is known when it returns.
         let listener = std::net::TcpListener::bind(address)
@@ -179,6 +203,7 @@ impl TelemetryServer {
         let state = Arc::new(AppState {
             observer: observer.clone(),
             metrics: metrics.clone(),
+            extension,
         });
         let registered = Some((metrics.clone(), observer.clone()));
         let app = Router::new()
@@ -277,17 +302,35 @@ async fn metrics_handler(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn status_handler(State(state): State<Arc<AppState>>) -> Response {
-    axum::Json(state.observer.status()).into_response()
+    let status = state.observer.status();
+    let Some(extension) = &state.extension else {
+        return axum::Json(status).into_response();
+    };
+    match serde_json::to_value(&status) {
+        Ok(serde_json::Value::Object(mut fields)) => {
+            for (k, v) in extension.status() {
+                fields.entry(k).or_insert(v);
+            }
+            axum::Json(fields).into_response()
+        }
+        _ => axum::Json(status).into_response(),
+    }
 }
 
 async fn healthz_handler(State(state): State<Arc<AppState>>) -> Response {
     let status = state.observer.status();
-    let body = health(&status);
-    let code = if status.state == NodeState::Committing {
+    let mut body = health(&status);
+    let mut code = if status.state == NodeState::Committing {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    if code == StatusCode::OK
+        && let Some(reason) = state.extension.as_ref().and_then(|e| e.unhealthy())
+    {
+        code = StatusCode::SERVICE_UNAVAILABLE;
+        body.error = Some(reason);
+    }
     (code, axum::Json(body)).into_response()
 }
 

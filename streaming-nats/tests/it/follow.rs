@@ -278,3 +278,41 @@ fn follow_upstream_url_finds_the_nodes_subject() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn follow_restart_before_the_first_message_neither_repeats_nor_skips() -> anyhow::Result<()> {
+    let Some(mut server) =
+        server::start("follow_restart_before_the_first_message_neither_repeats_nor_skips")
+    else {
+        return Ok(());
+    };
+    let mut store = memory_store();
+    let toml = app_toml(&server.url(), "stop-node-on-error = false");
+    let mut m = manager(&mut store, &toml)?;
+    for b in 1..=10 {
+        commit_block(&mut m, &mut store, b)?;
+    }
+    wait_delivered(&m, 10);
+    // At the head: its consumer exists and has delivered nothing when the
+    // server goes away (the client alone would make it again from the
+    // stream's start).
+    let mut f = BlockFollower::open(
+        &server.reader_config("statestream", "statestream"),
+        None,
+        11,
+    )?;
+    assert!(f.next(Duration::from_millis(300))?.is_none());
+    server.kill();
+    assert!(f.next(Duration::from_millis(300))?.is_none());
+    server.restart();
+    for b in 11..=15 {
+        commit_block(&mut m, &mut store, b)?;
+    }
+    wait_delivered(&m, 15);
+    m.close(&mut store)?;
+    let got = follow_until(&mut f, 15)?;
+    assert_eq!(heights(&got), (11..=15).collect::<Vec<_>>());
+    assert!(f.next(Duration::from_millis(300))?.is_none());
+    assert_eq!(f.duplicates(), 0, "nothing before block 11 was taken");
+    Ok(())
+}

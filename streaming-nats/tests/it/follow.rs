@@ -12,6 +12,15 @@ use statestream_store::{KvStore, StoreKey};
 use crate::server::NatsServer;
 use crate::{app_toml, commit_block, manager, memory_store, server, wait_delivered};
 
+/// A relay moves the follower to a reader thread and shares the heights.
+#[test]
+fn follow_types_cross_threads() {
+    fn send<T: Send>() {}
+    fn shared<T: Send + Sync>() {}
+    send::<BlockFollower>();
+    shared::<statestream_nats::StreamHeights>();
+}
+
 /// Every block of the stream as the reader returns it: height -> frame.
 fn stored_frames(server: &NatsServer) -> anyhow::Result<BTreeMap<u64, Vec<u8>>> {
     StreamReader::open(&server.reader_config("statestream", "statestream"))?
@@ -190,6 +199,8 @@ fn follow_height_the_stream_no_longer_holds_is_named() -> anyhow::Result<()> {
     // Blocks 1-4 removed, as the stream's limits would.
     client.purge_below("statestream", 5)?;
     let config = server.reader_config("statestream", "statestream");
+    let heights_now = statestream_nats::StreamHeights::open(&config, None)?;
+    assert_eq!(heights_now.heights()?, (Some(5), Some(10)));
     for from in [1, 3, 4] {
         let err = BlockFollower::open(&config, None, from).expect_err("block gone");
         assert!(

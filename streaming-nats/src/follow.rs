@@ -402,6 +402,79 @@ impl BlockFollower {
     }
 }
 
+/// The first and last heights a stream holds, asked when wanted over a
+/// connection kept open (a relay polls its upstreams' heads every
+/// second). Safe to share between threads.
+pub struct StreamHeights {
+    conn: Connection,
+    /// Always `Some` until dropped.
+    runtime: Option<Runtime>,
+    stream: String,
+    subject: String,
+}
+
+impl std::fmt::Debug for StreamHeights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamHeights")
+            .field("url", &self.conn.url())
+            .field("stream", &self.stream)
+            .field("subject", &self.subject)
+            .finish()
+    }
+}
+
+impl StreamHeights {
+    /// Connects as `config` says (paths relative to `home`) and finds the
+    /// subject the blocks are on, as [`BlockFollower::open`] does.
+    pub fn open(config: &NatsStreamerConfig, home: Option<&Path>) -> Result<StreamHeights> {
+        let settings = config.settings(home)?;
+        let runtime = runtime("heights")?;
+        let conn = Connection::open(&runtime, &settings, &Shutdown::new())?;
+        let stream = config.stream.clone();
+        let subject = block_on(&runtime, async {
+            let Some(info) = conn.stream_info(&stream).await? else {
+                return Err(NatsError::NoStream {
+                    url: conn.url().to_string(),
+                    stream: stream.clone(),
+                });
+            };
+            blocks_subject_of(&stream, &info.config.subjects, config)
+        })?;
+        Ok(StreamHeights {
+            conn,
+            runtime: Some(runtime),
+            stream,
+            subject,
+        })
+    }
+
+    /// The heights of the stream's first and last block messages (`None`
+    /// when it holds none). Two requests to the server.
+    pub fn heights(&self) -> Result<(Option<u64>, Option<u64>)> {
+        let rt = self.runtime.as_ref().ok_or(NatsError::ShuttingDown)?;
+        let (conn, stream, subject) = (&self.conn, &self.stream, &self.subject);
+        block_on(rt, async {
+            let first = match conn.next_message(stream, 1, subject).await? {
+                Some(m) => Some(height_of(stream, &m)?),
+                None => None,
+            };
+            let last = match conn.last_message(stream, subject).await? {
+                Some(m) => Some(height_of(stream, &m)?),
+                None => None,
+            };
+            Ok((first, last))
+        })
+    }
+}
+
+impl Drop for StreamHeights {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 /// The subject the blocks are on: `<subject>.blocks` of `config` when the
 /// stream captures it, else the one subject of the stream that ends in
 /// `.blocks` (a relay's upstream URL need not repeat the node's

@@ -115,7 +115,7 @@ pub mod fuzzing {
 
 pub use config::{NATS_TYPE, NatsStreamerConfig};
 pub use error::{NatsError, Result};
-pub use follow::BlockFollower;
+pub use follow::{BlockFollower, StreamHeights};
 pub use replay::{
     Replay, ReplaySink, ReplayState, StreamBlock, StreamReader, replay_stream, replay_stream_into,
 };

@@ -12,6 +12,15 @@ use statestream_store::{KvStore, StoreKey};
 use crate::server::NatsServer;
 use crate::{app_toml, commit_block, manager, memory_store, server, wait_delivered};
 
+/// A relay moves the follower to a reader thread and shares the heights.
+#[test]
+fn follow_types_cross_threads() {
+    fn send<T: Send>() {}
+    fn shared<T: Send + Sync>() {}
+    send::<BlockFollower>();
+    shared::<statestream_nats::StreamHeights>();
+}
+
 /// Every block of the stream as the reader returns it: height -> frame.
 fn stored_frames(server: &NatsServer) -> anyhow::Result<BTreeMap<u64, Vec<u8>>> {
     StreamReader::open(&server.reader_config("statestream", "statestream"))?
@@ -190,6 +199,8 @@ fn follow_height_the_stream_no_longer_holds_is_named() -> anyhow::Result<()> {
     // Blocks 1-4 removed, as the stream's limits would.
     client.purge_below("statestream", 5)?;
     let config = server.reader_config("statestream", "statestream");
+    let heights_now = statestream_nats::StreamHeights::open(&config, None)?;
+    assert_eq!(heights_now.heights()?, (Some(5), Some(10)));
     for from in [1, 3, 4] {
         let err = BlockFollower::open(&config, None, from).expect_err("block gone");
         assert!(
@@ -276,5 +287,43 @@ fn follow_upstream_url_finds_the_nodes_subject() -> anyhow::Result<()> {
             .contains("JetStream stream \"other\" does not exist"),
         "{err}"
     );
+    Ok(())
+}
+
+#[test]
+fn follow_restart_before_the_first_message_neither_repeats_nor_skips() -> anyhow::Result<()> {
+    let Some(mut server) =
+        server::start("follow_restart_before_the_first_message_neither_repeats_nor_skips")
+    else {
+        return Ok(());
+    };
+    let mut store = memory_store();
+    let toml = app_toml(&server.url(), "stop-node-on-error = false");
+    let mut m = manager(&mut store, &toml)?;
+    for b in 1..=10 {
+        commit_block(&mut m, &mut store, b)?;
+    }
+    wait_delivered(&m, 10);
+    // At the head: its consumer exists and has delivered nothing when the
+    // server goes away (the client alone would make it again from the
+    // stream's start).
+    let mut f = BlockFollower::open(
+        &server.reader_config("statestream", "statestream"),
+        None,
+        11,
+    )?;
+    assert!(f.next(Duration::from_millis(300))?.is_none());
+    server.kill();
+    assert!(f.next(Duration::from_millis(300))?.is_none());
+    server.restart();
+    for b in 11..=15 {
+        commit_block(&mut m, &mut store, b)?;
+    }
+    wait_delivered(&m, 15);
+    m.close(&mut store)?;
+    let got = follow_until(&mut f, 15)?;
+    assert_eq!(heights(&got), (11..=15).collect::<Vec<_>>());
+    assert!(f.next(Duration::from_millis(300))?.is_none());
+    assert_eq!(f.duplicates(), 0, "nothing before block 11 was taken");
     Ok(())
 }

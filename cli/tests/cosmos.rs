@@ -379,20 +379,42 @@ fn cosmos_plugin_gap_halts_or_continues_per_config() {
         .unwrap()
         .port();
     s.append_config(&format!("\n[telemetry]\naddress = \"127.0.0.1:{port}\"\n"));
-    let scrape = format!("curl -sf http://127.0.0.1:{port}/metrics");
+    let scrape = format!(
+        "curl -sf http://127.0.0.1:{port}/metrics && curl -sf http://127.0.0.1:{port}/status"
+    );
     let report = s.host("6-8", &["--before-shutdown", &scrape], &[]);
     assert_eq!(heights(&report, "acked"), [6, 7, 8]);
-    // The gap is counted (this run saw it once) and the streamers
-    // restarted past it are the ones /metrics shows.
-    let metrics = report["before_shutdown"].as_str().unwrap();
+    // The gap is counted (this run saw it once), recorded, and the
+    // streamers restarted past it are the ones /metrics shows.
+    let scraped = report["before_shutdown"].as_str().unwrap();
     let log = std::fs::read_to_string(s.dir.path().join("plugin.log")).unwrap();
-    assert!(!metrics.is_empty(), "no metrics; plugin log:\n{log}");
-    assert!(metrics.contains("cosmos_plugin_gaps_total 1"), "{metrics}");
-    assert!(metrics.contains("cosmos_plugin_height 8"), "{metrics}");
+    let (metrics, status) = scraped
+        .rsplit_once('\n')
+        .unwrap_or_else(|| panic!("no metrics and status: {scraped:?}; plugin log:\n{log}"));
+    assert!(
+        metrics.contains("statestream_ingest_gaps_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("statestream_ingest_gaps_recorded 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("statestream_ingest_height 8"), "{metrics}");
     assert!(
         metrics.contains("statestream_committed_height 8"),
         "{metrics}"
     );
+    let status: Value = serde_json::from_str(status).unwrap();
+    let gap = serde_json::json!({"first_missing": 4, "last_missing": 5});
+    assert_eq!(status["ingest"]["height"], 8, "{status}");
+    assert_eq!(
+        status["ingest"]["gaps"],
+        serde_json::json!([gap]),
+        "{status}"
+    );
+    assert_eq!(status["ingest"]["gaps_total"], 1, "{status}");
+    assert_eq!(status["ingest"]["last_gap"], gap, "{status}");
+    assert_eq!(status["ingest"]["replays_total"], 0, "{status}");
     let mut all = first_run;
     all.extend(s.expected());
     assert_eq!(s.dump(), all);

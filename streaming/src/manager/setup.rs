@@ -418,6 +418,7 @@ fn launch(
             streamers: watched,
             stopped: std::sync::atomic::AtomicBool::new(false),
         }),
+        ingest: None,
     };
     let mut manager = DeliveryManager {
         instances,

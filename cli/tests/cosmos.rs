@@ -1,7 +1,8 @@
 //! `statestream cosmos-plugin` driven by a go-plugin host written in
 //! Python (tests/cosmos/host.py) that does what the Cosmos SDK's host does.
 //! Downstream, the file streamer's block files must pass `statestream
-//! verify` and hold exactly the net changes the host sent.
+//! verify` and hold exactly the net changes the host sent, as must what a
+//! `serve` subscriber and a webhook receiver get.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -10,6 +11,12 @@ use std::time::{Duration, Instant};
 use prost::Message as _;
 use serde_json::Value;
 use statestream_test_support::require_python;
+
+#[allow(dead_code)]
+#[path = "../../streaming-webhook/tests/it/receiver.rs"]
+mod receiver;
+
+use receiver::Receiver;
 
 const BIN: &str = env!("CARGO_BIN_EXE_statestream");
 const COOKIE_KEY: &str = "ABCI_LISTENER_PLUGIN";
@@ -227,6 +234,61 @@ fn with_serve(s: &Setup, from: u64, to: u64, out: &Path) -> String {
     )
 }
 
+/// A `webhook` streamer (one request per change, signed) posting to
+/// `url`, beside the streamers already configured.
+fn with_webhook(s: &Setup, url: &str) {
+    let path = s.home().join("config/app.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let (before, after) = text.split_once("streamers = [").unwrap();
+    std::fs::write(&path, format!("{before}streamers = [\"hook\", {after}")).unwrap();
+    s.append_config(&format!(
+        "\n[streamers.hook]\ntype = \"webhook\"\nkeys = [\"*\"]\nurl = \"{url}/{{store}}\"\n\
+         secret = \"{WEBHOOK_SECRET}\"\nretry_schedule_ms = [0, 20, 50, 100, 200, 500, 1000]\n"
+    ));
+}
+
+const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// The changes a webhook receiver got, one per `webhook-id` (a redelivery
+/// after a restart carries the same id and the same body), as (height,
+/// store, key hex, value hex or null) in height, store, key order.
+fn webhook_changes(rx: &Receiver) -> Vec<(u64, String, String, Value)> {
+    let mut by_id: std::collections::BTreeMap<String, Vec<u8>> = Default::default();
+    for req in rx.requests() {
+        req.verify(WEBHOOK_SECRET).expect("the signature verifies");
+        if let Some(earlier) = by_id.insert(req.id().to_string(), req.body.clone()) {
+            assert_eq!(
+                earlier,
+                req.body,
+                "{}: attempts with different bodies",
+                req.id()
+            );
+        }
+    }
+    let mut changes: Vec<_> = by_id
+        .into_iter()
+        .map(|(id, body)| {
+            let v: Value = serde_json::from_slice(&body).expect("a JSON envelope");
+            assert_eq!(v["id"], id.as_str());
+            let value = match v["action"].as_str().unwrap() {
+                "delete" => Value::Null,
+                // The host's values are text that is not JSON: the
+                // envelope carries them as a string.
+                _ => Value::from(hex_of_text(v["document"].as_str().unwrap())),
+            };
+            (
+                v["height"].as_u64().unwrap(),
+                v["store"].as_str().unwrap().to_string(),
+                hex_of_text(v["key"].as_str().unwrap()),
+                value,
+            )
+        })
+        .collect();
+    // Hex of bytes sorts as the bytes do: the canonical order.
+    changes.sort_by(|a, b| (a.0, &a.1, &a.2).cmp(&(b.0, &b.1, &b.2)));
+    changes
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -251,6 +313,8 @@ fn cosmos_plugin_survives_kills_and_streams_each_block_once() {
     let s = Setup::new("");
     let followed = s.dir.path().join("serve.jsonl");
     let follow = with_serve(&s, 1_200_001, 1_200_040, &followed);
+    let rx = Receiver::ok();
+    with_webhook(&s, &rx.url());
     let report = s.host(
         "1200001-1200040",
         &["--kills", "7", "--before-shutdown", &follow],
@@ -293,6 +357,15 @@ fn cosmos_plugin_survives_kills_and_streams_each_block_once() {
         })
         .collect();
     assert_eq!(served, expected, "serve's changes differ from the host's");
+
+    // The webhook receiver, deduplicating by webhook-id as receivers do:
+    // every change once, nothing the host did not send. Shutdown flushed
+    // the streamers, so everything acknowledged has been delivered.
+    assert_eq!(
+        webhook_changes(&rx),
+        expected,
+        "the webhook receiver's changes differ from the host's"
+    );
 
     // The chain's app hash and time, and the raw FinalizeBlock request
     // with fields the plugin does not decode.

@@ -20,7 +20,7 @@ use crate::reader::StoreReader;
 
 pub(crate) const META: TableDefinition<'static, &'static str, &'static [u8]> =
     TableDefinition::new("meta");
-const STORE_HASHES: TableDefinition<'static, &'static str, &'static [u8]> =
+pub(crate) const STORE_HASHES: TableDefinition<'static, &'static str, &'static [u8]> =
     TableDefinition::new("store_hashes");
 const CURSORS: TableDefinition<'static, &'static str, u64> = TableDefinition::new("cursors");
 /// Height gaps a source left (first missing height -> last missing height).

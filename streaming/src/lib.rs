@@ -71,7 +71,10 @@ mod telemetry;
 
 pub use error::{Error, Result};
 pub use ingest::{Ingest, IngestStatus, Ingested, OnGap, SourceBlock, SourceWrite, StartManager};
-pub use manager::{DeliveryManager, DeliveryManagerBuilder, StreamerSetup, StreamerStats};
+pub use manager::{
+    DeliveryManager, DeliveryManagerBuilder, RuntimeCursor, RuntimeHandle, StartAt, StreamerSetup,
+    StreamerStats,
+};
 pub use observe::{
     Bucket, COMMIT_BUCKETS, ChangeLogStatus, GapStatus, HistogramStatus, IngestReport, NodeState,
     NodeStatus, Observer, StreamerState, StreamerStatus,

@@ -85,7 +85,9 @@ pub(crate) struct Shared {
     pub(crate) committed: Arc<AtomicU64>,
     pub(crate) commits: CommitHistogram,
     pub(crate) change_log: ChangeLogMeter,
-    pub(crate) streamers: Vec<Watched>,
+    /// The configured streamers, then those added at run time (removed
+    /// ones leave the list).
+    pub(crate) streamers: std::sync::RwLock<Vec<Arc<Watched>>>,
     /// Set when the manager closes or is dropped: it commits no more.
     pub(crate) stopped: AtomicBool,
 }
@@ -119,8 +121,12 @@ impl Observer {
     pub fn status(&self) -> NodeStatus {
         let s = &self.shared;
         let committed = s.committed.load(Ordering::Acquire);
-        let streamers: Vec<StreamerStatus> = s
+        let watched: Vec<Arc<Watched>> = s
             .streamers
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let streamers: Vec<StreamerStatus> = watched
             .iter()
             .map(|w| {
                 let p = &w.progress;

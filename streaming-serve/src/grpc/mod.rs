@@ -5,7 +5,7 @@
 //! `UNAUTHENTICATED`.
 
 mod datastream;
-mod encoding;
+pub(crate) mod encoding;
 mod framing;
 mod push;
 mod state_stream;

@@ -205,16 +205,7 @@ fn assert_handshakes(report: &Value, network: &str) {
 /// command the host runs before Shutdown follows it from `from` to the end
 /// of block `to` and writes its JSON lines to `out`.
 fn with_serve(s: &Setup, from: u64, to: u64, out: &Path) -> String {
-    let port = free_port();
-    let path = s.home().join("config/app.toml");
-    let text = std::fs::read_to_string(&path).unwrap().replace(
-        "streamers = [\"file\"]",
-        "streamers = [\"file\", \"serve\"]",
-    );
-    std::fs::write(&path, text).unwrap();
-    s.append_config(&format!(
-        "\n[streamers.serve]\ntype = \"serve\"\nkeys = [\"*\"]\ngrpc_address = \"127.0.0.1:{port}\"\n"
-    ));
+    let port = add_serve(s);
     // Reads until the `end` line of block `to` (a Python loop: the host
     // runs it with sh, and `subscribe` follows forever).
     let script = "import json,subprocess,sys\n\
@@ -287,6 +278,79 @@ fn webhook_changes(rx: &Receiver) -> Vec<(u64, String, String, Value)> {
     // Hex of bytes sorts as the bytes do: the canonical order.
     changes.sort_by(|a, b| (a.0, &a.1, &a.2).cmp(&(b.0, &b.1, &b.2)));
     changes
+}
+
+/// A `serve` streamer beside the file streamer, on a free port: its port.
+fn add_serve(s: &Setup) -> u16 {
+    let port = free_port();
+    let path = s.home().join("config/app.toml");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "streamers = [\"file\"]",
+        "streamers = [\"file\", \"serve\"]",
+    );
+    std::fs::write(&path, text).unwrap();
+    s.append_config(&format!(
+        "\n[streamers.serve]\ntype = \"serve\"\nkeys = [\"*\"]\ngrpc_address = \"127.0.0.1:{port}\"\n"
+    ));
+    port
+}
+
+/// A gRPC subscriber of the plugin's `serve` streamer (tonic, the
+/// client crate's stubs), from `from` until the end of block `to`: each
+/// block's `source_app_hash` (on its last message). It connects again
+/// after a disconnect (the streamers restart when the chain writes a new
+/// store), resuming after the last block it finished, until `deadline`.
+/// Creates `done` when it has finished, or given up.
+fn follow_app_hashes(
+    port: u16,
+    from: u64,
+    to: u64,
+    done: PathBuf,
+    deadline: Instant,
+) -> std::thread::JoinHandle<std::collections::BTreeMap<u64, String>> {
+    use statestream_client::proto::v1::state_stream_client::StateStreamClient;
+    use statestream_client::proto::v1::{SubscribeRequest, subscribe_request, subscribe_response};
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut hashes = std::collections::BTreeMap::new();
+        let mut next = from;
+        runtime.block_on(async {
+            while next <= to && Instant::now() < deadline {
+                let Ok(mut client) =
+                    StateStreamClient::connect(format!("http://127.0.0.1:{port}")).await
+                else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                };
+                let request = SubscribeRequest {
+                    filter: None,
+                    start: Some(subscribe_request::Start::FromHeight(next)),
+                };
+                let Ok(stream) = client.subscribe(request).await else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                };
+                let mut stream = stream.into_inner();
+                while next <= to {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let Ok(Ok(Some(m))) = tokio::time::timeout(left, stream.message()).await else {
+                        break;
+                    };
+                    if let Some(subscribe_response::Message::Block(b)) = m.message
+                        && b.end
+                    {
+                        hashes.insert(b.height, statestream_core::to_hex(&b.source_app_hash));
+                        next = b.height + 1;
+                    }
+                }
+            }
+        });
+        std::fs::write(&done, b"").unwrap();
+        hashes
+    })
 }
 
 fn free_port() -> u16 {
@@ -515,4 +579,45 @@ fn cosmos_plugin_refuses_to_run_without_the_cookie() {
         // Nothing was created: the plugin did not start.
         assert!(!dir.path().join("home").exists());
     }
+}
+
+#[test]
+fn cosmos_plugin_serve_blocks_carry_the_chains_app_hash() {
+    if !have_python("cosmos_plugin_serve_blocks_carry_the_chains_app_hash") {
+        return;
+    }
+    let s = Setup::new("");
+    let port = add_serve(&s);
+    let done = s.dir.path().join("subscriber-done");
+    // The host waits for the subscriber before Shutdown, so that the
+    // plugin serves until the subscriber has every block.
+    let wait = format!(
+        "timeout 120 sh -c 'while [ ! -e \"{}\" ]; do sleep 0.05; done'",
+        done.display()
+    );
+    let subscriber = follow_app_hashes(
+        port,
+        300_001,
+        300_012,
+        done,
+        Instant::now() + Duration::from_secs(120),
+    );
+    let report = s.host("300001-300012", &["--before-shutdown", &wait], &[]);
+    let seen = subscriber.join().unwrap();
+    assert_eq!(
+        heights(&report, "acked"),
+        (300_001..=300_012).collect::<Vec<_>>()
+    );
+    let sent: std::collections::BTreeMap<u64, String> = (300_001..=300_012)
+        .map(|h| {
+            let hash = report["blocks"][h.to_string()]["app_hash"]
+                .as_str()
+                .unwrap();
+            (h, hash.to_string())
+        })
+        .collect();
+    assert_eq!(
+        seen, sent,
+        "serve's source_app_hash differs from the host's app hashes"
+    );
 }

@@ -99,7 +99,8 @@ pub struct AppConfig {
     cosmos: CosmosConfig,
 }
 
-/// The `[cosmos]` table, read by `statestream cosmos-plugin`:
+/// The `[cosmos]` table, read by `statestream cosmos-plugin` and
+/// `statestream ingest-files`:
 ///
 /// ```toml
 /// [cosmos]

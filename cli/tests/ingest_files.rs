@@ -618,3 +618,78 @@ fn ingest_files_takes_statestream_files_and_shows_gaps_on_status() {
     assert!(halting.join("data/streaming/block-3-meta").exists());
     assert!(!halting.join("data/streaming/block-6-data").exists());
 }
+
+/// Bad input is an error naming the file, never a panic: a block file
+/// longer than its length prefix, a record that does not decode, a meta
+/// file that is neither Cosmos's nor statestream's; and a prefix that is
+/// not a file-name fragment.
+#[test]
+fn ingest_files_refuses_bad_files_naming_them() {
+    let deadline = Instant::now() + DEADLINE;
+    let tmp = tempfile::tempdir().unwrap();
+    let framed = |payload: &[u8]| {
+        let mut b = (payload.len() as u64).to_be_bytes().to_vec();
+        b.extend_from_slice(payload);
+        b
+    };
+    let mut longer = framed(b"");
+    longer.push(0);
+    // (name, data file, meta file, what the error says)
+    type Case = (&'static str, Vec<u8>, Option<Vec<u8>>, &'static str);
+    let cases: [Case; 3] = [
+        (
+            "longer",
+            longer,
+            None,
+            "more than its length prefix announces",
+        ),
+        (
+            "record",
+            framed(&[0x05, 0x0a, 0x09, b'a', b'c', b'c']),
+            None,
+            "a record does not decode",
+        ),
+        (
+            "meta",
+            framed(b""),
+            Some(framed(&[0x0a, 0x7f])),
+            "not a block's metadata",
+        ),
+    ];
+    for (name, data, meta, message) in cases {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("block-9-data"), data).unwrap();
+        if let Some(meta) = meta {
+            std::fs::write(dir.join("block-9-meta"), meta).unwrap();
+        }
+        let log = tmp.path().join(format!("{name}.log"));
+        let home = tmp.path().join(format!("{name}-home"));
+        let (status, stdout) = Follower::start_with(&dir, &home, &log, &[]).exit(deadline);
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(status.code(), Some(1), "{name}: {text}");
+        assert_eq!(stdout, "", "{name}");
+        assert!(
+            text.contains(&format!("{}", dir.join("block-9").display())),
+            "{name}: {text}"
+        );
+        assert!(text.contains(message), "{name}: {text}");
+        assert!(
+            !text.contains("panicked") && !text.contains("internal error"),
+            "{name}: {text}"
+        );
+    }
+    let out = Command::new(BIN)
+        .args([
+            "ingest-files",
+            p(tmp.path()),
+            "--home",
+            p(&tmp.path().join("h")),
+        ])
+        .args(["--prefix", "a/b"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("prefix"), "{err}");
+}

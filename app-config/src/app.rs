@@ -95,7 +95,7 @@ pub struct AppConfig {
     telemetry: Option<TelemetryConfig>,
     /// `[store] shutdown_timeout_ms`.
     shutdown_timeout: Duration,
-    /// `[cosmos]`: `statestream cosmos-plugin`'s settings.
+    /// `[cosmos]`: `statestream cosmos-plugin`'s and `ingest-files`' settings.
     cosmos: CosmosConfig,
 }
 

@@ -101,13 +101,14 @@ pub struct AppConfig {
     telemetry: Option<TelemetryConfig>,
     /// `[store] shutdown_timeout_ms`.
     shutdown_timeout: Duration,
-    /// `[cosmos]`: `statestream cosmos-plugin`'s settings.
+    /// `[cosmos]`: `statestream cosmos-plugin`'s and `ingest-files`' settings.
     cosmos: CosmosConfig,
     /// `[relay]`: `statestream relay`'s settings, when the table is there.
     relay: Option<RelayConfig>,
 }
 
-/// The `[cosmos]` table, read by `statestream cosmos-plugin`:
+/// The `[cosmos]` table, read by `statestream cosmos-plugin` and
+/// `statestream ingest-files`:
 ///
 /// ```toml
 /// [cosmos]

@@ -125,20 +125,14 @@ impl State {
         closed
     }
 
-    /// After each block: the metrics, and a telemetry server on the new
-    /// observer when the streamers were restarted (new stores, a gap).
+    /// After each block: a telemetry server on the new observer when the
+    /// streamers were restarted (new stores, a gap). The pipeline's own
+    /// metrics and `/status` section come with the observer.
     pub(crate) fn refresh(&mut self) {
         let Some(t) = self.telemetry.as_mut() else {
             return;
         };
-        let status = self.ingest.status();
-        t.height
-            .set(i64::try_from(status.height()).unwrap_or(i64::MAX));
-        let gaps = status.gaps();
-        t.gaps.inc_by(gaps.saturating_sub(t.gaps.get()));
-        let replays = status.replays();
-        t.replays.inc_by(replays.saturating_sub(t.replays.get()));
-        let starts = status.streamer_starts();
+        let starts = self.ingest.status().streamer_starts();
         if starts == t.starts {
             return;
         }
@@ -158,50 +152,13 @@ impl State {
     }
 }
 
-/// `[telemetry]`: the server (on the current streamers' observer) and the
-/// plugin's own metrics.
+/// `[telemetry]`: the server, on the current streamers' observer.
 struct Telemetry {
     address: std::net::SocketAddr,
     metrics: statestream::prometheus::Registry,
     server: Option<statestream::TelemetryServer>,
     /// The pipeline's `streamer_starts` the server was started for.
     starts: u64,
-    height: statestream::prometheus::IntGauge,
-    gaps: statestream::prometheus::IntCounter,
-    replays: statestream::prometheus::IntCounter,
-}
-
-impl Telemetry {
-    fn new(
-        address: std::net::SocketAddr,
-        metrics: statestream::prometheus::Registry,
-    ) -> Result<Telemetry> {
-        use statestream::prometheus::{IntCounter, IntGauge};
-        let height = IntGauge::new(
-            "cosmos_plugin_height",
-            "The chain's last height committed into the replica.",
-        )?;
-        let gaps = IntCounter::new(
-            "cosmos_plugin_gaps_total",
-            "Height gaps: blocks the chain committed that the plugin never received (refused ones included).",
-        )?;
-        let replays = IntCounter::new(
-            "cosmos_plugin_replays_total",
-            "Blocks the chain delivered again, answered without committing or delivering them twice.",
-        )?;
-        metrics.register(Box::new(height.clone()))?;
-        metrics.register(Box::new(gaps.clone()))?;
-        metrics.register(Box::new(replays.clone()))?;
-        Ok(Telemetry {
-            address,
-            metrics,
-            server: None,
-            starts: 0,
-            height,
-            gaps,
-            replays,
-        })
-    }
 }
 
 /// Opens the replica and the pipeline, with the streamers of the home's
@@ -232,10 +189,12 @@ pub(crate) fn open(home: &Path) -> Result<State> {
         .collect::<Result<Vec<_>, _>>()?;
     store.add_stores(&named)?;
     let registry = crate::node::registry();
-    let telemetry = config
-        .telemetry()
-        .map(|t| Telemetry::new(t.address, registry.metrics().clone()))
-        .transpose()?;
+    let telemetry = config.telemetry().map(|t| Telemetry {
+        address: t.address,
+        metrics: registry.metrics().clone(),
+        server: None,
+        starts: 0,
+    });
     let home_dir = home.to_path_buf();
     let start =
         Box::new(move |store: &mut MultiStore| start_manager(store, &config, &registry, &home_dir));

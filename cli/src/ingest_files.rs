@@ -24,7 +24,7 @@ use prost::Message as _;
 use statestream::{BlockMeta, Ingested, SourceBlock, SourceWrite, Tx};
 use statestream_core::proto::BlockMetadata;
 use statestream_file::{BlockDir, ReadOptions};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::cosmos::{self, pb};
 
@@ -112,7 +112,11 @@ fn follow(
     // block taken, or, before the first, from any meta file present.
     let mut with_meta = None;
     let mut waiting: Option<(u64, String)> = None;
+    // Whether it has waited for a block that was not there yet: from then
+    // on, waiting for the next block is the normal state (logged at debug).
+    let mut caught_up = false;
     let mut taken = 0u64;
+    let mut reported = 0u64;
     let mut last_progress = Instant::now();
     info!(dir = %dir.dir().display(), prefix = dir.prefix(), replica_height = resumed,
         "ingest-files: following");
@@ -123,11 +127,26 @@ fn follow(
         };
         let block = match found {
             Found::Block(block) => block,
-            Found::Wait { height, reason } => {
+            Found::Wait {
+                height,
+                reason,
+                absent,
+            } => {
                 if waiting.as_ref() != Some(&(height, reason.clone())) {
-                    info!(height, "ingest-files: waiting: {reason}");
+                    if absent && caught_up {
+                        debug!(height, "ingest-files: waiting: {reason}");
+                    } else {
+                        info!(height, "ingest-files: waiting: {reason}");
+                    }
+                    caught_up |= absent;
                     waiting = Some((height, reason));
                 }
+                progress(
+                    &mut last_progress,
+                    &mut reported,
+                    taken,
+                    height.saturating_sub(1),
+                );
                 std::thread::sleep(poll);
                 continue;
             }
@@ -143,10 +162,7 @@ fn follow(
             _ => {}
         }
         next = Some(height + 1);
-        if last_progress.elapsed() >= PROGRESS_EVERY {
-            info!(height, blocks = taken, "ingest-files: progress");
-            last_progress = Instant::now();
-        }
+        progress(&mut last_progress, &mut reported, taken, height);
     }
     info!(
         height = state.ingest.store().version(),
@@ -154,6 +170,20 @@ fn follow(
         "ingest-files: signal received, stopping after the last committed block"
     );
     Ok(())
+}
+
+/// Logs the height reached, at most every [`PROGRESS_EVERY`] and only when
+/// blocks were taken since the last line.
+fn progress(last: &mut Instant, reported: &mut u64, taken: u64, height: u64) {
+    if taken > *reported && last.elapsed() >= PROGRESS_EVERY {
+        info!(
+            height,
+            blocks = taken,
+            "ingest-files: progress (blocks taken since the start)"
+        );
+        *last = Instant::now();
+        *reported = taken;
+    }
 }
 
 /// A block read from its files.
@@ -166,10 +196,12 @@ struct FileBlock {
 
 enum Found {
     Block(FileBlock),
-    /// Nothing to take yet: waiting for block `height`.
+    /// Nothing to take yet: waiting for block `height`; `absent`: its
+    /// data file does not exist yet (rather than being written).
     Wait {
         height: u64,
         reason: String,
+        absent: bool,
     },
 }
 
@@ -180,6 +212,7 @@ fn first_block(dir: &BlockDir) -> Result<Found> {
         return Ok(Found::Wait {
             height: 0,
             reason: format!("no block files in {} yet", dir.dir().display()),
+            absent: true,
         });
     };
     let with_meta = any_meta(dir, &heights);
@@ -214,6 +247,7 @@ fn find_next(dir: &BlockDir, next: u64, with_meta: Option<bool>) -> Result<Found
     Ok(Found::Wait {
         height: next,
         reason: format!("{} does not exist yet", dir.data_path(next).display()),
+        absent: true,
     })
 }
 
@@ -225,11 +259,23 @@ fn any_meta(dir: &BlockDir, heights: &[u64]) -> bool {
 /// whose data file exists (then a meta file that is not there will not
 /// come).
 fn take(dir: &BlockDir, height: u64, with_meta: Option<bool>, after: Option<u64>) -> Result<Found> {
-    let wait = |reason: String| Ok(Found::Wait { height, reason });
+    let wait = |reason: String| {
+        Ok(Found::Wait {
+            height,
+            reason,
+            absent: false,
+        })
+    };
     let data_path = dir.data_path(height);
     let data = match read_whole(&data_path)? {
         Whole::Yes(payload) => payload,
-        Whole::Missing => return wait(format!("{} does not exist yet", data_path.display())),
+        Whole::Missing => {
+            return Ok(Found::Wait {
+                height,
+                reason: format!("{} does not exist yet", data_path.display()),
+                absent: true,
+            });
+        }
         Whole::Partial { size, expected } => {
             return wait(format!(
                 "{} is being written ({size} of {expected} bytes)",

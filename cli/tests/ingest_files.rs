@@ -303,20 +303,18 @@ struct Follower {
 
 impl Follower {
     fn start(chain: &Path, home: &Path, log: &Path) -> Follower {
+        Follower::start_with(chain, home, log, &["--prefix", "chain"])
+    }
+
+    fn start_with(chain: &Path, home: &Path, log: &Path, extra: &[&str]) -> Follower {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .unwrap();
         let child = Command::new(BIN)
-            .args([
-                "ingest-files",
-                p(chain),
-                "--home",
-                p(home),
-                "--prefix",
-                "chain",
-            ])
+            .args(["ingest-files", p(chain), "--home", p(home)])
+            .args(extra)
             .args(["--poll-ms", "20"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -327,11 +325,17 @@ impl Follower {
     }
 
     /// SIGTERM, then the exit status and stdout (which must be empty).
-    fn stop(mut self, deadline: Instant) -> (std::process::ExitStatus, String) {
-        let mut child = self.child.take().unwrap();
+    fn stop(self, deadline: Instant) -> (std::process::ExitStatus, String) {
+        let child = self.child.as_ref().unwrap();
         let pid = i32::try_from(child.id()).unwrap();
         // SAFETY: kill(2) on our own child's pid; no memory is involved.
         assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        self.exit(deadline)
+    }
+
+    /// Waits for the process to exit by itself: its status and stdout.
+    fn exit(mut self, deadline: Instant) -> (std::process::ExitStatus, String) {
+        let mut child = self.child.take().unwrap();
         let status = loop {
             if let Some(status) = child.try_wait().unwrap() {
                 break status;
@@ -339,7 +343,7 @@ impl Follower {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("ingest-files did not stop after SIGTERM before the deadline");
+                panic!("ingest-files did not exit before the deadline");
             }
             std::thread::sleep(Duration::from_millis(20));
         };
@@ -430,7 +434,10 @@ fn ingest_files_follows_a_cosmos_file_streamer_through_torn_files_and_a_restart(
         "ingest-files to see the torn block-1011-data",
         || log_text().contains("chain-block-1011-data is being written (3 of 8 bytes)"),
     );
-    assert!(has(1010) && !files.join("block-1011-data").exists());
+    // Block 1010 was taken once whole (the file streamer writes its files
+    // as it delivers, maybe after the commit); 1011 is not.
+    wait(deadline, "block 1010 downstream", || has(1010));
+    assert!(!files.join("block-1011-data").exists());
     torn.write_all(&rest).unwrap();
     drop(torn);
     for h in 1012..=1014 {
@@ -487,4 +494,205 @@ fn ingest_files_follows_a_cosmos_file_streamer_through_torn_files_and_a_restart(
         assert_eq!(kept, sent, "block {h}");
         assert_ne!(meta.commit.unwrap().app_hash, b.app_hash);
     }
+}
+
+fn try_get(address: &str, path: &str) -> Option<String> {
+    ureq::get(&format!("http://{address}{path}"))
+        .call()
+        .ok()?
+        .body_mut()
+        .read_to_string()
+        .ok()
+}
+
+fn get(address: &str, path: &str) -> String {
+    try_get(address, path).unwrap_or_else(|| panic!("GET http://{address}{path} failed"))
+}
+
+fn init(home: &Path, extra: &str) {
+    let out = Command::new(BIN)
+        .args(["init", "--home", p(home)])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "init: {out:?}");
+    let config = home.join("config/app.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(extra);
+    std::fs::write(config, text).unwrap();
+}
+
+/// Block files a statestream node wrote, with blocks 4 and 5 gone: taken
+/// with their app hash as the source's; the gap is recorded and shown on
+/// `/status` and `/metrics`, or refused with `on_gap = "halt"`.
+#[test]
+fn ingest_files_takes_statestream_files_and_shows_gaps_on_status() {
+    let deadline = Instant::now() + DEADLINE;
+    let tmp = tempfile::tempdir().unwrap();
+    let node = tmp.path().join("node");
+    init(&node, "");
+    let out = Command::new(BIN)
+        .args(["node", "--home", p(&node), "--blocks", "8", "--seed", "7"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "node: {out:?}");
+    let source = node.join("data/streaming");
+    for h in [4, 5] {
+        for kind in ["data", "meta"] {
+            std::fs::remove_file(source.join(format!("block-{h}-{kind}"))).unwrap();
+        }
+    }
+
+    let replica = tmp.path().join("replica");
+    init(&replica, "\n[telemetry]\naddress = \"127.0.0.1:0\"\n");
+    let log = tmp.path().join("replica.log");
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let files = replica.join("data/streaming");
+    let follower = Follower::start_with(&source, &replica, &log, &[]);
+    wait(deadline, "block 8 in the replica's files", || {
+        files.join("block-8-meta").exists()
+    });
+    // The telemetry server starts again with the streamers (past the
+    // gap, after the block that showed a new store): the last address it
+    // logged is the one serving, once it serves height 8.
+    let mut address = String::new();
+    let mut status = Value::Null;
+    wait(deadline, "/status at height 8", || {
+        let Some(last) = log_text()
+            .lines()
+            .filter(|l| l.contains("telemetry server listening"))
+            .filter_map(|l| l.split("address=").nth(1))
+            .next_back()
+            .map(|a| a.trim().to_owned())
+        else {
+            return false;
+        };
+        address = last;
+        status = try_get(&address, "/status")
+            .and_then(|body| serde_json::from_str(&body).ok())
+            .unwrap_or(Value::Null);
+        status["ingest"]["height"] == 8
+    });
+    let gap = serde_json::json!({"first_missing": 4, "last_missing": 5});
+    assert_eq!(status["ingest"]["height"], 8, "{status}");
+    assert_eq!(
+        status["ingest"]["gaps"],
+        serde_json::json!([gap]),
+        "{status}"
+    );
+    assert_eq!(status["ingest"]["gaps_total"], 1, "{status}");
+    assert_eq!(status["ingest"]["last_gap"], gap, "{status}");
+    let metrics = get(&address, "/metrics");
+    assert!(
+        metrics.contains("statestream_ingest_gaps_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("statestream_ingest_gaps_recorded 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("statestream_ingest_height 8"), "{metrics}");
+    let (status, _) = follower.stop(deadline);
+    assert!(status.success(), "{status}; log:\n{}", log_text());
+    assert!(log_text().contains("blocks missing from the directory"));
+
+    // The same records; the source's own app hash kept as the source's.
+    assert_eq!(dump(&files), dump(&source));
+    for h in [1, 6, 8] {
+        let read = |dir: &Path| {
+            let bytes = std::fs::read(dir.join(format!("block-{h}-meta"))).unwrap();
+            statestream_core::proto::BlockMetadata::decode(&bytes[8..]).unwrap()
+        };
+        let (theirs, ours) = (read(&source), read(&files));
+        assert_eq!(ours.source_app_hash, theirs.commit.unwrap().app_hash);
+        assert_eq!(ours.time_seconds, theirs.time_seconds);
+        assert_eq!(ours.txs, theirs.txs);
+    }
+
+    // With on_gap = "halt" the block past the gap is refused: the command
+    // stops with an error naming the missing heights.
+    let halting = tmp.path().join("halting");
+    init(&halting, "\n[cosmos]\non_gap = \"halt\"\n");
+    let log = tmp.path().join("halting.log");
+    let (status, _) = Follower::start_with(&source, &halting, &log, &[]).exit(deadline);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(1), "{text}");
+    assert!(text.contains("heights 4..=5 were never received"), "{text}");
+    assert!(halting.join("data/streaming/block-3-meta").exists());
+    assert!(!halting.join("data/streaming/block-6-data").exists());
+}
+
+/// Bad input is an error naming the file, never a panic: a block file
+/// longer than its length prefix, a record that does not decode, a meta
+/// file that is neither Cosmos's nor statestream's; and a prefix that is
+/// not a file-name fragment.
+#[test]
+fn ingest_files_refuses_bad_files_naming_them() {
+    let deadline = Instant::now() + DEADLINE;
+    let tmp = tempfile::tempdir().unwrap();
+    let framed = |payload: &[u8]| {
+        let mut b = (payload.len() as u64).to_be_bytes().to_vec();
+        b.extend_from_slice(payload);
+        b
+    };
+    let mut longer = framed(b"");
+    longer.push(0);
+    // (name, data file, meta file, what the error says)
+    type Case = (&'static str, Vec<u8>, Option<Vec<u8>>, &'static str);
+    let cases: [Case; 3] = [
+        (
+            "longer",
+            longer,
+            None,
+            "more than its length prefix announces",
+        ),
+        (
+            "record",
+            framed(&[0x05, 0x0a, 0x09, b'a', b'c', b'c']),
+            None,
+            "a record does not decode",
+        ),
+        (
+            "meta",
+            framed(b""),
+            Some(framed(&[0x0a, 0x7f])),
+            "not a block's metadata",
+        ),
+    ];
+    for (name, data, meta, message) in cases {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("block-9-data"), data).unwrap();
+        if let Some(meta) = meta {
+            std::fs::write(dir.join("block-9-meta"), meta).unwrap();
+        }
+        let log = tmp.path().join(format!("{name}.log"));
+        let home = tmp.path().join(format!("{name}-home"));
+        let (status, stdout) = Follower::start_with(&dir, &home, &log, &[]).exit(deadline);
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(status.code(), Some(1), "{name}: {text}");
+        assert_eq!(stdout, "", "{name}");
+        assert!(
+            text.contains(&format!("{}", dir.join("block-9").display())),
+            "{name}: {text}"
+        );
+        assert!(text.contains(message), "{name}: {text}");
+        assert!(
+            !text.contains("panicked") && !text.contains("internal error"),
+            "{name}: {text}"
+        );
+    }
+    let out = Command::new(BIN)
+        .args([
+            "ingest-files",
+            p(tmp.path()),
+            "--home",
+            p(&tmp.path().join("h")),
+        ])
+        .args(["--prefix", "a/b"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("prefix"), "{err}");
 }

@@ -118,6 +118,9 @@ pub struct IngestStatus {
     replays: AtomicU64,
     starts: AtomicU64,
     last_gap: Mutex<Option<(u64, u64)>>,
+    /// The gaps the replica store holds (continued past), loaded when the
+    /// pipeline starts and kept up to date with it.
+    recorded: Mutex<Vec<(u64, u64)>>,
 }
 
 impl IngestStatus {
@@ -145,6 +148,14 @@ impl IngestStatus {
     /// The last gap seen: (first missing, last missing) heights.
     pub fn last_gap(&self) -> Option<(u64, u64)> {
         self.last_gap.lock().ok().and_then(|g| *g)
+    }
+
+    /// Every gap the replica holds (the ones continued past, since the
+    /// replica was created; not the refused ones), as (first missing, last
+    /// missing) heights in height order: heights the replica will never
+    /// have unless they are filled from another source.
+    pub fn recorded_gaps(&self) -> Vec<(u64, u64)> {
+        self.recorded.lock().map(|g| g.clone()).unwrap_or_default()
     }
 }
 
@@ -184,6 +195,9 @@ impl Ingest {
             Some(m)
         };
         status.height.store(store.version(), Ordering::Release);
+        if let Ok(mut recorded) = status.recorded.lock() {
+            *recorded = store.gaps()?;
+        }
         Ok(Ingest {
             store,
             manager,
@@ -199,9 +213,13 @@ impl Ingest {
     }
 
     /// The running manager's observer (`None` before the first store is
-    /// known). A new one after each restart of the streamers.
+    /// known), with the pipeline's counters and recorded gaps
+    /// ([`NodeStatus::ingest`](crate::NodeStatus::ingest)). A new one after
+    /// each restart of the streamers.
     pub fn observer(&self) -> Option<Observer> {
-        self.manager.as_ref().map(DeliveryManager::observer)
+        self.manager
+            .as_ref()
+            .map(|m| m.observer().with_ingest(Arc::clone(&self.status)))
     }
 
     /// The replica store.
@@ -412,8 +430,11 @@ impl Ingest {
                 );
                 self.store.add_stores(&new_stores)?;
             }
-            if height > committed + 1 {
-                self.store.continue_at(height)?;
+            if height > committed + 1
+                && let Some(gap) = self.store.continue_at(height)?
+                && let Ok(mut recorded) = self.status.recorded.lock()
+            {
+                recorded.push(gap);
             }
         }
         if self.manager.is_none() && !self.store.stores().is_empty() {

@@ -79,8 +79,8 @@ pub use manager::{
     StreamerStats,
 };
 pub use observe::{
-    Bucket, COMMIT_BUCKETS, ChangeLogStatus, HistogramStatus, NodeState, NodeStatus, Observer,
-    StreamerState, StreamerStatus,
+    Bucket, COMMIT_BUCKETS, ChangeLogStatus, GapStatus, HistogramStatus, IngestReport, NodeState,
+    NodeStatus, Observer, StreamerState, StreamerStatus,
 };
 pub use process::{PLUGIN_INHERITED_ENV, ProcessError, ProcessStreamer, ProcessStreamerConfig};
 /// The Prometheus client (`telemetry` feature), for streamers that register

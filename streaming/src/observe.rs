@@ -14,6 +14,7 @@ use statestream_config::Delivery;
 use statestream_store::ChangeLogMeter;
 
 use crate::driver::Progress;
+use crate::ingest::IngestStatus;
 
 /// Upper bounds (seconds) of the commit-duration histogram's buckets: from
 /// an in-memory commit (well under a millisecond) to an fsync on a slow
@@ -98,9 +99,24 @@ pub(crate) struct Shared {
 #[derive(Debug, Clone)]
 pub struct Observer {
     pub(crate) shared: Arc<Shared>,
+    /// The ingest pipeline feeding the manager, when there is one.
+    pub(crate) ingest: Option<Arc<IngestStatus>>,
 }
 
 impl Observer {
+    /// This observer, showing also the counters of the ingest pipeline
+    /// that feeds its manager ([`Ingest::observer`](crate::Ingest::observer)
+    /// does this).
+    pub fn with_ingest(mut self, status: Arc<IngestStatus>) -> Observer {
+        self.ingest = Some(status);
+        self
+    }
+
+    /// The ingest pipeline's counters, when it has them.
+    pub fn ingest(&self) -> Option<&IngestStatus> {
+        self.ingest.as_deref()
+    }
+
     /// Everything observable, read now.
     pub fn status(&self) -> NodeStatus {
         let s = &self.shared;
@@ -157,6 +173,7 @@ impl Observer {
                 bytes: size.bytes,
             },
             streamers,
+            ingest: self.ingest.as_deref().map(IngestReport::of),
         }
     }
 }
@@ -177,6 +194,64 @@ pub struct NodeStatus {
     pub change_log: ChangeLogStatus,
     /// Every streamer, in configuration order.
     pub streamers: Vec<StreamerStatus>,
+    /// The ingest pipeline (a replica fed by a source: `statestream
+    /// cosmos-plugin`, `ingest-files`); absent on a node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ingest: Option<IngestReport>,
+}
+
+/// The ingest pipeline's state, in [`NodeStatus::ingest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct IngestReport {
+    /// The source's last height committed into the replica.
+    pub height: u64,
+    /// The gaps the replica holds, in height order: heights the source
+    /// committed that the replica never received (continued past with
+    /// `on_gap = "continue"`), since the replica was created.
+    pub gaps: Vec<GapStatus>,
+    /// Gaps seen since the pipeline started, refused ones included.
+    pub gaps_total: u64,
+    /// The last gap seen since the pipeline started (recorded or refused).
+    pub last_gap: Option<GapStatus>,
+    /// Blocks given again since the pipeline started, answered without
+    /// committing or delivering them twice.
+    pub replays_total: u64,
+}
+
+/// Heights missing from a replica, both included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct GapStatus {
+    /// The first missing height.
+    pub first_missing: u64,
+    /// The last missing height.
+    pub last_missing: u64,
+}
+
+impl GapStatus {
+    fn of((first_missing, last_missing): (u64, u64)) -> GapStatus {
+        GapStatus {
+            first_missing,
+            last_missing,
+        }
+    }
+}
+
+impl IngestReport {
+    fn of(status: &IngestStatus) -> IngestReport {
+        IngestReport {
+            height: status.height(),
+            gaps: status
+                .recorded_gaps()
+                .into_iter()
+                .map(GapStatus::of)
+                .collect(),
+            gaps_total: status.gaps(),
+            last_gap: status.last_gap().map(GapStatus::of),
+            replays_total: status.replays(),
+        }
+    }
 }
 
 /// Whether the node commits.

@@ -462,10 +462,45 @@ const METRICS: &[(&str, &str, MetricType, &[&str])] = &[
     ),
 ];
 
+/// The ingest pipeline's metrics, served when the observer has one
+/// ([`Observer::with_ingest`]): a replica fed by a source.
+const INGEST_METRICS: &[(&str, &str, MetricType, &[&str])] = &[
+    (
+        "statestream_ingest_height",
+        "The source's last height committed into the replica.",
+        MetricType::GAUGE,
+        &[],
+    ),
+    (
+        "statestream_ingest_gaps_total",
+        "Height gaps seen since the pipeline started: blocks the source committed that the replica never received (refused ones included).",
+        MetricType::COUNTER,
+        &[],
+    ),
+    (
+        "statestream_ingest_gaps_recorded",
+        "Height gaps the replica holds (continued past), since it was created.",
+        MetricType::GAUGE,
+        &[],
+    ),
+    (
+        "statestream_ingest_replays_total",
+        "Blocks the source delivered again, answered without committing or delivering them twice.",
+        MetricType::COUNTER,
+        &[],
+    ),
+];
+
 impl NodeCollector {
     fn new(observer: Observer) -> NodeCollector {
+        let ingest: &[_] = if observer.ingest().is_some() {
+            INGEST_METRICS
+        } else {
+            &[]
+        };
         let descs = METRICS
             .iter()
+            .chain(ingest)
             .filter_map(|(name, help, _, labels)| {
                 Desc::new(
                     (*name).to_owned(),
@@ -511,7 +546,7 @@ impl Collector for NodeCollector {
     fn collect(&self) -> Vec<MetricFamily> {
         let status = self.observer.status();
         let halted = status.state == NodeState::Halted;
-        METRICS
+        let mut families: Vec<MetricFamily> = METRICS
             .iter()
             .map(|(name, help, kind, _)| {
                 let kind = *kind;
@@ -582,6 +617,23 @@ impl Collector for NodeCollector {
                 family.set_metric(metrics);
                 family
             })
-            .collect()
+            .collect();
+        if let Some(ingest) = &status.ingest {
+            for (name, help, kind, _) in INGEST_METRICS {
+                let value = match *name {
+                    "statestream_ingest_height" => ingest.height,
+                    "statestream_ingest_gaps_total" => ingest.gaps_total,
+                    "statestream_ingest_gaps_recorded" => ingest.gaps.len() as u64,
+                    _ => ingest.replays_total,
+                };
+                let mut family = MetricFamily::default();
+                family.set_name((*name).to_owned());
+                family.set_help((*help).to_owned());
+                family.set_field_type(*kind);
+                family.set_metric(vec![sample(*kind, vec![], value as f64)]);
+                families.push(family);
+            }
+        }
+        families
     }
 }

@@ -420,6 +420,7 @@ fn launch(
             streamers: std::sync::RwLock::new(watched),
             stopped: std::sync::atomic::AtomicBool::new(false),
         }),
+        ingest: None,
     };
     let pruned_below = bounds.map_or(0, |(lo, _)| lo);
     let runtime = super::runtime::runtime(

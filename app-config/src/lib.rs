@@ -62,8 +62,8 @@ mod options;
 mod text;
 
 pub use crate::app::{
-    AppConfig, CosmosConfig, DEFAULT_QUEUE, DEFAULT_SHUTDOWN_TIMEOUT_MS, Delivery, GapPolicy,
-    MAX_QUEUE, MAX_SHUTDOWN_TIMEOUT_MS, StreamerSpec, TelemetryConfig,
+    AdminConfig, AppConfig, CosmosConfig, DEFAULT_QUEUE, DEFAULT_SHUTDOWN_TIMEOUT_MS, Delivery,
+    GapPolicy, MAX_QUEUE, MAX_SHUTDOWN_TIMEOUT_MS, StreamerSpec, TelemetryConfig,
 };
 pub use crate::error::ConfigError;
 pub use crate::options::StreamerOptions;

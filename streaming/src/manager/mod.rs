@@ -110,6 +110,10 @@ pub struct DeliveryManager {
     push: PushQueue,
     /// What observers (a metrics endpoint) see.
     observer: Observer,
+    /// The node's credentials, installed for its home while the manager
+    /// lives (a `serve` streamer finds them there); `None` without
+    /// configured streamers.
+    credentials: Option<statestream_access::Installation>,
 }
 
 impl std::fmt::Debug for DeliveryManager {
@@ -164,6 +168,13 @@ impl DeliveryManager {
     /// progress and state. What the telemetry server serves.
     pub fn observer(&self) -> Observer {
         self.observer.clone()
+    }
+
+    /// The node's credentials (the store's system table `credentials`),
+    /// shared with the `serve` streamers: what the admin API changes.
+    /// `None` when the manager has no configured streamers.
+    pub fn credentials(&self) -> Option<statestream_access::Registry> {
+        self.credentials.as_ref().map(|i| i.registry().clone())
     }
 
     /// The stores of the multi-store, in name order.

@@ -114,20 +114,23 @@ pub struct Authenticated {
     /// The credential as it was when the request was checked.
     pub credential: Arc<Credential>,
     /// The hash of the secret used: a stream ends when that secret stops
-    /// (a rotation's grace period over).
-    secret: [u8; 32],
+    /// (a rotation's grace period over). `None`: authenticated otherwise
+    /// (a client certificate naming the credential).
+    secret: Option<[u8; 32]>,
 }
 
 impl Authenticated {
     /// The Unix second the request's access ends by itself (expiry, or the
     /// end of its secret's grace period), if any.
     pub fn deadline(&self) -> Option<i64> {
-        let until = self
-            .credential
-            .secrets
-            .iter()
-            .find(|s| s.sha256 == to_hex(&self.secret))
-            .and_then(|s| s.until);
+        let until = self.secret.and_then(|h| {
+            let hex = to_hex(&h);
+            self.credential
+                .secrets
+                .iter()
+                .find(|s| s.sha256 == hex)
+                .and_then(|s| s.until)
+        });
         match (until, self.credential.expires_at) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -349,9 +352,20 @@ impl Registry {
         }
         Authenticated {
             credential: c,
-            secret: h,
+            secret: Some(h),
         }
         .recheck(self, now)
+    }
+
+    /// The credential `id` for a request authenticated otherwise than by a
+    /// secret (a verified client certificate whose subject CN is `id`).
+    pub fn authenticate_id(&self, id: &str) -> Result<Authenticated, AuthError> {
+        let c = self.get(id).ok_or(AuthError::Unknown)?;
+        Authenticated {
+            credential: c,
+            secret: None,
+        }
+        .recheck(self, now())
     }
 
     /// The counters of credential `id`.
@@ -399,11 +413,12 @@ impl Authenticated {
         let c = registry
             .get(&self.credential.id)
             .ok_or(AuthError::Unknown)?;
-        let hex = to_hex(&self.secret);
-        let secret_ok = c
-            .secrets
-            .iter()
-            .any(|s| s.sha256 == hex && s.until.is_none_or(|t| t > now));
+        let secret_ok = self.secret.is_none_or(|h| {
+            let hex = to_hex(&h);
+            c.secrets
+                .iter()
+                .any(|s| s.sha256 == hex && s.until.is_none_or(|t| t > now))
+        });
         if c.is_revoked() {
             return Err(AuthError::Revoked { id: c.id.clone() });
         }

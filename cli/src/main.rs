@@ -6,10 +6,12 @@
 //! non-zero exit code (see [`EXIT_CODES`]). A panic, too, becomes one line
 //! and exit 1 (see `install_panic_hook`).
 
+mod admin;
 mod bench;
 mod blocks;
 mod config_cmd;
 mod cosmos;
+mod credentials;
 mod cursors;
 mod dump;
 mod ingest_files;
@@ -84,6 +86,9 @@ enum Command {
     /// streamed per app.toml. SIGINT or SIGTERM stop it after the current
     /// block.
     Node(node::NodeArgs),
+    /// Manages the node's credentials (scoped access to its serve
+    /// streamers), through its admin API or offline on its store.
+    Credentials(credentials::CredentialsArgs),
     /// A Cosmos SDK (v0.50+) ABCI listener plugin, launched by the chain's
     /// node (COSMOS_SDK_ABCI): streams the chain's blocks per
     /// HOME/config/app.toml. See docs/cosmos.md.
@@ -195,6 +200,7 @@ fn run() -> anyhow::Result<ExitCode> {
     );
     match cli.command {
         Command::Node(args) => node::run(args, cli.quiet),
+        Command::Credentials(args) => credentials::run(args),
         Command::CosmosPlugin(args) => cosmos::run(args),
         Command::IngestFiles(args) => ingest_files::run(args),
         Command::Relay(args) => relay::run(args),

@@ -273,6 +273,7 @@ pub fn execute(args: &NodeArgs, quiet: bool) -> Result<Summary> {
     // scrape; stopped after the manager closed, so that the last scrape
     // can see the final state.
     let telemetry = start_telemetry(&config, &manager, &registry)?;
+    let admin = crate::admin::start_admin(&config, &args.home, &manager)?;
 
     let stop = Arc::new(AtomicBool::new(false));
     // Wakes the wait between paced blocks when a signal arrives.
@@ -354,6 +355,10 @@ pub fn execute(args: &NodeArgs, quiet: bool) -> Result<Summary> {
         p.finish_and_clear();
     }
 
+    // No credential changes once the streamers close.
+    if let Some(server) = admin {
+        server.stop();
+    }
     let stats = manager.stats();
     let closed = manager.close(&mut store);
     let info = store.last_commit();

@@ -51,6 +51,10 @@ pub enum Error {
     #[error(transparent)]
     Store(#[from] statestream_store::Error),
 
+    /// The node's credentials (a system table of the store) cannot be read.
+    #[error("credentials: {0}")]
+    Credentials(#[from] statestream_access::AccessError),
+
     /// A name, record or block metadata did not validate or decode.
     #[error(transparent)]
     Data(#[from] statestream_core::Error),

@@ -103,14 +103,17 @@ impl StateStreamRoute {
             LIST_STORES => Ok(unary(
                 request,
                 move |_: Request<pb::ListStoresRequest>| async move {
-                    service.list_stores().map(Response::new)
+                    service.list_stores(&grant).map(Response::new)
                 },
             )
             .await),
             PUSH_UPDATE => Ok(unary(
                 request,
                 move |r: Request<pb::PushUpdateRequest>| async move {
-                    service.push_update(r.into_inner()).await.map(Response::new)
+                    service
+                        .push_update(&grant, r.into_inner())
+                        .await
+                        .map(Response::new)
                 },
             )
             .await),

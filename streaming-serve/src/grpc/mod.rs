@@ -40,10 +40,13 @@ pub const GRPC_DEFAULT_MAX_MESSAGE: usize = 4 * 1024 * 1024;
 /// The status of a refused request.
 fn denied(d: Denied) -> Status {
     match d {
-        Denied::Missing => {
-            Status::unauthenticated("missing token: send `authorization: Bearer <token>`")
-        }
-        Denied::Wrong => Status::unauthenticated("wrong token"),
+        Denied::Missing => Status::unauthenticated(
+            "missing token: send `authorization: Bearer <token or credential secret>`",
+        ),
+        Denied::Wrong => Status::unauthenticated("wrong token or unknown credential"),
+        Denied::Unauthenticated(m) => Status::unauthenticated(m),
+        Denied::Forbidden(m) => Status::permission_denied(m),
+        Denied::TooManyStreams(m) => Status::resource_exhausted(m),
     }
 }
 
@@ -105,6 +108,8 @@ impl From<End> for Status {
                 stall.as_millis()
             )),
             End::Failed(e) => e.into(),
+            End::Revoked(m) => Status::unauthenticated(m),
+            End::OutOfScope(m) => Status::permission_denied(m),
         }
     }
 }
@@ -129,6 +134,7 @@ impl<T> Stream for Responses<T> {
 pub(crate) fn router(
     hub: &Arc<Hub>,
     config: &ServeConfig,
+    credentials: Option<statestream_access::Registry>,
 ) -> Result<
     (
         tonic::service::Routes,
@@ -137,7 +143,7 @@ pub(crate) fn router(
     ServeError,
 > {
     use tonic::server::NamedService;
-    let access = Access::new(&config.token);
+    let access = Access::new(&config.token, credentials, "grpc");
     let state = StateStreamService {
         hub: Arc::clone(hub),
         push_updates: config.push_updates,

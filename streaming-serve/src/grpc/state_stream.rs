@@ -37,7 +37,7 @@ fn parse_filter(hub: &Hub, grant: &Grant, filter: Option<pb::Filter>) -> Result<
             b.prefix(&p.store, &p.prefix, "filter.prefixes")?;
         }
     }
-    Ok(grant.select(b.build()))
+    grant.select(b).map_err(super::denied)
 }
 
 /// The streaming methods of the service.
@@ -135,12 +135,13 @@ impl StateStreamService {
         }
     }
 
-    pub(crate) fn list_stores(&self) -> Result<pb::ListStoresResponse, Status> {
+    pub(crate) fn list_stores(&self, grant: &Grant) -> Result<pb::ListStoresResponse, Status> {
         let hub = &self.hub;
         let stores = hub
             .stores()
             .iter()
             .zip(hub.value_types())
+            .filter(|(s, _)| grant.sees(s.name()))
             .map(|(s, t)| pb::StoreInfo {
                 name: s.name().to_string(),
                 value_type: t.clone(),
@@ -174,10 +175,12 @@ impl StateStreamService {
                 Some((hub.admit(FrontEnd::Grpc)?, start))
             }
         };
+        let guard = grant.open_stream(&filter).map_err(super::denied)?;
         let selection = Selection::new(filter, Format::Protobuf);
-        Ok(outbox::spawn(
+        Ok(outbox::spawn_guarded(
             &self.hub,
             FrontEnd::Grpc,
+            guard,
             |mut sink| async move {
                 let ended = StateStreamService::run(hub, selection, subscriber, &mut sink).await;
                 (sink, ended)
@@ -187,8 +190,12 @@ impl StateStreamService {
 
     pub(crate) async fn push_update(
         &self,
+        grant: &Grant,
         request: pb::PushUpdateRequest,
     ) -> Result<pb::PushUpdateResponse, Status> {
+        grant
+            .may_push(&request.store, &request.key)
+            .map_err(super::denied)?;
         let value = if request.delete {
             None
         } else {

@@ -34,6 +34,8 @@ const LAST_EVENT_ID: &str = "last-event-id";
 pub(crate) struct HttpSetup {
     pub hub: Arc<Hub>,
     pub token: String,
+    /// The node's credentials, if it keeps any.
+    pub credentials: Option<statestream_access::Registry>,
     pub max_connection: Option<Duration>,
     pub cors_origins: Vec<String>,
 }
@@ -49,7 +51,7 @@ struct AppState {
 pub(crate) fn router(setup: HttpSetup) -> Router {
     let state = AppState {
         hub: setup.hub,
-        access: Access::new(&setup.token),
+        access: Access::new(&setup.token, setup.credentials, "sse"),
         max_connection: setup.max_connection,
     };
     let router = Router::new()
@@ -120,19 +122,31 @@ impl AppState {
             retry_after: true,
             message: c.to_string(),
         })?;
-        self.access.check(credential).map_err(|d| {
-            let message = match d {
-                Denied::Missing => {
-                    "missing token: send `Authorization: Bearer <token>` (or ?token=)"
-                }
-                Denied::Wrong => "wrong token",
-            };
-            HttpError {
-                status: StatusCode::UNAUTHORIZED,
-                retry_after: false,
-                message: message.to_string(),
+        self.access.check(credential).map_err(HttpError::from)
+    }
+}
+
+impl From<Denied> for HttpError {
+    fn from(d: Denied) -> HttpError {
+        let status = if d.is_unauthenticated() {
+            StatusCode::UNAUTHORIZED
+        } else if matches!(d, Denied::TooManyStreams(_)) {
+            StatusCode::TOO_MANY_REQUESTS
+        } else {
+            StatusCode::FORBIDDEN
+        };
+        let message = match d {
+            Denied::Missing => {
+                "missing token: send `Authorization: Bearer <token or credential secret>` (or ?token=)".to_string()
             }
-        })
+            Denied::Wrong => "wrong token or unknown credential".to_string(),
+            Denied::Unauthenticated(m) | Denied::Forbidden(m) | Denied::TooManyStreams(m) => m,
+        };
+        HttpError {
+            status,
+            retry_after: false,
+            message,
+        }
     }
 }
 

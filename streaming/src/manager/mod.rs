@@ -123,6 +123,10 @@ pub struct DeliveryManager {
     observer: Observer,
     /// Streamers added and removed at run time, shared with the handles.
     runtime: Arc<runtime::Runtime>,
+    /// The node's credentials, installed for its home while the manager
+    /// lives (a `serve` streamer finds them there); `None` without
+    /// configured streamers.
+    credentials: Option<statestream_access::Installation>,
 }
 
 impl std::fmt::Debug for DeliveryManager {
@@ -185,6 +189,13 @@ impl DeliveryManager {
         RuntimeHandle {
             inner: Arc::clone(&self.runtime),
         }
+    }
+
+    /// The node's credentials (the store's system table `credentials`),
+    /// shared with the `serve` streamers: what the admin API changes.
+    /// `None` when the manager has no configured streamers.
+    pub fn credentials(&self) -> Option<statestream_access::Registry> {
+        self.credentials.as_ref().map(|i| i.registry().clone())
     }
 
     /// The stores of the multi-store, in name order.

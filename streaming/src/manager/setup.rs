@@ -214,6 +214,15 @@ impl<'a> DeliveryManagerBuilder<'a> {
     pub fn start(self, store: &mut MultiStore) -> Result<DeliveryManager> {
         let shutdown = self.shutdown.unwrap_or_default();
         let push = self.push.unwrap_or_default();
+        // Before the streamers are built: a `serve` streamer finds the
+        // credentials installed for its home.
+        let credentials = match &self.configured {
+            Some(c) => Some(statestream_access::install(
+                c.home,
+                statestream_access::Registry::open(store.records(statestream_access::TABLE))?,
+            )),
+            None => None,
+        };
         let mut streamers = match &self.configured {
             Some(c) => build(store, c, &shutdown, &push)?,
             None => Vec::new(),
@@ -224,7 +233,9 @@ impl<'a> DeliveryManagerBuilder<'a> {
                 .map(|(setup, streamer)| (setup, "application".to_owned(), streamer)),
         );
         let resolved = resolve_cursors(store, streamers)?;
-        launch(store, resolved, shutdown, push, self.shutdown_timeout)
+        let mut manager = launch(store, resolved, shutdown, push, self.shutdown_timeout)?;
+        manager.credentials = credentials;
+        Ok(manager)
     }
 }
 
@@ -446,6 +457,7 @@ fn launch(
         shutdown,
         shutdown_timeout,
         push,
+        credentials: None,
     };
     catch_up_sync(&mut manager, committed_height)?;
     Ok(manager)

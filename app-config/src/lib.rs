@@ -63,7 +63,7 @@ mod text;
 
 pub use crate::app::{
     AppConfig, CosmosConfig, DEFAULT_QUEUE, DEFAULT_SHUTDOWN_TIMEOUT_MS, Delivery, GapPolicy,
-    MAX_QUEUE, MAX_SHUTDOWN_TIMEOUT_MS, StreamerSpec, TelemetryConfig,
+    MAX_QUEUE, MAX_SHUTDOWN_TIMEOUT_MS, StreamerSpec, TelemetryConfig, TelemetryTls,
 };
 pub use crate::error::ConfigError;
 pub use crate::options::StreamerOptions;

@@ -185,6 +185,9 @@ const COSMOS_TELEMETRY_KEYS: &[&str] = &[
 /// max_connections = 256         # open connections at once
 /// header_timeout_ms = 10000     # to send a request head
 /// allowed_hosts = []            # Host names beyond loopback and the address
+/// tls_cert_file = "tls/telemetry.pem"        # optional: HTTPS
+/// tls_key_file = "tls/telemetry-key.pem"
+/// tls_client_ca_file = "tls/scrapers-ca.pem" # optional: mTLS
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -207,6 +210,24 @@ pub struct TelemetryConfig {
     /// `allowed_hosts`: `Host` names accepted beyond `localhost`,
     /// `127.0.0.1`, `[::1]` and the bound address; `"*"` accepts any.
     pub allowed_hosts: Vec<String>,
+    /// `tls_cert_file` and `tls_key_file`, as written (relative paths are
+    /// under the node's home): the server serves HTTPS with them. Both or
+    /// neither (checked here; the files are read by the server and by
+    /// `statestream config check`).
+    pub tls: Option<TelemetryTls>,
+}
+
+/// `[telemetry]`'s TLS files, as written in app.toml.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TelemetryTls {
+    /// `tls_cert_file`: the PEM certificate, then any intermediates.
+    pub cert_file: PathBuf,
+    /// `tls_key_file`: its PEM private key.
+    pub key_file: PathBuf,
+    /// `tls_client_ca_file`: when set, scrapers must present a client
+    /// certificate signed by one of its certificates (mTLS).
+    pub client_ca_file: Option<PathBuf>,
 }
 
 /// The largest `[telemetry] max_connections`.
@@ -669,6 +690,9 @@ impl Parser<'_> {
         let mut max_connections = None;
         let mut header_timeout_ms = None;
         let mut allowed_hosts = Vec::new();
+        // Each TLS file with its key as spelled and its span, for the
+        // errors about pairs found after the loop.
+        let mut tls_files: [Option<(PathBuf, String, Range<usize>)>; 3] = [None, None, None];
         for (key, value) in table.iter() {
             let spelled = key.get_ref().as_ref();
             let error = |message: String| self.key_error(TABLE, spelled, key.span(), message);
@@ -709,10 +733,29 @@ impl Parser<'_> {
                 "allowed_hosts" => {
                     allowed_hosts = self.allowed_hosts(value).map_err(error)?;
                 }
+                name @ ("tls_cert_file" | "tls_key_file" | "tls_client_ca_file") => {
+                    let path = value
+                        .get_ref()
+                        .as_str()
+                        .filter(|text| !text.trim().is_empty())
+                        .ok_or_else(|| {
+                            error(format!(
+                                "expected the path of a PEM file, got {}",
+                                self.describe(value)
+                            ))
+                        })?;
+                    let slot = match name {
+                        "tls_cert_file" => 0,
+                        "tls_key_file" => 1,
+                        _ => 2,
+                    };
+                    tls_files[slot] = Some((PathBuf::from(path), spelled.to_owned(), key.span()));
+                }
                 _ => {
                     return Err(error(
                         "unknown key; statestream reads `address` (such as \"127.0.0.1:9100\"), \
-                         `max_connections`, `header_timeout_ms` and `allowed_hosts` in \
+                         `max_connections`, `header_timeout_ms`, `allowed_hosts`, \
+                         `tls_cert_file`, `tls_key_file` and `tls_client_ca_file` in \
                          [telemetry], and leaves the Cosmos SDK's own keys (`enabled`, \
                          `service-name`, ...) to the application"
                             .to_owned(),
@@ -720,12 +763,49 @@ impl Parser<'_> {
                 }
             }
         }
+        let [cert, key, client_ca] = tls_files;
+        let tls = match (cert, key) {
+            (Some((cert_file, ..)), Some((key_file, ..))) => Some(TelemetryTls {
+                cert_file,
+                key_file,
+                client_ca_file: client_ca.map(|(path, ..)| path),
+            }),
+            (Some((_, spelled, span)), None) => {
+                return Err(self.key_error(
+                    TABLE,
+                    &spelled,
+                    span,
+                    "set tls_key_file too: a certificate needs its private key".to_owned(),
+                ));
+            }
+            (None, Some((_, spelled, span))) => {
+                return Err(self.key_error(
+                    TABLE,
+                    &spelled,
+                    span,
+                    "set tls_cert_file too: a key without a certificate serves nothing".to_owned(),
+                ));
+            }
+            (None, None) => {
+                if let Some((_, spelled, span)) = client_ca {
+                    return Err(self.key_error(
+                        TABLE,
+                        &spelled,
+                        span,
+                        "client certificates need TLS: set tls_cert_file and tls_key_file too"
+                            .to_owned(),
+                    ));
+                }
+                None
+            }
+        };
         Ok(address.map(|(address, line)| TelemetryConfig {
             address,
             line: Some(line),
             max_connections,
             header_timeout_ms,
             allowed_hosts,
+            tls,
         }))
     }
 

@@ -48,6 +48,7 @@ mod error;
 mod options;
 pub mod proto;
 mod subscription;
+mod tls;
 
 pub use cursor::{CursorStore, FileCursor, MemoryCursor};
 pub use error::{ClientError, CursorError};

@@ -76,7 +76,7 @@ impl Update {
 
 /// Whether a status is worth retrying (the server restarts, sheds a slow
 /// client, or is full for now).
-fn retryable(code: tonic::Code) -> bool {
+pub(crate) fn retryable(code: tonic::Code) -> bool {
     use tonic::Code::*;
     matches!(
         code,
@@ -212,8 +212,7 @@ impl<C: CursorStore> ResumableSubscription<C> {
                 self.in_snapshot = false;
                 Ok(Ok(()))
             }
-            Err(s) if retryable(s.code()) => Ok(Err(format!("{}: {}", s.code(), s.message()))),
-            Err(s) => Err(ClientError::Status(s)),
+            Err(s) => self.options.status_error(s).map(Err),
         }
     }
 
@@ -243,10 +242,10 @@ impl<C: CursorStore> ResumableSubscription<C> {
             let message = match stream.message().await {
                 Ok(Some(m)) => m,
                 Ok(None) => return Ok(self.reconnect("the server ended the stream".into())),
-                Err(s) if retryable(s.code()) => {
-                    return Ok(self.reconnect(format!("{}: {}", s.code(), s.message())));
+                Err(s) => {
+                    let reason = self.options.status_error(s)?;
+                    return Ok(self.reconnect(reason));
                 }
-                Err(s) => return Err(ClientError::Status(s)),
             };
             self.backoff = FIRST_BACKOFF;
             match message.message {

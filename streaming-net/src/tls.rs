@@ -41,6 +41,19 @@ impl TlsFiles {
         self
     }
 
+    /// Reads each file in turn and then the whole configuration, naming
+    /// the file at fault: what `statestream config check` reports (each
+    /// file exists and parses, the key goes with the certificate).
+    pub fn check(&self) -> Result<(), (TlsFile, statestream_tls::TlsError)> {
+        statestream_tls::read_certificates(&self.cert_file).map_err(|e| (TlsFile::Cert, e))?;
+        statestream_tls::read_private_key(&self.key_file).map_err(|e| (TlsFile::Key, e))?;
+        if let Some(ca) = &self.client_ca_file {
+            statestream_tls::read_certificates(ca).map_err(|e| (TlsFile::ClientCa, e))?;
+        }
+        // What is left is whether the key signs for the certificate.
+        self.load().map(drop).map_err(|e| (TlsFile::Key, e))
+    }
+
     /// Reads the files and builds the configuration, as a listener does:
     /// the check of `statestream config check` (files exist and parse, the
     /// key goes with the certificate).
@@ -54,6 +67,30 @@ impl TlsFiles {
             },
             &ALPN_PROTOCOLS,
         )
+    }
+}
+
+/// One of the files of [`TlsFiles`], to name the configuration key at
+/// fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TlsFile {
+    /// `tls_cert_file`.
+    Cert,
+    /// `tls_key_file`.
+    Key,
+    /// `tls_client_ca_file`.
+    ClientCa,
+}
+
+impl TlsFile {
+    /// The key that names the file in app.toml.
+    pub fn key(self) -> &'static str {
+        match self {
+            TlsFile::Cert => "tls_cert_file",
+            TlsFile::Key => "tls_key_file",
+            TlsFile::ClientCa => "tls_client_ca_file",
+        }
     }
 }
 

@@ -77,7 +77,7 @@ pub use manager::{
 };
 pub use observe::{
     Bucket, COMMIT_BUCKETS, ChangeLogStatus, HistogramStatus, NodeState, NodeStatus, Observer,
-    StreamerState, StreamerStatus,
+    Section, StreamerState, StreamerStatus,
 };
 pub use process::{PLUGIN_INHERITED_ENV, ProcessError, ProcessStreamer, ProcessStreamerConfig};
 /// The Prometheus client (`telemetry` feature), for streamers that register

@@ -695,6 +695,17 @@ impl Engine {
         Ok(out)
     }
 
+    /// The `subscriptions` section of `/status`
+    /// ([`statestream::Observer::add_section`]): every subscription's
+    /// state, delivered height, lag and attempt counts.
+    pub fn status_section(&self) -> statestream::Section {
+        let engine = self.clone();
+        Arc::new(move || match engine.status() {
+            Ok(list) => serde_json::to_value(list).unwrap_or_default(),
+            Err(e) => serde_json::json!({"error": e.to_string()}),
+        })
+    }
+
     /// The stores of the node (for scope checks).
     pub fn stores(&self) -> &[StoreKey] {
         self.inner.runtime.stores()

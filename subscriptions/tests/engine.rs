@@ -332,6 +332,39 @@ fn failing_endpoint_is_disabled_alone_and_resume_catches_up() {
     let ds = status.iter().find(|s| s.id == d.id).expect("listed");
     assert_eq!(ds.state, State::Disabled);
     assert_eq!(ds.lag_blocks, top - (first - 1));
+    // On /status and /metrics.
+    let observer = node.manager.as_ref().expect("running").observer();
+    observer.add_section("subscriptions", node.engine.status_section());
+    let json = serde_json::to_value(observer.status()).expect("status JSON");
+    let listed = json["subscriptions"]
+        .as_array()
+        .expect("a subscriptions list");
+    assert!(
+        listed
+            .iter()
+            .any(|s| s["id"] == d.id.as_str() && s["state"] == "disabled"),
+        "{json}"
+    );
+    let registry = prometheus::Registry::new();
+    registry
+        .register(Box::new(node.engine.collector().expect("collector")))
+        .expect("register");
+    let families = registry.gather();
+    let state = families
+        .iter()
+        .find(|f| f.name() == "statestream_subscription_state")
+        .expect("state metric");
+    let disabled_one = state.get_metric().iter().any(|m| {
+        let labels: Vec<(&str, &str)> = m
+            .get_label()
+            .iter()
+            .map(|l| (l.name(), l.value()))
+            .collect();
+        labels.contains(&("subscription", d.id.as_str()))
+            && labels.contains(&("state", "disabled"))
+            && m.get_gauge().get_value() == 1.0
+    });
+    assert!(disabled_one, "{state:?}");
     down.store(false, Ordering::Release);
     node.engine.resume(Caller::Admin, &d.id).expect("resume");
     wait_for("the resumed one to catch up", || {

@@ -419,6 +419,7 @@ fn launch(
             change_log: change_log.meter(),
             streamers: std::sync::RwLock::new(watched),
             stopped: std::sync::atomic::AtomicBool::new(false),
+            sections: crate::observe::Sections::default(),
         }),
     };
     let pruned_below = bounds.map_or(0, |(lo, _)| lo);

@@ -737,7 +737,7 @@ fn patched(spec: &SubscriptionSpec, patch: &serde_json::Value) -> Result<Subscri
 }
 
 /// RFC 7396: objects merge, `null` removes, anything else replaces.
-fn merge(target: &mut serde_json::Value, patch: &serde_json::Value) {
+pub(crate) fn merge(target: &mut serde_json::Value, patch: &serde_json::Value) {
     let serde_json::Value::Object(p) = patch else {
         *target = patch.clone();
         return;

@@ -80,7 +80,7 @@ pub use manager::{
 };
 pub use observe::{
     Bucket, COMMIT_BUCKETS, ChangeLogStatus, GapStatus, HistogramStatus, IngestReport, NodeState,
-    NodeStatus, Observer, StreamerState, StreamerStatus,
+    NodeStatus, Observer, Section, StreamerState, StreamerStatus,
 };
 pub use process::{PLUGIN_INHERITED_ENV, ProcessError, ProcessStreamer, ProcessStreamerConfig};
 /// The Prometheus client (`telemetry` feature), for streamers that register

@@ -90,7 +90,12 @@ pub(crate) struct Shared {
     pub(crate) streamers: std::sync::RwLock<Vec<Arc<Watched>>>,
     /// Set when the manager closes or is dropped: it commits no more.
     pub(crate) stopped: AtomicBool,
+    /// Extra sections of the status, by name ([`Observer::add_section`]).
+    pub(crate) sections: Sections,
 }
+
+/// A function that reads one extra section of the status now.
+pub type Section = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
 /// A read-only view of a running [`DeliveryManager`](crate::DeliveryManager),
 /// usable from any thread ([`DeliveryManager::observer`](crate::DeliveryManager::observer)).
@@ -101,6 +106,23 @@ pub struct Observer {
     pub(crate) shared: Arc<Shared>,
     /// The ingest pipeline feeding the manager, when there is one.
     pub(crate) ingest: Option<Arc<IngestStatus>>,
+}
+
+/// The extra sections, by name, in the order they were added.
+#[derive(Default)]
+pub(crate) struct Sections(std::sync::RwLock<Vec<(String, Section)>>);
+
+impl std::fmt::Debug for Sections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<String> = self
+            .0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect();
+        f.debug_tuple("Sections").field(&names).finish()
+    }
 }
 
 impl Observer {
@@ -115,6 +137,22 @@ impl Observer {
     /// The ingest pipeline's counters, when it has them.
     pub fn ingest(&self) -> Option<&IngestStatus> {
         self.ingest.as_deref()
+    }
+
+    /// Adds (or replaces) a section of the status: `read` is called at
+    /// each [`status`](Observer::status) and its JSON is served under
+    /// `name` in `GET /status` (the run-time subscriptions use
+    /// `subscriptions`). It runs on the observer's thread, never on the
+    /// commit path.
+    pub fn add_section(&self, name: &str, read: Section) {
+        let mut sections = self
+            .shared
+            .sections
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        sections.retain(|(n, _)| n != name);
+        sections.push((name.to_owned(), read));
     }
 
     /// Everything observable, read now.
@@ -164,7 +202,14 @@ impl Observer {
             NodeState::Committing
         };
         let size = s.change_log.size();
+        let sections: Vec<(String, Section)> = s
+            .sections
+            .0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
         NodeStatus {
+            sections: sections.into_iter().map(|(n, read)| (n, read())).collect(),
             state,
             committed_height: committed,
             commit_duration: s.commits.snapshot(),
@@ -192,12 +237,16 @@ pub struct NodeStatus {
     pub commit_duration: HistogramStatus,
     /// What the change log holds.
     pub change_log: ChangeLogStatus,
-    /// Every streamer, in configuration order.
+    /// Every streamer, in configuration order (then the run-time ones).
     pub streamers: Vec<StreamerStatus>,
     /// The ingest pipeline (a replica fed by a source: `statestream
     /// cosmos-plugin`, `ingest-files`); absent on a node.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ingest: Option<IngestReport>,
+    /// Extra sections ([`Observer::add_section`]), served at the top level
+    /// of `GET /status` under their names.
+    #[serde(flatten)]
+    pub sections: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 /// The ingest pipeline's state, in [`NodeStatus::ingest`].

@@ -430,6 +430,7 @@ fn launch(
             change_log: change_log.meter(),
             streamers: std::sync::RwLock::new(watched),
             stopped: std::sync::atomic::AtomicBool::new(false),
+            sections: crate::observe::Sections::default(),
         }),
         ingest: None,
     };

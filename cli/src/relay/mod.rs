@@ -683,6 +683,9 @@ impl Relay {
             Some(extension),
         ) {
             Ok(server) => {
+                // The same port again when the streamers restart (after a
+                // snapshot), also when the system chose it.
+                t.address = server.local_addr();
                 t.server = Some(server);
                 t.starts = starts;
             }

@@ -928,3 +928,110 @@ fn relay_with_a_wrong_upstream_token_stops_without_printing_it() {
     assert!(!log.contains("the-node-token-1234"), "{log}");
     assert!(node.stop().success());
 }
+
+/// PushUpdate on a relay goes to the upstream with the relay's token and
+/// is answered once the relay holds the block that committed it.
+#[test]
+fn relay_forwards_push_update_and_answers_once_it_holds_the_height() {
+    let dir = tempfile::tempdir().unwrap();
+    let node_toml = NODE_TOML.replace(
+        "heartbeat_ms = 200",
+        "heartbeat_ms = 200\npush_updates = true\ntoken = \"relay-token\"",
+    );
+    let node_home = home_with(dir.path(), "node", &node_toml);
+    let (node, node_address) = start_node(&node_home);
+    let toml = relay_toml(&[&node_address], "token_file = \"token\"").replace(
+        "heartbeat_ms = 200",
+        "heartbeat_ms = 200\npush_updates = true",
+    );
+    let home = home_with(dir.path(), "relay", &toml);
+    std::fs::write(home.join("token"), "relay-token").unwrap();
+    let relay = start_relay(&home);
+    wait_status(&relay, "the relay to be ready", |s| s["ready"] == true);
+    let (height, value) = runtime().block_on(async {
+        let mut c = StateStreamClient::connect(relay.grpc.clone())
+            .await
+            .unwrap();
+        let height = c
+            .push_update(v1::PushUpdateRequest {
+                store: "tmp".into(),
+                key: b"pushed/through-relay".to_vec(),
+                value: b"hi".to_vec(),
+                delete: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .height;
+        // Answered once the relay holds that height: its snapshot now has
+        // the write.
+        let mut stream = c
+            .snapshot(v1::SnapshotRequest {
+                filter: Some(v1::Filter {
+                    stores: vec![],
+                    prefixes: vec![v1::KeyPrefix {
+                        store: "tmp".into(),
+                        prefix: b"pushed/".to_vec(),
+                    }],
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut value = None;
+        while let Some(chunk) = stream.message().await.unwrap() {
+            assert!(
+                chunk.height >= height,
+                "a snapshot at {} < {height}",
+                chunk.height
+            );
+            value = chunk.entries.into_iter().next().map(|e| e.value).or(value);
+        }
+        (height, value)
+    });
+    assert_eq!(value.as_deref(), Some(&b"hi"[..]));
+    let files = node_blocks(&node_home, height);
+    assert!(
+        files[&height].iter().any(|(s, k, v)| s == "tmp"
+            && *k == hex(b"pushed/through-relay")
+            && v.as_deref() == Some(hex(b"hi").as_str())),
+        "block {height} of the node holds the write"
+    );
+    assert!(relay.proc.stop().success());
+    assert!(node.stop().success());
+}
+
+/// While the relay does not know it is within `ready_lag_blocks` of its
+/// upstream (here: the upstream is gone), its front-ends answer
+/// UNAVAILABLE / 503 with Retry-After, never 401, whatever the token.
+#[test]
+fn relay_not_ready_answers_unavailable_and_503_with_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let node_home = home_with(dir.path(), "node", NODE_TOML);
+    let (node, node_address) = start_node(&node_home);
+    let toml = relay_toml(&[&node_address], "").replace(
+        "heartbeat_ms = 200",
+        "heartbeat_ms = 200\ntoken = \"clients\"",
+    );
+    let home = home_with(dir.path(), "relay", &toml);
+    let relay = start_relay(&home);
+    wait_status(&relay, "the relay to be ready", |s| s["ready"] == true);
+    let (code, _, body) = get(&relay.http, "/snapshot");
+    assert_eq!(code, 401, "ready: the token is checked: {body}");
+    assert!(node.stop().success());
+    wait_status(&relay, "the relay to be not ready", |s| s["ready"] == false);
+    let (code, retry, body) = get(&relay.http, "/snapshot");
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(retry.as_deref(), Some("1"));
+    assert!(body.contains("not ready"), "{body}");
+    let refused = runtime().block_on(async {
+        let mut c = StateStreamClient::connect(relay.grpc.clone())
+            .await
+            .unwrap();
+        c.list_stores(v1::ListStoresRequest {}).await.unwrap_err()
+    });
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    let (code, _, body) = get(&relay.telemetry, "/healthz");
+    assert_eq!(code, 503, "{body}");
+    assert!(relay.proc.stop().success(), "a clean stop while not ready");
+}

@@ -1035,3 +1035,62 @@ fn relay_not_ready_answers_unavailable_and_503_with_retry_after() {
     assert_eq!(code, 503, "{body}");
     assert!(relay.proc.stop().success(), "a clean stop while not ready");
 }
+
+/// An upstream that stops moving (its own upstream is frozen with
+/// SIGSTOP) while another goes on: the relay leaves it once it lags by
+/// more than `max_upstream_lag_blocks`, with no gap, and counts it in
+/// `relay_failovers_total`.
+#[test]
+fn relay_leaves_a_lagging_upstream_for_the_best_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let node_home = home_with(dir.path(), "node", NODE_TOML);
+    let (node, node_address) = start_node(&node_home);
+    let x = start_relay(&home_with(
+        dir.path(),
+        "x",
+        &relay_toml(&[&node_address], ""),
+    ));
+    wait_status(&x, "relay x to be ready", |s| s["ready"] == true);
+    let a = start_relay(&home_with(dir.path(), "a", &relay_toml(&[&x.grpc], "")));
+    let b = start_relay(&home_with(
+        dir.path(),
+        "b",
+        &relay_toml(&[&node_address], ""),
+    ));
+    wait_status(&a, "relay a to be ready", |s| s["ready"] == true);
+    wait_status(&b, "relay b to be ready", |s| s["ready"] == true);
+    let c_home = home_with(
+        dir.path(),
+        "c",
+        &relay_toml(&[&a.grpc, &b.grpc], "max_upstream_lag_blocks = 5"),
+    );
+    let c = start_relay(&c_home);
+    wait_status(&c, "relay c to follow a", |s| {
+        s["ready"] == true && s["upstream"] == a.grpc.as_str()
+    });
+    // x frozen: a stops moving (its stream stalls, it does not end).
+    let x_pid = x.proc.child.id() as libc::pid_t;
+    unsafe { libc::kill(x_pid, libc::SIGSTOP) };
+    let before = status(&c)["local_height"].as_u64().unwrap();
+    wait_status(&c, "relay c to move to b and go on", |s| {
+        s["upstream"] == b.grpc.as_str() && s["local_height"].as_u64().unwrap_or(0) > before + 20
+    });
+    let (code, _, metrics) = get(&c.telemetry, "/metrics");
+    assert_eq!(code, 200);
+    let failovers = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("relay_failovers_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .expect("relay_failovers_total");
+    assert!(failovers >= 1.0, "{metrics}");
+    let upto = status(&c)["local_height"].as_u64().unwrap();
+    let files = node_blocks(&node_home, upto);
+    assert!(node.stop().success());
+    assert!(c.proc.stop().success());
+    let c_files = c_home.join("data/streaming");
+    verify(&c_files);
+    let relayed = dump(&c_files);
+    let lo = *relayed.keys().next().unwrap();
+    assert_eq!(span(&relayed, lo, upto), span(&files, lo, upto));
+    unsafe { libc::kill(x_pid, libc::SIGCONT) };
+}

@@ -318,7 +318,6 @@ fn restore_then_checked_blocks_commit_only_when_they_give_the_sources_hashes() {
     replica
         .restore(SourceSnapshot {
             height: 2,
-            meta: BlockMeta::default(),
             entries: vec![
                 w("acc", "x", Some("1")),
                 w("bank", "a", Some("1")),

@@ -333,7 +333,6 @@ impl Relay {
                 UpstreamEvent::Head(head) => self.saw_head(self.current, head),
                 UpstreamEvent::Snapshot {
                     height,
-                    time,
                     entries,
                     hashes,
                 } => {
@@ -342,7 +341,7 @@ impl Relay {
                             "the upstream has no block yet; waiting");
                         return Ok(Next::Follow(self.current));
                     }
-                    self.restore(height, time, entries, &hashes)?;
+                    self.restore(height, entries, &hashes)?;
                 }
                 UpstreamEvent::Block {
                     height,
@@ -413,21 +412,13 @@ impl Relay {
     fn restore(
         &mut self,
         height: u64,
-        time: Option<(i64, u32)>,
         entries: Vec<statestream::SourceWrite>,
         hashes: &UpstreamHashes,
     ) -> Result<()> {
         let name = self.upstreams[self.current].name().to_owned();
         let stores = self.replicated(&name, hashes)?;
-        let (time_seconds, time_nanos) = time.unwrap_or_default();
         let snapshot = SourceSnapshot {
             height,
-            meta: BlockMeta {
-                time_seconds,
-                time_nanos,
-                source_app_hash: hashes.source_app_hash.clone(),
-                ..BlockMeta::default()
-            },
             entries,
             hashes: SourceHashes {
                 stores,

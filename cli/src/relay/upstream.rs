@@ -56,7 +56,6 @@ pub enum UpstreamEvent {
     /// hashes there.
     Snapshot {
         height: u64,
-        time: Option<(i64, u32)>,
         entries: Vec<SourceWrite>,
         hashes: UpstreamHashes,
     },
@@ -218,7 +217,6 @@ impl Upstream for GrpcUpstream {
                 match update {
                     Update::Snapshot {
                         height,
-                        time,
                         entries,
                         first,
                         end,
@@ -237,7 +235,6 @@ impl Upstream for GrpcUpstream {
                         if end {
                             return Ok(UpstreamEvent::Snapshot {
                                 height,
-                                time: time_of(time),
                                 entries: std::mem::take(&mut self.snapshot),
                                 hashes: hashes.into(),
                             });

@@ -1033,6 +1033,29 @@ fn relay_not_ready_answers_unavailable_and_503_with_retry_after() {
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
     let (code, _, body) = get(&relay.telemetry, "/healthz");
     assert_eq!(code, 503, "{body}");
+    // The gRPC health service follows the gate.
+    let grpc = relay.grpc.clone();
+    wait_for("gRPC health NOT_SERVING", || {
+        let grpc = grpc.clone();
+        runtime().block_on(async move {
+            use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+            let channel = tonic::transport::Channel::from_shared(grpc)
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            let mut h = HealthClient::new(channel);
+            let status = h
+                .check(HealthCheckRequest {
+                    service: "statestream.v1.StateStream".into(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .status;
+            status == tonic_health::ServingStatus::NotServing as i32
+        })
+    });
     assert!(relay.proc.stop().success(), "a clean stop while not ready");
 }
 

@@ -606,6 +606,12 @@ fn relay_chain_serves_datastream_and_sse_equal_to_the_nodes_files() {
     let hi = hi.min(*files.keys().last().unwrap());
     assert!(hi > lo + 10, "{lo}..{hi}");
     assert_eq!(span(&relayed, lo, hi), span(&files, lo, hi));
+    // The relay's own blocks carry its recomputed hashes: the node's.
+    let node_hashes = file_hashes(&node_home.join("data/streaming"));
+    let relay_hashes = file_hashes(&second_files);
+    for h in lo..=hi {
+        assert_eq!(relay_hashes[&h], node_hashes[&h], "the hashes of block {h}");
+    }
 }
 
 fn hex_decode(s: &str) -> Vec<u8> {

@@ -279,6 +279,7 @@ impl Relay {
                 Some(h) => info!(upstream = %name, from = h, "following the upstream"),
                 None => info!(upstream = %name, "taking a snapshot at the upstream's head"),
             }
+            let height_before = self.version();
             let next = match self.upstreams[self.current].start(from).await {
                 Ok(()) => self.follow(&mut stop, &mut polls, &mut tick).await?,
                 Err(e) => self.on_error(e).await?,
@@ -288,14 +289,18 @@ impl Relay {
                 Next::Snapshot => snapshot = true,
                 Next::Follow(i) => {
                     snapshot = self.version() == 0;
-                    if i == self.current {
-                        // Every upstream failed: pause, or stop.
+                    if i != self.current {
+                        self.status.failed_over();
+                    }
+                    // Back to the same upstream (the only one, or every one
+                    // failed), or an upstream that gave nothing: pause, so
+                    // that upstreams that are all down or not ready are not
+                    // tried in a tight loop.
+                    if i == self.current || self.version() == height_before {
                         tokio::select! {
                             _ = tokio::time::sleep(RETRY_PAUSE) => {}
                             _ = stop.wait_for(|s| *s) => return Ok(()),
                         }
-                    } else {
-                        self.status.failed_over();
                     }
                     self.current = i;
                 }

@@ -35,7 +35,7 @@ use tracing::{error, info, warn};
 
 use crate::node::{ConfigSource, STORE_PATH};
 use status::{RelayMetrics, RelayStatus};
-use upstream::{GrpcUpstream, Upstream, UpstreamError, UpstreamEvent, UpstreamHashes};
+use upstream::{Upstream, UpstreamError, UpstreamEvent, UpstreamHashes};
 
 #[derive(Debug, clap::Args)]
 pub struct RelayArgs {
@@ -141,9 +141,7 @@ pub fn run(args: RelayArgs) -> Result<ExitCode> {
     let upstreams: Vec<Box<dyn Upstream>> = relay
         .upstreams
         .iter()
-        .map(|u| {
-            Box::new(GrpcUpstream::new(u, token.as_deref(), &relay.stores)) as Box<dyn Upstream>
-        })
+        .map(|u| upstream::open(u, token.as_deref(), &relay.stores))
         .collect();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -131,6 +131,13 @@ pub trait Upstream: Send {
     ) -> UpstreamFuture<'static, Result<u64, String>>;
 }
 
+/// The upstream an entry of `[relay] upstreams` names, with the relay's
+/// token, replicating `stores` (empty: every store it streams). The one
+/// place a new kind of upstream (a `nats://` JetStream stream) is added.
+pub fn open(address: &str, token: Option<&str>, stores: &[String]) -> Box<dyn Upstream> {
+    Box::new(GrpcUpstream::new(address, token, stores))
+}
+
 /// A `serve` streamer's gRPC endpoint.
 pub struct GrpcUpstream {
     address: String,

@@ -95,6 +95,9 @@ fn check(args: CheckArgs, quiet: bool) -> Result<ExitCode> {
         if let Some(telemetry) = config.telemetry() {
             line.push_str(&format!("; telemetry on {}", telemetry.address));
         }
+        if let Some(relay) = config.relay() {
+            line.push_str(&format!("; relay of {} upstream(s)", relay.upstreams.len()));
+        }
         if !config.warnings().is_empty() {
             line.push_str(&format!("; {} warnings", config.warnings().len()));
         }

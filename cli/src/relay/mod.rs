@@ -35,7 +35,7 @@ use tracing::{error, info, warn};
 
 use crate::node::{ConfigSource, STORE_PATH};
 use status::{RelayMetrics, RelayStatus};
-use upstream::{GrpcUpstream, Upstream, UpstreamError, UpstreamEvent, UpstreamHashes};
+use upstream::{Upstream, UpstreamError, UpstreamEvent, UpstreamHashes};
 
 #[derive(Debug, clap::Args)]
 pub struct RelayArgs {
@@ -137,9 +137,7 @@ pub fn run(args: RelayArgs) -> Result<ExitCode> {
     let upstreams: Vec<Box<dyn Upstream>> = relay
         .upstreams
         .iter()
-        .map(|u| {
-            Box::new(GrpcUpstream::new(u, token.as_deref(), &relay.stores)) as Box<dyn Upstream>
-        })
+        .map(|u| upstream::open(u, token.as_deref(), &relay.stores))
         .collect();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -275,6 +273,7 @@ impl Relay {
                 Some(h) => info!(upstream = %name, from = h, "following the upstream"),
                 None => info!(upstream = %name, "taking a snapshot at the upstream's head"),
             }
+            let height_before = self.version();
             let next = match self.upstreams[self.current].start(from).await {
                 Ok(()) => self.follow(&mut stop, &mut polls, &mut tick).await?,
                 Err(e) => self.on_error(e).await?,
@@ -284,14 +283,18 @@ impl Relay {
                 Next::Snapshot => snapshot = true,
                 Next::Follow(i) => {
                     snapshot = self.version() == 0;
-                    if i == self.current {
-                        // Every upstream failed: pause, or stop.
+                    if i != self.current {
+                        self.status.failed_over();
+                    }
+                    // Back to the same upstream (the only one, or every one
+                    // failed), or an upstream that gave nothing: pause, so
+                    // that upstreams that are all down or not ready are not
+                    // tried in a tight loop.
+                    if i == self.current || self.version() == height_before {
                         tokio::select! {
                             _ = tokio::time::sleep(RETRY_PAUSE) => {}
                             _ = stop.wait_for(|s| *s) => return Ok(()),
                         }
-                    } else {
-                        self.status.failed_over();
                     }
                     self.current = i;
                 }
@@ -329,7 +332,6 @@ impl Relay {
                 UpstreamEvent::Head(head) => self.saw_head(self.current, head),
                 UpstreamEvent::Snapshot {
                     height,
-                    time,
                     entries,
                     hashes,
                 } => {
@@ -338,7 +340,7 @@ impl Relay {
                             "the upstream has no block yet; waiting");
                         return Ok(Next::Follow(self.current));
                     }
-                    self.restore(height, time, entries, &hashes)?;
+                    self.restore(height, entries, &hashes)?;
                 }
                 UpstreamEvent::Block {
                     height,
@@ -409,21 +411,13 @@ impl Relay {
     fn restore(
         &mut self,
         height: u64,
-        time: Option<(i64, u32)>,
         entries: Vec<statestream::SourceWrite>,
         hashes: &UpstreamHashes,
     ) -> Result<()> {
         let name = self.upstreams[self.current].name().to_owned();
         let stores = self.replicated(&name, hashes)?;
-        let (time_seconds, time_nanos) = time.unwrap_or_default();
         let snapshot = SourceSnapshot {
             height,
-            meta: BlockMeta {
-                time_seconds,
-                time_nanos,
-                source_app_hash: hashes.source_app_hash.clone(),
-                ..BlockMeta::default()
-            },
             entries,
             hashes: SourceHashes {
                 stores,
@@ -679,6 +673,9 @@ impl Relay {
             Some(extension),
         ) {
             Ok(server) => {
+                // The same port again when the streamers restart (after a
+                // snapshot), also when the system chose it.
+                t.address = server.local_addr();
                 t.server = Some(server);
                 t.starts = starts;
             }

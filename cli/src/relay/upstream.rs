@@ -56,7 +56,6 @@ pub enum UpstreamEvent {
     /// hashes there.
     Snapshot {
         height: u64,
-        time: Option<(i64, u32)>,
         entries: Vec<SourceWrite>,
         hashes: UpstreamHashes,
     },
@@ -130,6 +129,13 @@ pub trait Upstream: Send {
         key: Vec<u8>,
         value: Option<Vec<u8>>,
     ) -> UpstreamFuture<'static, Result<u64, String>>;
+}
+
+/// The upstream an entry of `[relay] upstreams` names, with the relay's
+/// token, replicating `stores` (empty: every store it streams). The one
+/// place a new kind of upstream (a `nats://` JetStream stream) is added.
+pub fn open(address: &str, token: Option<&str>, stores: &[String]) -> Box<dyn Upstream> {
+    Box::new(GrpcUpstream::new(address, token, stores))
 }
 
 /// A `serve` streamer's gRPC endpoint.
@@ -218,7 +224,6 @@ impl Upstream for GrpcUpstream {
                 match update {
                     Update::Snapshot {
                         height,
-                        time,
                         entries,
                         first,
                         end,
@@ -237,7 +242,6 @@ impl Upstream for GrpcUpstream {
                         if end {
                             return Ok(UpstreamEvent::Snapshot {
                                 height,
-                                time: time_of(time),
                                 entries: std::mem::take(&mut self.snapshot),
                                 hashes: hashes.into(),
                             });

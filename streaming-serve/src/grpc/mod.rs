@@ -127,6 +127,43 @@ impl<T> Stream for Responses<T> {
     }
 }
 
+/// How often the health service looks at the gate.
+const GATE_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Sets the served services (and the whole server, `""`) SERVING or
+/// NOT_SERVING as the process's gate opens and closes, until shutdown.
+async fn follow_gate(
+    reporter: tonic_health::server::HealthReporter,
+    mut closing: tokio::sync::watch::Receiver<bool>,
+) {
+    use tonic::server::NamedService;
+    let mut open = true;
+    let mut poll = tokio::time::interval(GATE_POLL);
+    loop {
+        tokio::select! {
+            _ = poll.tick() => {}
+            _ = closing.wait_for(|c| *c) => return,
+        }
+        let now = Gate::process().check().is_ok();
+        if now == open {
+            continue;
+        }
+        open = now;
+        let status = if open {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        for service in [
+            "",
+            StateStreamRoute::NAME,
+            DataServiceServer::<DataStreamService>::NAME,
+        ] {
+            reporter.set_service_status(service, status).await;
+        }
+    }
+}
+
 /// The gRPC services as one tower service (served by the streamer's
 /// `statestream_net` listener, which sets the HTTP/2 limits and
 /// keep-alive), and a future that marks them SERVING in the health
@@ -155,6 +192,7 @@ pub(crate) fn router(
     let (health_reporter, health) = tonic_health::server::health_reporter();
     // Only the served services and "" (the whole server) report SERVING.
     let reporter = health_reporter.clone();
+    let closing = hub.closing();
     let set_health = async move {
         reporter
             .set_service_status(StateStreamRoute::NAME, ServingStatus::Serving)
@@ -162,6 +200,9 @@ pub(crate) fn router(
         reporter
             .set_serving::<DataServiceServer<DataStreamService>>()
             .await;
+        // A relay's gate closes and opens while it runs: the health
+        // service follows it (NOT_SERVING while requests get UNAVAILABLE).
+        tokio::spawn(follow_gate(reporter, closing));
     };
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)

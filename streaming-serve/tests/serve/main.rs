@@ -14,3 +14,4 @@ mod push;
 mod python;
 mod sse;
 mod subscribe;
+mod tls;

@@ -142,7 +142,12 @@ impl State {
         if let Some(old) = t.server.take() {
             old.stop();
         }
-        match statestream::TelemetryServer::start(t.address, observer, t.metrics.clone()) {
+        match statestream::TelemetryServer::start_with(
+            t.address,
+            &t.options,
+            observer,
+            t.metrics.clone(),
+        ) {
             Ok(server) => {
                 t.server = Some(server);
                 t.starts = starts;
@@ -155,6 +160,8 @@ impl State {
 /// `[telemetry]`: the server, on the current streamers' observer.
 struct Telemetry {
     address: std::net::SocketAddr,
+    /// `max_connections`, `header_timeout_ms`, `allowed_hosts`.
+    options: statestream::TelemetryOptions,
     metrics: statestream::prometheus::Registry,
     server: Option<statestream::TelemetryServer>,
     /// The pipeline's `streamer_starts` the server was started for.
@@ -191,6 +198,7 @@ pub(crate) fn open(home: &Path) -> Result<State> {
     let registry = crate::node::registry();
     let telemetry = config.telemetry().map(|t| Telemetry {
         address: t.address,
+        options: statestream::TelemetryOptions::from_config(t),
         metrics: registry.metrics().clone(),
         server: None,
         starts: 0,

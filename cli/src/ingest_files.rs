@@ -12,7 +12,6 @@
 //! writer links the data file in first and the meta file after it, so a
 //! block of a directory written with metadata waits for its meta file too.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -65,17 +64,10 @@ pub fn run(args: IngestFilesArgs) -> Result<ExitCode> {
         // SIGINT and SIGTERM stop following after the block being
         // committed; a second one exits at once (every block answered is
         // in the replica, the next start resumes after it).
-        ctrlc::set_handler(move || {
-            if stop.swap(true, Ordering::SeqCst) {
-                let _ = writeln!(
-                    std::io::stderr().lock(),
-                    "statestream: second signal: exiting at once (committed blocks are in the \
-                     replica; the next start resumes after them)"
-                );
-                std::process::exit(130);
-            }
-        })
-        .context("cannot install the signal handler")?;
+        crate::signals::watch(
+            move || stop.store(true, Ordering::SeqCst),
+            "committed blocks are in the replica; the next start resumes after them",
+        )?;
     }
     let mut state = cosmos::open(&args.home)?;
     let followed = follow(

@@ -544,7 +544,10 @@ fn ingest_files_takes_statestream_files_and_shows_gaps_on_status() {
     }
 
     let replica = tmp.path().join("replica");
-    init(&replica, "\n[telemetry]\naddress = \"127.0.0.1:0\"\n");
+    init(
+        &replica,
+        "\n[telemetry]\naddress = \"127.0.0.1:0\"\nallowed_hosts = [\"replica.example\"]\n",
+    );
     let log = tmp.path().join("replica.log");
     let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
     let files = replica.join("data/streaming");
@@ -582,6 +585,12 @@ fn ingest_files_takes_statestream_files_and_shows_gaps_on_status() {
     );
     assert_eq!(status["ingest"]["gaps_total"], 1, "{status}");
     assert_eq!(status["ingest"]["last_gap"], gap, "{status}");
+    // The home's [telemetry] options apply, as on a node.
+    let named = ureq::get(&format!("http://{address}/healthz"))
+        .header("Host", "replica.example")
+        .call()
+        .expect("a host in allowed_hosts is answered");
+    assert_eq!(named.status().as_u16(), 200);
     let metrics = get(&address, "/metrics");
     assert!(
         metrics.contains("statestream_ingest_gaps_total 1"),

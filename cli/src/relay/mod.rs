@@ -125,17 +125,13 @@ pub fn run(args: RelayArgs) -> Result<ExitCode> {
     let stopping = Arc::new(AtomicBool::new(false));
     {
         let stopping = Arc::clone(&stopping);
-        ctrlc::set_handler(move || {
-            if stopping.swap(true, Ordering::SeqCst) {
-                eprintln!(
-                    "statestream: second signal: exiting at once (committed blocks are in the \
-                     store; the relay resumes from its height)"
-                );
-                std::process::exit(i32::from(crate::node::EXIT_SECOND_SIGNAL));
-            }
-            let _ = stop_tx.send(true);
-        })
-        .context("cannot install the signal handler")?;
+        crate::signals::watch(
+            move || {
+                stopping.store(true, Ordering::SeqCst);
+                let _ = stop_tx.send(true);
+            },
+            "committed blocks are in the store; the relay resumes from its height",
+        )?;
     }
 
     let upstreams: Vec<Box<dyn Upstream>> = relay

@@ -110,6 +110,13 @@ pub trait Upstream: Send {
     /// How the upstream is named in logs and on `/status` (no secret).
     fn name(&self) -> &str;
 
+    /// Whether [`start`](Upstream::start) with no height gives a
+    /// snapshot at the head. A JetStream stream holds blocks, not state:
+    /// the relay takes its snapshot from another upstream when it can.
+    fn snapshots(&self) -> bool {
+        true
+    }
+
     /// Starts following: a snapshot at the head then the blocks after it
     /// (`from` is `None`), or every block from height `from` on.
     fn start(&mut self, from: Option<u64>) -> UpstreamFuture<'_, Result<(), UpstreamError>>;

@@ -74,6 +74,12 @@ fn check(args: CheckArgs, quiet: bool) -> Result<ExitCode> {
             &anyhow::Error::new(e).context(format!("{}: [telemetry]", source.origin().display())),
         ));
     }
+    // [relay.nats] and the JetStream upstreams, by the nats streamer's rules.
+    if let Some(relay) = config.relay()
+        && let Err(e) = crate::relay::nats::check(relay)
+    {
+        errors.push(format!("{}: {e}", source.origin().display()));
+    }
     if !errors.is_empty() {
         for error in &errors {
             crate::report(error);

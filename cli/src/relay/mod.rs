@@ -13,6 +13,7 @@
 //! of every upstream (for the lag and the failover), the serving gate
 //! (`statestream_serve::Gate`), and the pushed writes forwarded upstream.
 
+pub mod nats;
 pub mod status;
 pub mod upstream;
 
@@ -74,6 +75,7 @@ pub fn run(args: RelayArgs) -> Result<ExitCode> {
             source.origin().display()
         );
     }
+    nats::check(&relay).map_err(|e| anyhow::anyhow!("{}: {e}", source.origin().display()))?;
     let token = read_token(&args.home, &relay.token_file)?;
     std::fs::create_dir_all(args.home.join("data"))
         .with_context(|| format!("cannot create the home directory {}", args.home.display()))?;
@@ -137,8 +139,8 @@ pub fn run(args: RelayArgs) -> Result<ExitCode> {
     let upstreams: Vec<Box<dyn Upstream>> = relay
         .upstreams
         .iter()
-        .map(|u| upstream::open(u, token.as_deref(), &relay.stores))
-        .collect();
+        .map(|u| upstream::open(u, token.as_deref(), &relay.stores, &relay.nats, &args.home))
+        .collect::<Result<_>>()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -150,6 +152,7 @@ pub fn run(args: RelayArgs) -> Result<ExitCode> {
         config: relay,
         upstreams,
         current: 0,
+        back_to: None,
         status,
         telemetry,
         height: height_tx,
@@ -228,6 +231,9 @@ enum Next {
     Follow(usize),
     /// Take a snapshot from the upstream in use.
     Snapshot,
+    /// Follow the upstream at this index again after a snapshot taken
+    /// from another (a JetStream upstream holds blocks, not state).
+    Resume(usize),
     /// A signal: stop.
     Stop,
 }
@@ -237,6 +243,9 @@ struct Relay {
     config: RelayConfig,
     upstreams: Vec<Box<dyn Upstream>>,
     current: usize,
+    /// The upstream to follow again once the snapshot taken from another
+    /// is restored.
+    back_to: Option<usize>,
     heads: Arc<Mutex<Vec<Option<u64>>>>,
     status: Arc<RelayStatus>,
     telemetry: Option<Telemetry>,
@@ -267,10 +276,24 @@ impl Relay {
                 return Ok(());
             }
             let from = (!snapshot).then(|| self.version() + 1);
+            if from.is_none()
+                && !self.upstreams[self.current].snapshots()
+                && let Some(j) = self.upstreams.iter().position(|u| u.snapshots())
+            {
+                info!(upstream = %self.upstreams[self.current].name(),
+                    snapshot_from = %self.upstreams[j].name(),
+                    "a JetStream upstream holds blocks, not state: taking the snapshot from a \
+                     serve upstream, then following it again");
+                self.back_to = Some(self.current);
+                self.current = j;
+            }
             let name = self.upstreams[self.current].name().to_owned();
             self.status.set_upstream(&name);
             match from {
                 Some(h) => info!(upstream = %name, from = h, "following the upstream"),
+                None if !self.upstreams[self.current].snapshots() => info!(upstream = %name,
+                    "replaying the JetStream stream from block 1 (its state at block 1 is the \
+                     relay's first snapshot)"),
                 None => info!(upstream = %name, "taking a snapshot at the upstream's head"),
             }
             let height_before = self.version();
@@ -281,7 +304,12 @@ impl Relay {
             match next {
                 Next::Stop => return Ok(()),
                 Next::Snapshot => snapshot = true,
+                Next::Resume(i) => {
+                    snapshot = false;
+                    self.current = i;
+                }
                 Next::Follow(i) => {
+                    self.back_to = None;
                     snapshot = self.version() == 0;
                     if i != self.current {
                         self.status.failed_over();
@@ -341,6 +369,10 @@ impl Relay {
                         return Ok(Next::Follow(self.current));
                     }
                     self.restore(height, entries, &hashes)?;
+                    if let Some(back) = self.back_to.take() {
+                        self.refresh();
+                        return Ok(Next::Resume(back));
+                    }
                 }
                 UpstreamEvent::Block {
                     height,

@@ -109,6 +109,13 @@ pub trait Upstream: Send {
     /// How the upstream is named in logs and on `/status` (no secret).
     fn name(&self) -> &str;
 
+    /// Whether [`start`](Upstream::start) with no height gives a
+    /// snapshot at the head. A JetStream stream holds blocks, not state:
+    /// the relay takes its snapshot from another upstream when it can.
+    fn snapshots(&self) -> bool {
+        true
+    }
+
     /// Starts following: a snapshot at the head then the blocks after it
     /// (`from` is `None`), or every block from height `from` on.
     fn start(&mut self, from: Option<u64>) -> UpstreamFuture<'_, Result<(), UpstreamError>>;
@@ -134,8 +141,18 @@ pub trait Upstream: Send {
 /// The upstream an entry of `[relay] upstreams` names, with the relay's
 /// token, replicating `stores` (empty: every store it streams). The one
 /// place a new kind of upstream (a `nats://` JetStream stream) is added.
-pub fn open(address: &str, token: Option<&str>, stores: &[String]) -> Box<dyn Upstream> {
-    Box::new(GrpcUpstream::new(address, token, stores))
+pub fn open(
+    address: &str,
+    token: Option<&str>,
+    stores: &[String],
+    nats: &statestream_config::RelayNatsConfig,
+    home: &std::path::Path,
+) -> anyhow::Result<Box<dyn Upstream>> {
+    Ok(if statestream_nats::is_nats_upstream(address) {
+        Box::new(super::nats::NatsUpstream::new(address, nats, home)?)
+    } else {
+        Box::new(GrpcUpstream::new(address, token, stores))
+    })
 }
 
 /// A `serve` streamer's gRPC endpoint.

@@ -110,9 +110,9 @@ pub struct DeliveryManager {
     push: PushQueue,
     /// What observers (a metrics endpoint) see.
     observer: Observer,
-    /// The node's credentials, installed for its home while the manager
-    /// lives (a `serve` streamer finds them there); `None` without
-    /// configured streamers.
+    /// The node's credentials, installed under the configured streamers'
+    /// state reader while the manager lives (a `serve` streamer finds them
+    /// there); `None` without configured streamers.
     credentials: Option<statestream_access::Installation>,
 }
 

@@ -16,6 +16,12 @@ use crate::lenient::{not_a_bool, parse_bool, parse_integer};
 use crate::options::{Spelling, StreamerOptions};
 use crate::text::{LineIndex, check_name, describe, normalise_key};
 
+mod relay;
+
+pub use relay::{
+    DEFAULT_MAX_UPSTREAM_LAG_BLOCKS, DEFAULT_READY_LAG_BLOCKS, MAX_LAG_BLOCKS, RelayConfig,
+};
+
 /// Blocks buffered in memory per asynchronous streamer when `queue` is not set.
 pub const DEFAULT_QUEUE: usize = 64;
 
@@ -95,8 +101,10 @@ pub struct AppConfig {
     telemetry: Option<TelemetryConfig>,
     /// `[store] shutdown_timeout_ms`.
     shutdown_timeout: Duration,
-    /// `[cosmos]`: `statestream cosmos-plugin`'s settings.
+    /// `[cosmos]`: `statestream cosmos-plugin`'s and `ingest-files`' settings.
     cosmos: CosmosConfig,
+    /// `[relay]`: `statestream relay`'s settings, when the table is there.
+    relay: Option<RelayConfig>,
     /// `[admin]`, when it sets an address.
     admin: Option<AdminConfig>,
 }
@@ -124,7 +132,8 @@ pub struct AdminConfig {
     pub allowed_hosts: Vec<String>,
 }
 
-/// The `[cosmos]` table, read by `statestream cosmos-plugin`:
+/// The `[cosmos]` table, read by `statestream cosmos-plugin` and
+/// `statestream ingest-files`:
 ///
 /// ```toml
 /// [cosmos]
@@ -176,6 +185,9 @@ const COSMOS_TELEMETRY_KEYS: &[&str] = &[
 /// max_connections = 256         # open connections at once
 /// header_timeout_ms = 10000     # to send a request head
 /// allowed_hosts = []            # Host names beyond loopback and the address
+/// tls_cert_file = "tls/telemetry.pem"        # optional: HTTPS
+/// tls_key_file = "tls/telemetry-key.pem"
+/// tls_client_ca_file = "tls/scrapers-ca.pem" # optional: mTLS
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -198,6 +210,24 @@ pub struct TelemetryConfig {
     /// `allowed_hosts`: `Host` names accepted beyond `localhost`,
     /// `127.0.0.1`, `[::1]` and the bound address; `"*"` accepts any.
     pub allowed_hosts: Vec<String>,
+    /// `tls_cert_file` and `tls_key_file`, as written (relative paths are
+    /// under the node's home): the server serves HTTPS with them. Both or
+    /// neither (checked here; the files are read by the server and by
+    /// `statestream config check`).
+    pub tls: Option<TelemetryTls>,
+}
+
+/// `[telemetry]`'s TLS files, as written in app.toml.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TelemetryTls {
+    /// `tls_cert_file`: the PEM certificate, then any intermediates.
+    pub cert_file: PathBuf,
+    /// `tls_key_file`: its PEM private key.
+    pub key_file: PathBuf,
+    /// `tls_client_ca_file`: when set, scrapers must present a client
+    /// certificate signed by one of its certificates (mTLS).
+    pub client_ca_file: Option<PathBuf>,
 }
 
 /// The largest `[telemetry] max_connections`.
@@ -373,6 +403,11 @@ impl AppConfig {
         &self.cosmos
     }
 
+    /// `[relay]`, when the file has the table.
+    pub fn relay(&self) -> Option<&RelayConfig> {
+        self.relay.as_ref()
+    }
+
     fn keys_error(&self, entry: &Entry, message: impl Into<String>) -> ConfigError {
         ConfigError::Key {
             path: self.origin.clone(),
@@ -485,6 +520,14 @@ impl Parser<'_> {
             },
         };
 
+        let relay = match find(root, "relay") {
+            None => None,
+            Some((key, value)) => match value.get_ref() {
+                DeValue::Table(table) => Some(self.relay(table)?),
+                _ => return Err(self.not_a_table("[relay]", key, value)),
+            },
+        };
+
         let admin = match find(root, "admin") {
             None => None,
             Some((key, value)) => match value.get_ref() {
@@ -500,6 +543,7 @@ impl Parser<'_> {
             telemetry,
             shutdown_timeout,
             cosmos,
+            relay,
             admin,
         })
     }
@@ -646,6 +690,9 @@ impl Parser<'_> {
         let mut max_connections = None;
         let mut header_timeout_ms = None;
         let mut allowed_hosts = Vec::new();
+        // Each TLS file with its key as spelled and its span, for the
+        // errors about pairs found after the loop.
+        let mut tls_files: [Option<(PathBuf, String, Range<usize>)>; 3] = [None, None, None];
         for (key, value) in table.iter() {
             let spelled = key.get_ref().as_ref();
             let error = |message: String| self.key_error(TABLE, spelled, key.span(), message);
@@ -686,10 +733,29 @@ impl Parser<'_> {
                 "allowed_hosts" => {
                     allowed_hosts = self.allowed_hosts(value).map_err(error)?;
                 }
+                name @ ("tls_cert_file" | "tls_key_file" | "tls_client_ca_file") => {
+                    let path = value
+                        .get_ref()
+                        .as_str()
+                        .filter(|text| !text.trim().is_empty())
+                        .ok_or_else(|| {
+                            error(format!(
+                                "expected the path of a PEM file, got {}",
+                                self.describe(value)
+                            ))
+                        })?;
+                    let slot = match name {
+                        "tls_cert_file" => 0,
+                        "tls_key_file" => 1,
+                        _ => 2,
+                    };
+                    tls_files[slot] = Some((PathBuf::from(path), spelled.to_owned(), key.span()));
+                }
                 _ => {
                     return Err(error(
                         "unknown key; statestream reads `address` (such as \"127.0.0.1:9100\"), \
-                         `max_connections`, `header_timeout_ms` and `allowed_hosts` in \
+                         `max_connections`, `header_timeout_ms`, `allowed_hosts`, \
+                         `tls_cert_file`, `tls_key_file` and `tls_client_ca_file` in \
                          [telemetry], and leaves the Cosmos SDK's own keys (`enabled`, \
                          `service-name`, ...) to the application"
                             .to_owned(),
@@ -697,12 +763,49 @@ impl Parser<'_> {
                 }
             }
         }
+        let [cert, key, client_ca] = tls_files;
+        let tls = match (cert, key) {
+            (Some((cert_file, ..)), Some((key_file, ..))) => Some(TelemetryTls {
+                cert_file,
+                key_file,
+                client_ca_file: client_ca.map(|(path, ..)| path),
+            }),
+            (Some((_, spelled, span)), None) => {
+                return Err(self.key_error(
+                    TABLE,
+                    &spelled,
+                    span,
+                    "set tls_key_file too: a certificate needs its private key".to_owned(),
+                ));
+            }
+            (None, Some((_, spelled, span))) => {
+                return Err(self.key_error(
+                    TABLE,
+                    &spelled,
+                    span,
+                    "set tls_cert_file too: a key without a certificate serves nothing".to_owned(),
+                ));
+            }
+            (None, None) => {
+                if let Some((_, spelled, span)) = client_ca {
+                    return Err(self.key_error(
+                        TABLE,
+                        &spelled,
+                        span,
+                        "client certificates need TLS: set tls_cert_file and tls_key_file too"
+                            .to_owned(),
+                    ));
+                }
+                None
+            }
+        };
         Ok(address.map(|(address, line)| TelemetryConfig {
             address,
             line: Some(line),
             max_connections,
             header_timeout_ms,
             allowed_hosts,
+            tls,
         }))
     }
 

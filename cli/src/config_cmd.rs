@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
+use statestream::TelemetryOptions;
 use statestream_store::StoreKey;
 
 use crate::node::{ConfigSource, registry};
@@ -60,11 +61,19 @@ fn check(args: CheckArgs, quiet: bool) -> Result<ExitCode> {
         .iter()
         .map(|name| StoreKey::new(name))
         .collect::<Result<Vec<_>, _>>()?;
-    let errors: Vec<String> = registry()
+    let mut errors: Vec<String> = registry()
         .validate(&specs, &all_stores, &home)
         .into_iter()
         .map(|e| crate::chain(&anyhow::Error::new(e)))
         .collect();
+    // `[telemetry]`'s TLS files: read as the server will at start.
+    if let Some(telemetry) = config.telemetry()
+        && let Err(e) = TelemetryOptions::from_config_in(telemetry, &home).check_tls()
+    {
+        errors.push(crate::chain(
+            &anyhow::Error::new(e).context(format!("{}: [telemetry]", source.origin().display())),
+        ));
+    }
     if !errors.is_empty() {
         for error in &errors {
             crate::report(error);

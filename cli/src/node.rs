@@ -272,7 +272,7 @@ pub fn execute(args: &NodeArgs, quiet: bool) -> Result<Summary> {
     // After the streamers, so that it serves their metrics from the first
     // scrape; stopped after the manager closed, so that the last scrape
     // can see the final state.
-    let telemetry = start_telemetry(&config, &manager, &registry)?;
+    let telemetry = start_telemetry(&config, &args.home, &manager, &registry)?;
     let admin = crate::admin::start_admin(&config, &args.home, &manager)?;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -280,22 +280,13 @@ pub fn execute(args: &NodeArgs, quiet: bool) -> Result<Summary> {
     let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
     {
         let stop = Arc::clone(&stop);
-        // SIGINT, SIGTERM (what systemd, Docker and Kubernetes send) and
-        // SIGHUP: stop after the current block. A second one exits at once;
-        // nothing committed is lost, the change log covers what the
-        // streamers had not delivered yet.
-        ctrlc::set_handler(move || {
-            if stop.swap(true, Ordering::SeqCst) {
-                let _ = writeln!(
-                    std::io::stderr().lock(),
-                    "statestream: second signal: exiting at once (committed blocks are in the \
-                     store; the streamers catch up at the next start)"
-                );
-                std::process::exit(i32::from(EXIT_SECOND_SIGNAL));
-            }
-            let _ = wake.try_send(());
-        })
-        .context("cannot install the signal handler")?;
+        crate::signals::watch(
+            move || {
+                stop.store(true, Ordering::SeqCst);
+                let _ = wake.try_send(());
+            },
+            "committed blocks are in the store; the streamers catch up at the next start",
+        )?;
     }
 
     let first = store.version() + 1;
@@ -414,15 +405,20 @@ fn refuse_push_without_fsync(specs: &[StreamerSpec]) -> Result<()> {
 /// address it bound is logged (with port 0, the one the system chose).
 fn start_telemetry(
     config: &AppConfig,
+    home: &Path,
     manager: &DeliveryManager,
     registry: &Registry,
 ) -> Result<Option<TelemetryServer>> {
     let Some(telemetry) = config.telemetry() else {
         return Ok(None);
     };
+    let options = TelemetryOptions::from_config_in(telemetry, home);
+    options
+        .check_tls()
+        .with_context(|| format!("{}: [telemetry]", config.origin().display()))?;
     let server = TelemetryServer::start_with(
         telemetry.address,
-        &TelemetryOptions::from_config(telemetry),
+        &options,
         manager.observer(),
         registry.metrics().clone(),
     )

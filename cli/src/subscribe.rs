@@ -24,9 +24,24 @@ const TOKEN_ENV: &str = "STATESTREAM_TOKEN";
 
 #[derive(Debug, clap::Args)]
 pub struct SubscribeArgs {
-    /// The server: HOST:PORT of a `serve` streamer's grpc_address.
+    /// The server: HOST:PORT of a `serve` streamer's grpc_address, or
+    /// https://HOST:PORT when it serves TLS (with --ca-file).
     #[arg(value_name = "ADDR")]
     address: String,
+
+    /// https:// addresses: the PEM certificates the server's certificate
+    /// must verify against (its CA, or the server's own certificate).
+    #[arg(long, value_name = "F")]
+    ca_file: Option<PathBuf>,
+
+    /// https:// addresses: the PEM client certificate for a server that
+    /// requires one (mTLS); its subject's CN names the credential.
+    #[arg(long, value_name = "F", requires = "key_file")]
+    cert_file: Option<PathBuf>,
+
+    /// The PEM private key of --cert-file.
+    #[arg(long, value_name = "F", requires = "cert_file")]
+    key_file: Option<PathBuf>,
 
     /// Only these stores (comma-separated). Default: every streamed store.
     #[arg(long, value_name = "A,B", value_delimiter = ',')]
@@ -99,6 +114,15 @@ fn token_from_file(path: &Path) -> Result<String> {
 
 pub fn run(args: SubscribeArgs) -> Result<ExitCode> {
     let mut options = SubscribeOptions::new(&args.address);
+    if let Some(f) = &args.ca_file {
+        options = options.ca_file(f);
+    }
+    if let Some(f) = &args.cert_file {
+        options = options.cert_file(f);
+    }
+    if let Some(f) = &args.key_file {
+        options = options.key_file(f);
+    }
     if let Some(t) = token(&args)? {
         options = options.token(&t);
     }
@@ -215,6 +239,7 @@ fn render(update: &Update, json: bool, out: &mut Vec<u8>) -> std::io::Result<()>
             height,
             time,
             changes,
+            ..
         } => {
             for c in changes {
                 let op = op_name(c.op);

@@ -10,6 +10,10 @@ pub enum ClientError {
     /// The address is not a URI.
     #[error("invalid server address {address:?}: {reason}")]
     Address { address: String, reason: String },
+    /// TLS with the server failed: its certificate does not verify against
+    /// the CA file, it refused ours, or a file cannot be read.
+    #[error("TLS with {endpoint}: {reason}")]
+    Tls { endpoint: String, reason: String },
     /// The token cannot be sent in a header.
     #[error("invalid token: {0}")]
     Token(String),

@@ -48,8 +48,9 @@ mod error;
 mod options;
 pub mod proto;
 mod subscription;
+mod tls;
 
 pub use cursor::{CursorStore, FileCursor, MemoryCursor};
 pub use error::{ClientError, CursorError};
 pub use options::{StartFrom, SubscribeOptions};
-pub use subscription::{ResumableSubscription, Update};
+pub use subscription::{BlockHashes, ResumableSubscription, Update};

@@ -1,13 +1,16 @@
 //! What to subscribe to, where, and how to connect.
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::Request;
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::error::ClientError;
 use crate::proto::v1::{self, state_stream_client::StateStreamClient};
+use crate::tls::{TlsConnector, TlsFiles, chain, tls_failure};
 
 /// Where a subscription without a cursor starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +33,7 @@ pub struct SubscribeOptions {
     prefixes: Vec<(String, Vec<u8>)>,
     pub(crate) start: StartFrom,
     pub(crate) max_backoff: Duration,
+    tls: TlsFiles,
 }
 
 impl std::fmt::Debug for SubscribeOptions {
@@ -41,6 +45,7 @@ impl std::fmt::Debug for SubscribeOptions {
             .field("prefixes", &self.prefixes)
             .field("start", &self.start)
             .field("max_backoff", &self.max_backoff)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -52,7 +57,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 impl SubscribeOptions {
-    /// The server at `address` (`host:port` or `http://host:port`), every
+    /// The server at `address` (`host:port`, `http://host:port`, or
+    /// `https://host:port` for TLS: see [`ca_file`](Self::ca_file)), every
     /// streamed store, live.
     pub fn new(address: &str) -> SubscribeOptions {
         SubscribeOptions {
@@ -62,7 +68,31 @@ impl SubscribeOptions {
             prefixes: Vec::new(),
             start: StartFrom::Live,
             max_backoff: MAX_BACKOFF,
+            tls: TlsFiles::default(),
         }
+    }
+
+    /// `https://` addresses: the PEM certificates the server's certificate
+    /// is verified against (its CA, or the server's own certificate). A
+    /// certificate that does not verify is a [`ClientError::Tls`] naming
+    /// the address and the reason, not retried.
+    pub fn ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.tls.ca_file = Some(path.into());
+        self
+    }
+
+    /// `https://` addresses: the PEM client certificate presented to a
+    /// server that requires one (mTLS; its subject's CN names the
+    /// credential); with [`key_file`](Self::key_file).
+    pub fn cert_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.tls.cert_file = Some(path.into());
+        self
+    }
+
+    /// The PEM private key of [`cert_file`](Self::cert_file).
+    pub fn key_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.tls.key_file = Some(path.into());
+        self
     }
 
     /// Sends `authorization: Bearer <token>`.
@@ -96,18 +126,62 @@ impl SubscribeOptions {
         self
     }
 
-    fn endpoint(&self) -> Result<Endpoint, ClientError> {
-        let uri = if self.address.contains("://") {
-            self.address.clone()
-        } else {
-            format!("http://{}", self.address)
-        };
+    fn endpoint(&self, uri: String) -> Result<Endpoint, ClientError> {
         Endpoint::from_shared(uri)
             .map(|e| e.connect_timeout(CONNECT_TIMEOUT))
             .map_err(|e| ClientError::Address {
                 address: self.address.clone(),
                 reason: e.to_string(),
             })
+    }
+
+    /// A channel to the server: plain, or TLS for `https://`.
+    async fn channel(&self) -> Result<Result<Channel, String>, ClientError> {
+        let Some(rest) = self.address.strip_prefix("https://") else {
+            if self.tls.any() {
+                return Err(ClientError::Tls {
+                    endpoint: self.address.clone(),
+                    reason: "a CA file or client certificate needs an https:// address".into(),
+                });
+            }
+            let uri = if self.address.contains("://") {
+                self.address.clone()
+            } else {
+                format!("http://{}", self.address)
+            };
+            return Ok(self
+                .endpoint(uri)?
+                .connect()
+                .await
+                .map_err(|e| format!("cannot connect to {}: {}", self.address, chain(&e))));
+        };
+        let config = self.tls.client_config(&self.address)?;
+        let origin: Uri = self.address.parse().map_err(|e| ClientError::Address {
+            address: self.address.clone(),
+            reason: format!("{e}"),
+        })?;
+        // tonic dials the plain URI with our connector, which does the
+        // handshake itself (whatever TLS features tonic was built with);
+        // requests still name the https origin.
+        let endpoint = self.endpoint(format!("http://{rest}"))?.origin(origin);
+        let connector = TlsConnector {
+            config: Arc::new(config),
+            endpoint: self.address.clone(),
+        };
+        match endpoint.connect_with_connector(connector).await {
+            Ok(channel) => Ok(Ok(channel)),
+            Err(e) => match tls_failure(&e) {
+                Some(reason) => Err(ClientError::Tls {
+                    endpoint: self.address.clone(),
+                    reason,
+                }),
+                None => Ok(Err(format!(
+                    "cannot connect to {}: {}",
+                    self.address,
+                    chain(&e)
+                ))),
+            },
+        }
     }
 
     /// A request carrying the token.
@@ -132,13 +206,30 @@ impl SubscribeOptions {
         }
     }
 
-    /// A connected client, or why the connection failed (retryable).
+    /// A connected client, or why the connection failed (retryable); a
+    /// TLS failure is not retryable.
     pub(crate) async fn try_connect(
         &self,
     ) -> Result<Result<StateStreamClient<Channel>, String>, ClientError> {
-        match self.endpoint()?.connect().await {
-            Ok(channel) => Ok(Ok(StateStreamClient::new(channel))),
-            Err(e) => Ok(Err(format!("cannot connect to {}: {e}", self.address))),
+        Ok(self.channel().await?.map(StateStreamClient::new))
+    }
+
+    /// A failed call's status as the reason to reconnect, or the error
+    /// that ends the subscription: a status retrying cannot change, or a
+    /// TLS refusal (TLS 1.3 servers refuse a client certificate, or its
+    /// absence, after the client's handshake ended: the first call fails).
+    pub(crate) fn status_error(&self, status: tonic::Status) -> Result<String, ClientError> {
+        if let Some(reason) = tls_failure(&status).filter(|_| self.address.starts_with("https://"))
+        {
+            return Err(ClientError::Tls {
+                endpoint: self.address.clone(),
+                reason,
+            });
+        }
+        if crate::subscription::retryable(status.code()) {
+            Ok(format!("{}: {}", status.code(), status.message()))
+        } else {
+            Err(ClientError::Status(status))
         }
     }
 

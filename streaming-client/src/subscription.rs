@@ -24,18 +24,39 @@ pub enum Update {
         entries: Vec<Entry>,
         first: bool,
         end: bool,
+        /// The hashes at `height`, on the last part (`end`); empty on the
+        /// others and from servers that do not send them.
+        hashes: BlockHashes,
     },
     /// One whole block: its net changes in the filter (maybe none).
     Block {
         height: u64,
         time: Option<prost_types::Timestamp>,
         changes: Vec<Change>,
+        /// The hashes the server committed the block with (empty from
+        /// servers that do not send them).
+        hashes: BlockHashes,
     },
     /// The server is idle; its head height.
     Heartbeat { head: u64 },
     /// The connection failed or ended; the subscription reconnects after
     /// `delay` and resumes after the last height it gave whole.
     Reconnecting { reason: String, delay: Duration },
+}
+
+/// The hashes a server sends with a block's last message and a snapshot's
+/// last chunk (see docs/serve.md, "Hashes").
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BlockHashes {
+    /// statestream's app hash after the block, over every store of the
+    /// server's node.
+    pub app_hash: Vec<u8>,
+    /// The hash chain value of each store the server streams, in name
+    /// order.
+    pub store_hashes: Vec<v1::StoreHash>,
+    /// The app hash of the chain the server's node replicates (empty on a
+    /// node's own blocks).
+    pub source_app_hash: Vec<u8>,
 }
 
 impl Update {
@@ -55,7 +76,7 @@ impl Update {
 
 /// Whether a status is worth retrying (the server restarts, sheds a slow
 /// client, or is full for now).
-fn retryable(code: tonic::Code) -> bool {
+pub(crate) fn retryable(code: tonic::Code) -> bool {
     use tonic::Code::*;
     matches!(
         code,
@@ -191,8 +212,7 @@ impl<C: CursorStore> ResumableSubscription<C> {
                 self.in_snapshot = false;
                 Ok(Ok(()))
             }
-            Err(s) if retryable(s.code()) => Ok(Err(format!("{}: {}", s.code(), s.message()))),
-            Err(s) => Err(ClientError::Status(s)),
+            Err(s) => self.options.status_error(s).map(Err),
         }
     }
 
@@ -222,10 +242,10 @@ impl<C: CursorStore> ResumableSubscription<C> {
             let message = match stream.message().await {
                 Ok(Some(m)) => m,
                 Ok(None) => return Ok(self.reconnect("the server ended the stream".into())),
-                Err(s) if retryable(s.code()) => {
-                    return Ok(self.reconnect(format!("{}: {}", s.code(), s.message())));
+                Err(s) => {
+                    let reason = self.options.status_error(s)?;
+                    return Ok(self.reconnect(reason));
                 }
-                Err(s) => return Err(ClientError::Status(s)),
             };
             self.backoff = FIRST_BACKOFF;
             match message.message {
@@ -241,6 +261,11 @@ impl<C: CursorStore> ResumableSubscription<C> {
                         entries: chunk.entries,
                         first,
                         end: chunk.end,
+                        hashes: BlockHashes {
+                            app_hash: chunk.app_hash,
+                            store_hashes: chunk.store_hashes,
+                            source_app_hash: chunk.source_app_hash,
+                        },
                     });
                 }
                 Some(Message::Block(part)) => {
@@ -248,6 +273,9 @@ impl<C: CursorStore> ResumableSubscription<C> {
                         Some(mut b) if b.height == part.height => {
                             b.changes.extend(part.changes);
                             b.end = part.end;
+                            b.app_hash = part.app_hash;
+                            b.store_hashes = part.store_hashes;
+                            b.source_app_hash = part.source_app_hash;
                             b
                         }
                         _ => part,
@@ -261,6 +289,11 @@ impl<C: CursorStore> ResumableSubscription<C> {
                         height: block.height,
                         time: block.time,
                         changes: block.changes,
+                        hashes: BlockHashes {
+                            app_hash: block.app_hash,
+                            store_hashes: block.store_hashes,
+                            source_app_hash: block.source_app_hash,
+                        },
                     });
                 }
                 Some(Message::Heartbeat(h)) => {

@@ -14,6 +14,12 @@
 //!   to a request whose `Host` (or HTTP/2 `:authority`) is not a name the
 //!   listener is for: the defence against DNS rebinding, where a web page
 //!   reaches a loopback-bound server under its own host name.
+//! - TLS ([`Listener::tls`], [`ServerTls`]): rustls on ring with the
+//!   certificate and key of PEM files, ALPN `h2` and `http/1.1`, client
+//!   certificates required and verified against a CA file (mTLS) when set,
+//!   their subject handed to handlers ([`PeerCertificate`]); [`reload_all`]
+//!   re-reads every listener's files (SIGHUP) without touching open
+//!   connections.
 //! - [`raise_nofile_limit`]: raises the soft `RLIMIT_NOFILE` to the hard
 //!   one, as servers do at start.
 //!
@@ -49,7 +55,9 @@ mod activity;
 mod host;
 mod listener;
 mod nofile;
+mod peer;
 mod prefixed;
+mod tls;
 
 pub use crate::host::{HostCheck, HostCheckBody, HostCheckService};
 pub use crate::listener::{
@@ -57,3 +65,5 @@ pub use crate::listener::{
     DEFAULT_MAX_CONNECTIONS, H2_MAX_LOCAL_RESET_STREAMS, Limits, Listener,
 };
 pub use crate::nofile::{NofileError, NofileLimit, raise_nofile_limit};
+pub use crate::tls::{ALPN_PROTOCOLS, PeerCertificate, Reloaded, ServerTls, TlsFiles, reload_all};
+pub use statestream_tls::TlsError;

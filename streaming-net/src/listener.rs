@@ -12,12 +12,15 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
 
 use crate::activity::{Activity, Tracked};
+use crate::peer::WithPeer;
 use crate::prefixed::Prefixed;
+use crate::tls::{PeerCertificate, ServerTls};
 
 /// Default of [`Limits::max_connections`]: well below the usual soft
 /// descriptor limit (1024), so that a listener's strangers leave the node
@@ -95,6 +98,7 @@ pub struct ConnectionStats {
     refused: AtomicU64,
     open: AtomicU64,
     timed_out: AtomicU64,
+    handshake_failed: AtomicU64,
 }
 
 impl ConnectionStats {
@@ -119,6 +123,13 @@ impl ConnectionStats {
     pub fn timed_out(&self) -> u64 {
         self.timed_out.load(Ordering::Relaxed)
     }
+
+    /// TLS listeners: connections closed because the TLS handshake failed
+    /// (not TLS, a certificate the client refused, no or a bad client
+    /// certificate under mTLS) or did not finish within `header_timeout`.
+    pub fn handshake_failed(&self) -> u64 {
+        self.handshake_failed.load(Ordering::Relaxed)
+    }
 }
 
 /// A bound TCP listener with its [`Limits`]; [`serve`](Listener::serve)
@@ -128,6 +139,7 @@ pub struct Listener {
     tcp: TcpListener,
     limits: Limits,
     stats: Arc<ConnectionStats>,
+    tls: Option<ServerTls>,
 }
 
 impl Listener {
@@ -139,7 +151,19 @@ impl Listener {
             tcp,
             limits,
             stats: Arc::default(),
+            tls: None,
         }
+    }
+
+    /// Serves TLS only, with `tls`'s certificates (those of its latest
+    /// reload for each new connection). The handshake runs on the
+    /// connection's own task, within `header_timeout` together with the
+    /// first bytes of the request, so a slow client holds up no other.
+    /// Under mTLS the client's verified certificate is in every request's
+    /// extensions as a [`PeerCertificate`].
+    pub fn tls(mut self, tls: ServerTls) -> Listener {
+        self.tls = Some(tls);
+        self
     }
 
     /// The listener's counters; they stay readable after `serve` returns.
@@ -163,7 +187,12 @@ impl Listener {
         B::Data: Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let Listener { tcp, limits, stats } = self;
+        let Listener {
+            tcp,
+            limits,
+            stats,
+            tls,
+        } = self;
         let permits = Arc::new(Semaphore::new(
             limits.max_connections.min(Semaphore::MAX_PERMITS),
         ));
@@ -204,8 +233,9 @@ impl Listener {
             let stats = Arc::clone(&stats);
             let service = service.clone();
             let stopping = stopping.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
-                connection(stream, limits, service, stopping, &stats).await;
+                connection(stream, tls, limits, service, stopping, &stats).await;
                 stats.open.fetch_sub(1, Ordering::Relaxed);
                 drop(permit);
             });
@@ -227,7 +257,10 @@ enum Protocol {
 /// Reads the first bytes, up to the length of the HTTP/2 preface or the
 /// first that differs from it: `None` when the client closed or was too
 /// slow.
-async fn sniff(stream: &mut TcpStream, timeout: Duration) -> Option<(Protocol, Vec<u8>)> {
+async fn sniff<T: AsyncRead + Unpin>(
+    stream: &mut T,
+    deadline: Instant,
+) -> Option<(Protocol, Vec<u8>)> {
     let read = async {
         let mut prefix = Vec::with_capacity(H2_PREFACE.len());
         let mut buf = [0u8; 24];
@@ -246,7 +279,7 @@ async fn sniff(stream: &mut TcpStream, timeout: Duration) -> Option<(Protocol, V
             }
         }
     };
-    tokio::time::timeout(timeout, read).await.ok().flatten()
+    tokio::time::timeout_at(deadline, read).await.ok().flatten()
 }
 
 /// Completes once the listener stops (the watch's guard is not held
@@ -256,7 +289,8 @@ async fn stopped(stopping: &mut watch::Receiver<bool>) {
 }
 
 async fn connection<S, B>(
-    mut stream: TcpStream,
+    stream: TcpStream,
+    tls: Option<ServerTls>,
     limits: Limits,
     service: S,
     mut stopping: watch::Receiver<bool>,
@@ -273,13 +307,72 @@ async fn connection<S, B>(
 {
     // Small responses and streamed events go out at once.
     let _ = stream.set_nodelay(true);
+    // One deadline for the handshake and the first bytes of the request.
+    let deadline = Instant::now() + limits.header_timeout;
+    let Some(tls) = tls else {
+        serve_stream(stream, None, deadline, limits, service, stopping, stats).await;
+        return;
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+    let handshake = tokio::select! {
+        handshake = tokio::time::timeout_at(deadline, acceptor.accept(stream)) => handshake,
+        () = stopped(&mut stopping) => return,
+    };
+    let stream = match handshake {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            stats.handshake_failed.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%error, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            stats.handshake_failed.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("TLS handshake timed out");
+            return;
+        }
+    };
+    let peer = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|cert| PeerCertificate::from_der(cert.as_ref()))
+        .map(Arc::new);
+    serve_stream(stream, peer, deadline, limits, service, stopping, stats).await;
+}
+
+/// Serves HTTP/1.1 or HTTP/2 (told apart by the first bytes) on a
+/// connection, plain or after its TLS handshake.
+async fn serve_stream<T, S, B>(
+    mut stream: T,
+    peer: Option<Arc<PeerCertificate>>,
+    deadline: Instant,
+    limits: Limits,
+    service: S,
+    mut stopping: watch::Receiver<bool>,
+    stats: &ConnectionStats,
+) where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let sniffed = tokio::select! {
-        sniffed = sniff(&mut stream, limits.header_timeout) => sniffed,
+        sniffed = sniff(&mut stream, deadline) => sniffed,
         () = stopped(&mut stopping) => return,
     };
     let Some((protocol, prefix)) = sniffed else {
         stats.timed_out.fetch_add(1, Ordering::Relaxed);
         return;
+    };
+    let service = WithPeer {
+        inner: service,
+        peer,
     };
     let io = TokioIo::new(Prefixed::new(prefix, stream));
     let result = match protocol {

@@ -6,16 +6,15 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
-pub(crate) struct Prefixed {
+pub(crate) struct Prefixed<T> {
     prefix: Vec<u8>,
     read: usize,
-    inner: TcpStream,
+    inner: T,
 }
 
-impl Prefixed {
-    pub(crate) fn new(prefix: Vec<u8>, inner: TcpStream) -> Prefixed {
+impl<T> Prefixed<T> {
+    pub(crate) fn new(prefix: Vec<u8>, inner: T) -> Prefixed<T> {
         Prefixed {
             prefix,
             read: 0,
@@ -24,7 +23,7 @@ impl Prefixed {
     }
 }
 
-impl AsyncRead for Prefixed {
+impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -42,7 +41,7 @@ impl AsyncRead for Prefixed {
     }
 }
 
-impl AsyncWrite for Prefixed {
+impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

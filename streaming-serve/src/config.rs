@@ -2,10 +2,12 @@
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
 
 use serde::Deserialize;
 use statestream_config::{ConfigError, StreamerOptions};
 use statestream_core::{BoxError, PUSH_BLOCK_BYTES, StreamerContext};
+use statestream_net::TlsFiles;
 
 use crate::streamer::ServeStreamer;
 
@@ -40,6 +42,9 @@ pub const SERVE_TYPE: &str = "serve";
 /// header_timeout_ms = 10000
 /// allowed_hosts = []
 /// max_concurrent_streams = 128
+/// tls_cert_file = "tls/server.pem"
+/// tls_key_file = "tls/server-key.pem"
+/// tls_client_ca_file = "tls/clients-ca.pem"
 /// ```
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -133,6 +138,20 @@ pub struct ServeConfig {
     /// [`DEFAULT_MAX_CONCURRENT_STREAMS`].
     #[serde(default = "default_max_concurrent_streams")]
     pub max_concurrent_streams: u32,
+    /// PEM certificate (then any intermediates) both listeners serve TLS
+    /// with; set with `tls_key_file`. Relative to the node's home.
+    /// Re-read on SIGHUP. Default: none (plain TCP).
+    #[serde(default)]
+    pub tls_cert_file: Option<String>,
+    /// PEM private key of `tls_cert_file`. Default: none.
+    #[serde(default)]
+    pub tls_key_file: Option<String>,
+    /// PEM CA certificates: when set, every client must present a
+    /// certificate signed by one of them (or listed in the file itself)
+    /// (mTLS); its subject's CN names the credential it may use. Needs
+    /// `tls_cert_file`. Default: none.
+    #[serde(default)]
+    pub tls_client_ca_file: Option<String>,
 }
 
 impl Default for ServeConfig {
@@ -156,6 +175,9 @@ impl Default for ServeConfig {
             header_timeout_ms: default_header_timeout_ms(),
             allowed_hosts: Vec::new(),
             max_concurrent_streams: default_max_concurrent_streams(),
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
         }
     }
 }
@@ -181,6 +203,9 @@ impl std::fmt::Debug for ServeConfig {
             .field("header_timeout_ms", &self.header_timeout_ms)
             .field("allowed_hosts", &self.allowed_hosts)
             .field("max_concurrent_streams", &self.max_concurrent_streams)
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_key_file", &self.tls_key_file)
+            .field("tls_client_ca_file", &self.tls_client_ca_file)
             .finish()
     }
 }
@@ -377,6 +402,7 @@ impl ServeConfig {
                 "the token may not contain whitespace or control characters (it is sent in a header)".into(),
             ));
         }
+        self.tls_files(ctx.home)?;
         for (store, value_type) in &self.value_types {
             if !ctx.stores.iter().any(|s| s.name() == store) {
                 let streamed: Vec<&str> = ctx.stores.iter().map(|s| s.name()).collect();
@@ -396,6 +422,49 @@ impl ServeConfig {
             }
         }
         Ok(Addresses { grpc, http })
+    }
+
+    /// The TLS files of both listeners, resolved against the node's home
+    /// and read (each exists and parses, the key goes with the
+    /// certificate); `None` without `tls_cert_file`.
+    pub(crate) fn tls_files(
+        &self,
+        home: &Path,
+    ) -> Result<Option<TlsFiles>, (&'static str, String)> {
+        let resolve = |p: &str| home.join(p);
+        let (cert, key) = match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => (resolve(cert), resolve(key)),
+            (None, None) => {
+                if self.tls_client_ca_file.is_some() {
+                    return Err((
+                        "tls_client_ca_file",
+                        "client certificates need TLS: set tls_cert_file and tls_key_file too"
+                            .into(),
+                    ));
+                }
+                return Ok(None);
+            }
+            (Some(_), None) => {
+                return Err((
+                    "tls_cert_file",
+                    "set tls_key_file too: a certificate needs its private key".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err((
+                    "tls_key_file",
+                    "set tls_cert_file too: a key without a certificate serves nothing".into(),
+                ));
+            }
+        };
+        let mut files = TlsFiles::new(cert, key);
+        if let Some(ca) = &self.tls_client_ca_file {
+            files = files.client_ca_file(resolve(ca));
+        }
+        files
+            .check()
+            .map_err(|(file, error)| (file.key(), error.to_string()))?;
+        Ok(Some(files))
     }
 
     /// Checks the options as [`build`](ServeConfig::build) does (the

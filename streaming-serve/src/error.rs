@@ -26,6 +26,14 @@ pub enum ServeError {
         address: SocketAddr,
         reason: String,
     },
+    /// The TLS files could not be read, or do not go together.
+    #[error("streamer {streamer:?}: {key}: {reason}")]
+    Tls {
+        streamer: String,
+        /// The option that names the file at fault.
+        key: &'static str,
+        reason: String,
+    },
     /// Reading the store failed.
     #[error("streamer {streamer:?}: cannot read the store: {source}")]
     Store {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use statestream_core::{Block, StoreSelection, StreamError, Streamer, StreamerContext};
-use statestream_net::{HostCheck, Limits, Listener};
+use statestream_net::{HostCheck, Limits, Listener, ServerTls};
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 use tower::Layer;
@@ -144,6 +144,23 @@ impl ServeStreamer {
             })?;
         let bind =
             |address: Option<SocketAddr>, key| address.map(|a| bind_std(&name, a, key)).transpose();
+        // Read before binding: a bad file is the build's error. One set of
+        // certificates for both listeners, reloaded together on SIGHUP.
+        let tls = config
+            .tls_files(ctx.home)
+            .and_then(|files| {
+                files
+                    .map(|files| {
+                        ServerTls::load(&format!("serve {name:?}"), files)
+                            .map_err(|e| ("tls_cert_file", e.to_string()))
+                    })
+                    .transpose()
+            })
+            .map_err(|(key, reason)| ServeError::Tls {
+                streamer: name.clone(),
+                key,
+                reason,
+            })?;
         let grpc_listener = bind(addresses.grpc, "grpc_address")?;
         let http_listener = bind(addresses.http, "http_address")?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -194,9 +211,15 @@ impl ServeStreamer {
         let credentials = ctx.reader.and_then(statestream_access::installed);
         let mut servers = Vec::new();
         let mut grpc_address = None;
+        let with_tls = |listener: Listener| match &tls {
+            Some(tls) => listener.tls(tls.clone()),
+            None => listener,
+        };
         if let Some((std_listener, local, key)) = grpc_listener {
-            let listener =
-                Listener::new(to_tokio(&runtime, &name, std_listener, local, key)?, limits);
+            let listener = with_tls(Listener::new(
+                to_tokio(&runtime, &name, std_listener, local, key)?,
+                limits,
+            ));
             let (routes, set_health) = crate::grpc::router(&hub, &config, credentials.clone())?;
             // gRPC clients send the address they dialled as `:authority`,
             // which the check accepts for a loopback or the bound address.
@@ -216,13 +239,15 @@ impl ServeStreamer {
                     Ok::<(), std::convert::Infallible>(())
                 },
             ));
-            info!(streamer = %name, address = %local, head, "serve: gRPC listening");
+            info!(streamer = %name, address = %local, head, tls = tls.is_some(), "serve: gRPC listening");
             grpc_address = Some(local);
         }
         let mut http_address = None;
         if let Some((std_listener, local, key)) = http_listener {
-            let listener =
-                Listener::new(to_tokio(&runtime, &name, std_listener, local, key)?, limits);
+            let listener = with_tls(Listener::new(
+                to_tokio(&runtime, &name, std_listener, local, key)?,
+                limits,
+            ));
             let app = crate::http::router(crate::http::HttpSetup {
                 hub: Arc::clone(&hub),
                 token: config.token.clone(),
@@ -245,7 +270,7 @@ impl ServeStreamer {
                     Ok::<(), std::convert::Infallible>(())
                 },
             ));
-            info!(streamer = %name, address = %local, head, "serve: HTTP (SSE) listening");
+            info!(streamer = %name, address = %local, head, tls = tls.is_some(), "serve: HTTP (SSE) listening");
             http_address = Some(local);
         }
         Ok(ServeStreamer {

@@ -21,6 +21,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -34,7 +35,7 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::{Encoder, TextEncoder};
 use statestream_config::TelemetryConfig;
-use statestream_net::{HostCheck, Limits, Listener};
+use statestream_net::{HostCheck, Limits, Listener, ServerTls, TlsFiles};
 use tokio::sync::watch;
 use tower::Layer;
 
@@ -58,6 +59,16 @@ pub enum TelemetryError {
     Start {
         #[source]
         source: std::io::Error,
+    },
+
+    /// The TLS files could not be read, or the key does not go with the
+    /// certificate.
+    #[error("telemetry: {key}: {source}")]
+    Tls {
+        /// The `[telemetry]` key naming the file at fault.
+        key: &'static str,
+        #[source]
+        source: statestream_net::TlsError,
     },
 
     /// The node's metrics clash with metrics already in the registry (two
@@ -86,6 +97,10 @@ pub struct TelemetryOptions {
     /// `Host` names accepted beyond `localhost`, `127.0.0.1`, `[::1]` and
     /// the bound address (`"*"`: any host).
     pub allowed_hosts: Vec<String>,
+    /// HTTPS with these files (re-read by
+    /// [`statestream_net::reload_all`], on the node's SIGHUP); `None`:
+    /// plain HTTP.
+    pub tls: Option<TlsFiles>,
 }
 
 impl Default for TelemetryOptions {
@@ -94,13 +109,43 @@ impl Default for TelemetryOptions {
             max_connections: statestream_net::DEFAULT_MAX_CONNECTIONS,
             header_timeout: statestream_net::DEFAULT_HEADER_TIMEOUT,
             allowed_hosts: Vec::new(),
+            tls: None,
         }
     }
 }
 
 impl TelemetryOptions {
     /// The options `[telemetry]` sets (`max_connections`,
-    /// `header_timeout_ms`, `allowed_hosts`), defaults for the rest.
+    /// `header_timeout_ms`, `allowed_hosts`, the TLS files with relative
+    /// paths under `home`), defaults for the rest.
+    pub fn from_config_in(config: &TelemetryConfig, home: &Path) -> TelemetryOptions {
+        let mut options = TelemetryOptions::from_config(config);
+        options.tls = config.tls.as_ref().map(|tls| {
+            let files = TlsFiles::new(home.join(&tls.cert_file), home.join(&tls.key_file));
+            match &tls.client_ca_file {
+                Some(ca) => files.client_ca_file(home.join(ca)),
+                None => files,
+            }
+        });
+        options
+    }
+
+    /// Reads the TLS files as the server will (each exists and parses, the
+    /// key goes with the certificate): `statestream config check`'s check.
+    pub fn check_tls(&self) -> Result<(), TelemetryError> {
+        match &self.tls {
+            Some(files) => files.check().map_err(|(file, source)| TelemetryError::Tls {
+                key: file.key(),
+                source,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// The options `[telemetry]` sets (`max_connections`,
+    /// `header_timeout_ms`, `allowed_hosts`; the TLS files as written,
+    /// relative to the current directory: see
+    /// [`from_config_in`](Self::from_config_in)), defaults for the rest.
     pub fn from_config(config: &TelemetryConfig) -> TelemetryOptions {
         let defaults = TelemetryOptions::default();
         TelemetryOptions {
@@ -109,6 +154,13 @@ impl TelemetryOptions {
                 .header_timeout_ms
                 .map_or(defaults.header_timeout, Duration::from_millis),
             allowed_hosts: config.allowed_hosts.clone(),
+            tls: config.tls.as_ref().map(|tls| {
+                let files = TlsFiles::new(&tls.cert_file, &tls.key_file);
+                match &tls.client_ca_file {
+                    Some(ca) => files.client_ca_file(ca),
+                    None => files,
+                }
+            }),
         }
     }
 
@@ -137,6 +189,18 @@ pub struct TelemetryServer {
 struct AppState {
     observer: Observer,
     metrics: prometheus::Registry,
+    extension: Option<Arc<dyn StatusExtension>>,
+}
+
+/// What a program running the delivery manager adds to `/status` and
+/// `/healthz` (`statestream relay`: its upstream, lag and divergence).
+pub trait StatusExtension: Send + Sync {
+    /// Fields added to `/status`'s object (names it does not have).
+    fn status(&self) -> serde_json::Map<String, serde_json::Value>;
+
+    /// Why `/healthz` answers 503 although the node commits; `None`:
+    /// healthy.
+    fn unhealthy(&self) -> Option<String>;
 }
 
 impl TelemetryServer {
@@ -160,6 +224,29 @@ impl TelemetryServer {
         observer: Observer,
         metrics: prometheus::Registry,
     ) -> Result<TelemetryServer, TelemetryError> {
+        TelemetryServer::start_extended(address, options, observer, metrics, None)
+    }
+
+    /// [`start_with`](TelemetryServer::start_with), with `extension`'s
+    /// fields on `/status` and its health on `/healthz`.
+    pub fn start_extended(
+        address: SocketAddr,
+        options: &TelemetryOptions,
+        observer: Observer,
+        metrics: prometheus::Registry,
+        extension: Option<Arc<dyn StatusExtension>>,
+    ) -> Result<TelemetryServer, TelemetryError> {
+        // Read first: a bad file is an error of this call, as a bad address.
+        options.check_tls()?;
+        let tls = options
+            .tls
+            .clone()
+            .map(|files| ServerTls::load("telemetry", files))
+            .transpose()
+            .map_err(|source| TelemetryError::Tls {
+                key: "tls_cert_file",
+                source,
+            })?;
         // Bound here, on the caller's thread, so that a bad address is an
         // error of this call and the chosen port is known when it returns.
         let listener = std::net::TcpListener::bind(address)
@@ -179,6 +266,7 @@ impl TelemetryServer {
         let state = Arc::new(AppState {
             observer: observer.clone(),
             metrics: metrics.clone(),
+            extension,
         });
         let registered = Some((metrics.clone(), observer.clone()));
         let app = Router::new()
@@ -191,14 +279,14 @@ impl TelemetryServer {
         let (stop, stopped) = watch::channel(false);
         let thread = std::thread::Builder::new()
             .name("telemetry".to_owned())
-            .spawn(move || runtime.block_on(serve(listener, limits, service, stopped)))
+            .spawn(move || runtime.block_on(serve(listener, limits, tls, service, stopped)))
             .map_err(|source| {
                 // Unregistered so that a later attempt can register again
                 // (collectors are matched by their descriptions).
                 let _ = metrics.unregister(Box::new(NodeCollector::new(observer)));
                 TelemetryError::Start { source }
             })?;
-        tracing::info!(address = %bound, "telemetry server listening (/metrics, /status, /healthz)");
+        tracing::info!(address = %bound, tls = options.tls.is_some(), "telemetry server listening (/metrics, /status, /healthz)");
         Ok(TelemetryServer {
             address: bound,
             stop: Some(stop),
@@ -243,6 +331,7 @@ impl Drop for TelemetryServer {
 async fn serve(
     listener: std::net::TcpListener,
     limits: Limits,
+    tls: Option<ServerTls>,
     service: statestream_net::HostCheckService<Router>,
     mut stopped: watch::Receiver<bool>,
 ) {
@@ -255,7 +344,12 @@ async fn serve(
     };
     // Once stopped, requests in flight get a short grace period; a scraper
     // that holds its connection open does not hold up the node's exit.
-    Listener::new(listener, limits)
+    let listener = Listener::new(listener, limits);
+    let listener = match tls {
+        Some(tls) => listener.tls(tls),
+        None => listener,
+    };
+    listener
         .serve(service, async move {
             let _ = stopped.wait_for(|s| *s).await;
         })
@@ -277,17 +371,35 @@ async fn metrics_handler(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn status_handler(State(state): State<Arc<AppState>>) -> Response {
-    axum::Json(state.observer.status()).into_response()
+    let status = state.observer.status();
+    let Some(extension) = &state.extension else {
+        return axum::Json(status).into_response();
+    };
+    match serde_json::to_value(&status) {
+        Ok(serde_json::Value::Object(mut fields)) => {
+            for (k, v) in extension.status() {
+                fields.entry(k).or_insert(v);
+            }
+            axum::Json(fields).into_response()
+        }
+        _ => axum::Json(status).into_response(),
+    }
 }
 
 async fn healthz_handler(State(state): State<Arc<AppState>>) -> Response {
     let status = state.observer.status();
-    let body = health(&status);
-    let code = if status.state == NodeState::Committing {
+    let mut body = health(&status);
+    let mut code = if status.state == NodeState::Committing {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    if code == StatusCode::OK
+        && let Some(reason) = state.extension.as_ref().and_then(|e| e.unhealthy())
+    {
+        code = StatusCode::SERVICE_UNAVAILABLE;
+        body.error = Some(reason);
+    }
     (code, axum::Json(body)).into_response()
 }
 
@@ -419,10 +531,45 @@ const METRICS: &[(&str, &str, MetricType, &[&str])] = &[
     ),
 ];
 
+/// The ingest pipeline's metrics, served when the observer has one
+/// ([`Observer::with_ingest`]): a replica fed by a source.
+const INGEST_METRICS: &[(&str, &str, MetricType, &[&str])] = &[
+    (
+        "statestream_ingest_height",
+        "The source's last height committed into the replica.",
+        MetricType::GAUGE,
+        &[],
+    ),
+    (
+        "statestream_ingest_gaps_total",
+        "Height gaps seen since the pipeline started: blocks the source committed that the replica never received (refused ones included).",
+        MetricType::COUNTER,
+        &[],
+    ),
+    (
+        "statestream_ingest_gaps_recorded",
+        "Height gaps the replica holds (continued past), since it was created.",
+        MetricType::GAUGE,
+        &[],
+    ),
+    (
+        "statestream_ingest_replays_total",
+        "Blocks the source delivered again, answered without committing or delivering them twice.",
+        MetricType::COUNTER,
+        &[],
+    ),
+];
+
 impl NodeCollector {
     fn new(observer: Observer) -> NodeCollector {
+        let ingest: &[_] = if observer.ingest().is_some() {
+            INGEST_METRICS
+        } else {
+            &[]
+        };
         let descs = METRICS
             .iter()
+            .chain(ingest)
             .filter_map(|(name, help, _, labels)| {
                 Desc::new(
                     (*name).to_owned(),
@@ -468,7 +615,7 @@ impl Collector for NodeCollector {
     fn collect(&self) -> Vec<MetricFamily> {
         let status = self.observer.status();
         let halted = status.state == NodeState::Halted;
-        METRICS
+        let mut families: Vec<MetricFamily> = METRICS
             .iter()
             .map(|(name, help, kind, _)| {
                 let kind = *kind;
@@ -539,6 +686,23 @@ impl Collector for NodeCollector {
                 family.set_metric(metrics);
                 family
             })
-            .collect()
+            .collect();
+        if let Some(ingest) = &status.ingest {
+            for (name, help, kind, _) in INGEST_METRICS {
+                let value = match *name {
+                    "statestream_ingest_height" => ingest.height,
+                    "statestream_ingest_gaps_total" => ingest.gaps_total,
+                    "statestream_ingest_gaps_recorded" => ingest.gaps.len() as u64,
+                    _ => ingest.replays_total,
+                };
+                let mut family = MetricFamily::default();
+                family.set_name((*name).to_owned());
+                family.set_help((*help).to_owned());
+                family.set_field_type(*kind);
+                family.set_metric(vec![sample(*kind, vec![], value as f64)]);
+                families.push(family);
+            }
+        }
+        families
     }
 }

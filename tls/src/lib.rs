@@ -1,7 +1,11 @@
 //! TLS for statestream's network clients (the NATS and PostgreSQL
 //! streamers, and every later client): a rustls client configuration on
 //! ring (no C toolchain) whose check of the server's certificate follows
-//! the CA file the operator names.
+//! the CA file the operator names. And for its servers ([`server_config`],
+//! used by `statestream-net`'s listeners): a certificate and key from PEM
+//! files, client certificates (mTLS) checked against a CA file by the same
+//! rule, and the subject of a client's certificate
+//! ([`certificate_subject`]).
 //!
 //! A server certificate is accepted when
 //! - it chains to a certificate of the CA file and names the host (webpki's
@@ -30,6 +34,10 @@
 //! ```
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
+mod server;
+
+pub use server::{CaFileClientVerifier, ServerFiles, certificate_subject, server_config};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

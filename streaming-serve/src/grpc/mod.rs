@@ -5,7 +5,7 @@
 //! `UNAUTHENTICATED`.
 
 mod datastream;
-mod encoding;
+pub(crate) mod encoding;
 mod framing;
 mod push;
 mod state_stream;
@@ -28,6 +28,7 @@ use state_stream::StateStreamService;
 use crate::access::{Access, Denied, Grant, bearer};
 use crate::config::ServeConfig;
 use crate::error::{HubError, ServeError};
+use crate::gate::{Closed, Gate};
 use crate::hub::Hub;
 use crate::outbox::{End, Outbox};
 use crate::proto::datastream::data_service_server::DataServiceServer;
@@ -49,6 +50,17 @@ fn denied(d: Denied) -> Status {
     }
 }
 
+/// The status of a request the gate refuses ([`crate::gate`]).
+fn closed(c: Closed) -> Status {
+    Status::unavailable(c.to_string())
+}
+
+/// The gate, then the access check: what every gRPC request passes first.
+fn gate_then_access(access: &Access, credential: Option<&str>) -> Result<Grant, Status> {
+    Gate::process().check().map_err(closed)?;
+    access.check(credential).map_err(denied)
+}
+
 /// The credential of a request: its `authorization` metadata's token.
 fn credential(metadata: &tonic::metadata::MetadataMap) -> Option<&str> {
     metadata
@@ -59,9 +71,7 @@ fn credential(metadata: &tonic::metadata::MetadataMap) -> Option<&str> {
 
 /// Admits a request; what it may read goes with it, for the handler.
 fn admit(access: &Access, mut request: Request<()>) -> Result<Request<()>, Status> {
-    let grant = access
-        .check(credential(request.metadata()))
-        .map_err(denied)?;
+    let grant = gate_then_access(access, credential(request.metadata()))?;
     request.extensions_mut().insert(grant);
     Ok(request)
 }

@@ -87,8 +87,9 @@ async fn send_snapshot(
     sink: &mut Sink<Framed>,
     frame: impl Fn(Bytes) -> Framed,
 ) -> Result<u64, SubscriptionEnd> {
-    let mut reader =
-        hub.read_snapshot(filter.clone(), |at| ChunkEncoder::new(at.height, at.time()))?;
+    let mut reader = hub.read_snapshot(filter.clone(), |at| {
+        ChunkEncoder::new(at.height, at.time(), at.hashes())
+    })?;
     while let Some(chunk) = reader.next().await? {
         sink.send(frame(chunk)).await?;
     }
@@ -120,7 +121,8 @@ impl StateStreamService {
         loop {
             match sink.next_event(&mut sub).await? {
                 Event::Block(block) => {
-                    let messages = block.rendered(&selection, |b| encode_block(b, filter));
+                    let hashes = block.hashes();
+                    let messages = block.rendered(&selection, |b| encode_block(b, filter, &hashes));
                     for m in messages.iter() {
                         sink.send(Framed::field(SUBSCRIBE_BLOCK, m.clone())).await?;
                     }

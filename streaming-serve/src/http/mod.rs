@@ -24,6 +24,7 @@ pub use params::Encoding;
 
 use crate::access::{Access, Denied, Grant, bearer};
 use crate::error::HubError;
+use crate::gate::Gate;
 use crate::hub::Hub;
 
 /// The header an SSE client resumes by.
@@ -114,6 +115,13 @@ impl AppState {
             .and_then(|v| v.to_str().ok())
             .and_then(bearer)
             .or(query_token);
+        // Before the token: a relay that is not ready (or diverged) says
+        // so, never 401.
+        Gate::process().check().map_err(|c| HttpError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            retry_after: true,
+            message: c.to_string(),
+        })?;
         self.access.check(credential).map_err(HttpError::from)
     }
 }

@@ -15,3 +15,4 @@ mod push;
 mod python;
 mod sse;
 mod subscribe;
+mod tls;

@@ -381,6 +381,8 @@ fn launch(
     let bounds = change_log.bounds()?;
     let committed = Arc::new(AtomicU64::new(committed_height));
     let closing = Shutdown::new();
+    let held = super::runtime::registered(store)?;
+    let configured: HashSet<String> = resolved.iter().map(|r| r.setup.name.clone()).collect();
     let retain = resolved
         .iter()
         .map(|r| r.streamer.retain_blocks())
@@ -397,12 +399,12 @@ fn launch(
             closing.clone(),
             shutdown.clone(),
         ));
-        watched.push(Watched {
+        watched.push(Arc::new(Watched {
             type_name: r.type_name,
             delivery: r.setup.delivery,
             stop_node_on_error: r.setup.stop_node_on_error,
             progress: Arc::clone(&progress),
-        });
+        }));
         let driver = Driver::new(
             r.streamer,
             selection.clone(),
@@ -426,16 +428,30 @@ fn launch(
             committed: Arc::clone(&committed),
             commits: CommitHistogram::default(),
             change_log: change_log.meter(),
-            streamers: watched,
+            streamers: std::sync::RwLock::new(watched),
             stopped: std::sync::atomic::AtomicBool::new(false),
+            sections: crate::observe::Sections::default(),
         }),
+        ingest: None,
     };
+    let pruned_below = bounds.map_or(0, |(lo, _)| lo);
+    let runtime = super::runtime::runtime(
+        store,
+        held,
+        pruned_below,
+        Arc::clone(&committed),
+        configured,
+        closing.clone(),
+        observer.clone(),
+        shutdown_timeout,
+    );
     let mut manager = DeliveryManager {
         instances,
         all_stores: all,
         committed,
         observer,
-        pruned_below: bounds.map_or(0, |(lo, _)| lo),
+        runtime,
+        pruned_below,
         retain,
         halt: None,
         closing,
@@ -450,7 +466,11 @@ fn launch(
 
 /// Starts one streamer: a sync one's `on_start` now, an async one's queue
 /// and worker thread.
-fn spawn(setup: &StreamerSetup, mut driver: Driver, committed: &Arc<AtomicU64>) -> Result<Mode> {
+pub(super) fn spawn(
+    setup: &StreamerSetup,
+    mut driver: Driver,
+    committed: &Arc<AtomicU64>,
+) -> Result<Mode> {
     Ok(match setup.delivery {
         Delivery::Sync => {
             driver.start()?;

@@ -56,9 +56,13 @@ fn closed(c: Closed) -> Status {
 }
 
 /// The gate, then the access check: what every gRPC request passes first.
-fn gate_then_access(access: &Access, credential: Option<&str>) -> Result<Grant, Status> {
+fn gate_then_access(
+    access: &Access,
+    credential: Option<&str>,
+    peer: Option<&statestream_net::PeerCertificate>,
+) -> Result<Grant, Status> {
     Gate::process().check().map_err(closed)?;
-    access.check(credential).map_err(denied)
+    access.check_with_peer(credential, peer).map_err(denied)
 }
 
 /// The credential of a request: its `authorization` metadata's token.
@@ -71,7 +75,10 @@ fn credential(metadata: &tonic::metadata::MetadataMap) -> Option<&str> {
 
 /// Admits a request; what it may read goes with it, for the handler.
 fn admit(access: &Access, mut request: Request<()>) -> Result<Request<()>, Status> {
-    let grant = gate_then_access(access, credential(request.metadata()))?;
+    let peer = request
+        .extensions()
+        .get::<statestream_net::PeerCertificate>();
+    let grant = gate_then_access(access, credential(request.metadata()), peer)?;
     request.extensions_mut().insert(grant);
     Ok(request)
 }

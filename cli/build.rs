@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/cosmos/store/streaming/abci/grpc.proto",
         "proto/cosmos/store/v1beta1/listening.proto",
         "proto/tendermint/abci/types.proto",
+        "proto/tendermint/types/types.proto",
         "proto/plugin/grpc_controller.proto",
     ];
     for f in &files {

@@ -16,6 +16,12 @@ use crate::lenient::{not_a_bool, parse_bool, parse_integer};
 use crate::options::{Spelling, StreamerOptions};
 use crate::text::{LineIndex, check_name, describe, normalise_key};
 
+mod relay;
+
+pub use relay::{
+    DEFAULT_MAX_UPSTREAM_LAG_BLOCKS, DEFAULT_READY_LAG_BLOCKS, MAX_LAG_BLOCKS, RelayConfig,
+};
+
 /// Blocks buffered in memory per asynchronous streamer when `queue` is not set.
 pub const DEFAULT_QUEUE: usize = 64;
 
@@ -95,11 +101,39 @@ pub struct AppConfig {
     telemetry: Option<TelemetryConfig>,
     /// `[store] shutdown_timeout_ms`.
     shutdown_timeout: Duration,
-    /// `[cosmos]`: `statestream cosmos-plugin`'s settings.
+    /// `[cosmos]`: `statestream cosmos-plugin`'s and `ingest-files`' settings.
     cosmos: CosmosConfig,
+    /// `[relay]`: `statestream relay`'s settings, when the table is there.
+    relay: Option<RelayConfig>,
+    /// `[admin]`, when it sets an address.
+    admin: Option<AdminConfig>,
 }
 
-/// The `[cosmos]` table, read by `statestream cosmos-plugin`:
+/// The `[admin]` table: the admin API (credentials) on a listener of its
+/// own.
+///
+/// ```toml partial
+/// [admin]
+/// address = "127.0.0.1:9300"             # unset: no admin API
+/// token_file = "config/admin-token"      # the admin token; relative: to the home
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AdminConfig {
+    /// `address`: an IP address and a port (port 0: the system chooses).
+    pub address: SocketAddr,
+    /// The 1-based line of `address`.
+    pub line: Option<usize>,
+    /// `token_file`: the file holding the admin token (surrounding
+    /// whitespace is not part of it); relative paths are under the home.
+    pub token_file: PathBuf,
+    /// `allowed_hosts`: `Host` names accepted beyond loopback and the
+    /// bound address.
+    pub allowed_hosts: Vec<String>,
+}
+
+/// The `[cosmos]` table, read by `statestream cosmos-plugin` and
+/// `statestream ingest-files`:
 ///
 /// ```toml
 /// [cosmos]
@@ -333,6 +367,12 @@ impl AppConfig {
         self.shutdown_timeout
     }
 
+    /// `[admin]`: `None` when the table or its `address` is absent (no
+    /// admin API).
+    pub fn admin(&self) -> Option<&AdminConfig> {
+        self.admin.as_ref()
+    }
+
     /// `[telemetry]`: `None` when the table or its `address` is absent
     /// (telemetry off).
     pub fn telemetry(&self) -> Option<&TelemetryConfig> {
@@ -361,6 +401,11 @@ impl AppConfig {
     /// `[cosmos]` (defaults when the table is absent).
     pub fn cosmos(&self) -> &CosmosConfig {
         &self.cosmos
+    }
+
+    /// `[relay]`, when the file has the table.
+    pub fn relay(&self) -> Option<&RelayConfig> {
+        self.relay.as_ref()
     }
 
     fn keys_error(&self, entry: &Entry, message: impl Into<String>) -> ConfigError {
@@ -475,6 +520,22 @@ impl Parser<'_> {
             },
         };
 
+        let relay = match find(root, "relay") {
+            None => None,
+            Some((key, value)) => match value.get_ref() {
+                DeValue::Table(table) => Some(self.relay(table)?),
+                _ => return Err(self.not_a_table("[relay]", key, value)),
+            },
+        };
+
+        let admin = match find(root, "admin") {
+            None => None,
+            Some((key, value)) => match value.get_ref() {
+                DeValue::Table(table) => self.admin(table, key.span())?,
+                _ => return Err(self.not_a_table("[admin]", key, value)),
+            },
+        };
+
         Ok(AppConfig {
             origin: self.origin.to_owned(),
             streamers,
@@ -482,6 +543,8 @@ impl Parser<'_> {
             telemetry,
             shutdown_timeout,
             cosmos,
+            relay,
+            admin,
         })
     }
 
@@ -515,6 +578,77 @@ impl Parser<'_> {
                 ),
             )),
         }
+    }
+
+    /// Reads `[admin]`: `address`, `token_file`, `allowed_hosts`. An
+    /// address without a token file is refused: the admin API always
+    /// requires its token.
+    fn admin(
+        &self,
+        table: &DeTable<'_>,
+        span: std::ops::Range<usize>,
+    ) -> Result<Option<AdminConfig>, ConfigError> {
+        const TABLE: &str = "[admin]";
+        let mut address = None;
+        let mut token_file = None;
+        let mut allowed_hosts = Vec::new();
+        for (key, value) in table.iter() {
+            let spelled = key.get_ref().as_ref();
+            let error = |message: String| self.key_error(TABLE, spelled, key.span(), message);
+            match spelled.replace('-', "_").as_str() {
+                "address" => {
+                    let parsed = value
+                        .get_ref()
+                        .as_str()
+                        .and_then(|text| text.trim().parse::<SocketAddr>().ok());
+                    let Some(addr) = parsed else {
+                        return Err(error(format!(
+                            "expected an IP address and a port such as \"127.0.0.1:9300\", got {}",
+                            self.describe(value)
+                        )));
+                    };
+                    address = Some((addr, self.index.line(key.span().start)));
+                }
+                "token_file" => match value.get_ref().as_str() {
+                    Some(path) if !path.trim().is_empty() => {
+                        token_file = Some(PathBuf::from(path));
+                    }
+                    _ => {
+                        return Err(error(format!(
+                            "expected the path of the file holding the admin token, got {}",
+                            self.describe(value)
+                        )));
+                    }
+                },
+                "allowed_hosts" => {
+                    allowed_hosts = self.allowed_hosts(value).map_err(error)?;
+                }
+                _ => {
+                    return Err(error(
+                        "unknown key; [admin] has `address` (such as \"127.0.0.1:9300\"), \
+                         `token_file` and `allowed_hosts`"
+                            .to_owned(),
+                    ));
+                }
+            }
+        }
+        let Some((address, line)) = address else {
+            return Ok(None);
+        };
+        let Some(token_file) = token_file else {
+            return Err(self.key_error(
+                TABLE,
+                "address",
+                span,
+                "the admin API needs `token_file`, the file holding its token".to_owned(),
+            ));
+        };
+        Ok(Some(AdminConfig {
+            address,
+            line: Some(line),
+            token_file,
+            allowed_hosts,
+        }))
     }
 
     /// Reads `[cosmos]`: `on_gap` is its only key.

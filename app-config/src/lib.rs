@@ -62,8 +62,9 @@ mod options;
 mod text;
 
 pub use crate::app::{
-    AppConfig, CosmosConfig, DEFAULT_QUEUE, DEFAULT_SHUTDOWN_TIMEOUT_MS, Delivery, GapPolicy,
-    MAX_QUEUE, MAX_SHUTDOWN_TIMEOUT_MS, StreamerSpec, TelemetryConfig, TelemetryTls,
+    AdminConfig, AppConfig, CosmosConfig, DEFAULT_MAX_UPSTREAM_LAG_BLOCKS, DEFAULT_QUEUE,
+    DEFAULT_READY_LAG_BLOCKS, DEFAULT_SHUTDOWN_TIMEOUT_MS, Delivery, GapPolicy, MAX_LAG_BLOCKS,
+    MAX_QUEUE, MAX_SHUTDOWN_TIMEOUT_MS, RelayConfig, StreamerSpec, TelemetryConfig, TelemetryTls,
 };
 pub use crate::error::ConfigError;
 pub use crate::options::StreamerOptions;

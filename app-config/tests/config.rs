@@ -1195,3 +1195,71 @@ fn config_cosmos_on_gap() {
     let unknown = parse("[cosmos]\ngaps = 1\n").unwrap_err().to_string();
     assert!(unknown.contains("unknown key"), "{unknown}");
 }
+
+#[test]
+fn config_relay_defaults_values_and_errors() {
+    let config = parse("[relay]\nupstreams = [\"http://127.0.0.1:9090\"]\n").expect("parses");
+    let relay = config.relay().expect("[relay]");
+    assert_eq!(relay.upstreams, ["http://127.0.0.1:9090"]);
+    assert_eq!(
+        (relay.max_upstream_lag_blocks, relay.ready_lag_blocks),
+        (100, 10)
+    );
+    assert!(relay.resnapshot && relay.stores.is_empty() && relay.token_file.is_empty());
+    assert!(parse("[store]\n").unwrap().relay().is_none());
+
+    let all = parse(
+        "[relay]\nupstreams = [\"http://a:1\", \"https://b:2\"]\ntoken_file = \"t\"\n\
+         tls_ca_file = \"ca.pem\"\nstores = [\"bank\"]\nmax_upstream_lag_blocks = 5\n\
+         ready_lag_blocks = 0\nresnapshot = false\n",
+    )
+    .expect("parses");
+    let relay = all.relay().unwrap();
+    assert_eq!(
+        (
+            relay.max_upstream_lag_blocks,
+            relay.ready_lag_blocks,
+            relay.resnapshot
+        ),
+        (5, 0, false)
+    );
+    assert_eq!(relay.stores, ["bank"]);
+
+    for (text, fragment) in [
+        ("[relay]\n", "`upstreams` is required"),
+        ("[relay]\nupstreams = []\n", "at least one upstream"),
+        (
+            "[relay]\nupstreams = [\"node:9090\"]\n",
+            "is not an upstream",
+        ),
+        (
+            "[relay]\nupstreams = [\"http://a:1\", \"http://a:1\"]\n",
+            "listed twice",
+        ),
+        (
+            "[relay]\nupstreams = [\"http://a:1\"]\nmax_upstream_lag_blocks = 0\n",
+            "from 1 to",
+        ),
+        (
+            "[relay]\nupstreams = [\"http://a:1\"]\nready_lag_blocks = -1\n",
+            "from 0 to",
+        ),
+        (
+            "[relay]\nupstreams = [\"http://a:1\"]\nresnapshot = \"maybe\"\n",
+            "resnapshot",
+        ),
+        (
+            "[relay]\nupstreams = [\"http://a:1\"]\nstores = [\"*\"]\n",
+            "not a store name",
+        ),
+        (
+            "[relay]\nupstreams = [\"http://a:1\"]\nupstream = 1\n",
+            "unknown key",
+        ),
+        ("relay = 1\n", "expected a table"),
+    ] {
+        let e = parse(text).expect_err(text).to_string();
+        assert!(e.contains(fragment), "{text}: {e}");
+        assert!(e.contains("[relay]") || e.contains("relay"), "{text}: {e}");
+    }
+}

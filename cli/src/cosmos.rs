@@ -47,6 +47,9 @@ pub mod pb {
         pub mod abci {
             tonic::include_proto!("tendermint.abci");
         }
+        pub mod types {
+            tonic::include_proto!("tendermint.types");
+        }
     }
     pub mod plugin {
         tonic::include_proto!("plugin");
@@ -103,15 +106,16 @@ pub fn run(args: CosmosPluginArgs) -> Result<ExitCode> {
 }
 
 /// The plugin's state, behind one lock: the pipeline and the telemetry
-/// server that shows its streamers.
-struct State {
-    ingest: Ingest,
+/// server that shows its streamers. `statestream ingest-files` runs on the
+/// same state.
+pub(crate) struct State {
+    pub(crate) ingest: Ingest,
     telemetry: Option<Telemetry>,
 }
 
 impl State {
     /// Closes the streamers and the store, then stops the telemetry server.
-    fn close(self) -> statestream::Result<()> {
+    pub(crate) fn close(self) -> statestream::Result<()> {
         let closed = self.ingest.close();
         if let Some(t) = self.telemetry
             && let Some(server) = t.server
@@ -121,20 +125,14 @@ impl State {
         closed
     }
 
-    /// After each block: the metrics, and a telemetry server on the new
-    /// observer when the streamers were restarted (new stores, a gap).
-    fn refresh(&mut self) {
+    /// After each block: a telemetry server on the new observer when the
+    /// streamers were restarted (new stores, a gap). The pipeline's own
+    /// metrics and `/status` section come with the observer.
+    pub(crate) fn refresh(&mut self) {
         let Some(t) = self.telemetry.as_mut() else {
             return;
         };
-        let status = self.ingest.status();
-        t.height
-            .set(i64::try_from(status.height()).unwrap_or(i64::MAX));
-        let gaps = status.gaps();
-        t.gaps.inc_by(gaps.saturating_sub(t.gaps.get()));
-        let replays = status.replays();
-        t.replays.inc_by(replays.saturating_sub(t.replays.get()));
-        let starts = status.streamer_starts();
+        let starts = self.ingest.status().streamer_starts();
         if starts == t.starts {
             return;
         }
@@ -144,7 +142,12 @@ impl State {
         if let Some(old) = t.server.take() {
             old.stop();
         }
-        match statestream::TelemetryServer::start(t.address, observer, t.metrics.clone()) {
+        match statestream::TelemetryServer::start_with(
+            t.address,
+            &t.options,
+            observer,
+            t.metrics.clone(),
+        ) {
             Ok(server) => {
                 t.server = Some(server);
                 t.starts = starts;
@@ -154,55 +157,20 @@ impl State {
     }
 }
 
-/// `[telemetry]`: the server (on the current streamers' observer) and the
-/// plugin's own metrics.
+/// `[telemetry]`: the server, on the current streamers' observer.
 struct Telemetry {
     address: std::net::SocketAddr,
+    /// `max_connections`, `header_timeout_ms`, `allowed_hosts`.
+    options: statestream::TelemetryOptions,
     metrics: statestream::prometheus::Registry,
     server: Option<statestream::TelemetryServer>,
     /// The pipeline's `streamer_starts` the server was started for.
     starts: u64,
-    height: statestream::prometheus::IntGauge,
-    gaps: statestream::prometheus::IntCounter,
-    replays: statestream::prometheus::IntCounter,
-}
-
-impl Telemetry {
-    fn new(
-        address: std::net::SocketAddr,
-        metrics: statestream::prometheus::Registry,
-    ) -> Result<Telemetry> {
-        use statestream::prometheus::{IntCounter, IntGauge};
-        let height = IntGauge::new(
-            "cosmos_plugin_height",
-            "The chain's last height committed into the replica.",
-        )?;
-        let gaps = IntCounter::new(
-            "cosmos_plugin_gaps_total",
-            "Height gaps: blocks the chain committed that the plugin never received (refused ones included).",
-        )?;
-        let replays = IntCounter::new(
-            "cosmos_plugin_replays_total",
-            "Blocks the chain delivered again, answered without committing or delivering them twice.",
-        )?;
-        metrics.register(Box::new(height.clone()))?;
-        metrics.register(Box::new(gaps.clone()))?;
-        metrics.register(Box::new(replays.clone()))?;
-        Ok(Telemetry {
-            address,
-            metrics,
-            server: None,
-            starts: 0,
-            height,
-            gaps,
-            replays,
-        })
-    }
 }
 
 /// Opens the replica and the pipeline, with the streamers of the home's
 /// configuration.
-fn open(home: &Path) -> Result<State> {
+pub(crate) fn open(home: &Path) -> Result<State> {
     let source = ConfigSource::locate(None, home);
     info!(config = %source.origin().display(), "{}", source.describe());
     let config = source.load()?;
@@ -228,10 +196,13 @@ fn open(home: &Path) -> Result<State> {
         .collect::<Result<Vec<_>, _>>()?;
     store.add_stores(&named)?;
     let registry = crate::node::registry();
-    let telemetry = config
-        .telemetry()
-        .map(|t| Telemetry::new(t.address, registry.metrics().clone()))
-        .transpose()?;
+    let telemetry = config.telemetry().map(|t| Telemetry {
+        address: t.address,
+        options: statestream::TelemetryOptions::from_config(t),
+        metrics: registry.metrics().clone(),
+        server: None,
+        starts: 0,
+    });
     let home_dir = home.to_path_buf();
     let start =
         Box::new(move |store: &mut MultiStore| start_manager(store, &config, &registry, &home_dir));

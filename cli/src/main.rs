@@ -6,16 +6,21 @@
 //! non-zero exit code (see [`EXIT_CODES`]). A panic, too, becomes one line
 //! and exit 1 (see `install_panic_hook`).
 
+mod admin;
 mod bench;
 mod blocks;
 mod config_cmd;
 mod cosmos;
+mod credentials;
 mod cursors;
 mod dump;
+mod ingest_files;
 mod init;
 mod logging;
 mod node;
+mod relay;
 mod replay;
+mod signals;
 mod stats;
 mod subscribe;
 mod tail;
@@ -82,10 +87,22 @@ enum Command {
     /// streamed per app.toml. SIGINT or SIGTERM stop it after the current
     /// block.
     Node(node::NodeArgs),
+    /// Manages the node's credentials (scoped access to its serve
+    /// streamers), through its admin API or offline on its store.
+    Credentials(credentials::CredentialsArgs),
     /// A Cosmos SDK (v0.50+) ABCI listener plugin, launched by the chain's
     /// node (COSMOS_SDK_ABCI): streams the chain's blocks per
     /// HOME/config/app.toml. See docs/cosmos.md.
     CosmosPlugin(cosmos::CosmosPluginArgs),
+    /// Follow a Cosmos SDK (v0.46/v0.47) file streamer's directory
+    /// (block-N-data, block-N-meta) into a replica under HOME, streamed
+    /// per HOME/config/app.toml. SIGINT or SIGTERM stop it after the
+    /// current block. See docs/cosmos.md.
+    IngestFiles(ingest_files::IngestFilesArgs),
+    /// Follow another statestream's `serve` (a node or a relay), check
+    /// every block against its hashes and serve it again, per
+    /// HOME/config/app.toml ([relay] upstreams). See docs/relay.md.
+    Relay(relay::RelayArgs),
     /// Write a commented default HOME/config/app.toml.
     Init(init::InitArgs),
     /// Check an app.toml without starting anything (`config check`).
@@ -172,7 +189,10 @@ fn run() -> anyhow::Result<ExitCode> {
         Err(e) => return Ok(usage_error(e)),
     };
     let default_level = match cli.command {
-        Command::Node(_) | Command::CosmosPlugin(_) => "info",
+        Command::Node(_)
+        | Command::CosmosPlugin(_)
+        | Command::IngestFiles(_)
+        | Command::Relay(_) => "info",
         _ => "warn",
     };
     logging::init(
@@ -181,7 +201,10 @@ fn run() -> anyhow::Result<ExitCode> {
     );
     match cli.command {
         Command::Node(args) => node::run(args, cli.quiet),
+        Command::Credentials(args) => credentials::run(args),
         Command::CosmosPlugin(args) => cosmos::run(args),
+        Command::IngestFiles(args) => ingest_files::run(args),
+        Command::Relay(args) => relay::run(args),
         Command::Init(args) => init::run(args, cli.quiet),
         Command::Config(args) => config_cmd::run(args, cli.quiet),
         Command::Completions(args) => {

@@ -273,49 +273,20 @@ pub fn execute(args: &NodeArgs, quiet: bool) -> Result<Summary> {
     // scrape; stopped after the manager closed, so that the last scrape
     // can see the final state.
     let telemetry = start_telemetry(&config, &args.home, &manager, &registry)?;
+    let admin = crate::admin::start_admin(&config, &args.home, &manager)?;
 
     let stop = Arc::new(AtomicBool::new(false));
     // Wakes the wait between paced blocks when a signal arrives.
     let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
     {
         let stop = Arc::clone(&stop);
-        let mut signals = signal_hook::iterator::Signals::new([
-            signal_hook::consts::SIGINT,
-            signal_hook::consts::SIGTERM,
-            signal_hook::consts::SIGHUP,
-        ])
-        .context("cannot install the signal handlers")?;
-        // SIGINT and SIGTERM (what systemd, Docker and Kubernetes send):
-        // stop after the current block. A second one exits at once;
-        // nothing committed is lost, the change log covers what the
-        // streamers had not delivered yet. SIGHUP: re-read the TLS
-        // listeners' certificates, as daemons reload on it; open
-        // connections keep theirs.
-        std::thread::Builder::new()
-            .name("signals".to_owned())
-            .spawn(move || {
-                for signal in signals.forever() {
-                    if signal == signal_hook::consts::SIGHUP {
-                        let outcome = statestream_net::reload_all();
-                        tracing::info!(
-                            reloaded = outcome.reloaded,
-                            failed = outcome.failed,
-                            "SIGHUP: TLS certificates re-read"
-                        );
-                        continue;
-                    }
-                    if stop.swap(true, Ordering::SeqCst) {
-                        let _ = writeln!(
-                            std::io::stderr().lock(),
-                            "statestream: second signal: exiting at once (committed blocks are in \
-                             the store; the streamers catch up at the next start)"
-                        );
-                        std::process::exit(i32::from(EXIT_SECOND_SIGNAL));
-                    }
-                    let _ = wake.try_send(());
-                }
-            })
-            .context("cannot start the signal thread")?;
+        crate::signals::watch(
+            move || {
+                stop.store(true, Ordering::SeqCst);
+                let _ = wake.try_send(());
+            },
+            "committed blocks are in the store; the streamers catch up at the next start",
+        )?;
     }
 
     let first = store.version() + 1;
@@ -375,6 +346,10 @@ pub fn execute(args: &NodeArgs, quiet: bool) -> Result<Summary> {
         p.finish_and_clear();
     }
 
+    // No credential changes once the streamers close.
+    if let Some(server) = admin {
+        server.stop();
+    }
     let stats = manager.stats();
     let closed = manager.close(&mut store);
     let info = store.last_commit();

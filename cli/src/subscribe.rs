@@ -239,6 +239,7 @@ fn render(update: &Update, json: bool, out: &mut Vec<u8>) -> std::io::Result<()>
             height,
             time,
             changes,
+            ..
         } => {
             for c in changes {
                 let op = op_name(c.op);

@@ -31,8 +31,9 @@ pub struct TailArgs {
     poll_ms: u64,
 
     /// One JSON object per block: {"height", "records", "bytes", "txs",
-    /// "time", "app_hash"}; the last three are null for a block without a
-    /// meta file.
+    /// "time", "app_hash", "store_hashes", "source_app_hash"} (hashes in
+    /// hex, store_hashes by store); the last five are null for a block
+    /// without a meta file.
     #[arg(long)]
     json: bool,
 }
@@ -91,6 +92,13 @@ fn print_block(out: &mut impl Write, block: &BlockFile, json: bool) -> Result<()
             "txs": meta.map(|m| m.txs.len()),
             "time": meta.map(|m| m.time_seconds),
             "app_hash": app_hash,
+            "store_hashes": meta.map(|m| {
+                m.store_hashes
+                    .iter()
+                    .map(|h| (h.store_key.clone(), serde_json::Value::from(to_hex(&h.hash))))
+                    .collect::<serde_json::Map<_, _>>()
+            }),
+            "source_app_hash": meta.map(|m| to_hex(&m.source_app_hash)),
         });
         writeln!(out, "{line}")?;
         return Ok(());

@@ -1,7 +1,8 @@
 //! `statestream cosmos-plugin` driven by a go-plugin host written in
 //! Python (tests/cosmos/host.py) that does what the Cosmos SDK's host does.
 //! Downstream, the file streamer's block files must pass `statestream
-//! verify` and hold exactly the net changes the host sent.
+//! verify` and hold exactly the net changes the host sent, as must what a
+//! `serve` subscriber and a webhook receiver get.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -10,6 +11,12 @@ use std::time::{Duration, Instant};
 use prost::Message as _;
 use serde_json::Value;
 use statestream_test_support::require_python;
+
+#[allow(dead_code)]
+#[path = "../../streaming-webhook/tests/it/receiver.rs"]
+mod receiver;
+
+use receiver::Receiver;
 
 const BIN: &str = env!("CARGO_BIN_EXE_statestream");
 const COOKIE_KEY: &str = "ABCI_LISTENER_PLUGIN";
@@ -198,16 +205,7 @@ fn assert_handshakes(report: &Value, network: &str) {
 /// command the host runs before Shutdown follows it from `from` to the end
 /// of block `to` and writes its JSON lines to `out`.
 fn with_serve(s: &Setup, from: u64, to: u64, out: &Path) -> String {
-    let port = free_port();
-    let path = s.home().join("config/app.toml");
-    let text = std::fs::read_to_string(&path).unwrap().replace(
-        "streamers = [\"file\"]",
-        "streamers = [\"file\", \"serve\"]",
-    );
-    std::fs::write(&path, text).unwrap();
-    s.append_config(&format!(
-        "\n[streamers.serve]\ntype = \"serve\"\nkeys = [\"*\"]\ngrpc_address = \"127.0.0.1:{port}\"\n"
-    ));
+    let port = add_serve(s);
     // Reads until the `end` line of block `to` (a Python loop: the host
     // runs it with sh, and `subscribe` follows forever).
     let script = "import json,subprocess,sys\n\
@@ -225,6 +223,134 @@ fn with_serve(s: &Setup, from: u64, to: u64, out: &Path) -> String {
         script_path.display(),
         out.display()
     )
+}
+
+/// A `webhook` streamer (one request per change, signed) posting to
+/// `url`, beside the streamers already configured.
+fn with_webhook(s: &Setup, url: &str) {
+    let path = s.home().join("config/app.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let (before, after) = text.split_once("streamers = [").unwrap();
+    std::fs::write(&path, format!("{before}streamers = [\"hook\", {after}")).unwrap();
+    s.append_config(&format!(
+        "\n[streamers.hook]\ntype = \"webhook\"\nkeys = [\"*\"]\nurl = \"{url}/{{store}}\"\n\
+         secret = \"{WEBHOOK_SECRET}\"\nretry_schedule_ms = [0, 20, 50, 100, 200, 500, 1000]\n"
+    ));
+}
+
+const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// The changes a webhook receiver got, one per `webhook-id` (a redelivery
+/// after a restart carries the same id and the same body), as (height,
+/// store, key hex, value hex or null) in height, store, key order.
+fn webhook_changes(rx: &Receiver) -> Vec<(u64, String, String, Value)> {
+    let mut by_id: std::collections::BTreeMap<String, Vec<u8>> = Default::default();
+    for req in rx.requests() {
+        req.verify(WEBHOOK_SECRET).expect("the signature verifies");
+        if let Some(earlier) = by_id.insert(req.id().to_string(), req.body.clone()) {
+            assert_eq!(
+                earlier,
+                req.body,
+                "{}: attempts with different bodies",
+                req.id()
+            );
+        }
+    }
+    let mut changes: Vec<_> = by_id
+        .into_iter()
+        .map(|(id, body)| {
+            let v: Value = serde_json::from_slice(&body).expect("a JSON envelope");
+            assert_eq!(v["id"], id.as_str());
+            let value = match v["action"].as_str().unwrap() {
+                "delete" => Value::Null,
+                // The host's values are text that is not JSON: the
+                // envelope carries them as a string.
+                _ => Value::from(hex_of_text(v["document"].as_str().unwrap())),
+            };
+            (
+                v["height"].as_u64().unwrap(),
+                v["store"].as_str().unwrap().to_string(),
+                hex_of_text(v["key"].as_str().unwrap()),
+                value,
+            )
+        })
+        .collect();
+    // Hex of bytes sorts as the bytes do: the canonical order.
+    changes.sort_by(|a, b| (a.0, &a.1, &a.2).cmp(&(b.0, &b.1, &b.2)));
+    changes
+}
+
+/// A `serve` streamer beside the file streamer, on a free port: its port.
+fn add_serve(s: &Setup) -> u16 {
+    let port = free_port();
+    let path = s.home().join("config/app.toml");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "streamers = [\"file\"]",
+        "streamers = [\"file\", \"serve\"]",
+    );
+    std::fs::write(&path, text).unwrap();
+    s.append_config(&format!(
+        "\n[streamers.serve]\ntype = \"serve\"\nkeys = [\"*\"]\ngrpc_address = \"127.0.0.1:{port}\"\n"
+    ));
+    port
+}
+
+/// A gRPC subscriber of the plugin's `serve` streamer (tonic, the
+/// client crate's stubs), from `from` until the end of block `to`: each
+/// block's `source_app_hash` (on its last message). It connects again
+/// after a disconnect (the streamers restart when the chain writes a new
+/// store), resuming after the last block it finished, until `deadline`.
+/// Creates `done` when it has finished, or given up.
+fn follow_app_hashes(
+    port: u16,
+    from: u64,
+    to: u64,
+    done: PathBuf,
+    deadline: Instant,
+) -> std::thread::JoinHandle<std::collections::BTreeMap<u64, String>> {
+    use statestream_client::proto::v1::state_stream_client::StateStreamClient;
+    use statestream_client::proto::v1::{SubscribeRequest, subscribe_request, subscribe_response};
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut hashes = std::collections::BTreeMap::new();
+        let mut next = from;
+        runtime.block_on(async {
+            while next <= to && Instant::now() < deadline {
+                let Ok(mut client) =
+                    StateStreamClient::connect(format!("http://127.0.0.1:{port}")).await
+                else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                };
+                let request = SubscribeRequest {
+                    filter: None,
+                    start: Some(subscribe_request::Start::FromHeight(next)),
+                };
+                let Ok(stream) = client.subscribe(request).await else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                };
+                let mut stream = stream.into_inner();
+                while next <= to {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let Ok(Ok(Some(m))) = tokio::time::timeout(left, stream.message()).await else {
+                        break;
+                    };
+                    if let Some(subscribe_response::Message::Block(b)) = m.message
+                        && b.end
+                    {
+                        hashes.insert(b.height, statestream_core::to_hex(&b.source_app_hash));
+                        next = b.height + 1;
+                    }
+                }
+            }
+        });
+        std::fs::write(&done, b"").unwrap();
+        hashes
+    })
 }
 
 fn free_port() -> u16 {
@@ -251,6 +377,8 @@ fn cosmos_plugin_survives_kills_and_streams_each_block_once() {
     let s = Setup::new("");
     let followed = s.dir.path().join("serve.jsonl");
     let follow = with_serve(&s, 1_200_001, 1_200_040, &followed);
+    let rx = Receiver::ok();
+    with_webhook(&s, &rx.url());
     let report = s.host(
         "1200001-1200040",
         &["--kills", "7", "--before-shutdown", &follow],
@@ -293,6 +421,15 @@ fn cosmos_plugin_survives_kills_and_streams_each_block_once() {
         })
         .collect();
     assert_eq!(served, expected, "serve's changes differ from the host's");
+
+    // The webhook receiver, deduplicating by webhook-id as receivers do:
+    // every change once, nothing the host did not send. Shutdown flushed
+    // the streamers, so everything acknowledged has been delivered.
+    assert_eq!(
+        webhook_changes(&rx),
+        expected,
+        "the webhook receiver's changes differ from the host's"
+    );
 
     // The chain's app hash and time, and the raw FinalizeBlock request
     // with fields the plugin does not decode.
@@ -379,20 +516,42 @@ fn cosmos_plugin_gap_halts_or_continues_per_config() {
         .unwrap()
         .port();
     s.append_config(&format!("\n[telemetry]\naddress = \"127.0.0.1:{port}\"\n"));
-    let scrape = format!("curl -sf http://127.0.0.1:{port}/metrics");
+    let scrape = format!(
+        "curl -sf http://127.0.0.1:{port}/metrics && curl -sf http://127.0.0.1:{port}/status"
+    );
     let report = s.host("6-8", &["--before-shutdown", &scrape], &[]);
     assert_eq!(heights(&report, "acked"), [6, 7, 8]);
-    // The gap is counted (this run saw it once) and the streamers
-    // restarted past it are the ones /metrics shows.
-    let metrics = report["before_shutdown"].as_str().unwrap();
+    // The gap is counted (this run saw it once), recorded, and the
+    // streamers restarted past it are the ones /metrics shows.
+    let scraped = report["before_shutdown"].as_str().unwrap();
     let log = std::fs::read_to_string(s.dir.path().join("plugin.log")).unwrap();
-    assert!(!metrics.is_empty(), "no metrics; plugin log:\n{log}");
-    assert!(metrics.contains("cosmos_plugin_gaps_total 1"), "{metrics}");
-    assert!(metrics.contains("cosmos_plugin_height 8"), "{metrics}");
+    let (metrics, status) = scraped
+        .rsplit_once('\n')
+        .unwrap_or_else(|| panic!("no metrics and status: {scraped:?}; plugin log:\n{log}"));
+    assert!(
+        metrics.contains("statestream_ingest_gaps_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("statestream_ingest_gaps_recorded 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("statestream_ingest_height 8"), "{metrics}");
     assert!(
         metrics.contains("statestream_committed_height 8"),
         "{metrics}"
     );
+    let status: Value = serde_json::from_str(status).unwrap();
+    let gap = serde_json::json!({"first_missing": 4, "last_missing": 5});
+    assert_eq!(status["ingest"]["height"], 8, "{status}");
+    assert_eq!(
+        status["ingest"]["gaps"],
+        serde_json::json!([gap]),
+        "{status}"
+    );
+    assert_eq!(status["ingest"]["gaps_total"], 1, "{status}");
+    assert_eq!(status["ingest"]["last_gap"], gap, "{status}");
+    assert_eq!(status["ingest"]["replays_total"], 0, "{status}");
     let mut all = first_run;
     all.extend(s.expected());
     assert_eq!(s.dump(), all);
@@ -420,4 +579,45 @@ fn cosmos_plugin_refuses_to_run_without_the_cookie() {
         // Nothing was created: the plugin did not start.
         assert!(!dir.path().join("home").exists());
     }
+}
+
+#[test]
+fn cosmos_plugin_serve_blocks_carry_the_chains_app_hash() {
+    if !have_python("cosmos_plugin_serve_blocks_carry_the_chains_app_hash") {
+        return;
+    }
+    let s = Setup::new("");
+    let port = add_serve(&s);
+    let done = s.dir.path().join("subscriber-done");
+    // The host waits for the subscriber before Shutdown, so that the
+    // plugin serves until the subscriber has every block.
+    let wait = format!(
+        "timeout 120 sh -c 'while [ ! -e \"{}\" ]; do sleep 0.05; done'",
+        done.display()
+    );
+    let subscriber = follow_app_hashes(
+        port,
+        300_001,
+        300_012,
+        done,
+        Instant::now() + Duration::from_secs(120),
+    );
+    let report = s.host("300001-300012", &["--before-shutdown", &wait], &[]);
+    let seen = subscriber.join().unwrap();
+    assert_eq!(
+        heights(&report, "acked"),
+        (300_001..=300_012).collect::<Vec<_>>()
+    );
+    let sent: std::collections::BTreeMap<u64, String> = (300_001..=300_012)
+        .map(|h| {
+            let hash = report["blocks"][h.to_string()]["app_hash"]
+                .as_str()
+                .unwrap();
+            (h, hash.to_string())
+        })
+        .collect();
+    assert_eq!(
+        seen, sent,
+        "serve's source_app_hash differs from the host's app hashes"
+    );
 }

@@ -61,6 +61,16 @@ pub enum Error {
         next: u64,
     },
 
+    /// [`MultiStore::restore_snapshot`](crate::MultiStore::restore_snapshot)
+    /// was given a height at or below the committed one, or not the chain
+    /// values of exactly its stores.
+    #[error("store at {path}: cannot restore a snapshot at height {height}: {reason}")]
+    BadSnapshot {
+        path: PathBuf,
+        height: u64,
+        reason: String,
+    },
+
     /// Bytes read back from the database do not decode.
     #[error("corrupt database at {path}: {what}")]
     Corrupt { path: PathBuf, what: String },

@@ -20,7 +20,7 @@ use crate::reader::StoreReader;
 
 pub(crate) const META: TableDefinition<'static, &'static str, &'static [u8]> =
     TableDefinition::new("meta");
-const STORE_HASHES: TableDefinition<'static, &'static str, &'static [u8]> =
+pub(crate) const STORE_HASHES: TableDefinition<'static, &'static str, &'static [u8]> =
     TableDefinition::new("store_hashes");
 const CURSORS: TableDefinition<'static, &'static str, u64> = TableDefinition::new("cursors");
 /// Height gaps a source left (first missing height -> last missing height).
@@ -735,6 +735,148 @@ impl MultiStore {
         }
         txn.commit().map_err(|e| err(e.into()))?;
         self.version = height - 1;
+        Ok(gap)
+    }
+
+    /// The chain value each store would have if the pending writes were
+    /// committed now (in store order), without committing them: a replica
+    /// checks a block against its source's values before committing it.
+    pub fn pending_hashes(&self) -> Vec<(StoreKey, Hash)> {
+        let mut encoded = Vec::new();
+        self.stores
+            .iter()
+            .zip(&self.pending.per_store)
+            .zip(&self.hashes)
+            .map(|((store, writes), prev)| {
+                encoded.clear();
+                for (key, value) in writes {
+                    statestream_core::encode_record(
+                        &mut encoded,
+                        store.name(),
+                        key,
+                        value.as_deref(),
+                    );
+                }
+                (
+                    store.clone(),
+                    statestream_core::chain_store_hash(prev, &encoded),
+                )
+            })
+            .collect()
+    }
+
+    /// Drops the pending writes (a replica's refused block). Listeners
+    /// saw them written; they are told nothing more.
+    pub fn discard_pending(&mut self) {
+        self.pending.take();
+    }
+
+    /// Makes the pending writes the whole state at `height`, a snapshot
+    /// taken from a source whose chain values at that height were `hashes`
+    /// (one for each store of this multi-store, in any order), so that the
+    /// next commit is `height + 1` and chains from them. One durable
+    /// transaction: every state table cleared and the pending writes
+    /// written, the version and the chain values set, the change log
+    /// emptied (its blocks led to the state replaced: none can be streamed
+    /// as history of this one) and every cursor moved to `height`. On a
+    /// store that had committed, the heights from its next one to `height`
+    /// are recorded as a gap and returned.
+    pub fn restore_snapshot(
+        &mut self,
+        height: u64,
+        hashes: &[(StoreKey, Hash)],
+    ) -> Result<Option<(u64, u64)>> {
+        self.check_usable()?;
+        let bad = |reason: String| Error::BadSnapshot {
+            path: self.path.to_path_buf(),
+            height,
+            reason,
+        };
+        if height <= self.version {
+            return Err(bad(format!(
+                "the store has committed height {} already",
+                self.version
+            )));
+        }
+        let mut chains = Vec::with_capacity(self.stores.len());
+        for s in &self.stores {
+            match hashes.iter().find(|(name, _)| name == s) {
+                Some((_, h)) => chains.push(*h),
+                None => return Err(bad(format!("no chain value for store {s}"))),
+            }
+        }
+        if let Some((extra, _)) = hashes
+            .iter()
+            .find(|(n, _)| self.stores.binary_search(n).is_err())
+        {
+            return Err(bad(format!(
+                "a chain value for store {extra}, which the store does not hold"
+            )));
+        }
+        let gap = (self.version != 0).then_some((self.version + 1, height));
+        let pending = self.pending.take();
+        self.poisoned = Some(height);
+        let path = Arc::clone(&self.path);
+        let err = |e: redb::Error| Error::engine(&path, "restoring a snapshot", e);
+        let txn = self.db.begin_write().map_err(|e| err(e.into()))?;
+        let (mut removed, mut removed_bytes) = (0u64, 0u64);
+        {
+            for (store, writes) in self.stores.iter().zip(pending) {
+                let name = state_table_name(store);
+                txn.delete_table(state_def(&name))
+                    .map_err(|e| err(e.into()))?;
+                let mut table = txn
+                    .open_table(state_def(&name))
+                    .map_err(|e| err(e.into()))?;
+                for (key, value) in &writes {
+                    if let Some(v) = value {
+                        table
+                            .insert(key.as_slice(), v.as_slice())
+                            .map_err(|e| err(e.into()))?;
+                    }
+                }
+            }
+            let mut log = txn.open_table(CHANGELOG).map_err(|e| err(e.into()))?;
+            log.retain(|_, entry| {
+                removed += 1;
+                removed_bytes += entry.len() as u64;
+                false
+            })
+            .map_err(|e| err(e.into()))?;
+            let mut meta = txn.open_table(META).map_err(|e| err(e.into()))?;
+            meta.insert(META_VERSION, &height.to_be_bytes()[..])
+                .map_err(|e| err(e.into()))?;
+            let mut hash_t = txn.open_table(STORE_HASHES).map_err(|e| err(e.into()))?;
+            for (store, h) in self.stores.iter().zip(&chains) {
+                hash_t
+                    .insert(store.name(), &h[..])
+                    .map_err(|e| err(e.into()))?;
+            }
+            if let Some((from, to)) = gap {
+                let mut gaps = txn.open_table(GAPS).map_err(|e| err(e.into()))?;
+                gaps.insert(from, to).map_err(|e| err(e.into()))?;
+            }
+            let mut cursors = txn.open_table(CURSORS).map_err(|e| err(e.into()))?;
+            let names: Vec<String> = cursors
+                .iter()
+                .map_err(|e| err(e.into()))?
+                .map(|item| item.map(|(k, _)| k.value().to_string()))
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|e| err(e.into()))?;
+            for name in names {
+                cursors
+                    .insert(name.as_str(), height)
+                    .map_err(|e| err(e.into()))?;
+            }
+        }
+        txn.commit().map_err(|e| err(e.into()))?;
+        self.log_size.update(None, removed, removed_bytes);
+        self.poisoned = None;
+        self.version = height;
+        self.app_hash =
+            statestream_core::app_hash(self.stores.iter().map(StoreKey::name).zip(chains.iter()));
+        self.hashes = chains;
+        self.snapshot = open_snapshot(&self.db, &self.path, &self.stores)?;
         Ok(gap)
     }
 

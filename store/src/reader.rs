@@ -8,11 +8,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use redb::{Database, ReadOnlyTable, ReadableDatabase};
-use statestream_core::{ChangeSet, KeyValues, StateReader, StateSnapshot, StoreKey, StreamError};
+use statestream_core::{
+    ChangeSet, Hash, KeyValues, SnapshotHashes, StateReader, StateSnapshot, StoreKey, StreamError,
+    ZERO_HASH,
+};
 
 use crate::changelog::ChangeLog;
 use crate::error::{Error, Result};
-use crate::multistore::{META, META_VERSION, state_def, state_table_name, unknown_store};
+use crate::multistore::{
+    META, META_VERSION, STORE_HASHES, state_def, state_table_name, unknown_store,
+};
 
 /// A handle that reads committed data from any thread while the node keeps
 /// committing: cheap to clone, `Send + Sync`. Reads never see uncommitted
@@ -73,10 +78,12 @@ impl StoreReader {
                     .map_err(|e| err(e.into()))?,
             );
         }
+        let hashes = txn.open_table(STORE_HASHES).map_err(|e| err(e.into()))?;
         Ok(ReadSnapshot {
             height,
             stores: Arc::clone(&self.stores),
             tables,
+            hashes,
             path: Arc::clone(&self.path),
         })
     }
@@ -109,6 +116,7 @@ pub struct ReadSnapshot {
     height: u64,
     stores: Arc<[StoreKey]>,
     tables: Vec<ReadOnlyTable<&'static [u8], &'static [u8]>>,
+    hashes: ReadOnlyTable<&'static str, &'static [u8]>,
     path: Arc<PathBuf>,
 }
 
@@ -123,6 +131,33 @@ impl std::fmt::Debug for ReadSnapshot {
 impl StateSnapshot for ReadSnapshot {
     fn height(&self) -> u64 {
         self.height
+    }
+
+    fn hashes(&self) -> std::result::Result<Option<SnapshotHashes>, StreamError> {
+        let err = |e: redb::Error| {
+            StreamError::new(Error::engine(&self.path, "reading a snapshot's hashes", e))
+        };
+        let mut stores = Vec::with_capacity(self.stores.len());
+        for s in self.stores.iter() {
+            let stored = self.hashes.get(s.name()).map_err(|e| err(e.into()))?;
+            let hash: Hash = match stored {
+                Some(v) => v.value().try_into().map_err(|_| {
+                    StreamError::new(Error::Corrupt {
+                        path: self.path.to_path_buf(),
+                        what: format!("hash of store {s} is not 32 bytes"),
+                    })
+                })?,
+                None => ZERO_HASH,
+            };
+            stores.push((s.clone(), hash));
+        }
+        // As `MultiStore::last_commit`: no app hash before the first block.
+        let app_hash = if self.height == 0 {
+            ZERO_HASH
+        } else {
+            statestream_core::app_hash(stores.iter().map(|(s, h)| (s.name(), h)))
+        };
+        Ok(Some(SnapshotHashes { app_hash, stores }))
     }
 
     fn range(

@@ -53,4 +53,4 @@ mod tls;
 pub use cursor::{CursorStore, FileCursor, MemoryCursor};
 pub use error::{ClientError, CursorError};
 pub use options::{StartFrom, SubscribeOptions};
-pub use subscription::{ResumableSubscription, Update};
+pub use subscription::{BlockHashes, ResumableSubscription, Update};

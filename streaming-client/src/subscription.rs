@@ -24,18 +24,39 @@ pub enum Update {
         entries: Vec<Entry>,
         first: bool,
         end: bool,
+        /// The hashes at `height`, on the last part (`end`); empty on the
+        /// others and from servers that do not send them.
+        hashes: BlockHashes,
     },
     /// One whole block: its net changes in the filter (maybe none).
     Block {
         height: u64,
         time: Option<prost_types::Timestamp>,
         changes: Vec<Change>,
+        /// The hashes the server committed the block with (empty from
+        /// servers that do not send them).
+        hashes: BlockHashes,
     },
     /// The server is idle; its head height.
     Heartbeat { head: u64 },
     /// The connection failed or ended; the subscription reconnects after
     /// `delay` and resumes after the last height it gave whole.
     Reconnecting { reason: String, delay: Duration },
+}
+
+/// The hashes a server sends with a block's last message and a snapshot's
+/// last chunk (see docs/serve.md, "Hashes").
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BlockHashes {
+    /// statestream's app hash after the block, over every store of the
+    /// server's node.
+    pub app_hash: Vec<u8>,
+    /// The hash chain value of each store the server streams, in name
+    /// order.
+    pub store_hashes: Vec<v1::StoreHash>,
+    /// The app hash of the chain the server's node replicates (empty on a
+    /// node's own blocks).
+    pub source_app_hash: Vec<u8>,
 }
 
 impl Update {
@@ -240,6 +261,11 @@ impl<C: CursorStore> ResumableSubscription<C> {
                         entries: chunk.entries,
                         first,
                         end: chunk.end,
+                        hashes: BlockHashes {
+                            app_hash: chunk.app_hash,
+                            store_hashes: chunk.store_hashes,
+                            source_app_hash: chunk.source_app_hash,
+                        },
                     });
                 }
                 Some(Message::Block(part)) => {
@@ -247,6 +273,9 @@ impl<C: CursorStore> ResumableSubscription<C> {
                         Some(mut b) if b.height == part.height => {
                             b.changes.extend(part.changes);
                             b.end = part.end;
+                            b.app_hash = part.app_hash;
+                            b.store_hashes = part.store_hashes;
+                            b.source_app_hash = part.source_app_hash;
                             b
                         }
                         _ => part,
@@ -260,6 +289,11 @@ impl<C: CursorStore> ResumableSubscription<C> {
                         height: block.height,
                         time: block.time,
                         changes: block.changes,
+                        hashes: BlockHashes {
+                            app_hash: block.app_hash,
+                            store_hashes: block.store_hashes,
+                            source_app_hash: block.source_app_hash,
+                        },
                     });
                 }
                 Some(Message::Heartbeat(h)) => {

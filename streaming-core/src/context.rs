@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::changeset::ChangeSet;
 use crate::error::StreamError;
+use crate::hash::Hash;
 use crate::key::StoreKey;
 
 /// One key and its value, as read from a [`StateSnapshot`].
@@ -42,6 +43,22 @@ pub trait StateSnapshot: Send {
         };
         self.range(store, Bound::Included(prefix), end)
     }
+
+    /// The hashes at the snapshot's height, read with its state: what a
+    /// replica taking the snapshot checks it against and continues its
+    /// chains from. `None` when the reader does not keep them.
+    fn hashes(&self) -> Result<Option<SnapshotHashes>, StreamError> {
+        Ok(None)
+    }
+}
+
+/// The hashes of a [`StateSnapshot`]'s height.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotHashes {
+    /// The app hash over every store (the zero hash at height 0).
+    pub app_hash: Hash,
+    /// Every store's hash chain value `h_s(height)`, in name order.
+    pub stores: Vec<(StoreKey, Hash)>,
 }
 
 /// The first key after every key that starts with `prefix` (`None`: there

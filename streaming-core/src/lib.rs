@@ -74,7 +74,8 @@ pub use block::{
 pub use changeset::{Action, ChangeSet, CommitInfo, StoreChanges, StoreParts};
 pub use checksum::{crc32c_append, crc32c_combine};
 pub use context::{
-    KeyValue, KeyValues, Shutdown, StateReader, StateSnapshot, StreamerContext, prefix_end,
+    KeyValue, KeyValues, Shutdown, SnapshotHashes, StateReader, StateSnapshot, StreamerContext,
+    prefix_end,
 };
 pub use error::{BoxError, Error, Result, StreamError};
 pub use hash::{Hash, ZERO_HASH, app_hash, chain_store_hash, to_hex};

@@ -82,6 +82,14 @@ impl PushedWrite {
         write_size(&self.key, self.value.as_deref())
     }
 
+    /// The write was committed at `height` (a relay answers each write
+    /// forwarded to its upstream with the upstream's height for it).
+    pub fn committed(mut self, height: u64) {
+        if let Some(reply) = self.reply.take() {
+            reply(Ok(height));
+        }
+    }
+
     /// The application refuses this write; the pusher is told `reason`.
     pub fn reject(mut self, reason: impl Into<String>) {
         if let Some(reply) = self.reply.take() {
@@ -258,6 +266,13 @@ impl PushBatch {
                 Err(reason) => w.reject(reason),
             }
         }
+    }
+
+    /// The writes, each to be answered on its own
+    /// ([`PushedWrite::committed`], [`PushedWrite::reject`]; dropped: told
+    /// it was not committed).
+    pub fn into_writes(mut self) -> Vec<PushedWrite> {
+        std::mem::take(&mut self.writes)
     }
 
     /// The block at `height` committed every write of the batch.

@@ -460,6 +460,36 @@ impl Connection {
         }
     }
 
+    /// The first message on `subject` of `stream` at sequence `seq` or
+    /// after, or `None` when there is none.
+    pub(crate) async fn next_message(
+        &self,
+        stream: &str,
+        seq: u64,
+        subject: &str,
+    ) -> Result<Option<jetstream::message::StreamMessage>> {
+        use async_nats::jetstream::stream::RawMessageErrorKind as K;
+        let s = self
+            .js
+            .get_stream_no_info(stream)
+            .await
+            .map_err(|e| self.request_failed(&format!("stream {stream:?}"), &e))?;
+        match s
+            .raw_message_builder()
+            .sequence(seq)
+            .next_by_subject(subject.to_string())
+            .send()
+            .await
+        {
+            Ok(m) => Ok(Some(m)),
+            Err(e) if e.kind() == K::NoMessageFound => Ok(None),
+            Err(e) => Err(self.request_failed(
+                &format!("reading the message at or after {seq} of stream {stream:?}"),
+                &e,
+            )),
+        }
+    }
+
     pub(crate) fn request_failed(&self, what: &str, e: &dyn std::fmt::Display) -> NatsError {
         NatsError::Request {
             url: self.url.clone(),
@@ -537,6 +567,17 @@ fn read_secret_file(key: &'static str, path: &Path) -> Result<String> {
 pub(crate) struct StreamInfo {
     /// The stream's configuration (the parts statestream looks at).
     pub(crate) config: StreamConfigInfo,
+    /// What it holds.
+    #[serde(default)]
+    pub(crate) state: StreamState,
+}
+
+/// Part of a stream's state.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub(crate) struct StreamState {
+    /// The sequence of its last message (0: none ever).
+    #[serde(default)]
+    pub(crate) last_seq: u64,
 }
 
 /// Part of a stream's configuration.

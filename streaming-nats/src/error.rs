@@ -150,6 +150,23 @@ pub enum NatsError {
         source: statestream_core::BoxError,
     },
 
+    /// A follower's next height is no longer in the stream (removed by
+    /// the stream's limits, or the stream was purged): the reader must
+    /// start over from a snapshot.
+    #[error(
+        "stream {stream:?} no longer holds block {height}{}",
+        match first { Some(f) => format!(" (its first block is now {f})"), None => " (it holds no block)".to_string() }
+    )]
+    HeightGone {
+        stream: String,
+        height: u64,
+        first: Option<u64>,
+    },
+
+    /// The stream a follower reads does not exist on the server.
+    #[error("{url}: JetStream stream {stream:?} does not exist")]
+    NoStream { url: String, stream: String },
+
     /// A stored record or store name did not validate.
     #[error(transparent)]
     Data(#[from] statestream_core::Error),
@@ -159,6 +176,23 @@ impl NatsError {
     /// Whether this error is a timeout.
     pub fn is_timeout(&self) -> bool {
         matches!(self, NatsError::Timeout { .. })
+    }
+
+    /// Whether this error is about the connection or the server's
+    /// availability (lost connection, timeout, JetStream not answering,
+    /// a request that failed): trying again later may succeed. Errors
+    /// about what the stream holds, files and options are not.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            NatsError::Unreachable { .. }
+                | NatsError::Disconnected { .. }
+                | NatsError::Request { .. }
+                | NatsError::Timeout { .. }
+                | NatsError::NoResponders { .. }
+                | NatsError::JetStream { .. }
+                | NatsError::NoStream { .. }
+        )
     }
 }
 

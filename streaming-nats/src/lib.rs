@@ -20,6 +20,12 @@
 //!   in memory or into a [`ReplaySink`] of the application's; the hash
 //!   chains are recomputed from the records and must equal the node's.
 //!   They take the same options as the streamer.
+//! - [`BlockFollower`]: follows the stream live from a given height (the
+//!   start found by a binary search over the stream's sequences), through
+//!   server restarts, each height once; a height the stream no longer
+//!   holds is [`NatsError::HeightGone`]. A relay's JetStream upstream:
+//!   [`upstream_config`] reads its URL (`nats://host:port?stream=NAME`)
+//!   with the `[relay.nats]` options ([`NatsUpstreamOptions`]).
 //!
 //! ```no_run
 //! use statestream::{DeliveryManager, Registry};
@@ -64,8 +70,10 @@
 mod config;
 mod conn;
 mod error;
+mod follow;
 mod replay;
 mod streamer;
+mod upstream;
 mod url;
 
 /// Fuzzing seam, compiled only with the `fuzzing` feature (which `fuzz/`
@@ -107,7 +115,9 @@ pub mod fuzzing {
 
 pub use config::{NATS_TYPE, NatsStreamerConfig};
 pub use error::{NatsError, Result};
+pub use follow::{BlockFollower, StreamHeights};
 pub use replay::{
     Replay, ReplaySink, ReplayState, StreamBlock, StreamReader, replay_stream, replay_stream_into,
 };
 pub use streamer::{HEADER_HEIGHT, HEADER_MSG_ID, HEADER_PART, NatsStreamer};
+pub use upstream::{NatsUpstreamOptions, is_nats_upstream, upstream_config};

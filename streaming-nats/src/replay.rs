@@ -255,6 +255,23 @@ impl Assembler {
         }
     }
 
+    /// An assembler that goes on from sequence `next_seq`, the blocks up
+    /// to `last_height` already taken (heights at or below it are
+    /// skipped; the next block must be `last_height + 1`).
+    pub(crate) fn starting(stream: &str, next_seq: u64, last_height: Option<u64>) -> Assembler {
+        Assembler {
+            next_seq: next_seq.max(1),
+            last_height,
+            ..Assembler::new(stream)
+        }
+    }
+
+    /// The height of the last block returned (or given to
+    /// [`starting`](Assembler::starting)).
+    pub(crate) fn last_height(&self) -> Option<u64> {
+        self.last_height
+    }
+
     fn bad(&self, seq: u64, reason: String) -> NatsError {
         NatsError::BadMessage {
             stream: self.stream.clone(),

@@ -175,6 +175,17 @@ impl<'a> FilterBuilder<'a> {
         Ok(self)
     }
 
+    /// Whether nothing is selected yet (built as is: every streamed
+    /// store).
+    pub fn is_empty(&self) -> bool {
+        self.stores.is_empty()
+    }
+
+    /// The streamed stores.
+    pub fn streamed(&self) -> &'a [StoreKey] {
+        self.streamed
+    }
+
     /// The filter; nothing selected means every streamed store.
     pub fn build(self) -> Filter {
         let mut stores = self.stores;

@@ -27,6 +27,7 @@ mod access;
 mod config;
 mod error;
 pub mod filter;
+pub mod gate;
 mod grpc;
 mod http;
 mod hub;
@@ -43,6 +44,7 @@ pub use config::{
 };
 pub use error::{HubError, ServeError};
 pub use filter::{Filter, FilterBuilder};
+pub use gate::{Closed, Gate};
 pub use grpc::DELETED;
 pub use hub::{Event, Hub, HubBlock, RING_BLOCKS, SubscriberGuard, Subscription};
 pub use metrics::{FrontEnd, FrontEndMetrics, ServeMetrics};

@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::Stream;
 
+use crate::access::StreamGuard;
 use crate::error::HubError;
 use crate::hub::{Event, Hub, Subscription};
 use crate::metrics::{FrontEnd, ServeMetrics};
@@ -62,12 +63,23 @@ pub enum End {
     Stalled(Duration),
     /// An error (including [`HubError::ShuttingDown`]).
     Failed(HubError),
+    /// The stream's credential was revoked, expired, or its secret
+    /// rotated out (gRPC `UNAUTHENTICATED`; SSE `event: revoked`).
+    Revoked(String),
+    /// The stream's credential no longer covers its filter (gRPC
+    /// `PERMISSION_DENIED`; SSE `event: revoked`).
+    OutOfScope(String),
 }
 
 /// The receiving side, read by the connection.
 pub struct Outbox<T> {
     rx: mpsc::Receiver<Result<T, End>>,
     kill: Option<oneshot::Receiver<End>>,
+    /// Resolves when the stream's credential stops allowing it.
+    access_ends: Option<crate::access::AccessEnds>,
+    /// The stream's place in its credential's `max_streams`, released
+    /// with the connection.
+    _slot: Option<statestream_access::StreamSlot>,
     done: bool,
 }
 
@@ -77,6 +89,12 @@ impl<T> Stream for Outbox<T> {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if self.done {
             return Poll::Ready(None);
+        }
+        if let Some(ends) = self.access_ends.as_mut()
+            && let Poll::Ready(end) = ends.as_mut().poll(cx)
+        {
+            self.done = true;
+            return Poll::Ready(Some(Err(end)));
         }
         if let Some(kill) = self.kill.as_mut() {
             match Pin::new(kill).poll(cx) {
@@ -107,6 +125,8 @@ pub struct Sink<T> {
     metrics: Arc<ServeMetrics>,
     front_end: FrontEnd,
     streamer: Arc<str>,
+    /// The stream's credential's counters, if it has one.
+    credential: Option<Arc<statestream_access::Counters>>,
 }
 
 /// A subscriber's outbox and its sink, on `hub` (stall timeout, shutdown,
@@ -123,10 +143,13 @@ pub fn channel<T>(hub: &Hub, front_end: FrontEnd) -> (Sink<T>, Outbox<T>) {
             metrics: Arc::clone(hub.metrics()),
             front_end,
             streamer: hub.name().into(),
+            credential: None,
         },
         Outbox {
             rx,
             kill: Some(kill_rx),
+            access_ends: None,
+            _slot: None,
             done: false,
         },
     )
@@ -150,6 +173,9 @@ impl<T: Measured> Sink<T> {
                 sent = self.tx.send(Ok(message)) => {
                     sent.map_err(|_| Ended::Gone)?;
                     self.metrics.sent(self.front_end, bytes);
+                    if let Some(c) = &self.credential {
+                        c.sent(bytes);
+                    }
                     return Ok(());
                 }
                 _ = tokio::time::sleep(stall) => Ended::Stalled,
@@ -243,13 +269,27 @@ impl<T: Measured> Sink<T> {
 /// A subscriber's outbox, fed by `task` on a task of its own. The task
 /// hands its sink back with how it ended; the stream ends accordingly
 /// (an error is sent to the client, anything else just ends it).
-pub fn spawn<T, F, Fut>(hub: &Hub, front_end: FrontEnd, task: F) -> Outbox<T>
+///
+/// `guard`: the stream's credential (or none, `StreamGuard::default()`):
+/// what it sends is counted in the credential's metrics, and the stream
+/// ends (ahead of anything buffered) when the credential stops allowing
+/// it.
+pub fn spawn_guarded<T, F, Fut>(
+    hub: &Hub,
+    front_end: FrontEnd,
+    guard: StreamGuard,
+    task: F,
+) -> Outbox<T>
 where
     T: Measured + Send + 'static,
     F: FnOnce(Sink<T>) -> Fut,
     Fut: Future<Output = (Sink<T>, Result<(), SubscriptionEnd>)> + Send + 'static,
 {
-    let (sink, outbox) = channel(hub, front_end);
+    let (mut sink, mut outbox) = channel(hub, front_end);
+    sink.credential = guard.counters();
+    let (slot, ends) = guard.into_parts();
+    outbox._slot = slot;
+    outbox.access_ends = ends;
     let task = task(sink);
     tokio::spawn(async move {
         if let (sink, Err(end)) = task.await {

@@ -205,6 +205,9 @@ impl ServeStreamer {
         ));
         hub.metrics().set_max_subscribers(config.max_subscribers);
         let limits = limits(&config, hub.heartbeat());
+        // The node's credentials, installed for its home by the delivery
+        // manager that owns the store (none when built without one).
+        let credentials = statestream_access::installed(ctx.home);
         let mut servers = Vec::new();
         let mut grpc_address = None;
         let with_tls = |listener: Listener| match &tls {
@@ -216,7 +219,7 @@ impl ServeStreamer {
                 to_tokio(&runtime, &name, std_listener, local, key)?,
                 limits,
             ));
-            let (routes, set_health) = crate::grpc::router(&hub, &config)?;
+            let (routes, set_health) = crate::grpc::router(&hub, &config, credentials.clone())?;
             // gRPC clients send the address they dialled as `:authority`,
             // which the check accepts for a loopback or the bound address.
             let service = HostCheck::for_listener(local, &config.allowed_hosts).layer(routes);
@@ -247,6 +250,7 @@ impl ServeStreamer {
             let app = crate::http::router(crate::http::HttpSetup {
                 hub: Arc::clone(&hub),
                 token: config.token.clone(),
+                credentials: credentials.clone(),
                 max_connection: (config.max_connection_ms > 0)
                     .then(|| Duration::from_millis(config.max_connection_ms)),
                 cors_origins: config.cors_origins.clone(),

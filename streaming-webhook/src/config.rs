@@ -511,7 +511,11 @@ fn check_codes(codes: &[i64]) -> Result<Vec<u16>, String> {
 
 impl WebhookConfig {
     /// Checks the options; `Err((key, message))` names the bad key.
-    fn plan(&self, name: &str, home: &std::path::Path) -> Result<Plan, (&'static str, String)> {
+    pub(crate) fn plan(
+        &self,
+        name: &str,
+        home: &std::path::Path,
+    ) -> Result<Plan, (&'static str, String)> {
         let key_pattern = match &self.key_pattern {
             Some(p) => Some(KeyPattern::parse(p).map_err(|m| ("key_pattern", m))?),
             None => None,

@@ -43,7 +43,7 @@ pub(crate) fn text_or_hex(bytes: &[u8]) -> Cow<'_, str> {
 /// The RFC 3339 form (UTC, `Z`) of a time since the Unix epoch; the
 /// fraction is written only when non-zero, without trailing zeros.
 /// `None` when the year is outside 0000-9999, which RFC 3339 cannot write.
-pub(crate) fn rfc3339(seconds: i64, nanos: u32) -> Option<String> {
+pub fn rfc3339(seconds: i64, nanos: u32) -> Option<String> {
     let days = seconds.div_euclid(86_400);
     let secs_of_day = seconds.rem_euclid(86_400);
     // Howard Hinnant's civil_from_days.

@@ -14,6 +14,9 @@
 //!   attempt), `webhook-timestamp` and `webhook-signature` (`v1,<base64
 //!   HMAC-SHA256>` per `whsec_` secret). Every attempt of a delivery sends
 //!   the same body bytes.
+//! - [`WebhookPlan`] ([`WebhookConfig::check`]): the same requests, ids,
+//!   bodies, signatures and policy for a caller that runs its own delivery
+//!   loop (the run-time subscriptions of `statestream-subscriptions`).
 //! - Delivery policy, per request: a `success` status (default any 2xx)
 //!   is delivered, a `discard` status is dropped and logged, 410 stops the
 //!   streamer, anything else (3xx included: redirects are not followed,
@@ -62,6 +65,7 @@
 
 mod config;
 mod dead_letter;
+mod delivery;
 mod envelope;
 mod error;
 mod policy;
@@ -72,6 +76,12 @@ mod streamer;
 mod template;
 
 pub use config::{ActionOverride, Actions, Batch, OnExhausted, WEBHOOK_TYPE, WebhookConfig};
+pub use delivery::{
+    AttemptOutcome, InvalidOption, RESPONSE_BODY_LIMIT, WebhookPlan, WebhookRequest,
+};
+pub use envelope::rfc3339;
 pub use error::Error;
+pub use policy::{Verdict, jitter};
 pub use request::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
+pub use sign::{Secret, signature_header};
 pub use streamer::WebhookStreamer;

@@ -10,10 +10,15 @@ pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(86_400);
 
 /// What a status code means under the policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Verdict {
+#[non_exhaustive]
+pub enum Verdict {
+    /// A `success` status (default any 2xx).
     Delivered,
+    /// A `discard` status: dropped, delivery goes on.
     Discarded,
+    /// 410 Gone (not a `discard` status): the endpoint asked to be removed.
     Gone,
+    /// Anything else: attempted again.
     Retry,
 }
 
@@ -45,9 +50,9 @@ pub(crate) fn retry_after(status: u16, value: Option<&str>, now: SystemTime) -> 
     parse_retry_after(value?, now).map(|d| d.min(MAX_RETRY_AFTER))
 }
 
-/// `d` moved by up to ±10%, differently per process, request and attempt,
+/// The jitter of the retry schedule: `d` moved by up to ±10%, differently per process, request and attempt,
 /// so that many receivers' retries do not all land at once.
-pub(crate) fn jitter(d: Duration, id: &str, attempt: usize) -> Duration {
+pub fn jitter(d: Duration, id: &str, attempt: usize) -> Duration {
     if d.is_zero() {
         return d;
     }

@@ -4,7 +4,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use statestream_core::{Action, Block};
+use statestream_core::{Action, Block, Record};
 use ureq::http::{self, HeaderName, HeaderValue, Method};
 
 use crate::config::{Batch, Endpoint, Plan, action_index};
@@ -37,12 +37,26 @@ pub(crate) struct Request {
 
 /// The block's requests under `plan`, in order.
 pub(crate) fn requests(plan: &Plan, block: &Block) -> Result<Vec<Request>, Error> {
+    requests_where(plan, block, &mut |_, _| true)
+}
+
+/// [`requests`] for the changes `keep` accepts; a change's index in its
+/// `webhook-id` is its place among all the block's changes, so the ids do
+/// not depend on what is kept.
+pub(crate) fn requests_where(
+    plan: &Plan,
+    block: &Block,
+    keep: &mut dyn FnMut(&Record<'_>, Action) -> bool,
+) -> Result<Vec<Request>, Error> {
     let height = block.height();
     let meta = block.meta();
     let time = rfc3339(meta.time_seconds, meta.time_nanos);
     let mut out = Vec::new();
     let mut changes = Vec::new();
     for (index, (change, action)) in actions(block).enumerate() {
+        if !keep(&change, action) {
+            continue;
+        }
         let wild = match &plan.key_pattern {
             Some(p) => match p.matches(change.key) {
                 Some(w) => w,
@@ -151,7 +165,7 @@ impl Request {
 }
 
 /// One request to `e`, its URL and headers rendered for `vars`.
-fn request(
+pub(crate) fn request(
     e: &Endpoint,
     id: String,
     vars: &Vars<'_>,

@@ -12,7 +12,7 @@ pub(crate) const SECRET_PREFIX: &str = "whsec_";
 
 /// A signing key, decoded from its `whsec_` form.
 #[derive(Clone, PartialEq, Eq)]
-pub(crate) struct Secret(Vec<u8>);
+pub struct Secret(Vec<u8>);
 
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -22,7 +22,7 @@ impl std::fmt::Debug for Secret {
 
 impl Secret {
     /// Decodes `whsec_<base64>`; the message never repeats the secret.
-    pub(crate) fn parse(text: &str) -> Result<Secret, String> {
+    pub fn parse(text: &str) -> Result<Secret, String> {
         let Some(b64) = text.strip_prefix(SECRET_PREFIX) else {
             return Err(format!(
                 "a secret must be in the Standard Webhooks form \"{SECRET_PREFIX}<base64>\""
@@ -35,6 +35,11 @@ impl Secret {
                 "the part after \"{SECRET_PREFIX}\" is not standard base64: {e}"
             )),
         }
+    }
+
+    /// The `whsec_<base64>` form of `key` (at least one byte).
+    pub fn encode(key: &[u8]) -> String {
+        format!("{SECRET_PREFIX}{}", STANDARD.encode(key))
     }
 
     /// `v1,<base64 signature>` of one message.
@@ -53,12 +58,7 @@ impl Secret {
 
 /// The `webhook-signature` value: one signature per secret, separated by
 /// spaces (several secrets let receivers rotate keys).
-pub(crate) fn signature_header(
-    secrets: &[Secret],
-    id: &str,
-    timestamp: u64,
-    body: &[u8],
-) -> String {
+pub fn signature_header(secrets: &[Secret], id: &str, timestamp: u64, body: &[u8]) -> String {
     secrets
         .iter()
         .map(|s| s.sign(id, timestamp, body))

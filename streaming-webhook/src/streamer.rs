@@ -65,20 +65,25 @@ impl std::fmt::Debug for WebhookStreamer {
     }
 }
 
+/// The HTTP client of one streamer.
+pub(crate) fn agent(timeout: Duration) -> ureq::Agent {
+    let config = ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        // Redirects are not followed: a 3xx is an answer that is not a
+        // success, and is retried (and so never leads to another host).
+        .max_redirects(0)
+        .http_status_as_error(false)
+        .user_agent(concat!("statestream-webhook/", env!("CARGO_PKG_VERSION")))
+        .build();
+    ureq::Agent::new_with_config(config)
+}
+
 impl WebhookStreamer {
     pub(crate) fn new(name: &str, plan: Plan, shutdown: Shutdown) -> WebhookStreamer {
-        let config = ureq::Agent::config_builder()
-            .timeout_global(Some(plan.timeout))
-            // Redirects are not followed: a 3xx is an answer that is not a
-            // success, and is retried.
-            .max_redirects(0)
-            .http_status_as_error(false)
-            .user_agent(concat!("statestream-webhook/", env!("CARGO_PKG_VERSION")))
-            .build();
         WebhookStreamer {
             name: name.to_string(),
+            agent: agent(plan.timeout),
             plan,
-            agent: ureq::Agent::new_with_config(config),
             shutdown,
             resume: None,
             gone: None,

@@ -110,6 +110,10 @@ pub(crate) fn register(registry: &mut Registry) {
                 let streamer = config.build(ctx, options)?;
                 #[cfg(feature = "telemetry")]
                 crate::register_serve_metrics(&metrics, ctx.name, streamer.handle().metrics())?;
+                #[cfg(feature = "telemetry")]
+                if let Some(credentials) = statestream_access::installed(ctx.home) {
+                    crate::serve_metrics::register_credential_metrics(&metrics, credentials)?;
+                }
                 Ok(Box::new(streamer))
             },
         );

@@ -73,6 +73,9 @@ pub(crate) struct Progress {
     /// Set when the manager stops waiting for the streamer (dropped without
     /// `close`, or still busy past the drain limit): stop at once.
     pub(crate) abandoned: AtomicBool,
+    /// Set when a run-time streamer is stopped or removed
+    /// ([`RuntimeHandle`](crate::RuntimeHandle)): stop at once.
+    pub(crate) removed: AtomicBool,
 }
 
 impl Progress {
@@ -98,6 +101,7 @@ impl Progress {
             closing,
             shutdown,
             abandoned: AtomicBool::new(false),
+            removed: AtomicBool::new(false),
         }
     }
 
@@ -144,7 +148,9 @@ impl Progress {
     }
 
     pub(crate) fn stopped(&self) -> bool {
-        self.halt().is_some() || self.abandoned.load(Ordering::Acquire)
+        self.halt().is_some()
+            || self.abandoned.load(Ordering::Acquire)
+            || self.removed.load(Ordering::Acquire)
     }
 }
 

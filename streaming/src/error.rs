@@ -51,6 +51,10 @@ pub enum Error {
     #[error(transparent)]
     Store(#[from] statestream_store::Error),
 
+    /// The node's credentials (a system table of the store) cannot be read.
+    #[error("credentials: {0}")]
+    Credentials(#[from] statestream_access::AccessError),
+
     /// A name, record or block metadata did not validate or decode.
     #[error(transparent)]
     Data(#[from] statestream_core::Error),
@@ -131,9 +135,74 @@ pub enum Error {
         given: String,
     },
 
+    /// A source's block does not give the hash chain value (or the app
+    /// hash) the source says it committed: the replica refused it.
+    #[error(
+        "block {height} diverges from its source in store \"{store}\": the source's hash is {expected}, the replica computes {computed}"
+    )]
+    BlockDiverged {
+        height: u64,
+        /// The store, or `*app_hash*` for the app hash.
+        store: String,
+        expected: String,
+        computed: String,
+    },
+
+    /// A source's snapshot does not hold what a replica restores.
+    #[error("the source's snapshot at height {height} cannot be restored: {reason}")]
+    BadSnapshot { height: u64, reason: String },
+
     /// An async streamer's worker thread panicked.
     #[error("streamer \"{streamer}\": its worker thread panicked")]
     WorkerPanicked { streamer: String },
+
+    /// A streamer was added at run time to a manager that is closing or
+    /// closed.
+    #[error("streamer \"{streamer}\": the delivery manager is closed; no streamer can be added")]
+    ManagerClosed { streamer: String },
+
+    /// A run-time operation named a streamer the manager does not run or
+    /// hold a cursor for.
+    #[error("streamer \"{streamer}\": no such run-time streamer")]
+    UnknownRuntimeStreamer { streamer: String },
+
+    /// A streamer added at run time names a store the node does not have.
+    #[error("streamer \"{streamer}\": unknown store \"{store}\" (the stores: {known})")]
+    RuntimeUnknownStore {
+        streamer: String,
+        store: String,
+        known: String,
+    },
+
+    /// A streamer added at run time must be async: sync streamers run on
+    /// the committing thread, which a run-time caller does not own.
+    #[error(
+        "streamer \"{streamer}\": a streamer added at run time must be async (delivery = \"async\")"
+    )]
+    RuntimeSync { streamer: String },
+
+    /// A streamer added at run time was asked to start at a height not
+    /// committed yet.
+    #[error(
+        "streamer \"{streamer}\": cannot start at height {height}: the committed height is {committed} (start at most at {next}, the next block)",
+        next = committed + 1
+    )]
+    StartAhead {
+        streamer: String,
+        height: u64,
+        committed: u64,
+    },
+
+    /// A streamer added at run time was asked to start (or resume) at a
+    /// height the change log no longer keeps.
+    #[error(
+        "streamer \"{streamer}\": cannot start at height {height}: the change log keeps blocks from {first_kept} on"
+    )]
+    StartPruned {
+        streamer: String,
+        height: u64,
+        first_kept: u64,
+    },
 }
 
 /// Result type of the streaming layer.

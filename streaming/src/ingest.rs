@@ -25,7 +25,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use statestream_core::{BlockMeta, CommitInfo, StoreKey};
+use statestream_core::{BlockMeta, CommitInfo, Hash, StoreKey, to_hex};
 use statestream_store::{KvStore, MultiStore};
 use tracing::{info, warn};
 
@@ -55,6 +55,33 @@ pub struct SourceBlock {
     /// The change set, in the order the source wrote it; a key may come
     /// more than once.
     pub writes: Vec<SourceWrite>,
+}
+
+/// What a source says it committed at a height: each store's hash chain
+/// value (in any order) and, when it covers every store, the app hash. A
+/// replica checks its block against them before committing it
+/// ([`Ingest::commit_checked`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SourceHashes {
+    /// `h_s(height)` by store name; every store the replica holds must be
+    /// there (others are ignored).
+    pub stores: Vec<(String, Hash)>,
+    /// The source's app hash over every store: checked when set.
+    pub app_hash: Option<Hash>,
+}
+
+/// A source's state at one height (a snapshot), with its hashes there.
+#[derive(Debug, Clone, Default)]
+pub struct SourceSnapshot {
+    /// The height (at least 1).
+    pub height: u64,
+    /// Time, opaque payloads and the source's app hash at that height.
+    pub meta: BlockMeta,
+    /// Every key of the replicated stores, as (store, key, value).
+    pub entries: Vec<SourceWrite>,
+    /// The chain value of each replicated store at `height` (those stores
+    /// are created when missing, and with no keys when none is given).
+    pub hashes: SourceHashes,
 }
 
 /// What to do when a source's block is not the next height.
@@ -91,6 +118,9 @@ pub struct IngestStatus {
     replays: AtomicU64,
     starts: AtomicU64,
     last_gap: Mutex<Option<(u64, u64)>>,
+    /// The gaps the replica store holds (continued past), loaded when the
+    /// pipeline starts and kept up to date with it.
+    recorded: Mutex<Vec<(u64, u64)>>,
 }
 
 impl IngestStatus {
@@ -118,6 +148,14 @@ impl IngestStatus {
     /// The last gap seen: (first missing, last missing) heights.
     pub fn last_gap(&self) -> Option<(u64, u64)> {
         self.last_gap.lock().ok().and_then(|g| *g)
+    }
+
+    /// Every gap the replica holds (the ones continued past, since the
+    /// replica was created; not the refused ones), as (first missing, last
+    /// missing) heights in height order: heights the replica will never
+    /// have unless they are filled from another source.
+    pub fn recorded_gaps(&self) -> Vec<(u64, u64)> {
+        self.recorded.lock().map(|g| g.clone()).unwrap_or_default()
     }
 }
 
@@ -157,6 +195,9 @@ impl Ingest {
             Some(m)
         };
         status.height.store(store.version(), Ordering::Release);
+        if let Ok(mut recorded) = status.recorded.lock() {
+            *recorded = store.gaps()?;
+        }
         Ok(Ingest {
             store,
             manager,
@@ -172,9 +213,13 @@ impl Ingest {
     }
 
     /// The running manager's observer (`None` before the first store is
-    /// known). A new one after each restart of the streamers.
+    /// known), with the pipeline's counters and recorded gaps
+    /// ([`NodeStatus::ingest`](crate::NodeStatus::ingest)). A new one after
+    /// each restart of the streamers.
     pub fn observer(&self) -> Option<Observer> {
-        self.manager.as_ref().map(DeliveryManager::observer)
+        self.manager
+            .as_ref()
+            .map(|m| m.observer().with_ingest(Arc::clone(&self.status)))
     }
 
     /// The replica store.
@@ -185,6 +230,135 @@ impl Ingest {
     /// Commits `block` into the replica and delivers it; see the module
     /// documentation. When this returns `Ok`, the block is in the store.
     pub fn commit(&mut self, block: SourceBlock) -> Result<Ingested> {
+        self.commit_inner(block, None)
+    }
+
+    /// [`commit`](Ingest::commit), once the block's writes give every
+    /// store of the replica the chain value `expected` says (and the app
+    /// hash, when it says one): checked before anything is committed or
+    /// delivered. A mismatch is [`Error::BlockDiverged`] naming the first
+    /// store that differs (in name order); the block's writes are dropped
+    /// and the replica stays at the height before.
+    pub fn commit_checked(
+        &mut self,
+        block: SourceBlock,
+        expected: &SourceHashes,
+    ) -> Result<Ingested> {
+        self.commit_inner(block, Some(expected))
+    }
+
+    /// Replaces the replica's state by a source's snapshot at its height:
+    /// its stores added when missing, the streamers stopped and started
+    /// again on it (their cursors move to the snapshot's height, see
+    /// [`MultiStore::restore_snapshot`]); the next block is
+    /// `snapshot.height + 1`, chained from the snapshot's hashes. Returns
+    /// the heights the replica never had (from its next one up to the
+    /// snapshot's), when it had committed before.
+    pub fn restore(&mut self, snapshot: SourceSnapshot) -> Result<Option<(u64, u64)>> {
+        let height = snapshot.height;
+        let bad = |reason: String| Error::BadSnapshot { height, reason };
+        if height <= self.store.version() {
+            return Err(bad(format!(
+                "the replica is at height {} already",
+                self.store.version()
+            )));
+        }
+        let mut hashes = Vec::with_capacity(snapshot.hashes.stores.len());
+        for (name, h) in &snapshot.hashes.stores {
+            let key = StoreKey::new(name).map_err(|e| bad(format!("store name {name:?}: {e}")))?;
+            hashes.push((key, *h));
+        }
+        for w in &snapshot.entries {
+            if !hashes.iter().any(|(k, _)| k.name() == w.store) {
+                return Err(bad(format!(
+                    "a key of store {} but no hash for that store",
+                    w.store
+                )));
+            }
+            if w.key.is_empty() {
+                return Err(bad(format!("an empty key in store {}", w.store)));
+            }
+        }
+        let keys: Vec<StoreKey> = hashes.iter().map(|(k, _)| k.clone()).collect();
+        if let Some(extra) = self.store.stores().iter().find(|s| !keys.contains(s)) {
+            return Err(bad(format!(
+                "no hash for store {extra}, which the replica holds"
+            )));
+        }
+        self.stop_streamers()?;
+        self.store.add_stores(&keys)?;
+        for w in snapshot.entries {
+            let key = StoreKey::new(&w.store)?;
+            self.store.write_owned(&key, w.key, w.value)?;
+        }
+        let gap = match self.store.restore_snapshot(height, &hashes) {
+            Ok(gap) => gap,
+            Err(e) => {
+                self.store.discard_pending();
+                return Err(e.into());
+            }
+        };
+        if let Some((first, last)) = gap {
+            self.status.gaps.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut g) = self.status.last_gap.lock() {
+                *g = Some((first, last));
+            }
+        }
+        self.status.height.store(height, Ordering::Release);
+        if !self.store.stores().is_empty() {
+            self.manager = Some((self.start)(&mut self.store)?);
+            self.status.starts.fetch_add(1, Ordering::AcqRel);
+        }
+        info!(
+            height,
+            stores = keys.len(),
+            ?gap,
+            "replica restored from a snapshot"
+        );
+        Ok(gap)
+    }
+
+    /// Checks the pending writes against `expected` (see
+    /// [`commit_checked`](Ingest::commit_checked)).
+    fn check_hashes(store: &MultiStore, height: u64, expected: &SourceHashes) -> Result<()> {
+        let pending = store.pending_hashes();
+        for (store, computed) in &pending {
+            let Some((_, want)) = expected.stores.iter().find(|(n, _)| n == store.name()) else {
+                return Err(Error::BlockDiverged {
+                    height,
+                    store: store.name().to_owned(),
+                    expected: "none (the source sent no hash for the store)".into(),
+                    computed: to_hex(computed),
+                });
+            };
+            if want != computed {
+                return Err(Error::BlockDiverged {
+                    height,
+                    store: store.name().to_owned(),
+                    expected: to_hex(want),
+                    computed: to_hex(computed),
+                });
+            }
+        }
+        if let Some(want) = &expected.app_hash {
+            let computed = statestream_core::app_hash(pending.iter().map(|(s, h)| (s.name(), h)));
+            if &computed != want {
+                return Err(Error::BlockDiverged {
+                    height,
+                    store: "*app_hash*".into(),
+                    expected: to_hex(want),
+                    computed: to_hex(&computed),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn commit_inner(
+        &mut self,
+        block: SourceBlock,
+        expected: Option<&SourceHashes>,
+    ) -> Result<Ingested> {
         let height = block.height;
         let committed = self.store.version();
         if height == 0 {
@@ -256,8 +430,11 @@ impl Ingest {
                 );
                 self.store.add_stores(&new_stores)?;
             }
-            if height > committed + 1 {
-                self.store.continue_at(height)?;
+            if height > committed + 1
+                && let Some(gap) = self.store.continue_at(height)?
+                && let Ok(mut recorded) = self.status.recorded.lock()
+            {
+                recorded.push(gap);
             }
         }
         if self.manager.is_none() && !self.store.stores().is_empty() {
@@ -279,6 +456,12 @@ impl Ingest {
         for w in block.writes {
             let key = StoreKey::new(&w.store)?;
             self.store.write_owned(&key, w.key, w.value)?;
+        }
+        if let Some(expected) = expected
+            && let Err(e) = Ingest::check_hashes(&self.store, height, expected)
+        {
+            self.store.discard_pending();
+            return Err(e);
         }
         let info = manager.commit(&mut self.store, block.meta)?;
         self.status.height.store(info.version, Ordering::Release);

@@ -14,6 +14,7 @@ use statestream_config::Delivery;
 use statestream_store::ChangeLogMeter;
 
 use crate::driver::Progress;
+use crate::ingest::IngestStatus;
 
 /// Upper bounds (seconds) of the commit-duration histogram's buckets: from
 /// an in-memory commit (well under a millisecond) to an fsync on a slow
@@ -84,10 +85,17 @@ pub(crate) struct Shared {
     pub(crate) committed: Arc<AtomicU64>,
     pub(crate) commits: CommitHistogram,
     pub(crate) change_log: ChangeLogMeter,
-    pub(crate) streamers: Vec<Watched>,
+    /// The configured streamers, then those added at run time (removed
+    /// ones leave the list).
+    pub(crate) streamers: std::sync::RwLock<Vec<Arc<Watched>>>,
     /// Set when the manager closes or is dropped: it commits no more.
     pub(crate) stopped: AtomicBool,
+    /// Extra sections of the status, by name ([`Observer::add_section`]).
+    pub(crate) sections: Sections,
 }
+
+/// A function that reads one extra section of the status now.
+pub type Section = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
 /// A read-only view of a running [`DeliveryManager`](crate::DeliveryManager),
 /// usable from any thread ([`DeliveryManager::observer`](crate::DeliveryManager::observer)).
@@ -96,15 +104,67 @@ pub(crate) struct Shared {
 #[derive(Debug, Clone)]
 pub struct Observer {
     pub(crate) shared: Arc<Shared>,
+    /// The ingest pipeline feeding the manager, when there is one.
+    pub(crate) ingest: Option<Arc<IngestStatus>>,
+}
+
+/// The extra sections, by name, in the order they were added.
+#[derive(Default)]
+pub(crate) struct Sections(std::sync::RwLock<Vec<(String, Section)>>);
+
+impl std::fmt::Debug for Sections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<String> = self
+            .0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect();
+        f.debug_tuple("Sections").field(&names).finish()
+    }
 }
 
 impl Observer {
+    /// This observer, showing also the counters of the ingest pipeline
+    /// that feeds its manager ([`Ingest::observer`](crate::Ingest::observer)
+    /// does this).
+    pub fn with_ingest(mut self, status: Arc<IngestStatus>) -> Observer {
+        self.ingest = Some(status);
+        self
+    }
+
+    /// The ingest pipeline's counters, when it has them.
+    pub fn ingest(&self) -> Option<&IngestStatus> {
+        self.ingest.as_deref()
+    }
+
+    /// Adds (or replaces) a section of the status: `read` is called at
+    /// each [`status`](Observer::status) and its JSON is served under
+    /// `name` in `GET /status` (the run-time subscriptions use
+    /// `subscriptions`). It runs on the observer's thread, never on the
+    /// commit path.
+    pub fn add_section(&self, name: &str, read: Section) {
+        let mut sections = self
+            .shared
+            .sections
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        sections.retain(|(n, _)| n != name);
+        sections.push((name.to_owned(), read));
+    }
+
     /// Everything observable, read now.
     pub fn status(&self) -> NodeStatus {
         let s = &self.shared;
         let committed = s.committed.load(Ordering::Acquire);
-        let streamers: Vec<StreamerStatus> = s
+        let watched: Vec<Arc<Watched>> = s
             .streamers
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let streamers: Vec<StreamerStatus> = watched
             .iter()
             .map(|w| {
                 let p = &w.progress;
@@ -142,7 +202,14 @@ impl Observer {
             NodeState::Committing
         };
         let size = s.change_log.size();
+        let sections: Vec<(String, Section)> = s
+            .sections
+            .0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
         NodeStatus {
+            sections: sections.into_iter().map(|(n, read)| (n, read())).collect(),
             state,
             committed_height: committed,
             commit_duration: s.commits.snapshot(),
@@ -151,6 +218,7 @@ impl Observer {
                 bytes: size.bytes,
             },
             streamers,
+            ingest: self.ingest.as_deref().map(IngestReport::of),
         }
     }
 }
@@ -169,8 +237,70 @@ pub struct NodeStatus {
     pub commit_duration: HistogramStatus,
     /// What the change log holds.
     pub change_log: ChangeLogStatus,
-    /// Every streamer, in configuration order.
+    /// Every streamer, in configuration order (then the run-time ones).
     pub streamers: Vec<StreamerStatus>,
+    /// The ingest pipeline (a replica fed by a source: `statestream
+    /// cosmos-plugin`, `ingest-files`); absent on a node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ingest: Option<IngestReport>,
+    /// Extra sections ([`Observer::add_section`]), served at the top level
+    /// of `GET /status` under their names.
+    #[serde(flatten)]
+    pub sections: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+/// The ingest pipeline's state, in [`NodeStatus::ingest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct IngestReport {
+    /// The source's last height committed into the replica.
+    pub height: u64,
+    /// The gaps the replica holds, in height order: heights the source
+    /// committed that the replica never received (continued past with
+    /// `on_gap = "continue"`), since the replica was created.
+    pub gaps: Vec<GapStatus>,
+    /// Gaps seen since the pipeline started, refused ones included.
+    pub gaps_total: u64,
+    /// The last gap seen since the pipeline started (recorded or refused).
+    pub last_gap: Option<GapStatus>,
+    /// Blocks given again since the pipeline started, answered without
+    /// committing or delivering them twice.
+    pub replays_total: u64,
+}
+
+/// Heights missing from a replica, both included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct GapStatus {
+    /// The first missing height.
+    pub first_missing: u64,
+    /// The last missing height.
+    pub last_missing: u64,
+}
+
+impl GapStatus {
+    fn of((first_missing, last_missing): (u64, u64)) -> GapStatus {
+        GapStatus {
+            first_missing,
+            last_missing,
+        }
+    }
+}
+
+impl IngestReport {
+    fn of(status: &IngestStatus) -> IngestReport {
+        IngestReport {
+            height: status.height(),
+            gaps: status
+                .recorded_gaps()
+                .into_iter()
+                .map(GapStatus::of)
+                .collect(),
+            gaps_total: status.gaps(),
+            last_gap: status.last_gap().map(GapStatus::of),
+            replays_total: status.replays(),
+        }
+    }
 }
 
 /// Whether the node commits.

@@ -171,6 +171,120 @@ pub fn register_serve_metrics(
     }
 }
 
+/// Name, help, type and value of one credential's counters.
+type CredentialMetric = (
+    &'static str,
+    &'static str,
+    MetricType,
+    fn(&statestream_access::CounterValues) -> u64,
+);
+
+const CREDENTIAL_METRICS: [CredentialMetric; 4] = [
+    (
+        "serve_credential_streams",
+        "Streams open now, by credential (all serve streamers and front-ends).",
+        MetricType::GAUGE,
+        |v| v.streams,
+    ),
+    (
+        "serve_credential_messages_sent_total",
+        "Messages sent to a credential's streams.",
+        MetricType::COUNTER,
+        |v| v.messages,
+    ),
+    (
+        "serve_credential_bytes_sent_total",
+        "Bytes of the messages sent to a credential's streams.",
+        MetricType::COUNTER,
+        |v| v.bytes,
+    ),
+    (
+        "serve_credential_denials_total",
+        "Requests of a known credential refused (revoked, expired, outside its scopes, over max_streams).",
+        MetricType::COUNTER,
+        |v| v.denials,
+    ),
+];
+
+/// The counters of the node's credentials (label `credential`).
+struct CredentialCollector {
+    credentials: statestream_access::Registry,
+    descs: Vec<Desc>,
+}
+
+impl CredentialCollector {
+    fn new(credentials: statestream_access::Registry) -> Result<Self, prometheus::Error> {
+        let descs = CREDENTIAL_METRICS
+            .iter()
+            .map(|(name, help, _, _)| {
+                Desc::new(
+                    (*name).to_owned(),
+                    (*help).to_owned(),
+                    vec!["credential".to_owned()],
+                    HashMap::new(),
+                )
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(CredentialCollector { credentials, descs })
+    }
+}
+
+impl Collector for CredentialCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let now = self.credentials.metrics();
+        CREDENTIAL_METRICS
+            .iter()
+            .map(|(name, help, kind, value)| {
+                let samples = now
+                    .iter()
+                    .map(|(id, v)| {
+                        let mut sample = proto::Metric::default();
+                        sample.set_label(vec![label("credential", id)]);
+                        let v = value(v) as f64;
+                        if *kind == MetricType::COUNTER {
+                            let mut c = proto::Counter::default();
+                            c.set_value(v);
+                            sample.set_counter(c);
+                        } else {
+                            let mut g = proto::Gauge::default();
+                            g.set_value(v);
+                            sample.set_gauge(g);
+                        }
+                        sample
+                    })
+                    .collect();
+                let mut family = MetricFamily::default();
+                family.set_name((*name).to_owned());
+                family.set_help((*help).to_owned());
+                family.set_field_type(*kind);
+                family.set_metric(samples);
+                family
+            })
+            .collect()
+    }
+}
+
+/// Registers the per-credential metrics of `credentials` in `registry`,
+/// replacing an earlier registration (a node's streamers share one).
+pub fn register_credential_metrics(
+    registry: &prometheus::Registry,
+    credentials: statestream_access::Registry,
+) -> Result<(), prometheus::Error> {
+    let collector = CredentialCollector::new(credentials.clone())?;
+    match registry.register(Box::new(collector)) {
+        Err(prometheus::Error::AlreadyReg) => {
+            let old = CredentialCollector::new(statestream_access::Registry::in_memory())?;
+            registry.unregister(Box::new(old))?;
+            registry.register(Box::new(CredentialCollector::new(credentials)?))
+        }
+        other => other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -189,6 +189,18 @@ pub struct TelemetryServer {
 struct AppState {
     observer: Observer,
     metrics: prometheus::Registry,
+    extension: Option<Arc<dyn StatusExtension>>,
+}
+
+/// What a program running the delivery manager adds to `/status` and
+/// `/healthz` (`statestream relay`: its upstream, lag and divergence).
+pub trait StatusExtension: Send + Sync {
+    /// Fields added to `/status`'s object (names it does not have).
+    fn status(&self) -> serde_json::Map<String, serde_json::Value>;
+
+    /// Why `/healthz` answers 503 although the node commits; `None`:
+    /// healthy.
+    fn unhealthy(&self) -> Option<String>;
 }
 
 impl TelemetryServer {
@@ -211,6 +223,18 @@ impl TelemetryServer {
         options: &TelemetryOptions,
         observer: Observer,
         metrics: prometheus::Registry,
+    ) -> Result<TelemetryServer, TelemetryError> {
+        TelemetryServer::start_extended(address, options, observer, metrics, None)
+    }
+
+    /// [`start_with`](TelemetryServer::start_with), with `extension`'s
+    /// fields on `/status` and its health on `/healthz`.
+    pub fn start_extended(
+        address: SocketAddr,
+        options: &TelemetryOptions,
+        observer: Observer,
+        metrics: prometheus::Registry,
+        extension: Option<Arc<dyn StatusExtension>>,
     ) -> Result<TelemetryServer, TelemetryError> {
         // Read first: a bad file is an error of this call, as a bad address.
         options.check_tls()?;
@@ -242,6 +266,7 @@ impl TelemetryServer {
         let state = Arc::new(AppState {
             observer: observer.clone(),
             metrics: metrics.clone(),
+            extension,
         });
         let registered = Some((metrics.clone(), observer.clone()));
         let app = Router::new()
@@ -346,17 +371,35 @@ async fn metrics_handler(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn status_handler(State(state): State<Arc<AppState>>) -> Response {
-    axum::Json(state.observer.status()).into_response()
+    let status = state.observer.status();
+    let Some(extension) = &state.extension else {
+        return axum::Json(status).into_response();
+    };
+    match serde_json::to_value(&status) {
+        Ok(serde_json::Value::Object(mut fields)) => {
+            for (k, v) in extension.status() {
+                fields.entry(k).or_insert(v);
+            }
+            axum::Json(fields).into_response()
+        }
+        _ => axum::Json(status).into_response(),
+    }
 }
 
 async fn healthz_handler(State(state): State<Arc<AppState>>) -> Response {
     let status = state.observer.status();
-    let body = health(&status);
-    let code = if status.state == NodeState::Committing {
+    let mut body = health(&status);
+    let mut code = if status.state == NodeState::Committing {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    if code == StatusCode::OK
+        && let Some(reason) = state.extension.as_ref().and_then(|e| e.unhealthy())
+    {
+        code = StatusCode::SERVICE_UNAVAILABLE;
+        body.error = Some(reason);
+    }
     (code, axum::Json(body)).into_response()
 }
 
@@ -488,10 +531,45 @@ const METRICS: &[(&str, &str, MetricType, &[&str])] = &[
     ),
 ];
 
+/// The ingest pipeline's metrics, served when the observer has one
+/// ([`Observer::with_ingest`]): a replica fed by a source.
+const INGEST_METRICS: &[(&str, &str, MetricType, &[&str])] = &[
+    (
+        "statestream_ingest_height",
+        "The source's last height committed into the replica.",
+        MetricType::GAUGE,
+        &[],
+    ),
+    (
+        "statestream_ingest_gaps_total",
+        "Height gaps seen since the pipeline started: blocks the source committed that the replica never received (refused ones included).",
+        MetricType::COUNTER,
+        &[],
+    ),
+    (
+        "statestream_ingest_gaps_recorded",
+        "Height gaps the replica holds (continued past), since it was created.",
+        MetricType::GAUGE,
+        &[],
+    ),
+    (
+        "statestream_ingest_replays_total",
+        "Blocks the source delivered again, answered without committing or delivering them twice.",
+        MetricType::COUNTER,
+        &[],
+    ),
+];
+
 impl NodeCollector {
     fn new(observer: Observer) -> NodeCollector {
+        let ingest: &[_] = if observer.ingest().is_some() {
+            INGEST_METRICS
+        } else {
+            &[]
+        };
         let descs = METRICS
             .iter()
+            .chain(ingest)
             .filter_map(|(name, help, _, labels)| {
                 Desc::new(
                     (*name).to_owned(),
@@ -537,7 +615,7 @@ impl Collector for NodeCollector {
     fn collect(&self) -> Vec<MetricFamily> {
         let status = self.observer.status();
         let halted = status.state == NodeState::Halted;
-        METRICS
+        let mut families: Vec<MetricFamily> = METRICS
             .iter()
             .map(|(name, help, kind, _)| {
                 let kind = *kind;
@@ -608,6 +686,23 @@ impl Collector for NodeCollector {
                 family.set_metric(metrics);
                 family
             })
-            .collect()
+            .collect();
+        if let Some(ingest) = &status.ingest {
+            for (name, help, kind, _) in INGEST_METRICS {
+                let value = match *name {
+                    "statestream_ingest_height" => ingest.height,
+                    "statestream_ingest_gaps_total" => ingest.gaps_total,
+                    "statestream_ingest_gaps_recorded" => ingest.gaps.len() as u64,
+                    _ => ingest.replays_total,
+                };
+                let mut family = MetricFamily::default();
+                family.set_name((*name).to_owned());
+                family.set_help((*help).to_owned());
+                family.set_field_type(*kind);
+                family.set_metric(vec![sample(*kind, vec![], value as f64)]);
+                families.push(family);
+            }
+        }
+        families
     }
 }

@@ -221,9 +221,34 @@ fn a_gap_is_recorded_then_continued_past_or_refused() {
         .unwrap();
     assert_eq!(ingest.store().gaps().unwrap(), vec![(9, 11)]);
     assert_eq!(ingest.status().gaps(), 1);
+    assert_eq!(ingest.status().recorded_gaps(), vec![(9, 11)]);
     assert_eq!(
         seen.lock().unwrap().iter().map(|s| s.0).collect::<Vec<_>>(),
         vec![12, 13]
+    );
+    ingest.close().unwrap();
+
+    // The recorded gaps outlive the pipeline: a new one shows them on its
+    // observer's status (`/status`), with its own counters from zero.
+    let (mut ingest, _) = pipeline(&path, OnGap::Continue);
+    ingest
+        .commit(block(15, vec![w("bank", "a", Some("4"))]))
+        .unwrap();
+    let status = ingest.observer().unwrap().status();
+    let report = status.ingest.expect("the pipeline's section");
+    assert_eq!(report.height, 15);
+    assert_eq!(
+        report
+            .gaps
+            .iter()
+            .map(|g| (g.first_missing, g.last_missing))
+            .collect::<Vec<_>>(),
+        vec![(9, 11), (14, 14)]
+    );
+    assert_eq!(report.gaps_total, 1);
+    assert_eq!(
+        report.last_gap.map(|g| (g.first_missing, g.last_missing)),
+        Some((14, 14))
     );
     ingest.close().unwrap();
 }

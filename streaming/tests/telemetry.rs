@@ -240,6 +240,8 @@ fn telemetry_metrics_status_and_health_until_a_halt() {
     assert_eq!(status["state"], "committing");
     assert_eq!(status["committed_height"], 6);
     assert_eq!(status["commit_duration"]["count"], 6);
+    // A node has no source: no ingest section.
+    assert!(status.get("ingest").is_none(), "{status}");
     let streamers = status["streamers"].as_array().expect("streamers");
     assert_eq!(streamers.len(), 2);
     assert_eq!(streamers[0]["name"], "live");
@@ -410,14 +412,24 @@ fn telemetry_docs_list_every_metric_and_the_dashboard_and_alerts_use_only_them()
     manager
         .commit(&mut store, BlockMeta::default())
         .expect("commit");
+    // With an ingest pipeline's counters, as a replica's server has them
+    // (their rows are in the document too).
     let server = TelemetryServer::start(
         "127.0.0.1:0".parse().expect("address"),
-        manager.observer(),
+        manager
+            .observer()
+            .with_ingest(std::sync::Arc::new(statestream::IngestStatus::default())),
         registry.metrics().clone(),
     )
     .expect("server");
     let exported = exported_families(&server);
     assert!(exported.len() >= 19, "{exported:?}");
+    assert!(
+        exported
+            .iter()
+            .any(|e| e == "statestream_ingest_gaps_total"),
+        "{exported:?}"
+    );
     for name in [
         "serve_subscribers",
         "serve_messages_sent_total",

@@ -4,6 +4,7 @@ mod cluster;
 mod config;
 mod delivery;
 mod faults;
+mod follow;
 mod reader;
 mod security;
 mod server;

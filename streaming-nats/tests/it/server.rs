@@ -239,6 +239,15 @@ impl Js {
         })
     }
 
+    /// Removes every message of `stream` below sequence `seq` (as the
+    /// stream's limits would).
+    pub fn purge_below(&self, stream: &str, seq: u64) -> anyhow::Result<u64> {
+        self.rt.block_on(async {
+            let s = self.js.get_stream_no_info(stream).await?;
+            Ok(s.purge().sequence(seq).await?.purged)
+        })
+    }
+
     /// The first message on `subject` at sequence `seq` or after.
     pub fn message(
         &self,

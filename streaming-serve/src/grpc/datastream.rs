@@ -59,7 +59,7 @@ fn parse_keys(hub: &Hub, grant: &Grant, keys: &[String]) -> Result<Filter, Statu
             },
         }
     }
-    Ok(grant.select(b.build()))
+    grant.select(b).map_err(super::denied)
 }
 
 fn value_type<'a>(hub: &'a Hub, store: &str) -> &'a str {
@@ -187,13 +187,15 @@ impl DataStreamService {
 impl DataService for DataStreamService {
     async fn list_capabilities(
         &self,
-        _request: Request<ListCapabilitiesRequest>,
+        request: Request<ListCapabilitiesRequest>,
     ) -> Result<Response<ListCapabilitiesResponse>, Status> {
+        let grant = grant(&request)?;
         let capabilities = self
             .hub
             .stores()
             .iter()
             .zip(self.hub.value_types())
+            .filter(|(s, _)| grant.sees(s.name()))
             .map(|(s, t)| Capability {
                 key: s.name().to_string(),
                 value_type: t.clone(),
@@ -238,15 +240,18 @@ impl DataService for DataStreamService {
         let hub = Arc::clone(&self.hub);
         let grant = grant(&request)?;
         let filter = parse_keys(&hub, &grant, &request.into_inner().keys)?;
+        let access = grant.open_stream(&filter).map_err(super::denied)?;
         let guard = hub.admit(FrontEnd::Grpc)?;
-        let outbox = outbox::spawn(&self.hub, FrontEnd::Grpc, |mut sink| async move {
-            let ended = DataStreamService::run(hub, guard, filter, &mut sink).await;
-            (sink, ended)
-        });
+        let outbox =
+            outbox::spawn_guarded(&self.hub, FrontEnd::Grpc, access, |mut sink| async move {
+                let ended = DataStreamService::run(hub, guard, filter, &mut sink).await;
+                (sink, ended)
+            });
         Ok(Response::new(Responses(outbox)))
     }
 
     async fn push_update(&self, request: Request<Data>) -> Result<Response<()>, Status> {
+        let grant = grant(&request)?;
         let d = request.into_inner();
         let Some((store, key)) = d.key.split_once('/') else {
             return Err(Status::invalid_argument(format!(
@@ -254,6 +259,9 @@ impl DataService for DataStreamService {
                 d.key
             )));
         };
+        grant
+            .may_push(store, &key_from_text(key))
+            .map_err(super::denied)?;
         let value = if d.value_type == DELETED {
             None
         } else {

@@ -35,24 +35,66 @@ pub fn block_timestamp(block: &Block) -> Option<prost_types::Timestamp> {
     timestamp(Some((block.meta().time_seconds, block.meta().time_nanos)))
 }
 
+/// The hash fields of a block's last message (`BlockChanges` and
+/// `SnapshotChunk` number them alike, 5 to 7): `app_hash`, `store_hashes`
+/// (in the order given: store-name order) and `source_app_hash`, encoded
+/// once and appended to the last message's bytes (protobuf allows fields
+/// in any order, and a message's encoding followed by more of its fields
+/// is that message with them).
+pub fn encode_hashes<'a>(
+    app_hash: &[u8],
+    stores: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    source_app_hash: &[u8],
+) -> Bytes {
+    pb::BlockChanges {
+        app_hash: app_hash.to_vec(),
+        store_hashes: stores
+            .into_iter()
+            .map(|(store, hash)| pb::StoreHash {
+                store: store.to_owned(),
+                hash: hash.to_vec(),
+            })
+            .collect(),
+        source_app_hash: source_app_hash.to_vec(),
+        ..Default::default()
+    }
+    .encode_to_vec()
+    .into()
+}
+
+/// [`encode_hashes`] of one block: statestream's app hash, the chain value
+/// of each store of the block's view (the stores the streamer streams)
+/// and the source's app hash from its metadata.
+pub fn block_hashes(block: &Block) -> Bytes {
+    encode_hashes(
+        block.change_set().app_hash(),
+        block.stores().map(|s| (s.store().name(), &s.hash()[..])),
+        &block.meta().source_app_hash,
+    )
+}
+
 /// The encoded `BlockChanges` messages of one block under `filter`: one or
-/// more, the last with `end = true`.
-pub fn encode_block(block: &Block, filter: &Filter) -> Vec<Bytes> {
+/// more, the last with `end = true` and the block's `hashes`
+/// ([`block_hashes`]).
+pub fn encode_block(block: &Block, filter: &Filter, hashes: &[u8]) -> Vec<Bytes> {
     let height = block.height();
     let time = block_timestamp(block);
     let mut out = Vec::new();
     let mut changes = Vec::new();
     let mut bytes = 0;
     let message = |changes, end| {
-        Bytes::from(
-            pb::BlockChanges {
-                height,
-                time,
-                changes,
-                end,
-            }
-            .encode_to_vec(),
-        )
+        let mut bytes = pb::BlockChanges {
+            height,
+            time,
+            changes,
+            end,
+            ..Default::default()
+        }
+        .encode_to_vec();
+        if end {
+            bytes.extend_from_slice(hashes);
+        }
+        Bytes::from(bytes)
     };
     for c in selected(block, filter) {
         let op = match c.action {
@@ -82,6 +124,8 @@ pub struct ChunkEncoder {
     /// `height` and `time`, the fields every chunk starts with.
     header: Vec<u8>,
     chunk: Vec<u8>,
+    /// The hash fields of the last chunk ([`encode_hashes`]).
+    hashes: Bytes,
 }
 
 /// The capacity each chunk starts with: [`MESSAGE_BYTES`] of entries and
@@ -89,7 +133,9 @@ pub struct ChunkEncoder {
 const CHUNK_CAPACITY: usize = MESSAGE_BYTES + MESSAGE_BYTES / 8;
 
 impl ChunkEncoder {
-    pub fn new(height: u64, time: Option<(i64, u32)>) -> ChunkEncoder {
+    /// Chunks of the snapshot at `height`, the last one ending with
+    /// `hashes` ([`encode_hashes`]; empty: none).
+    pub fn new(height: u64, time: Option<(i64, u32)>, hashes: Bytes) -> ChunkEncoder {
         use prost::encoding::{message, uint64};
         let mut header = Vec::new();
         if height != 0 {
@@ -100,7 +146,11 @@ impl ChunkEncoder {
         }
         let mut chunk = Vec::with_capacity(CHUNK_CAPACITY);
         chunk.extend_from_slice(&header);
-        ChunkEncoder { header, chunk }
+        ChunkEncoder {
+            header,
+            chunk,
+            hashes,
+        }
     }
 
     /// Appends one `Entry` (proto3 leaves empty fields out). When the
@@ -145,6 +195,7 @@ impl ChunkEncoder {
     /// The last chunk: what is left, with `end = true`.
     fn last(mut self) -> Bytes {
         prost::encoding::bool::encode(CHUNK_END.tag, &true, &mut self.chunk);
+        self.chunk.extend_from_slice(&self.hashes);
         if self.chunk.capacity() > 2 * self.chunk.len() {
             self.chunk.shrink_to_fit();
         }
@@ -176,7 +227,7 @@ mod tests {
     fn encoded_chunks_decode_as_the_messages_prost_would_build() {
         // Field order differs from prost's (time comes before the entries),
         // which protobuf allows; the decoded messages are equal.
-        let mut chunks = ChunkEncoder::new(42, Some((1_700_000_000, 5)));
+        let mut chunks = ChunkEncoder::new(42, Some((1_700_000_000, 5)), Bytes::new());
         assert!(chunks.push("bank", b"k1", b"v1").is_none());
         assert!(chunks.push("acc", b"", b"").is_none());
         let first = chunks.take();
@@ -196,6 +247,7 @@ mod tests {
             entries: vec![entry("bank", b"k1", b"v1"), entry("acc", b"", b"")],
             end: false,
             time,
+            ..Default::default()
         };
         assert_eq!(decode(&first), expected_first);
         let expected_last = pb::SnapshotChunk {
@@ -203,13 +255,14 @@ mod tests {
             entries: vec![entry("bank", b"k2", &[7u8; 300])],
             end: true,
             time,
+            ..Default::default()
         };
         assert_eq!(decode(&last), expected_last);
     }
 
     #[test]
     fn a_chunk_is_cut_before_the_entry_that_would_take_it_past_the_limit() {
-        let mut chunks = ChunkEncoder::new(7, None);
+        let mut chunks = ChunkEncoder::new(7, None, Bytes::new());
         let value = vec![1u8; MESSAGE_BYTES / 3];
         let mut cut = Vec::new();
         for i in 0..7u8 {
@@ -245,8 +298,36 @@ mod tests {
     }
 
     #[test]
+    fn the_hash_fields_end_the_last_chunk_and_the_last_block_message_only() {
+        let hashes = encode_hashes(&[1; 32], [("a", &[2u8; 32][..]), ("b", &[3; 32])], b"src");
+        let expected = |m: &pb::SnapshotChunk| {
+            m.app_hash == [1; 32]
+                && m.source_app_hash == b"src"
+                && m.store_hashes
+                    == [
+                        pb::StoreHash {
+                            store: "a".into(),
+                            hash: vec![2; 32],
+                        },
+                        pb::StoreHash {
+                            store: "b".into(),
+                            hash: vec![3; 32],
+                        },
+                    ]
+        };
+        let mut chunks = ChunkEncoder::new(9, None, hashes.clone());
+        let value = vec![1u8; MESSAGE_BYTES / 2];
+        let first = chunks.push("s", b"1", &value);
+        let first = first.or_else(|| chunks.push("s", b"2", &value));
+        let first = decode(&first.expect("a full chunk"));
+        let last = decode(&chunks.last());
+        assert!(!first.end && first.app_hash.is_empty() && first.store_hashes.is_empty());
+        assert!(last.end && last.height == 9 && expected(&last), "{last:?}");
+    }
+
+    #[test]
     fn an_empty_snapshot_is_one_chunk_that_ends_it() {
-        let chunk = decode(&ChunkEncoder::new(0, None).last());
+        let chunk = decode(&ChunkEncoder::new(0, None, Bytes::new()).last());
         assert_eq!(
             chunk,
             pb::SnapshotChunk {
@@ -254,6 +335,7 @@ mod tests {
                 entries: vec![],
                 end: true,
                 time: None,
+                ..Default::default()
             }
         );
     }

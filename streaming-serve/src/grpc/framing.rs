@@ -27,7 +27,7 @@ use tonic::{Request, Response, Status};
 
 use super::state_stream::{Method, StateStreamService};
 use super::wire::Framed;
-use super::{credential, denied};
+use super::{credential, gate_then_access};
 use crate::access::Access;
 use crate::outbox::Outbox;
 use crate::proto::v1 as pb;
@@ -83,7 +83,7 @@ impl StateStreamRoute {
     async fn answer(self, request: HttpRequest) -> Result<HttpResponse, Status> {
         let grant = {
             let metadata = tonic::metadata::MetadataMap::from_headers(request.headers().clone());
-            self.access.check(credential(&metadata)).map_err(denied)?
+            gate_then_access(&self.access, credential(&metadata))?
         };
         let service = self.service;
         match request.uri().path() {
@@ -103,14 +103,17 @@ impl StateStreamRoute {
             LIST_STORES => Ok(unary(
                 request,
                 move |_: Request<pb::ListStoresRequest>| async move {
-                    service.list_stores().map(Response::new)
+                    service.list_stores(&grant).map(Response::new)
                 },
             )
             .await),
             PUSH_UPDATE => Ok(unary(
                 request,
                 move |r: Request<pb::PushUpdateRequest>| async move {
-                    service.push_update(r.into_inner()).await.map(Response::new)
+                    service
+                        .push_update(&grant, r.into_inner())
+                        .await
+                        .map(Response::new)
                 },
             )
             .await),

@@ -5,7 +5,7 @@
 //! `UNAUTHENTICATED`.
 
 mod datastream;
-mod encoding;
+pub(crate) mod encoding;
 mod framing;
 mod push;
 mod state_stream;
@@ -28,6 +28,7 @@ use state_stream::StateStreamService;
 use crate::access::{Access, Denied, Grant, bearer};
 use crate::config::ServeConfig;
 use crate::error::{HubError, ServeError};
+use crate::gate::{Closed, Gate};
 use crate::hub::Hub;
 use crate::outbox::{End, Outbox};
 use crate::proto::datastream::data_service_server::DataServiceServer;
@@ -39,11 +40,25 @@ pub const GRPC_DEFAULT_MAX_MESSAGE: usize = 4 * 1024 * 1024;
 /// The status of a refused request.
 fn denied(d: Denied) -> Status {
     match d {
-        Denied::Missing => {
-            Status::unauthenticated("missing token: send `authorization: Bearer <token>`")
-        }
-        Denied::Wrong => Status::unauthenticated("wrong token"),
+        Denied::Missing => Status::unauthenticated(
+            "missing token: send `authorization: Bearer <token or credential secret>`",
+        ),
+        Denied::Wrong => Status::unauthenticated("wrong token or unknown credential"),
+        Denied::Unauthenticated(m) => Status::unauthenticated(m),
+        Denied::Forbidden(m) => Status::permission_denied(m),
+        Denied::TooManyStreams(m) => Status::resource_exhausted(m),
     }
+}
+
+/// The status of a request the gate refuses ([`crate::gate`]).
+fn closed(c: Closed) -> Status {
+    Status::unavailable(c.to_string())
+}
+
+/// The gate, then the access check: what every gRPC request passes first.
+fn gate_then_access(access: &Access, credential: Option<&str>) -> Result<Grant, Status> {
+    Gate::process().check().map_err(closed)?;
+    access.check(credential).map_err(denied)
 }
 
 /// The credential of a request: its `authorization` metadata's token.
@@ -56,9 +71,7 @@ fn credential(metadata: &tonic::metadata::MetadataMap) -> Option<&str> {
 
 /// Admits a request; what it may read goes with it, for the handler.
 fn admit(access: &Access, mut request: Request<()>) -> Result<Request<()>, Status> {
-    let grant = access
-        .check(credential(request.metadata()))
-        .map_err(denied)?;
+    let grant = gate_then_access(access, credential(request.metadata()))?;
     request.extensions_mut().insert(grant);
     Ok(request)
 }
@@ -95,6 +108,8 @@ impl From<End> for Status {
                 stall.as_millis()
             )),
             End::Failed(e) => e.into(),
+            End::Revoked(m) => Status::unauthenticated(m),
+            End::OutOfScope(m) => Status::permission_denied(m),
         }
     }
 }
@@ -119,6 +134,7 @@ impl<T> Stream for Responses<T> {
 pub(crate) fn router(
     hub: &Arc<Hub>,
     config: &ServeConfig,
+    credentials: Option<statestream_access::Registry>,
 ) -> Result<
     (
         tonic::service::Routes,
@@ -127,7 +143,7 @@ pub(crate) fn router(
     ServeError,
 > {
     use tonic::server::NamedService;
-    let access = Access::new(&config.token);
+    let access = Access::new(&config.token, credentials, "grpc");
     let state = StateStreamService {
         hub: Arc::clone(hub),
         push_updates: config.push_updates,

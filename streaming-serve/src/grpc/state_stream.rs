@@ -37,7 +37,7 @@ fn parse_filter(hub: &Hub, grant: &Grant, filter: Option<pb::Filter>) -> Result<
             b.prefix(&p.store, &p.prefix, "filter.prefixes")?;
         }
     }
-    Ok(grant.select(b.build()))
+    grant.select(b).map_err(super::denied)
 }
 
 /// The streaming methods of the service.
@@ -87,8 +87,9 @@ async fn send_snapshot(
     sink: &mut Sink<Framed>,
     frame: impl Fn(Bytes) -> Framed,
 ) -> Result<u64, SubscriptionEnd> {
-    let mut reader =
-        hub.read_snapshot(filter.clone(), |at| ChunkEncoder::new(at.height, at.time()))?;
+    let mut reader = hub.read_snapshot(filter.clone(), |at| {
+        ChunkEncoder::new(at.height, at.time(), at.hashes())
+    })?;
     while let Some(chunk) = reader.next().await? {
         sink.send(frame(chunk)).await?;
     }
@@ -120,7 +121,8 @@ impl StateStreamService {
         loop {
             match sink.next_event(&mut sub).await? {
                 Event::Block(block) => {
-                    let messages = block.rendered(&selection, |b| encode_block(b, filter));
+                    let hashes = block.hashes();
+                    let messages = block.rendered(&selection, |b| encode_block(b, filter, &hashes));
                     for m in messages.iter() {
                         sink.send(Framed::field(SUBSCRIBE_BLOCK, m.clone())).await?;
                     }
@@ -133,12 +135,13 @@ impl StateStreamService {
         }
     }
 
-    pub(crate) fn list_stores(&self) -> Result<pb::ListStoresResponse, Status> {
+    pub(crate) fn list_stores(&self, grant: &Grant) -> Result<pb::ListStoresResponse, Status> {
         let hub = &self.hub;
         let stores = hub
             .stores()
             .iter()
             .zip(hub.value_types())
+            .filter(|(s, _)| grant.sees(s.name()))
             .map(|(s, t)| pb::StoreInfo {
                 name: s.name().to_string(),
                 value_type: t.clone(),
@@ -172,10 +175,12 @@ impl StateStreamService {
                 Some((hub.admit(FrontEnd::Grpc)?, start))
             }
         };
+        let guard = grant.open_stream(&filter).map_err(super::denied)?;
         let selection = Selection::new(filter, Format::Protobuf);
-        Ok(outbox::spawn(
+        Ok(outbox::spawn_guarded(
             &self.hub,
             FrontEnd::Grpc,
+            guard,
             |mut sink| async move {
                 let ended = StateStreamService::run(hub, selection, subscriber, &mut sink).await;
                 (sink, ended)
@@ -185,8 +190,12 @@ impl StateStreamService {
 
     pub(crate) async fn push_update(
         &self,
+        grant: &Grant,
         request: pb::PushUpdateRequest,
     ) -> Result<pb::PushUpdateResponse, Status> {
+        grant
+            .may_push(&request.store, &request.key)
+            .map_err(super::denied)?;
         let value = if request.delete {
             None
         } else {

@@ -24,6 +24,7 @@ pub use params::Encoding;
 
 use crate::access::{Access, Denied, Grant, bearer};
 use crate::error::HubError;
+use crate::gate::Gate;
 use crate::hub::Hub;
 
 /// The header an SSE client resumes by.
@@ -33,6 +34,8 @@ const LAST_EVENT_ID: &str = "last-event-id";
 pub(crate) struct HttpSetup {
     pub hub: Arc<Hub>,
     pub token: String,
+    /// The node's credentials, if it keeps any.
+    pub credentials: Option<statestream_access::Registry>,
     pub max_connection: Option<Duration>,
     pub cors_origins: Vec<String>,
 }
@@ -48,7 +51,7 @@ struct AppState {
 pub(crate) fn router(setup: HttpSetup) -> Router {
     let state = AppState {
         hub: setup.hub,
-        access: Access::new(&setup.token),
+        access: Access::new(&setup.token, setup.credentials, "sse"),
         max_connection: setup.max_connection,
     };
     let router = Router::new()
@@ -112,19 +115,38 @@ impl AppState {
             .and_then(|v| v.to_str().ok())
             .and_then(bearer)
             .or(query_token);
-        self.access.check(credential).map_err(|d| {
-            let message = match d {
-                Denied::Missing => {
-                    "missing token: send `Authorization: Bearer <token>` (or ?token=)"
-                }
-                Denied::Wrong => "wrong token",
-            };
-            HttpError {
-                status: StatusCode::UNAUTHORIZED,
-                retry_after: false,
-                message: message.to_string(),
+        // Before the token: a relay that is not ready (or diverged) says
+        // so, never 401.
+        Gate::process().check().map_err(|c| HttpError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            retry_after: true,
+            message: c.to_string(),
+        })?;
+        self.access.check(credential).map_err(HttpError::from)
+    }
+}
+
+impl From<Denied> for HttpError {
+    fn from(d: Denied) -> HttpError {
+        let status = if d.is_unauthenticated() {
+            StatusCode::UNAUTHORIZED
+        } else if matches!(d, Denied::TooManyStreams(_)) {
+            StatusCode::TOO_MANY_REQUESTS
+        } else {
+            StatusCode::FORBIDDEN
+        };
+        let message = match d {
+            Denied::Missing => {
+                "missing token: send `Authorization: Bearer <token or credential secret>` (or ?token=)".to_string()
             }
-        })
+            Denied::Wrong => "wrong token or unknown credential".to_string(),
+            Denied::Unauthenticated(m) | Denied::Forbidden(m) | Denied::TooManyStreams(m) => m,
+        };
+        HttpError {
+            status,
+            retry_after: false,
+            message,
+        }
     }
 }
 

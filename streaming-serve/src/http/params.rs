@@ -132,7 +132,7 @@ impl Params {
             })?;
             b.prefix(store, &key_from_text(prefix), "prefix")?;
         }
-        Ok(grant.select(b.build()))
+        Ok(grant.select(b)?)
     }
 
     pub(super) fn encoding(&self) -> Result<Encoding, HttpError> {

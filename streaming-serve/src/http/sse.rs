@@ -20,7 +20,7 @@ use super::{AppState, HttpError};
 use crate::filter::Filter;
 use crate::hub::{Event, Hub, SubscriberGuard};
 use crate::metrics::FrontEnd;
-use crate::outbox::{self, Ended, Sink, SubscriptionEnd};
+use crate::outbox::{self, End, Ended, Sink, SubscriptionEnd};
 use crate::selection::{Format, Selection, selected};
 
 /// The reconnection delay suggested to clients (`retry:` on the first
@@ -217,7 +217,8 @@ pub(super) async fn open_stream(
     };
     let hub = Arc::clone(&st.hub);
     let max_connection = st.max_connection;
-    let outbox = outbox::spawn(&st.hub, FrontEnd::Sse, |sink| async move {
+    let access = grant.open_stream(&filter)?;
+    let outbox = outbox::spawn_guarded(&st.hub, FrontEnd::Sse, access, |sink| async move {
         let mut feed = Feed {
             hub,
             selection: Selection::new(filter, format),
@@ -231,9 +232,25 @@ pub(super) async fn open_stream(
     // The body is the event stream as rendered text (one shared buffer per
     // block and selection), not axum's `Sse`: that would encode every
     // event once per client. Whatever ends the stream ends the body (the
-    // client reconnects, by `Last-Event-ID`).
+    // client reconnects, by `Last-Event-ID`); a credential that no longer
+    // allows the stream ends it with an `event: revoked` first, which
+    // tells the client not to reconnect with it.
     let body = outbox
-        .map_while(Result::ok)
+        .map(|r| match r {
+            Ok(events) => Some(events),
+            Err(End::Revoked(message) | End::OutOfScope(message)) => {
+                let mut out = String::new();
+                frame(
+                    &mut out,
+                    "revoked",
+                    None,
+                    &json!({ "error": message }).to_string(),
+                );
+                Some(Bytes::from(out))
+            }
+            Err(_) => None,
+        })
+        .map_while(|events| events)
         .map(Ok::<_, std::convert::Infallible>);
     let mut response = Response::new(Body::from_stream(body));
     let h = response.headers_mut();

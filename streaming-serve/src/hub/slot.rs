@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use prost::bytes::Bytes;
 use statestream_core::Block;
 
+use crate::grpc::encoding::block_hashes;
 use crate::selection::Selection;
 
 /// Renderings kept per block in the ring. Past it a block is rendered for
@@ -25,6 +26,9 @@ type Cell = Arc<OnceLock<Rendering>>;
 
 struct Slot {
     block: Block,
+    /// The block's hash fields ([`block_hashes`]), encoded once and
+    /// appended to every rendering's last gRPC message.
+    hashes: OnceLock<Bytes>,
     /// `None` for a block read from the change log: it is this
     /// subscriber's alone, so there is nothing to share.
     renderings: Option<Mutex<HashMap<Selection, Cell>>>,
@@ -53,6 +57,7 @@ impl HubBlock {
     pub(crate) fn shared(block: Block) -> HubBlock {
         HubBlock(Arc::new(Slot {
             block,
+            hashes: OnceLock::new(),
             renderings: Some(Mutex::new(HashMap::new())),
         }))
     }
@@ -61,6 +66,7 @@ impl HubBlock {
     pub(crate) fn own(block: Block) -> HubBlock {
         HubBlock(Arc::new(Slot {
             block,
+            hashes: OnceLock::new(),
             renderings: None,
         }))
     }
@@ -68,6 +74,15 @@ impl HubBlock {
     /// The block.
     pub fn block(&self) -> &Block {
         &self.0.block
+    }
+
+    /// The block's hash fields for the last message of its `BlockChanges`
+    /// ([`block_hashes`]): made once per block, shared by every selection.
+    pub fn hashes(&self) -> Bytes {
+        self.0
+            .hashes
+            .get_or_init(|| block_hashes(&self.0.block))
+            .clone()
     }
 
     /// The block rendered for `selection`: the shared rendering when there

@@ -7,11 +7,13 @@
 
 use std::ops::Bound;
 
-use statestream_core::{StateSnapshot, StoreKey};
+use prost::bytes::Bytes;
+use statestream_core::{SnapshotHashes, StateSnapshot, StoreKey};
 use tokio::sync::mpsc;
 
 use crate::error::HubError;
 use crate::filter::Filter;
+use crate::grpc::encoding::encode_hashes;
 use crate::hub::Hub;
 
 /// What a front-end makes of a snapshot's keys.
@@ -76,6 +78,8 @@ impl<P> SnapshotReader<P> {
 pub struct At<'a> {
     pub height: u64,
     hub: &'a Hub,
+    /// Read with the snapshot, from its transaction.
+    hashes: Option<SnapshotHashes>,
 }
 
 impl At<'_> {
@@ -83,6 +87,32 @@ impl At<'_> {
     /// writer asks).
     pub fn time(&self) -> Option<(i64, u32)> {
         self.hub.block_time(self.height)
+    }
+
+    /// The hash fields of the snapshot's last gRPC chunk: those of block
+    /// `height` when the hub still has it (with the source's app hash),
+    /// else the hashes read with the snapshot (a height the change log no
+    /// longer holds, or a replica's first height, taken from a snapshot);
+    /// empty at height 0.
+    pub fn hashes(&self) -> Bytes {
+        if self.height == 0 {
+            return Bytes::new();
+        }
+        if let Ok(block) = self.hub.block(self.height) {
+            return block.hashes();
+        }
+        let Some(h) = &self.hashes else {
+            return Bytes::new();
+        };
+        let streamed = self.hub.stores();
+        encode_hashes(
+            &h.app_hash,
+            h.stores
+                .iter()
+                .filter(|(s, _)| streamed.binary_search(s).is_ok())
+                .map(|(s, hash)| (s.name(), &hash[..])),
+            &[],
+        )
     }
 }
 
@@ -96,7 +126,12 @@ impl Hub {
     ) -> Result<SnapshotReader<W::Piece>, HubError> {
         let snapshot = self.reader().snapshot().map_err(Hub::store_error)?;
         let height = snapshot.height();
-        let mut writer = writer(At { height, hub: self });
+        let hashes = snapshot.hashes().map_err(Hub::store_error)?;
+        let mut writer = writer(At {
+            height,
+            hub: self,
+            hashes,
+        });
         let (tx, rx) = mpsc::channel(PIECES_AHEAD);
         tokio::task::spawn_blocking(move || {
             let mut gone = false;

@@ -50,6 +50,17 @@ impl DeliveryManager {
         let started = Instant::now();
         self.observer.shared.stopped.store(true, Ordering::Release);
         self.closing.trigger();
+        {
+            // No streamer is added from now on; the ones started since the
+            // last commit drain with the others.
+            let runtime = std::sync::Arc::clone(&self.runtime);
+            let mut rt = runtime.lock();
+            rt.closed = true;
+            self.adopt(&mut rt);
+        }
+        for inst in &self.instances {
+            inst.progress.closing.trigger();
+        }
         let mut first_err: Option<Error> = None;
         for inst in &mut self.instances {
             // The worker drains its queue and catches up to the committed
@@ -67,6 +78,9 @@ impl DeliveryManager {
             );
         }
         self.shutdown.trigger();
+        for inst in &self.instances {
+            inst.progress.shutdown.trigger();
+        }
         // Sync streamers delivered every block inside commit; what is left
         // is their last flush, after the signal so that a wait of theirs
         // ends at once.
@@ -95,13 +109,28 @@ impl DeliveryManager {
                 }
             }
         }
+        let (stopped, dropped) = {
+            let runtime = std::sync::Arc::clone(&self.runtime);
+            let mut rt = runtime.lock();
+            (
+                std::mem::take(&mut rt.write_cursors),
+                std::mem::take(&mut rt.drop_cursors),
+            )
+        };
         let cursors: Vec<(String, u64)> = self
             .instances
             .iter()
+            // A run-time streamer stopped meanwhile has its cursor in
+            // `stopped`; a removed one has none.
+            .filter(|i| !i.progress.removed.load(Ordering::Acquire))
             .map(|i| (i.setup.name.clone(), i.progress.durable()))
+            .chain(stopped)
             .collect();
         let refs: Vec<(&str, u64)> = cursors.iter().map(|(n, h)| (n.as_str(), *h)).collect();
         store.save_cursors(&refs)?;
+        for name in dropped {
+            store.delete_cursor(&name)?;
+        }
         let committed = self.committed.load(Ordering::Acquire);
         for s in self.stats() {
             info!(streamer = %s.name, delivered = s.delivered_height, lag = s.lag,
@@ -164,8 +193,19 @@ impl Drop for DeliveryManager {
             if let Mode::Async { tx, .. } = &mut inst.mode {
                 drop(tx.take());
             }
+            inst.progress.closing.trigger();
+            inst.progress.shutdown.trigger();
         }
         self.closing.trigger();
         self.shutdown.trigger();
+        let runtime = std::sync::Arc::clone(&self.runtime);
+        let mut rt = runtime.lock();
+        rt.closed = true;
+        for (inst, _) in &rt.adopt {
+            inst.progress.abandoned.store(true, Ordering::Release);
+            inst.progress.closing.trigger();
+            inst.progress.shutdown.trigger();
+        }
+        rt.adopt.clear();
     }
 }

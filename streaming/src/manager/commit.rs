@@ -58,8 +58,14 @@ impl DeliveryManager {
         self.check_halted()?;
         let started = Instant::now();
         let mut input = CommitInput::new().app_meta(meta.encode_app_meta());
-        // The change log keeps every block above the lowest flushed cursor,
-        // and the last `retain` blocks.
+        // Held from the adoption of run-time streamers to the pruning, so
+        // that a handle's retention check sees either the streamers this
+        // commit counts or the pruning it did.
+        let runtime = Arc::clone(&self.runtime);
+        let mut rt = runtime.lock();
+        self.adopt(&mut rt);
+        // The change log keeps every block above the lowest flushed cursor
+        // (held run-time streamers included), and the last `retain` blocks.
         let mut low = (store.version() + 1).saturating_sub(self.retain);
         let mut cursor_updates = Vec::new();
         for (i, inst) in self.instances.iter().enumerate() {
@@ -70,16 +76,39 @@ impl DeliveryManager {
                 cursor_updates.push((i, d));
             }
         }
+        for &c in rt.held.values() {
+            low = low.min(c);
+        }
+        let stopped = std::mem::take(&mut rt.write_cursors);
+        for (name, c) in &stopped {
+            input = input.cursor(name.clone(), *c);
+        }
+        let dropped = std::mem::take(&mut rt.drop_cursors);
         if low + 1 > self.pruned_below {
             input = input.prune_below(low + 1);
         }
-        let changes = store.commit_block(input)?;
+        let changes = match store.commit_block(input) {
+            Ok(c) => c,
+            Err(e) => {
+                // Tried again with the next commit.
+                rt.write_cursors.extend(stopped);
+                rt.drop_cursors.extend(dropped);
+                return Err(e.into());
+            }
+        };
         for (i, d) in cursor_updates {
             self.instances[i].persisted = d;
         }
         self.pruned_below = self.pruned_below.max(low + 1);
+        rt.pruned_below = self.pruned_below;
         let height = changes.height();
+        // Under the lock with the pruning: a handle never sees the new
+        // pruning with the old height.
         self.committed.store(height, Ordering::Release);
+        drop(rt);
+        for name in dropped {
+            store.delete_cursor(&name)?;
+        }
         let meta = Arc::new(meta);
         for inst in &mut self.instances {
             let block = Block::new(Arc::clone(&changes), Arc::clone(&meta), &inst.selection);
@@ -151,6 +180,17 @@ impl DeliveryManager {
             Err(e) => batch.reject(&format!("the block did not commit: {e}")),
         }
         result
+    }
+
+    /// Takes in the run-time streamers started since the last commit, and
+    /// lets go of the ones stopped or removed.
+    pub(super) fn adopt(&mut self, rt: &mut super::runtime::RuntimeState) {
+        for (inst, retain) in rt.adopt.drain(..) {
+            self.retain = self.retain.max(retain);
+            self.instances.push(inst);
+        }
+        self.instances
+            .retain(|i| !i.progress.removed.load(Ordering::Acquire));
     }
 
     /// Every streamer's progress.

@@ -7,9 +7,11 @@
 //!   transaction, then the block to every streamer) and the stats.
 //! - `worker.rs`: an async streamer's thread.
 //! - `close.rs`: the bounded drain at shutdown.
+//! - `runtime.rs`: streamers added and removed while it runs.
 
 mod close;
 mod commit;
+mod runtime;
 mod setup;
 mod worker;
 
@@ -26,6 +28,7 @@ use crate::error::Result;
 use crate::observe::Observer;
 
 pub use commit::StreamerStats;
+pub use runtime::{RuntimeCursor, RuntimeHandle, StartAt};
 pub use setup::{DeliveryManagerBuilder, StreamerSetup};
 
 enum Mode {
@@ -67,6 +70,14 @@ struct Instance {
 ///   log from its cursor to the committed height, then follows live blocks.
 ///   A streamer new to the store starts with the next block.
 /// - The change log is pruned below the lowest cursor only.
+/// - Streamers can also be added and removed while the manager runs, from
+///   any thread, through a [`RuntimeHandle`] ([`runtime`](DeliveryManager::runtime)):
+///   async, each with its own cursor (starting at the head, at a height the
+///   change log still keeps, or where it stopped), registered in the store
+///   so that after a restart its cursor keeps holding the change log until
+///   the application adds it again ([`StartAt::Resume`]) or removes it.
+///   A stopped one keeps its cursor (and the change log what it has not
+///   delivered); a removed one loses it.
 ///
 /// Error policy, with `stop-node-on-error = true`:
 /// - sync: the `commit` call of the failing block returns
@@ -110,6 +121,12 @@ pub struct DeliveryManager {
     push: PushQueue,
     /// What observers (a metrics endpoint) see.
     observer: Observer,
+    /// Streamers added and removed at run time, shared with the handles.
+    runtime: Arc<runtime::Runtime>,
+    /// The node's credentials, installed for its home while the manager
+    /// lives (a `serve` streamer finds them there); `None` without
+    /// configured streamers.
+    credentials: Option<statestream_access::Installation>,
 }
 
 impl std::fmt::Debug for DeliveryManager {
@@ -164,6 +181,21 @@ impl DeliveryManager {
     /// progress and state. What the telemetry server serves.
     pub fn observer(&self) -> Observer {
         self.observer.clone()
+    }
+
+    /// A handle to add and remove streamers while the manager runs, from
+    /// any thread. See [`RuntimeHandle`].
+    pub fn runtime(&self) -> RuntimeHandle {
+        RuntimeHandle {
+            inner: Arc::clone(&self.runtime),
+        }
+    }
+
+    /// The node's credentials (the store's system table `credentials`),
+    /// shared with the `serve` streamers: what the admin API changes.
+    /// `None` when the manager has no configured streamers.
+    pub fn credentials(&self) -> Option<statestream_access::Registry> {
+        self.credentials.as_ref().map(|i| i.registry().clone())
     }
 
     /// The stores of the multi-store, in name order.

@@ -214,6 +214,15 @@ impl<'a> DeliveryManagerBuilder<'a> {
     pub fn start(self, store: &mut MultiStore) -> Result<DeliveryManager> {
         let shutdown = self.shutdown.unwrap_or_default();
         let push = self.push.unwrap_or_default();
+        // Before the streamers are built: a `serve` streamer finds the
+        // credentials installed for its home.
+        let credentials = match &self.configured {
+            Some(c) => Some(statestream_access::install(
+                c.home,
+                statestream_access::Registry::open(store.records(statestream_access::TABLE))?,
+            )),
+            None => None,
+        };
         let mut streamers = match &self.configured {
             Some(c) => build(store, c, &shutdown, &push)?,
             None => Vec::new(),
@@ -224,7 +233,9 @@ impl<'a> DeliveryManagerBuilder<'a> {
                 .map(|(setup, streamer)| (setup, "application".to_owned(), streamer)),
         );
         let resolved = resolve_cursors(store, streamers)?;
-        launch(store, resolved, shutdown, push, self.shutdown_timeout)
+        let mut manager = launch(store, resolved, shutdown, push, self.shutdown_timeout)?;
+        manager.credentials = credentials;
+        Ok(manager)
     }
 }
 
@@ -370,6 +381,8 @@ fn launch(
     let bounds = change_log.bounds()?;
     let committed = Arc::new(AtomicU64::new(committed_height));
     let closing = Shutdown::new();
+    let held = super::runtime::registered(store)?;
+    let configured: HashSet<String> = resolved.iter().map(|r| r.setup.name.clone()).collect();
     let retain = resolved
         .iter()
         .map(|r| r.streamer.retain_blocks())
@@ -386,12 +399,12 @@ fn launch(
             closing.clone(),
             shutdown.clone(),
         ));
-        watched.push(Watched {
+        watched.push(Arc::new(Watched {
             type_name: r.type_name,
             delivery: r.setup.delivery,
             stop_node_on_error: r.setup.stop_node_on_error,
             progress: Arc::clone(&progress),
-        });
+        }));
         let driver = Driver::new(
             r.streamer,
             selection.clone(),
@@ -415,22 +428,37 @@ fn launch(
             committed: Arc::clone(&committed),
             commits: CommitHistogram::default(),
             change_log: change_log.meter(),
-            streamers: watched,
+            streamers: std::sync::RwLock::new(watched),
             stopped: std::sync::atomic::AtomicBool::new(false),
+            sections: crate::observe::Sections::default(),
         }),
+        ingest: None,
     };
+    let pruned_below = bounds.map_or(0, |(lo, _)| lo);
+    let runtime = super::runtime::runtime(
+        store,
+        held,
+        pruned_below,
+        Arc::clone(&committed),
+        configured,
+        closing.clone(),
+        observer.clone(),
+        shutdown_timeout,
+    );
     let mut manager = DeliveryManager {
         instances,
         all_stores: all,
         committed,
         observer,
-        pruned_below: bounds.map_or(0, |(lo, _)| lo),
+        runtime,
+        pruned_below,
         retain,
         halt: None,
         closing,
         shutdown,
         shutdown_timeout,
         push,
+        credentials: None,
     };
     catch_up_sync(&mut manager, committed_height)?;
     Ok(manager)
@@ -438,7 +466,11 @@ fn launch(
 
 /// Starts one streamer: a sync one's `on_start` now, an async one's queue
 /// and worker thread.
-fn spawn(setup: &StreamerSetup, mut driver: Driver, committed: &Arc<AtomicU64>) -> Result<Mode> {
+pub(super) fn spawn(
+    setup: &StreamerSetup,
+    mut driver: Driver,
+    committed: &Arc<AtomicU64>,
+) -> Result<Mode> {
     Ok(match setup.delivery {
         Delivery::Sync => {
             driver.start()?;

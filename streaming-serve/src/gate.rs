@@ -1,0 +1,123 @@
+//! The serving gate: whether this process's front-ends answer clients at
+//! all. A node's gate is always open. A relay (`statestream relay`) closes
+//! it while it is too far behind its upstream (not ready) and for good
+//! once a block diverged from its upstream; every front-end checks it
+//! next to the access check, before it: a client is told to come back
+//! later (`UNAVAILABLE`, HTTP 503 with `Retry-After`), never that its token
+//! or its request is wrong.
+//!
+//! One gate per process: a relay's state applies to every `serve`
+//! streamer it runs.
+
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock, PoisonError};
+
+/// Why the gate is closed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Closed {
+    /// The relay is more than its `ready_lag_blocks` behind its upstream.
+    #[error(
+        "not ready: this relay is {lag} blocks behind its upstream (at most {ready_lag} to serve); retry shortly"
+    )]
+    NotReady { lag: u64, ready_lag: u64 },
+    /// A block diverged from the upstream: nothing from that height on is
+    /// served.
+    #[error(
+        "this relay diverged from its upstream at height {height} (store {store}) and serves nothing; see its log"
+    )]
+    Diverged { height: u64, store: String },
+}
+
+const OPEN: u8 = 0;
+const NOT_READY: u8 = 1;
+const DIVERGED: u8 = 2;
+
+/// The process's serving gate.
+#[derive(Debug, Default)]
+pub struct Gate {
+    state: AtomicU8,
+    lag: AtomicU64,
+    ready_lag: AtomicU64,
+    diverged: Mutex<Option<(u64, String)>>,
+}
+
+impl Gate {
+    /// The gate of this process (open until a relay closes it).
+    pub fn process() -> &'static Gate {
+        static GATE: OnceLock<Gate> = OnceLock::new();
+        GATE.get_or_init(Gate::default)
+    }
+
+    /// Opens the gate (`lag` within `ready_lag`) or closes it as not ready;
+    /// ignored once diverged.
+    pub fn set_lag(&self, lag: u64, ready_lag: u64) {
+        self.lag.store(lag, Ordering::Relaxed);
+        self.ready_lag.store(ready_lag, Ordering::Relaxed);
+        let next = if lag <= ready_lag { OPEN } else { NOT_READY };
+        let _ = self
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                (s != DIVERGED).then_some(next)
+            });
+    }
+
+    /// Closes the gate for good: block `height` of `store` diverged.
+    pub fn set_diverged(&self, height: u64, store: &str) {
+        *self.diverged.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some((height, store.to_owned()));
+        self.state.store(DIVERGED, Ordering::Release);
+    }
+
+    /// Whether a request may be answered.
+    pub fn check(&self) -> Result<(), Closed> {
+        match self.state.load(Ordering::Acquire) {
+            OPEN => Ok(()),
+            NOT_READY => Err(Closed::NotReady {
+                lag: self.lag.load(Ordering::Relaxed),
+                ready_lag: self.ready_lag.load(Ordering::Relaxed),
+            }),
+            _ => {
+                let (height, store) = self
+                    .diverged
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone()
+                    .unwrap_or_default();
+                Err(Closed::Diverged { height, store })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_opens_and_closes_until_a_divergence_closes_for_good() {
+        let gate = Gate::default();
+        assert_eq!(gate.check(), Ok(()));
+        gate.set_lag(11, 10);
+        assert_eq!(
+            gate.check(),
+            Err(Closed::NotReady {
+                lag: 11,
+                ready_lag: 10
+            })
+        );
+        gate.set_lag(10, 10);
+        assert_eq!(gate.check(), Ok(()));
+        gate.set_diverged(42, "bank");
+        gate.set_lag(0, 10);
+        let closed = gate.check().unwrap_err();
+        assert_eq!(
+            closed,
+            Closed::Diverged {
+                height: 42,
+                store: "bank".into()
+            }
+        );
+        assert!(closed.to_string().contains("height 42 (store bank)"));
+    }
+}

@@ -1,0 +1,292 @@
+//! `subscriptions_changes_per_s`: 100 subscriptions, each with its own
+//! receiver (a local keep-alive HTTP/1.1 server answering 200 at once),
+//! `batch = "block"`, blocks of 1,000 changes: changes delivered per
+//! second, from the first commit until every cursor is at the last block.
+//! Next to it, the same 100 receivers fed the same bodies by 100 plain
+//! clients (ureq, one thread each). The ratio subscriptions/plain is what
+//! the engine costs (the commit path, envelopes, signatures, cursors); the
+//! target is at least 0.7.
+//!
+//! Then the memory of 1,000 idle subscriptions (their filter matches no
+//! change) while 10,000 blocks commit: the resident set size after every
+//! 2,000 blocks, which should stay flat.
+//!
+//! `cargo bench -p statestream-subscriptions --bench subscriptions`
+//! (environment: `SUBS_BENCH_BLOCKS`, default 20; `SUBS_BENCH_IDLE_BLOCKS`,
+//! default 10000).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use statestream::store::{KvStore, MultiStore, StoreKey, StoreOptions};
+use statestream::{BlockMeta, DeliveryManager};
+use statestream_subscriptions::{
+    Caller, Engine, EngineOptions, SUBSCRIPTIONS_TABLE, SubscriptionSpec,
+};
+
+const SUBSCRIPTIONS: usize = 100;
+const CHANGES: usize = 1000;
+const IDLE: usize = 1000;
+
+/// A receiver: counts requests; keeps the bodies when asked.
+struct Receiver {
+    url: String,
+    requests: Arc<AtomicU64>,
+    bodies: Option<Arc<Mutex<Vec<Vec<u8>>>>>,
+}
+
+fn receiver(keep: bool) -> Receiver {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let requests = Arc::new(AtomicU64::new(0));
+    let bodies = keep.then(|| Arc::new(Mutex::new(Vec::new())));
+    {
+        let requests = Arc::clone(&requests);
+        let bodies = bodies.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let requests = Arc::clone(&requests);
+                let bodies = bodies.clone();
+                std::thread::spawn(move || serve(conn, &requests, bodies.as_deref()));
+            }
+        });
+    }
+    Receiver {
+        url: format!("http://{addr}"),
+        requests,
+        bodies,
+    }
+}
+
+fn serve(conn: TcpStream, requests: &AtomicU64, bodies: Option<&Mutex<Vec<Vec<u8>>>>) {
+    let Ok(mut writer) = conn.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(conn);
+    let mut line = String::new();
+    loop {
+        let mut len = 0usize;
+        line.clear();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = line.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((n, v)) = h.split_once(':')
+                && n.eq_ignore_ascii_case("content-length")
+            {
+                len = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0; len];
+        if reader.read_exact(&mut body).is_err()
+            || writer
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                .is_err()
+        {
+            return;
+        }
+        requests.fetch_add(1, Ordering::Relaxed);
+        if let Some(b) = bodies {
+            b.lock().expect("lock").push(body);
+        }
+    }
+}
+
+/// Resident set size, in MiB.
+fn rss_mib() -> f64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: f64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0.0);
+    pages * 4096.0 / (1024.0 * 1024.0)
+}
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn spec(v: serde_json::Value) -> SubscriptionSpec {
+    SubscriptionSpec::from_json(v.to_string().as_bytes()).expect("spec")
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; a test run passes nothing to run.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let blocks = env("SUBS_BENCH_BLOCKS", 20);
+    let idle_blocks = env("SUBS_BENCH_IDLE_BLOCKS", 10_000);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bank = StoreKey::new("bank").expect("name");
+    let idle = StoreKey::new("idle").expect("name");
+    let options = StoreOptions {
+        fsync: false,
+        ..StoreOptions::default()
+    };
+    let mut store = MultiStore::open(
+        &dir.path().join("bench.redb"),
+        &[bank.clone(), idle.clone()],
+        options,
+    )
+    .expect("store");
+    let mut manager = DeliveryManager::builder().start(&mut store).expect("start");
+    let engine = Engine::start(
+        store.records(SUBSCRIPTIONS_TABLE),
+        manager.runtime(),
+        EngineOptions::default(),
+    )
+    .expect("engine");
+
+    let receivers: Vec<Receiver> = (0..SUBSCRIPTIONS).map(|i| receiver(i == 0)).collect();
+    let ids: Vec<String> = receivers
+        .iter()
+        .map(|r| {
+            engine
+                .create(
+                    Caller::Admin,
+                    spec(json!({
+                        "endpoint": {"url": format!("{}/hooks", r.url)},
+                        "batch": "block",
+                        "filter": {"stores": ["bank"]},
+                    })),
+                )
+                .expect("create")
+                .id
+        })
+        .collect();
+    let started = Instant::now();
+    for b in 0..blocks {
+        for i in 0..CHANGES {
+            store
+                .set(
+                    &bank,
+                    format!("balance/u{i:04}").as_bytes(),
+                    format!(
+                        "{{\"amount\": {}, \"denom\": \"stake\"}}",
+                        b * 1000 + i as u64
+                    )
+                    .as_bytes(),
+                )
+                .expect("set");
+        }
+        manager
+            .commit(&mut store, BlockMeta::default())
+            .expect("commit");
+    }
+    let top = store.version();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while ids.iter().any(|id| {
+        engine
+            .get(Caller::Admin, id)
+            .map_or(true, |v| v.cursor < top)
+    }) {
+        assert!(Instant::now() < deadline, "timed out waiting for delivery");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let elapsed = started.elapsed();
+    let delivered = (SUBSCRIPTIONS as u64 * blocks * CHANGES as u64) as f64;
+    let subs_rate = delivered / elapsed.as_secs_f64();
+    let requests: u64 = receivers
+        .iter()
+        .map(|r| r.requests.load(Ordering::Relaxed))
+        .sum();
+    assert_eq!(
+        requests,
+        SUBSCRIPTIONS as u64 * blocks,
+        "one request per block each"
+    );
+
+    // The same bodies, sent by plain clients.
+    let bodies = receivers[0]
+        .bodies
+        .as_ref()
+        .map(|b| b.lock().expect("lock").clone())
+        .unwrap_or_default();
+    let bodies = Arc::new(bodies);
+    let started = Instant::now();
+    let threads: Vec<_> = receivers
+        .iter()
+        .map(|r| {
+            let url = format!("{}/hooks", r.url);
+            let bodies = Arc::clone(&bodies);
+            std::thread::spawn(move || {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .build()
+                    .into();
+                for body in bodies.iter() {
+                    agent
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .send(body.as_slice())
+                        .expect("plain request");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("plain client");
+    }
+    let plain_rate = delivered / started.elapsed().as_secs_f64();
+    println!(
+        "subscriptions_changes_per_s: {subs_rate:.0} changes/s ({SUBSCRIPTIONS} subscriptions, \
+         {blocks} blocks of {CHANGES} changes, batch = \"block\"); plain requests of the same \
+         bodies: {plain_rate:.0} changes/s; ratio {:.2} (target >= 0.7)",
+        subs_rate / plain_rate
+    );
+
+    for id in &ids {
+        engine.delete(Caller::Admin, id).expect("delete");
+    }
+    let sink = receiver(false);
+    for _ in 0..IDLE {
+        engine
+            .create(
+                Caller::Admin,
+                spec(json!({
+                    "endpoint": {"url": format!("{}/hooks", sink.url)},
+                    "filter": {"stores": ["bank"], "prefixes": ["never/"]},
+                })),
+            )
+            .expect("create idle");
+    }
+    let mut samples = vec![(0u64, rss_mib())];
+    for b in 1..=idle_blocks {
+        store
+            .set(&idle, b"tick", b.to_string().as_bytes())
+            .expect("set");
+        manager
+            .commit(&mut store, BlockMeta::default())
+            .expect("commit");
+        if b % 2000 == 0 {
+            samples.push((b, rss_mib()));
+        }
+    }
+    println!(
+        "idle subscriptions ({IDLE}) memory, RSS MiB after N blocks: {}",
+        samples
+            .iter()
+            .map(|(b, m)| format!("{b}: {m:.1}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    engine.close();
+    manager.close(&mut store).expect("close");
+}

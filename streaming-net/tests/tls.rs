@@ -86,6 +86,10 @@ async fn route(
 
 impl Server {
     fn start(tls: ServerTls) -> Server {
+        Server::start_with(tls, Duration::from_secs(5))
+    }
+
+    fn start_with(tls: ServerTls, header_timeout: Duration) -> Server {
         let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
         tcp.set_nonblocking(true).expect("non-blocking");
         let address = tcp.local_addr().expect("local address");
@@ -99,7 +103,7 @@ impl Server {
             tokio::net::TcpListener::from_std(tcp).expect("tokio listener")
         };
         let mut limits = Limits::default();
-        limits.header_timeout = Duration::from_secs(5);
+        limits.header_timeout = header_timeout;
         let listener = Listener::new(tcp, limits).tls(tls);
         let stats = listener.stats();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -408,4 +412,46 @@ fn tls_files_errors_name_the_file() {
         error.to_string().contains("holds no PEM certificate"),
         "{error}"
     );
+}
+
+#[test]
+fn tls_handshake_that_stalls_is_closed_after_the_header_timeout() {
+    use std::io::{Read, Write};
+    if !openssl("tls_handshake_that_stalls_is_closed_after_the_header_timeout")
+        || !curl_available("tls_handshake_that_stalls_is_closed_after_the_header_timeout")
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let pki = pki(dir.path(), "a");
+    let tls = ServerTls::load("test", TlsFiles::new(&pki.server.0, &pki.server.1))
+        .expect("load the certificate");
+    let server = Server::start_with(tls, Duration::from_millis(300));
+    // One connection sends nothing, one the first bytes of a ClientHello
+    // record header and no more.
+    let mut silent = std::net::TcpStream::connect(server.address).expect("connect");
+    let mut partial = std::net::TcpStream::connect(server.address).expect("connect");
+    partial
+        .write_all(&[0x16, 0x03, 0x01])
+        .expect("send a partial record header");
+    // Others are served meanwhile.
+    let (code, _, err) = curl(&["--cacert", path(&pki.ca.0)], &server.url("/"));
+    assert_eq!(code, 0, "{err}");
+    for (stream, what) in [
+        (&mut silent, "a silent connection"),
+        (&mut partial, "a partial handshake"),
+    ] {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("read timeout");
+        let mut buf = [0u8; 64];
+        match stream.read(&mut buf) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("{what}: expected the server to close it, got {other:?}"),
+        }
+    }
+    statestream_test_support::wait_for("two stalled handshakes counted", || {
+        server.stats.handshake_failed() >= 2
+    });
 }

@@ -188,6 +188,23 @@ fn file_hashes(dir: &Path) -> BTreeMap<u64, Hashes> {
     all
 }
 
+/// `statestream tail DIR --json --from 1`: the block times by height.
+fn file_times(dir: &Path) -> BTreeMap<u64, i64> {
+    let out = Command::new(BIN)
+        .args(["tail", p(dir), "--json", "--from", "1"])
+        .output()
+        .expect("run statestream tail");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            (v["height"].as_u64().unwrap(), v["time"].as_i64().unwrap())
+        })
+        .collect()
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -606,11 +623,15 @@ fn relay_chain_serves_datastream_and_sse_equal_to_the_nodes_files() {
     let hi = hi.min(*files.keys().last().unwrap());
     assert!(hi > lo + 10, "{lo}..{hi}");
     assert_eq!(span(&relayed, lo, hi), span(&files, lo, hi));
-    // The relay's own blocks carry its recomputed hashes: the node's.
+    // The relay's own blocks carry its recomputed hashes (the node's) and
+    // the node's block times.
     let node_hashes = file_hashes(&node_home.join("data/streaming"));
     let relay_hashes = file_hashes(&second_files);
+    let node_times = file_times(&node_home.join("data/streaming"));
+    let relay_times = file_times(&second_files);
     for h in lo..=hi {
         assert_eq!(relay_hashes[&h], node_hashes[&h], "the hashes of block {h}");
+        assert_eq!(relay_times[&h], node_times[&h], "the time of block {h}");
     }
 }
 

@@ -96,7 +96,7 @@ pub fn run(args: RelayArgs) -> Result<ExitCode> {
     store.add_stores(&named)?;
 
     // Closed until the relay knows it is within `ready_lag_blocks`.
-    Gate::process().set_lag(u64::MAX, relay.ready_lag_blocks);
+    Gate::process().set_lag(None, relay.ready_lag_blocks);
     let status = Arc::new(RelayStatus::default());
     status.set_height(store.version());
     let registry = crate::node::registry();
@@ -627,7 +627,7 @@ impl Relay {
             .flatten();
         let height = self.status.height();
         let Some(head) = head else {
-            Gate::process().set_lag(u64::MAX, self.config.ready_lag_blocks);
+            Gate::process().set_lag(None, self.config.ready_lag_blocks);
             self.status.set_ready(false);
             return;
         };
@@ -635,10 +635,8 @@ impl Relay {
         self.status.set_upstream_head(head);
         let lag = head - height;
         let ready = lag <= self.config.ready_lag_blocks && height > 0;
-        Gate::process().set_lag(
-            if height == 0 { u64::MAX } else { lag },
-            self.config.ready_lag_blocks,
-        );
+        // Height 0: nothing to serve yet (before the first snapshot).
+        Gate::process().set_lag((height > 0).then_some(lag), self.config.ready_lag_blocks);
         if ready != self.status.ready() {
             info!(
                 height,

@@ -387,3 +387,124 @@ fn subscriptions_in_the_node_survive_sigterm_and_sigkill_and_respect_scopes() {
             .expect("a Standard Webhooks signature");
     }
 }
+
+#[test]
+fn subscriptions_in_the_node_one_dead_endpoint_is_disabled_alone_then_catches_up_and_replays() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let home = tempfile::tempdir().expect("home");
+    let home = home.path();
+    std::fs::write(home.join("app.toml"), APP_TOML).expect("app.toml");
+    std::fs::write(home.join("admin-token"), ADMIN_TOKEN).expect("token");
+    let node = Node::start(home);
+    let down = Arc::new(AtomicBool::new(true));
+    let flaky = {
+        let down = Arc::clone(&down);
+        Receiver::start(move |_, _| {
+            receiver::Reply::status(if down.load(Ordering::Acquire) {
+                503
+            } else {
+                200
+            })
+        })
+    };
+    let healthy = Receiver::ok();
+    let block = |url: String| {
+        json!({"endpoint": {"url": url}, "batch": "block", "retry": {"schedule_ms": [0, 20]},
+               "disable_after_failures": 3})
+    };
+    let h = node
+        .create(ADMIN_TOKEN, home, "healthy", block(healthy.url()))
+        .expect("create healthy");
+    let f = node
+        .create(ADMIN_TOKEN, home, "flaky", block(flaky.url()))
+        .expect("create flaky");
+    let (hid, fid) = (
+        h["id"].as_str().expect("id").to_owned(),
+        f["id"].as_str().expect("id").to_owned(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let disabled = loop {
+        let shown = node.cli(ADMIN_TOKEN, &["show", &fid]).expect("show");
+        if shown["state"] == "disabled" {
+            break shown;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for the disable: {shown}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stopped_at = disabled["disabled"]["height"].as_u64().expect("height");
+    assert!(
+        disabled["disabled"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("status 503")),
+        "{disabled}"
+    );
+    let failed = node
+        .cli(
+            ADMIN_TOKEN,
+            &["attempts", &fid, "--failed", "--limit", "100"],
+        )
+        .expect("attempts");
+    assert!(
+        failed["attempts"]
+            .as_array()
+            .is_some_and(|a| a.len() >= 6 && a.iter().all(|x| x["status"] == 503)),
+        "{failed}"
+    );
+    // The healthy one goes on meanwhile.
+    node.wait_cursors(&[&hid], stopped_at + 20);
+    // A replay of what the healthy one delivered (the disabled one's cursor
+    // holds those blocks): the same webhook-ids and bytes.
+    let before = healthy.requests();
+    let replay = node
+        .cli(
+            ADMIN_TOKEN,
+            &[
+                "replay",
+                &hid,
+                "--from",
+                &stopped_at.to_string(),
+                "--to",
+                &(stopped_at + 4).to_string(),
+            ],
+        )
+        .expect("replay");
+    assert_eq!(replay["delivered"], 5, "{replay}");
+    // Live deliveries go on beside the replay: only the replayed heights.
+    let replayed = |r: &&Received| {
+        r.json()["height"]
+            .as_u64()
+            .is_some_and(|h| (stopped_at..=stopped_at + 4).contains(&h))
+    };
+    let again: Vec<(String, Vec<u8>)> = healthy.requests()[before.len()..]
+        .iter()
+        .filter(replayed)
+        .map(|r| (r.id().to_owned(), r.body.clone()))
+        .collect();
+    let first: Vec<(String, Vec<u8>)> = before
+        .iter()
+        .filter(|r| again.iter().any(|(id, _)| id == r.id()))
+        .map(|r| (r.id().to_owned(), r.body.clone()))
+        .collect();
+    assert_eq!(again.len(), 5);
+    assert_eq!(again, first, "the same webhook-ids and bytes");
+    // Resume: it catches up completely, from the height it stopped at.
+    down.store(false, Ordering::Release);
+    node.cli(ADMIN_TOKEN, &["resume", &fid]).expect("resume");
+    let target = node.height();
+    node.wait_cursors(&[&fid], target);
+    let heights: BTreeSet<u64> = flaky
+        .requests()
+        .iter()
+        .map(|r| r.json()["height"].as_u64().expect("height"))
+        .filter(|h| *h <= target)
+        .collect();
+    let start = f["start_height"].as_u64().expect("start");
+    let blocks_with_changes: BTreeSet<u64> = (start..=target).collect();
+    assert_eq!(heights, blocks_with_changes, "every block, nothing lost");
+    node.signal(libc::SIGTERM);
+}

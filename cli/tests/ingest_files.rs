@@ -564,9 +564,9 @@ fn ingest_files_takes_statestream_files_and_shows_gaps_on_status() {
         let Some(last) = log_text()
             .lines()
             .filter(|l| l.contains("telemetry server listening"))
-            .filter_map(|l| l.split("address=").nth(1))
+            .filter_map(|l| l.split("address=").nth(1)?.split_whitespace().next())
             .next_back()
-            .map(|a| a.trim().to_owned())
+            .map(str::to_owned)
         else {
             return false;
         };

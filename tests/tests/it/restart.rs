@@ -201,12 +201,14 @@ fn restart_streamer_left_out_of_the_config_loses_pruned_blocks_with_a_clear_erro
     );
     // Deleting the cursor, as the message offers, lets it start anew.
     assert!(store.delete_cursor("rec").unwrap());
-    let (rec, handle2) = recorder("rec", Expect::new());
+    // It starts with the next block, 7; closed at once (a drop could race
+    // with its worker's start).
+    let (rec, handle2) = recorder("rec", Expect::new().start(7).close());
     let manager = DeliveryManager::builder()
         .streamer(StreamerSetup::new("rec", &all), Box::new(rec))
         .start(&mut store)
         .unwrap();
-    drop(manager);
+    manager.close(&mut store).unwrap();
     handle2.verify();
     handle.verify();
 }

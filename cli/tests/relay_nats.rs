@@ -325,3 +325,160 @@ fn relay_nats_two_relays_ride_through_a_server_restart_equal_to_the_node() {
         assert!(!log.contains("diverged"), "{log}");
     }
 }
+
+/// The `address=` of the first line of `proc`'s log containing `marker`.
+fn logged_address(proc: &Proc, marker: &str) -> String {
+    let mut found = None;
+    wait_for(&format!("a log line with {marker:?}"), || {
+        found = proc
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains(marker))
+            .and_then(|l| l.split("address=").nth(1))
+            .and_then(|r| r.split_whitespace().next())
+            .map(str::to_owned);
+        found.is_some()
+    });
+    found.unwrap_or_default()
+}
+
+#[test]
+fn relay_nats_empty_relay_snapshots_from_serve_beside_then_follows_jetstream() {
+    let binary = nats_server_binary();
+    if !statestream_test_support::require(
+        "relay_nats_empty_relay_snapshots_from_serve_beside_then_follows_jetstream",
+        "nats-server",
+        binary.is_some(),
+        "apt-get install -y nats-server",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("nats")).unwrap();
+    let nats = Nats::start(binary.expect("nats-server"), &dir.path().join("nats"));
+    let node_home = home_with(
+        dir.path(),
+        "node",
+        &format!(
+            "[store]\nstreamers = [\"file\", \"nats\", \"serve\"]\n\n[streamers.file]\n\
+             keys = [\"*\"]\nwrite_dir = \"data/streaming\"\n\n[streamers.nats]\ntype = \"nats\"\n\
+             keys = [\"*\"]\nurl = \"{}\"\nstop-node-on-error = false\n\n[streamers.serve]\n\
+             type = \"serve\"\nkeys = [\"*\"]\ngrpc_address = \"127.0.0.1:0\"\nheartbeat_ms = 200\n",
+            nats.url()
+        ),
+    );
+    let node = Proc::start(&[
+        "node",
+        "--home",
+        p(&node_home),
+        "--blocks",
+        "0",
+        "--block-time-ms",
+        "20",
+    ]);
+    let serve = logged_address(&node, "serve: gRPC listening");
+    let node_files = node_home.join("data/streaming");
+    wait_for("the node's block 20", || last_height(&node_files) >= 20);
+    let home = home_with(
+        dir.path(),
+        "relay",
+        &format!(
+            "[store]\nstreamers = [\"file\"]\n\n[streamers.file]\nkeys = [\"*\"]\n\
+             write_dir = \"data/streaming\"\n\n[relay]\n\
+             upstreams = [\"{}?stream=statestream\", \"http://{serve}\"]\n",
+            nats.url()
+        ),
+    );
+    let relay = Proc::start(&["relay", "--home", p(&home)]);
+    let files = home.join("data/streaming");
+    let at = last_height(&node_files);
+    wait_for("the relay 20 blocks past its start", || {
+        last_height(&files) >= at + 20
+    });
+    let status = node.stop();
+    assert!(status.success(), "{status}");
+    let last = last_height(&node_files);
+    wait_for("the relay at the node's last block", || {
+        last_height(&files) >= last
+    });
+    let log = relay.log();
+    assert!(relay.stop().success(), "{log}");
+    // The snapshot came from serve (at the node's head, not block 1), and
+    // the blocks after it from JetStream.
+    let restored = log
+        .lines()
+        .find(|l| l.contains("snapshot restored"))
+        .unwrap_or_else(|| panic!("no snapshot in the log:\n{log}"));
+    assert!(
+        restored.contains(&format!("upstream=http://{serve}")),
+        "{log}"
+    );
+    let height: u64 = restored
+        .split("height=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|h| h.parse().ok())
+        .unwrap_or_else(|| panic!("no height in {restored:?}"));
+    assert!(height >= 20, "{restored}");
+    let after = &log[log.find(restored).unwrap_or(0)..];
+    assert!(
+        after.contains(&format!(
+            "following the upstream upstream={}?stream=statestream from={}",
+            nats.url(),
+            height + 1
+        )),
+        "{log}"
+    );
+    assert!(!log.contains("upstream lost"), "{log}");
+    assert_eq!(
+        metas(&files, height + 1, last),
+        metas(&node_files, height + 1, last)
+    );
+    assert!(dump(&files, height + 1, last) == dump(&node_files, height + 1, last));
+}
+
+#[test]
+fn relay_nats_config_check_names_the_bad_key_and_hides_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    for (extra, upstream, want) in [
+        (
+            "user = \"alice\"\n",
+            "nats://127.0.0.1:4222?stream=chain",
+            "[relay.nats] user: user and password go together",
+        ),
+        (
+            "token = \"s3cret-token\"\nuser = \"alice\"\npassword = \"pw-s3cret\"\n",
+            "nats://127.0.0.1:4222?stream=chain",
+            "[relay.nats] token: give either token or user and password",
+        ),
+        (
+            "",
+            "nats://alice:pw-s3cret@127.0.0.1:4222?stream=a.b",
+            "stream: ",
+        ),
+    ] {
+        let home = home_with(
+            dir.path(),
+            "relay",
+            &format!("[relay]\nupstreams = [\"{upstream}\"]\n\n[relay.nats]\n{extra}"),
+        );
+        let out = Command::new(BIN)
+            .args(["config", "check", "--home", p(&home)])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{extra}: {stderr}");
+        assert!(stderr.contains(want), "{extra}: {stderr}");
+        assert!(!stderr.contains("s3cret"), "{extra}: {stderr}");
+        // The relay itself refuses it at start, the same way.
+        let out = Command::new(BIN)
+            .args(["relay", "--home", p(&home)])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(want), "{stderr}");
+        assert!(!stderr.contains("s3cret"), "{stderr}");
+    }
+}

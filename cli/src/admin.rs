@@ -6,7 +6,8 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use statestream::DeliveryManager;
 use statestream_admin::{AdminOptions, AdminServer, read_token_file};
-use statestream_config::AppConfig;
+use statestream_config::{AppConfig, ListenerTls};
+use statestream_net::TlsFiles;
 
 /// Starts the admin API when `[admin] address` is set (the token read
 /// from `token_file`, relative paths under `home`); errors name the file,
@@ -31,7 +32,18 @@ pub fn start_admin(
         read_token_file(&token_file).with_context(|| format!("{} key `token_file`", at()))?;
     let mut options = AdminOptions::new(admin.address, &token);
     options.allowed_hosts = admin.allowed_hosts.clone();
+    options.tls = admin.tls.as_ref().map(|tls| tls_files(tls, home));
+    options.check_tls().with_context(at)?;
     let server = AdminServer::start(options, credentials, Vec::new())
         .with_context(|| format!("{} key `address`", at()))?;
     Ok(Some(server))
+}
+
+/// A listener's TLS files from app.toml, relative paths under `home`.
+pub fn tls_files(tls: &ListenerTls, home: &Path) -> TlsFiles {
+    let files = TlsFiles::new(home.join(&tls.cert_file), home.join(&tls.key_file));
+    match &tls.client_ca_file {
+        Some(ca) => files.client_ca_file(home.join(ca)),
+        None => files,
+    }
 }

@@ -319,6 +319,35 @@ fn node_tls_sighup_reloads_certificates_and_keeps_open_streams() {
         out.contains("credentials") && out.ends_with(" 200"),
         "{out}"
     );
+    // statestream credentials over the admin API's TLS.
+    let admin_base = format!("https://localhost:{admin}");
+    let token_file = home.join("config/admin-token");
+    let credentials = |ca: &Path| {
+        Command::new(BIN)
+            .args(["credentials", "list", "--json", "--admin", &admin_base])
+            .args([
+                "--admin-token-file",
+                path(&token_file),
+                "--ca-file",
+                path(ca),
+            ])
+            .output()
+            .expect("run statestream credentials")
+    };
+    let out = credentials(&old.ca);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("credentials"),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = credentials(&new.ca);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "a wrong CA: {stderr}");
+    assert!(
+        stderr.contains(&admin_base) && stderr.contains("UnknownIssuer"),
+        "names the admin API and why: {stderr}"
+    );
     let end = subscribe_one_block(&grpc_url, &["--ca-file", path(&old.ca)], deadline);
     assert!(end["height"].as_u64().is_some(), "{end}");
 

@@ -260,7 +260,7 @@ impl AdminServer {
         if !bound.ip().is_loopback() {
             tracing::warn!(address = %bound, "the admin API listens beyond this machine: keep its token secret, and prefer a loopback address");
         }
-        tracing::info!(address = %bound, tls = options.tls.is_some(), "admin API listening (/v1/credentials)");
+        tracing::info!(tls = options.tls.is_some(), address = %bound, "admin API listening (/v1/credentials)");
         Ok(AdminServer {
             address: bound,
             stop: Some(stop),

@@ -75,6 +75,11 @@ fn admin_openapi_document_lists_exactly_the_routes() -> anyhow::Result<()> {
     let doc: Value = serde_json::from_str(&text)?;
     let mut documented = Vec::new();
     for (path, item) in doc["paths"].as_object().expect("paths").iter() {
+        // The run-time subscriptions' routes are mounted by their crate,
+        // which checks them against this document itself.
+        if path.starts_with("/v1/subscriptions") {
+            continue;
+        }
         for (method, _) in item.as_object().expect("a path item").iter() {
             if method != "parameters" {
                 documented.push((method.to_uppercase(), path.clone()));

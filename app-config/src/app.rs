@@ -20,6 +20,7 @@ mod relay;
 
 pub use relay::{
     DEFAULT_MAX_UPSTREAM_LAG_BLOCKS, DEFAULT_READY_LAG_BLOCKS, MAX_LAG_BLOCKS, RelayConfig,
+    RelayNatsConfig,
 };
 
 /// Blocks buffered in memory per asynchronous streamer when `queue` is not set.

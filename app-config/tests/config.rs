@@ -1263,3 +1263,52 @@ fn config_relay_defaults_values_and_errors() {
         assert!(e.contains("[relay]") || e.contains("relay"), "{text}: {e}");
     }
 }
+
+#[test]
+fn config_relay_nats_upstreams_and_their_table() {
+    let config = parse(
+        "[relay]\nupstreams = [\"nats://127.0.0.1:4222?stream=chain\", \"http://a:1\"]\n\n\
+         [relay.nats]\ntoken = \"secret\"\ntls-ca-file = \"ca.pem\"\ntls_required = \"true\"\n\
+         connect_timeout_ms = 250\n",
+    )
+    .expect("parses");
+    let nats = &config.relay().expect("[relay]").nats;
+    assert_eq!(nats.token.as_deref(), Some("secret"));
+    assert_eq!(nats.tls_ca_file.as_deref(), Some("ca.pem"));
+    assert!(nats.tls_required);
+    assert_eq!(
+        (nats.connect_timeout_ms, nats.request_timeout_ms),
+        (250, 5000)
+    );
+    assert!(!format!("{nats:?}").contains("secret"), "{nats:?}");
+    let defaults = parse("[relay]\nupstreams = [\"http://a:1\"]\n").unwrap();
+    let d = &defaults.relay().unwrap().nats;
+    assert!(d.token.is_none() && !d.tls_required && d.connect_timeout_ms == 5000);
+    for (text, fragment) in [
+        (
+            "[relay]\nupstreams = [\"nats://h:4222\"]\n",
+            "names no stream",
+        ),
+        (
+            "[relay]\nupstreams = [\"nats://h:4222?stream=s\"]\n[relay.nats]\nurl = \"x\"\n",
+            "unknown key; statestream reads `token`",
+        ),
+        (
+            "[relay]\nupstreams = [\"nats://h:4222?stream=s\"]\n[relay.nats]\n\
+             request_timeout_ms = 0\n",
+            "expected milliseconds",
+        ),
+        (
+            "[relay]\nupstreams = [\"nats://h:4222?stream=s\"]\n[relay.nats]\ntoken = 1\n",
+            "expected a string",
+        ),
+        (
+            "[relay]\nupstreams = [\"nats://h:4222?stream=s\"]\nnats = 1\n",
+            "expected a table",
+        ),
+    ] {
+        let e = parse(text).expect_err(text).to_string();
+        assert!(e.contains(fragment), "{text}: {e}");
+        assert!(e.contains("relay"), "{text}: {e}");
+    }
+}

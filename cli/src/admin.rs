@@ -4,10 +4,69 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use statestream::DeliveryManager;
-use statestream_admin::{AdminOptions, AdminServer, read_token_file};
+use statestream::{DeliveryManager, Registry};
+use statestream_admin::{AdminAuth, AdminOptions, AdminServer, Caller, read_token_file};
 use statestream_config::{AppConfig, ListenerTls};
 use statestream_net::TlsFiles;
+use statestream_store::MultiStore;
+use statestream_subscriptions::api::{ApiFailure, Authenticator, HeaderMap, Principal, ReadScope};
+use statestream_subscriptions::{Engine, EngineOptions, SUBSCRIPTIONS_TABLE};
+
+/// Starts the run-time subscriptions (issue 28) on the running manager:
+/// the active ones resume from their cursors. Their list is served on
+/// `/status` and their metrics on `/metrics`; their routes on the admin
+/// API ([`start_admin`]).
+pub fn start_subscriptions(
+    store: &MultiStore,
+    manager: &DeliveryManager,
+    registry: &Registry,
+) -> Result<Engine> {
+    let engine = Engine::start(
+        store.records(SUBSCRIPTIONS_TABLE),
+        manager.runtime(),
+        EngineOptions::default(),
+    )
+    .context("cannot start the run-time subscriptions")?;
+    manager
+        .observer()
+        .add_section("subscriptions", engine.status_section());
+    let collector = engine
+        .collector()
+        .context("cannot describe the subscriptions' metrics")?;
+    registry
+        .metrics()
+        .register(Box::new(collector))
+        .context("cannot register the subscriptions' metrics")?;
+    Ok(engine)
+}
+
+/// The admin listener's authentication, as the subscription routes see
+/// it: the admin token, or a credential with its read scopes.
+struct AdminCaller(AdminAuth);
+
+impl Authenticator for AdminCaller {
+    fn principal(&self, headers: &HeaderMap) -> Result<Principal, ApiFailure> {
+        match self.0.caller(headers) {
+            Ok(Caller::Credential(who)) => {
+                let c = &who.credential;
+                Ok(Principal::Credential {
+                    id: c.id.clone(),
+                    subscribe_webhooks: c.subscribe_webhooks,
+                    scopes: c
+                        .scopes
+                        .iter()
+                        .map(|s| ReadScope {
+                            store: s.store.clone(),
+                            prefixes: s.prefixes.clone(),
+                        })
+                        .collect(),
+                })
+            }
+            Ok(_) => Ok(Principal::Admin),
+            Err(e) => Err(ApiFailure::new(e.status, e.code, e.message)),
+        }
+    }
+}
 
 /// Starts the admin API when `[admin] address` is set (the token read
 /// from `token_file`, relative paths under `home`); errors name the file,
@@ -16,6 +75,7 @@ pub fn start_admin(
     config: &AppConfig,
     home: &Path,
     manager: &DeliveryManager,
+    subscriptions: Option<&Engine>,
 ) -> Result<Option<AdminServer>> {
     let Some(admin) = config.admin() else {
         return Ok(None);
@@ -34,7 +94,16 @@ pub fn start_admin(
     options.allowed_hosts = admin.allowed_hosts.clone();
     options.tls = admin.tls.as_ref().map(|tls| tls_files(tls, home));
     options.check_tls().with_context(at)?;
-    let server = AdminServer::start(options, credentials, Vec::new())
+    let extra = subscriptions
+        .map(|engine| {
+            let auth = AdminCaller(AdminAuth::new(&token, credentials.clone()));
+            vec![statestream_subscriptions::api::router(
+                engine.clone(),
+                std::sync::Arc::new(auth),
+            )]
+        })
+        .unwrap_or_default();
+    let server = AdminServer::start(options, credentials, extra)
         .with_context(|| format!("{} key `address`", at()))?;
     Ok(Some(server))
 }

@@ -38,6 +38,9 @@ mod pg;
 #[path = "bench_cosmos.rs"]
 mod cosmos;
 
+#[path = "bench_relay.rs"]
+mod relay;
+
 use crate::blocks::DirArgs;
 use crate::workload::Rng;
 use crate::{replay, verify};
@@ -78,7 +81,7 @@ const POSTGRES_ENV: &str = "STATESTREAM_BENCH_POSTGRES";
 
 /// Every figure, in the order they run, with the names of the lines it
 /// prints when they are not its own name (one per case it measures).
-const FIGURES: [(&str, &[&str]); 15] = [
+const FIGURES: [(&str, &[&str]); 18] = [
     ("commit_overhead_async", &[]),
     ("commit_overhead_sync", &[]),
     ("writer_vs_raw", &[]),
@@ -107,6 +110,18 @@ const FIGURES: [(&str, &[&str]); 15] = [
     (
         "cosmos_plugin_commit_ms",
         &["cosmos_plugin_commit_ms_p50", "cosmos_plugin_commit_ms_p99"],
+    ),
+    (
+        "relay_latency_ms",
+        &["relay_latency_ms_p50", "relay_latency_ms_p99"],
+    ),
+    ("relay_node_cpu_ratio", &[]),
+    (
+        "relay_idle_subscriber_kib",
+        &[
+            "relay_idle_subscriber_kib_1000",
+            "relay_idle_subscriber_kib_10000",
+        ],
     ),
 ];
 
@@ -311,6 +326,27 @@ pub fn run(args: BenchArgs, _quiet: bool) -> Result<ExitCode> {
     if wanted("cosmos_plugin_commit_ms") {
         for f in cosmos::commit_ms(sizes, &stores, &tmp.join("cosmos"))? {
             f.print(args.json)?;
+        }
+    }
+    if wanted("relay_latency_ms") || wanted("relay_node_cpu_ratio") {
+        // One run gives both: the same relay, clients and blocks.
+        let (latency, cpu) = relay::latency_and_cpu(sizes, &stores, &tmp.join("relay"))?;
+        if wanted("relay_latency_ms") {
+            for f in latency {
+                if shown("relay_latency_ms", f.name) {
+                    f.print(args.json)?;
+                }
+            }
+        }
+        if wanted("relay_node_cpu_ratio") {
+            cpu.print(args.json)?;
+        }
+    }
+    if wanted("relay_idle_subscriber_kib") {
+        for f in relay::idle_subscribers(sizes, &stores, &tmp.join("relay-idle"))? {
+            if shown("relay_idle_subscriber_kib", f.name) {
+                f.print(args.json)?;
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -25,7 +25,7 @@ use crate::workload::Rng;
 const SUBSCRIBERS: usize = 100;
 
 /// The subscribers' runtime, its threads at nice 19.
-fn client_runtime() -> Result<tokio::runtime::Runtime> {
+pub(super) fn client_runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("bench-clients")
@@ -38,7 +38,7 @@ fn client_runtime() -> Result<tokio::runtime::Runtime> {
 /// Lowers the calling thread's CPU priority to `nice` (Linux: per
 /// thread): the bench's subscribers stand for consumers on other machines,
 /// so they take the CPU the node leaves, not the committing thread's.
-fn lower_priority(nice: i32) {
+pub(super) fn lower_priority(nice: i32) {
     #[cfg(target_os = "linux")]
     // SAFETY: setpriority and gettid have no memory effects; an error only
     // leaves the priority as it was.
@@ -109,9 +109,9 @@ fn serve_manager_with(
 }
 
 /// Per subscriber, the last height whose end it received.
-type Heights = Vec<Arc<AtomicU64>>;
+pub(super) type Heights = Vec<Arc<AtomicU64>>;
 /// Per subscriber, each block end it received and when.
-type Arrivals = Vec<Arc<Mutex<Vec<(u64, Instant)>>>>;
+pub(super) type Arrivals = Vec<Arc<Mutex<Vec<(u64, Instant)>>>>;
 
 /// Starts `n` live subscribers of `front` on every store.
 fn connect(
@@ -236,7 +236,7 @@ async fn subscribe_envelopes(address: String) -> Result<tonic::Streaming<BlockEn
 
 /// Starts `n` live subscribers on every store; each records, per block
 /// end, the height and when it arrived. Returns once all are subscribed.
-fn subscribers(
+pub(super) fn subscribers(
     rt: &tokio::runtime::Runtime,
     address: &str,
     n: usize,
@@ -336,7 +336,7 @@ fn sse_subscribers(handle: &ServeHandle, n: usize) -> Result<(Heights, Arrivals)
     Ok((heights, arrivals))
 }
 
-fn wait_received(heights: &[Arc<AtomicU64>], height: u64) -> Result<()> {
+pub(super) fn wait_received(heights: &[Arc<AtomicU64>], height: u64) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     while heights.iter().any(|h| h.load(Ordering::Acquire) < height) {
         if Instant::now() > deadline {

@@ -84,6 +84,12 @@ fn check(args: CheckArgs, quiet: bool) -> Result<ExitCode> {
             &anyhow::Error::new(e).context(format!("{}: [telemetry]", source.origin().display())),
         ));
     }
+    // [relay.nats] and the JetStream upstreams, by the nats streamer's rules.
+    if let Some(relay) = config.relay()
+        && let Err(e) = crate::relay::nats::check(relay)
+    {
+        errors.push(format!("{}: {e}", source.origin().display()));
+    }
     if !errors.is_empty() {
         for error in &errors {
             crate::report(error);
@@ -104,6 +110,9 @@ fn check(args: CheckArgs, quiet: bool) -> Result<ExitCode> {
         );
         if let Some(telemetry) = config.telemetry() {
             line.push_str(&format!("; telemetry on {}", telemetry.address));
+        }
+        if let Some(relay) = config.relay() {
+            line.push_str(&format!("; relay of {} upstream(s)", relay.upstreams.len()));
         }
         if !config.warnings().is_empty() {
             line.push_str(&format!("; {} warnings", config.warnings().len()));

@@ -308,6 +308,8 @@ async fn serve(state: State) -> Result<()> {
             ingest: Arc::clone(&shared),
             finalized: Mutex::new(None),
         }));
+    // Before the handshake: from then on the host may signal the plugin.
+    let terminated = watch_signals()?;
     // The one line go-plugin reads; stdout carries nothing else.
     {
         let mut out = std::io::stdout().lock();
@@ -317,7 +319,10 @@ async fn serve(state: State) -> Result<()> {
     }
     info!(address = %address, "cosmos-plugin: listening");
     let stopped = async {
-        let _ = stop_rx.await;
+        tokio::select! {
+            _ = stop_rx => {}
+            _ = terminated => info!("cosmos-plugin: SIGTERM: closing the pipeline"),
+        }
     };
     let served = match listener {
         Listener::Unix(l, path) => {
@@ -350,6 +355,54 @@ async fn serve(state: State) -> Result<()> {
     }
     info!("cosmos-plugin: stopped");
     Ok(())
+}
+
+/// The plugin's signals, on a thread of their own:
+/// - SIGINT is ignored, as go-plugin's own plugins do: a Ctrl-C in the
+///   node's terminal reaches the whole process group, and the host stops
+///   the plugin itself (`Shutdown`) after its last block. A plugin gone
+///   first would fail the node's next `ListenCommit`.
+/// - SIGHUP re-reads the TLS listeners' certificates, as for the node.
+/// - SIGTERM closes the pipeline (the streamers flushed, the store closed)
+///   and exits 0, as `Shutdown` does; a second one exits at once.
+fn watch_signals() -> Result<tokio::sync::oneshot::Receiver<()>> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .context("cannot install the signal handlers")?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let mut tx = Some(tx);
+    std::thread::Builder::new()
+        .name("signals".to_owned())
+        .spawn(move || {
+            for signal in signals.forever() {
+                match signal {
+                    SIGHUP => {
+                        let outcome = statestream_net::reload_all();
+                        info!(
+                            reloaded = outcome.reloaded,
+                            failed = outcome.failed,
+                            "SIGHUP: TLS certificates re-read"
+                        );
+                    }
+                    SIGINT => info!("cosmos-plugin: SIGINT ignored (the node stops the plugin)"),
+                    _ => match tx.take() {
+                        Some(tx) => {
+                            let _ = tx.send(());
+                        }
+                        None => {
+                            let _ = writeln!(
+                                std::io::stderr().lock(),
+                                "statestream cosmos-plugin: second SIGTERM: exiting at once \
+                                 (every block answered is in the replica)"
+                            );
+                            std::process::exit(i32::from(crate::node::EXIT_SECOND_SIGNAL));
+                        }
+                    },
+                }
+            }
+        })
+        .context("cannot start the signal thread")?;
+    Ok(rx)
 }
 
 /// go-plugin's controller: `Shutdown` flushes the streamers and closes

@@ -23,6 +23,7 @@ mod replay;
 mod signals;
 mod stats;
 mod subscribe;
+mod subscriptions;
 mod tail;
 mod verify;
 mod workload;
@@ -90,6 +91,9 @@ enum Command {
     /// Manages the node's credentials (scoped access to its serve
     /// streamers), through its admin API or offline on its store.
     Credentials(credentials::CredentialsArgs),
+    /// Manages run-time webhook subscriptions through the node's admin API
+    /// (see docs/subscriptions.md).
+    Subscriptions(subscriptions::SubscriptionsArgs),
     /// A Cosmos SDK (v0.50+) ABCI listener plugin, launched by the chain's
     /// node (COSMOS_SDK_ABCI): streams the chain's blocks per
     /// HOME/config/app.toml. See docs/cosmos.md.
@@ -202,6 +206,7 @@ fn run() -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Node(args) => node::run(args, cli.quiet),
         Command::Credentials(args) => credentials::run(args),
+        Command::Subscriptions(args) => subscriptions::run(args),
         Command::CosmosPlugin(args) => cosmos::run(args),
         Command::IngestFiles(args) => ingest_files::run(args),
         Command::Relay(args) => relay::run(args),

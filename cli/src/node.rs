@@ -272,8 +272,11 @@ pub fn execute(args: &NodeArgs, quiet: bool) -> Result<Summary> {
     // After the streamers, so that it serves their metrics from the first
     // scrape; stopped after the manager closed, so that the last scrape
     // can see the final state.
+    // Run-time subscriptions resume before the first block; their metrics
+    // and status are served from the first scrape.
+    let subscriptions = crate::admin::start_subscriptions(&store, &manager, &registry)?;
     let telemetry = start_telemetry(&config, &args.home, &manager, &registry)?;
-    let admin = crate::admin::start_admin(&config, &args.home, &manager)?;
+    let admin = crate::admin::start_admin(&config, &args.home, &manager, Some(&subscriptions))?;
 
     let stop = Arc::new(AtomicBool::new(false));
     // Wakes the wait between paced blocks when a signal arrives.
@@ -346,10 +349,11 @@ pub fn execute(args: &NodeArgs, quiet: bool) -> Result<Summary> {
         p.finish_and_clear();
     }
 
-    // No credential changes once the streamers close.
+    // No credential or subscription changes once the streamers close.
     if let Some(server) = admin {
         server.stop();
     }
+    subscriptions.close();
     let stats = manager.stats();
     let closed = manager.close(&mut store);
     let info = store.last_commit();

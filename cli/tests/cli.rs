@@ -850,7 +850,10 @@ fn bench_only_refuses_an_unknown_figure() {
              serve_latency_ms_p50_100, serve_latency_ms_p99_100, snapshot_vs_scan, \
              serve_stalled_rss_mb, sse_commit_overhead, sse_latency_ms, sse_latency_ms_p50, \
              sse_latency_ms_p99, postgres_rows_per_s, cosmos_plugin_commit_ms, \
-             cosmos_plugin_commit_ms_p50, cosmos_plugin_commit_ms_p99]"
+             cosmos_plugin_commit_ms_p50, cosmos_plugin_commit_ms_p99, relay_latency_ms, \
+             relay_latency_ms_p50, relay_latency_ms_p99, relay_node_cpu_ratio, \
+             relay_idle_subscriber_kib, relay_idle_subscriber_kib_1000, \
+             relay_idle_subscriber_kib_10000]"
         ),
         "{run:#?}"
     );
@@ -960,6 +963,11 @@ fn bench_quick_json_reports_every_figure() {
             "sse_latency_ms_p99",
             "cosmos_plugin_commit_ms_p50",
             "cosmos_plugin_commit_ms_p99",
+            "relay_latency_ms_p50",
+            "relay_latency_ms_p99",
+            "relay_node_cpu_ratio",
+            "relay_idle_subscriber_kib_1000",
+            "relay_idle_subscriber_kib_10000",
         ],
         "{run:#?}"
     );
@@ -970,7 +978,8 @@ fn bench_quick_json_reports_every_figure() {
         let name = j["name"].as_str().unwrap();
         let comparison = !name.ends_with("_mb_s")
             && !name.starts_with("serve_latency_ms")
-            && !name.starts_with("sse_latency_ms");
+            && !name.starts_with("sse_latency_ms")
+            && !name.starts_with("relay_idle_subscriber_kib");
         assert_eq!(j["ratio"].as_f64().is_some(), comparison, "{j}");
         assert_eq!(j["baseline"].as_f64().is_some(), comparison, "{j}");
         // Comparisons over rounds also give the middle half of the
@@ -979,7 +988,8 @@ fn bench_quick_json_reports_every_figure() {
         let rounds = comparison
             && j["name"] != "node_peak_rss_mb"
             && j["name"] != "serve_stalled_rss_mb"
-            && !name.starts_with("cosmos_plugin_commit_ms");
+            && !name.starts_with("cosmos_plugin_commit_ms")
+            && !name.starts_with("relay_latency_ms");
         let (q1, q3) = (j["ratio_q1"].as_f64(), j["ratio_q3"].as_f64());
         assert_eq!((q1.is_some(), q3.is_some()), (rounds, rounds), "{j}");
         if let (Some(q1), Some(q3), Some(r)) = (q1, q3, j["ratio"].as_f64()) {

@@ -621,3 +621,61 @@ fn cosmos_plugin_serve_blocks_carry_the_chains_app_hash() {
         "serve's source_app_hash differs from the host's app hashes"
     );
 }
+
+/// The Ctrl-C of the node's terminal reaches the plugin too: it must stay
+/// for the node's last blocks (the node stops it with `Shutdown`). SIGHUP
+/// reloads certificates. SIGTERM closes the pipeline and exits 0.
+#[test]
+fn cosmos_plugin_ignores_sigint_reloads_on_sighup_and_stops_on_sigterm() {
+    use std::io::BufRead as _;
+    let s = Setup::new("");
+    let mut child = Command::new(BIN)
+        .args(["cosmos-plugin", "--home"])
+        .arg(s.home())
+        .env(COOKIE_KEY, "ef78114d-7bdf-411c-868f-347c99a78345")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = i32::try_from(child.id()).unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    // The handshake line comes once the plugin listens (it is bounded by
+    // the plugin's start; a plugin that died gives EOF, not a hang).
+    stdout.read_line(&mut line).unwrap();
+    assert!(line.starts_with("1|1|unix|"), "handshake: {line:?}");
+    for signal in [libc::SIGINT, libc::SIGHUP, libc::SIGINT] {
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    }
+    // Still serving: wait a moment for a wrong exit to show.
+    let until = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < until {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the plugin exited on SIGINT or SIGHUP"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the plugin did not stop within 60 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "SIGTERM: {status:?}\n{err}");
+    assert!(err.contains("SIGINT ignored"), "{err}");
+    assert!(err.contains("SIGHUP: TLS certificates re-read"), "{err}");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    assert!(rest.is_empty(), "stdout after the handshake: {rest:?}");
+}

@@ -120,4 +120,4 @@ pub use replay::{
     Replay, ReplaySink, ReplayState, StreamBlock, StreamReader, replay_stream, replay_stream_into,
 };
 pub use streamer::{HEADER_HEIGHT, HEADER_MSG_ID, HEADER_PART, NatsStreamer};
-pub use upstream::{NatsUpstreamOptions, is_nats_upstream, upstream_config};
+pub use upstream::{NatsUpstreamOptions, display_upstream, is_nats_upstream, upstream_config};

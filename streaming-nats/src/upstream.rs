@@ -15,6 +15,15 @@ pub fn is_nats_upstream(url: &str) -> bool {
     url.starts_with("nats://") || url.starts_with("tls://")
 }
 
+/// An upstream URL as logs and status pages show it: the servers without
+/// their credentials, then the query.
+pub fn display_upstream(url: &str) -> String {
+    match url.trim().split_once('?') {
+        Some((servers, query)) => format!("{}?{query}", redact_url(servers)),
+        None => redact_url(url.trim()),
+    }
+}
+
 /// The connection options of `[relay.nats]`: the `nats` streamer's
 /// authentication, TLS and timeout keys, with the same meaning and
 /// defaults (see `docs/nats.md`). Relative paths are relative to the
@@ -205,6 +214,10 @@ mod tests {
         let c = upstream_config("nats://h?stream=chain&subject=a.b", &o).unwrap();
         assert_eq!(c.blocks_subject(), "a.b.blocks");
         assert!(is_nats_upstream("tls://h?stream=s"));
+        assert_eq!(
+            display_upstream("nats://u:pw@h:1,tok@g?stream=s"),
+            "nats://<redacted>@h:1,<redacted>@g?stream=s"
+        );
         assert!(!is_nats_upstream("http://h:9090"));
     }
 

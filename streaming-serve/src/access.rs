@@ -14,10 +14,9 @@
 //! used (a rotation's grace period over), or its scopes no longer cover
 //! the stream's filter, the stream ends within a second.
 //!
-//! Client certificates (mTLS): the mapping is "the certificate subject's
-//! CN names the credential". The seam is [`Access::check_subject`], for
-//! the TLS listener to call with the verified subject in place of a
-//! bearer token.
+//! Client certificates (mTLS): the verified certificate's subject CN names
+//! the credential the client acts as ([`Access::check_with_peer`]); with a
+//! bearer too, both must name the same credential.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -95,6 +94,42 @@ impl Access {
         }
     }
 
+    /// Admits a request carrying `credential` (its bearer token, if any)
+    /// over a connection whose verified client certificate is `peer` (if
+    /// any): a certificate whose subject CN is a credential's id acts as
+    /// that credential; a bearer sent with it must be the token or name
+    /// the same credential.
+    pub fn check_with_peer(
+        &self,
+        credential: Option<&str>,
+        peer: Option<&statestream_net::PeerCertificate>,
+    ) -> Result<Grant, Denied> {
+        let named = peer.and_then(|p| p.subject_cn.as_deref()).filter(|cn| {
+            self.credentials
+                .as_ref()
+                .is_some_and(|r| r.get(cn).is_some())
+        });
+        let Some(cn) = named else {
+            return self.check(credential);
+        };
+        let Some(given) = credential else {
+            return self.check_subject(cn);
+        };
+        let grant = self.check(Some(given))?;
+        match grant.who.as_ref().map(|(a, _)| a.credential.id.as_str()) {
+            Some(id) if id != cn => {
+                let message = format!(
+                    "the client certificate names credential {cn:?} and the bearer credential {id:?}: they must be the same"
+                );
+                if let Some(r) = &self.credentials {
+                    r.denied(Some(cn), self.front_end, &message);
+                }
+                Err(Denied::Unauthenticated(message))
+            }
+            _ => Ok(grant),
+        }
+    }
+
     /// Admits a request carrying `credential` (its bearer token, if any).
     pub fn check(&self, credential: Option<&str>) -> Result<Grant, Denied> {
         let open = Grant {
@@ -142,12 +177,9 @@ impl Access {
         }
     }
 
-    /// The seam for client certificates (mTLS): a request whose verified
-    /// certificate subject has the CN `subject_cn` uses the credential of
-    /// that id (if active), as if it had sent one of its secrets. Not
-    /// called yet: the TLS listener passes the subject once it verifies
-    /// client certificates.
-    #[allow(dead_code)]
+    /// A request whose verified client certificate has the subject CN
+    /// `subject_cn` uses the credential of that id (if active), as if it
+    /// had sent one of its secrets.
     pub fn check_subject(&self, subject_cn: &str) -> Result<Grant, Denied> {
         let registry = self.credentials.as_ref().ok_or(Denied::Wrong)?;
         match registry.authenticate_id(subject_cn) {

@@ -16,11 +16,10 @@ use std::sync::{Mutex, OnceLock, PoisonError};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Closed {
-    /// The relay is more than its `ready_lag_blocks` behind its upstream.
-    #[error(
-        "not ready: this relay is {lag} blocks behind its upstream (at most {ready_lag} to serve); retry shortly"
-    )]
-    NotReady { lag: u64, ready_lag: u64 },
+    /// The relay is more than its `ready_lag_blocks` behind its upstream,
+    /// or does not know its upstream's head (`lag` is `None`).
+    #[error("not ready: {}; retry shortly", not_ready(*.lag, *.ready_lag))]
+    NotReady { lag: Option<u64>, ready_lag: u64 },
     /// A block diverged from the upstream: nothing from that height on is
     /// served.
     #[error(
@@ -28,6 +27,18 @@ pub enum Closed {
     )]
     Diverged { height: u64, store: String },
 }
+
+fn not_ready(lag: Option<u64>, ready_lag: u64) -> String {
+    match lag {
+        Some(lag) => {
+            format!("this relay is {lag} blocks behind its upstream (at most {ready_lag} to serve)")
+        }
+        None => "this relay does not know its upstream's head yet (no upstream answers)".into(),
+    }
+}
+
+/// The lag stored for "unknown".
+const UNKNOWN: u64 = u64::MAX;
 
 const OPEN: u8 = 0;
 const NOT_READY: u8 = 1;
@@ -49,12 +60,17 @@ impl Gate {
         GATE.get_or_init(Gate::default)
     }
 
-    /// Opens the gate (`lag` within `ready_lag`) or closes it as not ready;
-    /// ignored once diverged.
-    pub fn set_lag(&self, lag: u64, ready_lag: u64) {
+    /// Opens the gate (`lag` within `ready_lag`) or closes it as not ready
+    /// (also when the lag is not known: `None`); ignored once diverged.
+    pub fn set_lag(&self, lag: Option<u64>, ready_lag: u64) {
+        let lag = lag.unwrap_or(UNKNOWN);
         self.lag.store(lag, Ordering::Relaxed);
         self.ready_lag.store(ready_lag, Ordering::Relaxed);
-        let next = if lag <= ready_lag { OPEN } else { NOT_READY };
+        let next = if lag != UNKNOWN && lag <= ready_lag {
+            OPEN
+        } else {
+            NOT_READY
+        };
         let _ = self
             .state
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
@@ -74,7 +90,7 @@ impl Gate {
         match self.state.load(Ordering::Acquire) {
             OPEN => Ok(()),
             NOT_READY => Err(Closed::NotReady {
-                lag: self.lag.load(Ordering::Relaxed),
+                lag: Some(self.lag.load(Ordering::Relaxed)).filter(|&l| l != UNKNOWN),
                 ready_lag: self.ready_lag.load(Ordering::Relaxed),
             }),
             _ => {
@@ -98,18 +114,21 @@ mod tests {
     fn lag_opens_and_closes_until_a_divergence_closes_for_good() {
         let gate = Gate::default();
         assert_eq!(gate.check(), Ok(()));
-        gate.set_lag(11, 10);
+        gate.set_lag(None, 10);
+        let unknown = gate.check().unwrap_err();
+        assert!(unknown.to_string().contains("does not know"), "{unknown}");
+        gate.set_lag(Some(11), 10);
         assert_eq!(
             gate.check(),
             Err(Closed::NotReady {
-                lag: 11,
+                lag: Some(11),
                 ready_lag: 10
             })
         );
-        gate.set_lag(10, 10);
+        gate.set_lag(Some(10), 10);
         assert_eq!(gate.check(), Ok(()));
         gate.set_diverged(42, "bank");
-        gate.set_lag(0, 10);
+        gate.set_lag(Some(0), 10);
         let closed = gate.check().unwrap_err();
         assert_eq!(
             closed,

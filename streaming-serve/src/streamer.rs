@@ -205,9 +205,10 @@ impl ServeStreamer {
         ));
         hub.metrics().set_max_subscribers(config.max_subscribers);
         let limits = limits(&config, hub.heartbeat());
-        // The node's credentials, installed for its home by the delivery
-        // manager that owns the store (none when built without one).
-        let credentials = statestream_access::installed(ctx.home);
+        // The node's credentials, installed under the state reader by the
+        // delivery manager that owns the store (none when built without
+        // one).
+        let credentials = ctx.reader.and_then(statestream_access::installed);
         let mut servers = Vec::new();
         let mut grpc_address = None;
         let with_tls = |listener: Listener| match &tls {

@@ -111,7 +111,7 @@ pub(crate) fn register(registry: &mut Registry) {
                 #[cfg(feature = "telemetry")]
                 crate::register_serve_metrics(&metrics, ctx.name, streamer.handle().metrics())?;
                 #[cfg(feature = "telemetry")]
-                if let Some(credentials) = statestream_access::installed(ctx.home) {
+                if let Some(credentials) = ctx.reader.and_then(statestream_access::installed) {
                     crate::serve_metrics::register_credential_metrics(&metrics, credentials)?;
                 }
                 Ok(Box::new(streamer))

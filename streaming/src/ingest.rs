@@ -17,6 +17,12 @@
 //!   streamers' cursors are committed in one store transaction: once
 //!   [`Ingest::commit`] returns, the block is durable (with `fsync` on).
 //!
+//! - A replica of another statestream (a relay) checks each block before
+//!   it commits: [`Ingest::commit_checked`] compares the chain values the
+//!   block's writes give each store with the source's, and refuses the
+//!   block on a mismatch. It starts from a source's snapshot
+//!   ([`Ingest::restore`]), whose chain values its chains continue from.
+//!
 //! Adding stores or continuing past a gap restarts the streamers (closed,
 //! then started again on the new set of stores): the manager's store
 //! selection is fixed when it starts. Both are rare (a chain's first
@@ -75,8 +81,6 @@ pub struct SourceHashes {
 pub struct SourceSnapshot {
     /// The height (at least 1).
     pub height: u64,
-    /// Time, opaque payloads and the source's app hash at that height.
-    pub meta: BlockMeta,
     /// Every key of the replicated stores, as (store, key, value).
     pub entries: Vec<SourceWrite>,
     /// The chain value of each replicated store at `height` (those stores

@@ -301,3 +301,78 @@ fn a_bad_block_is_refused_whole() {
     assert_eq!(seen.lock().unwrap()[1].2, vec![rec("bank", "c", Some("1"))]);
     ingest.close().unwrap();
 }
+
+/// A replica restored from a source's snapshot and fed checked blocks: a
+/// block whose writes give the source's chain values commits; one that
+/// does not is refused before anything commits or is delivered, naming
+/// the store.
+#[test]
+fn restore_then_checked_blocks_commit_only_when_they_give_the_sources_hashes() {
+    use statestream::{SourceHashes, SourceSnapshot};
+    let dir = tempfile::tempdir().unwrap();
+    // The source: a pipeline of its own, three blocks.
+    let (mut source, _) = pipeline(&dir.path().join("source.redb"), OnGap::Continue);
+    source
+        .commit(block(
+            1,
+            vec![w("bank", "a", Some("1")), w("acc", "x", Some("1"))],
+        ))
+        .unwrap();
+    source
+        .commit(block(2, vec![w("bank", "b", Some("2"))]))
+        .unwrap();
+    let hashes = |i: &Ingest| SourceHashes {
+        stores: i
+            .store()
+            .stores()
+            .iter()
+            .map(|s| (s.name().to_owned(), i.store().store_hash(s).unwrap()))
+            .collect(),
+        app_hash: Some(i.store().last_commit().app_hash),
+    };
+    let at_2 = hashes(&source);
+    source
+        .commit(block(
+            3,
+            vec![w("bank", "a", None), w("acc", "y", Some("3"))],
+        ))
+        .unwrap();
+    let at_3 = hashes(&source);
+
+    let (mut replica, seen) = pipeline(&dir.path().join("replica.redb"), OnGap::Halt);
+    replica
+        .restore(SourceSnapshot {
+            height: 2,
+            entries: vec![
+                w("acc", "x", Some("1")),
+                w("bank", "a", Some("1")),
+                w("bank", "b", Some("2")),
+            ],
+            hashes: at_2,
+        })
+        .unwrap();
+    assert_eq!(replica.store().version(), 2);
+    // Block 3 with one write left out: refused, naming the store.
+    let err = replica
+        .commit_checked(block(3, vec![w("bank", "a", None)]), &at_3)
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::BlockDiverged { height: 3, store, .. } if store == "acc"),
+        "{err}"
+    );
+    assert_eq!(replica.store().version(), 2, "nothing committed");
+    assert!(seen.lock().unwrap().is_empty(), "nothing delivered");
+    // The whole block 3: committed, equal to the source's.
+    let done = replica
+        .commit_checked(
+            block(3, vec![w("bank", "a", None), w("acc", "y", Some("3"))]),
+            &at_3,
+        )
+        .unwrap();
+    assert!(matches!(done, Ingested::Committed(info) if info == source.store().last_commit()));
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    assert_eq!(
+        replica.store().get(&"acc".parse().unwrap(), b"y").unwrap(),
+        Some(b"3".to_vec())
+    );
+}

@@ -312,8 +312,9 @@ impl Engine {
         }))
     }
 
-    /// Adds the subscription's streamer to the manager.
-    fn run(&self, stored: &Stored, start: StartAt) -> Result<()> {
+    /// Adds the subscription's streamer to the manager; returns its
+    /// cursor.
+    fn run(&self, stored: &Stored, start: StartAt) -> Result<u64> {
         let (plan, filter) =
             stored
                 .spec
@@ -332,11 +333,12 @@ impl Engine {
             shutdown: shutdown.clone(),
             control: self.inner.control.clone(),
         });
-        self.inner
+        let cursor = self
+            .inner
             .runtime
             .add(setup, Box::new(streamer), shutdown.clone(), start)?;
         lock(&self.inner.signals).insert(stored.id.clone(), shutdown);
-        Ok(())
+        Ok(cursor)
     }
 
     /// Stops the streamer, keeping its cursor.
@@ -389,7 +391,7 @@ impl Engine {
             StartSpec::At { height } => (StartAt::Height(height), height),
         };
         let secret = new_secret()?;
-        let stored = Stored {
+        let mut stored = Stored {
             id: id.clone(),
             owner: match caller {
                 Caller::Admin => None,
@@ -407,10 +409,19 @@ impl Engine {
         };
         self.live(&id).set_secrets(secrets_of(&stored));
         self.save(&stored)?;
-        if let Err(e) = self.run(&stored, start) {
-            let _ = self.inner.records.delete(&id);
-            lock(&self.inner.live).remove(&id);
-            return Err(e);
+        match self.run(&stored, start) {
+            Ok(cursor) if cursor + 1 != stored.start_height => {
+                // "latest": blocks committed meanwhile; it starts after the
+                // height the manager saw.
+                stored.start_height = cursor + 1;
+                self.save(&stored)?;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let _ = self.inner.records.delete(&id);
+                lock(&self.inner.live).remove(&id);
+                return Err(e);
+            }
         }
         info!(subscription = %id, start = start_height, "subscription created");
         Ok(self.view(stored, Some(secret)))

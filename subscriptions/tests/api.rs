@@ -15,7 +15,9 @@ use receiver::Receiver;
 use serde_json::{Value, json};
 use statestream::store::{KvStore, MultiStore, StoreKey};
 use statestream::{BlockMeta, DeliveryManager};
-use statestream_subscriptions::api::{ApiFailure, Authenticator, Principal, ReadScope, router};
+use statestream_subscriptions::api::{
+    ApiFailure, Authenticator, Principal, ROUTES, ReadScope, router,
+};
 use statestream_subscriptions::{Engine, EngineOptions, SUBSCRIPTIONS_TABLE};
 use statestream_test_support::wait_for;
 
@@ -325,6 +327,56 @@ fn subscriptions_api_over_http() {
     assert_eq!(status, 204);
     let (status, _) = c.call("wallet", "GET", &format!("/v1/subscriptions/{id}"), None);
     assert_eq!(status, 404);
+    engine.close();
+    manager.close(&mut store).expect("close");
+}
+
+#[test]
+fn subscriptions_openapi_document_lists_exactly_the_routes() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/admin-api.json");
+    let doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("read")).expect("JSON");
+    let mut documented = Vec::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        if !path.starts_with("/v1/subscriptions") {
+            continue;
+        }
+        for (method, _) in item.as_object().expect("a path item") {
+            if method != "parameters" {
+                documented.push((method.to_uppercase(), path.clone()));
+            }
+        }
+    }
+    documented.sort();
+    let mut served: Vec<(String, String)> = ROUTES
+        .iter()
+        .map(|(m, p)| ((*m).to_owned(), (*p).to_owned()))
+        .collect();
+    served.sort();
+    assert_eq!(documented, served, "docs/admin-api.json against the routes");
+    // Each is answered: 401 without a valid token, not 404 or 405.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bank = StoreKey::new("bank").expect("name");
+    let mut store =
+        MultiStore::open(&dir.path().join("s.redb"), &[bank], Default::default()).expect("store");
+    let manager = DeliveryManager::builder().start(&mut store).expect("start");
+    let engine = Engine::start(
+        store.records(SUBSCRIPTIONS_TABLE),
+        manager.runtime(),
+        EngineOptions::default(),
+    )
+    .expect("engine");
+    let c = Client {
+        base: serve(engine.clone()),
+        agent: ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into(),
+    };
+    for (method, path) in &served {
+        let (status, body) = c.call("wrong", method, &path.replace("{id}", "x"), Some(json!({})));
+        assert_eq!(status, 401, "{method} {path}: {body}");
+    }
     engine.close();
     manager.close(&mut store).expect("close");
 }

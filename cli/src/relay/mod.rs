@@ -13,6 +13,7 @@
 //! of every upstream (for the lag and the failover), the serving gate
 //! (`statestream_serve::Gate`), and the pushed writes forwarded upstream.
 
+pub mod nats;
 pub mod status;
 pub mod upstream;
 
@@ -35,7 +36,7 @@ use tracing::{error, info, warn};
 
 use crate::node::{ConfigSource, STORE_PATH};
 use status::{RelayMetrics, RelayStatus};
-use upstream::{GrpcUpstream, Upstream, UpstreamError, UpstreamEvent, UpstreamHashes};
+use upstream::{Upstream, UpstreamError, UpstreamEvent, UpstreamHashes};
 
 #[derive(Debug, clap::Args)]
 pub struct RelayArgs {
@@ -74,6 +75,7 @@ pub fn run(args: RelayArgs) -> Result<ExitCode> {
             source.origin().display()
         );
     }
+    nats::check(&relay).map_err(|e| anyhow::anyhow!("{}: {e}", source.origin().display()))?;
     let token = read_token(&args.home, &relay.token_file)?;
     std::fs::create_dir_all(args.home.join("data"))
         .with_context(|| format!("cannot create the home directory {}", args.home.display()))?;
@@ -94,7 +96,7 @@ pub fn run(args: RelayArgs) -> Result<ExitCode> {
     store.add_stores(&named)?;
 
     // Closed until the relay knows it is within `ready_lag_blocks`.
-    Gate::process().set_lag(u64::MAX, relay.ready_lag_blocks);
+    Gate::process().set_lag(None, relay.ready_lag_blocks);
     let status = Arc::new(RelayStatus::default());
     status.set_height(store.version());
     let registry = crate::node::registry();
@@ -137,10 +139,8 @@ pub fn run(args: RelayArgs) -> Result<ExitCode> {
     let upstreams: Vec<Box<dyn Upstream>> = relay
         .upstreams
         .iter()
-        .map(|u| {
-            Box::new(GrpcUpstream::new(u, token.as_deref(), &relay.stores)) as Box<dyn Upstream>
-        })
-        .collect();
+        .map(|u| upstream::open(u, token.as_deref(), &relay.stores, &relay.nats, &args.home))
+        .collect::<Result<_>>()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -152,6 +152,7 @@ pub fn run(args: RelayArgs) -> Result<ExitCode> {
         config: relay,
         upstreams,
         current: 0,
+        back_to: None,
         status,
         telemetry,
         height: height_tx,
@@ -230,6 +231,9 @@ enum Next {
     Follow(usize),
     /// Take a snapshot from the upstream in use.
     Snapshot,
+    /// Follow the upstream at this index again after a snapshot taken
+    /// from another (a JetStream upstream holds blocks, not state).
+    Resume(usize),
     /// A signal: stop.
     Stop,
 }
@@ -239,6 +243,9 @@ struct Relay {
     config: RelayConfig,
     upstreams: Vec<Box<dyn Upstream>>,
     current: usize,
+    /// The upstream to follow again once the snapshot taken from another
+    /// is restored.
+    back_to: Option<usize>,
     heads: Arc<Mutex<Vec<Option<u64>>>>,
     status: Arc<RelayStatus>,
     telemetry: Option<Telemetry>,
@@ -269,12 +276,27 @@ impl Relay {
                 return Ok(());
             }
             let from = (!snapshot).then(|| self.version() + 1);
+            if from.is_none()
+                && !self.upstreams[self.current].snapshots()
+                && let Some(j) = self.upstreams.iter().position(|u| u.snapshots())
+            {
+                info!(upstream = %self.upstreams[self.current].name(),
+                    snapshot_from = %self.upstreams[j].name(),
+                    "a JetStream upstream holds blocks, not state: taking the snapshot from a \
+                     serve upstream, then following it again");
+                self.back_to = Some(self.current);
+                self.current = j;
+            }
             let name = self.upstreams[self.current].name().to_owned();
             self.status.set_upstream(&name);
             match from {
                 Some(h) => info!(upstream = %name, from = h, "following the upstream"),
+                None if !self.upstreams[self.current].snapshots() => info!(upstream = %name,
+                    "replaying the JetStream stream from block 1 (its state at block 1 is the \
+                     relay's first snapshot)"),
                 None => info!(upstream = %name, "taking a snapshot at the upstream's head"),
             }
+            let height_before = self.version();
             let next = match self.upstreams[self.current].start(from).await {
                 Ok(()) => self.follow(&mut stop, &mut polls, &mut tick).await?,
                 Err(e) => self.on_error(e).await?,
@@ -282,16 +304,25 @@ impl Relay {
             match next {
                 Next::Stop => return Ok(()),
                 Next::Snapshot => snapshot = true,
+                Next::Resume(i) => {
+                    snapshot = false;
+                    self.current = i;
+                }
                 Next::Follow(i) => {
+                    self.back_to = None;
                     snapshot = self.version() == 0;
-                    if i == self.current {
-                        // Every upstream failed: pause, or stop.
+                    if i != self.current {
+                        self.status.failed_over();
+                    }
+                    // Back to the same upstream (the only one, or every one
+                    // failed), or an upstream that gave nothing: pause, so
+                    // that upstreams that are all down or not ready are not
+                    // tried in a tight loop.
+                    if i == self.current || self.version() == height_before {
                         tokio::select! {
                             _ = tokio::time::sleep(RETRY_PAUSE) => {}
                             _ = stop.wait_for(|s| *s) => return Ok(()),
                         }
-                    } else {
-                        self.status.failed_over();
                     }
                     self.current = i;
                 }
@@ -329,7 +360,6 @@ impl Relay {
                 UpstreamEvent::Head(head) => self.saw_head(self.current, head),
                 UpstreamEvent::Snapshot {
                     height,
-                    time,
                     entries,
                     hashes,
                 } => {
@@ -338,7 +368,11 @@ impl Relay {
                             "the upstream has no block yet; waiting");
                         return Ok(Next::Follow(self.current));
                     }
-                    self.restore(height, time, entries, &hashes)?;
+                    self.restore(height, entries, &hashes)?;
+                    if let Some(back) = self.back_to.take() {
+                        self.refresh();
+                        return Ok(Next::Resume(back));
+                    }
                 }
                 UpstreamEvent::Block {
                     height,
@@ -409,21 +443,13 @@ impl Relay {
     fn restore(
         &mut self,
         height: u64,
-        time: Option<(i64, u32)>,
         entries: Vec<statestream::SourceWrite>,
         hashes: &UpstreamHashes,
     ) -> Result<()> {
         let name = self.upstreams[self.current].name().to_owned();
         let stores = self.replicated(&name, hashes)?;
-        let (time_seconds, time_nanos) = time.unwrap_or_default();
         let snapshot = SourceSnapshot {
             height,
-            meta: BlockMeta {
-                time_seconds,
-                time_nanos,
-                source_app_hash: hashes.source_app_hash.clone(),
-                ..BlockMeta::default()
-            },
             entries,
             hashes: SourceHashes {
                 stores,
@@ -601,7 +627,7 @@ impl Relay {
             .flatten();
         let height = self.status.height();
         let Some(head) = head else {
-            Gate::process().set_lag(u64::MAX, self.config.ready_lag_blocks);
+            Gate::process().set_lag(None, self.config.ready_lag_blocks);
             self.status.set_ready(false);
             return;
         };
@@ -609,10 +635,8 @@ impl Relay {
         self.status.set_upstream_head(head);
         let lag = head - height;
         let ready = lag <= self.config.ready_lag_blocks && height > 0;
-        Gate::process().set_lag(
-            if height == 0 { u64::MAX } else { lag },
-            self.config.ready_lag_blocks,
-        );
+        // Height 0: nothing to serve yet (before the first snapshot).
+        Gate::process().set_lag((height > 0).then_some(lag), self.config.ready_lag_blocks);
         if ready != self.status.ready() {
             info!(
                 height,
@@ -679,6 +703,9 @@ impl Relay {
             Some(extension),
         ) {
             Ok(server) => {
+                // The same port again when the streamers restart (after a
+                // snapshot), also when the system chose it.
+                t.address = server.local_addr();
                 t.server = Some(server);
                 t.starts = starts;
             }

@@ -56,7 +56,6 @@ pub enum UpstreamEvent {
     /// hashes there.
     Snapshot {
         height: u64,
-        time: Option<(i64, u32)>,
         entries: Vec<SourceWrite>,
         hashes: UpstreamHashes,
     },
@@ -110,6 +109,13 @@ pub trait Upstream: Send {
     /// How the upstream is named in logs and on `/status` (no secret).
     fn name(&self) -> &str;
 
+    /// Whether [`start`](Upstream::start) with no height gives a
+    /// snapshot at the head. A JetStream stream holds blocks, not state:
+    /// the relay takes its snapshot from another upstream when it can.
+    fn snapshots(&self) -> bool {
+        true
+    }
+
     /// Starts following: a snapshot at the head then the blocks after it
     /// (`from` is `None`), or every block from height `from` on.
     fn start(&mut self, from: Option<u64>) -> UpstreamFuture<'_, Result<(), UpstreamError>>;
@@ -130,6 +136,23 @@ pub trait Upstream: Send {
         key: Vec<u8>,
         value: Option<Vec<u8>>,
     ) -> UpstreamFuture<'static, Result<u64, String>>;
+}
+
+/// The upstream an entry of `[relay] upstreams` names, with the relay's
+/// token, replicating `stores` (empty: every store it streams). The one
+/// place a new kind of upstream (a `nats://` JetStream stream) is added.
+pub fn open(
+    address: &str,
+    token: Option<&str>,
+    stores: &[String],
+    nats: &statestream_config::RelayNatsConfig,
+    home: &std::path::Path,
+) -> anyhow::Result<Box<dyn Upstream>> {
+    Ok(if statestream_nats::is_nats_upstream(address) {
+        Box::new(super::nats::NatsUpstream::new(address, nats, home)?)
+    } else {
+        Box::new(GrpcUpstream::new(address, token, stores))
+    })
 }
 
 /// A `serve` streamer's gRPC endpoint.
@@ -218,7 +241,6 @@ impl Upstream for GrpcUpstream {
                 match update {
                     Update::Snapshot {
                         height,
-                        time,
                         entries,
                         first,
                         end,
@@ -237,7 +259,6 @@ impl Upstream for GrpcUpstream {
                         if end {
                             return Ok(UpstreamEvent::Snapshot {
                                 height,
-                                time: time_of(time),
                                 entries: std::mem::take(&mut self.snapshot),
                                 hashes: hashes.into(),
                             });

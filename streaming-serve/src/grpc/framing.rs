@@ -83,7 +83,10 @@ impl StateStreamRoute {
     async fn answer(self, request: HttpRequest) -> Result<HttpResponse, Status> {
         let grant = {
             let metadata = tonic::metadata::MetadataMap::from_headers(request.headers().clone());
-            gate_then_access(&self.access, credential(&metadata))?
+            let peer = request
+                .extensions()
+                .get::<statestream_net::PeerCertificate>();
+            gate_then_access(&self.access, credential(&metadata), peer)?
         };
         let service = self.service;
         match request.uri().path() {

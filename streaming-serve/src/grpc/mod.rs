@@ -56,9 +56,13 @@ fn closed(c: Closed) -> Status {
 }
 
 /// The gate, then the access check: what every gRPC request passes first.
-fn gate_then_access(access: &Access, credential: Option<&str>) -> Result<Grant, Status> {
+fn gate_then_access(
+    access: &Access,
+    credential: Option<&str>,
+    peer: Option<&statestream_net::PeerCertificate>,
+) -> Result<Grant, Status> {
     Gate::process().check().map_err(closed)?;
-    access.check(credential).map_err(denied)
+    access.check_with_peer(credential, peer).map_err(denied)
 }
 
 /// The credential of a request: its `authorization` metadata's token.
@@ -71,7 +75,10 @@ fn credential(metadata: &tonic::metadata::MetadataMap) -> Option<&str> {
 
 /// Admits a request; what it may read goes with it, for the handler.
 fn admit(access: &Access, mut request: Request<()>) -> Result<Request<()>, Status> {
-    let grant = gate_then_access(access, credential(request.metadata()))?;
+    let peer = request
+        .extensions()
+        .get::<statestream_net::PeerCertificate>();
+    let grant = gate_then_access(access, credential(request.metadata()), peer)?;
     request.extensions_mut().insert(grant);
     Ok(request)
 }
@@ -127,6 +134,43 @@ impl<T> Stream for Responses<T> {
     }
 }
 
+/// How often the health service looks at the gate.
+const GATE_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Sets the served services (and the whole server, `""`) SERVING or
+/// NOT_SERVING as the process's gate opens and closes, until shutdown.
+async fn follow_gate(
+    reporter: tonic_health::server::HealthReporter,
+    mut closing: tokio::sync::watch::Receiver<bool>,
+) {
+    use tonic::server::NamedService;
+    let mut open = true;
+    let mut poll = tokio::time::interval(GATE_POLL);
+    loop {
+        tokio::select! {
+            _ = poll.tick() => {}
+            _ = closing.wait_for(|c| *c) => return,
+        }
+        let now = Gate::process().check().is_ok();
+        if now == open {
+            continue;
+        }
+        open = now;
+        let status = if open {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        for service in [
+            "",
+            StateStreamRoute::NAME,
+            DataServiceServer::<DataStreamService>::NAME,
+        ] {
+            reporter.set_service_status(service, status).await;
+        }
+    }
+}
+
 /// The gRPC services as one tower service (served by the streamer's
 /// `statestream_net` listener, which sets the HTTP/2 limits and
 /// keep-alive), and a future that marks them SERVING in the health
@@ -155,6 +199,7 @@ pub(crate) fn router(
     let (health_reporter, health) = tonic_health::server::health_reporter();
     // Only the served services and "" (the whole server) report SERVING.
     let reporter = health_reporter.clone();
+    let closing = hub.closing();
     let set_health = async move {
         reporter
             .set_service_status(StateStreamRoute::NAME, ServingStatus::Serving)
@@ -162,6 +207,9 @@ pub(crate) fn router(
         reporter
             .set_serving::<DataServiceServer<DataStreamService>>()
             .await;
+        // A relay's gate closes and opens while it runs: the health
+        // service follows it (NOT_SERVING while requests get UNAVAILABLE).
+        tokio::spawn(follow_gate(reporter, closing));
     };
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)

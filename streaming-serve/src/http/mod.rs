@@ -27,6 +27,9 @@ use crate::error::HubError;
 use crate::gate::Gate;
 use crate::hub::Hub;
 
+/// The verified client certificate of the connection, if any (mTLS).
+pub(crate) type Peer = Option<axum::Extension<statestream_net::PeerCertificate>>;
+
 /// The header an SSE client resumes by.
 const LAST_EVENT_ID: &str = "last-event-id";
 
@@ -57,11 +60,11 @@ pub(crate) fn router(setup: HttpSetup) -> Router {
     let router = Router::new()
         .route(
             "/stream",
-            get(|State(st), h, RawQuery(q)| sse::open_stream(st, h, q, false)),
+            get(|State(st), peer, h, RawQuery(q)| sse::open_stream(st, peer, h, q, false)),
         )
         .route(
             "/stream/ping",
-            get(|State(st), h, RawQuery(q)| sse::open_stream(st, h, q, true)),
+            get(|State(st), peer, h, RawQuery(q)| sse::open_stream(st, peer, h, q, true)),
         )
         .route("/snapshot", get(snapshot::snapshot))
         .with_state(state);
@@ -109,7 +112,12 @@ async fn preflight_no_content(request: Request, next: Next) -> Response {
 impl AppState {
     /// Admits a request by `Authorization: Bearer <token>`, or `?token=`
     /// (for EventSource, which cannot set headers).
-    fn admit(&self, headers: &HeaderMap, query_token: Option<&str>) -> Result<Grant, HttpError> {
+    fn admit(
+        &self,
+        headers: &HeaderMap,
+        query_token: Option<&str>,
+        peer: &Peer,
+    ) -> Result<Grant, HttpError> {
         let credential = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -122,7 +130,9 @@ impl AppState {
             retry_after: true,
             message: c.to_string(),
         })?;
-        self.access.check(credential).map_err(HttpError::from)
+        self.access
+            .check_with_peer(credential, peer.as_ref().map(|p| &p.0))
+            .map_err(HttpError::from)
     }
 }
 

@@ -157,11 +157,12 @@ impl SnapshotWriter for JsonChunks {
 /// complete-looking answer.
 pub(super) async fn snapshot(
     State(st): State<AppState>,
+    peer: super::Peer,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, HttpError> {
     let params = parse_params(query.as_deref())?;
-    let grant = st.admit(&headers, params.token.as_deref())?;
+    let grant = st.admit(&headers, params.token.as_deref(), &peer)?;
     let filter = params.filter(&st.hub, &grant)?;
     let encoding = params.encoding()?;
     let permit = st.hub.admit_snapshot()?;

@@ -180,12 +180,13 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 /// `GET /stream` (`ping` false) and `GET /stream/ping`.
 pub(super) async fn open_stream(
     st: AppState,
+    peer: super::Peer,
     headers: HeaderMap,
     query: Option<String>,
     ping: bool,
 ) -> Result<Response, HttpError> {
     let params = parse_params(query.as_deref())?;
-    let grant = st.admit(&headers, params.token.as_deref())?;
+    let grant = st.admit(&headers, params.token.as_deref(), &peer)?;
     let filter = params.filter(&st.hub, &grant)?;
     let encoding: Encoding = params.encoding()?;
     let last = last_event_id(&headers)?;

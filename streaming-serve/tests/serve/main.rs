@@ -5,6 +5,7 @@
 mod util;
 
 mod bounds;
+mod credentials;
 mod datastream;
 mod es;
 mod limits;

@@ -292,3 +292,61 @@ fn serve_mtls_requires_a_client_certificate() {
     drop(sse);
     node.close();
 }
+
+#[test]
+fn serve_mtls_certificate_subject_names_the_credential() {
+    if !tools("serve_mtls_certificate_subject_names_the_credential") {
+        return;
+    }
+    let pki = pki();
+    let mut node = Node::in_memory(&tls_config(&pki, true));
+    node.commit();
+    let registry = node.manager.as_ref().unwrap().credentials().unwrap();
+    let scoped = |store: &str| statestream_access::NewCredential {
+        id: String::new(),
+        scopes: vec![statestream_access::Scope {
+            store: store.into(),
+            prefixes: Vec::new(),
+        }],
+        push: false,
+        subscribe_webhooks: false,
+        max_streams: None,
+        expires_at: None,
+        description: String::new(),
+    };
+    registry
+        .create(statestream_access::NewCredential {
+            id: "wallet".into(),
+            ..scoped("a")
+        })
+        .unwrap();
+    let (_, other) = registry
+        .create(statestream_access::NewCredential {
+            id: "other".into(),
+            ..scoped("b")
+        })
+        .unwrap();
+    let url = grpc_url(&node);
+    let with_cert = SubscribeOptions::new(&url)
+        .ca_file(&pki.ca)
+        .cert_file(&pki.wallet.0)
+        .key_file(&pki.wallet.1);
+    assert_eq!(
+        list_stores(&with_cert).expect("the certificate's CN is the credential"),
+        ["a"],
+        "the scopes of credential wallet"
+    );
+    let mismatch = list_stores(&with_cert.clone().token(other.expose()))
+        .expect_err("a bearer of another credential than the certificate's");
+    let ClientError::Status(status) = mismatch else {
+        panic!("not a status: {mismatch:?}")
+    };
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    registry.revoke("wallet").unwrap();
+    let revoked = list_stores(&with_cert).expect_err("a revoked credential's certificate");
+    let ClientError::Status(status) = revoked else {
+        panic!("not a status: {revoked:?}")
+    };
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    node.close();
+}

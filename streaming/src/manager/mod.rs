@@ -123,9 +123,9 @@ pub struct DeliveryManager {
     observer: Observer,
     /// Streamers added and removed at run time, shared with the handles.
     runtime: Arc<runtime::Runtime>,
-    /// The node's credentials, installed for its home while the manager
-    /// lives (a `serve` streamer finds them there); `None` without
-    /// configured streamers.
+    /// The node's credentials, installed under the configured streamers'
+    /// state reader while the manager lives (a `serve` streamer finds them
+    /// there); `None` without configured streamers.
     credentials: Option<statestream_access::Installation>,
 }
 

@@ -218,6 +218,9 @@ impl RuntimeHandle {
     /// removed, and at the end of the drain when the node stops). Its
     /// cursor starts at `start`; `setup.delivery` must be async.
     ///
+    /// Returns its cursor: it delivers from the next height on (with
+    /// [`StartAt::Head`], the height committed when it was added).
+    ///
     /// Errors: a name in use (a configured streamer or a running one), a
     /// sync setup, an unknown store, a start height not committed yet or no
     /// longer in the change log, a closed manager, the store failing to
@@ -228,7 +231,7 @@ impl RuntimeHandle {
         streamer: Box<dyn Streamer>,
         shutdown: Shutdown,
         start: StartAt,
-    ) -> Result<()> {
+    ) -> Result<u64> {
         let rt = &self.inner;
         let name = setup.name.clone();
         if setup.delivery != Delivery::Async {
@@ -333,7 +336,7 @@ impl RuntimeHandle {
             },
             retain,
         ));
-        Ok(())
+        Ok(cursor)
     }
 
     /// Ends a running run-time streamer and keeps its cursor (the change

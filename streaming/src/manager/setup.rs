@@ -214,18 +214,12 @@ impl<'a> DeliveryManagerBuilder<'a> {
     pub fn start(self, store: &mut MultiStore) -> Result<DeliveryManager> {
         let shutdown = self.shutdown.unwrap_or_default();
         let push = self.push.unwrap_or_default();
-        // Before the streamers are built: a `serve` streamer finds the
-        // credentials installed for its home.
-        let credentials = match &self.configured {
-            Some(c) => Some(statestream_access::install(
-                c.home,
-                statestream_access::Registry::open(store.records(statestream_access::TABLE))?,
-            )),
-            None => None,
-        };
-        let mut streamers = match &self.configured {
-            Some(c) => build(store, c, &shutdown, &push)?,
-            None => Vec::new(),
+        let (mut streamers, credentials) = match &self.configured {
+            Some(c) => {
+                let (built, credentials) = build(store, c, &shutdown, &push)?;
+                (built, Some(credentials))
+            }
+            None => (Vec::new(), None),
         };
         streamers.extend(
             self.application
@@ -242,15 +236,21 @@ impl<'a> DeliveryManagerBuilder<'a> {
 /// A streamer ready to start: its setup, type name and instance.
 type Built = (StreamerSetup, String, Box<dyn Streamer>);
 
-/// Builds the streamers of app.toml with the registry.
+/// Builds the streamers of app.toml with the registry; the node's
+/// credentials are installed under the state reader they are given (a
+/// `serve` streamer finds them there) while the returned guard lives.
 fn build(
     store: &mut MultiStore,
     c: &Configured<'_>,
     shutdown: &Shutdown,
     push: &PushQueue,
-) -> Result<Vec<Built>> {
+) -> Result<(Vec<Built>, statestream_access::Installation)> {
     let all = statestream_store::KvStore::stores(store).to_vec();
     let reader: Arc<dyn StateReader> = Arc::new(store.reader());
+    let credentials = statestream_access::install(
+        &reader,
+        statestream_access::Registry::open(store.records(statestream_access::TABLE))?,
+    );
     // Every streamer's options, and that no two write one place, before
     // any is built (a built one may already hold a port or a directory).
     if let Some(error) = c
@@ -297,7 +297,7 @@ fn build(
         };
         built.push((setup, spec.type_name.clone(), streamer));
     }
-    Ok(built)
+    Ok((built, credentials))
 }
 
 /// A streamer whose cursor is known: it resumes after `cursor`.

@@ -49,7 +49,7 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use statestream_access::Registry;
-use statestream_net::{HostCheck, Limits, Listener};
+use statestream_net::{HostCheck, Limits, Listener, ServerTls, TlsFiles};
 use tokio::sync::watch;
 use tower::Layer;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -79,6 +79,15 @@ pub enum AdminError {
     Start(#[source] std::io::Error),
     #[error("admin token file {path}: {reason}")]
     Token { path: PathBuf, reason: String },
+    /// A TLS file could not be read, or the key does not go with the
+    /// certificate.
+    #[error("{key}: {source}")]
+    Tls {
+        /// The `[admin]` key naming the file at fault.
+        key: &'static str,
+        #[source]
+        source: statestream_net::TlsError,
+    },
 }
 
 /// What the admin server is started with.
@@ -88,6 +97,10 @@ pub struct AdminOptions {
     pub address: SocketAddr,
     pub token: String,
     pub allowed_hosts: Vec<String>,
+    /// HTTPS with these files (re-read by
+    /// [`statestream_net::reload_all`], on the node's SIGHUP); `None`:
+    /// plain HTTP.
+    pub tls: Option<TlsFiles>,
 }
 
 impl AdminOptions {
@@ -96,6 +109,20 @@ impl AdminOptions {
             address,
             token: token.to_string(),
             allowed_hosts: Vec::new(),
+            tls: None,
+        }
+    }
+
+    /// Reads the TLS files as the server will (each exists and parses,
+    /// the key goes with the certificate): `statestream config check`'s
+    /// check.
+    pub fn check_tls(&self) -> Result<(), AdminError> {
+        match &self.tls {
+            Some(files) => files.check().map_err(|(file, source)| AdminError::Tls {
+                key: file.key(),
+                source,
+            }),
+            None => Ok(()),
         }
     }
 }
@@ -179,6 +206,17 @@ impl AdminServer {
         extra: Vec<Router>,
     ) -> Result<AdminServer, AdminError> {
         let address = options.address;
+        // Read first: a bad file is an error of this call, as a bad address.
+        options.check_tls()?;
+        let tls = options
+            .tls
+            .clone()
+            .map(|files| ServerTls::load("admin", files))
+            .transpose()
+            .map_err(|source| AdminError::Tls {
+                key: "tls_cert_file",
+                source,
+            })?;
         let listener = std::net::TcpListener::bind(address)
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
             .map_err(|source| AdminError::Bind { address, source })?;
@@ -206,7 +244,12 @@ impl AdminServer {
                             return;
                         }
                     };
-                    Listener::new(listener, limits)
+                    let listener = Listener::new(listener, limits);
+                    let listener = match tls {
+                        Some(tls) => listener.tls(tls),
+                        None => listener,
+                    };
+                    listener
                         .serve(service, async move {
                             let _ = stopped.wait_for(|s| *s).await;
                         })
@@ -217,7 +260,7 @@ impl AdminServer {
         if !bound.ip().is_loopback() {
             tracing::warn!(address = %bound, "the admin API listens beyond this machine: keep its token secret, and prefer a loopback address");
         }
-        tracing::info!(address = %bound, "admin API listening (/v1/credentials)");
+        tracing::info!(tls = options.tls.is_some(), address = %bound, "admin API listening (/v1/credentials)");
         Ok(AdminServer {
             address: bound,
             stop: Some(stop),

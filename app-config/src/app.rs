@@ -117,6 +117,8 @@ pub struct AppConfig {
 /// [admin]
 /// address = "127.0.0.1:9300"             # unset: no admin API
 /// token_file = "config/admin-token"      # the admin token; relative: to the home
+/// tls_cert_file = "tls/admin.pem"         # optional: HTTPS
+/// tls_key_file = "tls/admin-key.pem"
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -131,6 +133,9 @@ pub struct AdminConfig {
     /// `allowed_hosts`: `Host` names accepted beyond loopback and the
     /// bound address.
     pub allowed_hosts: Vec<String>,
+    /// `tls_cert_file`, `tls_key_file`, `tls_client_ca_file`, as written
+    /// (relative paths under the home): HTTPS, and mTLS with a client CA.
+    pub tls: Option<ListenerTls>,
 }
 
 /// The `[cosmos]` table, read by `statestream cosmos-plugin` and
@@ -215,20 +220,31 @@ pub struct TelemetryConfig {
     /// under the node's home): the server serves HTTPS with them. Both or
     /// neither (checked here; the files are read by the server and by
     /// `statestream config check`).
-    pub tls: Option<TelemetryTls>,
+    pub tls: Option<ListenerTls>,
 }
 
-/// `[telemetry]`'s TLS files, as written in app.toml.
+/// A listener's TLS files (`[telemetry]`, `[admin]`), as written in
+/// app.toml.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct TelemetryTls {
+pub struct ListenerTls {
     /// `tls_cert_file`: the PEM certificate, then any intermediates.
     pub cert_file: PathBuf,
     /// `tls_key_file`: its PEM private key.
     pub key_file: PathBuf,
-    /// `tls_client_ca_file`: when set, scrapers must present a client
-    /// certificate signed by one of its certificates (mTLS).
+    /// `tls_client_ca_file`: when set, clients must present a certificate
+    /// signed by one of its certificates (mTLS).
     pub client_ca_file: Option<PathBuf>,
+}
+
+/// The TLS keys of a listener's table, each with its key as spelled and
+/// its span, collected while the table is read (the pairs are checked at
+/// its end).
+#[derive(Default)]
+struct TlsKeys {
+    cert: Option<(PathBuf, String, Range<usize>)>,
+    key: Option<(PathBuf, String, Range<usize>)>,
+    client_ca: Option<(PathBuf, String, Range<usize>)>,
 }
 
 /// The largest `[telemetry] max_connections`.
@@ -593,6 +609,7 @@ impl Parser<'_> {
         let mut address = None;
         let mut token_file = None;
         let mut allowed_hosts = Vec::new();
+        let mut tls_keys = TlsKeys::default();
         for (key, value) in table.iter() {
             let spelled = key.get_ref().as_ref();
             let error = |message: String| self.key_error(TABLE, spelled, key.span(), message);
@@ -624,15 +641,21 @@ impl Parser<'_> {
                 "allowed_hosts" => {
                     allowed_hosts = self.allowed_hosts(value).map_err(error)?;
                 }
+                name @ ("tls_cert_file" | "tls_key_file" | "tls_client_ca_file") => {
+                    self.tls_key(&mut tls_keys, name, spelled, key.span(), value)
+                        .map_err(error)?;
+                }
                 _ => {
                     return Err(error(
                         "unknown key; [admin] has `address` (such as \"127.0.0.1:9300\"), \
-                         `token_file` and `allowed_hosts`"
+                         `token_file`, `allowed_hosts`, `tls_cert_file`, `tls_key_file` and \
+                         `tls_client_ca_file`"
                             .to_owned(),
                     ));
                 }
             }
         }
+        let tls = self.tls_config(TABLE, tls_keys)?;
         let Some((address, line)) = address else {
             return Ok(None);
         };
@@ -649,6 +672,7 @@ impl Parser<'_> {
             line: Some(line),
             token_file,
             allowed_hosts,
+            tls,
         }))
     }
 
@@ -680,6 +704,74 @@ impl Parser<'_> {
         Ok(config)
     }
 
+    /// One of `tls_cert_file`, `tls_key_file`, `tls_client_ca_file`
+    /// (`name`): a non-empty path.
+    fn tls_key(
+        &self,
+        keys: &mut TlsKeys,
+        name: &str,
+        spelled: &str,
+        span: Range<usize>,
+        value: &Value<'_>,
+    ) -> Result<(), String> {
+        let path = value
+            .get_ref()
+            .as_str()
+            .filter(|text| !text.trim().is_empty())
+            .ok_or_else(|| {
+                format!(
+                    "expected the path of a PEM file, got {}",
+                    self.describe(value)
+                )
+            })?;
+        let slot = match name {
+            "tls_cert_file" => &mut keys.cert,
+            "tls_key_file" => &mut keys.key,
+            _ => &mut keys.client_ca,
+        };
+        *slot = Some((PathBuf::from(path), spelled.to_owned(), span));
+        Ok(())
+    }
+
+    /// The TLS files of `table`: a certificate and its key, or neither (a
+    /// client CA needs both).
+    fn tls_config(&self, table: &str, keys: TlsKeys) -> Result<Option<ListenerTls>, ConfigError> {
+        let TlsKeys {
+            cert,
+            key,
+            client_ca,
+        } = keys;
+        match (cert, key) {
+            (Some((cert_file, ..)), Some((key_file, ..))) => Ok(Some(ListenerTls {
+                cert_file,
+                key_file,
+                client_ca_file: client_ca.map(|(path, ..)| path),
+            })),
+            (Some((_, spelled, span)), None) => Err(self.key_error(
+                table,
+                &spelled,
+                span,
+                "set tls_key_file too: a certificate needs its private key".to_owned(),
+            )),
+            (None, Some((_, spelled, span))) => Err(self.key_error(
+                table,
+                &spelled,
+                span,
+                "set tls_cert_file too: a key without a certificate serves nothing".to_owned(),
+            )),
+            (None, None) => match client_ca {
+                Some((_, spelled, span)) => Err(self.key_error(
+                    table,
+                    &spelled,
+                    span,
+                    "client certificates need TLS: set tls_cert_file and tls_key_file too"
+                        .to_owned(),
+                )),
+                None => Ok(None),
+            },
+        }
+    }
+
     /// Reads `[telemetry]`: `address`, `max_connections`,
     /// `header_timeout_ms` and `allowed_hosts`. The Cosmos SDK's app.toml
     /// has a `[telemetry]` table of its own (its keys are in
@@ -691,9 +783,7 @@ impl Parser<'_> {
         let mut max_connections = None;
         let mut header_timeout_ms = None;
         let mut allowed_hosts = Vec::new();
-        // Each TLS file with its key as spelled and its span, for the
-        // errors about pairs found after the loop.
-        let mut tls_files: [Option<(PathBuf, String, Range<usize>)>; 3] = [None, None, None];
+        let mut tls_keys = TlsKeys::default();
         for (key, value) in table.iter() {
             let spelled = key.get_ref().as_ref();
             let error = |message: String| self.key_error(TABLE, spelled, key.span(), message);
@@ -735,22 +825,8 @@ impl Parser<'_> {
                     allowed_hosts = self.allowed_hosts(value).map_err(error)?;
                 }
                 name @ ("tls_cert_file" | "tls_key_file" | "tls_client_ca_file") => {
-                    let path = value
-                        .get_ref()
-                        .as_str()
-                        .filter(|text| !text.trim().is_empty())
-                        .ok_or_else(|| {
-                            error(format!(
-                                "expected the path of a PEM file, got {}",
-                                self.describe(value)
-                            ))
-                        })?;
-                    let slot = match name {
-                        "tls_cert_file" => 0,
-                        "tls_key_file" => 1,
-                        _ => 2,
-                    };
-                    tls_files[slot] = Some((PathBuf::from(path), spelled.to_owned(), key.span()));
+                    self.tls_key(&mut tls_keys, name, spelled, key.span(), value)
+                        .map_err(error)?;
                 }
                 _ => {
                     return Err(error(
@@ -764,42 +840,7 @@ impl Parser<'_> {
                 }
             }
         }
-        let [cert, key, client_ca] = tls_files;
-        let tls = match (cert, key) {
-            (Some((cert_file, ..)), Some((key_file, ..))) => Some(TelemetryTls {
-                cert_file,
-                key_file,
-                client_ca_file: client_ca.map(|(path, ..)| path),
-            }),
-            (Some((_, spelled, span)), None) => {
-                return Err(self.key_error(
-                    TABLE,
-                    &spelled,
-                    span,
-                    "set tls_key_file too: a certificate needs its private key".to_owned(),
-                ));
-            }
-            (None, Some((_, spelled, span))) => {
-                return Err(self.key_error(
-                    TABLE,
-                    &spelled,
-                    span,
-                    "set tls_cert_file too: a key without a certificate serves nothing".to_owned(),
-                ));
-            }
-            (None, None) => {
-                if let Some((_, spelled, span)) = client_ca {
-                    return Err(self.key_error(
-                        TABLE,
-                        &spelled,
-                        span,
-                        "client certificates need TLS: set tls_cert_file and tls_key_file too"
-                            .to_owned(),
-                    ));
-                }
-                None
-            }
-        };
+        let tls = self.tls_config(TABLE, tls_keys)?;
         Ok(address.map(|(address, line)| TelemetryConfig {
             address,
             line: Some(line),

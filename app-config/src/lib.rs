@@ -63,9 +63,9 @@ mod text;
 
 pub use crate::app::{
     AdminConfig, AppConfig, CosmosConfig, DEFAULT_MAX_UPSTREAM_LAG_BLOCKS, DEFAULT_QUEUE,
-    DEFAULT_READY_LAG_BLOCKS, DEFAULT_SHUTDOWN_TIMEOUT_MS, Delivery, GapPolicy, MAX_LAG_BLOCKS,
-    MAX_QUEUE, MAX_SHUTDOWN_TIMEOUT_MS, RelayConfig, RelayNatsConfig, StreamerSpec,
-    TelemetryConfig, TelemetryTls,
+    DEFAULT_READY_LAG_BLOCKS, DEFAULT_SHUTDOWN_TIMEOUT_MS, Delivery, GapPolicy, ListenerTls,
+    MAX_LAG_BLOCKS, MAX_QUEUE, MAX_SHUTDOWN_TIMEOUT_MS, RelayConfig, RelayNatsConfig, StreamerSpec,
+    TelemetryConfig,
 };
 pub use crate::error::ConfigError;
 pub use crate::options::StreamerOptions;

@@ -6,7 +6,8 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use statestream::{DeliveryManager, Registry};
 use statestream_admin::{AdminAuth, AdminOptions, AdminServer, Caller, read_token_file};
-use statestream_config::AppConfig;
+use statestream_config::{AppConfig, ListenerTls};
+use statestream_net::TlsFiles;
 use statestream_store::MultiStore;
 use statestream_subscriptions::api::{ApiFailure, Authenticator, HeaderMap, Principal, ReadScope};
 use statestream_subscriptions::{Engine, EngineOptions, SUBSCRIPTIONS_TABLE};
@@ -91,6 +92,8 @@ pub fn start_admin(
         read_token_file(&token_file).with_context(|| format!("{} key `token_file`", at()))?;
     let mut options = AdminOptions::new(admin.address, &token);
     options.allowed_hosts = admin.allowed_hosts.clone();
+    options.tls = admin.tls.as_ref().map(|tls| tls_files(tls, home));
+    options.check_tls().with_context(at)?;
     let extra = subscriptions
         .map(|engine| {
             let auth = AdminCaller(AdminAuth::new(&token, credentials.clone()));
@@ -103,4 +106,13 @@ pub fn start_admin(
     let server = AdminServer::start(options, credentials, extra)
         .with_context(|| format!("{} key `address`", at()))?;
     Ok(Some(server))
+}
+
+/// A listener's TLS files from app.toml, relative paths under `home`.
+pub fn tls_files(tls: &ListenerTls, home: &Path) -> TlsFiles {
+    let files = TlsFiles::new(home.join(&tls.cert_file), home.join(&tls.key_file));
+    match &tls.client_ca_file {
+        Some(ca) => files.client_ca_file(home.join(ca)),
+        None => files,
+    }
 }

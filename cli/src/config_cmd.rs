@@ -66,6 +66,16 @@ fn check(args: CheckArgs, quiet: bool) -> Result<ExitCode> {
         .into_iter()
         .map(|e| crate::chain(&anyhow::Error::new(e)))
         .collect();
+    // `[admin]`'s TLS files: read as the server will at start.
+    if let Some(tls) = config.admin().and_then(|admin| admin.tls.as_ref())
+        && let Err((file, error)) = crate::admin::tls_files(tls, &home).check()
+    {
+        errors.push(format!(
+            "{}: [admin]: {}: {error}",
+            source.origin().display(),
+            file.key()
+        ));
+    }
     // `[telemetry]`'s TLS files: read as the server will at start.
     if let Some(telemetry) = config.telemetry()
         && let Err(e) = TelemetryOptions::from_config_in(telemetry, &home).check_tls()

@@ -198,7 +198,7 @@ pub(crate) fn open(home: &Path) -> Result<State> {
     let registry = crate::node::registry();
     let telemetry = config.telemetry().map(|t| Telemetry {
         address: t.address,
-        options: statestream::TelemetryOptions::from_config(t),
+        options: statestream::TelemetryOptions::from_config_in(t, home),
         metrics: registry.metrics().clone(),
         server: None,
         starts: 0,

@@ -28,6 +28,20 @@ pub struct CredentialsArgs {
     #[arg(long, global = true, value_name = "FILE")]
     admin_token_file: Option<PathBuf>,
 
+    /// https:// admin APIs: the PEM certificates of the CA that signed the
+    /// admin listener's certificate (default: the public web's CAs).
+    #[arg(long, global = true, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+
+    /// https:// admin APIs requiring client certificates: the PEM client
+    /// certificate, with --key-file.
+    #[arg(long, global = true, value_name = "FILE", requires = "key_file")]
+    cert_file: Option<PathBuf>,
+
+    /// The PEM private key of --cert-file.
+    #[arg(long, global = true, value_name = "FILE", requires = "cert_file")]
+    key_file: Option<PathBuf>,
+
     /// Work offline on the store of a stopped node with this home.
     #[arg(long, global = true, value_name = "DIR")]
     home: Option<PathBuf>,
@@ -122,8 +136,48 @@ enum Action {
 
 /// Where the calls go.
 enum Target {
-    Api { url: String, token: String },
-    Offline { registry: Registry },
+    Api {
+        url: String,
+        token: String,
+        tls: ureq::tls::TlsConfig,
+    },
+    Offline {
+        registry: Registry,
+    },
+}
+
+/// The TLS of `https://` admin calls: the CA file's certificates as the
+/// only roots, a client certificate when given.
+fn tls_config(args: &CredentialsArgs) -> Result<ureq::tls::TlsConfig> {
+    use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    let certificates = |path: &std::path::Path| -> Result<Vec<Certificate<'static>>> {
+        let pem = read(path)?;
+        let mut certs = Vec::new();
+        for item in ureq::tls::parse_pem(&pem) {
+            if let PemItem::Certificate(cert) =
+                item.with_context(|| format!("{} is not PEM", path.display()))?
+            {
+                certs.push(cert);
+            }
+        }
+        if certs.is_empty() {
+            bail!("{} holds no PEM certificate", path.display());
+        }
+        Ok(certs)
+    };
+    let mut builder = TlsConfig::builder();
+    if let Some(ca) = &args.ca_file {
+        builder = builder.root_certs(RootCerts::new_with_certs(&certificates(ca)?));
+    }
+    if let (Some(cert), Some(key)) = (&args.cert_file, &args.key_file) {
+        let key = PrivateKey::from_pem(&read(key)?)
+            .with_context(|| format!("{} holds no usable PEM private key", key.display()))?;
+        builder = builder.client_cert(Some(ClientCert::new_with_certs(&certificates(cert)?, key)));
+    }
+    Ok(builder.build())
 }
 
 pub fn run(args: CredentialsArgs) -> Result<ExitCode> {
@@ -131,6 +185,7 @@ pub fn run(args: CredentialsArgs) -> Result<ExitCode> {
         (Some(url), _) => Target::Api {
             url: url.trim_end_matches('/').to_string(),
             token: admin_token(args.admin_token_file.as_deref())?,
+            tls: tls_config(&args)?,
         },
         (None, Some(home)) => Target::Offline {
             registry: open_offline(home)?,
@@ -301,10 +356,11 @@ fn with_secret(mut credential: Value, secret: &str) -> Value {
 /// One admin API call; an error answer becomes an error naming its code
 /// and message.
 fn call(target: &Target, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
-    let Target::Api { url, token } = target else {
+    let Target::Api { url, token, tls } = target else {
         bail!("not an admin API target");
     };
     let agent: ureq::Agent = ureq::Agent::config_builder()
+        .tls_config(tls.clone())
         .http_status_as_error(false)
         .timeout_global(Some(std::time::Duration::from_secs(30)))
         .build()

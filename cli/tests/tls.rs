@@ -79,7 +79,16 @@ tls_key_file = "tls/server-key.pem"
 address = "127.0.0.1:0"
 tls_cert_file = "tls/server.pem"
 tls_key_file = "tls/server-key.pem"
+
+[admin]
+address = "127.0.0.1:0"
+token_file = "config/admin-token"
+tls_cert_file = "tls/server.pem"
+tls_key_file = "tls/server-key.pem"
 "#;
+
+/// The admin token the configuration's `token_file` holds.
+const ADMIN_TOKEN: &str = "admin-s3cret";
 
 /// A running node, its stderr lines on a channel; killed when dropped
 /// (also when a test fails).
@@ -94,6 +103,8 @@ impl Node {
         let config = home.join("config/app.toml");
         std::fs::create_dir_all(config.parent().expect("config dir")).expect("mkdir");
         std::fs::write(&config, APP_TOML).expect("write app.toml");
+        std::fs::write(home.join("config/admin-token"), format!("{ADMIN_TOKEN}\n"))
+            .expect("write the admin token");
         let mut child = Command::new(BIN)
             .args(["node", "--home", path(home)])
             .args(["--blocks", "0", "--block-time-ms", "20", "--no-fsync"])
@@ -279,8 +290,12 @@ fn node_tls_sighup_reloads_certificates_and_keeps_open_streams() {
     let mut node = Node::start(&home);
     let grpc = node.port("serve: gRPC listening", deadline);
     let http = node.port("serve: HTTP (SSE) listening", deadline);
+    // In the order the node starts them.
     let telemetry = node.port("telemetry server listening", deadline);
+    let admin = node.port("admin API listening", deadline);
     node.wait_for("node started", deadline);
+    let admin_url = format!("https://localhost:{admin}/v1/credentials");
+    let bearer = format!("Authorization: Bearer {ADMIN_TOKEN}");
     let grpc_url = format!("https://localhost:{grpc}");
     let sse_url = format!("https://localhost:{http}/stream");
     let health_url = format!("https://localhost:{telemetry}/healthz");
@@ -288,6 +303,51 @@ fn node_tls_sighup_reloads_certificates_and_keeps_open_streams() {
     let (code, out, err) = curl(&["--cacert", path(&old.ca)], &health_url);
     assert_eq!(code, 0, "telemetry over TLS: {err}");
     assert!(out.contains("committing"), "{out}");
+    let (code, out, err) = curl(
+        &[
+            "--cacert",
+            path(&old.ca),
+            "-H",
+            &bearer,
+            "-w",
+            " %{http_code}",
+        ],
+        &admin_url,
+    );
+    assert_eq!(code, 0, "admin API over TLS: {err}");
+    assert!(
+        out.contains("credentials") && out.ends_with(" 200"),
+        "{out}"
+    );
+    // statestream credentials over the admin API's TLS.
+    let admin_base = format!("https://localhost:{admin}");
+    let token_file = home.join("config/admin-token");
+    let credentials = |ca: &Path| {
+        Command::new(BIN)
+            .args(["credentials", "list", "--json", "--admin", &admin_base])
+            .args([
+                "--admin-token-file",
+                path(&token_file),
+                "--ca-file",
+                path(ca),
+            ])
+            .output()
+            .expect("run statestream credentials")
+    };
+    let out = credentials(&old.ca);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("credentials"),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = credentials(&new.ca);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "a wrong CA: {stderr}");
+    assert!(
+        stderr.contains(&admin_base) && stderr.contains("UnknownIssuer"),
+        "names the admin API and why: {stderr}"
+    );
     let end = subscribe_one_block(&grpc_url, &["--ca-file", path(&old.ca)], deadline);
     assert!(end["height"].as_u64().is_some(), "{end}");
 
@@ -310,10 +370,14 @@ fn node_tls_sighup_reloads_certificates_and_keeps_open_streams() {
     node.signal(libc::SIGHUP);
     let line = node.wait_for("SIGHUP: TLS certificates re-read", deadline);
     assert!(
-        line.contains("reloaded=2") && line.contains("failed=0"),
-        "serve (both listeners share one) and telemetry: {line}"
+        line.contains("reloaded=3") && line.contains("failed=0"),
+        "serve (both listeners share one), telemetry and admin: {line}"
     );
-    for url in [&health_url, &format!("https://localhost:{http}/snapshot")] {
+    for url in [
+        &health_url,
+        &format!("https://localhost:{http}/snapshot"),
+        &format!("https://localhost:{admin}/"),
+    ] {
         let (code, _, err) = curl(&["--cacert", path(&new.ca)], url);
         assert_eq!(code, 0, "{url} with the new certificate: {err}");
         let (code, _, err) = curl(&["--cacert", path(&old.ca)], url);
@@ -335,7 +399,7 @@ fn node_tls_sighup_reloads_certificates_and_keeps_open_streams() {
     node.signal(libc::SIGHUP);
     node.wait_for("TLS certificates not reloaded", deadline);
     let line = node.wait_for("SIGHUP: TLS certificates re-read", deadline);
-    assert!(line.contains("failed=2"), "{line}");
+    assert!(line.contains("failed=3"), "{line}");
     let (code, _, err) = curl(&["--cacert", path(&new.ca)], &health_url);
     assert_eq!(code, 0, "still served after a bad reload: {err}");
 
@@ -350,6 +414,8 @@ fn config_check(home: &Path, app_toml: &str) -> (i32, String) {
     let config = home.join("config/app.toml");
     std::fs::create_dir_all(config.parent().expect("config dir")).expect("mkdir");
     std::fs::write(&config, app_toml).expect("write app.toml");
+    std::fs::write(home.join("config/admin-token"), format!("{ADMIN_TOKEN}\n"))
+        .expect("write the admin token");
     let out = Command::new(BIN)
         .args(["config", "check", path(&config)])
         .env("RUST_LOG", "error")
@@ -382,7 +448,7 @@ fn config_check_reads_the_tls_files() {
     let (code, err) = config_check(&home, &with_ca);
     assert_eq!(code, 0, "{err}");
 
-    let cases: [(&str, String, &[&str]); 7] = [
+    let cases: [(&str, String, &[&str]); 9] = [
         (
             "serve: a key without a certificate",
             APP_TOML.replacen("tls_cert_file = \"tls/server.pem\"\n", "", 1),
@@ -424,12 +490,27 @@ fn config_check_reads_the_tls_files() {
         ),
         (
             "telemetry: a key of another certificate",
-            // The last tls_key_file line is [telemetry]'s.
-            APP_TOML
-                .rsplit_once("tls/server-key.pem")
-                .map(|(head, tail)| format!("{head}tls/other-key.pem{tail}"))
-                .expect("the telemetry key line"),
+            APP_TOML.replace(
+                "[telemetry]\naddress = \"127.0.0.1:0\"\ntls_cert_file = \"tls/server.pem\"\ntls_key_file = \"tls/server-key.pem\"",
+                "[telemetry]\naddress = \"127.0.0.1:0\"\ntls_cert_file = \"tls/server.pem\"\ntls_key_file = \"tls/other-key.pem\"",
+            ),
             &["[telemetry]", "tls_key_file", "do not go together"],
+        ),
+        (
+            "admin: a key without a certificate",
+            APP_TOML.replace(
+                "token_file = \"config/admin-token\"\ntls_cert_file = \"tls/server.pem\"\n",
+                "token_file = \"config/admin-token\"\n",
+            ),
+            &["[admin]", "tls_key_file", "set tls_cert_file too"],
+        ),
+        (
+            "admin: a missing certificate",
+            APP_TOML.replace(
+                "token_file = \"config/admin-token\"\ntls_cert_file = \"tls/server.pem\"\n",
+                "token_file = \"config/admin-token\"\ntls_cert_file = \"tls/gone.pem\"\n",
+            ),
+            &["[admin]", "tls_cert_file", "gone.pem"],
         ),
     ];
     for (what, toml, fragments) in cases {

@@ -286,7 +286,7 @@ impl TelemetryServer {
                 let _ = metrics.unregister(Box::new(NodeCollector::new(observer)));
                 TelemetryError::Start { source }
             })?;
-        tracing::info!(address = %bound, tls = options.tls.is_some(), "telemetry server listening (/metrics, /status, /healthz)");
+        tracing::info!(tls = options.tls.is_some(), address = %bound, "telemetry server listening (/metrics, /status, /healthz)");
         Ok(TelemetryServer {
             address: bound,
             stop: Some(stop),

@@ -103,7 +103,7 @@ pub fn run(args: RelayArgs) -> Result<ExitCode> {
     let telemetry = match config.telemetry() {
         Some(t) => Some(Telemetry {
             address: t.address,
-            options: TelemetryOptions::from_config(t),
+            options: TelemetryOptions::from_config_in(t, &args.home),
             metrics: RelayMetrics::register(registry.metrics())?,
             registry: registry.metrics().clone(),
             server: None,

@@ -97,6 +97,8 @@ const FIGURES: [(&str, &[&str]); 18] = [
             "serve_latency_ms_p99_10",
             "serve_latency_ms_p50_100",
             "serve_latency_ms_p99_100",
+            "serve_latency_ms_p50_100_credentials",
+            "serve_latency_ms_p99_100_credentials",
         ],
     ),
     ("snapshot_vs_scan", &[]),
@@ -104,7 +106,12 @@ const FIGURES: [(&str, &[&str]); 18] = [
     ("sse_commit_overhead", &[]),
     (
         "sse_latency_ms",
-        &["sse_latency_ms_p50", "sse_latency_ms_p99"],
+        &[
+            "sse_latency_ms_p50",
+            "sse_latency_ms_p99",
+            "sse_latency_ms_p50_credentials",
+            "sse_latency_ms_p99_credentials",
+        ],
     ),
     ("postgres_rows_per_s", &[]),
     (

@@ -76,7 +76,68 @@ fn serve_manager_with(
     heartbeat_ms: u64,
     front: Front,
 ) -> Result<(DeliveryManager, ServeHandle)> {
+    serve_manager_access(store, stores, heartbeat_ms, front, Access::Open).map(|(m, h, _)| (m, h))
+}
+
+/// Who the latency figures' subscribers are.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// No token: every request admitted.
+    Open,
+    /// The streamer's single `token`, sent by every subscriber.
+    Token,
+    /// One credential per subscriber, each scoped to a prefix set of its
+    /// own (every subscriber's filter differs).
+    Credentials(usize),
+}
+
+/// The token of [`Access::Token`].
+const BENCH_TOKEN: &str = "bench-token";
+
+/// The bearers subscribers send, and the credentials' installation (kept
+/// while the streamer runs).
+type Bearers = (Vec<String>, Option<statestream_access::Installation>);
+
+/// [`serve_manager_with`] under `access`.
+fn serve_manager_access(
+    store: &mut MultiStore,
+    stores: &[StoreKey],
+    heartbeat_ms: u64,
+    front: Front,
+    access: Access,
+) -> Result<(DeliveryManager, ServeHandle, Bearers)> {
     let reader: Arc<dyn StateReader> = Arc::new(store.reader());
+    let (bearers, installation) = match access {
+        Access::Open => (Vec::new(), None),
+        Access::Token => (vec![BENCH_TOKEN.to_string()], None),
+        Access::Credentials(n) => {
+            let registry = statestream_access::Registry::in_memory();
+            let mut secrets = Vec::with_capacity(n);
+            for i in 0..n {
+                // A quarter of the first-byte space, shifted per
+                // subscriber: a block of 64 random keys touches it almost
+                // surely, and no two subscribers share a filter.
+                let prefixes = (0..64).map(|j| vec![((i + j * 4) % 256) as u8]).collect();
+                let (_, secret) = registry.create(statestream_access::NewCredential {
+                    id: format!("bench-{i}"),
+                    scopes: vec![statestream_access::Scope {
+                        store: statestream_access::ANY_STORE.into(),
+                        prefixes,
+                    }],
+                    push: false,
+                    subscribe_webhooks: false,
+                    max_streams: Some(1),
+                    expires_at: None,
+                    description: String::new(),
+                })?;
+                secrets.push(secret.expose().to_string());
+            }
+            (
+                secrets,
+                Some(statestream_access::install(&reader, registry)),
+            )
+        }
+    };
     let ctx = StreamerContext {
         name: "serve",
         stores,
@@ -95,6 +156,11 @@ fn serve_manager_with(
         http_address,
         retain_blocks: 64,
         heartbeat_ms,
+        token: if access == Access::Token {
+            BENCH_TOKEN.to_string()
+        } else {
+            String::new()
+        },
         ..ServeConfig::default()
     };
     let streamer = config
@@ -105,7 +171,7 @@ fn serve_manager_with(
     let manager = DeliveryManager::builder()
         .streamer(setup, Box::new(streamer))
         .start(store)?;
-    Ok((manager, handle))
+    Ok((manager, handle, (bearers, installation)))
 }
 
 /// Per subscriber, the last height whose end it received.
@@ -120,14 +186,26 @@ fn connect(
     handle: &ServeHandle,
     n: usize,
 ) -> Result<(Heights, Arrivals)> {
+    connect_as(front, rt, handle, n, &[])
+}
+
+/// [`connect`], subscriber `i` sending `bearers[i % len]` (none when
+/// empty).
+fn connect_as(
+    front: Front,
+    rt: &tokio::runtime::Runtime,
+    handle: &ServeHandle,
+    n: usize,
+    bearers: &[String],
+) -> Result<(Heights, Arrivals)> {
     match front {
         Front::Grpc => {
             let address = handle
                 .grpc_address()
                 .context("the serve streamer has no gRPC address")?;
-            subscribers(rt, &format!("http://{address}"), n)
+            subscribers(rt, &format!("http://{address}"), n, bearers)
         }
-        Front::Sse => sse_subscribers(handle, n),
+        Front::Sse => sse_subscribers(handle, n, bearers),
     }
 }
 
@@ -216,15 +294,23 @@ fn count_entries(mut bytes: &[u8]) -> Option<usize> {
 
 /// `StateStream/Subscribe` (live, every store), decoding only each
 /// message's [`BlockEnvelope`].
-async fn subscribe_envelopes(address: String) -> Result<tonic::Streaming<BlockEnvelope>> {
+async fn subscribe_envelopes(
+    address: String,
+    bearer: Option<String>,
+) -> Result<tonic::Streaming<BlockEnvelope>> {
     let channel = tonic::transport::Endpoint::new(address)?.connect().await?;
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await?;
     let codec = tonic_prost::ProstCodec::<v1::SubscribeRequest, BlockEnvelope>::default();
-    let request = tonic::Request::new(v1::SubscribeRequest {
+    let mut request = tonic::Request::new(v1::SubscribeRequest {
         filter: None,
         start: Some(Start::Live(v1::StartLive {})),
     });
+    if let Some(b) = bearer {
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {b}").parse()?);
+    }
     let path = tonic::codegen::http::uri::PathAndQuery::from_static(
         "/statestream.v1.StateStream/Subscribe",
     );
@@ -240,14 +326,16 @@ pub(super) fn subscribers(
     rt: &tokio::runtime::Runtime,
     address: &str,
     n: usize,
+    bearers: &[String],
 ) -> Result<(Heights, Arrivals)> {
     let mut heights = Vec::new();
     let mut arrivals = Vec::new();
-    for _ in 0..n {
+    for i in 0..n {
+        let bearer = (!bearers.is_empty()).then(|| bearers[i % bearers.len()].clone());
         let height = Arc::new(AtomicU64::new(0));
         let arrived = Arc::new(Mutex::new(Vec::new()));
         let (h, a) = (Arc::clone(&height), Arc::clone(&arrived));
-        let mut stream = rt.block_on(subscribe_envelopes(address.to_string()))?;
+        let mut stream = rt.block_on(subscribe_envelopes(address.to_string(), bearer))?;
         rt.spawn(async move {
             while let Ok(Some(m)) = stream.message().await {
                 if let Some(b) = m.block
@@ -270,7 +358,11 @@ pub(super) fn subscribers(
 /// Starts `n` SSE clients of `GET /stream` (every store), one thread each
 /// over plain HTTP/1.0 (the body is the raw event stream), recording each
 /// block's `id:` and when it arrived. Returns once each holds its `put`.
-fn sse_subscribers(handle: &ServeHandle, n: usize) -> Result<(Heights, Arrivals)> {
+fn sse_subscribers(
+    handle: &ServeHandle,
+    n: usize,
+    bearers: &[String],
+) -> Result<(Heights, Arrivals)> {
     use std::io::{BufRead, BufReader, Write};
     let address = handle
         .http_address()
@@ -284,8 +376,16 @@ fn sse_subscribers(handle: &ServeHandle, n: usize) -> Result<(Heights, Arrivals)
         let (h, a) = (Arc::clone(&height), Arc::clone(&arrived));
         let mut stream = std::net::TcpStream::connect(address)
             .with_context(|| format!("cannot connect to {address}"))?;
-        write!(stream, "GET /stream HTTP/1.0\r\nHost: {address}\r\n\r\n")
-            .context("cannot send the SSE request")?;
+        let authorization = if bearers.is_empty() {
+            String::new()
+        } else {
+            format!("Authorization: Bearer {}\r\n", bearers[i % bearers.len()])
+        };
+        write!(
+            stream,
+            "GET /stream HTTP/1.0\r\nHost: {address}\r\n{authorization}\r\n"
+        )
+        .context("cannot send the SSE request")?;
         let ready = ready_tx.clone();
         std::thread::Builder::new()
             .name(format!("sse-client-{i}"))
@@ -414,26 +514,61 @@ pub(super) fn commit_overhead(
 ///
 /// With [`Front::Sse`]: `sse_latency_ms_p50`/`_p99`, 100 SSE clients
 /// holding the block's last event (the one with `id:`).
+///
+/// Those figures' subscribers send the streamer's single `token`; the
+/// `_credentials` figures, measured in the same run, give each of 100
+/// subscribers a credential of its own scoped to its own prefixes (no
+/// filter in the request: the scopes are the selection).
 pub(super) fn latency(sizes: &Sizes, stores: &[StoreKey], front: Front) -> Result<Vec<Figure>> {
     let blocks: u64 = if sizes.rounds > 3 { 300 } else { 20 };
     let mut out = Vec::new();
-    let cases: &[(usize, &'static str, &'static str)] = match front {
+    let cases: &[(usize, Access, &'static str, &'static str)] = match front {
         Front::Grpc => &[
-            (10, "serve_latency_ms_p50_10", "serve_latency_ms_p99_10"),
-            (100, "serve_latency_ms_p50_100", "serve_latency_ms_p99_100"),
+            (
+                10,
+                Access::Token,
+                "serve_latency_ms_p50_10",
+                "serve_latency_ms_p99_10",
+            ),
+            (
+                100,
+                Access::Token,
+                "serve_latency_ms_p50_100",
+                "serve_latency_ms_p99_100",
+            ),
+            (
+                100,
+                Access::Credentials(100),
+                "serve_latency_ms_p50_100_credentials",
+                "serve_latency_ms_p99_100_credentials",
+            ),
         ],
-        Front::Sse => &[(100, "sse_latency_ms_p50", "sse_latency_ms_p99")],
+        Front::Sse => &[
+            (
+                100,
+                Access::Token,
+                "sse_latency_ms_p50",
+                "sse_latency_ms_p99",
+            ),
+            (
+                100,
+                Access::Credentials(100),
+                "sse_latency_ms_p50_credentials",
+                "sse_latency_ms_p99_credentials",
+            ),
+        ],
     };
-    for &(n, p50_name, p99_name) in cases {
+    for &(n, access, p50_name, p99_name) in cases {
         let mut store = MultiStore::in_memory(stores)?;
-        let (mut manager, handle) = serve_manager_with(
+        let (mut manager, handle, (bearers, _installation)) = serve_manager_access(
             &mut store,
             stores,
             ServeConfig::default().heartbeat_ms,
             front,
+            access,
         )?;
         let rt = client_runtime()?;
-        let (heights, arrivals) = connect(front, &rt, &handle, n)?;
+        let (heights, arrivals) = connect_as(front, &rt, &handle, n, &bearers)?;
         let mut rng = Rng::new(11);
         let mut committed = Vec::new();
         let mut next = Instant::now();

@@ -90,6 +90,15 @@ fn check(args: CheckArgs, quiet: bool) -> Result<ExitCode> {
     {
         errors.push(format!("{}: {e}", source.origin().display()));
     }
+    // `[admin] token_file`: read as the node will at start (never shown).
+    if let Some(admin) = config.admin()
+        && let Err(e) = statestream_admin::read_token_file(&home.join(&admin.token_file))
+    {
+        errors.push(crate::chain(&anyhow::Error::new(e).context(format!(
+            "{}: [admin] key `token_file`",
+            source.origin().display()
+        ))));
+    }
     if !errors.is_empty() {
         for error in &errors {
             crate::report(error);

@@ -847,9 +847,11 @@ fn bench_only_refuses_an_unknown_figure() {
             "[possible values: commit_overhead_async, commit_overhead_sync, writer_vs_raw, \
              reader_vs_raw, verify_mb_s, replay_mb_s, node_peak_rss_mb, serve_commit_overhead, \
              serve_latency_ms, serve_latency_ms_p50_10, serve_latency_ms_p99_10, \
-             serve_latency_ms_p50_100, serve_latency_ms_p99_100, snapshot_vs_scan, \
-             serve_stalled_rss_mb, sse_commit_overhead, sse_latency_ms, sse_latency_ms_p50, \
-             sse_latency_ms_p99, postgres_rows_per_s, cosmos_plugin_commit_ms, \
+             serve_latency_ms_p50_100, serve_latency_ms_p99_100, \
+             serve_latency_ms_p50_100_credentials, serve_latency_ms_p99_100_credentials, \
+             snapshot_vs_scan, serve_stalled_rss_mb, sse_commit_overhead, sse_latency_ms, \
+             sse_latency_ms_p50, sse_latency_ms_p99, sse_latency_ms_p50_credentials, \
+             sse_latency_ms_p99_credentials, postgres_rows_per_s, cosmos_plugin_commit_ms, \
              cosmos_plugin_commit_ms_p50, cosmos_plugin_commit_ms_p99, relay_latency_ms, \
              relay_latency_ms_p50, relay_latency_ms_p99, relay_node_cpu_ratio, \
              relay_idle_subscriber_kib, relay_idle_subscriber_kib_1000, \
@@ -956,11 +958,15 @@ fn bench_quick_json_reports_every_figure() {
             "serve_latency_ms_p99_10",
             "serve_latency_ms_p50_100",
             "serve_latency_ms_p99_100",
+            "serve_latency_ms_p50_100_credentials",
+            "serve_latency_ms_p99_100_credentials",
             "snapshot_vs_scan",
             "serve_stalled_rss_mb",
             "sse_commit_overhead",
             "sse_latency_ms_p50",
             "sse_latency_ms_p99",
+            "sse_latency_ms_p50_credentials",
+            "sse_latency_ms_p99_credentials",
             "cosmos_plugin_commit_ms_p50",
             "cosmos_plugin_commit_ms_p99",
             "relay_latency_ms_p50",

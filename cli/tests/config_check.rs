@@ -444,3 +444,33 @@ fn config_md_lists_every_key_of_every_type() {
         }
     }
 }
+
+#[test]
+fn config_check_reads_the_admin_token_file() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let home = home_with(
+        tmp.path(),
+        "[store]\nstreamers = []\n\n[admin]\naddress = \"127.0.0.1:0\"\ntoken_file = \"admin-token\"\n",
+    );
+    statestream_in(tmp.path(), &["config", "check", "--home", p(&home)])
+        .fails(&["[admin] key `token_file`", "admin-token"]);
+    std::fs::write(home.join("admin-token"), "\n").expect("write the token file");
+    statestream_in(tmp.path(), &["config", "check", "--home", p(&home)])
+        .fails(&["the file is empty"]);
+    std::fs::write(home.join("admin-token"), "s3cret\n").expect("write the token file");
+    let run = statestream_in(tmp.path(), &["config", "check", "--home", p(&home)]).ok();
+    assert!(!run.stdout.contains("s3cret") && !run.stderr.contains("s3cret"));
+    statestream_in(
+        tmp.path(),
+        &[
+            "config",
+            "check",
+            "--home",
+            p(&home_with(
+                &tmp.path().join("other"),
+                "[store]\nstreamers = []\n\n[admin]\naddress = \"127.0.0.1:0\"\n",
+            )),
+        ],
+    )
+    .fails(&["needs `token_file`"]);
+}

@@ -290,6 +290,54 @@ mod tests {
     use super::*;
 
     #[test]
+    fn credential_metrics_are_labelled_by_credential() {
+        let credentials = statestream_access::Registry::in_memory();
+        let (_, secret) = credentials
+            .create(statestream_access::NewCredential {
+                id: "wallet".into(),
+                scopes: vec![statestream_access::Scope {
+                    store: "*".into(),
+                    prefixes: Vec::new(),
+                }],
+                push: false,
+                subscribe_webhooks: false,
+                max_streams: None,
+                expires_at: None,
+                description: String::new(),
+            })
+            .unwrap();
+        let who = credentials.authenticate(secret.expose()).unwrap();
+        let slot = credentials.open_stream(&who).unwrap();
+        slot.counters().sent(10);
+        slot.counters().sent(5);
+        credentials.denied(Some("wallet"), "grpc", "outside its scopes");
+        let registry = prometheus::Registry::new();
+        register_credential_metrics(&registry, credentials.clone()).unwrap();
+        // A second registration (a second serve streamer) replaces it.
+        register_credential_metrics(&registry, credentials).unwrap();
+        let value = |name: &str| {
+            let family = registry
+                .gather()
+                .into_iter()
+                .find(|f| f.name() == name)
+                .unwrap_or_else(|| panic!("no {name}"));
+            let m = &family.get_metric()[0];
+            assert_eq!(m.get_label()[0].value(), "wallet");
+            if family.get_field_type() == MetricType::GAUGE {
+                m.get_gauge().get_value()
+            } else {
+                m.get_counter().get_value()
+            }
+        };
+        assert_eq!(value("serve_credential_streams"), 1.0);
+        assert_eq!(value("serve_credential_messages_sent_total"), 2.0);
+        assert_eq!(value("serve_credential_bytes_sent_total"), 15.0);
+        assert_eq!(value("serve_credential_denials_total"), 1.0);
+        drop(slot);
+        assert_eq!(value("serve_credential_streams"), 0.0);
+    }
+
+    #[test]
     fn one_collector_per_streamer_name_the_latest_wins() {
         let registry = prometheus::Registry::new();
         register_serve_metrics(&registry, "a", Arc::default()).unwrap();

@@ -458,3 +458,74 @@ fn credentials_rotate_with_grace_and_narrowed_scopes() {
             .expect("the new secret works after the grace period");
     });
 }
+
+#[test]
+fn credentials_max_streams_counts_every_front_end() {
+    let mut node = Node::in_memory(HTTP);
+    node.commit();
+    let registry = registry(&node);
+    let (_, secret) = registry
+        .create(NewCredential {
+            id: "one".into(),
+            scopes: vec![scope("*", &[])],
+            push: false,
+            subscribe_webhooks: false,
+            max_streams: Some(1),
+            expires_at: None,
+            description: String::new(),
+        })
+        .unwrap();
+    let secret = secret.expose().to_string();
+    let rt = runtime();
+    let address = node.address();
+    let http = node.handle.http_address().unwrap().to_string();
+    let first = rt.block_on(async {
+        let mut c = client(&address).await;
+        let first = c
+            .subscribe(with_secret(live(), &secret))
+            .await
+            .unwrap()
+            .into_inner();
+        let second = c.subscribe(with_secret(live(), &secret)).await.unwrap_err();
+        assert_eq!(second.code(), Code::ResourceExhausted, "{second:?}");
+        assert!(
+            second.message().contains("max_streams"),
+            "{}",
+            second.message()
+        );
+        first
+    });
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let refused = agent
+        .get(format!("http://{http}/stream"))
+        .header("authorization", format!("Bearer {secret}"))
+        .call()
+        .unwrap();
+    assert_eq!(
+        refused.status().as_u16(),
+        429,
+        "SSE counts against the same limit"
+    );
+    drop(first);
+    // The slot is given back when the client goes away.
+    rt.block_on(async {
+        let mut c = client(&address).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match c.subscribe(with_secret(live(), &secret)).await {
+                Ok(_) => break,
+                Err(s) if s.code() == Code::ResourceExhausted => {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "the closed stream's slot was not given back within 30 s"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(s) => panic!("{s:?}"),
+            }
+        }
+    });
+}

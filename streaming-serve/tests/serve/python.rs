@@ -153,3 +153,72 @@ fn python_datastream_client_lists_capabilities_and_subscribes() {
     assert!(data.iter().any(|d| d["response"] == 2));
     node.close();
 }
+
+#[test]
+fn python_client_with_a_credential_sees_only_its_scopes() {
+    if !statestream_test_support::require_python(
+        "python_client_with_a_credential_sees_only_its_scopes",
+        &["grpc", "grpc_tools"],
+        "grpcio, grpcio-tools",
+    ) {
+        return;
+    }
+    let mut node = Node::in_memory("");
+    for _ in 0..10 {
+        node.commit();
+    }
+    let registry = node.manager.as_ref().unwrap().credentials().unwrap();
+    let (_, secret) = registry
+        .create(statestream_access::NewCredential {
+            id: "reader-b".into(),
+            scopes: vec![statestream_access::Scope {
+                store: "b".into(),
+                prefixes: Vec::new(),
+            }],
+            push: false,
+            subscribe_webhooks: false,
+            max_streams: None,
+            expires_at: None,
+            description: String::new(),
+        })
+        .unwrap();
+    let address = node.handle.grpc_address().expect("gRPC is on").to_string();
+    let run = |args: &[&str]| {
+        Command::new("python3")
+            .arg(script())
+            .arg(&address)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--snapshot", "--until", "10", "--token", secret.expose()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stores: std::collections::BTreeSet<String> = lines(&out.stdout)
+        .iter()
+        .filter(|v| v["type"] == "snapshot")
+        .map(|v| v["store"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(stores, ["b".to_string()].into(), "only the scopes");
+
+    let outside = run(&[
+        "--datastream",
+        "--keys",
+        "a",
+        "--until-updates",
+        "0",
+        "--token",
+        secret.expose(),
+    ]);
+    assert!(!outside.status.success());
+    let stderr = String::from_utf8_lossy(&outside.stderr);
+    assert!(stderr.contains("PERMISSION_DENIED"), "{stderr}");
+
+    let unknown = run(&["--snapshot", "--until", "10", "--token", "ss_reader-b_00"]);
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(stderr.contains("UNAUTHENTICATED"), "{stderr}");
+    node.close();
+}

@@ -227,7 +227,7 @@ fn relay_subscribers(
 ) -> Result<(super::serve::Heights, Arrivals)> {
     let deadline = Instant::now() + READY_WITHIN;
     loop {
-        match subscribers(rt, url, 1) {
+        match subscribers(rt, url, 1, &[]) {
             Ok(_) => break,
             Err(e) if Instant::now() > deadline => {
                 return Err(e.context(format!(
@@ -238,7 +238,7 @@ fn relay_subscribers(
             Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
     }
-    subscribers(rt, url, n)
+    subscribers(rt, url, n, &[])
 }
 
 /// The latencies, in ms, from each block's commit (`committed`: height,
@@ -292,7 +292,7 @@ pub(super) fn latency_and_cpu(
     let mut relay = Relay::start(&tmp.join("relay"), &grpc_url(&h_relayed)?, 10_000, 1024)?;
     let relay_url = format!("http://{}", relay.address("serve: gRPC listening")?);
     let rt = client_runtime()?;
-    let (direct_heights, direct_arrivals) = subscribers(&rt, &grpc_url(&h_direct)?, CLIENTS)?;
+    let (direct_heights, direct_arrivals) = subscribers(&rt, &grpc_url(&h_direct)?, CLIENTS, &[])?;
     let (relay_heights, relay_arrivals) = relay_subscribers(&rt, &relay_url, CLIENTS)?;
 
     let serve_threads = |name: &str| [format!("serve-{name}"), format!("stream-{name}")];

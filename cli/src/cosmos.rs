@@ -17,15 +17,15 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, Result, bail};
 use prost::Message as _;
 use statestream::{
-    BlockMeta, DeliveryManager, Error as StreamError, Ingest, Ingested, OnGap, Registry,
-    SourceBlock, SourceWrite,
+    BlockMeta, Error as StreamError, Ingest, Ingested, OnGap, SourceBlock, SourceWrite,
 };
-use statestream_config::{AppConfig, GapPolicy};
-use statestream_store::{KvStore, MultiStore, StoreKey, StoreOptions};
+use statestream_config::GapPolicy;
+use statestream_store::{KvStore, MultiStore};
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
-use crate::node::{ConfigSource, STORE_PATH};
+use crate::node::ConfigSource;
+use crate::replica;
 
 /// The generated gRPC code, one module per protobuf package (the generated
 /// code refers to other packages by relative paths).
@@ -110,62 +110,27 @@ pub fn run(args: CosmosPluginArgs) -> Result<ExitCode> {
 /// same state.
 pub(crate) struct State {
     pub(crate) ingest: Ingest,
-    telemetry: Option<Telemetry>,
+    telemetry: Option<replica::Telemetry>,
 }
 
 impl State {
     /// Closes the streamers and the store, then stops the telemetry server.
-    pub(crate) fn close(self) -> statestream::Result<()> {
+    pub(crate) fn close(mut self) -> statestream::Result<()> {
         let closed = self.ingest.close();
-        if let Some(t) = self.telemetry
-            && let Some(server) = t.server
-        {
-            server.stop();
+        if let Some(t) = self.telemetry.as_mut() {
+            t.stop();
         }
         closed
     }
 
-    /// After each block: a telemetry server on the new observer when the
-    /// streamers were restarted (new stores, a gap). The pipeline's own
-    /// metrics and `/status` section come with the observer.
+    /// After each block: the telemetry server shows the current streamers
+    /// (started again on new stores, a gap); the pipeline's own metrics and
+    /// `/status` section come with their observer.
     pub(crate) fn refresh(&mut self) {
-        let Some(t) = self.telemetry.as_mut() else {
-            return;
-        };
-        let starts = self.ingest.status().streamer_starts();
-        if starts == t.starts {
-            return;
-        }
-        let Some(observer) = self.ingest.observer() else {
-            return;
-        };
-        if let Some(old) = t.server.take() {
-            old.stop();
-        }
-        match statestream::TelemetryServer::start_with(
-            t.address,
-            &t.options,
-            observer,
-            t.metrics.clone(),
-        ) {
-            Ok(server) => {
-                t.server = Some(server);
-                t.starts = starts;
-            }
-            Err(e) => warn!(error = %e, address = %t.address, "telemetry server not started"),
+        if let Some(t) = self.telemetry.as_mut() {
+            t.follow(&self.ingest);
         }
     }
-}
-
-/// `[telemetry]`: the server, on the current streamers' observer.
-struct Telemetry {
-    address: std::net::SocketAddr,
-    /// `max_connections`, `header_timeout_ms`, `allowed_hosts`.
-    options: statestream::TelemetryOptions,
-    metrics: statestream::prometheus::Registry,
-    server: Option<statestream::TelemetryServer>,
-    /// The pipeline's `streamer_starts` the server was started for.
-    starts: u64,
 }
 
 /// Opens the replica and the pipeline, with the streamers of the home's
@@ -178,34 +143,17 @@ pub(crate) fn open(home: &Path) -> Result<State> {
         GapPolicy::Halt => OnGap::Halt,
         _ => OnGap::Continue,
     };
-    std::fs::create_dir_all(home.join("data"))
-        .with_context(|| format!("cannot create the home directory {}", home.display()))?;
-    let path = home.join(STORE_PATH);
-    let mut store = if path.exists() {
-        MultiStore::open_existing(&path, StoreOptions::default())
-    } else {
-        MultiStore::open(&path, &[], StoreOptions::default())
-    }
-    .with_context(|| format!("cannot open the replica store {}", path.display()))?;
     // Stores a streamer names exist from the start, so that it can start
     // before the chain first writes them.
-    let named = config
-        .named_stores()
-        .iter()
-        .map(|n| StoreKey::new(n))
-        .collect::<Result<Vec<_>, _>>()?;
-    store.add_stores(&named)?;
+    let store = replica::open_store(home, &config.named_stores())?;
     let registry = crate::node::registry();
-    let telemetry = config.telemetry().map(|t| Telemetry {
-        address: t.address,
-        options: statestream::TelemetryOptions::from_config_in(t, home),
-        metrics: registry.metrics().clone(),
-        server: None,
-        starts: 0,
-    });
+    let telemetry = config
+        .telemetry()
+        .map(|t| replica::Telemetry::new(t, home, registry.metrics().clone()));
     let home_dir = home.to_path_buf();
-    let start =
-        Box::new(move |store: &mut MultiStore| start_manager(store, &config, &registry, &home_dir));
+    let start = Box::new(move |store: &mut MultiStore| {
+        replica::start_manager(store, &config, &registry, &home_dir, None)
+    });
     info!(height = store.version(), stores = store.stores().len(), on_gap = ?on_gap,
         "replica opened");
     let mut state = State {
@@ -214,23 +162,6 @@ pub(crate) fn open(home: &Path) -> Result<State> {
     };
     state.refresh();
     Ok(state)
-}
-
-/// Starts the streamers on the replica's current stores: the one place
-/// the delivery manager is built here.
-fn start_manager(
-    store: &mut MultiStore,
-    config: &AppConfig,
-    registry: &Registry,
-    home: &Path,
-) -> statestream::Result<DeliveryManager> {
-    let names: Vec<String> = store.stores().iter().map(|s| s.name().to_owned()).collect();
-    let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    let specs = config.resolve(&names)?;
-    DeliveryManager::builder()
-        .configured(&specs, registry, home)
-        .shutdown_timeout(config.shutdown_timeout())
-        .start(store)
 }
 
 /// Where the plugin listens: a unix socket, or loopback TCP within

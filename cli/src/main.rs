@@ -20,6 +20,7 @@ mod logging;
 mod node;
 mod relay;
 mod replay;
+mod replica;
 mod signals;
 mod stats;
 mod subscribe;

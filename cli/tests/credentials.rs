@@ -96,7 +96,11 @@ impl Node {
     fn stop(mut self) {
         let mut child = self.child.take().expect("running");
         unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-        let status = child.wait().expect("wait for the node");
+        let status = statestream_test_support::wait_exit(
+            &mut child,
+            "the node to exit after SIGTERM",
+            statestream_test_support::PATIENCE,
+        );
         assert!(status.success(), "{status:?}");
     }
 }

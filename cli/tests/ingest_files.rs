@@ -555,22 +555,24 @@ fn ingest_files_takes_statestream_files_and_shows_gaps_on_status() {
     wait(deadline, "block 8 in the replica's files", || {
         files.join("block-8-meta").exists()
     });
-    // The telemetry server starts again with the streamers (past the
-    // gap, after the block that showed a new store): the last address it
-    // logged is the one serving, once it serves height 8.
-    let mut address = String::new();
-    let mut status = Value::Null;
-    wait(deadline, "/status at height 8", || {
-        let Some(last) = log_text()
+    // The streamers start again past the gap and after the block that
+    // showed a new store; the telemetry server stays, on the address it
+    // logged once, and shows the new ones.
+    let listening = || {
+        log_text()
             .lines()
             .filter(|l| l.contains("telemetry server listening"))
             .filter_map(|l| l.split("address=").nth(1)?.split_whitespace().next())
-            .next_back()
             .map(str::to_owned)
-        else {
+            .collect::<Vec<_>>()
+    };
+    let mut address = String::new();
+    let mut status = Value::Null;
+    wait(deadline, "/status at height 8", || {
+        let Some(first) = listening().into_iter().next() else {
             return false;
         };
-        address = last;
+        address = first;
         status = try_get(&address, "/status")
             .and_then(|body| serde_json::from_str(&body).ok())
             .unwrap_or(Value::Null);
@@ -601,6 +603,7 @@ fn ingest_files_takes_statestream_files_and_shows_gaps_on_status() {
         "{metrics}"
     );
     assert!(metrics.contains("statestream_ingest_height 8"), "{metrics}");
+    assert_eq!(listening(), [address.clone()], "one telemetry server");
     let (status, _) = follower.stop(deadline);
     assert!(status.success(), "{status}; log:\n{}", log_text());
     assert!(log_text().contains("blocks missing from the directory"));

@@ -15,6 +15,7 @@ use common::{BIN, SplitMix, p, seed, wait_for};
 use statestream_serve::proto::v1::{
     self, state_stream_client::StateStreamClient, subscribe_response::Message,
 };
+use statestream_test_support::tls::{certificate_authority, signed_certificate};
 
 /// A node with a file streamer (meta files: the reference) and a `serve`
 /// streamer.
@@ -89,11 +90,16 @@ impl Proc {
         found.unwrap_or_default()
     }
 
-    /// SIGTERM, then the exit status (a clean stop exits 0).
+    /// SIGTERM, then the exit status (a clean stop exits 0). A process
+    /// that does not exit in time fails the test and is killed.
     fn stop(mut self) -> std::process::ExitStatus {
         let pid = self.child.id() as libc::pid_t;
         unsafe { libc::kill(pid, libc::SIGTERM) };
-        self.child.wait().expect("wait for statestream")
+        statestream_test_support::wait_exit(
+            &mut self.child,
+            "statestream to exit after SIGTERM",
+            common::PATIENCE,
+        )
     }
 
     /// SIGKILL, at once.
@@ -368,13 +374,12 @@ fn status(relay: &Relay) -> serde_json::Value {
 /// Waits until the relay's `/status` satisfies `cond`.
 fn wait_status(relay: &Relay, what: &str, mut cond: impl FnMut(&serde_json::Value) -> bool) {
     wait_for(what, || {
-        let Ok(mut response) = agent()
+        // The server stays up while the streamers start again (after a
+        // snapshot): a refused connection fails the test.
+        let mut response = agent()
             .get(&format!("http://{}/status", relay.telemetry))
             .call()
-        else {
-            // Restarting with the streamers (after a snapshot).
-            return false;
-        };
+            .expect("the relay's /status answers");
         let body = response.body_mut().read_to_string().unwrap_or_default();
         response.status() == 200 && serde_json::from_str(&body).is_ok_and(|v| cond(&v))
     });
@@ -953,6 +958,78 @@ fn relay_with_a_wrong_upstream_token_stops_without_printing_it() {
         "the token is printed: {log}"
     );
     assert!(!log.contains("the-node-token-1234"), "{log}");
+    assert!(node.stop().success());
+}
+
+/// An `https://` upstream (a node whose `serve` has a certificate): the
+/// relay follows it verified against `tls_ca_file`; with another CA it
+/// stops with an error naming the upstream.
+#[test]
+fn relay_follows_an_https_upstream_and_refuses_a_certificate_its_ca_did_not_sign() {
+    if !statestream_test_support::tls::openssl(
+        "relay_follows_an_https_upstream_and_refuses_a_certificate_its_ca_did_not_sign",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ca = certificate_authority(dir.path(), "node-ca");
+    let (cert, key) = signed_certificate(
+        dir.path(),
+        "node-server",
+        "/CN=localhost",
+        "IP:127.0.0.1,DNS:localhost",
+        &ca,
+    );
+    let other_ca = certificate_authority(dir.path(), "other-ca");
+    let node_toml = NODE_TOML.replace(
+        "heartbeat_ms = 200",
+        &format!(
+            "heartbeat_ms = 200\ntls_cert_file = {:?}\ntls_key_file = {:?}",
+            p(&cert),
+            p(&key)
+        ),
+    );
+    let node_home = home_with(dir.path(), "node", &node_toml);
+    let node = Proc::start(&[
+        "node",
+        "--home",
+        p(&node_home),
+        "--blocks",
+        "0",
+        "--block-time-ms",
+        "20",
+    ]);
+    let upstream = format!("https://{}", node.address("serve: gRPC listening"));
+
+    let home = home_with(
+        dir.path(),
+        "relay",
+        &relay_toml(&[&upstream], &format!("tls_ca_file = {:?}", p(&ca.0))),
+    );
+    let relay = start_relay(&home);
+    wait_status(&relay, "the relay to follow the https upstream", |s| {
+        s["local_height"].as_u64() > Some(3) && s["upstream"] == upstream.as_str()
+    });
+    assert!(relay.proc.stop().success(), "a clean stop");
+
+    let wrong = home_with(
+        dir.path(),
+        "wrong-ca",
+        &relay_toml(&[&upstream], &format!("tls_ca_file = {:?}", p(&other_ca.0))),
+    );
+    let mut refused = Proc::start(&["relay", "--home", p(&wrong)]);
+    let exit = refused.exited();
+    assert!(!exit.success());
+    let log = refused.log();
+    assert!(log.contains(&format!("upstream {upstream}")), "{log}");
+    assert!(log.contains("TLS"), "{log}");
+
+    let none = home_with(dir.path(), "no-ca", &relay_toml(&[&upstream], ""));
+    let mut refused = Proc::start(&["relay", "--home", p(&none)]);
+    assert!(!refused.exited().success());
+    let log = refused.log();
+    assert!(log.contains("needs [relay] tls_ca_file"), "{log}");
+    assert!(log.contains(&upstream), "{log}");
     assert!(node.stop().success());
 }
 

@@ -405,7 +405,11 @@ fn node_tls_sighup_reloads_certificates_and_keeps_open_streams() {
 
     // SIGHUP did not stop the node; SIGTERM does, cleanly.
     node.signal(libc::SIGTERM);
-    let status = node.child.wait().expect("wait for the node");
+    let status = statestream_test_support::wait_exit(
+        &mut node.child,
+        "the node to exit after SIGTERM",
+        deadline.saturating_duration_since(Instant::now()),
+    );
     assert!(status.success(), "{status:?}");
 }
 

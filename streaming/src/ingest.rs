@@ -37,7 +37,10 @@ use tracing::{info, warn};
 
 use crate::error::{Error, Result};
 use crate::manager::DeliveryManager;
-use crate::observe::Observer;
+use crate::observe::{IngestReport, Observer, StatusSection};
+
+/// The name of the pipeline's section of the status ([`IngestReport`]).
+pub const INGEST_SECTION: &str = "ingest";
 
 /// One write of a source's change set, in the source's order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,11 +164,37 @@ impl IngestStatus {
     pub fn recorded_gaps(&self) -> Vec<(u64, u64)> {
         self.recorded.lock().map(|g| g.clone()).unwrap_or_default()
     }
+
+    /// These counters as a section of the status ([`IngestReport`], under
+    /// [`INGEST_SECTION`]; the `statestream_ingest_*` metrics are read
+    /// from it).
+    pub fn section(self: &Arc<Self>) -> StatusSection {
+        let status = Arc::clone(self);
+        StatusSection::new(Arc::new(move || {
+            serde_json::to_value(IngestReport::of(&status)).unwrap_or(serde_json::Value::Null)
+        }))
+    }
 }
 
 /// Starts the delivery manager on the replica's current stores; called
 /// again when the set of stores changes.
 pub type StartManager = Box<dyn FnMut(&mut MultiStore) -> Result<DeliveryManager> + Send>;
+
+/// Starts the streamers with `start`, their observer with `sections`.
+fn started(
+    start: &mut StartManager,
+    store: &mut MultiStore,
+    status: &IngestStatus,
+    sections: &[(String, StatusSection)],
+) -> Result<DeliveryManager> {
+    let manager = start(store)?;
+    let observer = manager.observer();
+    for (name, section) in sections {
+        observer.add_status_section(name, section.clone());
+    }
+    status.starts.fetch_add(1, Ordering::AcqRel);
+    Ok(manager)
+}
 
 /// The ingest pipeline over one replica store.
 pub struct Ingest {
@@ -174,6 +203,9 @@ pub struct Ingest {
     start: StartManager,
     on_gap: OnGap,
     status: Arc<IngestStatus>,
+    /// The sections every manager's observer gets: the pipeline's own,
+    /// then those of [`add_status_section`](Ingest::add_status_section).
+    sections: Vec<(String, StatusSection)>,
 }
 
 impl std::fmt::Debug for Ingest {
@@ -191,24 +223,46 @@ impl Ingest {
     /// block.
     pub fn new(mut store: MultiStore, mut start: StartManager, on_gap: OnGap) -> Result<Ingest> {
         let status = Arc::new(IngestStatus::default());
-        let manager = if store.stores().is_empty() {
-            None
-        } else {
-            let m = start(&mut store)?;
-            status.starts.fetch_add(1, Ordering::AcqRel);
-            Some(m)
-        };
         status.height.store(store.version(), Ordering::Release);
         if let Ok(mut recorded) = status.recorded.lock() {
             *recorded = store.gaps()?;
         }
+        let sections = vec![(INGEST_SECTION.to_owned(), status.section())];
+        let manager = if store.stores().is_empty() {
+            None
+        } else {
+            Some(started(&mut start, &mut store, &status, &sections)?)
+        };
         Ok(Ingest {
             store,
             manager,
             start,
             on_gap,
             status,
+            sections,
         })
+    }
+
+    /// Starts the streamers on the current stores.
+    fn start_streamers(&mut self) -> Result<()> {
+        self.manager = Some(started(
+            &mut self.start,
+            &mut self.store,
+            &self.status,
+            &self.sections,
+        )?);
+        Ok(())
+    }
+
+    /// Adds (or replaces) a section of the status on the running
+    /// streamers' observer and on each one they are started again with
+    /// (a relay's own status).
+    pub fn add_status_section(&mut self, name: &str, section: StatusSection) {
+        if let Some(m) = &self.manager {
+            m.observer().add_status_section(name, section.clone());
+        }
+        self.sections.retain(|(n, _)| n != name);
+        self.sections.push((name.to_owned(), section));
     }
 
     /// The pipeline's counters.
@@ -218,12 +272,12 @@ impl Ingest {
 
     /// The running manager's observer (`None` before the first store is
     /// known), with the pipeline's counters and recorded gaps
-    /// ([`NodeStatus::ingest`](crate::NodeStatus::ingest)). A new one after
-    /// each restart of the streamers.
+    /// ([`NodeStatus::ingest`](crate::NodeStatus::ingest)) and the
+    /// sections added with [`add_status_section`](Ingest::add_status_section).
+    /// A new one after each restart of the streamers
+    /// ([`IngestStatus::streamer_starts`]).
     pub fn observer(&self) -> Option<Observer> {
-        self.manager
-            .as_ref()
-            .map(|m| m.observer().with_ingest(Arc::clone(&self.status)))
+        self.manager.as_ref().map(DeliveryManager::observer)
     }
 
     /// The replica store.
@@ -310,8 +364,7 @@ impl Ingest {
         }
         self.status.height.store(height, Ordering::Release);
         if !self.store.stores().is_empty() {
-            self.manager = Some((self.start)(&mut self.store)?);
-            self.status.starts.fetch_add(1, Ordering::AcqRel);
+            self.start_streamers()?;
         }
         info!(
             height,
@@ -442,8 +495,7 @@ impl Ingest {
             }
         }
         if self.manager.is_none() && !self.store.stores().is_empty() {
-            self.manager = Some((self.start)(&mut self.store)?);
-            self.status.starts.fetch_add(1, Ordering::AcqRel);
+            self.start_streamers()?;
         }
         let Some(manager) = self.manager.as_mut() else {
             // No store yet and none written: nothing to stream, and no

@@ -71,16 +71,16 @@ mod telemetry;
 
 pub use error::{Error, Result};
 pub use ingest::{
-    Ingest, IngestStatus, Ingested, OnGap, SourceBlock, SourceHashes, SourceSnapshot, SourceWrite,
-    StartManager,
+    INGEST_SECTION, Ingest, IngestStatus, Ingested, OnGap, SourceBlock, SourceHashes,
+    SourceSnapshot, SourceWrite, StartManager,
 };
 pub use manager::{
     DeliveryManager, DeliveryManagerBuilder, RuntimeCursor, RuntimeHandle, StartAt, StreamerSetup,
     StreamerStats,
 };
 pub use observe::{
-    Bucket, COMMIT_BUCKETS, ChangeLogStatus, GapStatus, HistogramStatus, IngestReport, NodeState,
-    NodeStatus, Observer, Section, StreamerState, StreamerStatus,
+    Bucket, COMMIT_BUCKETS, ChangeLogStatus, GapStatus, Health, HistogramStatus, IngestReport,
+    NodeState, NodeStatus, Observer, Section, StatusSection, StreamerState, StreamerStatus,
 };
 pub use process::{PLUGIN_INHERITED_ENV, ProcessError, ProcessStreamer, ProcessStreamerConfig};
 /// The Prometheus client (`telemetry` feature), for streamers that register
@@ -104,4 +104,4 @@ pub use statestream_core::{
 /// crate alone.
 pub use statestream_store as store;
 #[cfg(feature = "telemetry")]
-pub use telemetry::{StatusExtension, TelemetryError, TelemetryOptions, TelemetryServer};
+pub use telemetry::{TelemetryError, TelemetryOptions, TelemetryServer};

@@ -14,7 +14,6 @@ use statestream_config::Delivery;
 use statestream_store::ChangeLogMeter;
 
 use crate::driver::Progress;
-use crate::ingest::IngestStatus;
 
 /// Upper bounds (seconds) of the commit-duration histogram's buckets: from
 /// an in-memory commit (well under a millisecond) to an fsync on a slow
@@ -97,6 +96,54 @@ pub(crate) struct Shared {
 /// A function that reads one extra section of the status now.
 pub type Section = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
+/// A function that says now why the program is not healthy although the
+/// node commits (`/healthz` answers 503 with it); `None`: healthy.
+pub type Health = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
+/// One extra part of the status ([`Observer::add_status_section`]): what
+/// it shows on `GET /status`, and optionally its say on `GET /healthz`.
+#[derive(Clone)]
+pub struct StatusSection {
+    read: Section,
+    health: Option<Health>,
+    top_level: bool,
+}
+
+impl std::fmt::Debug for StatusSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatusSection")
+            .field("health", &self.health.is_some())
+            .field("top_level", &self.top_level)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StatusSection {
+    /// A section whose JSON `read` returns, served under its name.
+    pub fn new(read: Section) -> StatusSection {
+        StatusSection {
+            read,
+            health: None,
+            top_level: false,
+        }
+    }
+
+    /// `/healthz` answers 503 with `health`'s reason while it has one.
+    pub fn with_health(mut self, health: Health) -> StatusSection {
+        self.health = Some(health);
+        self
+    }
+
+    /// The fields of the section's JSON object are served at the top level
+    /// of `GET /status` (names the status does not have otherwise), not
+    /// under its name: a program's own status (`statestream relay`'s
+    /// `upstream`, `lag_blocks`, ...).
+    pub fn top_level(mut self) -> StatusSection {
+        self.top_level = true;
+        self
+    }
+}
+
 /// A read-only view of a running [`DeliveryManager`](crate::DeliveryManager),
 /// usable from any thread ([`DeliveryManager::observer`](crate::DeliveryManager::observer)).
 /// It stays valid after the manager is gone (then its status says
@@ -104,13 +151,11 @@ pub type Section = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 #[derive(Debug, Clone)]
 pub struct Observer {
     pub(crate) shared: Arc<Shared>,
-    /// The ingest pipeline feeding the manager, when there is one.
-    pub(crate) ingest: Option<Arc<IngestStatus>>,
 }
 
 /// The extra sections, by name, in the order they were added.
 #[derive(Default)]
-pub(crate) struct Sections(std::sync::RwLock<Vec<(String, Section)>>);
+pub(crate) struct Sections(std::sync::RwLock<Vec<(String, StatusSection)>>);
 
 impl std::fmt::Debug for Sections {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -126,25 +171,20 @@ impl std::fmt::Debug for Sections {
 }
 
 impl Observer {
-    /// This observer, showing also the counters of the ingest pipeline
-    /// that feeds its manager ([`Ingest::observer`](crate::Ingest::observer)
-    /// does this).
-    pub fn with_ingest(mut self, status: Arc<IngestStatus>) -> Observer {
-        self.ingest = Some(status);
-        self
-    }
-
-    /// The ingest pipeline's counters, when it has them.
-    pub fn ingest(&self) -> Option<&IngestStatus> {
-        self.ingest.as_deref()
-    }
-
     /// Adds (or replaces) a section of the status: `read` is called at
     /// each [`status`](Observer::status) and its JSON is served under
     /// `name` in `GET /status` (the run-time subscriptions use
     /// `subscriptions`). It runs on the observer's thread, never on the
     /// commit path.
     pub fn add_section(&self, name: &str, read: Section) {
+        self.add_status_section(name, StatusSection::new(read));
+    }
+
+    /// [`add_section`](Observer::add_section) with the section's options:
+    /// a health verdict for `/healthz`, its fields at the top level (the
+    /// ingest pipeline's `ingest` section, a relay's status). Every
+    /// observer of the manager sees it.
+    pub fn add_status_section(&self, name: &str, section: StatusSection) {
         let mut sections = self
             .shared
             .sections
@@ -152,7 +192,7 @@ impl Observer {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         sections.retain(|(n, _)| n != name);
-        sections.push((name.to_owned(), read));
+        sections.push((name.to_owned(), section));
     }
 
     /// Everything observable, read now.
@@ -202,14 +242,37 @@ impl Observer {
             NodeState::Committing
         };
         let size = s.change_log.size();
-        let sections: Vec<(String, Section)> = s
+        let sections: Vec<(String, StatusSection)> = s
             .sections
             .0
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
+        let mut fields = std::collections::BTreeMap::new();
+        let mut unhealthy = None;
+        for (name, section) in sections {
+            let value = (section.read)();
+            if unhealthy.is_none() {
+                unhealthy = section.health.as_ref().and_then(|h| h());
+            }
+            match value {
+                serde_json::Value::Object(map) if section.top_level => {
+                    for (k, v) in map {
+                        if !NodeStatus::FIELDS.contains(&k.as_str()) {
+                            fields.entry(k).or_insert(v);
+                        }
+                    }
+                }
+                value => {
+                    if !NodeStatus::FIELDS.contains(&name.as_str()) {
+                        fields.insert(name, value);
+                    }
+                }
+            }
+        }
         NodeStatus {
-            sections: sections.into_iter().map(|(n, read)| (n, read())).collect(),
+            sections: fields,
+            unhealthy,
             state,
             committed_height: committed,
             commit_duration: s.commits.snapshot(),
@@ -218,7 +281,6 @@ impl Observer {
                 bytes: size.bytes,
             },
             streamers,
-            ingest: self.ingest.as_deref().map(IngestReport::of),
         }
     }
 }
@@ -239,18 +301,41 @@ pub struct NodeStatus {
     pub change_log: ChangeLogStatus,
     /// Every streamer, in configuration order (then the run-time ones).
     pub streamers: Vec<StreamerStatus>,
-    /// The ingest pipeline (a replica fed by a source: `statestream
-    /// cosmos-plugin`, `ingest-files`); absent on a node.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ingest: Option<IngestReport>,
     /// Extra sections ([`Observer::add_section`]), served at the top level
-    /// of `GET /status` under their names.
+    /// of `GET /status` under their names, and the fields of the
+    /// [`top_level`](StatusSection::top_level) ones. The ingest pipeline's
+    /// is `ingest` ([`NodeStatus::ingest`]; a replica fed by a source:
+    /// `statestream cosmos-plugin`, `ingest-files`, `relay`).
     #[serde(flatten)]
     pub sections: std::collections::BTreeMap<String, serde_json::Value>,
+    /// The first health verdict of a section ([`StatusSection::with_health`]):
+    /// why `/healthz` answers 503 although the node commits.
+    #[serde(skip)]
+    pub unhealthy: Option<String>,
 }
 
-/// The ingest pipeline's state, in [`NodeStatus::ingest`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+impl NodeStatus {
+    /// The names of the status's own fields, which a section cannot take.
+    const FIELDS: [&str; 5] = [
+        "state",
+        "committed_height",
+        "commit_duration",
+        "change_log",
+        "streamers",
+    ];
+
+    /// The ingest pipeline's section (`ingest`), when the node is fed by
+    /// one.
+    pub fn ingest(&self) -> Option<IngestReport> {
+        self.sections
+            .get(crate::ingest::INGEST_SECTION)
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+    }
+}
+
+/// The ingest pipeline's state: the `ingest` section of the status
+/// ([`NodeStatus::ingest`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub struct IngestReport {
     /// The source's last height committed into the replica.
@@ -269,7 +354,7 @@ pub struct IngestReport {
 }
 
 /// Heights missing from a replica, both included.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub struct GapStatus {
     /// The first missing height.
@@ -288,7 +373,7 @@ impl GapStatus {
 }
 
 impl IngestReport {
-    fn of(status: &IngestStatus) -> IngestReport {
+    pub(crate) fn of(status: &crate::ingest::IngestStatus) -> IngestReport {
         IngestReport {
             height: status.height(),
             gaps: status

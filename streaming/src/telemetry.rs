@@ -7,7 +7,13 @@
 //!   [`prometheus::Registry`] ([`Registry::metrics`](crate::Registry::metrics)).
 //! - `GET /status`: [`NodeStatus`] as JSON.
 //! - `GET /healthz`: `200` while the node commits, `503` once a streamer
-//!   halted it (or it shut down), with a one-line JSON body.
+//!   halted it (or it shut down) or a section of the status says it is not
+//!   healthy ([`StatusSection::with_health`](crate::StatusSection::with_health)),
+//!   with a one-line JSON body.
+//!
+//! A program whose streamers restart (a replica, after a snapshot) keeps
+//! one server and points it at each new observer
+//! ([`TelemetryServer::observe`]): the endpoints never go away.
 //!
 //! The server runs on a tokio runtime of its own, on one thread named
 //! `telemetry`; it reads the manager's atomics and never touches the commit
@@ -22,7 +28,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -179,28 +185,27 @@ pub struct TelemetryServer {
     address: SocketAddr,
     stop: Option<watch::Sender<bool>>,
     thread: Option<JoinHandle<()>>,
-    /// Where the node's metrics are registered, and their observer: they
-    /// are unregistered when the server stops, so that a server can be
-    /// started again on the same registry (a pipeline restarting its
-    /// streamers gets a new observer).
-    registered: Option<(prometheus::Registry, Observer)>,
+    /// The observer served, swapped by [`observe`](TelemetryServer::observe).
+    observed: Observed,
+    /// Where the node's metrics are registered: they are unregistered when
+    /// the server stops, so that a server can be started again on the
+    /// same registry.
+    registered: Option<prometheus::Registry>,
+}
+
+/// The observer the server reads, replaced when the streamers restart.
+type Observed = Arc<RwLock<Observer>>;
+
+fn current(observed: &Observed) -> Observer {
+    observed
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone()
 }
 
 struct AppState {
-    observer: Observer,
+    observed: Observed,
     metrics: prometheus::Registry,
-    extension: Option<Arc<dyn StatusExtension>>,
-}
-
-/// What a program running the delivery manager adds to `/status` and
-/// `/healthz` (`statestream relay`: its upstream, lag and divergence).
-pub trait StatusExtension: Send + Sync {
-    /// Fields added to `/status`'s object (names it does not have).
-    fn status(&self) -> serde_json::Map<String, serde_json::Value>;
-
-    /// Why `/healthz` answers 503 although the node commits; `None`:
-    /// healthy.
-    fn unhealthy(&self) -> Option<String>;
 }
 
 impl TelemetryServer {
@@ -223,18 +228,6 @@ impl TelemetryServer {
         options: &TelemetryOptions,
         observer: Observer,
         metrics: prometheus::Registry,
-    ) -> Result<TelemetryServer, TelemetryError> {
-        TelemetryServer::start_extended(address, options, observer, metrics, None)
-    }
-
-    /// [`start_with`](TelemetryServer::start_with), with `extension`'s
-    /// fields on `/status` and its health on `/healthz`.
-    pub fn start_extended(
-        address: SocketAddr,
-        options: &TelemetryOptions,
-        observer: Observer,
-        metrics: prometheus::Registry,
-        extension: Option<Arc<dyn StatusExtension>>,
     ) -> Result<TelemetryServer, TelemetryError> {
         // Read first: a bad file is an error of this call, as a bad address.
         options.check_tls()?;
@@ -260,15 +253,15 @@ impl TelemetryServer {
             .enable_time()
             .build()
             .map_err(|source| TelemetryError::Start { source })?;
+        let observed: Observed = Arc::new(RwLock::new(observer));
         metrics
-            .register(Box::new(NodeCollector::new(observer.clone())))
+            .register(Box::new(NodeCollector::new(Arc::clone(&observed))))
             .map_err(|source| TelemetryError::Register { source })?;
         let state = Arc::new(AppState {
-            observer: observer.clone(),
+            observed: Arc::clone(&observed),
             metrics: metrics.clone(),
-            extension,
         });
-        let registered = Some((metrics.clone(), observer.clone()));
+        let registered = Some(metrics.clone());
         let app = Router::new()
             .route("/metrics", get(metrics_handler))
             .route("/status", get(status_handler))
@@ -283,7 +276,7 @@ impl TelemetryServer {
             .map_err(|source| {
                 // Unregistered so that a later attempt can register again
                 // (collectors are matched by their descriptions).
-                let _ = metrics.unregister(Box::new(NodeCollector::new(observer)));
+                let _ = metrics.unregister(Box::new(NodeCollector::new(Arc::clone(&observed))));
                 TelemetryError::Start { source }
             })?;
         tracing::info!(tls = options.tls.is_some(), address = %bound, "telemetry server listening (/metrics, /status, /healthz)");
@@ -291,8 +284,19 @@ impl TelemetryServer {
             address: bound,
             stop: Some(stop),
             thread: Some(thread),
+            observed,
             registered,
         })
+    }
+
+    /// Serves `observer` from now on (the streamers were started again:
+    /// a replica's new stores, a snapshot), on the same address, without
+    /// a moment where the endpoints are gone.
+    pub fn observe(&self, observer: Observer) {
+        *self
+            .observed
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = observer;
     }
 
     /// The address the server listens on (with the port the system chose
@@ -316,8 +320,8 @@ impl TelemetryServer {
         {
             tracing::warn!("telemetry server thread panicked");
         }
-        if let Some((metrics, observer)) = self.registered.take() {
-            let _ = metrics.unregister(Box::new(NodeCollector::new(observer)));
+        if let Some(metrics) = self.registered.take() {
+            let _ = metrics.unregister(Box::new(NodeCollector::new(Arc::clone(&self.observed))));
         }
     }
 }
@@ -371,23 +375,11 @@ async fn metrics_handler(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn status_handler(State(state): State<Arc<AppState>>) -> Response {
-    let status = state.observer.status();
-    let Some(extension) = &state.extension else {
-        return axum::Json(status).into_response();
-    };
-    match serde_json::to_value(&status) {
-        Ok(serde_json::Value::Object(mut fields)) => {
-            for (k, v) in extension.status() {
-                fields.entry(k).or_insert(v);
-            }
-            axum::Json(fields).into_response()
-        }
-        _ => axum::Json(status).into_response(),
-    }
+    axum::Json(current(&state.observed).status()).into_response()
 }
 
 async fn healthz_handler(State(state): State<Arc<AppState>>) -> Response {
-    let status = state.observer.status();
+    let status = current(&state.observed).status();
     let mut body = health(&status);
     let mut code = if status.state == NodeState::Committing {
         StatusCode::OK
@@ -395,7 +387,7 @@ async fn healthz_handler(State(state): State<Arc<AppState>>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     if code == StatusCode::OK
-        && let Some(reason) = state.extension.as_ref().and_then(|e| e.unhealthy())
+        && let Some(reason) = status.unhealthy
     {
         code = StatusCode::SERVICE_UNAVAILABLE;
         body.error = Some(reason);
@@ -432,7 +424,7 @@ mod serde_json_value {
 
 /// The node's metrics, read from the observer at each scrape.
 struct NodeCollector {
-    observer: Observer,
+    observed: Observed,
     descs: Vec<Desc>,
 }
 
@@ -531,8 +523,8 @@ const METRICS: &[(&str, &str, MetricType, &[&str])] = &[
     ),
 ];
 
-/// The ingest pipeline's metrics, served when the observer has one
-/// ([`Observer::with_ingest`]): a replica fed by a source.
+/// The ingest pipeline's metrics, served when the status has its section
+/// ([`NodeStatus::ingest`]): a replica fed by a source.
 const INGEST_METRICS: &[(&str, &str, MetricType, &[&str])] = &[
     (
         "statestream_ingest_height",
@@ -561,15 +553,12 @@ const INGEST_METRICS: &[(&str, &str, MetricType, &[&str])] = &[
 ];
 
 impl NodeCollector {
-    fn new(observer: Observer) -> NodeCollector {
-        let ingest: &[_] = if observer.ingest().is_some() {
-            INGEST_METRICS
-        } else {
-            &[]
-        };
+    fn new(observed: Observed) -> NodeCollector {
+        // The ingest metrics are described always: the observer served may
+        // change to one with the pipeline's section.
         let descs = METRICS
             .iter()
-            .chain(ingest)
+            .chain(INGEST_METRICS)
             .filter_map(|(name, help, _, labels)| {
                 Desc::new(
                     (*name).to_owned(),
@@ -580,7 +569,7 @@ impl NodeCollector {
                 .ok()
             })
             .collect();
-        NodeCollector { observer, descs }
+        NodeCollector { observed, descs }
     }
 }
 
@@ -613,7 +602,7 @@ impl Collector for NodeCollector {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let status = self.observer.status();
+        let status = current(&self.observed).status();
         let halted = status.state == NodeState::Halted;
         let mut families: Vec<MetricFamily> = METRICS
             .iter()
@@ -687,7 +676,7 @@ impl Collector for NodeCollector {
                 family
             })
             .collect();
-        if let Some(ingest) = &status.ingest {
+        if let Some(ingest) = status.ingest() {
             for (name, help, kind, _) in INGEST_METRICS {
                 let value = match *name {
                     "statestream_ingest_height" => ingest.height,

@@ -235,7 +235,7 @@ fn a_gap_is_recorded_then_continued_past_or_refused() {
         .commit(block(15, vec![w("bank", "a", Some("4"))]))
         .unwrap();
     let status = ingest.observer().unwrap().status();
-    let report = status.ingest.expect("the pipeline's section");
+    let report = status.ingest().expect("the pipeline's section");
     assert_eq!(report.height, 15);
     assert_eq!(
         report

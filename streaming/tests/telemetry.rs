@@ -339,6 +339,86 @@ fn telemetry_stopped_manager_is_unhealthy_and_unknown_paths_are_404() {
     server.stop();
 }
 
+/// Sections of the status: under their name or at the top level, with a
+/// health verdict; the server follows a new observer (streamers started
+/// again) on the same address, with the sections of the new one.
+#[test]
+fn telemetry_sections_with_health_and_a_new_observer_on_the_same_server() {
+    use statestream::StatusSection;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let bank = StoreKey::new("bank").expect("name");
+    let mut store = MultiStore::in_memory(std::slice::from_ref(&bank)).expect("store");
+    let manager = DeliveryManager::builder()
+        .start(&mut store)
+        .expect("manager");
+    let sick = Arc::new(AtomicBool::new(false));
+    let verdict = Arc::clone(&sick);
+    let section = StatusSection::new(Arc::new(
+        || serde_json::json!({ "upstream": "http://a", "lag_blocks": 3, "state": "not mine" }),
+    ))
+    .with_health(Arc::new(move || {
+        verdict
+            .load(Ordering::SeqCst)
+            .then(|| "not ready: 3 blocks behind".to_owned())
+    }))
+    .top_level();
+    let observer = manager.observer();
+    observer.add_status_section("relay", section.clone());
+    observer.add_section("extra", Arc::new(|| serde_json::json!({ "n": 1 })));
+    let server = TelemetryServer::start(
+        "127.0.0.1:0".parse().expect("address"),
+        observer,
+        prometheus::Registry::new(),
+    )
+    .expect("server");
+    let (code, status) = json(&server, "/status");
+    assert_eq!(code, 200);
+    assert_eq!(status["upstream"], "http://a", "{status}");
+    assert_eq!(status["lag_blocks"], 3, "{status}");
+    assert_eq!(status["extra"]["n"], 1, "{status}");
+    assert!(status.get("relay").is_none(), "{status}");
+    // A section cannot take the status's own fields.
+    assert_eq!(status["state"], "committing", "{status}");
+    let (code, _) = json(&server, "/healthz");
+    assert_eq!(code, 200);
+    sick.store(true, Ordering::SeqCst);
+    let (code, health) = json(&server, "/healthz");
+    assert_eq!(code, 503, "{health}");
+    assert_eq!(health["error"], "not ready: 3 blocks behind", "{health}");
+    sick.store(false, Ordering::SeqCst);
+
+    // The streamers are started again: the same server shows the new
+    // manager's observer (and only its sections).
+    let address = server.local_addr();
+    manager.close(&mut store).expect("close");
+    let (code, health) = json(&server, "/healthz");
+    assert_eq!(code, 503, "{health}");
+    let mut manager = DeliveryManager::builder()
+        .start(&mut store)
+        .expect("manager again");
+    let observer = manager.observer();
+    observer.add_status_section("relay", section);
+    server.observe(observer);
+    manager
+        .commit(&mut store, BlockMeta::default())
+        .expect("commit");
+    assert_eq!(server.local_addr(), address);
+    let (code, status) = json(&server, "/status");
+    assert_eq!(code, 200);
+    assert_eq!(status["state"], "committing", "{status}");
+    assert_eq!(status["committed_height"], 1, "{status}");
+    assert_eq!(status["upstream"], "http://a", "{status}");
+    assert!(status.get("extra").is_none(), "{status}");
+    let (code, _) = json(&server, "/healthz");
+    assert_eq!(code, 200);
+    let m = metrics(&server);
+    assert_eq!(value(&m, "statestream_committed_height", None), 1.0);
+    server.stop();
+    manager.close(&mut store).expect("close");
+}
+
 /// The metric families `/metrics` declares (`# TYPE` lines).
 fn exported_families(server: &TelemetryServer) -> Vec<String> {
     let (_, _, body) = get(server, "/metrics");
@@ -414,11 +494,14 @@ fn telemetry_docs_list_every_metric_and_the_dashboard_and_alerts_use_only_them()
         .expect("commit");
     // With an ingest pipeline's counters, as a replica's server has them
     // (their rows are in the document too).
+    let observer = manager.observer();
+    observer.add_status_section(
+        statestream::INGEST_SECTION,
+        std::sync::Arc::new(statestream::IngestStatus::default()).section(),
+    );
     let server = TelemetryServer::start(
         "127.0.0.1:0".parse().expect("address"),
-        manager
-            .observer()
-            .with_ingest(std::sync::Arc::new(statestream::IngestStatus::default())),
+        observer,
         registry.metrics().clone(),
     )
     .expect("server");

@@ -26,7 +26,7 @@ pub mod postgres;
 pub mod tls;
 pub mod waits;
 
-pub use waits::{PATIENCE, wait_for, wait_for_within};
+pub use waits::{PATIENCE, wait_exit, wait_for, wait_for_within};
 
 use std::io::Write;
 use std::process::Command;

@@ -40,6 +40,32 @@ pub fn wait_for_within(what: &str, timeout: Duration, mut cond: impl FnMut() -> 
     }
 }
 
+/// Waits (at most `timeout`) until `child` exits, and returns its status.
+///
+/// # Panics
+///
+/// When `timeout` passes first (the child is killed and reaped, so that
+/// no process outlives the test): `timed out waiting for {what}`; or
+/// when its status cannot be read.
+pub fn wait_exit(
+    child: &mut std::process::Child,
+    what: &str,
+    timeout: Duration,
+) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("read the child's status") {
+            return status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("timed out waiting for {what} (after {timeout:?}); killed it");
+        }
+        std::thread::sleep(POLL.min(deadline.saturating_duration_since(Instant::now())));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,16 +25,17 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use statestream::{
-    BlockMeta, DeliveryManager, Error as StreamError, Ingest, Ingested, OnGap, PushQueue, Registry,
-    SourceBlock, SourceHashes, SourceSnapshot, StatusExtension, TelemetryOptions, TelemetryServer,
+    BlockMeta, Error as StreamError, Ingest, Ingested, OnGap, PushQueue, SourceBlock, SourceHashes,
+    SourceSnapshot,
 };
-use statestream_config::{AppConfig, RelayConfig};
+use statestream_config::RelayConfig;
 use statestream_serve::Gate;
-use statestream_store::{Hash, KvStore, MultiStore, StoreKey, StoreOptions};
+use statestream_store::{Hash, KvStore, MultiStore};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::node::{ConfigSource, STORE_PATH};
+use crate::node::ConfigSource;
+use crate::replica;
 use status::{RelayMetrics, RelayStatus};
 use upstream::{Upstream, UpstreamError, UpstreamEvent, UpstreamHashes};
 
@@ -68,32 +69,21 @@ pub fn run(args: RelayArgs) -> Result<ExitCode> {
             source.origin().display()
         );
     };
-    if let Some(https) = relay.upstreams.iter().find(|u| u.starts_with("https://")) {
+    if relay.tls_ca_file.is_empty()
+        && let Some(https) = relay.upstreams.iter().find(|u| u.starts_with("https://"))
+    {
         bail!(
-            "{}: [relay] upstreams: {https}: this build follows http:// upstreams only \
-             (serve does not speak TLS yet)",
+            "{}: [relay] upstreams: {https}: an https:// upstream needs [relay] tls_ca_file, \
+             the PEM certificates its certificate is verified against (its CA, or the server's \
+             own certificate)",
             source.origin().display()
         );
     }
     nats::check(&relay).map_err(|e| anyhow::anyhow!("{}: {e}", source.origin().display()))?;
     let token = read_token(&args.home, &relay.token_file)?;
-    std::fs::create_dir_all(args.home.join("data"))
-        .with_context(|| format!("cannot create the home directory {}", args.home.display()))?;
-    let path = args.home.join(STORE_PATH);
-    let mut store = if path.exists() {
-        MultiStore::open_existing(&path, StoreOptions::default())
-    } else {
-        MultiStore::open(&path, &[], StoreOptions::default())
-    }
-    .with_context(|| format!("cannot open the replica store {}", path.display()))?;
     // A relay of some stores only: they exist from the start, so that the
     // streamers can start before the first snapshot.
-    let named = relay
-        .stores
-        .iter()
-        .map(|n| StoreKey::new(n))
-        .collect::<Result<Vec<_>, _>>()?;
-    store.add_stores(&named)?;
+    let store = replica::open_store(&args.home, &relay.stores)?;
 
     // Closed until the relay knows it is within `ready_lag_blocks`.
     Gate::process().set_lag(None, relay.ready_lag_blocks);
@@ -101,14 +91,10 @@ pub fn run(args: RelayArgs) -> Result<ExitCode> {
     status.set_height(store.version());
     let registry = crate::node::registry();
     let telemetry = match config.telemetry() {
-        Some(t) => Some(Telemetry {
-            address: t.address,
-            options: TelemetryOptions::from_config_in(t, &args.home),
-            metrics: RelayMetrics::register(registry.metrics())?,
-            registry: registry.metrics().clone(),
-            server: None,
-            starts: 0,
-        }),
+        Some(t) => Some((
+            replica::Telemetry::new(t, &args.home, registry.metrics().clone()),
+            RelayMetrics::register(registry.metrics())?,
+        )),
         None => None,
     };
     // PushUpdate on the relay: the writes are forwarded upstream.
@@ -117,11 +103,13 @@ pub fn run(args: RelayArgs) -> Result<ExitCode> {
     let home = args.home.clone();
     let start_push = push.clone();
     let start = Box::new(move |store: &mut MultiStore| {
-        start_manager(store, &config, &registry, &home, &start_push)
+        replica::start_manager(store, &config, &registry, &home, Some(&start_push))
     });
     info!(height = store.version(), stores = store.stores().len(), upstreams = ?relay.upstreams,
         "relay store opened");
-    let ingest = Ingest::new(store, start, OnGap::Halt)?;
+    let mut ingest = Ingest::new(store, start, OnGap::Halt)?;
+    // Its fields at the top level of /status, on every observer.
+    ingest.add_status_section("relay", status.section());
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopping = Arc::new(AtomicBool::new(false));
@@ -139,7 +127,7 @@ pub fn run(args: RelayArgs) -> Result<ExitCode> {
     let upstreams: Vec<Box<dyn Upstream>> = relay
         .upstreams
         .iter()
-        .map(|u| upstream::open(u, token.as_deref(), &relay.stores, &relay.nats, &args.home))
+        .map(|u| upstream::open(u, token.as_deref(), &relay, &args.home))
         .collect::<Result<_>>()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -194,37 +182,6 @@ fn read_token(home: &Path, file: &str) -> Result<Option<String>> {
     Ok(Some(token.to_owned()))
 }
 
-/// Starts the streamers on the replica's current stores, with the push
-/// queue the relay forwards upstream.
-fn start_manager(
-    store: &mut MultiStore,
-    config: &AppConfig,
-    registry: &Registry,
-    home: &Path,
-    push: &PushQueue,
-) -> statestream::Result<DeliveryManager> {
-    let names: Vec<String> = store.stores().iter().map(|s| s.name().to_owned()).collect();
-    let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    let specs = config.resolve(&names)?;
-    DeliveryManager::builder()
-        .configured(&specs, registry, home)
-        .push_queue(push.clone())
-        .shutdown_timeout(config.shutdown_timeout())
-        .start(store)
-}
-
-/// `[telemetry]`: the server, started again on each new observer (the
-/// streamers restart after a snapshot), and the relay's metrics.
-struct Telemetry {
-    address: std::net::SocketAddr,
-    options: TelemetryOptions,
-    metrics: RelayMetrics,
-    registry: statestream::prometheus::Registry,
-    server: Option<TelemetryServer>,
-    /// The pipeline's `streamer_starts` the server was started for.
-    starts: u64,
-}
-
 /// What ended following one upstream.
 enum Next {
     /// Follow the upstream at this index (another one, or the same again).
@@ -248,7 +205,8 @@ struct Relay {
     back_to: Option<usize>,
     heads: Arc<Mutex<Vec<Option<u64>>>>,
     status: Arc<RelayStatus>,
-    telemetry: Option<Telemetry>,
+    /// `[telemetry]`: the server and the relay's metrics.
+    telemetry: Option<(replica::Telemetry, RelayMetrics)>,
     /// The relay's committed height, for pushed writes waiting for theirs.
     height: watch::Sender<u64>,
     push: PushQueue,
@@ -675,50 +633,21 @@ impl Relay {
         }
     }
 
-    /// The metrics, and a telemetry server on the current observer.
+    /// The metrics, and the telemetry server on the current observer.
     fn refresh(&mut self) {
-        let Some(t) = self.telemetry.as_mut() else {
+        let Some((server, metrics)) = self.telemetry.as_mut() else {
             return;
         };
-        t.metrics.update(&self.status);
-        let Some(ingest) = self.ingest.as_ref() else {
-            return;
-        };
-        let starts = ingest.status().streamer_starts();
-        if starts == t.starts {
-            return;
-        }
-        let Some(observer) = ingest.observer() else {
-            return;
-        };
-        if let Some(old) = t.server.take() {
-            old.stop();
-        }
-        let extension: Arc<dyn StatusExtension> = self.status.clone();
-        match TelemetryServer::start_extended(
-            t.address,
-            &t.options,
-            observer,
-            t.registry.clone(),
-            Some(extension),
-        ) {
-            Ok(server) => {
-                // The same port again when the streamers restart (after a
-                // snapshot), also when the system chose it.
-                t.address = server.local_addr();
-                t.server = Some(server);
-                t.starts = starts;
-            }
-            Err(e) => warn!(error = %e, address = %t.address, "telemetry server not started"),
+        metrics.update(&self.status);
+        if let Some(ingest) = self.ingest.as_ref() {
+            server.follow(ingest);
         }
     }
 
     /// Closes the streamers and the store, then the telemetry server.
     fn close(&mut self) -> Result<()> {
         let closed = self.ingest.take().map(Ingest::close).transpose();
-        if let Some(t) = self.telemetry.as_mut()
-            && let Some(server) = t.server.take()
-        {
+        if let Some((server, _)) = self.telemetry.as_mut() {
             server.stop();
         }
         closed?;

@@ -1,11 +1,11 @@
 //! What a relay shows: its `/status` fields and `/healthz` verdict (a
-//! [`StatusExtension`] of the telemetry server) and its metrics, from one
-//! [`RelayStatus`] the relay loop updates.
+//! [`StatusSection`] of the streamers' observer, its fields at the top
+//! level) and its metrics, from one [`RelayStatus`] the relay loop updates.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
-use statestream::StatusExtension;
+use statestream::StatusSection;
 use statestream::prometheus::{IntCounter, IntGauge, Registry};
 
 /// The relay's state, readable from any thread.
@@ -90,12 +90,22 @@ impl RelayStatus {
     }
 }
 
-impl StatusExtension for RelayStatus {
-    fn status(&self) -> serde_json::Map<String, serde_json::Value> {
+impl RelayStatus {
+    /// The relay's section of `/status` (its fields at the top level, as
+    /// docs/relay.md lists them) and its `/healthz` verdict.
+    pub fn section(self: &Arc<Self>) -> StatusSection {
+        let fields = Arc::clone(self);
+        let health = Arc::clone(self);
+        StatusSection::new(Arc::new(move || fields.fields()))
+            .with_health(Arc::new(move || health.unhealthy()))
+            .top_level()
+    }
+
+    fn fields(&self) -> serde_json::Value {
         let diverged = self
             .diverged()
             .map(|(height, store)| serde_json::json!({ "height": height, "store": store }));
-        let value = serde_json::json!({
+        serde_json::json!({
             "upstream": self.upstream(),
             "upstream_head": self.upstream_head(),
             "local_height": self.height(),
@@ -104,11 +114,7 @@ impl StatusExtension for RelayStatus {
             "failovers": self.failovers(),
             "resnapshots": self.resnapshots(),
             "diverged": diverged,
-        });
-        match value {
-            serde_json::Value::Object(map) => map,
-            _ => serde_json::Map::new(),
-        }
+        })
     }
 
     fn unhealthy(&self) -> Option<String> {

@@ -139,19 +139,27 @@ pub trait Upstream: Send {
 }
 
 /// The upstream an entry of `[relay] upstreams` names, with the relay's
-/// token, replicating `stores` (empty: every store it streams). The one
-/// place a new kind of upstream (a `nats://` JetStream stream) is added.
+/// token, replicating `[relay] stores` (empty: every store it streams);
+/// an `https://` one verified against `tls_ca_file` (relative: under the
+/// home). The one place a new kind of upstream (a `nats://` JetStream
+/// stream) is added.
 pub fn open(
     address: &str,
     token: Option<&str>,
-    stores: &[String],
-    nats: &statestream_config::RelayNatsConfig,
+    relay: &statestream_config::RelayConfig,
     home: &std::path::Path,
 ) -> anyhow::Result<Box<dyn Upstream>> {
     Ok(if statestream_nats::is_nats_upstream(address) {
-        Box::new(super::nats::NatsUpstream::new(address, nats, home)?)
+        Box::new(super::nats::NatsUpstream::new(address, &relay.nats, home)?)
     } else {
-        Box::new(GrpcUpstream::new(address, token, stores))
+        let ca_file = (address.starts_with("https://") && !relay.tls_ca_file.is_empty())
+            .then(|| home.join(&relay.tls_ca_file));
+        Box::new(GrpcUpstream::new(
+            address,
+            token,
+            &relay.stores,
+            ca_file.as_deref(),
+        ))
     })
 }
 
@@ -165,10 +173,20 @@ pub struct GrpcUpstream {
 }
 
 impl GrpcUpstream {
-    /// `address` (`http://host:port`), with the relay's token, replicating
-    /// `stores` (empty: every store it streams).
-    pub fn new(address: &str, token: Option<&str>, stores: &[String]) -> GrpcUpstream {
+    /// `address` (`http://host:port`, or `https://host:port` with
+    /// `ca_file`, the certificates its certificate is verified against),
+    /// with the relay's token, replicating `stores` (empty: every store it
+    /// streams).
+    pub fn new(
+        address: &str,
+        token: Option<&str>,
+        stores: &[String],
+        ca_file: Option<&std::path::Path>,
+    ) -> GrpcUpstream {
         let mut options = SubscribeOptions::new(address).max_backoff(Duration::from_secs(1));
+        if let Some(ca) = ca_file {
+            options = options.ca_file(ca);
+        }
         if let Some(t) = token {
             options = options.token(t);
         }
@@ -203,7 +221,10 @@ fn classify(address: &str, e: ClientError) -> UpstreamError {
                 _ => UpstreamError::Lost(text),
             }
         }
-        ClientError::Address { .. } | ClientError::Token(_) => {
+        // A certificate that does not verify (or a CA file that cannot be
+        // read) does not change by retrying or by moving to another
+        // upstream verified against the same CA file.
+        ClientError::Address { .. } | ClientError::Token(_) | ClientError::Tls { .. } => {
             UpstreamError::Refused(format!("upstream {address}: {e}"))
         }
         other => UpstreamError::Lost(format!("upstream {address}: {other}")),

@@ -432,7 +432,6 @@ fn launch(
             stopped: std::sync::atomic::AtomicBool::new(false),
             sections: crate::observe::Sections::default(),
         }),
-        ingest: None,
     };
     let pruned_below = bounds.map_or(0, |(lo, _)| lo);
     let runtime = super::runtime::runtime(

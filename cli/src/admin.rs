@@ -37,7 +37,48 @@ pub fn start_subscriptions(
         .metrics()
         .register(Box::new(collector))
         .context("cannot register the subscriptions' metrics")?;
+    // A subscription never reads more than its owner may: revoking,
+    // expiring, deleting or narrowing the owner's credential disables it
+    // within a second.
+    if let Some(credentials) = manager.credentials() {
+        let stores = engine.stores().to_vec();
+        engine
+            .watch_owners(std::time::Duration::from_secs(1), move |owner, spec| {
+                owner_admits(&credentials, &stores, owner, spec)
+            })
+            .context("cannot start the subscriptions' owner check")?;
+    }
     Ok(engine)
+}
+
+/// Whether credential `owner` may still read what `spec` subscribes to.
+fn owner_admits(
+    credentials: &statestream_access::Registry,
+    stores: &[statestream_store::StoreKey],
+    owner: &str,
+    spec: &statestream_subscriptions::SubscriptionSpec,
+) -> Result<(), String> {
+    let Some(c) = credentials.get(owner) else {
+        return Err("it no longer exists".to_owned());
+    };
+    if c.is_revoked() {
+        return Err("it was revoked".to_owned());
+    }
+    if c.is_expired(statestream_access::now()) {
+        return Err("it expired".to_owned());
+    }
+    if !c.subscribe_webhooks {
+        return Err("it no longer has the subscribe_webhooks permission".to_owned());
+    }
+    let scopes: Vec<ReadScope> = c
+        .scopes
+        .iter()
+        .map(|s| ReadScope {
+            store: s.store.clone(),
+            prefixes: s.prefixes.clone(),
+        })
+        .collect();
+    statestream_subscriptions::api::within_scopes(spec, stores, &scopes)
 }
 
 /// The admin listener's authentication, as the subscription routes see

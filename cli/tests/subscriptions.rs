@@ -318,6 +318,39 @@ fn subscriptions_in_the_node_survive_sigterm_and_sigkill_and_respect_scopes() {
         json!([]),
         "it sees none of the operator's"
     );
+    // Within its scopes it may subscribe; once its credential is revoked
+    // the subscription is disabled within a second, naming why: it never
+    // reads more than its owner may.
+    let owned = node
+        .create(
+            &secret,
+            home,
+            "owned",
+            json!({
+                "endpoint": {"url": "http://203.0.113.7/"},
+                "filter": {"stores": ["bank"], "prefixes": ["balance"]},
+                "disable_after_failures": 1000000,
+            }),
+        )
+        .expect("within its scopes");
+    let owned = owned["id"].as_str().expect("id").to_owned();
+    let revoked = Command::new(BIN)
+        .args(["credentials", "revoke", "wallet", "--admin", &node.admin])
+        .env("STATESTREAM_ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()
+        .expect("credentials revoke");
+    assert!(revoked.status.success(), "{revoked:?}");
+    let mut shown = Value::Null;
+    statestream_test_support::wait_for("the revoked owner's subscription disabled", || {
+        shown = node.cli(ADMIN_TOKEN, &["show", &owned]).expect("show");
+        shown["state"] == "disabled"
+    });
+    let reason = shown.to_string();
+    assert!(
+        reason.contains("wallet") && reason.contains("revoked"),
+        "{shown}"
+    );
+    node.cli(ADMIN_TOKEN, &["delete", &owned]).expect("delete");
 
     // SIGTERM, restart, SIGKILL, restart.
     let h = node.height() + 10;

@@ -524,6 +524,61 @@ impl Engine {
         Ok(self.view(stored, None))
     }
 
+    /// Disables every active subscription whose owner `admits` no longer
+    /// (its credential revoked, expired, deleted, or narrowed below the
+    /// subscription's filter): a subscription never reads more than its
+    /// owner may. The reason names the owner; `resume` after the owner's
+    /// access is back continues from where it stopped. Returns the ids
+    /// disabled.
+    pub fn recheck_owners(
+        &self,
+        admits: impl Fn(&str, &SubscriptionSpec) -> std::result::Result<(), String>,
+    ) -> Result<Vec<String>> {
+        let mut disabled = Vec::new();
+        for (id, bytes) in self.inner.records.list()? {
+            let stored = decode(&id, &bytes)?;
+            let Some(owner) = stored.owner.as_deref() else {
+                continue;
+            };
+            if stored.state != State::Active {
+                continue;
+            }
+            if let Err(why) = admits(owner, &stored.spec) {
+                let height = self.cursor(&id);
+                warn!(subscription = %id, owner, reason = %why,
+                    "subscription disabled: its owner's access no longer covers it");
+                self.disable(&id, height, format!("owner credential {owner:?}: {why}"))?;
+                disabled.push(id);
+            }
+        }
+        Ok(disabled)
+    }
+
+    /// Runs [`recheck_owners`](Engine::recheck_owners) every `every` on a
+    /// thread of its own until the engine closes (expiry comes with time,
+    /// not with a change).
+    pub fn watch_owners(
+        &self,
+        every: Duration,
+        admits: impl Fn(&str, &SubscriptionSpec) -> std::result::Result<(), String> + Send + 'static,
+    ) -> Result<()> {
+        let engine = self.clone();
+        std::thread::Builder::new()
+            .name("subscription-owners".to_owned())
+            .spawn(move || {
+                while !engine.inner.shutdown.wait(every) {
+                    if let Err(e) = engine.recheck_owners(&admits) {
+                        warn!(error = %e, "cannot re-check the subscriptions' owners");
+                    }
+                }
+            })
+            .map_err(|e| Error::Conflict {
+                id: String::new(),
+                message: format!("cannot start the owners' thread: {e}"),
+            })?;
+        Ok(())
+    }
+
     /// Disables a subscription after lasting failure (its streamer asked).
     fn disable(&self, id: &str, height: u64, reason: String) -> Result<()> {
         let _ops = lock(&self.inner.ops);

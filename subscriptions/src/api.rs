@@ -10,7 +10,7 @@ use axum::extract::{Path, Query, State};
 pub use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use statestream_core::StoreKey;
 
 use crate::engine::{Caller, Engine};
@@ -207,6 +207,19 @@ fn as_caller(p: &Principal) -> Caller<'_> {
 
 /// Runs an engine call off the async runtime (it blocks on the store and
 /// the delivery manager).
+/// A call on one subscription by id, answered with what the engine
+/// returns, as JSON (show, pause, resume, rotate-secret, test).
+async fn on_one<T: Serialize + Send + 'static>(
+    api: Arc<Api>,
+    headers: HeaderMap,
+    id: String,
+    call: fn(&Engine, Caller<'_>, &str) -> crate::Result<T>,
+) -> Result<Response, ApiFailure> {
+    let p = caller(&api, &headers)?;
+    let out = blocking(move || Ok(call(&api.engine, as_caller(&p), &id)?)).await?;
+    Ok(axum::Json(out).into_response())
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiFailure> + Send + 'static,
 ) -> Result<T, ApiFailure> {
@@ -253,9 +266,7 @@ async fn show(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiFailure> {
-    let p = caller(&api, &headers)?;
-    let view = blocking(move || Ok(api.engine.get(as_caller(&p), &id)?)).await?;
-    Ok(axum::Json(view).into_response())
+    on_one(api, headers, id, Engine::get).await
 }
 
 async fn patch(
@@ -298,9 +309,7 @@ async fn pause(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiFailure> {
-    let p = caller(&api, &headers)?;
-    let view = blocking(move || Ok(api.engine.pause(as_caller(&p), &id)?)).await?;
-    Ok(axum::Json(view).into_response())
+    on_one(api, headers, id, Engine::pause).await
 }
 
 async fn resume(
@@ -308,9 +317,7 @@ async fn resume(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiFailure> {
-    let p = caller(&api, &headers)?;
-    let view = blocking(move || Ok(api.engine.resume(as_caller(&p), &id)?)).await?;
-    Ok(axum::Json(view).into_response())
+    on_one(api, headers, id, Engine::resume).await
 }
 
 async fn rotate(
@@ -318,9 +325,7 @@ async fn rotate(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiFailure> {
-    let p = caller(&api, &headers)?;
-    let view = blocking(move || Ok(api.engine.rotate_secret(as_caller(&p), &id)?)).await?;
-    Ok(axum::Json(view).into_response())
+    on_one(api, headers, id, Engine::rotate_secret).await
 }
 
 #[derive(Deserialize)]
@@ -389,7 +394,5 @@ async fn test_event(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiFailure> {
-    let p = caller(&api, &headers)?;
-    let attempt = blocking(move || Ok(api.engine.test(as_caller(&p), &id)?)).await?;
-    Ok(axum::Json(attempt).into_response())
+    on_one(api, headers, id, Engine::test).await
 }

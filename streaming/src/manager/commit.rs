@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use crossbeam_channel::TrySendError;
 use statestream_config::Delivery;
 use statestream_core::{Block, BlockMeta, CommitInfo, PushBatch};
 use statestream_store::{CommitInput, MultiStore};
 use tracing::{info, warn};
 
+use super::queue::SendError;
 use super::{DeliveryManager, Mode};
 use crate::driver::Step;
 use crate::error::Result;
@@ -125,7 +125,7 @@ impl DeliveryManager {
                             .queued
                             .store(tx.len() as u64, Ordering::Relaxed);
                     }
-                    Err(TrySendError::Full(_)) => {
+                    Err(SendError::Full) => {
                         inst.progress
                             .queued
                             .store(inst.setup.queue as u64, Ordering::Relaxed);
@@ -135,7 +135,7 @@ impl DeliveryManager {
                                 "queue full: streamer falls behind and will catch up from the change log");
                         }
                     }
-                    Err(TrySendError::Disconnected(_)) => {
+                    Err(SendError::Disconnected) => {
                         // The worker stopped (halted); check_halted reports
                         // it at the next commit.
                     }

@@ -11,6 +11,7 @@
 
 mod close;
 mod commit;
+mod queue;
 mod runtime;
 mod setup;
 mod worker;
@@ -20,8 +21,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender};
-use statestream_core::{Block, PushQueue, Shutdown, StoreKey, StoreSelection};
+use crossbeam_channel::Receiver;
+use statestream_core::{PushQueue, Shutdown, StoreKey, StoreSelection};
 
 use crate::driver::{Driver, Halt, Progress};
 use crate::error::Result;
@@ -36,7 +37,7 @@ enum Mode {
         driver: Driver,
     },
     Async {
-        tx: Option<Sender<Block>>,
+        tx: Option<queue::QueueSender>,
         handle: Option<JoinHandle<()>>,
         /// Disconnected when the worker thread has ended.
         done: Receiver<()>,

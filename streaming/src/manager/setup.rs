@@ -476,7 +476,7 @@ pub(super) fn spawn(
             Mode::Sync { driver }
         }
         Delivery::Async => {
-            let (tx, rx) = crossbeam_channel::bounded(setup.queue.max(1));
+            let (tx, rx) = super::queue::bounded(setup.queue);
             // Dropped when the thread ends, however it ends (unwinding
             // included): close waits on it with a deadline, which a join
             // cannot.

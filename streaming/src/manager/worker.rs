@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
 use statestream_core::Block;
 use tracing::warn;
 
+use super::queue::{QueueReceiver, RecvError};
 use crate::driver::{Driver, Step};
 
 /// How long an idle async worker waits before looking at the committed
@@ -22,7 +22,7 @@ pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 pub(super) struct Worker {
     pub(super) driver: Driver,
-    pub(super) rx: Receiver<Block>,
+    pub(super) rx: QueueReceiver,
     pub(super) committed: Arc<AtomicU64>,
 }
 
@@ -57,13 +57,13 @@ impl Worker {
                     }
                     // Idle: make what was delivered durable, and look for
                     // blocks that could not be queued.
-                    Err(RecvTimeoutError::Timeout) => {
+                    Err(RecvError::Timeout) => {
                         progress
                             .queued
                             .store(self.rx.len() as u64, Ordering::Relaxed);
                         (None, self.committed.load(Ordering::Acquire), true)
                     }
-                    Err(RecvTimeoutError::Disconnected) => {
+                    Err(RecvError::Disconnected) => {
                         // Closing, and the queue is drained: one last
                         // attempt to deliver everything committed.
                         let c = self.committed.load(Ordering::Acquire);

@@ -164,7 +164,7 @@ impl ServeStreamer {
         let grpc_listener = bind(addresses.grpc, "grpc_address")?;
         let http_listener = bind(addresses.http, "http_address")?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            .worker_threads(1)
             .thread_name(format!("serve-{name}"))
             .on_thread_start(below_commits)
             .enable_all()

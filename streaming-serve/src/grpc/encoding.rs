@@ -1,13 +1,15 @@
 //! The gRPC encodings of blocks and snapshots: a block under a filter as
-//! `BlockChanges` messages (prost's encoder, once per block and selection),
-//! and `SnapshotChunk`s written straight from the store's iterator.
+//! `BlockChanges` messages (once per block and selection), and
+//! `SnapshotChunk`s, both written straight from the records.
 
 use prost::Message;
 use prost::bytes::Bytes;
 use statestream_core::{Action, Block, StoreKey};
 
 use super::wire::{
-    CHUNK_END, CHUNK_ENTRIES, CHUNK_HEIGHT, CHUNK_TIME, ENTRY_KEY, ENTRY_STORE, ENTRY_VALUE,
+    CHANGE_KEY, CHANGE_OP, CHANGE_STORE, CHANGE_VALUE, CHANGES_CHANGES, CHANGES_END,
+    CHANGES_HEIGHT, CHANGES_TIME, CHUNK_END, CHUNK_ENTRIES, CHUNK_HEIGHT, CHUNK_TIME, ENTRY_KEY,
+    ENTRY_STORE, ENTRY_VALUE,
 };
 use crate::filter::Filter;
 use crate::hub::snapshot::SnapshotWriter;
@@ -75,46 +77,79 @@ pub fn block_hashes(block: &Block) -> Bytes {
 
 /// The encoded `BlockChanges` messages of one block under `filter`: one or
 /// more, the last with `end = true` and the block's `hashes`
-/// ([`block_hashes`]).
+/// ([`block_hashes`]). Written straight from the block's records, in the
+/// field order prost uses (the bytes are prost's), with no `Change` value
+/// built per change.
 pub fn encode_block(block: &Block, filter: &Filter, hashes: &[u8]) -> Vec<Bytes> {
-    let height = block.height();
-    let time = block_timestamp(block);
-    let mut out = Vec::new();
-    let mut changes = Vec::new();
-    let mut bytes = 0;
-    let message = |changes, end| {
-        let mut bytes = pb::BlockChanges {
-            height,
-            time,
-            changes,
-            end,
-            ..Default::default()
-        }
-        .encode_to_vec();
-        if end {
-            bytes.extend_from_slice(hashes);
-        }
-        Bytes::from(bytes)
+    use prost::encoding::{message, uint64};
+    let mut header = Vec::new();
+    if block.height() != 0 {
+        uint64::encode(CHANGES_HEIGHT.tag, &block.height(), &mut header);
+    }
+    if let Some(ts) = block_timestamp(block) {
+        message::encode(CHANGES_TIME.tag, &ts, &mut header);
+    }
+    // Room for every change of the block's stores (a store name, tags and
+    // lengths beside each record), up to one message: one allocation per
+    // message instead of a growing buffer; trimmed below when a filter
+    // kept much less.
+    let room = block
+        .stores()
+        .map(|s| s.encoded().len() + s.len() * (s.store().name().len() + 16))
+        .sum::<usize>()
+        .min(CHUNK_CAPACITY)
+        + header.len()
+        + hashes.len()
+        + 2;
+    let start = |header: &[u8]| {
+        let mut m = Vec::with_capacity(room);
+        m.extend_from_slice(header);
+        m
     };
+    let finish = |mut m: Vec<u8>| {
+        if m.capacity() > 2 * m.len() {
+            m.shrink_to_fit();
+        }
+        Bytes::from(m)
+    };
+    let mut out = Vec::new();
+    let mut message = start(&header);
+    let mut bytes = 0;
     for c in selected(block, filter) {
         let op = match c.action {
             Action::Create => pb::Op::Create,
             Action::Update => pb::Op::Update,
             Action::Delete => pb::Op::Delete,
-        };
-        bytes += c.store.len() + c.key.len() + c.value.map_or(0, <[u8]>::len) + FIELD_OVERHEAD;
-        changes.push(pb::Change {
-            store: c.store.to_string(),
-            key: c.key.to_vec(),
-            value: c.value.map(<[u8]>::to_vec).unwrap_or_default(),
-            op: op as i32,
-        });
+        } as u64;
+        let value = c.value.unwrap_or_default();
+        let fields = [
+            (CHANGE_STORE, c.store.as_bytes()),
+            (CHANGE_KEY, c.key),
+            (CHANGE_VALUE, value),
+        ];
+        let change = fields
+            .iter()
+            .filter(|(_, b)| !b.is_empty())
+            .map(|(f, b)| f.encoded_len(b.len()))
+            .sum::<usize>()
+            + CHANGE_OP.varint_len(op);
+        CHANGES_CHANGES.len_prefix(change, &mut message);
+        for (field, b) in fields {
+            if !b.is_empty() {
+                field.len_prefix(b.len(), &mut message);
+                message.extend_from_slice(b);
+            }
+        }
+        CHANGE_OP.varint(op, &mut message);
+        bytes += c.store.len() + c.key.len() + value.len() + FIELD_OVERHEAD;
         if bytes >= MESSAGE_BYTES {
-            out.push(message(std::mem::take(&mut changes), false));
+            out.push(finish(std::mem::replace(&mut message, start(&header))));
             bytes = 0;
         }
     }
-    out.push(message(changes, true));
+    prost::encoding::bool::encode(CHANGES_END.tag, &true, &mut message);
+    message.extend_from_slice(hashes);
+    out.push(finish(message));
     out
 }
 
@@ -221,6 +256,88 @@ mod tests {
 
     fn decode(e: &Bytes) -> pb::SnapshotChunk {
         pb::SnapshotChunk::decode(&e[..]).expect("a SnapshotChunk")
+    }
+
+    /// `encode_block` as prost would write it: `Change` values, then
+    /// `encode_to_vec`, cut where `encode_block` cuts.
+    fn prost_block(block: &Block, filter: &Filter, hashes: &[u8]) -> Vec<Vec<u8>> {
+        let mut messages = vec![Vec::new()];
+        let mut bytes = 0;
+        for c in selected(block, filter) {
+            let op = match c.action {
+                Action::Create => pb::Op::Create,
+                Action::Update => pb::Op::Update,
+                Action::Delete => pb::Op::Delete,
+            };
+            bytes += c.store.len() + c.key.len() + c.value.map_or(0, <[u8]>::len) + FIELD_OVERHEAD;
+            messages.last_mut().unwrap().push(pb::Change {
+                store: c.store.to_string(),
+                key: c.key.to_vec(),
+                value: c.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                op: op as i32,
+            });
+            if bytes >= MESSAGE_BYTES {
+                messages.push(Vec::new());
+                bytes = 0;
+            }
+        }
+        let last = messages.len() - 1;
+        messages
+            .into_iter()
+            .enumerate()
+            .map(|(i, changes)| {
+                let mut m = pb::BlockChanges {
+                    height: block.height(),
+                    time: block_timestamp(block),
+                    changes,
+                    end: i == last,
+                    ..Default::default()
+                }
+                .encode_to_vec();
+                if i == last {
+                    m.extend_from_slice(hashes);
+                }
+                m
+            })
+            .collect()
+    }
+
+    #[test]
+    fn encoded_blocks_are_the_bytes_prost_writes() {
+        use statestream_core::{BlockMeta, ChangeSet, StoreChanges, StoreSelection};
+        use std::sync::Arc;
+        let stores = [
+            StoreKey::new("acc").unwrap(),
+            StoreKey::new("bank").unwrap(),
+        ];
+        let mut acc = StoreChanges::new(stores[0].clone());
+        acc.push(b"", Some(b"empty key"), true);
+        acc.push(b"gone", None, false);
+        acc.push(b"k", Some(b""), false);
+        let mut bank = StoreChanges::new(stores[1].clone());
+        // Enough bytes for three messages (a cut every 14 changes).
+        for i in 0..40u32 {
+            bank.push(&i.to_be_bytes(), Some(&vec![i as u8; 20_000]), i % 2 == 0);
+        }
+        let cs = ChangeSet::seal(7, Vec::new(), vec![acc, bank], &[Default::default(); 2]);
+        let meta = BlockMeta {
+            time_seconds: 1_700_000_000,
+            time_nanos: 9,
+            ..BlockMeta::default()
+        };
+        let block = Block::new(Arc::new(cs), Arc::new(meta), &StoreSelection::all(&stores));
+        let hashes = block_hashes(&block);
+        for filter in [Filter::all(&stores), Filter::all(&stores[..1])] {
+            let ours: Vec<Vec<u8>> = encode_block(&block, &filter, &hashes)
+                .into_iter()
+                .map(|b| b.to_vec())
+                .collect();
+            assert_eq!(ours, prost_block(&block, &filter, &hashes));
+        }
+        assert_eq!(
+            encode_block(&block, &Filter::all(&stores), &hashes).len(),
+            3
+        );
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The protobuf fields the server writes by hand, in one place: the frame
 //! writer ([`super::framing`]) puts a block's or a chunk's shared bytes
-//! into a `SubscribeResponse` field, and the chunk encoder
-//! ([`super::encoding`]) writes `SnapshotChunk`s straight from the store's
-//! iterator. Every other message goes through prost's generated code.
+//! into a `SubscribeResponse` field, and the encoders
+//! ([`super::encoding`]) write `BlockChanges` and `SnapshotChunk`s
+//! straight from a block's records and the store's iterator. Every other
+//! message goes through prost's generated code.
 //!
 //! Each field names its message and field as the `.proto` files do; a test
 //! checks every one against the descriptor set compiled from them, so a
@@ -36,6 +37,24 @@ impl Field {
         debug_assert_eq!(self.wire_type, WireType::LengthDelimited);
         self.key(buf);
         encode_varint(len as u64, buf);
+    }
+
+    /// Appends a varint field (proto3: nothing when `value` is 0).
+    pub fn varint(self, value: u64, buf: &mut impl BufMut) {
+        debug_assert_eq!(self.wire_type, WireType::Varint);
+        if value != 0 {
+            self.key(buf);
+            encode_varint(value, buf);
+        }
+    }
+
+    /// The bytes of [`varint`](Field::varint) for `value`.
+    pub fn varint_len(self, value: u64) -> usize {
+        if value == 0 {
+            0
+        } else {
+            key_len(self.tag) + encoded_len_varint(value)
+        }
     }
 
     /// The bytes of a length-delimited field holding `len` bytes.
@@ -72,6 +91,14 @@ fields! {
     ENTRY_STORE = "statestream.v1.Entry"."store": 1 LengthDelimited;
     ENTRY_KEY = "statestream.v1.Entry"."key": 2 LengthDelimited;
     ENTRY_VALUE = "statestream.v1.Entry"."value": 3 LengthDelimited;
+    CHANGES_HEIGHT = "statestream.v1.BlockChanges"."height": 1 Varint;
+    CHANGES_TIME = "statestream.v1.BlockChanges"."time": 2 LengthDelimited;
+    CHANGES_CHANGES = "statestream.v1.BlockChanges"."changes": 3 LengthDelimited;
+    CHANGES_END = "statestream.v1.BlockChanges"."end": 4 Varint;
+    CHANGE_STORE = "statestream.v1.Change"."store": 1 LengthDelimited;
+    CHANGE_KEY = "statestream.v1.Change"."key": 2 LengthDelimited;
+    CHANGE_VALUE = "statestream.v1.Change"."value": 3 LengthDelimited;
+    CHANGE_OP = "statestream.v1.Change"."op": 4 Varint;
 }
 
 /// One message of a `Subscribe` or `Snapshot` response stream, encoded

@@ -45,12 +45,27 @@ const NOT_READY: u8 = 1;
 const DIVERGED: u8 = 2;
 
 /// The process's serving gate.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Gate {
     state: AtomicU8,
     lag: AtomicU64,
     ready_lag: AtomicU64,
     diverged: Mutex<Option<(u64, String)>>,
+    /// The state, announced when it changes (the health services wait on
+    /// it instead of polling).
+    changed: tokio::sync::watch::Sender<u8>,
+}
+
+impl Default for Gate {
+    fn default() -> Gate {
+        Gate {
+            state: AtomicU8::new(OPEN),
+            lag: AtomicU64::new(0),
+            ready_lag: AtomicU64::new(0),
+            diverged: Mutex::new(None),
+            changed: tokio::sync::watch::Sender::new(OPEN),
+        }
+    }
 }
 
 impl Gate {
@@ -76,6 +91,23 @@ impl Gate {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
                 (s != DIVERGED).then_some(next)
             });
+        self.announce();
+    }
+
+    /// Tells the waiters of [`changes`](Gate::changes) when the state
+    /// moved (not at every lag update).
+    fn announce(&self) {
+        let now = self.state.load(Ordering::Acquire);
+        self.changed.send_if_modified(|seen| {
+            let moved = *seen != now;
+            *seen = now;
+            moved
+        });
+    }
+
+    /// A receiver that sees each opening and closing of the gate.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u8> {
+        self.changed.subscribe()
     }
 
     /// Closes the gate for good: block `height` of `store` diverged.
@@ -83,6 +115,7 @@ impl Gate {
         *self.diverged.lock().unwrap_or_else(PoisonError::into_inner) =
             Some((height, store.to_owned()));
         self.state.store(DIVERGED, Ordering::Release);
+        self.announce();
     }
 
     /// Whether a request may be answered.
@@ -127,7 +160,14 @@ mod tests {
         );
         gate.set_lag(Some(10), 10);
         assert_eq!(gate.check(), Ok(()));
+        let changes = gate.changes();
+        gate.set_lag(Some(3), 10);
+        assert!(
+            !changes.has_changed().unwrap(),
+            "still open: no announcement"
+        );
         gate.set_diverged(42, "bank");
+        assert!(changes.has_changed().unwrap(), "closing is announced");
         gate.set_lag(Some(0), 10);
         let closed = gate.check().unwrap_err();
         assert_eq!(

@@ -134,40 +134,42 @@ impl<T> Stream for Responses<T> {
     }
 }
 
-/// How often the health service looks at the gate.
-const GATE_POLL: std::time::Duration = std::time::Duration::from_millis(200);
-
 /// Sets the served services (and the whole server, `""`) SERVING or
 /// NOT_SERVING as the process's gate opens and closes, until shutdown.
 async fn follow_gate(
     reporter: tonic_health::server::HealthReporter,
     mut closing: tokio::sync::watch::Receiver<bool>,
 ) {
-    use tonic::server::NamedService;
     let mut open = true;
-    let mut poll = tokio::time::interval(GATE_POLL);
+    let mut changes = Gate::process().changes();
     loop {
+        let now = Gate::process().check().is_ok();
+        if now != open {
+            open = now;
+            update(&reporter, open).await;
+        }
         tokio::select! {
-            _ = poll.tick() => {}
+            // Err never comes: the gate is a static that keeps its sender.
+            Ok(()) = changes.changed() => {}
             _ = closing.wait_for(|c| *c) => return,
         }
-        let now = Gate::process().check().is_ok();
-        if now == open {
-            continue;
-        }
-        open = now;
-        let status = if open {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
-        for service in [
-            "",
-            StateStreamRoute::NAME,
-            DataServiceServer::<DataStreamService>::NAME,
-        ] {
-            reporter.set_service_status(service, status).await;
-        }
+    }
+}
+
+/// Sets the served services SERVING (`open`) or NOT_SERVING.
+async fn update(reporter: &tonic_health::server::HealthReporter, open: bool) {
+    use tonic::server::NamedService;
+    let status = if open {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    for service in [
+        "",
+        StateStreamRoute::NAME,
+        DataServiceServer::<DataStreamService>::NAME,
+    ] {
+        reporter.set_service_status(service, status).await;
     }
 }
 

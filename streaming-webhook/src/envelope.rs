@@ -113,8 +113,10 @@ pub(crate) struct Envelope<'a> {
     pub(crate) data: Option<serde_json::Value>,
 }
 
-/// The JSON envelope of a whole block (`batch = "block"`): each change's
-/// envelope is serialized once, then put in as is.
+/// The JSON envelope of a whole block (`batch = "block"`), as serde_json
+/// writes it: the request builder writes these bytes itself, change by
+/// change, and its test compares them with this.
+#[cfg(test)]
 #[derive(Debug, Serialize)]
 pub(crate) struct BlockEnvelope<'a> {
     pub(crate) height: u64,

@@ -2,15 +2,14 @@
 //! rendered from the templates, the body formed once), and the headers
 //! each attempt adds.
 
+use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use statestream_core::{Action, Block, Record};
 use ureq::http::{self, HeaderName, HeaderValue, Method};
 
 use crate::config::{Batch, Endpoint, Plan, action_index};
-use crate::envelope::{
-    BlockEnvelope, Document, Envelope, action_name, actions, rfc3339, text_or_hex,
-};
+use crate::envelope::{Document, Envelope, action_name, actions, rfc3339, text_or_hex};
 use crate::error::Error;
 use crate::redact;
 use crate::sign::{Secret, signature_header};
@@ -52,7 +51,12 @@ pub(crate) fn requests_where(
     let meta = block.meta();
     let time = rfc3339(meta.time_seconds, meta.time_nanos);
     let mut out = Vec::new();
-    let mut changes = Vec::new();
+    // batch = "block": the block envelope, written as the changes come
+    // (`{"height":H,"time":T,"changes":[...]}`, serde_json's bytes for
+    // `BlockEnvelope`), with room for the block's records and their
+    // envelopes' fields up front.
+    let mut block_body: Option<Vec<u8>> = None;
+    let mut id = String::new();
     for (index, (change, action)) in actions(block).enumerate() {
         if !keep(&change, action) {
             continue;
@@ -72,7 +76,9 @@ pub(crate) fn requests_where(
             action: action_name(action),
             wild: &wild,
         };
-        let id = format!("{}-{height}-{index}", plan.id_prefix);
+        id.clear();
+        // Writing to a String cannot fail.
+        let _ = write!(id, "{}-{height}-{index}", plan.id_prefix);
         let document = match change.value {
             Some(v) if plan.document => Some(Document::of(v)),
             _ => None,
@@ -88,8 +94,16 @@ pub(crate) fn requests_where(
             data: plan.data.as_ref().map(|d| d.render(&vars)),
         };
         match plan.batch {
-            Batch::Block => changes
-                .push(serde_json::value::to_raw_value(&envelope).map_err(|e| bad_json(&id, &e))?),
+            Batch::Block => {
+                let body = match &mut block_body {
+                    Some(body) => {
+                        body.push(b',');
+                        body
+                    }
+                    None => block_body.insert(block_body_start(block, height, time.as_deref())),
+                };
+                serde_json::to_writer(&mut *body, &envelope).map_err(|e| bad_json(&id, &e))?;
+            }
             Batch::Change => {
                 let (content_type, body) = if plan.envelope {
                     let envelope = Envelope {
@@ -107,18 +121,13 @@ pub(crate) fn requests_where(
                     ("application/octet-stream", body)
                 };
                 let endpoint = &plan.endpoints[action_index(action)];
-                out.push(request(endpoint, id, &vars, content_type, body)?);
+                out.push(request(endpoint, id.clone(), &vars, content_type, body)?);
             }
         }
     }
-    if plan.batch == Batch::Block && !changes.is_empty() {
+    if let Some(mut body) = block_body {
+        body.extend_from_slice(b"]}");
         let id = format!("{}-{height}", plan.id_prefix);
-        let body = serde_json::to_vec(&BlockEnvelope {
-            height,
-            time: time.as_deref(),
-            changes: &changes,
-        })
-        .map_err(|e| bad_json(&id, &e))?;
         let vars = Vars {
             store: "",
             key: "",
@@ -132,6 +141,21 @@ pub(crate) fn requests_where(
         out.push(request(endpoint, id, &vars, "application/json", body)?);
     }
     Ok(out)
+}
+
+/// The start of a block envelope, up to the `[` of its changes.
+fn block_body_start(block: &Block, height: u64, time: Option<&str>) -> Vec<u8> {
+    // Per change: its key and value as they are, plus the envelope's
+    // fields (id, action, store) and some escaping.
+    let room = block.encoded_len() + block.change_set().len() * 96 + 128;
+    let mut body = Vec::with_capacity(room);
+    body.extend_from_slice(b"{\"height\":");
+    body.extend_from_slice(height.to_string().as_bytes());
+    body.extend_from_slice(b",\"time\":");
+    // A string or `null`: serde_json cannot fail on either.
+    let _ = serde_json::to_writer(&mut body, &time);
+    body.extend_from_slice(b",\"changes\":[");
+    body
 }
 
 impl Request {
@@ -215,4 +239,117 @@ pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::BlockEnvelope;
+    use statestream_config::StreamerOptions;
+    use statestream_core::{BlockMeta, ChangeSet, StoreChanges, StoreKey, StoreSelection};
+    use std::sync::Arc;
+
+    fn plan(toml_text: &str) -> Plan {
+        let table: toml::Table = toml_text.parse().expect("toml");
+        let config = StreamerOptions::from_table(table)
+            .with_name("hook")
+            .parse::<crate::config::WebhookConfig>()
+            .expect("config");
+        config
+            .plan("hook", std::path::Path::new("/home"))
+            .expect("plan")
+    }
+
+    /// The block body as it was built before: each change's envelope to a
+    /// `RawValue`, then the `BlockEnvelope` around them.
+    fn reference_body(plan: &Plan, block: &Block) -> Vec<u8> {
+        let height = block.height();
+        let time = rfc3339(block.meta().time_seconds, block.meta().time_nanos);
+        let mut changes = Vec::new();
+        for (index, (change, action)) in actions(block).enumerate() {
+            let key = text_or_hex(change.key);
+            let vars = Vars {
+                store: change.store,
+                key: &key,
+                height,
+                action: action_name(action),
+                wild: &[],
+            };
+            let id = format!("{}-{height}-{index}", plan.id_prefix);
+            let envelope = Envelope {
+                id: &id,
+                action: action_name(action),
+                store: change.store,
+                key: &key,
+                height: None,
+                time: None,
+                document: change.value.filter(|_| plan.document).map(Document::of),
+                data: plan.data.as_ref().map(|d| d.render(&vars)),
+            };
+            changes.push(serde_json::value::to_raw_value(&envelope).unwrap());
+        }
+        serde_json::to_vec(&BlockEnvelope {
+            height,
+            time: time.as_deref(),
+            changes: &changes,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn block_bodies_are_the_bytes_serde_json_writes() {
+        let stores = [
+            StoreKey::new("acc").unwrap(),
+            StoreKey::new("bank").unwrap(),
+        ];
+        let mut acc = StoreChanges::new(stores[0].clone());
+        acc.push(&[0xff, 0x00], Some(b"not \"json\" \n"), true);
+        acc.push(b"gone", None, false);
+        let mut bank = StoreChanges::new(stores[1].clone());
+        bank.push(
+            b"balance/alice",
+            Some(br#"{"amount": 5, "denom": "stake"}"#),
+            false,
+        );
+        bank.push(b"balance/bob", Some(b""), true);
+        let cs = ChangeSet::seal(12, Vec::new(), vec![acc, bank], &[Default::default(); 2]);
+        for (seconds, nanos) in [(1_700_000_000, 5), (0, 0)] {
+            let meta = BlockMeta {
+                time_seconds: seconds,
+                time_nanos: nanos,
+                ..BlockMeta::default()
+            };
+            let block = Block::new(
+                Arc::new(cs.clone()),
+                Arc::new(meta),
+                &StoreSelection::all(&stores),
+            );
+            for config in [
+                "url = \"http://127.0.0.1:1/h\"\nbatch = \"block\"",
+                "url = \"http://127.0.0.1:1/h\"\nbatch = \"block\"\ndocument = false\n\
+                 data = { s = \"{store}\", k = \"{key}\", h = \"{height}\" }",
+            ] {
+                let plan = plan(config);
+                let ours = requests(&plan, &block).unwrap();
+                assert_eq!(ours.len(), 1);
+                assert_eq!(
+                    String::from_utf8(ours[0].body.clone()).unwrap(),
+                    String::from_utf8(reference_body(&plan, &block)).unwrap(),
+                    "{config}"
+                );
+            }
+        }
+        // Nothing kept: no request.
+        let plan = plan("url = \"http://127.0.0.1:1/h\"\nbatch = \"block\"");
+        let block = Block::new(
+            Arc::new(cs),
+            Arc::new(BlockMeta::default()),
+            &StoreSelection::all(&stores),
+        );
+        assert!(
+            requests_where(&plan, &block, &mut |_, _| false)
+                .unwrap()
+                .is_empty()
+        );
+    }
 }

@@ -62,7 +62,7 @@ impl WebhookConfig {
             .plan(name, Path::new("."))
             .map_err(|(key, message)| InvalidOption { key, message })?;
         Ok(WebhookPlan {
-            agent: crate::streamer::agent(plan.timeout),
+            agent: crate::streamer::agent(plan.timeout, false),
             plan,
         })
     }
@@ -117,6 +117,17 @@ pub struct AttemptOutcome {
 }
 
 impl WebhookPlan {
+    /// The same plan whose requests go to public addresses only
+    /// ([`is_public_address`](crate::is_public_address)), checked at every
+    /// connection (not only when the URL was accepted): for endpoints a
+    /// consumer chose.
+    pub fn public_only(self) -> WebhookPlan {
+        WebhookPlan {
+            agent: crate::streamer::agent(self.plan.timeout, true),
+            plan: self.plan,
+        }
+    }
+
     /// The block's requests for the changes `keep` accepts, in order. The
     /// `webhook-id` of a change counts every change of the block (of the
     /// selected stores), kept or not, so it does not depend on `keep`.

@@ -63,6 +63,7 @@
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
+mod address;
 mod config;
 mod dead_letter;
 mod delivery;
@@ -75,6 +76,7 @@ mod sign;
 mod streamer;
 mod template;
 
+pub use address::is_public_address;
 pub use config::{ActionOverride, Actions, Batch, OnExhausted, WEBHOOK_TYPE, WebhookConfig};
 pub use delivery::{
     AttemptOutcome, InvalidOption, RESPONSE_BODY_LIMIT, WebhookPlan, WebhookRequest,

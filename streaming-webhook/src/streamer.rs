@@ -3,14 +3,12 @@
 //! exhausted.
 
 use std::io::Read;
-use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime};
 
 use statestream_core::{Block, Shutdown, StreamError, Streamer};
 use tracing::{debug, warn};
 use ureq::http;
-use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
-use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
+use ureq::unversioned::transport::DefaultConnector;
 
 use crate::config::{OnExhausted, Plan};
 use crate::dead_letter;
@@ -68,46 +66,10 @@ impl std::fmt::Debug for WebhookStreamer {
     }
 }
 
-/// ureq's resolver, except that an IP address in the URL is used as it
-/// is. ureq resolves the host before it looks for a pooled connection,
-/// and with a timeout set its resolver does so on a new thread: a thread
-/// per request, even to `127.0.0.1` on a kept-alive connection (the
-/// subscriptions bench: 5,600 threads for 4,000 requests, and the TLB
-/// flushes of their stacks). Host names still go through ureq's resolver,
-/// within the timeout.
-#[derive(Debug, Default)]
-struct IpLiteralFirst(DefaultResolver);
-
-impl Resolver for IpLiteralFirst {
-    fn resolve(
-        &self,
-        uri: &ureq::http::Uri,
-        config: &ureq::config::Config,
-        timeout: NextTimeout,
-    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
-        if let Some(authority) = uri.authority() {
-            let host = authority.host();
-            let host = host
-                .strip_prefix('[')
-                .and_then(|h| h.strip_suffix(']'))
-                .unwrap_or(host);
-            let port = authority.port_u16().or(match uri.scheme_str() {
-                Some("http") => Some(80),
-                Some("https") => Some(443),
-                _ => None,
-            });
-            if let (Ok(ip), Some(port)) = (host.parse::<IpAddr>(), port) {
-                let mut addrs = self.empty();
-                addrs.push(SocketAddr::new(ip, port));
-                return Ok(addrs);
-            }
-        }
-        self.0.resolve(uri, config, timeout)
-    }
-}
-
-/// The HTTP client of one streamer.
-pub(crate) fn agent(timeout: Duration) -> ureq::Agent {
+/// The HTTP client of one streamer; with `public_only`, every connection
+/// is refused unless its host resolves to a public address
+/// ([`is_public_address`](crate::address::is_public_address)).
+pub(crate) fn agent(timeout: Duration, public_only: bool) -> ureq::Agent {
     let config = ureq::Agent::config_builder()
         .timeout_global(Some(timeout))
         // Redirects are not followed: a 3xx is an answer that is not a
@@ -119,7 +81,7 @@ pub(crate) fn agent(timeout: Duration) -> ureq::Agent {
     ureq::Agent::with_parts(
         config,
         DefaultConnector::default(),
-        IpLiteralFirst::default(),
+        crate::address::Resolve { public_only },
     )
 }
 
@@ -127,7 +89,7 @@ impl WebhookStreamer {
     pub(crate) fn new(name: &str, plan: Plan, shutdown: Shutdown) -> WebhookStreamer {
         WebhookStreamer {
             name: name.to_string(),
-            agent: agent(plan.timeout),
+            agent: agent(plan.timeout, false),
             plan,
             shutdown,
             resume: None,
@@ -298,16 +260,25 @@ mod tests {
     }
 
     #[test]
-    fn the_agent_reaches_ip_literals_and_host_names() {
+    fn the_agent_reaches_ip_literals_and_host_names_public_only_refuses_private_ones() {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("address").port();
         let done = server(listener, 2);
-        let agent = agent(Duration::from_secs(10));
-        for url in [
+        let urls = [
             format!("http://127.0.0.1:{port}/hook"),
             format!("http://localhost:{port}/hook"),
-        ] {
-            let status = agent.get(&url).call().map(|r| r.status().as_u16());
+        ];
+        let public_only = agent(Duration::from_secs(10), true);
+        for url in &urls {
+            let e = public_only.get(url).call().expect_err("a private address");
+            assert!(
+                e.to_string().contains("only public endpoints"),
+                "{url}: {e}"
+            );
+        }
+        let agent = agent(Duration::from_secs(10), false);
+        for url in &urls {
+            let status = agent.get(url).call().map(|r| r.status().as_u16());
             assert_eq!(status.ok(), Some(204), "{url}");
         }
         done.join().expect("server");

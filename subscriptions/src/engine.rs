@@ -13,14 +13,16 @@ use serde::Serialize;
 use statestream::{RuntimeHandle, StartAt, StreamerSetup};
 use statestream_core::{Block, Shutdown, StoreKey, StoreSelection};
 use statestream_store::Records;
-use statestream_webhook::Secret;
+use statestream_webhook::{Secret, WebhookPlan};
 use tracing::{info, warn};
 
 use crate::deliver::{
     Attempt, Control, Live, Sent, StreamerParts, SubscriptionStreamer, now_rfc3339, send, unix_now,
 };
 use crate::error::{Error, Result};
-use crate::model::{Disabled, Reach, StartSpec, State, Stored, StoredSecret, SubscriptionSpec};
+use crate::model::{
+    Disabled, Filter, Reach, StartSpec, State, Stored, StoredSecret, SubscriptionSpec,
+};
 
 /// The system table of subscriptions.
 pub const SUBSCRIPTIONS_TABLE: &str = "subscriptions";
@@ -312,13 +314,31 @@ impl Engine {
         }))
     }
 
-    /// Adds the subscription's streamer to the manager; returns its
-    /// cursor.
-    fn run(&self, stored: &Stored, start: StartAt) -> Result<u64> {
+    /// The plan and filter a stored subscription delivers with. Its URLs
+    /// were checked when it was made or changed; a subscription owned by a
+    /// credential (unless `allow_private_endpoints`) is also held to public
+    /// addresses at every connection, so a host name that later resolves
+    /// to a private address is refused then too.
+    fn delivery_plan(&self, stored: &Stored) -> Result<(WebhookPlan, Filter)> {
         let (plan, filter) =
             stored
                 .spec
                 .check(&stored.id, self.inner.runtime.stores(), Reach::Any)?;
+        let caller = match &stored.owner {
+            Some(owner) => Caller::Credential(owner),
+            None => Caller::Admin,
+        };
+        let plan = match self.reach(caller) {
+            Reach::Any => plan,
+            Reach::PublicOnly => plan.public_only(),
+        };
+        Ok((plan, filter))
+    }
+
+    /// Adds the subscription's streamer to the manager; returns its
+    /// cursor.
+    fn run(&self, stored: &Stored, start: StartAt) -> Result<u64> {
+        let (plan, filter) = self.delivery_plan(stored)?;
         let shutdown = Shutdown::new();
         let live = self.live(&stored.id);
         let setup = StreamerSetup::new(&stored.id, &filter.stores).stop_node_on_error(false);
@@ -673,9 +693,7 @@ impl Engine {
                 kept: bounds.map_or("no block".to_owned(), |(lo, hi)| format!("{lo}..={hi}")),
             });
         }
-        let (plan, filter) = stored
-            .spec
-            .check(id, self.inner.runtime.stores(), Reach::Any)?;
+        let (plan, filter) = self.delivery_plan(&stored)?;
         let live = self.live(id);
         let selection = StoreSelection::new(self.inner.runtime.stores(), &filter.stores);
         let mut summary = ReplaySummary {
@@ -717,9 +735,7 @@ impl Engine {
     /// to the endpoint, once, and returns the attempt.
     pub fn test(&self, caller: Caller<'_>, id: &str) -> Result<Attempt> {
         let stored = self.load_for(caller, id)?;
-        let (plan, _) = stored
-            .spec
-            .check(id, self.inner.runtime.stores(), Reach::Any)?;
+        let (plan, _) = self.delivery_plan(&stored)?;
         let event_id = format!("test_{}", &new_id()?[ID_PREFIX.len()..]);
         let body = serde_json::to_vec(&serde_json::json!({
             "type": "statestream.test",

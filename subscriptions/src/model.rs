@@ -524,40 +524,16 @@ fn check_public(field: &str, url: &str) -> Result<(), Error> {
             }
         },
     };
-    if let Some(ip) = addrs.iter().find(|ip| !is_public(ip)) {
+    if let Some(ip) = addrs
+        .iter()
+        .find(|ip| !statestream_webhook::is_public_address(ip))
+    {
         return Err(Error::invalid(
             field,
             format!("host {host:?} is a private address ({ip}): only public endpoints are allowed"),
         ));
     }
     Ok(())
-}
-
-fn is_public(ip: &IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            !(v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                // 100.64.0.0/10, shared address space.
-                || (o[0] == 100 && (64..128).contains(&o[1])))
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public(&IpAddr::V4(v4));
-            }
-            let s = v6.segments();
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (s[0] & 0xfe00) == 0xfc00
-                || (s[0] & 0xffc0) == 0xfe80)
-        }
-    }
 }
 
 /// `active`, `paused` or `disabled`.

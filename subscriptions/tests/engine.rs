@@ -32,6 +32,10 @@ struct Node {
 
 impl Node {
     fn open(path: &Path) -> Node {
+        Node::open_with(path, EngineOptions::default())
+    }
+
+    fn open_with(path: &Path, options: EngineOptions) -> Node {
         let mut store = if path.exists() {
             MultiStore::open_existing(path, Default::default()).expect("reopen")
         } else {
@@ -41,7 +45,7 @@ impl Node {
         let engine = Engine::start(
             store.records(SUBSCRIPTIONS_TABLE),
             manager.runtime(),
-            EngineOptions::default(),
+            options,
         )
         .expect("engine");
         Node {
@@ -735,5 +739,68 @@ fn skip_unchanged_rate_limit_and_patch() {
         .patch(Caller::Admin, &s.id, &json!({"colour": 1}))
         .expect_err("unknown field");
     assert!(err.to_string().contains("colour"), "{err}");
+    node.close();
+}
+
+#[test]
+fn a_credentials_endpoint_is_held_to_public_addresses_at_every_connection() {
+    // Made while the operator allowed private endpoints; once the node
+    // runs without that, the same URL is refused at delivery (as a host
+    // name that resolves to a private address later would be), and the
+    // attempts say why.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("node.redb");
+    let receiver = Receiver::ok();
+    let mut node = Node::open_with(
+        &path,
+        EngineOptions::default().allow_private_endpoints(true),
+    );
+    let sub = node
+        .engine
+        .create(
+            Caller::Credential("wallet"),
+            spec(json!({
+                "endpoint": {"url": receiver.url()},
+                "retry": {"schedule_ms": [10]},
+            })),
+        )
+        .expect("allowed while private endpoints are");
+    node.busy_block();
+    receiver.wait_for(1);
+    node.close();
+
+    let mut node = Node::open_with(&path, EngineOptions::default());
+    node.busy_block();
+    wait_for("a refused attempt", || {
+        node.engine
+            .attempts(Caller::Credential("wallet"), &sub.id, true, 10)
+            .expect("attempts")
+            .iter()
+            .any(|a| {
+                a.error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("only public endpoints"))
+            })
+    });
+    let test = node
+        .engine
+        .test(Caller::Credential("wallet"), &sub.id)
+        .expect("a test event is attempted");
+    assert!(
+        test.error
+            .as_deref()
+            .is_some_and(|e| e.contains("private addresses (127.0.0.1)")),
+        "{test:?}"
+    );
+    // The operator's own subscriptions are not held to it.
+    let own = node
+        .engine
+        .create(
+            Caller::Admin,
+            spec(json!({"endpoint": {"url": receiver.url()}})),
+        )
+        .expect("the operator's");
+    let attempt = node.engine.test(Caller::Admin, &own.id).expect("test");
+    assert_eq!(attempt.status, Some(200), "{attempt:?}");
     node.close();
 }

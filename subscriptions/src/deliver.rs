@@ -311,8 +311,8 @@ pub(crate) struct SubscriptionStreamer {
     p: StreamerParts,
     bucket: Option<Bucket>,
     /// Per `store \0 key`: a hash of the value last delivered (or skipped
-    /// as unchanged), for `skip_unchanged`.
-    seen: HashMap<Vec<u8>, u64>,
+    /// as unchanged), for `skip_unchanged`; bounded.
+    seen: Seen,
     /// `(height, n)`: the first `n` requests of block `height` are done.
     resume: Option<(u64, usize)>,
     failed_blocks: u32,
@@ -324,7 +324,7 @@ impl SubscriptionStreamer {
         SubscriptionStreamer {
             bucket: p.rate_limit_per_s.map(Bucket::new),
             p,
-            seen: HashMap::new(),
+            seen: Seen::default(),
             resume: None,
             failed_blocks: 0,
             failing_since: None,
@@ -359,6 +359,49 @@ impl SubscriptionStreamer {
             "subscription {}: block {height} not delivered: {reason}",
             self.p.live.id
         ))
+    }
+}
+
+/// Keys whose last value `skip_unchanged` remembers, per subscription.
+pub(crate) const SEEN_KEYS: usize = 100_000;
+
+/// The last value's hash per key, for `skip_unchanged`, holding at most
+/// [`SEEN_KEYS`] keys: two generations, the current one filled until it
+/// holds half of them, then it becomes the previous one and the previous
+/// one is dropped. A key found only in the previous generation moves to
+/// the current one, so the keys written least recently are forgotten
+/// first; a forgotten key's next write is delivered even when its value
+/// did not change (at least once, never a loss).
+#[derive(Default)]
+struct Seen {
+    current: HashMap<Vec<u8>, u64>,
+    previous: HashMap<Vec<u8>, u64>,
+}
+
+impl Seen {
+    fn get(&self, key: &[u8]) -> Option<u64> {
+        self.current
+            .get(key)
+            .or_else(|| self.previous.get(key))
+            .copied()
+    }
+
+    fn insert(&mut self, key: Vec<u8>, hash: u64) {
+        self.previous.remove(&key);
+        self.current.insert(key, hash);
+        if self.current.len() >= SEEN_KEYS / 2 {
+            self.previous = std::mem::take(&mut self.current);
+        }
+    }
+
+    fn remove(&mut self, key: &[u8]) {
+        self.current.remove(key);
+        self.previous.remove(key);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.current.len() + self.previous.len()
     }
 }
 
@@ -397,7 +440,7 @@ impl Streamer for SubscriptionStreamer {
                     match rec.value {
                         Some(v) => {
                             let h = value_hash(v);
-                            if seen.get(&k) == Some(&h) {
+                            if seen.get(&k) == Some(h) {
                                 return false;
                             }
                             seen_after.push((k, Some(h)));
@@ -457,14 +500,37 @@ impl Streamer for SubscriptionStreamer {
         self.failing_since = None;
         for (k, h) in seen_after {
             match h {
-                Some(h) => {
-                    self.seen.insert(k, h);
-                }
-                None => {
-                    self.seen.remove(&k);
-                }
+                Some(h) => self.seen.insert(k, h),
+                None => self.seen.remove(&k),
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seen_is_bounded_and_forgets_the_least_recent_keys_first() {
+        let mut seen = Seen::default();
+        let key = |i: usize| format!("bank\0k{i}").into_bytes();
+        seen.insert(key(0), 7);
+        for i in 1..SEEN_KEYS * 3 {
+            seen.insert(key(i), i as u64);
+            // Key 0 written again now and then stays remembered.
+            if i % 1000 == 0 {
+                assert_eq!(seen.get(&key(0)), Some(7), "at {i}");
+                seen.insert(key(0), 7);
+            }
+            assert!(seen.len() <= SEEN_KEYS, "{} keys at {i}", seen.len());
+        }
+        assert_eq!(seen.get(&key(0)), Some(7));
+        assert_eq!(seen.get(&key(1)), None, "long forgotten");
+        let last = SEEN_KEYS * 3 - 1;
+        assert_eq!(seen.get(&key(last)), Some(last as u64));
+        seen.remove(&key(last));
+        assert_eq!(seen.get(&key(last)), None);
     }
 }

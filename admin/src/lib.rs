@@ -41,7 +41,6 @@ mod routes;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::thread::JoinHandle;
 
 use axum::Router;
 use axum::extract::Request;
@@ -49,8 +48,7 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use statestream_access::Registry;
-use statestream_net::{HostCheck, Limits, Listener, ServerTls, TlsFiles};
-use tokio::sync::watch;
+use statestream_net::{HostCheck, Limits, ServerTls, ServiceThread, ServiceThreadError, TlsFiles};
 use tower::Layer;
 use tower_http::limit::RequestBodyLimitLayer;
 
@@ -148,9 +146,7 @@ pub fn read_token_file(path: &Path) -> Result<String, AdminError> {
 /// dropped.
 #[derive(Debug)]
 pub struct AdminServer {
-    address: SocketAddr,
-    stop: Option<watch::Sender<bool>>,
-    thread: Option<JoinHandle<()>>,
+    server: ServiceThread,
 }
 
 /// Every error answer in the admin API's JSON form: the body limit's 413,
@@ -217,81 +213,31 @@ impl AdminServer {
                 key: "tls_cert_file",
                 source,
             })?;
-        let listener = std::net::TcpListener::bind(address)
-            .and_then(|l| l.set_nonblocking(true).map(|()| l))
-            .map_err(|source| AdminError::Bind { address, source })?;
-        let bound = listener
-            .local_addr()
-            .map_err(|source| AdminError::Bind { address, source })?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .enable_time()
-            .build()
-            .map_err(AdminError::Start)?;
         let app = router(AdminAuth::new(&options.token, credentials), extra);
-        let service = HostCheck::for_listener(bound, &options.allowed_hosts).layer(app);
         let mut limits = Limits::default();
         limits.max_connections = MAX_CONNECTIONS;
-        let (stop, mut stopped) = watch::channel(false);
-        let thread = std::thread::Builder::new()
-            .name("admin".to_owned())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let listener = match tokio::net::TcpListener::from_std(listener) {
-                        Ok(l) => l,
-                        Err(error) => {
-                            tracing::warn!(%error, "admin server cannot use its socket");
-                            return;
-                        }
-                    };
-                    let listener = Listener::new(listener, limits);
-                    let listener = match tls {
-                        Some(tls) => listener.tls(tls),
-                        None => listener,
-                    };
-                    listener
-                        .serve(service, async move {
-                            let _ = stopped.wait_for(|s| *s).await;
-                        })
-                        .await;
-                });
-            })
-            .map_err(AdminError::Start)?;
+        let server = ServiceThread::start("admin", address, limits, tls, |bound| {
+            HostCheck::for_listener(bound, &options.allowed_hosts).layer(app)
+        })
+        .map_err(|e| match e {
+            ServiceThreadError::Bind { address, source } => AdminError::Bind { address, source },
+            ServiceThreadError::Start(source) => AdminError::Start(source),
+        })?;
+        let bound = server.local_addr();
         if !bound.ip().is_loopback() {
             tracing::warn!(address = %bound, "the admin API listens beyond this machine: keep its token secret, and prefer a loopback address");
         }
         tracing::info!(tls = options.tls.is_some(), address = %bound, "admin API listening (/v1/credentials)");
-        Ok(AdminServer {
-            address: bound,
-            stop: Some(stop),
-            thread: Some(thread),
-        })
+        Ok(AdminServer { server })
     }
 
     /// The address it listens on.
     pub fn local_addr(&self) -> SocketAddr {
-        self.address
+        self.server.local_addr()
     }
 
     /// Stops serving and waits for the thread.
-    pub fn stop(mut self) {
-        self.shutdown();
-    }
-
-    fn shutdown(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(true);
-        }
-        if let Some(thread) = self.thread.take()
-            && thread.join().is_err()
-        {
-            tracing::warn!("admin server thread panicked");
-        }
-    }
-}
-
-impl Drop for AdminServer {
-    fn drop(&mut self) {
-        self.shutdown();
+    pub fn stop(self) {
+        self.server.stop();
     }
 }

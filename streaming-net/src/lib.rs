@@ -57,6 +57,7 @@ mod listener;
 mod nofile;
 mod peer;
 mod prefixed;
+mod service_thread;
 mod tls;
 
 pub use crate::host::{HostCheck, HostCheckBody, HostCheckService};
@@ -65,5 +66,6 @@ pub use crate::listener::{
     DEFAULT_MAX_CONNECTIONS, H2_MAX_LOCAL_RESET_STREAMS, Limits, Listener,
 };
 pub use crate::nofile::{NofileError, NofileLimit, raise_nofile_limit};
+pub use crate::service_thread::{ServiceThread, ServiceThreadError};
 pub use crate::tls::{ALPN_PROTOCOLS, PeerCertificate, Reloaded, ServerTls, TlsFiles, reload_all};
 pub use statestream_tls::TlsError;

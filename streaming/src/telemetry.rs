@@ -29,7 +29,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, PoisonError, RwLock};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use axum::Router;
@@ -41,8 +40,7 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::{Encoder, TextEncoder};
 use statestream_config::TelemetryConfig;
-use statestream_net::{HostCheck, Limits, Listener, ServerTls, TlsFiles};
-use tokio::sync::watch;
+use statestream_net::{HostCheck, Limits, ServerTls, ServiceThread, ServiceThreadError, TlsFiles};
 use tower::Layer;
 
 use crate::observe::{NodeState, NodeStatus, Observer, StreamerState};
@@ -183,8 +181,8 @@ impl TelemetryOptions {
 #[derive(Debug)]
 pub struct TelemetryServer {
     address: SocketAddr,
-    stop: Option<watch::Sender<bool>>,
-    thread: Option<JoinHandle<()>>,
+    /// `None` once stopped.
+    server: Option<ServiceThread>,
     /// The observer served, swapped by [`observe`](TelemetryServer::observe).
     observed: Observed,
     /// Where the node's metrics are registered: they are unregistered when
@@ -240,19 +238,6 @@ impl TelemetryServer {
                 key: "tls_cert_file",
                 source,
             })?;
-        // Bound here, on the caller's thread, so that a bad address is an
-        // error of this call and the chosen port is known when it returns.
-        let listener = std::net::TcpListener::bind(address)
-            .and_then(|l| l.set_nonblocking(true).map(|()| l))
-            .map_err(|source| TelemetryError::Bind { address, source })?;
-        let bound = listener
-            .local_addr()
-            .map_err(|source| TelemetryError::Bind { address, source })?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .enable_time()
-            .build()
-            .map_err(|source| TelemetryError::Start { source })?;
         let observed: Observed = Arc::new(RwLock::new(observer));
         metrics
             .register(Box::new(NodeCollector::new(Arc::clone(&observed))))
@@ -261,31 +246,32 @@ impl TelemetryServer {
             observed: Arc::clone(&observed),
             metrics: metrics.clone(),
         });
-        let registered = Some(metrics.clone());
         let app = Router::new()
             .route("/metrics", get(metrics_handler))
             .route("/status", get(status_handler))
             .route("/healthz", get(healthz_handler))
             .with_state(state);
-        let service = HostCheck::for_listener(bound, &options.allowed_hosts).layer(app);
-        let limits = options.limits();
-        let (stop, stopped) = watch::channel(false);
-        let thread = std::thread::Builder::new()
-            .name("telemetry".to_owned())
-            .spawn(move || runtime.block_on(serve(listener, limits, tls, service, stopped)))
-            .map_err(|source| {
-                // Unregistered so that a later attempt can register again
-                // (collectors are matched by their descriptions).
-                let _ = metrics.unregister(Box::new(NodeCollector::new(Arc::clone(&observed))));
-                TelemetryError::Start { source }
-            })?;
+        let server = ServiceThread::start("telemetry", address, options.limits(), tls, |bound| {
+            HostCheck::for_listener(bound, &options.allowed_hosts).layer(app)
+        })
+        .map_err(|e| {
+            // Unregistered so that a later attempt can register again
+            // (collectors are matched by their descriptions).
+            let _ = metrics.unregister(Box::new(NodeCollector::new(Arc::clone(&observed))));
+            match e {
+                ServiceThreadError::Bind { address, source } => {
+                    TelemetryError::Bind { address, source }
+                }
+                ServiceThreadError::Start(source) => TelemetryError::Start { source },
+            }
+        })?;
+        let bound = server.local_addr();
         tracing::info!(tls = options.tls.is_some(), address = %bound, "telemetry server listening (/metrics, /status, /healthz)");
         Ok(TelemetryServer {
             address: bound,
-            stop: Some(stop),
-            thread: Some(thread),
+            server: Some(server),
             observed,
-            registered,
+            registered: Some(metrics),
         })
     }
 
@@ -306,19 +292,14 @@ impl TelemetryServer {
     }
 
     /// Stops serving: requests in flight get a short grace period
-    /// (`GRACE`) to finish, then the thread ends.
+    /// (the listener's, 2 s) to finish, then the thread ends.
     pub fn stop(mut self) {
         self.shutdown();
     }
 
     fn shutdown(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(true);
-        }
-        if let Some(thread) = self.thread.take()
-            && thread.join().is_err()
-        {
-            tracing::warn!("telemetry server thread panicked");
+        if let Some(server) = self.server.take() {
+            server.stop();
         }
         if let Some(metrics) = self.registered.take() {
             let _ = metrics.unregister(Box::new(NodeCollector::new(Arc::clone(&self.observed))));
@@ -330,34 +311,6 @@ impl Drop for TelemetryServer {
     fn drop(&mut self) {
         self.shutdown();
     }
-}
-
-async fn serve(
-    listener: std::net::TcpListener,
-    limits: Limits,
-    tls: Option<ServerTls>,
-    service: statestream_net::HostCheckService<Router>,
-    mut stopped: watch::Receiver<bool>,
-) {
-    let listener = match tokio::net::TcpListener::from_std(listener) {
-        Ok(l) => l,
-        Err(error) => {
-            tracing::warn!(%error, "telemetry server cannot use its socket");
-            return;
-        }
-    };
-    // Once stopped, requests in flight get a short grace period; a scraper
-    // that holds its connection open does not hold up the node's exit.
-    let listener = Listener::new(listener, limits);
-    let listener = match tls {
-        Some(tls) => listener.tls(tls),
-        None => listener,
-    };
-    listener
-        .serve(service, async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        })
-        .await;
 }
 
 async fn metrics_handler(State(state): State<Arc<AppState>>) -> Response {

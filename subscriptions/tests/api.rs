@@ -121,7 +121,12 @@ fn subscriptions_api_over_http() {
     .expect("engine");
     let c = Client {
         base: serve(engine.clone()),
+        // A connection per call: a refusal answered before the request's
+        // body was read (401) makes hyper close the connection, and a
+        // pooled one reused in that moment fails with "Peer disconnected"
+        // (seen once under CI load).
         agent: ureq::Agent::config_builder()
+            .max_idle_connections(0)
             .http_status_as_error(false)
             .build()
             .into(),
@@ -368,7 +373,12 @@ fn subscriptions_openapi_document_lists_exactly_the_routes() {
     .expect("engine");
     let c = Client {
         base: serve(engine.clone()),
+        // A connection per call: a refusal answered before the request's
+        // body was read (401) makes hyper close the connection, and a
+        // pooled one reused in that moment fails with "Peer disconnected"
+        // (seen once under CI load).
         agent: ureq::Agent::config_builder()
+            .max_idle_connections(0)
             .http_status_as_error(false)
             .build()
             .into(),

@@ -110,12 +110,13 @@ impl Authenticator for AdminCaller {
 }
 
 /// Starts the admin API when `[admin] address` is set (the token read
-/// from `token_file`, relative paths under `home`); errors name the file,
-/// key and line.
+/// from `token_file`, relative paths under `home`) on `credentials` (none:
+/// no configured streamer, nothing to manage), with the subscription
+/// routes when `subscriptions` runs; errors name the file, key and line.
 pub fn start_admin(
     config: &AppConfig,
     home: &Path,
-    manager: &DeliveryManager,
+    credentials: Option<statestream_access::Registry>,
     subscriptions: Option<&Engine>,
 ) -> Result<Option<AdminServer>> {
     let Some(admin) = config.admin() else {
@@ -125,7 +126,7 @@ pub fn start_admin(
         let line = admin.line.map_or(String::new(), |l| format!(" (line {l})"));
         format!("{}: [admin]{line}", config.origin().display())
     };
-    let Some(credentials) = manager.credentials() else {
+    let Some(credentials) = credentials else {
         return Ok(None);
     };
     let token_file = home.join(&admin.token_file);

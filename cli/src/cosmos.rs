@@ -111,14 +111,20 @@ pub fn run(args: CosmosPluginArgs) -> Result<ExitCode> {
 pub(crate) struct State {
     pub(crate) ingest: Ingest,
     telemetry: Option<replica::Telemetry>,
+    /// `[admin]`: the replica's credentials over HTTP.
+    admin: Option<statestream_admin::AdminServer>,
 }
 
 impl State {
-    /// Closes the streamers and the store, then stops the telemetry server.
+    /// Closes the streamers and the store, then stops the telemetry server
+    /// and the admin API.
     pub(crate) fn close(mut self) -> statestream::Result<()> {
         let closed = self.ingest.close();
         if let Some(t) = self.telemetry.as_mut() {
             t.stop();
+        }
+        if let Some(admin) = self.admin.take() {
+            admin.stop();
         }
         closed
     }
@@ -146,19 +152,24 @@ pub(crate) fn open(home: &Path) -> Result<State> {
     // Stores a streamer names exist from the start, so that it can start
     // before the chain first writes them.
     let store = replica::open_store(home, &config.named_stores())?;
+    let credentials = replica::credentials(&store)?;
+    // Credentials managed while the replica runs; no subscriptions here
+    // (docs/admin.md).
+    let admin = crate::admin::start_admin(&config, home, Some(credentials.clone()), None)?;
     let registry = crate::node::registry();
     let telemetry = config
         .telemetry()
         .map(|t| replica::Telemetry::new(t, home, registry.metrics().clone()));
     let home_dir = home.to_path_buf();
     let start = Box::new(move |store: &mut MultiStore| {
-        replica::start_manager(store, &config, &registry, &home_dir, None)
+        replica::start_manager(store, &config, &registry, &home_dir, &credentials, None)
     });
     info!(height = store.version(), stores = store.stores().len(), on_gap = ?on_gap,
         "replica opened");
     let mut state = State {
         ingest: Ingest::new(store, start, on_gap)?,
         telemetry,
+        admin,
     };
     state.refresh();
     Ok(state)

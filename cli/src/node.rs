@@ -276,7 +276,12 @@ pub fn execute(args: &NodeArgs, quiet: bool) -> Result<Summary> {
     // and status are served from the first scrape.
     let subscriptions = crate::admin::start_subscriptions(&store, &manager, &registry)?;
     let telemetry = start_telemetry(&config, &args.home, &manager, &registry)?;
-    let admin = crate::admin::start_admin(&config, &args.home, &manager, Some(&subscriptions))?;
+    let admin = crate::admin::start_admin(
+        &config,
+        &args.home,
+        manager.credentials(),
+        Some(&subscriptions),
+    )?;
 
     let stop = Arc::new(AtomicBool::new(false));
     // Wakes the wait between paced blocks when a signal arrives.

@@ -43,20 +43,30 @@ pub(crate) fn open_store(home: &Path, named: &[String]) -> Result<MultiStore> {
     Ok(store)
 }
 
-/// Starts the streamers of `config` on the replica's current stores (a
-/// relay passes the push queue it forwards upstream): the one place a
-/// replica's delivery manager is built.
+/// The replica's credentials: one registry for every start of its
+/// streamers ([`start_manager`]), the one its admin API changes.
+pub(crate) fn credentials(store: &MultiStore) -> Result<statestream_access::Registry> {
+    statestream_access::Registry::open(store.records(statestream_access::TABLE))
+        .context("cannot read the replica's credentials")
+}
+
+/// Starts the streamers of `config` on the replica's current stores, with
+/// its `credentials` (a relay also passes the push queue it forwards
+/// upstream): the one place a replica's delivery manager is built.
 pub(crate) fn start_manager(
     store: &mut MultiStore,
     config: &AppConfig,
     registry: &Registry,
     home: &Path,
+    credentials: &statestream_access::Registry,
     push: Option<&PushQueue>,
 ) -> statestream::Result<DeliveryManager> {
     let names: Vec<String> = store.stores().iter().map(|s| s.name().to_owned()).collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let specs = config.resolve(&names)?;
-    let builder = DeliveryManager::builder().configured(&specs, registry, home);
+    let builder = DeliveryManager::builder()
+        .configured(&specs, registry, home)
+        .credentials(credentials.clone());
     let builder = match push {
         Some(push) => builder.push_queue(push.clone()),
         None => builder,

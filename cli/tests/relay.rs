@@ -1221,3 +1221,56 @@ fn relay_leaves_a_lagging_upstream_for_the_best_one() {
     assert_eq!(span(&relayed, lo, upto), span(&files, lo, upto));
     unsafe { libc::kill(x_pid, libc::SIGCONT) };
 }
+
+/// `[admin]` on a relay: its credentials are managed while it runs (no
+/// restart, no `--home` offline), and its front-ends check them.
+#[test]
+fn relay_admin_api_manages_the_relays_credentials_while_it_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let node_home = home_with(dir.path(), "node", NODE_TOML);
+    let (node, node_address) = start_node(&node_home);
+    let toml = relay_toml(&[&node_address], "")
+        + "\n[admin]\naddress = \"127.0.0.1:0\"\ntoken_file = \"admin-token\"\n";
+    let home = home_with(dir.path(), "relay", &toml);
+    std::fs::write(home.join("admin-token"), "relay-admin\n").unwrap();
+    let relay = start_relay(&home);
+    let admin = relay.proc.address("admin API listening");
+    wait_status(&relay, "the relay to be ready", |s| s["ready"] == true);
+
+    let mut created = agent()
+        .post(&format!("http://{admin}/v1/credentials"))
+        .header("authorization", "Bearer relay-admin")
+        .header("content-type", "application/json")
+        .send(r#"{"id": "wallet", "scopes": [{"store": "*"}]}"#)
+        .expect("the admin API answers");
+    let body = created.body_mut().read_to_string().unwrap();
+    assert_eq!(created.status().as_u16(), 201, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let secret = answer["secret"].as_str().expect("a secret").to_owned();
+
+    let snapshot = |token: Option<&str>| {
+        let mut req = agent().get(&format!("http://{}/snapshot", relay.http));
+        if let Some(t) = token {
+            req = req.header("authorization", &format!("Bearer {t}"));
+        }
+        let mut r = req.call().expect("the relay answers");
+        let body = r.body_mut().read_to_string().unwrap_or_default();
+        (r.status().as_u16(), body)
+    };
+    let (code, body) = snapshot(Some(&secret));
+    assert_eq!(code, 200, "the new credential reads the relay: {body}");
+    let (code, _) = snapshot(Some("ss_nobody_00"));
+    assert_eq!(code, 401, "an unknown credential does not");
+
+    // Revoked through the relay's admin API: refused at once.
+    let revoked = agent()
+        .delete(&format!("http://{admin}/v1/credentials/wallet"))
+        .header("authorization", "Bearer relay-admin")
+        .call()
+        .expect("the admin API answers");
+    assert_eq!(revoked.status().as_u16(), 200);
+    let (code, body) = snapshot(Some(&secret));
+    assert_eq!(code, 401, "revoked: {body}");
+    assert!(relay.proc.stop().success());
+    assert!(node.stop().success());
+}

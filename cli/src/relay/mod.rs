@@ -89,6 +89,10 @@ pub fn run(args: RelayArgs) -> Result<ExitCode> {
     Gate::process().set_lag(None, relay.ready_lag_blocks);
     let status = Arc::new(RelayStatus::default());
     status.set_height(store.version());
+    let credentials = replica::credentials(&store)?;
+    // Credentials managed while the relay runs; no subscriptions here
+    // (docs/admin.md).
+    let admin = crate::admin::start_admin(&config, &args.home, Some(credentials.clone()), None)?;
     let registry = crate::node::registry();
     let telemetry = match config.telemetry() {
         Some(t) => Some((
@@ -103,7 +107,14 @@ pub fn run(args: RelayArgs) -> Result<ExitCode> {
     let home = args.home.clone();
     let start_push = push.clone();
     let start = Box::new(move |store: &mut MultiStore| {
-        replica::start_manager(store, &config, &registry, &home, Some(&start_push))
+        replica::start_manager(
+            store,
+            &config,
+            &registry,
+            &home,
+            &credentials,
+            Some(&start_push),
+        )
     });
     info!(height = store.version(), stores = store.stores().len(), upstreams = ?relay.upstreams,
         "relay store opened");
@@ -150,6 +161,9 @@ pub fn run(args: RelayArgs) -> Result<ExitCode> {
     let result = runtime.block_on(relay.run(stop_rx));
     let closed = relay.close();
     drop(runtime);
+    if let Some(admin) = admin {
+        admin.stop();
+    }
     result?;
     closed?;
     info!("relay stopped");

@@ -108,6 +108,7 @@ pub struct DeliveryManagerBuilder<'a> {
     push: Option<PushQueue>,
     shutdown: Option<Shutdown>,
     shutdown_timeout: Duration,
+    credentials: Option<statestream_access::Registry>,
 }
 
 impl std::fmt::Debug for DeliveryManagerBuilder<'_> {
@@ -141,6 +142,7 @@ impl Default for DeliveryManagerBuilder<'_> {
             push: None,
             shutdown: None,
             shutdown_timeout: Duration::from_millis(DEFAULT_SHUTDOWN_TIMEOUT_MS),
+            credentials: None,
         }
     }
 }
@@ -208,6 +210,16 @@ impl<'a> DeliveryManagerBuilder<'a> {
         self
     }
 
+    /// The credentials the configured streamers check (default: opened
+    /// from the store's system table `credentials` at each start). A
+    /// process that starts its streamers again (a replica) passes the one
+    /// registry it opened, which its admin API changes: every start then
+    /// sees the same credentials, and a change reaches the running ones.
+    pub fn credentials(mut self, registry: statestream_access::Registry) -> Self {
+        self.credentials = Some(registry);
+        self
+    }
+
     /// Builds the configured streamers, resolves every streamer's cursor,
     /// and starts them: sync streamers are caught up from the change log
     /// now (one that halts fails the start), async ones on their threads.
@@ -216,7 +228,8 @@ impl<'a> DeliveryManagerBuilder<'a> {
         let push = self.push.unwrap_or_default();
         let (mut streamers, credentials) = match &self.configured {
             Some(c) => {
-                let (built, credentials) = build(store, c, &shutdown, &push)?;
+                let (built, credentials) =
+                    build(store, c, &shutdown, &push, self.credentials.clone())?;
                 (built, Some(credentials))
             }
             None => (Vec::new(), None),
@@ -244,13 +257,15 @@ fn build(
     c: &Configured<'_>,
     shutdown: &Shutdown,
     push: &PushQueue,
+    credentials: Option<statestream_access::Registry>,
 ) -> Result<(Vec<Built>, statestream_access::Installation)> {
     let all = statestream_store::KvStore::stores(store).to_vec();
     let reader: Arc<dyn StateReader> = Arc::new(store.reader());
-    let credentials = statestream_access::install(
-        &reader,
-        statestream_access::Registry::open(store.records(statestream_access::TABLE))?,
-    );
+    let registry = match credentials {
+        Some(r) => r,
+        None => statestream_access::Registry::open(store.records(statestream_access::TABLE))?,
+    };
+    let credentials = statestream_access::install(&reader, registry);
     // Every streamer's options, and that no two write one place, before
     // any is built (a built one may already hold a port or a directory).
     if let Some(error) = c

@@ -307,17 +307,25 @@ impl Hub {
     /// Block `height` (at most the head): from memory, else from the
     /// change log; `OUT_OF_RANGE` when the log no longer holds it.
     pub fn block(&self, height: u64) -> Result<HubBlock, HubError> {
-        {
-            let ring = self.ring();
-            if let Some(front) = ring.front() {
-                let first = front.height();
-                if height >= first
-                    && let Some(b) = ring.get((height - first) as usize)
-                {
-                    return Ok(b.clone());
-                }
-            }
+        match self.ring_block(height) {
+            Some(b) => Ok(b),
+            None => self.logged_block(height),
         }
+    }
+
+    /// Block `height` if the ring holds it.
+    fn ring_block(&self, height: u64) -> Option<HubBlock> {
+        let ring = self.ring();
+        let first = ring.front()?.height();
+        if height < first {
+            return None;
+        }
+        ring.get((height - first) as usize).cloned()
+    }
+
+    /// Block `height` read from the change log (a store read: off the
+    /// runtime's worker, see [`Subscription::next`]).
+    fn logged_block(&self, height: u64) -> Result<HubBlock, HubError> {
         match self.reader.change_set(height) {
             Ok(cs) => Block::from_change_set(cs, &self.selection)
                 .map(HubBlock::own)
@@ -408,7 +416,18 @@ impl Subscription {
             }
             let head = *self.head.borrow_and_update();
             if self.next <= head {
-                let block = self.hub.block(self.next)?;
+                let block = match self.hub.ring_block(self.next) {
+                    Some(b) => b,
+                    // A client behind the ring: the store read runs on a
+                    // blocking thread, so that it does not hold up the
+                    // live subscribers on the runtime's worker.
+                    None => {
+                        let (hub, height) = (Arc::clone(&self.hub), self.next);
+                        tokio::task::spawn_blocking(move || hub.logged_block(height))
+                            .await
+                            .map_err(Hub::store_error)??
+                    }
+                };
                 self.next += 1;
                 self.heartbeat.reset();
                 return Ok(Event::Block(block));

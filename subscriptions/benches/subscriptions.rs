@@ -22,8 +22,6 @@
 //! (environment: `SUBS_BENCH_BLOCKS`, default 20; `SUBS_BENCH_IDLE_BLOCKS`,
 //! default 10000).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -47,67 +45,22 @@ struct Receiver {
 }
 
 fn receiver(keep: bool) -> Receiver {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("address");
     let requests = Arc::new(AtomicU64::new(0));
     let bodies = keep.then(|| Arc::new(Mutex::new(Vec::new())));
-    {
+    let url = {
         let requests = Arc::clone(&requests);
         let bodies = bodies.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming().flatten() {
-                let requests = Arc::clone(&requests);
-                let bodies = bodies.clone();
-                std::thread::spawn(move || serve(conn, &requests, bodies.as_deref()));
+        statestream_test_support::http_sink::start(move |body| {
+            requests.fetch_add(1, Ordering::Relaxed);
+            if let Some(b) = &bodies {
+                b.lock().expect("lock").push(body);
             }
-        });
-    }
+        })
+    };
     Receiver {
-        url: format!("http://{addr}"),
+        url,
         requests,
         bodies,
-    }
-}
-
-fn serve(conn: TcpStream, requests: &AtomicU64, bodies: Option<&Mutex<Vec<Vec<u8>>>>) {
-    let Ok(mut writer) = conn.try_clone() else {
-        return;
-    };
-    let mut reader = BufReader::new(conn);
-    let mut line = String::new();
-    loop {
-        let mut len = 0usize;
-        line.clear();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        loop {
-            line.clear();
-            if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                return;
-            }
-            let h = line.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((n, v)) = h.split_once(':')
-                && n.eq_ignore_ascii_case("content-length")
-            {
-                len = v.trim().parse().unwrap_or(0);
-            }
-        }
-        let mut body = vec![0; len];
-        if reader.read_exact(&mut body).is_err()
-            || writer
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
-                .is_err()
-        {
-            return;
-        }
-        requests.fetch_add(1, Ordering::Relaxed);
-        if let Some(b) = bodies {
-            b.lock().expect("lock").push(body);
-        }
     }
 }
 

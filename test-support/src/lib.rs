@@ -1,5 +1,5 @@
 //! Test helpers shared by statestream's crates. The crate root, [`waits`],
-//! [`postgres`] and [`tls`] have no dependency of their own (a streamer
+//! [`postgres`], [`tls`] and [`http_sink`] have no dependency of their own (a streamer
 //! crate's tests can use them without pulling in the store); [`node`], a
 //! store and a delivery manager built from an `app.toml`, is behind the
 //! `node` feature.
@@ -20,6 +20,7 @@
 //! }
 //! ```
 
+pub mod http_sink;
 #[cfg(feature = "node")]
 pub mod node;
 pub mod postgres;

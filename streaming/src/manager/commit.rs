@@ -120,10 +120,8 @@ impl DeliveryManager {
                     }
                 }
                 Mode::Async { tx: Some(tx), .. } => match tx.try_send(block) {
-                    Ok(()) => {
-                        inst.progress
-                            .queued
-                            .store(tx.len() as u64, Ordering::Relaxed);
+                    Ok(queued) => {
+                        inst.progress.queued.store(queued as u64, Ordering::Relaxed);
                     }
                     Err(SendError::Full) => {
                         inst.progress

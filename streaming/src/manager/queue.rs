@@ -76,8 +76,9 @@ pub(super) fn bounded(capacity: usize) -> (QueueSender, QueueReceiver) {
 
 impl QueueSender {
     /// Queues `block` unless the queue is full or the thread ended; wakes
-    /// the thread if it sleeps.
-    pub(super) fn try_send(&self, block: Block) -> Result<(), SendError> {
+    /// the thread if it sleeps. Returns the blocks now queued (one lock on
+    /// the commit path, not two).
+    pub(super) fn try_send(&self, block: Block) -> Result<usize, SendError> {
         let mut state = self.0.lock();
         if state.receiver_gone {
             return Err(SendError::Disconnected);
@@ -86,12 +87,12 @@ impl QueueSender {
             return Err(SendError::Full);
         }
         state.blocks.push_back(block);
-        let wake = state.waiting;
+        let (wake, queued) = (state.waiting, state.blocks.len());
         drop(state);
         if wake {
             self.0.ready.notify_one();
         }
-        Ok(())
+        Ok(queued)
     }
 
     /// Blocks queued.
@@ -108,14 +109,15 @@ impl Drop for QueueSender {
 }
 
 impl QueueReceiver {
-    /// The next block, waiting at most `timeout`; once the commit side is
-    /// gone, the blocks still queued and then [`RecvError::Disconnected`].
-    pub(super) fn recv_timeout(&self, timeout: Duration) -> Result<Block, RecvError> {
+    /// The next block and the blocks still queued behind it, waiting at
+    /// most `timeout`; once the commit side is gone, the blocks still
+    /// queued and then [`RecvError::Disconnected`].
+    pub(super) fn recv_timeout(&self, timeout: Duration) -> Result<(Block, usize), RecvError> {
         let deadline = Instant::now() + timeout;
         let mut state = self.0.lock();
         loop {
             if let Some(block) = state.blocks.pop_front() {
-                return Ok(block);
+                return Ok((block, state.blocks.len()));
             }
             if state.sender_gone {
                 return Err(RecvError::Disconnected);
@@ -168,14 +170,15 @@ mod tests {
     #[test]
     fn bounded_in_order_and_drained_after_the_sender_goes() {
         let (tx, rx) = bounded(2);
-        tx.try_send(block(1)).unwrap();
-        tx.try_send(block(2)).unwrap();
+        assert_eq!(tx.try_send(block(1)).unwrap(), 1);
+        assert_eq!(tx.try_send(block(2)).unwrap(), 2);
         assert!(matches!(tx.try_send(block(3)), Err(SendError::Full)));
         assert_eq!((tx.len(), rx.len()), (2, 2));
-        assert_eq!(rx.recv_timeout(Duration::ZERO).unwrap().height(), 1);
+        let (first, behind) = rx.recv_timeout(Duration::ZERO).unwrap();
+        assert_eq!((first.height(), behind), (1, 1));
         let short = Duration::from_millis(5);
         drop(tx);
-        assert_eq!(rx.recv_timeout(short).unwrap().height(), 2);
+        assert_eq!(rx.recv_timeout(short).unwrap().0.height(), 2);
         assert_eq!(rx.recv_timeout(short).unwrap_err(), RecvError::Disconnected);
     }
 
@@ -191,7 +194,7 @@ mod tests {
         let thread = std::thread::spawn(move || rx.recv_timeout(Duration::from_secs(60)));
         std::thread::sleep(Duration::from_millis(20));
         tx.try_send(block(7)).unwrap();
-        let got = thread.join().unwrap().expect("woken with the block");
+        let (got, _) = thread.join().unwrap().expect("woken with the block");
         assert_eq!(got.height(), 7);
     }
 

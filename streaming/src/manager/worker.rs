@@ -48,10 +48,8 @@ impl Worker {
                     (Some(block), h, false)
                 }
                 None => match self.rx.recv_timeout(POLL) {
-                    Ok(block) => {
-                        progress
-                            .queued
-                            .store(self.rx.len() as u64, Ordering::Relaxed);
+                    Ok((block, queued)) => {
+                        progress.queued.store(queued as u64, Ordering::Relaxed);
                         let h = block.height();
                         (Some(block), h, false)
                     }

@@ -4,13 +4,12 @@
 //! runs, a restart keeping the credentials, an offline revoke, and no
 //! secret in clear anywhere under the home directory.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_statestream");
+mod common;
+
+use common::{BIN, Proc, p};
 
 const APP_TOML: &str = r#"
 [store]
@@ -31,76 +30,34 @@ const ADMIN_TOKEN: &str = "the-admin-token";
 
 /// A running node, killed if the test fails before stopping it.
 struct Node {
-    child: Option<Child>,
+    proc: Proc,
     http: String,
     admin: String,
 }
 
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 impl Node {
     fn start(home: &Path) -> Node {
-        let mut child = Command::new(BIN)
-            .args(["node", "--home"])
-            .arg(home)
-            .arg("--config")
-            .arg(home.join("app.toml"))
-            .args(["--blocks", "0", "--block-time-ms", "20"])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the node");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                for marker in ["serve: HTTP (SSE) listening", "admin API listening"] {
-                    if line.contains(marker)
-                        && let Some(rest) = line.split("address=").nth(1)
-                    {
-                        let address = rest.split_whitespace().next().unwrap_or("").to_string();
-                        let _ = tx.send((marker, address));
-                    }
-                }
-            }
-        });
-        let mut node = Node {
-            child: Some(child),
-            http: String::new(),
-            admin: String::new(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while node.http.is_empty() || node.admin.is_empty() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let (marker, address) = rx
-                .recv_timeout(left)
-                .expect("the node logs its HTTP and admin addresses within 60 s");
-            if marker.starts_with("serve") {
-                node.http = address;
-            } else {
-                node.admin = format!("http://{address}");
-            }
+        let config = home.join("app.toml");
+        let proc = Proc::start(&[
+            "node",
+            "--home",
+            p(home),
+            "--config",
+            p(&config),
+            "--blocks",
+            "0",
+            "--block-time-ms",
+            "20",
+        ]);
+        Node {
+            http: proc.address("serve: HTTP (SSE) listening"),
+            admin: format!("http://{}", proc.address("admin API listening")),
+            proc,
         }
-        node
     }
 
-    fn stop(mut self) {
-        let mut child = self.child.take().expect("running");
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-        let status = statestream_test_support::wait_exit(
-            &mut child,
-            "the node to exit after SIGTERM",
-            statestream_test_support::PATIENCE,
-        );
+    fn stop(self) {
+        let status = self.proc.stop();
         assert!(status.success(), "{status:?}");
     }
 }

@@ -5,13 +5,12 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{BIN, SplitMix, p, seed, wait_for};
+use common::{BIN, Proc, SplitMix, p, seed, wait_for};
 use statestream_serve::proto::v1::{
     self, state_stream_client::StateStreamClient, subscribe_response::Message,
 };
@@ -33,100 +32,6 @@ keys = ["*"]
 grpc_address = "127.0.0.1:0"
 heartbeat_ms = 200
 "#;
-
-/// A running `statestream` process, killed when dropped (also when a test
-/// fails), with its stderr lines kept.
-struct Proc {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Proc {
-    /// Starts `statestream ARGS` with `RUST_LOG=info`.
-    fn start(args: &[&str]) -> Proc {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start statestream");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let lines = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                lines.lock().unwrap().push(line);
-            }
-        });
-        Proc { child, log }
-    }
-
-    /// The log so far, one string.
-    fn log(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-
-    /// The `address=` of the first log line containing `marker`, waited
-    /// for.
-    fn address(&self, marker: &str) -> String {
-        let mut found = None;
-        wait_for(
-            &format!("a log line with {marker:?} and its address"),
-            || {
-                let log = self.log.lock().unwrap();
-                found = log.iter().rev().find(|l| l.contains(marker)).and_then(|l| {
-                    l.split("address=")
-                        .nth(1)
-                        .and_then(|r| r.split_whitespace().next())
-                        .map(str::to_owned)
-                });
-                found.is_some()
-            },
-        );
-        found.unwrap_or_default()
-    }
-
-    /// SIGTERM, then the exit status (a clean stop exits 0). A process
-    /// that does not exit in time fails the test and is killed.
-    fn stop(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id() as libc::pid_t;
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        statestream_test_support::wait_exit(
-            &mut self.child,
-            "statestream to exit after SIGTERM",
-            common::PATIENCE,
-        )
-    }
-
-    /// SIGKILL, at once.
-    fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// The exit status once it exits by itself (waited for).
-    fn exited(&mut self) -> std::process::ExitStatus {
-        let mut status = None;
-        wait_for("the process to exit", || {
-            status = self.child.try_wait().expect("try_wait");
-            status.is_some()
-        });
-        // The reader thread sees the end of stderr once the process is gone.
-        std::thread::sleep(Duration::from_millis(100));
-        status.expect("exited")
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Writes `toml` as HOME/config/app.toml.
 fn home_with(dir: &Path, name: &str, toml: &str) -> PathBuf {
@@ -1196,7 +1101,7 @@ fn relay_leaves_a_lagging_upstream_for_the_best_one() {
         s["ready"] == true && s["upstream"] == a.grpc.as_str()
     });
     // x frozen: a stops moving (its stream stalls, it does not end).
-    let x_pid = x.proc.child.id() as libc::pid_t;
+    let x_pid = x.proc.id() as libc::pid_t;
     unsafe { libc::kill(x_pid, libc::SIGSTOP) };
     let before = status(&c)["local_height"].as_u64().unwrap();
     wait_status(&c, "relay c to move to b and go on", |s| {

@@ -5,13 +5,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 
-use common::{BIN, p, wait_for};
+use common::{BIN, Proc, p, wait_for};
 
 /// Where `nats-server` is: `$NATS_SERVER`, then `PATH`, then the Debian
 /// package's location.
@@ -97,54 +95,6 @@ impl Nats {
 impl Drop for Nats {
     fn drop(&mut self) {
         self.kill();
-    }
-}
-
-/// A running `statestream` process, killed when dropped, its stderr kept.
-struct Proc {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Proc {
-    fn start(args: &[&str]) -> Proc {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start statestream");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let lines = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                lines.lock().unwrap().push(line);
-            }
-        });
-        Proc { child, log }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-
-    /// SIGTERM, then the exit status (a clean stop exits 0).
-    fn stop(mut self) -> std::process::ExitStatus {
-        // SAFETY: kill(2) on the child's pid has no memory effects.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        self.child.wait().expect("wait for statestream")
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -326,24 +276,6 @@ fn relay_nats_two_relays_ride_through_a_server_restart_equal_to_the_node() {
     }
 }
 
-/// The `address=` of the first line of `proc`'s log containing `marker`.
-fn logged_address(proc: &Proc, marker: &str) -> String {
-    let mut found = None;
-    wait_for(&format!("a log line with {marker:?}"), || {
-        found = proc
-            .log
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|l| l.contains(marker))
-            .and_then(|l| l.split("address=").nth(1))
-            .and_then(|r| r.split_whitespace().next())
-            .map(str::to_owned);
-        found.is_some()
-    });
-    found.unwrap_or_default()
-}
-
 #[test]
 fn relay_nats_empty_relay_snapshots_from_serve_beside_then_follows_jetstream() {
     let binary = nats_server_binary();
@@ -378,7 +310,7 @@ fn relay_nats_empty_relay_snapshots_from_serve_beside_then_follows_jetstream() {
         "--block-time-ms",
         "20",
     ]);
-    let serve = logged_address(&node, "serve: gRPC listening");
+    let serve = node.address("serve: gRPC listening");
     let node_files = node_home.join("data/streaming");
     wait_for("the node's block 20", || last_height(&node_files) >= 20);
     let home = home_with(

@@ -7,10 +7,8 @@
 //! bad input is a clear 400 with nothing created.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 #[allow(dead_code)]
@@ -20,7 +18,9 @@ mod receiver;
 use receiver::{Received, Receiver};
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_statestream");
+mod common;
+
+use common::{BIN, Proc, p};
 const ADMIN_TOKEN: &str = "the-admin-token";
 
 const APP_TOML: &str = r#"
@@ -38,59 +38,36 @@ token_file = "admin-token"
 
 /// A running node, killed if the test fails before stopping it.
 struct Node {
-    child: Option<Child>,
+    proc: Proc,
     admin: String,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 impl Node {
     fn start(home: &Path) -> Node {
-        let mut child = Command::new(BIN)
-            .args(["node", "--home"])
-            .arg(home)
-            .arg("--config")
-            .arg(home.join("app.toml"))
-            .args(["--blocks", "0", "--block-time-ms", "20"])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the node");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if line.contains("admin API listening")
-                    && let Some(rest) = line.split("address=").nth(1)
-                {
-                    let address = rest.split_whitespace().next().unwrap_or("").to_string();
-                    let _ = tx.send(address);
-                }
-            }
-        });
-        let address = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the node logs its admin address within 60 s");
+        let config = home.join("app.toml");
+        let proc = Proc::start(&[
+            "node",
+            "--home",
+            p(home),
+            "--config",
+            p(&config),
+            "--blocks",
+            "0",
+            "--block-time-ms",
+            "20",
+        ]);
         Node {
-            child: Some(child),
-            admin: format!("http://{address}"),
+            admin: format!("http://{}", proc.address("admin API listening")),
+            proc,
         }
     }
 
-    fn signal(mut self, signal: libc::c_int) {
-        let mut child = self.child.take().expect("running");
-        unsafe { libc::kill(child.id() as libc::pid_t, signal) };
-        let status = child.wait().expect("wait for the node");
-        if signal == libc::SIGTERM {
+    /// SIGTERM (a clean stop, waited for) or SIGKILL.
+    fn signal(self, signal: libc::c_int) {
+        if signal == libc::SIGKILL {
+            self.proc.kill();
+        } else {
+            let status = self.proc.stop();
             assert!(status.success(), "{status:?}");
         }
     }

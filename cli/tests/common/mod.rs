@@ -1,13 +1,16 @@
 //! What several of the CLI's test binaries share: the binary, paths as
-//! arguments, bounded waits, a seeded generator, and `statestream … --json`.
+//! arguments, bounded waits, a seeded generator, `statestream … --json`,
+//! and a running `statestream` process with its log ([`Proc`]).
 //! Each test binary uses a part of it.
 #![allow(dead_code)]
 
 // Not every test binary uses both.
 #[allow(unused_imports)]
 pub use statestream_test_support::{PATIENCE, wait_for};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_statestream");
 
@@ -58,4 +61,103 @@ pub fn run_json(args: &[&str]) -> serde_json::Value {
     assert!(!stderr.contains("panicked"), "panic in {args:?}: {stderr}");
     let last = stdout.lines().last().expect("a JSON line on stdout");
     serde_json::from_str(last).unwrap_or_else(|e| panic!("bad JSON {last:?}: {e}"))
+}
+
+/// A running `statestream` process, killed when dropped (also when a test
+/// fails), with its stderr lines kept.
+pub struct Proc {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    /// Starts `statestream ARGS` with `RUST_LOG=info`.
+    pub fn start(args: &[&str]) -> Proc {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start statestream");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let lines = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                lines.lock().unwrap().push(line);
+            }
+        });
+        Proc { child, log }
+    }
+
+    /// The process id (to signal it).
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The log so far, one string.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// The `address=` of the first log line containing `marker`, waited
+    /// for.
+    pub fn address(&self, marker: &str) -> String {
+        let mut found = None;
+        wait_for(
+            &format!("a log line with {marker:?} and its address"),
+            || {
+                let log = self.log.lock().unwrap();
+                found = log.iter().rev().find(|l| l.contains(marker)).and_then(|l| {
+                    l.split("address=")
+                        .nth(1)
+                        .and_then(|r| r.split_whitespace().next())
+                        .map(str::to_owned)
+                });
+                found.is_some()
+            },
+        );
+        found.unwrap_or_default()
+    }
+
+    /// SIGTERM, then the exit status (a clean stop exits 0). A process
+    /// that does not exit in time fails the test and is killed.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id() as libc::pid_t;
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        statestream_test_support::wait_exit(
+            &mut self.child,
+            "statestream to exit after SIGTERM",
+            PATIENCE,
+        )
+    }
+
+    /// SIGKILL, at once.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The exit status once it exits by itself (waited for).
+    pub fn exited(&mut self) -> std::process::ExitStatus {
+        let mut status = None;
+        wait_for("the process to exit", || {
+            status = self.child.try_wait().expect("try_wait");
+            status.is_some()
+        });
+        // The reader thread sees the end of stderr once the process is gone.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        status.expect("exited")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -293,7 +293,7 @@ async fn connection<S, B>(
     tls: Option<ServerTls>,
     limits: Limits,
     service: S,
-    mut stopping: watch::Receiver<bool>,
+    stopping: watch::Receiver<bool>,
     stats: &ConnectionStats,
 ) where
     S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
@@ -309,20 +309,55 @@ async fn connection<S, B>(
     let _ = stream.set_nodelay(true);
     // One deadline for the handshake and the first bytes of the request.
     let deadline = Instant::now() + limits.header_timeout;
-    let Some(tls) = tls else {
-        serve_stream(stream, None, deadline, limits, service, stopping, stats).await;
-        return;
-    };
+    // Each kind of connection is boxed on its own: the task then holds
+    // only what its connection needs (a plain HTTP/1 stream is a few
+    // KiB), not the largest of them all (TLS with HTTP/2, about 11 KiB).
+    match tls {
+        None => {
+            Box::pin(serve_stream(
+                stream, None, deadline, limits, service, stopping, stats,
+            ))
+            .await
+        }
+        Some(tls) => {
+            Box::pin(tls_connection(
+                stream, tls, deadline, limits, service, stopping, stats,
+            ))
+            .await
+        }
+    }
+}
+
+/// A TLS connection: the handshake, then [`serve_stream`].
+async fn tls_connection<S, B>(
+    stream: TcpStream,
+    tls: ServerTls,
+    deadline: Instant,
+    limits: Limits,
+    service: S,
+    mut stopping: watch::Receiver<bool>,
+    stats: &ConnectionStats,
+) where
+    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
     let handshake = tokio::select! {
-        handshake = tokio::time::timeout_at(deadline, acceptor.accept(stream)) => handshake,
+        handshake = tokio::time::timeout_at(deadline, acceptor.accept(stream).into_fallible()) => handshake,
         () = stopped(&mut stopping) => return,
     };
     let stream = match handshake {
         Ok(Ok(stream)) => stream,
-        Ok(Err(error)) => {
+        Ok(Err((error, stream))) => {
             stats.handshake_failed.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(%error, "TLS handshake failed");
+            linger(stream, deadline).await;
             return;
         }
         Err(_) => {
@@ -339,6 +374,36 @@ async fn connection<S, B>(
         .and_then(|cert| PeerCertificate::from_der(cert.as_ref()))
         .map(Arc::new);
     serve_stream(stream, peer, deadline, limits, service, stopping, stats).await;
+}
+
+/// How long a refused TLS client's bytes are read and dropped at most
+/// (see [`linger`]).
+const LINGER: Duration = Duration::from_secs(1);
+
+/// Closes a connection whose TLS handshake failed so that the client
+/// reads the alert: its write side first (the alert went out before the
+/// error came back), then what the client still sends is read and
+/// dropped until it closes, for [`LINGER`] at most and never past
+/// `deadline`. Closing with unread bytes would make the kernel answer
+/// with a reset, and a reset makes the client's kernel drop the alert it
+/// has not read yet: under TLS 1.3 a client without the certificate that
+/// mTLS requires has finished its handshake and sent its first request
+/// when the refusal comes, and it would see a bare "connection reset"
+/// instead of `CertificateRequired`.
+async fn linger(mut stream: TcpStream, deadline: Instant) {
+    use tokio::io::AsyncWriteExt as _;
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let drain = async {
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout_at(deadline.min(Instant::now() + LINGER), drain).await;
 }
 
 /// Serves HTTP/1.1 or HTTP/2 (told apart by the first bytes) on a
@@ -384,8 +449,8 @@ async fn serve_stream<T, S, B>(
                 .header_read_timeout(limits.header_timeout)
                 .max_buf_size(H1_MAX_BUF_SIZE)
                 .keep_alive(true);
-            let conn = builder.serve_connection(io, service).with_upgrades();
-            let mut conn = pin!(conn);
+            // Boxed: see `connection`.
+            let mut conn = Box::pin(builder.serve_connection(io, service).with_upgrades());
             tokio::select! {
                 result = conn.as_mut() => result,
                 () = stopped(&mut stopping) => {
@@ -407,8 +472,7 @@ async fn serve_stream<T, S, B>(
                 inner: service,
                 activity: Arc::clone(&activity),
             });
-            let conn = builder.serve_connection(io, service);
-            let mut conn = pin!(conn);
+            let mut conn = Box::pin(builder.serve_connection(io, service));
             // Pings keep a live client's connection open; with no stream
             // for `idle_timeout` it is closed (GOAWAY) all the same.
             tokio::select! {

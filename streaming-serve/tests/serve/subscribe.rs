@@ -1,6 +1,8 @@
 //! Subscribe: snapshot + live, from a height, live; heartbeats; resume
 //! after a restart; shutdown.
 
+use std::time::Duration;
+
 use statestream_client::{
     MemoryCursor, ResumableSubscription, StartFrom, SubscribeOptions, Update,
 };
@@ -17,10 +19,13 @@ fn snapshot_then_live_has_no_gap_and_no_duplicate_while_blocks_commit() {
     let rt = runtime();
     let address = node.address();
     let target = 140;
-    // Several subscribers join while blocks commit.
+    // Several subscribers join while blocks commit: each subscription is
+    // open (its snapshot height chosen) before the next blocks commit, so
+    // each has blocks after its snapshot to read.
     let mut tasks = Vec::new();
     for _ in 0..4 {
         let address = address.clone();
+        let (opened, open) = std::sync::mpsc::channel();
         tasks.push(rt.spawn(async move {
             let mut c = client(&address).await;
             let mut stream = c
@@ -28,10 +33,13 @@ fn snapshot_then_live_has_no_gap_and_no_duplicate_while_blocks_commit() {
                 .await
                 .unwrap()
                 .into_inner();
+            let _ = opened.send(());
             let mut r = Received::default();
             read_until(&mut stream, &mut r, target).await;
             r
         }));
+        open.recv_timeout(Duration::from_secs(30))
+            .expect("the subscription opened within 30 s");
         for _ in 0..10 {
             node.commit();
         }

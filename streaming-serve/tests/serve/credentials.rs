@@ -108,6 +108,7 @@ fn credentials_three_scopes_on_every_front_end() {
     let rt = runtime();
     let address = node.address();
     let http = node.handle.http_address().unwrap().to_string();
+    node.wait_served();
     let h = node.height();
     rt.block_on(async {
         let mut c = client(&address).await;
@@ -281,6 +282,7 @@ fn credentials_revoke_ends_that_credentials_streams_only() {
     let rt = runtime();
     let address = node.address();
     let http = node.handle.http_address().unwrap().to_string();
+    node.wait_served();
     let start = node.height();
     let (doomed_streams, kept_streams) = rt.block_on(async {
         let mut c = client(&address).await;
@@ -405,6 +407,7 @@ fn credentials_rotate_with_grace_and_narrowed_scopes() {
             },
         )
         .unwrap();
+    node.wait_served();
     let start = node.height();
     node.commit();
     node.commit();

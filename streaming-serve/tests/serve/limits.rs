@@ -21,6 +21,7 @@ fn with_token<T>(message: T, token: &str) -> Request<T> {
 fn every_call_needs_the_token_when_one_is_set() {
     let mut node = Node::in_memory("token = \"s3cret\"");
     node.commit();
+    node.wait_served();
     let rt = runtime();
     let address = node.address();
     rt.block_on(async move {

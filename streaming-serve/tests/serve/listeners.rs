@@ -176,6 +176,7 @@ fn a_foreign_host_gets_421_and_local_and_allowed_names_work() {
     let mut node =
         Node::in_memory("http_address = \"127.0.0.1:0\"\nallowed_hosts = [\"node1.example.org\"]");
     node.commit();
+    node.wait_served();
     let http = node.handle.http_address().expect("HTTP is on");
     let port = http.port();
     let (status, body) =

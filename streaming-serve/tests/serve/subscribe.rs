@@ -98,6 +98,7 @@ fn heartbeats_carry_the_head_height_on_an_idle_stream() {
     let mut node = Node::in_memory("heartbeat_ms = 50");
     node.commit();
     node.commit();
+    node.wait_served();
     let rt = runtime();
     let address = node.address();
     let head = rt.block_on(async move {

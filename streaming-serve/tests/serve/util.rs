@@ -176,6 +176,17 @@ impl Node {
         self.commit();
     }
 
+    /// Waits until every streamer was handed the last committed block
+    /// (an async streamer gets it after `commit` returns): then the serve
+    /// streamer's head is the node's height.
+    pub fn wait_served(&self) {
+        let height = self.store.version();
+        let manager = self.manager.as_ref().unwrap();
+        wait_for("the streamers to be handed the last block", || {
+            manager.stats().iter().all(|s| s.delivered_height >= height)
+        });
+    }
+
     /// Like `commit`, with `writes` writes of `value_len` bytes.
     pub fn commit_sized(&mut self, writes: usize, value_len: usize) -> u64 {
         let h = self.store.version() + 1;

@@ -151,7 +151,8 @@ pub(crate) fn open(home: &Path) -> Result<State> {
     };
     // Stores a streamer names exist from the start, so that it can start
     // before the chain first writes them.
-    let store = replica::open_store(home, &config.named_stores())?;
+    // An fsync per block: the chain hands each block over once.
+    let store = replica::open_store(home, &config.named_stores(), true)?;
     let credentials = replica::credentials(&store)?;
     // Credentials managed while the replica runs; no subscriptions here
     // (docs/admin.md).

@@ -25,14 +25,24 @@ use crate::node::STORE_PATH;
 /// Opens the replica store HOME/data/store.redb (created when missing),
 /// with the stores `named` added: they exist from the start, so that the
 /// streamers can start before the source first writes them.
-pub(crate) fn open_store(home: &Path, named: &[String]) -> Result<MultiStore> {
+///
+/// `fsync`: [`StoreOptions::fsync`]. A source that can send its blocks
+/// again (a relay's upstream) lets the replica skip the fsync of each
+/// block: a crash rolls it back to its last durable commit and it fetches
+/// the blocks after it again, identically (they are checked against the
+/// upstream's hash chains like any other).
+pub(crate) fn open_store(home: &Path, named: &[String], fsync: bool) -> Result<MultiStore> {
     std::fs::create_dir_all(home.join("data"))
         .with_context(|| format!("cannot create the home directory {}", home.display()))?;
     let path = home.join(STORE_PATH);
+    let options = StoreOptions {
+        fsync,
+        ..StoreOptions::default()
+    };
     let mut store = if path.exists() {
-        MultiStore::open_existing(&path, StoreOptions::default())
+        MultiStore::open_existing(&path, options)
     } else {
-        MultiStore::open(&path, &[], StoreOptions::default())
+        MultiStore::open(&path, &[], options)
     }
     .with_context(|| format!("cannot open the replica store {}", path.display()))?;
     let named = named

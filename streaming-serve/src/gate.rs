@@ -51,6 +51,9 @@ pub struct Gate {
     lag: AtomicU64,
     ready_lag: AtomicU64,
     diverged: Mutex<Option<(u64, String)>>,
+    /// The last height the process's source committed (a relay's upstream
+    /// head; 0 on a node).
+    source_head: AtomicU64,
     /// The state, announced when it changes (the health services wait on
     /// it instead of polling).
     changed: tokio::sync::watch::Sender<u8>,
@@ -63,6 +66,7 @@ impl Default for Gate {
             lag: AtomicU64::new(0),
             ready_lag: AtomicU64::new(0),
             diverged: Mutex::new(None),
+            source_head: AtomicU64::new(0),
             changed: tokio::sync::watch::Sender::new(OPEN),
         }
     }
@@ -92,6 +96,20 @@ impl Gate {
                 (s != DIVERGED).then_some(next)
             });
         self.announce();
+    }
+
+    /// The last height the process's source committed: a relay sets its
+    /// upstream's head. A subscription may start at any height up to the
+    /// one after it and waits for the blocks it does not hold yet: a relay
+    /// commits without an fsync per block, and after a crash it holds
+    /// fewer blocks than its clients saw until it fetched them again.
+    pub fn set_source_head(&self, height: u64) {
+        self.source_head.store(height, Ordering::Relaxed);
+    }
+
+    /// See [`set_source_head`](Gate::set_source_head); 0 when never set.
+    pub fn source_head(&self) -> u64 {
+        self.source_head.load(Ordering::Relaxed)
     }
 
     /// Tells the waiters of [`changes`](Gate::changes) when the state

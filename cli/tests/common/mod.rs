@@ -104,23 +104,26 @@ impl Proc {
         self.log.lock().unwrap().join("\n")
     }
 
-    /// The `address=` of the first log line containing `marker`, waited
+    /// The `address=` of the last log line containing `marker`, waited
     /// for.
     pub fn address(&self, marker: &str) -> String {
+        self.field(marker, "address")
+    }
+
+    /// The value of `key=` in the last log line containing `marker`,
+    /// waited for.
+    pub fn field(&self, marker: &str, key: &str) -> String {
         let mut found = None;
-        wait_for(
-            &format!("a log line with {marker:?} and its address"),
-            || {
-                let log = self.log.lock().unwrap();
-                found = log.iter().rev().find(|l| l.contains(marker)).and_then(|l| {
-                    l.split("address=")
-                        .nth(1)
-                        .and_then(|r| r.split_whitespace().next())
-                        .map(str::to_owned)
-                });
-                found.is_some()
-            },
-        );
+        let prefix = format!("{key}=");
+        wait_for(&format!("a log line with {marker:?} and its {key}"), || {
+            let log = self.log.lock().unwrap();
+            found = log.iter().rev().find(|l| l.contains(marker)).and_then(|l| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix(&prefix))
+                    .map(str::to_owned)
+            });
+            found.is_some()
+        });
         found.unwrap_or_default()
     }
 

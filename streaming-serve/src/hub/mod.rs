@@ -281,11 +281,16 @@ impl Hub {
     }
 
     /// Checks that a subscription can start at `height` (inclusive):
-    /// `OUT_OF_RANGE` below the retained window or past the next block.
+    /// `OUT_OF_RANGE` below the retained window or past the next block (on
+    /// a relay: past the block after its upstream's head, see
+    /// [`Gate::set_source_head`](crate::Gate::set_source_head)).
     pub fn check_from(&self, height: u64) -> Result<(), HubError> {
         let height = height.max(1);
         let committed = self.reader.committed_height().map_err(Hub::store_error)?;
-        let limit = committed.max(self.head()) + 1;
+        let limit = committed
+            .max(self.head())
+            .max(crate::Gate::process().source_head())
+            + 1;
         if height > limit {
             return Err(HubError::OutOfRange {
                 height,

@@ -63,7 +63,8 @@ mod tls;
 pub use crate::host::{HostCheck, HostCheckBody, HostCheckService};
 pub use crate::listener::{
     ConnectionStats, DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONCURRENT_STREAMS,
-    DEFAULT_MAX_CONNECTIONS, H2_MAX_LOCAL_RESET_STREAMS, Limits, Listener,
+    DEFAULT_MAX_CONNECTIONS, H2_MAX_LOCAL_RESET_STREAMS, HttpService, Limits, Listener,
+    ResponseBody,
 };
 pub use crate::nofile::{NofileError, NofileLimit, raise_nofile_limit};
 pub use crate::service_thread::{ServiceThread, ServiceThreadError};

@@ -56,6 +56,47 @@ const H1_MAX_BUF_SIZE: usize = 64 * 1024;
 /// How long a stopping listener lets its connections finish their requests.
 const GRACE: Duration = Duration::from_secs(2);
 
+/// What a [`Listener`] serves: a tower service of HTTP requests whose
+/// errors are responses (`Infallible`), cloned for each connection, its
+/// futures run on any task. Every such service is one (axum's `Router`,
+/// tonic's `Routes`, with their layers).
+pub trait HttpService<B>:
+    tower::Service<
+        Request<Incoming>,
+        Response = Response<B>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S, B> HttpService<B> for S where
+    S: tower::Service<
+            Request<Incoming>,
+            Response = Response<B>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
+/// A response body hyper can send from any task.
+pub trait ResponseBody:
+    http_body::Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>> + Send + 'static
+{
+}
+
+impl<B> ResponseBody for B where
+    B: http_body::Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+        + Send
+        + 'static
+{
+}
+
 /// What one listener allows a client. Start from [`Limits::default`] and
 /// set what differs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,14 +219,8 @@ impl Listener {
     /// inside a tokio runtime).
     pub async fn serve<S, B>(self, service: S, shutdown: impl Future<Output = ()>)
     where
-        S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-        B: http_body::Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S: HttpService<B>,
+        B: ResponseBody,
     {
         let Listener {
             tcp,
@@ -296,14 +331,8 @@ async fn connection<S, B>(
     stopping: watch::Receiver<bool>,
     stats: &ConnectionStats,
 ) where
-    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: HttpService<B>,
+    B: ResponseBody,
 {
     // Small responses and streamed events go out at once.
     let _ = stream.set_nodelay(true);
@@ -338,14 +367,8 @@ async fn tls_connection<S, B>(
     mut stopping: watch::Receiver<bool>,
     stats: &ConnectionStats,
 ) where
-    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: HttpService<B>,
+    B: ResponseBody,
 {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
     let handshake = tokio::select! {
@@ -418,14 +441,8 @@ async fn serve_stream<T, S, B>(
     stats: &ConnectionStats,
 ) where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: HttpService<B>,
+    B: ResponseBody,
 {
     let sniffed = tokio::select! {
         sniffed = sniff(&mut stream, deadline) => sniffed,

@@ -4,16 +4,13 @@
 //! by a [`Listener`] on a current-thread runtime; stopped and joined by
 //! [`stop`](ServiceThread::stop) or when dropped.
 
-use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::thread::JoinHandle;
 
-use http::{Request, Response};
-use hyper::body::Incoming;
 use tokio::sync::watch;
 
-use crate::listener::{Limits, Listener};
+use crate::listener::{HttpService, Limits, Listener, ResponseBody};
 use crate::tls::ServerTls;
 
 /// Why a [`ServiceThread`] did not start.
@@ -51,14 +48,8 @@ impl ServiceThread {
         make: impl FnOnce(SocketAddr) -> S,
     ) -> Result<ServiceThread, ServiceThreadError>
     where
-        S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-        B: http_body::Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S: HttpService<B>,
+        B: ResponseBody,
     {
         let listener = std::net::TcpListener::bind(address)
             .and_then(|l| l.set_nonblocking(true).map(|()| l))

@@ -179,6 +179,85 @@ fn runtime_streamer_cursor_holds_the_change_log_and_remove_drops_it() {
     manager.close(&mut store).expect("close");
 }
 
+/// Blocks in `on_block` while `closed` is set, until it is cleared.
+#[derive(Clone, Default)]
+struct Gated {
+    closed: Arc<(Mutex<bool>, std::sync::Condvar)>,
+    waiting: Arc<AtomicBool>,
+}
+
+impl Gated {
+    fn set(&self, closed: bool) {
+        let (lock, cv) = &*self.closed;
+        *lock.lock().expect("lock") = closed;
+        cv.notify_all();
+    }
+}
+
+impl Streamer for Gated {
+    fn on_block(&mut self, _block: &Block) -> Result<(), StreamError> {
+        let (lock, cv) = &*self.closed;
+        let mut closed = lock.lock().expect("lock");
+        while *closed {
+            self.waiting.store(true, Ordering::Release);
+            closed = cv.wait(closed).expect("lock");
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_stopping_streamer_holds_the_change_log_while_its_worker_ends() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut store = open(&dir.path().join("s.redb"));
+    let mut manager = DeliveryManager::builder().start(&mut store).expect("start");
+    commit(&mut manager, &mut store, 2);
+    let gated = Gated::default();
+    manager
+        .runtime()
+        .add(
+            setup("gated"),
+            Box::new(gated.clone()),
+            Shutdown::new(),
+            StartAt::Head,
+        )
+        .expect("add");
+    gated.set(true);
+    commit(&mut manager, &mut store, 1);
+    wait_for("the streamer's worker to be inside on_block", || {
+        gated.waiting.load(Ordering::Acquire)
+    });
+    let held = manager.runtime().cursor("gated").expect("running").durable;
+    assert!(held <= 2, "at {held}: block 3 is not delivered");
+    // The stop waits for the worker, which is stuck in on_block; blocks
+    // commit meanwhile.
+    let handle = manager.runtime();
+    let stopping = std::thread::spawn(move || handle.stop("gated"));
+    wait_for("the stop to begin", || {
+        manager.runtime().cursor("gated").is_none_or(|c| !c.running)
+    });
+    assert_eq!(
+        manager.runtime().cursor("gated").map(|c| c.durable),
+        Some(held),
+        "a stopping streamer is held at its cursor"
+    );
+    commit(&mut manager, &mut store, 10);
+    let bounds = store.change_log().bounds().expect("bounds");
+    assert!(
+        bounds.is_some_and(|(lo, _)| lo <= held + 1),
+        "the change log keeps the blocks after the stopping streamer's cursor {held}: {bounds:?}"
+    );
+    gated.set(false);
+    let cursor = stopping.join().expect("stop thread").expect("stop");
+    commit(&mut manager, &mut store, 1);
+    let bounds = store.change_log().bounds().expect("bounds");
+    assert!(
+        bounds.is_some_and(|(lo, _)| lo <= cursor + 1),
+        "stopped at {cursor}, the change log still keeps what follows: {bounds:?}"
+    );
+    manager.close(&mut store).expect("close");
+}
+
 #[test]
 fn stopped_runtime_streamer_resumes_after_a_restart_losing_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");

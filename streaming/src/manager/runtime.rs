@@ -421,6 +421,14 @@ impl RuntimeHandle {
             };
             // Not adopted yet: the manager never sees it.
             state.adopt.retain(|(i, _)| i.setup.name != name);
+            // Held from now on, before the manager drops it: a commit
+            // while its worker ends must still keep the blocks after its
+            // cursor (`stop` then holds it at its final cursor, `remove`
+            // drops it). Without this, commits in that window pruned the
+            // change log past a stopped streamer's cursor.
+            state
+                .held
+                .insert(name.to_owned(), running.progress.durable());
             running
         };
         let p = &running.progress;

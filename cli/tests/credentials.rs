@@ -38,17 +38,7 @@ struct Node {
 impl Node {
     fn start(home: &Path) -> Node {
         let config = home.join("app.toml");
-        let proc = Proc::start(&[
-            "node",
-            "--home",
-            p(home),
-            "--config",
-            p(&config),
-            "--blocks",
-            "0",
-            "--block-time-ms",
-            "20",
-        ]);
+        let proc = Proc::node(home, &["--config", p(&config)]);
         Node {
             http: proc.address("serve: HTTP (SSE) listening"),
             admin: format!("http://{}", proc.address("admin API listening")),

@@ -43,15 +43,7 @@ fn home_with(dir: &Path, name: &str, toml: &str) -> PathBuf {
 
 /// `statestream node` until stopped, one block every 20 ms.
 fn start_node(home: &Path) -> (Proc, String) {
-    let node = Proc::start(&[
-        "node",
-        "--home",
-        p(home),
-        "--blocks",
-        "0",
-        "--block-time-ms",
-        "20",
-    ]);
+    let node = Proc::node(home, &[]);
     let address = node.address("serve: gRPC listening");
     (node, format!("http://{address}"))
 }
@@ -744,19 +736,15 @@ fn relay_refuses_an_upstream_of_another_chain_as_diverged() {
 
     // Node B: the same stores, another seed, so other data.
     let b_home = dir.path().join("b");
-    let b = Proc::start(&[
-        "node",
-        "--home",
-        p(&b_home),
-        "--config",
-        p(&a_home.join("config/app.toml")),
-        "--blocks",
-        "0",
-        "--block-time-ms",
-        "20",
-        "--seed",
-        "99",
-    ]);
+    let b = Proc::node(
+        &b_home,
+        &[
+            "--config",
+            p(&a_home.join("config/app.toml")),
+            "--seed",
+            "99",
+        ],
+    );
     let b_address = format!("http://{}", b.address("serve: gRPC listening"));
     std::fs::write(home.join("config/app.toml"), relay_toml(&[&b_address], "")).unwrap();
     let relay = start_relay(&home);
@@ -917,15 +905,7 @@ fn relay_follows_an_https_upstream_and_refuses_a_certificate_its_ca_did_not_sign
         ),
     );
     let node_home = home_with(dir.path(), "node", &node_toml);
-    let node = Proc::start(&[
-        "node",
-        "--home",
-        p(&node_home),
-        "--blocks",
-        "0",
-        "--block-time-ms",
-        "20",
-    ]);
+    let node = Proc::node(&node_home, &[]);
     let upstream = format!("https://{}", node.address("serve: gRPC listening"));
 
     let home = home_with(

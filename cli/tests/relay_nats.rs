@@ -213,15 +213,7 @@ fn relay_nats_two_relays_ride_through_a_server_restart_equal_to_the_node() {
         .unwrap();
     assert!(check.status.success(), "{check:?}");
 
-    let node = Proc::start(&[
-        "node",
-        "--home",
-        p(&node_home),
-        "--blocks",
-        "0",
-        "--block-time-ms",
-        "20",
-    ]);
+    let node = Proc::node(&node_home, &[]);
     let node_files = node_home.join("data/streaming");
     let relay_files: Vec<PathBuf> = homes.iter().map(|h| h.join("data/streaming")).collect();
     // One relay from the start, one once the stream has blocks: both begin

@@ -45,17 +45,7 @@ struct Node {
 impl Node {
     fn start(home: &Path) -> Node {
         let config = home.join("app.toml");
-        let proc = Proc::start(&[
-            "node",
-            "--home",
-            p(home),
-            "--config",
-            p(&config),
-            "--blocks",
-            "0",
-            "--block-time-ms",
-            "20",
-        ]);
+        let proc = Proc::node(home, &["--config", p(&config)]);
         Node {
             admin: format!("http://{}", proc.address("admin API listening")),
             proc,

@@ -94,6 +94,22 @@ impl Proc {
         Proc { child, log }
     }
 
+    /// Starts the demo node in `home`, a block every 20 ms until stopped,
+    /// with `extra` arguments (`--config FILE`, `--seed S`).
+    pub fn node(home: &Path, extra: &[&str]) -> Proc {
+        let mut args = vec![
+            "node",
+            "--home",
+            p(home),
+            "--blocks",
+            "0",
+            "--block-time-ms",
+            "20",
+        ];
+        args.extend_from_slice(extra);
+        Proc::start(&args)
+    }
+
     /// The process id (to signal it).
     pub fn id(&self) -> u32 {
         self.child.id()
